@@ -1,0 +1,121 @@
+"""The full-attention branch of a hybrid layer: softmax attention for the plan's FA query heads.
+
+Only the KV heads these query heads need are projected and cached. The attention itself goes through
+transformers' attention interface (eager / SDPA / flash, whatever the model's `_attn_implementation`
+says), so the CPU path and the CUDA path are the same code. When every kept KV head serves the same
+number of FA query heads (e.g. whole GQA groups) the call stays GQA; otherwise K/V are gathered per
+query head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
+
+from hydrahead.layers.norm import RMSNorm
+from hydrahead.options import HybridOptions
+
+
+class FullAttentionBranch(nn.Module):
+    is_causal = True  # read by transformers' attention functions
+
+    def __init__(
+        self,
+        config,
+        layer_idx: int,
+        heads: tuple[int, ...],
+        kv_heads: tuple[int, ...],
+        group_size: int,
+        options: HybridOptions,
+        *,
+        qkv_bias: bool,
+        qk_norm: bool,
+        sliding_window: int | None,
+    ) -> None:
+        super().__init__()
+        self.config = config  # the attention interface reads config._attn_implementation
+        self.layer_idx = layer_idx
+        self.head_dim = D = config.head_dim
+        self.num_heads, self.num_kv_heads = len(heads), len(kv_heads)
+        self.scaling = D**-0.5
+        self.attention_dropout = float(getattr(config, "attention_dropout", 0.0))
+        self.sliding_window = sliding_window
+        self.rope = options.fa_rope == "keep"
+        self.log_scale_base = math.log(options.train_length) if options.fa_log_scale else None
+
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * D, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * D, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * D, bias=qkv_bias)
+        self.q_norm = RMSNorm(D, config.rms_norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(D, config.rms_norm_eps) if qk_norm else None
+        self.gate_proj = nn.Linear(hidden, self.num_heads * D, bias=True) if options.fa_gate else None
+        self.reset_gate()
+
+        # Which kept KV head each FA query head reads.
+        kv_of_head = [kv_heads.index(h // group_size) for h in heads]
+        per_kv = self.num_heads // self.num_kv_heads
+        uniform = self.num_heads % self.num_kv_heads == 0 and kv_of_head == [i // per_kv for i in range(self.num_heads)]
+        self.num_key_value_groups = per_kv if uniform else 1
+        self.register_buffer(
+            "kv_index", None if uniform else torch.tensor(kv_of_head, dtype=torch.long), persistent=False
+        )
+
+    @torch.no_grad()
+    def reset_gate(self) -> None:
+        """Gate starts as a constant sigmoid(1) per channel: W = 0, b = 1 (METHOD.md section 2)."""
+        if self.gate_proj is not None:
+            self.gate_proj.weight.zero_()
+            self.gate_proj.bias.fill_(1.0)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None,
+        past_key_values=None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """x: (B, T, hidden) -> (B, T, H_fa, D)."""
+        B, T, _ = x.shape
+        D = self.head_dim
+        q = self.q_proj(x).view(B, T, -1, D)
+        k = self.k_proj(x).view(B, T, -1, D)
+        v = self.v_proj(x).view(B, T, -1, D).transpose(1, 2)  # (B, Hkv, T, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, D), (B, Hkv, T, D)
+        if self.rope:
+            cos, sin = position_embeddings
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        if self.log_scale_base is not None:
+            # s_t = max(1, log(t + 1) / log(L_train)): unchanged inside the training length, sharper beyond it.
+            pos = position_ids if position_ids is not None else torch.arange(T, device=x.device)[None]
+            s = (torch.log1p(pos.float()) / self.log_scale_base).clamp(min=1.0)  # (B or 1, T)
+            q = q * s[:, None, :, None].to(q.dtype)
+
+        if past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)  # only this branch's KV heads are cached
+        if self.kv_index is not None:
+            k, v = k.index_select(1, self.kv_index), v.index_select(1, self.kv_index)  # (B, H, S, D)
+
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        out, _ = attention(
+            self,
+            q,
+            k,
+            v,
+            attention_mask,
+            dropout=self.attention_dropout if self.training else 0.0,
+            scaling=self.scaling,
+            sliding_window=self.sliding_window,
+            **kwargs,
+        )  # (B, T, H, D)
+        if self.gate_proj is not None:
+            out = out * torch.sigmoid(self.gate_proj(x)).view(B, T, -1, D)
+        return out

@@ -1,0 +1,106 @@
+"""The Gated DeltaNet branch of a hybrid layer: the query heads that are not full attention.
+
+Per head: q, k, v from the teacher's rows of that head (k, v from its KV group, so GQA becomes MHA),
+a short causal conv + SiLU, the teacher's q/k norm where the family has one, RoPE (optional), L2-norm
+of q and k, then the gated delta rule with beta = sigmoid(x W_b) and log-decay
+g = -exp(A_log) * softplus(x W_a + dt_bias) (the Qwen3-Next / fla parametrisation).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from hydrahead.layers.norm import RMSNorm
+from hydrahead.layers.short_conv import ShortConv
+from hydrahead.ops import gated_delta_rule
+
+
+def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    return x * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + eps).to(x.dtype)
+
+
+class GatedDeltaNetBranch(nn.Module):
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        head_dim: int,
+        *,
+        qkv_bias: bool,
+        qk_norm: bool,
+        eps: float,
+        conv_size: int,
+        rope: bool,
+    ) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.rope = num_heads, head_dim, rope
+        width = num_heads * head_dim
+        self.q_proj = nn.Linear(hidden_size, width, bias=qkv_bias)
+        self.k_proj = nn.Linear(hidden_size, width, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden_size, width, bias=qkv_bias)
+        self.conv = ShortConv(3 * width, conv_size) if conv_size else None
+        self.q_norm = RMSNorm(head_dim, eps) if qk_norm else None
+        self.k_norm = RMSNorm(head_dim, eps) if qk_norm else None
+        self.a_proj = nn.Linear(hidden_size, num_heads, bias=False)
+        self.b_proj = nn.Linear(hidden_size, num_heads, bias=False)
+        self.A_log = nn.Parameter(torch.empty(num_heads))
+        self.dt_bias = nn.Parameter(torch.empty(num_heads))
+        self.reset_gates()
+
+    @torch.no_grad()
+    def reset_gates(self) -> None:
+        """Deterministic decay init spanning slow to fast heads (A in [1, 16], dt in [1e-3, 1e-1] as in fla),
+        zero input dependence at the start (beta = 0.5), no RNG so conversion is reproducible."""
+        n = self.num_heads
+        A = torch.linspace(1.0, 16.0, n) if n > 1 else torch.tensor([1.0])
+        dt = torch.exp(torch.linspace(math.log(1e-3), math.log(1e-1), n)) if n > 1 else torch.tensor([1e-2])
+        self.A_log.copy_(A.log())
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.a_proj.weight.zero_()
+        self.b_proj.weight.zero_()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        cache_layer=None,
+        padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x: (B, T, hidden); padding_mask: (B, T), 1 = real token. Returns (B, T, H, D)."""
+        B, T, _ = x.shape
+        H, D = self.num_heads, self.head_dim
+        qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)  # (B, T, 3*H*D)
+        if padding_mask is not None:
+            # Padding must not leak into the conv window (zero it after the projection, whose bias would
+            # otherwise survive) nor into the recurrent state (beta = g = 0 below).
+            qkv = qkv * padding_mask[..., None].to(qkv.dtype)
+        if self.conv is not None:
+            qkv = self.conv(qkv, cache_layer)
+        q, k, v = qkv.view(B, T, 3, H, D).unbind(2)  # each (B, T, H, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope:
+            cos, sin = position_embeddings
+            q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+        q, k = _l2norm(q), _l2norm(k)
+
+        beta = torch.sigmoid(self.b_proj(x).float())  # (B, T, H)
+        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())  # (B, T, H)
+        if padding_mask is not None:
+            keep = padding_mask.to(beta.dtype)[..., None]
+            beta, g = beta * keep, g * keep  # pad step: no write, no decay -> state untouched
+
+        initial_state = None
+        if cache_layer is not None and cache_layer.is_recurrent_states_initialized[0]:
+            initial_state = cache_layer.recurrent_states[0]
+        o, final_state = gated_delta_rule(
+            q, k, v, g, beta, initial_state=initial_state, output_final_state=cache_layer is not None
+        )
+        if cache_layer is not None:
+            cache_layer.update_recurrent_state(final_state)
+        return o  # (B, T, H, D)

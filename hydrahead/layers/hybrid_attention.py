@@ -1,0 +1,110 @@
+"""`HybridAttention`: one layer's attention, split along the head axis into FA and GDN branches.
+
+Drop-in for the self-attention module of a transformers decoder layer (same call signature, returns
+`(output, None)`). Both branches read the same input. The execution layout puts the FA heads first and
+the GDN heads after them; `o_proj`'s input columns are permuted to match at conversion, so no
+activation is gathered or scattered at run time and the layer computes the same function as it would
+in the teacher's head order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hydrahead.errors import CacheError
+from hydrahead.layers.full_attention import FullAttentionBranch
+from hydrahead.layers.fusion import BranchNorm
+from hydrahead.layers.gdn import GatedDeltaNetBranch
+from hydrahead.options import HybridOptions
+
+
+class HybridAttention(nn.Module):
+    def __init__(
+        self,
+        config,
+        layer_idx: int,
+        fa_heads: tuple[int, ...],
+        kv_heads: tuple[int, ...],
+        options: HybridOptions,
+        *,
+        qkv_bias: bool,
+        o_bias: bool,
+        qk_norm: bool,
+        sliding_window: int | None,
+    ) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        H, D = config.num_attention_heads, config.head_dim
+        group_size = H // config.num_key_value_heads
+        self.fa_heads = tuple(fa_heads)
+        self.la_heads = tuple(h for h in range(H) if h not in set(fa_heads))
+        self.head_dim = D
+        eps = config.rms_norm_eps
+
+        self.fa = (
+            FullAttentionBranch(
+                config, layer_idx, self.fa_heads, tuple(kv_heads), group_size, options,
+                qkv_bias=qkv_bias, qk_norm=qk_norm, sliding_window=sliding_window,
+            )
+            if self.fa_heads
+            else None
+        )
+        self.gdn = (
+            GatedDeltaNetBranch(
+                config.hidden_size, len(self.la_heads), D,
+                qkv_bias=qkv_bias, qk_norm=qk_norm, eps=eps, conv_size=options.conv_size, rope=options.gdn_rope,
+            )
+            if self.la_heads
+            else None
+        )
+        scale_norm = options.fusion == "scale_norm"
+        self.fa_norm = BranchNorm(len(self.fa_heads), D, eps) if scale_norm and self.fa_heads else None
+        self.gdn_norm = BranchNorm(len(self.la_heads), D, eps) if scale_norm and self.la_heads else None
+        self.o_proj = nn.Linear(H * D, config.hidden_size, bias=o_bias)
+
+    @property
+    def head_order(self) -> tuple[int, ...]:
+        """Teacher head index of each execution slot: FA heads first, then GDN heads."""
+        return self.fa_heads + self.la_heads
+
+    def hybrid_parameters(self) -> list[nn.Parameter]:
+        """Parameters the teacher did not have: the GDN branch, the FA gate, the fusion norms and gains."""
+        modules = [self.gdn, self.fa.gate_proj if self.fa is not None else None, self.fa_norm, self.gdn_norm]
+        return [p for m in modules if m is not None for p in m.parameters()]
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        past_key_values=None,
+        position_ids: torch.Tensor | None = None,
+        linear_attention_mask: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, None]:
+        B, T, _ = hidden_states.shape
+        cache_layer = None
+        if past_key_values is not None:
+            cache_layer = past_key_values.layers[self.layer_idx]
+            if not hasattr(cache_layer, "seen_tokens"):
+                raise CacheError(
+                    f"a hydrahead model needs a HybridHeadCache, got {type(past_key_values).__name__}; "
+                    "pass past_key_values=None (one is made for you) or hydrahead.HybridHeadCache(model.config)"
+                )
+        padding = None
+        if linear_attention_mask is not None:
+            padding = linear_attention_mask[:, -T:]  # (B, T): the 2D mask covers past + current tokens
+
+        outputs = []
+        if self.fa is not None:
+            o = self.fa(hidden_states, position_embeddings, attention_mask, past_key_values, position_ids, **kwargs)
+            outputs.append(self.fa_norm(o) if self.fa_norm is not None else o)
+        if self.gdn is not None:
+            o = self.gdn(hidden_states, position_embeddings, cache_layer, padding)
+            outputs.append(self.gdn_norm(o) if self.gdn_norm is not None else o)
+        if cache_layer is not None:
+            cache_layer.seen_tokens += T
+        out = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]  # (B, T, H, D) in head_order
+        return self.o_proj(out.reshape(B, T, -1)), None

@@ -1,0 +1,34 @@
+"""Depthwise causal short convolution (kernel K) with SiLU, as in front of q/k/v in Gated DeltaNet.
+
+It starts as the identity (only the tap on the current token is 1), so a converted head sees the
+teacher's q/k/v at initialisation (METHOD.md section 2, ours). With a cache, the last K inputs live in
+the cache layer's conv state, so decode needs only the new token.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ShortConv(nn.Module):
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        weight = torch.zeros(channels, kernel_size)
+        weight[:, -1] = 1.0  # identity: output_t = input_t
+        self.weight = nn.Parameter(weight)  # (C, K)
+
+    def forward(self, x: torch.Tensor, cache_layer=None) -> torch.Tensor:
+        """x: (B, T, C) -> silu(causal_conv(x)): (B, T, C)."""
+        T = x.shape[1]
+        x = x.transpose(1, 2)  # (B, C, T)
+        if cache_layer is None or not cache_layer.has_previous_state[0]:
+            if cache_layer is not None:
+                cache_layer.update_conv_state(x, conv_kernel_size=self.kernel_size)
+            context = F.pad(x, (self.kernel_size - 1, 0))  # zeros before the first token
+        else:
+            context = cache_layer.update_conv_state(x, conv_kernel_size=self.kernel_size)  # (B, C, K + T)
+        y = F.conv1d(context, self.weight.unsqueeze(1).to(x.dtype), groups=x.shape[1])  # (B, C, >= T)
+        return F.silu(y[..., -T:]).transpose(1, 2)

@@ -1,0 +1,74 @@
+"""The model families hydrahead converts, and the few facts about each that the conversion needs.
+
+Weight names (`model.layers[i].self_attn.{q,k,v,o}_proj`, `q_norm`, `k_norm`) are the same in all four,
+so the per-family differences are only: which projections have a bias, whether q/k are RMS-normed per
+head, and which layers use a sliding window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from hydrahead.errors import UnsupportedModelError
+
+
+def _layer_sliding_window(config: Any, layer_idx: int) -> int | None:
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None and layer_types[layer_idx] == "sliding_attention":
+        return config.sliding_window
+    return None
+
+
+@dataclass(frozen=True)
+class Family:
+    key: str  # "qwen3": hybrid model_type is "hydrahead_qwen3"
+    config_class: type
+    causal_lm_class: type
+    qk_norm: bool
+    qkv_bias: Callable[[Any], bool]
+    o_bias: Callable[[Any], bool]
+    sliding_window: Callable[[Any, int], int | None]
+
+
+FAMILIES: dict[str, Family] = {
+    f.key: f
+    for f in (
+        Family("qwen3", Qwen3Config, Qwen3ForCausalLM, True,
+               lambda c: c.attention_bias, lambda c: c.attention_bias, _layer_sliding_window),
+        Family("qwen2", Qwen2Config, Qwen2ForCausalLM, False,
+               lambda c: True, lambda c: False, _layer_sliding_window),
+        Family("llama", LlamaConfig, LlamaForCausalLM, False,
+               lambda c: c.attention_bias, lambda c: c.attention_bias, lambda c, i: None),
+        Family("mistral", MistralConfig, MistralForCausalLM, False,
+               lambda c: False, lambda c: False, lambda c, i: getattr(c, "sliding_window", None)),
+    )
+}
+
+
+def family_of(model: Any) -> Family:
+    """The family of a teacher model, or `UnsupportedModelError` naming the class and the supported list."""
+    for family in FAMILIES.values():
+        if type(model) is family.causal_lm_class:
+            return family
+    supported = ", ".join(f.causal_lm_class.__name__ for f in FAMILIES.values())
+    raise UnsupportedModelError(
+        f"cannot convert {type(model).__name__}: hydrahead supports {supported} "
+        "(load the model with AutoModelForCausalLM so it gets one of these classes)"
+    )
+
+
+def head_dim(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

@@ -1,0 +1,86 @@
+"""Gated delta rule on CUDA through fla's Triton kernels (package `fla-core`, an optional dependency).
+
+fla is imported lazily, inside the functions here, so that `import hydrahead` works without it.
+fla uses the same (B, T, H, D) layout and the same `scale`, `initial_state`, `output_final_state`
+arguments as the rest of `hydrahead.ops`:
+
+    q, k            (B, T, H, Dk)      bf16 or fp16 (fla's chunk kernel rejects fp32)
+    v               (B, T, H, Dv)
+    g, beta         (B, T, H)
+    initial_state   (B, H, Dk, Dv)     fp32
+    o               (B, T, H, Dv)      in v's dtype
+    final_state     (B, H, Dk, Dv)     fp32
+
+T > 1 uses the chunked kernel (prefill, training); T == 1 uses the fused recurrent kernel (decode,
+forward only: fla has no backward for it).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+
+from hydrahead.errors import HydraHeadError
+
+FLA_INSTALL_HINT = "pip install 'hydrahead[gpu]'"
+FLA_DTYPES = (torch.bfloat16, torch.float16)
+
+
+class FlaNotInstalledError(HydraHeadError, ImportError):
+    """mode="fla" was asked for, but fla (package `fla-core`) cannot be imported."""
+
+
+def load_fla_kernels() -> tuple[Callable[..., tuple[torch.Tensor, torch.Tensor | None]], ...]:
+    """Import fla's (chunk, fused_recurrent) gated delta rule kernels, or raise FlaNotInstalledError."""
+    try:
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+    except ImportError as err:
+        raise FlaNotInstalledError(
+            f"the 'fla' gated delta rule mode needs the optional package fla-core "
+            f"(flash-linear-attention), which could not be imported ({err}); install it with: {FLA_INSTALL_HINT}"
+        ) from err
+    return chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+
+
+@functools.cache
+def fla_is_available() -> bool:
+    """Whether fla's kernels import; cached, so "auto" dispatch pays for the import attempt once."""
+    try:
+        load_fla_kernels()
+    except FlaNotInstalledError:
+        return False
+    return True
+
+
+def fla_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    *,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated delta rule with fla's kernels (see the module docstring for shapes and dtypes)."""
+    chunk_kernel, recurrent_kernel = load_fla_kernels()
+    kernel = recurrent_kernel if q.shape[1] == 1 else chunk_kernel
+    if initial_state is not None:
+        initial_state = initial_state.to(torch.float32).contiguous()
+    # Keyword arguments only: the positional order of fla's signatures has changed between releases.
+    o, final_state = kernel(
+        q=q,
+        k=k,
+        v=v,
+        g=g.to(torch.float32),  # the log decay is cumulated inside fla; keep it in fp32 as fla's layers do
+        beta=beta,
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+    )
+    if final_state is not None:
+        final_state = final_state.to(torch.float32)
+    return o.to(v.dtype), final_state

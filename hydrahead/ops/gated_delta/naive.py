@@ -1,0 +1,67 @@
+"""Reference gated delta rule: a plain loop over time, the spec every other mode is tested against.
+
+Per batch b and head h, with state S in R^{Dk x Dv}:
+
+    S_t = a_t (I - b_t k_t k_t^T) S_{t-1} + b_t k_t v_t^T
+    o_t = scale * S_t^T q_t
+
+where a_t = exp(g_t) (g_t <= 0 is a log decay) and b_t = beta_t in (0, 1).
+
+Shapes (layout B, T, H, D):
+
+    q, k            (B, T, H, Dk)
+    v               (B, T, H, Dv)
+    g, beta         (B, T, H)
+    initial_state   (B, H, Dk, Dv)
+    o               (B, T, H, Dv)      in v's dtype
+    final_state     (B, H, Dk, Dv)     in the compute dtype (fp32, or fp64 for fp64 inputs)
+
+With T == 1 and the previous state as `initial_state`, this is one decode step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the recurrence runs in: fp32 for half types and fp32, fp64 kept for fp64 (gradient tests)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def recurrent_gated_delta_rule(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    *,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated delta rule, one token at a time (see the module docstring for shapes)."""
+    batch, seq_len, heads, dk = k.shape
+    dv = v.shape[-1]
+    out_dtype, dtype = v.dtype, compute_dtype(v.dtype)
+    scale = dk**-0.5 if scale is None else scale
+    q, k, v, g, beta = (x.to(dtype) for x in (q, k, v, g, beta))
+
+    if initial_state is None:
+        state = q.new_zeros(batch, heads, dk, dv)  # (B, H, Dk, Dv)
+    else:
+        state = initial_state.to(dtype)
+
+    outputs = []
+    for t in range(seq_len):
+        q_t, k_t, v_t = q[:, t], k[:, t], v[:, t]  # (B, H, Dk), (B, H, Dk), (B, H, Dv)
+        # a (I - b k k^T) S + b k v^T  ==  S' + b k (v - S'^T k)^T  with S' = a S: decay first, then
+        # write only the part of v that the decayed state does not already predict for k.
+        state = state * g[:, t].exp()[..., None, None]
+        predicted = torch.einsum("bhk,bhkv->bhv", k_t, state)  # (B, H, Dv)
+        delta = beta[:, t, :, None] * (v_t - predicted)  # (B, H, Dv)
+        state = state + torch.einsum("bhk,bhv->bhkv", k_t, delta)
+        outputs.append(scale * torch.einsum("bhk,bhkv->bhv", q_t, state))
+
+    o = torch.stack(outputs, dim=1)  # (B, T, H, Dv)
+    return o.to(out_dtype), state if output_final_state else None

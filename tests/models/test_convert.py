@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+import hydrahead
+from hydrahead import HeadPlan, HybridOptions
+from tests.conftest import make_teacher
+
+MIXED = ((0, 3), (2,))  # layer 0: heads 0 and 3 (KV groups 0 and 1); layer 1: head 2 only
+
+
+def mixed_plan(config) -> HeadPlan:
+    return HeadPlan(MIXED, config.num_attention_heads, config.num_key_value_heads)
+
+
+def test_full_plan_exact_preset_reproduces_teacher(family):
+    teacher = make_teacher(family)
+    model = hydrahead.convert(teacher, HeadPlan.full(teacher.config), HybridOptions.preset("exact"))
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 37))
+    with torch.no_grad():
+        expected = teacher(ids).logits
+        got = model(ids).logits
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_convert_does_not_touch_teacher():
+    teacher = make_teacher("qwen3")
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    hydrahead.convert(teacher, mixed_plan(teacher.config), HybridOptions.preset("paper"))
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_result_is_a_transformers_model_of_the_family(family):
+    teacher = make_teacher(family)
+    model = hydrahead.convert(teacher, mixed_plan(teacher.config))
+    assert isinstance(model, type(teacher))
+    assert hydrahead.is_hybrid(model)
+    assert model.config.model_type == f"hydrahead_{family}"
+
+
+def test_parameter_reuse_and_o_proj_permutation():
+    """With exact FA and a GDN branch, the FA rows are the teacher's and o_proj columns follow head order."""
+    teacher = make_teacher("qwen3")
+    model = hydrahead.convert(teacher, mixed_plan(teacher.config), HybridOptions.preset("exact"))
+    D = teacher.config.head_dim
+    src, dst = teacher.model.layers[0].self_attn, model.model.layers[0].self_attn
+    assert dst.head_order == (0, 3, 1, 2)
+    torch.testing.assert_close(dst.fa.q_proj.weight[D : 2 * D], src.q_proj.weight[3 * D : 4 * D], rtol=0, atol=0)
+    # GDN head 1 reads KV group 0, GDN head 2 reads KV group 1
+    torch.testing.assert_close(dst.gdn.k_proj.weight[:D], src.k_proj.weight[:D], rtol=0, atol=0)
+    torch.testing.assert_close(dst.gdn.v_proj.weight[D:], src.v_proj.weight[D:], rtol=0, atol=0)
+    torch.testing.assert_close(dst.o_proj.weight[:, 2 * D : 3 * D], src.o_proj.weight[:, D : 2 * D], rtol=0, atol=0)
+
+
+def test_fusion_gains_start_at_teacher_head_rms():
+    teacher = make_teacher("llama")
+    calib = torch.randint(0, teacher.config.vocab_size, (2, 16))
+    model = hydrahead.convert(teacher, mixed_plan(teacher.config), HybridOptions.preset("paper"), calibration=calib)
+    rms = hydrahead.models.convert.teacher_head_rms(teacher, calib)
+    attn = model.model.layers[1].self_attn
+    torch.testing.assert_close(attn.fa_norm.gain.detach(), rms[1, [2]])
+    torch.testing.assert_close(attn.gdn_norm.gain.detach(), rms[1, [0, 1, 3]])
+
+
+@pytest.mark.parametrize("preset", ["paper", "exact"])
+def test_mixed_plan_forward_backward(family, preset):
+    teacher = make_teacher(family)
+    model = hydrahead.convert(teacher, mixed_plan(teacher.config), HybridOptions.preset(preset)).train()
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 21))
+    out = model(ids, labels=ids, use_cache=False)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+
+
+def test_gradients_reach_every_hybrid_parameter():
+    teacher = make_teacher("qwen3")
+    model = hydrahead.convert(teacher, mixed_plan(teacher.config), HybridOptions.preset("paper")).train()
+    params = hydrahead.hybrid_parameters(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert params and all(id(p) in names for p in params)
+    # zero-initialised gates would block gradients to nothing, but check every tensor really receives one
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 19))
+    model(ids, labels=ids, use_cache=False).loss.backward()
+    no_grad = [names[id(p)] for p in params if p.grad is None or not torch.any(p.grad != 0)]
+    assert not no_grad, no_grad
+    kinds = {names[id(p)].split("self_attn.")[1] for p in params}
+    for expected in ("gdn.A_log", "gdn.dt_bias", "gdn.conv.weight", "fa.gate_proj.weight", "fa_norm.gain"):
+        assert expected in kinds
+
+
+def test_hybrid_parameters_are_exactly_the_new_ones():
+    teacher = make_teacher("qwen3")
+    model = hydrahead.convert(teacher, mixed_plan(teacher.config), HybridOptions.preset("paper"))
+    params = {id(p) for p in hydrahead.hybrid_parameters(model)}
+    new_parts = ("self_attn.gdn.", "self_attn.fa.gate_proj.", "self_attn.fa_norm.", "self_attn.gdn_norm.")
+    for name, p in model.named_parameters():
+        assert (id(p) in params) == any(part in name for part in new_parts), name

@@ -1,0 +1,76 @@
+import pytest
+
+import hydrahead
+from hydrahead import HeadPlan, PlanError
+from tests.conftest import make_teacher
+
+
+@pytest.fixture(scope="module")
+def config():
+    return make_teacher("qwen3").config  # 2 layers x 4 heads, 2 KV heads
+
+
+def test_full_and_none(config):
+    full, none = HeadPlan.full(config), HeadPlan.none(config)
+    assert full.fa_heads_per_layer == [4, 4] and full.kv_cache_fraction == 1.0 and full.la_fa_ratio == 0
+    assert none.fa_heads_per_layer == [0, 0] and none.kv_cache_fraction == 0.0
+    assert none.la_fa_ratio == float("inf")
+
+
+def test_derived_properties():
+    plan = HeadPlan(((3, 0), (2,), ()), num_heads=4, num_kv_heads=2)
+    assert plan.fa_heads == ((0, 3), (2,), ())  # sorted
+    assert plan.fa_kv_heads == ((0, 1), (1,), ())  # head h is in group h // 2
+    assert plan.fa_kv_heads_per_layer == [2, 1, 0]
+    assert plan.kv_cache_fraction == pytest.approx(3 / 6)
+    assert plan.la_fa_ratio == pytest.approx(9 / 3)
+    assert plan.la_heads(0) == (1, 2)
+    assert "KV cache 50.0%" in plan.summary()
+
+
+def test_json_round_trip(tmp_path):
+    plan = HeadPlan(((1,), (0, 3)), 4, 2, meta={"method": "patching"})
+    plan.to_json(tmp_path / "plan.json")
+    again = HeadPlan.from_json(tmp_path / "plan.json")
+    assert again == plan and again.meta == {"method": "patching"}
+    assert HeadPlan.from_dict(plan.to_dict()) == plan
+
+
+@pytest.mark.parametrize(
+    "fa_heads, match",
+    [
+        (((0,), (1,), (2,)), "3 layers but the model has 2"),
+        (((0,), (7,)), "layer 1: head index 7 out of range"),
+        (((0, 0), (1,)), "layer 0: head listed twice"),
+        (((-1,), (1,)), "layer 0: head index -1"),
+    ],
+)
+def test_bad_plans_name_the_problem(config, fa_heads, match):
+    with pytest.raises(PlanError, match=match):
+        HeadPlan(fa_heads, 4, 2).validate(config)
+
+
+def test_plan_for_another_head_count(config):
+    with pytest.raises(PlanError, match="8 query heads per layer but the model has 4"):
+        HeadPlan(((0,), (1,)), 8, 2).validate(config)
+    with pytest.raises(PlanError, match="KV heads"):
+        HeadPlan(((0,), (1,)), 4, 4).validate(config)
+    with pytest.raises(PlanError, match="multiple"):
+        HeadPlan(((0,), (1,)), 4, 3)
+
+
+def test_convert_rejects_plan_that_does_not_fit(config):
+    teacher = make_teacher("qwen3")
+    with pytest.raises(PlanError, match="3 layers"):
+        hydrahead.convert(teacher, HeadPlan(((0,), (1,), (2,)), 4, 2))
+
+
+def test_bad_plan_files(tmp_path):
+    with pytest.raises(PlanError, match="not found"):
+        HeadPlan.from_json(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("[1, 2")
+    with pytest.raises(PlanError, match="not valid JSON"):
+        HeadPlan.from_json(tmp_path / "bad.json")
+    (tmp_path / "wrong.json").write_text('{"layers": 3}')
+    with pytest.raises(PlanError, match="expected keys"):
+        HeadPlan.from_json(tmp_path / "wrong.json")
