@@ -1,0 +1,5 @@
+import sys
+
+from hydrahead.cli import main
+
+sys.exit(main())

@@ -1,0 +1,51 @@
+"""`hydrahead` command line: a thin layer over library functions.
+
+Each subcommand is a module of this package with `HELP` (one line), `add_arguments(parser)` and
+`run(args) -> int`. Errors hydrahead raises on purpose are printed as one line, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand name -> module in hydrahead.cli (imported only when that subcommand runs)
+COMMANDS = {
+    "convert": "convert",
+    "info": "info",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hydrahead",
+        description="Turn a Hugging Face Transformer LLM into a head-level hybrid of softmax and Gated DeltaNet "
+        "attention: score heads -> plan -> convert -> distill -> evaluate -> generate.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"hydrahead.cli.{module_name}")
+        sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hydrahead.errors import HydraHeadError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except HydraHeadError as err:
+        print(f"hydrahead {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hydrahead {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

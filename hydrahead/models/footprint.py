@@ -1,0 +1,35 @@
+"""What a hybrid costs compared with its teacher: KV-cache bytes per token, recurrent state, parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def footprint(model: Any) -> dict[str, Any]:
+    """Numbers for `hydrahead info` and the benchmarks, from the plan and the model's own dtype."""
+    config, plan = model.config, model.hydrahead_plan
+    D = config.head_dim
+    itemsize = next(model.parameters()).element_size()
+    kv_per_token = 2 * D * itemsize * sum(plan.fa_kv_heads_per_layer)  # K and V
+    teacher_kv = 2 * D * itemsize * plan.num_layers * plan.num_kv_heads
+    conv = model.hydrahead_options.conv_size
+    la_heads = sum(len(plan.la_heads(i)) for i in range(plan.num_layers))
+    # fp32 recurrent state (D x D per GDN head) plus the conv window of q, k, v in the model dtype
+    state = la_heads * (D * D * 4 + (3 * D * conv * itemsize if conv else 0))
+    with torch.device("meta"):
+        teacher = model.family.causal_lm_class(config)
+    teacher_params = sum(p.numel() for p in teacher.parameters())
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "kv_bytes_per_token": kv_per_token,
+        "teacher_kv_bytes_per_token": teacher_kv,
+        "kv_cache_fraction": plan.kv_cache_fraction,
+        "state_bytes_per_sequence": state,
+        "parameters": params,
+        "teacher_parameters": teacher_params,
+        "parameters_added": params - teacher_params,
+        "fa_heads_per_layer": plan.fa_heads_per_layer,
+        "fa_kv_heads_per_layer": plan.fa_kv_heads_per_layer,
+    }

@@ -1,0 +1,48 @@
+import json
+
+import pytest
+import torch
+
+import hydrahead
+from hydrahead import HeadPlan
+from hydrahead.cli import main
+from tests.conftest import make_teacher
+
+
+@pytest.fixture
+def teacher_dir(tmp_path):
+    teacher = make_teacher("qwen3")
+    teacher.save_pretrained(tmp_path / "teacher")
+    HeadPlan(((0, 1), (3,)), 4, 2).to_json(tmp_path / "plan.json")
+    return tmp_path
+
+
+def test_convert_then_info(teacher_dir, capsys):
+    out = teacher_dir / "hybrid"
+    assert main(["convert", "--model", str(teacher_dir / "teacher"), "--plan", str(teacher_dir / "plan.json"),
+                 "--out", str(out), "--option", "train_length=256"]) == 0
+    model = hydrahead.from_pretrained(out)
+    assert model.hydrahead_options.train_length == 256
+    capsys.readouterr()
+    assert main(["info", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # layer 0: heads 0,1 share KV group 0; layer 1: head 3 in group 1 -> 2 of 4 KV heads cached
+    assert report["kv_cache_fraction"] == 0.5
+    assert report["kv_bytes_per_token"] == report["teacher_kv_bytes_per_token"] // 2
+    assert report["parameters_added"] > 0
+    assert main(["info", str(out)]) == 0
+    assert "KV cache per token" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(teacher_dir, capsys):
+    code = main(["convert", "--model", str(teacher_dir / "missing"), "--plan", str(teacher_dir / "plan.json"),
+                 "--out", str(teacher_dir / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "checkpoint directory not found" in err and "Traceback" not in err
+    HeadPlan(((0,), (1,), (2,)), 4, 2).to_json(teacher_dir / "bad.json")
+    code = main(["convert", "--model", str(teacher_dir / "teacher"), "--plan", str(teacher_dir / "bad.json"),
+                 "--out", str(teacher_dir / "x")])
+    assert code == 2 and "3 layers but the model has 2" in capsys.readouterr().err
+    code = main(["convert", "--model", str(teacher_dir / "teacher"), "--plan", str(teacher_dir / "plan.json"),
+                 "--out", str(teacher_dir / "x"), "--option", "fa_rope=alibi"])
+    assert code == 2 and "fa_rope must be one of" in capsys.readouterr().err
