@@ -95,3 +95,24 @@ def test_hybrid_parameters_are_exactly_the_new_ones():
     new_parts = ("self_attn.gdn.", "self_attn.fa.gate_proj.", "self_attn.fa_norm.", "self_attn.gdn_norm.")
     for name, p in model.named_parameters():
         assert (id(p) in params) == any(part in name for part in new_parts), name
+
+
+def test_permuted_layout_equals_teacher_head_order():
+    """The execution layout (FA heads first) with permuted o_proj computes what the teacher-order layout would."""
+    teacher = make_teacher("qwen2")
+    model = hydrahead.convert(teacher, mixed_plan(teacher.config), HybridOptions.preset("paper")).eval()
+    attn, teacher_o = model.model.layers[0].self_attn, teacher.model.layers[0].self_attn.o_proj
+    heads_in = {}
+    handle = attn.o_proj.register_forward_pre_hook(lambda m, args: heads_in.setdefault("x", args[0]))
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 15))
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True, use_cache=False)
+        handle.remove()
+        x = heads_in["x"].unflatten(-1, (4, -1))  # (B, T, H, D) in execution order
+        teacher_order = torch.empty_like(x)
+        teacher_order[:, :, list(attn.head_order)] = x
+        layer0 = teacher_o(teacher_order.flatten(-2))
+        h = model.model.layers[0].input_layernorm(out.hidden_states[0])
+        position_embeddings = model.model.rotary_emb(h, torch.arange(15)[None])
+        got, _ = attn(h, position_embeddings, attention_mask=None)
+    torch.testing.assert_close(got, layer0, rtol=1e-5, atol=1e-6)
