@@ -1,0 +1,142 @@
+"""Evaluate hybrids and teachers side by side; one report compares them all.
+
+Example:
+  hydrahead eval niah --models teacher/ hybrid/ --lengths 1k,2k,4k,8k --depths 0,0.25,0.5,0.75,1 --out report/
+  hydrahead eval ppl  --models teacher/ hybrid/ --data docs/ --length 8k --out report/
+
+Each --models entry is a model directory (a hybrid checkpoint or a plain transformers model) with its
+tokenizer, labelled by its directory name. Models are loaded and evaluated one at a time.
+niah writes niah.json (every generated answer), niah.md and niah_{accuracy,heatmap}.png;
+ppl writes ppl.json, ppl.md and ppl_by_position.png.
+For lm-evaluation-harness, run `python -m hydrahead.eval.lm_harness` with lm_eval's own arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+from pathlib import Path
+
+HELP = "evaluate models: RULER-style NIAH grid (niah) or perplexity by position (ppl)"
+
+_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
+
+
+def parse_length(text: str) -> int:
+    """'8k' -> 8192, '1.5k' -> 1536, '4096' -> 4096."""
+    from hydrahead.eval.errors import EvalError
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", text)
+    if not match or float(match[1]) * _UNITS[match[2].lower()] < 1:
+        raise EvalError(f"cannot read length {text!r}; use tokens such as 4096, 4k or 1.5k (k = 1024)")
+    return int(float(match[1]) * _UNITS[match[2].lower()])
+
+
+def parse_lengths(text: str) -> list[int]:
+    return [parse_length(t) for t in text.split(",") if t.strip()]
+
+
+def parse_depths(text: str) -> list[float]:
+    from hydrahead.eval.errors import EvalError
+
+    try:
+        depths = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError as err:
+        raise EvalError(f"cannot read depths {text!r}: expected numbers in [0, 1] such as 0,0.5,1") from err
+    bad = [d for d in depths if not 0.0 <= d <= 1.0]
+    if bad or not depths:
+        raise EvalError(f"depths must be numbers in [0, 1], got {text!r}")
+    return depths
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="eval_command", metavar="{niah,ppl}", required=True)
+    niah = sub.add_parser("niah", help="RULER-style retrieval over a depth x length grid",
+                          description="Greedy answers to NIAH and variable-tracking prompts, scored by match.")
+    ppl = sub.add_parser("ppl", help="perplexity by position bucket on long documents",
+                         description="Per-token NLL on the first --length tokens of each document, by position.")
+    for p in (niah, ppl):
+        p.add_argument("--models", nargs="+", required=True, metavar="DIR", help="model directories (with tokenizer)")
+        p.add_argument("--out", required=True, help="report directory")
+        p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+        p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    niah.add_argument("--lengths", default="1k,2k,4k,8k", help="context lengths in tokens, e.g. 1k,2k,4096")
+    niah.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="needle depths in [0, 1]")
+    niah.add_argument("--tasks", default="all",
+                      help="comma-separated (default all): single_number,single_word,single_uuid,multikey,"
+                           "multivalue,multiquery,vt")
+    niah.add_argument("--samples", type=int, default=4, help="prompts per task, length and depth")
+    niah.add_argument("--haystack", default="essay", choices=["essay", "noise", "files"],
+                      help="filler text: generated prose (essay), RULER's repeated noise, or --haystack-files")
+    niah.add_argument("--haystack-files", nargs="+", default=[], metavar="FILE",
+                      help="text files whose sentences fill the haystack (with --haystack files)")
+    niah.add_argument("--batch-tokens", type=int, default=32768,
+                      help="prompts per batch = batch_tokens // length (at least 1)")
+    niah.add_argument("--seed", type=int, default=0)
+    ppl.add_argument("--data", nargs="+", required=True, metavar="PATH",
+                     help=".txt/.md files (one document each), .jsonl files ('text' per line) or directories")
+    ppl.add_argument("--length", default="8k", help="tokens scored per document")
+    ppl.add_argument("--bucket", default=None, help="tokens per position bucket (default: length/8)")
+    ppl.add_argument("--chunk", default=None, help="tokens per forward pass, carrying the cache (default: all)")
+    ppl.add_argument("--max-docs", type=int, default=None, help="score at most this many documents")
+
+
+def _models(args):
+    """(label, path) pairs, every directory and tokenizer checked before any model is loaded."""
+    from hydrahead.eval.loading import check_model_dirs, load_tokenizer, model_labels
+
+    check_model_dirs(args.models)
+    for path in args.models:
+        load_tokenizer(path)
+    return list(zip(model_labels(args.models), args.models))
+
+
+def run_niah(args: argparse.Namespace) -> list[Path]:
+    from hydrahead.eval import Haystack, evaluate_niah, load_model, load_tokenizer, make_examples, parse_tasks
+    from hydrahead.eval.report import write_report
+
+    lengths, depths, tasks = parse_lengths(args.lengths), parse_depths(args.depths), parse_tasks(args.tasks)
+    haystack = Haystack.named(args.haystack, args.haystack_files, args.seed)
+    models = _models(args)
+    records, started = [], time.time()
+    for label, path in models:
+        tokenizer = load_tokenizer(path)
+        examples = make_examples(tokenizer, tasks, lengths, depths, args.samples, args.seed, haystack)
+        model = load_model(path, args.dtype, args.device)
+        records += evaluate_niah(model, tokenizer, examples, label, args.batch_tokens, not args.no_progress)
+        del model
+    meta = {"command": "niah", "models": dict(models), "lengths": lengths, "depths": depths,
+            "tasks": [t.name for t in tasks], "samples": args.samples, "seed": args.seed, "haystack": haystack.name,
+            "seconds": round(time.time() - started, 1)}
+    return write_report(args.out, niah=records, meta=meta)
+
+
+def run_ppl(args: argparse.Namespace) -> list[Path]:
+    from hydrahead.eval import evaluate_perplexity, load_documents, load_model, load_tokenizer
+    from hydrahead.eval.report import write_report
+
+    length = parse_length(args.length)
+    bucket = parse_length(args.bucket) if args.bucket else None
+    chunk = parse_length(args.chunk) if args.chunk else None
+    documents = load_documents(args.data)
+    models = _models(args)
+    results, started = [], time.time()
+    for label, path in models:
+        model = load_model(path, args.dtype, args.device)
+        results.append(evaluate_perplexity(model, load_tokenizer(path), documents, length, bucket, chunk,
+                                           args.max_docs, label, not args.no_progress))
+        del model
+    meta = {"command": "ppl", "models": dict(models), "data": [str(p) for p in args.data], "length": length,
+            "chunk": chunk, "seconds": round(time.time() - started, 1)}
+    return write_report(args.out, perplexity=results, meta=meta)
+
+
+def run(args: argparse.Namespace) -> int:
+    paths = run_niah(args) if args.eval_command == "niah" else run_ppl(args)
+    for path in paths:
+        if path.suffix == ".md":
+            print(path.read_text())
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0

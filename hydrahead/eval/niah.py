@@ -1,0 +1,125 @@
+"""Run models over a NIAH grid (task x length x depth x sample): greedy generation, scored per example.
+
+Prompts of one length are batched with left padding, `batch_tokens // length` prompts at a time, and
+decoded greedily; hybrids get a fresh `HybridHeadCache` per batch (full-attention K/V plus GDN states),
+plain transformers models their usual cache. Each example generates at most its own `max_new_tokens`,
+so results do not depend on how examples were batched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from hydrahead.eval.loading import prepare_tokenizer
+from hydrahead.eval.scoring import exact, score
+from hydrahead.eval.tasks import Example, Haystack, TaskSpec, make_examples, parse_tasks
+
+DEFAULT_BATCH_TOKENS = 32768
+
+
+@dataclass
+class NiahRecord:
+    """One generated answer and its score: a raw result of the report."""
+
+    model: str
+    task: str
+    length: int
+    depth: float
+    sample: int
+    prompt_tokens: int
+    answers: list[str]
+    prediction: str
+    score: float  # fraction of the answers found (scoring.score)
+    exact: bool  # every answer found
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def generate_answers(model: Any, tokenizer: Any, batch: Sequence[Example]) -> list[str]:
+    """Greedy continuations of a batch of prompts (left-padded), each cut at its own `max_new_tokens`."""
+    from transformers import GenerationConfig
+
+    from hydrahead.models.cache import HybridHeadCache
+    from hydrahead.models.hybrid import is_hybrid
+
+    pad = tokenizer.pad_token_id
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (B, T)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(batch):
+        ids[i, width - len(e.input_ids):] = torch.tensor(e.input_ids)
+        mask[i, width - len(e.input_ids):] = 1
+    eos = model.generation_config.eos_token_id
+    config = GenerationConfig(
+        max_new_tokens=max(e.max_new_tokens for e in batch), do_sample=False, pad_token_id=pad,
+        eos_token_id=eos if eos is not None else tokenizer.eos_token_id,
+    )
+    extra = {"past_key_values": HybridHeadCache(model.config)} if is_hybrid(model) else {}
+    device = _device(model)
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config, **extra)
+    new = out[:, width:].cpu()  # (B, generated)
+    return [tokenizer.decode(new[i, : e.max_new_tokens], skip_special_tokens=True) for i, e in enumerate(batch)]
+
+
+def _batches(examples: Sequence[Example], batch_tokens: int) -> list[list[int]]:
+    """Indices of `examples` in batches of one length, similar prompt sizes together."""
+    order = sorted(range(len(examples)), key=lambda i: (examples[i].length, len(examples[i].input_ids)))
+    batches = []
+    for length, group in groupby(order, key=lambda i: examples[i].length):
+        group, size = list(group), max(1, batch_tokens // length)
+        batches.extend(group[j: j + size] for j in range(0, len(group), size))
+    return batches
+
+
+def evaluate_niah(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    label: str = "model",
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    progress: bool = True,
+) -> list[NiahRecord]:
+    """Generate and score every example with one model; records come back in the order of `examples`."""
+    tokenizer = prepare_tokenizer(tokenizer)
+    predictions: list[str | None] = [None] * len(examples)
+    with tqdm(total=len(examples), desc=f"niah {label}", unit="prompt", disable=not progress) as bar:
+        for batch in _batches(examples, batch_tokens):
+            answers = generate_answers(model, tokenizer, [examples[i] for i in batch])
+            for i, answer in zip(batch, answers):
+                predictions[i] = answer
+            bar.update(len(batch))
+    return [
+        NiahRecord(label, e.task, e.length, e.depth, e.sample, len(e.input_ids), list(e.answers), p,
+                   score(p, e.answers), exact(p, e.answers))
+        for e, p in zip(examples, predictions)
+    ]
+
+
+def niah(
+    models: Mapping[str, Any],
+    tokenizer: Any,
+    lengths: Iterable[int],
+    depths: Iterable[float],
+    tasks: str | Iterable[str | TaskSpec] = "all",
+    samples: int = 4,
+    seed: int = 0,
+    haystack: Haystack | None = None,
+    batch_tokens: int = DEFAULT_BATCH_TOKENS,
+    progress: bool = True,
+) -> list[NiahRecord]:
+    """Every model in `models` (label -> model) over the same grid of prompts; raw records of all of them."""
+    specs = parse_tasks(tasks) if isinstance(tasks, str) else list(tasks)
+    examples = make_examples(tokenizer, specs, list(lengths), list(depths), samples, seed, haystack)
+    records = []
+    for label, model in models.items():
+        records.extend(evaluate_niah(model, tokenizer, examples, label, batch_tokens, progress))
+    return records

@@ -1,0 +1,284 @@
+"""RULER-style retrieval tasks: needle-in-a-haystack (NIAH) variants and variable tracking.
+
+`make_example(task, tokenizer, length, depth, sample)` builds one prompt whose tokens plus the tokens it
+may generate fit in `length`, with the answers a correct model must produce. Templates follow RULER
+(Hsieh et al., 2024); the prompt ends with RULER's answer prefix, so a base model answers by continuing it.
+
+| task          | hidden in the haystack                                  | asked for                       |
+|---------------|---------------------------------------------------------|---------------------------------|
+| single_number | 1 needle "...magic numbers for {key} is: {7 digits}."   | its value                       |
+| single_word   | 1 needle, the value a word                              | its value                       |
+| single_uuid   | 1 needle, the value a UUID                              | its value                       |
+| multikey      | 4 needles with different keys (3 distractors)           | the value of one key            |
+| multivalue    | 4 needles with the same key                             | all 4 values                    |
+| multiquery    | 4 needles with different keys                           | the values of all 4 keys        |
+| vt            | "VAR A = 12345." then "VAR B = VAR A." ... (4 hops)     | every variable holding 12345    |
+
+Depth: the first needle that is asked for goes at `depth` of the haystack (0 = start, 1 = end); the other
+needles go at seeded random depths. For `vt` the chain starts at `depth` and its hops are spread evenly from
+there to the end. Needle content depends only on (seed, task, sample): every cell of a depth x length grid
+asks the same question, only the hiding place and the amount of haystack around it change.
+
+The haystack is generated prose-like sentences ("essay", the default, our stand-in for RULER's Paul Graham
+essays), RULER's noise ("The grass is green. The sky is blue. ...") repeated, or the sentences of text files
+(e.g. the essays themselves); it is cycled
+as often as the length needs. Haystack sentences, needle keys and needle values come from
+`hydrahead.scoring.haystack`, shared with the head-scoring probes. Word values never repeat a word of a key,
+so echoing the question cannot score.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydrahead.errors import HydraHeadError
+from hydrahead.eval.errors import EvalError
+from hydrahead.scoring.haystack import haystack_sentences, needle_key, needle_value
+
+NIAH_TEMPLATE = (
+    "Some special magic {kind} are hidden within the following text. Make sure to memorize it. "
+    "I will quiz you about the {kind} afterwards.\n{context}\n"
+    "What are all the special magic {kind} for {query} mentioned in the provided text?"
+    " The special magic {kind} for {query} mentioned in the provided text are"
+)
+NIAH_NEEDLE = "One of the special magic {kind} for {key} is: {value}."
+VT_TEMPLATE = (
+    "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
+    "Question: Find all variables that are assigned the value {value} in the text above."
+    " Answer: According to the chain(s) of variable assignment in the text above, {count} variables are "
+    "assigned the value {value}, they are: "
+)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One retrieval task. NIAH tasks hide `keys` x `values_per_key` needles; `hops > 0` makes it variable tracking."""
+
+    name: str
+    value_type: str = "number"  # needle values: "number" (7 digits), "word" or "uuid"
+    keys: int = 1  # distinct keys hidden
+    values_per_key: int = 1  # > 1: multi-value (all values of the asked key are expected)
+    queries: int = 1  # keys asked for (the first `queries` keys); the rest are distractors
+    hops: int = 0  # > 0: variable tracking, a chain of this many `VAR B = VAR A` re-assignments
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec("single_number"),
+        TaskSpec("single_word", value_type="word"),
+        TaskSpec("single_uuid", value_type="uuid"),
+        TaskSpec("multikey", keys=4),
+        TaskSpec("multivalue", values_per_key=4),
+        TaskSpec("multiquery", keys=4, queries=4),
+        TaskSpec("vt", hops=4),
+    )
+}
+KIND = {"number": "numbers", "word": "words", "uuid": "uuids"}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt of the grid. `len(input_ids) + max_new_tokens <= length`."""
+
+    task: str
+    length: int  # token budget: prompt plus generation (RULER's max_seq_length)
+    depth: float  # where the first asked needle sits, 0 (start) .. 1 (end)
+    sample: int  # sample index within the (task, length, depth) cell
+    prompt: str
+    input_ids: tuple[int, ...]
+    answers: tuple[str, ...]  # every string a right answer contains
+    max_new_tokens: int
+
+
+class Haystack:
+    """Filler sentences, cycled as often as needed."""
+
+    def __init__(self, sentences: Sequence[str], name: str) -> None:
+        sentences = tuple(" ".join(s.split()) for s in sentences)
+        sentences = tuple(s for s in sentences if s)
+        if not sentences:
+            raise EvalError(f"haystack {name!r} has no text")
+        self.sentences, self.name = sentences, name
+
+    @classmethod
+    def noise(cls) -> Haystack:
+        """RULER's repeated noise passage."""
+        return cls(haystack_sentences("noise"), "noise")
+
+    @classmethod
+    def essay(cls, seed: int = 0) -> Haystack:
+        """Generated prose-like sentences ("The quiet river follows ..."), our stand-in for RULER's essays."""
+        return cls(haystack_sentences("essay", seed=seed), "essay")
+
+    @classmethod
+    def from_files(cls, paths: Iterable[str | Path]) -> Haystack:
+        """Sentences of the given text files, in order (e.g. Paul Graham essays, as in RULER)."""
+        paths = [Path(p) for p in paths]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise EvalError(f"haystack file(s) not found: {', '.join(missing)}")
+        try:
+            return cls(haystack_sentences("files", files=paths), name="+".join(p.name for p in paths))
+        except HydraHeadError as err:
+            raise EvalError(str(err)) from err
+
+    @classmethod
+    def named(cls, kind: str, files: Sequence[str | Path] = (), seed: int = 0) -> Haystack:
+        """"noise", "essay" or "files" (with `files`)."""
+        if kind == "files":
+            return cls.from_files(files)
+        if files:
+            raise EvalError(f"haystack files are only read with haystack 'files', not {kind!r}")
+        makers = {"noise": cls.noise, "essay": lambda: cls.essay(seed)}
+        if kind not in makers:
+            raise EvalError(f"haystack must be 'noise', 'essay' or 'files', got {kind!r}")
+        return makers[kind]()
+
+    def take(self, n: int) -> list[str]:
+        return [self.sentences[i % len(self.sentences)] for i in range(n)]
+
+
+def parse_tasks(names: str | Iterable[str]) -> list[TaskSpec]:
+    """"single_number,vt" or a list of names (or "all") -> task specs, with a clear error for unknown names."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    names = list(names)
+    if names == ["all"]:
+        return list(TASKS.values())
+    unknown = [n for n in names if n not in TASKS]
+    if unknown or not names:
+        raise EvalError(f"unknown task(s) {unknown or names}; choose from {', '.join(TASKS)} (or 'all')")
+    return [TASKS[n] for n in names]
+
+
+def _distinct(rng: random.Random, make: Callable[[random.Random], str], n: int, taken: set[str]) -> list[str]:
+    out = []
+    while len(out) < n:
+        item = make(rng)
+        if item not in taken:
+            taken.add(item)
+            out.append(item)
+    return out
+
+
+def _and_join(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + ", and " + items[-1]
+
+
+def _needles(spec: TaskSpec, seed: int, sample: int) -> tuple[list[str], tuple[str, ...], dict[str, Any]]:
+    """(needle sentences, answers, template fields). The first needle is the one placed at `depth`."""
+    rng = random.Random(f"{seed}/{spec.name}/{sample}")
+    taken: set[str] = set()
+    if spec.hops:
+        value = str(rng.randint(10_000, 99_999))
+        names = _distinct(rng, lambda r: "".join(r.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ", k=5)), spec.hops + 1, taken)
+        needles = [f"VAR {names[0]} = {value}."] + [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:])]
+        return needles, tuple(names), {"value": value, "count": len(names)}
+    kind = KIND[spec.value_type]
+    keys = _distinct(rng, needle_key, spec.keys, taken)
+    taken.update(word for key in keys for word in key.split("-"))  # a word value must not be part of a key
+    values = [_distinct(rng, lambda r: needle_value(spec.value_type, r), spec.values_per_key, taken) for _ in keys]
+    needles = [NIAH_NEEDLE.format(kind=kind, key=k, value=v) for k, vs in zip(keys, values) for v in vs]
+    answers = tuple(v for vs in values[: spec.queries] for v in vs)
+    return needles, answers, {"kind": kind, "query": _and_join(keys[: spec.queries])}
+
+
+def _depths(spec: TaskSpec, n: int, depth: float, rng: random.Random) -> list[float]:
+    if spec.hops:  # the chain runs from `depth` to the end, evenly spaced
+        return [depth + (1.0 - depth) * i / spec.hops for i in range(n)]
+    return [depth] + [rng.random() for _ in range(n - 1)]
+
+
+def _render(filler: list[str], needles: list[str], depths: list[float]) -> str:
+    """Filler sentences with each needle inserted at the sentence boundary nearest its depth."""
+    slots = sorted((round(d * len(filler)), i) for i, d in enumerate(depths))
+    parts, start = [], 0
+    for slot, i in slots:
+        parts.extend(filler[start:slot])
+        parts.append(needles[i])
+        start = slot
+    parts.extend(filler[start:])
+    return " ".join(parts)
+
+
+def _token_ids(tokenizer: Any, text: str, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def generation_budget(answer_tokens: int) -> int:
+    """Tokens a model may generate: the answers in the expected format plus room for a few extra words."""
+    return answer_tokens + max(8, answer_tokens // 2)
+
+
+def make_example(
+    task: str | TaskSpec,
+    tokenizer: Any,
+    length: int,
+    depth: float,
+    sample: int = 0,
+    seed: int = 0,
+    haystack: Haystack | None = None,
+) -> Example:
+    """One prompt of `task` for `tokenizer` that, with its generation budget, fills `length` tokens."""
+    spec = task if isinstance(task, TaskSpec) else parse_tasks([task])[0]
+    if not 0.0 <= depth <= 1.0:
+        raise EvalError(f"depth must be in [0, 1], got {depth}")
+    haystack = haystack or Haystack.essay(seed)
+    needles, answers, fields = _needles(spec, seed, sample)
+    depths = _depths(spec, len(needles), depth, random.Random(f"{seed}/{spec.name}/{sample}/{length}/{depth}"))
+    template = VT_TEMPLATE if spec.hops else NIAH_TEMPLATE
+    max_new = generation_budget(len(_token_ids(tokenizer, " " + ", ".join(answers) + ".", special=False)))
+    budget = length - max_new
+
+    def prompt_with(n: int) -> tuple[str, list[int]]:
+        prompt = template.format(context=_render(haystack.take(n), needles, depths), **fields)
+        return prompt, _token_ids(tokenizer, prompt, special=True)
+
+    best = prompt_with(0)
+    if len(best[1]) > budget:
+        raise EvalError(
+            f"length {length} is too short for task {spec.name}: the template and needles take {len(best[1])} "
+            f"tokens and the answer needs {max_new} more; use a length of at least {len(best[1]) + max_new}"
+        )
+    # Most filler sentences that fit: double until over budget, then bisect (token counts grow with n).
+    lo, hi = 0, 1
+    while len((candidate := prompt_with(hi))[1]) <= budget:
+        if len(candidate[1]) <= len(best[1]):
+            raise EvalError(f"the tokenizer does not encode more haystack into more tokens ({len(best[1])} "
+                            f"tokens for {lo} and for {hi} sentences); is it truncating or empty?")
+        lo, best, hi = hi, candidate, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        candidate = prompt_with(mid)
+        if len(candidate[1]) <= budget:
+            lo, best = mid, candidate
+        else:
+            hi = mid
+    prompt, ids = best
+    return Example(spec.name, length, float(depth), sample, prompt, tuple(ids), answers, max_new)
+
+
+def make_examples(
+    tokenizer: Any,
+    tasks: Iterable[str | TaskSpec],
+    lengths: Iterable[int],
+    depths: Iterable[float],
+    samples: int = 4,
+    seed: int = 0,
+    haystack: Haystack | None = None,
+) -> list[Example]:
+    """The full grid: every task x length x depth x sample."""
+    specs = [t if isinstance(t, TaskSpec) else parse_tasks([t])[0] for t in tasks]
+    haystack = haystack or Haystack.essay(seed)
+    return [
+        make_example(spec, tokenizer, length, depth, sample, seed, haystack)
+        for spec in specs
+        for length in lengths
+        for depth in depths
+        for sample in range(samples)
+    ]

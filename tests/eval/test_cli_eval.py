@@ -1,0 +1,79 @@
+"""`hydrahead eval niah|ppl` end to end on saved tiny checkpoints, and its errors."""
+
+import json
+import re
+
+import pytest
+
+from hydrahead.cli import main
+from hydrahead.cli.eval import parse_depths, parse_length, parse_lengths
+from hydrahead.eval import EvalError
+from hydrahead.eval.loading import model_labels
+
+
+def test_niah_report_for_two_models_and_two_lengths(model_dirs, tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = ["eval", "niah", "--models", str(model_dirs["teacher"]), str(model_dirs["hybrid"]),
+            "--lengths", "256,300", "--depths", "0,1", "--tasks", "single_number", "--samples", "1",
+            "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    data = json.loads((out / "niah.json").read_text())
+    assert {(r["model"], r["length"]) for r in data["records"]} == {
+        (m, n) for m in ("teacher", "hybrid") for n in (256, 300)}
+    assert data["meta"]["models"] == {"teacher": str(model_dirs["teacher"]), "hybrid": str(model_dirs["hybrid"])}
+    md = (out / "niah.md").read_text()
+    assert "| model | 256 | 300 | mean |" in md and "| teacher |" in md and "| hybrid |" in md
+    assert (out / "niah_accuracy.png").is_file() and (out / "niah_heatmap.png").is_file()
+    assert "| hybrid |" in capsys.readouterr().out
+
+
+def test_ppl_report(model_dirs, tmp_path):
+    data = tmp_path / "docs"
+    data.mkdir()
+    for i in range(2):
+        (data / f"doc{i}.txt").write_text(" ".join(f"Sentence {j} of document {i}." for j in range(60)))
+    out = tmp_path / "report"
+    argv = ["eval", "ppl", "--models", str(model_dirs["teacher"]), str(model_dirs["hybrid"]), "--data", str(data),
+            "--length", "128", "--bucket", "32", "--chunk", "48", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    results = json.loads((out / "ppl.json").read_text())["results"]
+    assert [(r["model"], r["documents"], len(r["ppl"])) for r in results] == [
+        ("teacher", ["doc0.txt", "doc1.txt"], 4), ("hybrid", ["doc0.txt", "doc1.txt"], 4)]
+    assert (out / "ppl_by_position.png").is_file()
+
+
+def test_errors_are_one_line(model_dirs, tmp_path, capsys):
+    no_tokenizer = tmp_path / "bare"
+    no_tokenizer.mkdir()
+    (no_tokenizer / "config.json").write_text((model_dirs["teacher"] / "config.json").read_text())
+    cases = [
+        (["--models", str(tmp_path / "nope"), str(model_dirs["hybrid"])], "model directory unusable: .*nope"),
+        (["--models", str(no_tokenizer)], "no usable tokenizer in .*bare"),
+        (["--models", str(model_dirs["hybrid"]), "--lengths", "2x"], "cannot read length '2x'"),
+        (["--models", str(model_dirs["hybrid"]), "--lengths", "64", "--tasks", "single_number"],
+         "length 64 is too short for task single_number"),
+    ]
+    for extra, message in cases:
+        assert main(["eval", "niah", *extra, "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("hydrahead eval: error: ") and err.count("\n") == 1
+        assert re.search(message, err), err
+    assert main(["eval", "ppl", "--models", str(model_dirs["hybrid"]), "--data", str(tmp_path / "none.txt"),
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "data file(s) not found" in capsys.readouterr().err
+
+
+def test_parsers():
+    assert parse_lengths("1k,2k, 4096,1.5k") == [1024, 2048, 4096, 1536]
+    assert parse_length("1M") == 1024 * 1024
+    assert parse_depths("0,0.25,1") == [0.0, 0.25, 1.0]
+    for bad in ("k", "-1", "0"):
+        with pytest.raises(EvalError):
+            parse_length(bad)
+    with pytest.raises(EvalError, match="in \\[0, 1\\]"):
+        parse_depths("0,2")
+
+
+def test_labels_disambiguate_same_names(tmp_path):
+    assert model_labels([tmp_path / "a" / "ckpt", tmp_path / "b" / "ckpt", tmp_path / "teacher"]) == [
+        "a/ckpt", "b/ckpt", "teacher"]
