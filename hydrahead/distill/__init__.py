@@ -1,0 +1,53 @@
+"""Three-stage distillation of a hybrid from its teacher (METHOD.md section 4).
+
+    from hydrahead import distill
+    distill.run("recipe.yaml")              # or a Recipe, or a dict; resume=True to continue a run
+
+Stages: align (hybrid parameters only, hidden-state MSE), distill (KL + CE on chunked logits, optional
+LoRA), long_context (next-token CE at long length). One code path for one process and for torchrun
+(DDP, or FSDP2). Files: recipe (config; schema builds it from YAML, example documents it), data (files
+-> packed batches), losses, stages, trainer (the engine), checkpoint (atomic, resumable), distributed,
+metrics, evaluate (hooks), run (the pipeline).
+"""
+
+from hydrahead.distill.errors import DataError, DistillError, NonFiniteLossError, RecipeError, ResumeError
+from hydrahead.distill.evaluate import EvalContext, Evaluator, HeldoutPerplexity
+from hydrahead.distill.metrics import read_metrics
+from hydrahead.distill.recipe import (
+    EXAMPLE_RECIPE,
+    AlignStageConfig,
+    DataConfig,
+    DistillStageConfig,
+    LongContextStageConfig,
+    LoraConfig,
+    Recipe,
+    StageConfig,
+    StagesConfig,
+    TrainingConfig,
+)
+from hydrahead.distill.run import run
+from hydrahead.distill.trainer import StepInfo
+
+__all__ = [
+    "EXAMPLE_RECIPE",
+    "AlignStageConfig",
+    "DataConfig",
+    "DataError",
+    "DistillError",
+    "DistillStageConfig",
+    "EvalContext",
+    "Evaluator",
+    "HeldoutPerplexity",
+    "LongContextStageConfig",
+    "LoraConfig",
+    "NonFiniteLossError",
+    "Recipe",
+    "RecipeError",
+    "ResumeError",
+    "StageConfig",
+    "StagesConfig",
+    "StepInfo",
+    "TrainingConfig",
+    "read_metrics",
+    "run",
+]

@@ -1,0 +1,296 @@
+"""Training data: local text / JSONL / Parquet files -> tokens -> fixed-length packed sequences -> batches.
+
+Documents are read with `datasets` (streaming readers, so nothing is copied into its cache), tokenised
+with the teacher's tokenizer, and joined into one stream with EOS after every document (the document
+boundary); the stream is cut into sequences of the stage's length. Attention is not masked at document
+boundaries (standard packed pre-training); the EOS token marks them.
+
+Two sources of sequences, one protocol (`iter_from(start)` yields the global sequence order from index
+`start`):
+  PackedCorpus    (data.streaming = false) the token stream is written once to a cache file and memory
+                  mapped; epoch e visits all sequences in a permutation seeded by (seed, stage, e), so
+                  any position is reached by arithmetic.
+  StreamingPacked (data.streaming = true) documents pass through datasets' shuffle buffer and are packed
+                  on the fly; a resumed run re-reads and skips the consumed prefix (exact, but it costs
+                  the tokenisation of that prefix).
+`BatchLoader` takes `batch_size` global sequences per micro-step and keeps this rank's slice of them,
+so N processes together see exactly the batches one process would; `DataPosition` is what a checkpoint
+stores to resume the stream.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from hydrahead.distill.errors import DataError
+from hydrahead.distill.recipe import DataConfig
+from hydrahead.utils.io import atomic_write
+
+BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+TOKENIZE_BATCH = 1024  # documents per tokenizer call
+TOKEN_DTYPE = np.uint32
+
+
+# ----------------------------------------------------------------------------------------------- files
+def resolve_files(patterns: list[str], key: str) -> list[Path]:
+    """Expand globs, in order; raise DataError for a pattern that matches nothing, an empty file, an
+    unsupported suffix, or a mix of file types (`key` names the recipe key in the message)."""
+    files: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(str(Path(pattern).expanduser()))) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise DataError(f"{key}: no file matches {pattern!r}")
+        for match in matches:
+            path = Path(match)
+            if not path.is_file():
+                raise DataError(f"{key}: data file not found: {path}")
+            if path.suffix.lower() not in BUILDERS:
+                raise DataError(
+                    f"{key}: {path} has an unsupported type {path.suffix!r}; use one of {', '.join(sorted(BUILDERS))}"
+                )
+            if path.stat().st_size == 0:
+                raise DataError(f"{key}: data file is empty: {path}")
+            files.append(path)
+    builders = {BUILDERS[f.suffix.lower()] for f in files}
+    if len(builders) > 1:
+        raise DataError(f"{key}: mixes file types ({', '.join(sorted(builders))}); use one type per list")
+    return files
+
+
+def _open_stream(files: list[Path], config: DataConfig, cache_dir: Path):
+    """A datasets IterableDataset over `files` (streaming: read in place, no Arrow cache written; datasets'
+    lock files go to `cache_dir`, not the user's home)."""
+    import datasets
+
+    builder = BUILDERS[files[0].suffix.lower()]
+    kwargs: dict[str, Any] = {"sample_by": config.txt_sample_by} if builder == "text" else {}
+    datasets.disable_progress_bars()
+    try:
+        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", streaming=True,
+                                     cache_dir=str(cache_dir / "datasets"), **kwargs)
+    except Exception as err:  # datasets raises many types for unreadable files
+        raise DataError(f"could not read {[str(f) for f in files]}: {err}") from err
+
+
+def iter_documents(stream, files: list[Path], config: DataConfig) -> Iterator[str]:
+    """The text of each document of a datasets stream; DataError when the text field is missing."""
+    field = "text" if BUILDERS[files[0].suffix.lower()] == "text" else config.text_field
+    try:
+        for example in stream:
+            if field not in example:
+                raise DataError(
+                    f"{[str(f) for f in files]}: records have no field {field!r} (fields: {', '.join(example)}); "
+                    "set data.text_field"
+                )
+            text = example[field]
+            if isinstance(text, str) and text.strip():
+                yield text
+    except DataError:
+        raise
+    except Exception as err:
+        raise DataError(f"could not read {[str(f) for f in files]}: {err}") from err
+
+
+# ----------------------------------------------------------------------------------------------- tokens
+class Tokenize:
+    """Documents -> token ids, each document followed by EOS (its boundary in the packed stream)."""
+
+    def __init__(self, tokenizer, eos_id: int) -> None:
+        self.tokenizer, self.eos_id = tokenizer, int(eos_id)
+
+    def __call__(self, documents: Iterator[str]) -> Iterator[list[int]]:
+        while batch := list(itertools.islice(documents, TOKENIZE_BATCH)):
+            for ids in self.tokenizer(batch, add_special_tokens=True)["input_ids"]:
+                yield ids if ids and ids[-1] == self.eos_id else [*ids, self.eos_id]
+
+    def fingerprint(self) -> str:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        spec = backend.to_str() if backend is not None else repr(sorted(self.tokenizer.get_vocab().items()))
+        return hashlib.sha256(f"{type(self.tokenizer).__name__}|{self.eos_id}|{spec}".encode()).hexdigest()[:16]
+
+
+def token_cache(files: list[Path], config: DataConfig, tokenize: Tokenize, cache_dir: Path) -> Path:
+    """The cache file for these files read this way with this tokenizer (the name changes when any does)."""
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    key = json.dumps([stats, config.text_field, config.txt_sample_by, tokenize.fingerprint()])
+    return cache_dir / f"tokens-{hashlib.sha256(key.encode()).hexdigest()[:20]}.bin"
+
+
+def build_token_cache(files: list[Path], config: DataConfig, tokenize: Tokenize, path: Path) -> None:
+    """Tokenise `files` in order into `path` (raw uint32), atomically; DataError if they hold no text."""
+    def write(tmp: Path) -> None:
+        count = 0
+        with open(tmp, "wb") as out:
+            docs = iter_documents(_open_stream(files, config, path.parent), files, config)
+            for ids in tokenize(docs):
+                out.write(np.asarray(ids, dtype=TOKEN_DTYPE).tobytes())
+                count += len(ids)
+        if count == 0:
+            raise DataError(f"{[str(f) for f in files]} hold no text (no documents with a non-empty text field)")
+
+    atomic_write(path, write)
+
+
+def load_tokens(path: Path) -> np.ndarray:
+    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
+
+
+# ----------------------------------------------------------------------------------------------- sources
+class SequenceSource(Protocol):
+    seq_len: int
+
+    def iter_from(self, start: int) -> Iterator[np.ndarray]:
+        """Global sequences (each (seq_len,) int) in training order, beginning at global index `start`."""
+        ...
+
+
+class PackedCorpus:
+    """A memory-mapped token stream cut into sequences of `seq_len`; epoch e is a seeded permutation."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: tuple[int, ...], shuffle: bool = True) -> None:
+        self.tokens, self.seq_len, self.seed, self.shuffle = tokens, seq_len, seed, shuffle
+        self.num_sequences = len(tokens) // seq_len  # the tail shorter than one sequence is dropped
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def order(self, epoch: int) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(self.num_sequences)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([*self.seed, epoch]).permutation(self.num_sequences))
+        return self._order[1]
+
+    def sequence(self, index: int) -> np.ndarray:
+        epoch, i = divmod(index, self.num_sequences)
+        j = int(self.order(epoch)[i])
+        return np.asarray(self.tokens[j * self.seq_len : (j + 1) * self.seq_len], dtype=np.int64)
+
+    def iter_from(self, start: int) -> Iterator[np.ndarray]:
+        for index in itertools.count(start):
+            yield self.sequence(index)
+
+
+class StreamingPacked:
+    """Documents through datasets' shuffle buffer (reseeded every epoch), packed on the fly."""
+
+    def __init__(self, files: list[Path], config: DataConfig, tokenize: Tokenize, seq_len: int, seed: int,
+                 cache_dir: Path) -> None:
+        self.files, self.config, self.tokenize, self.seq_len, self.seed = files, config, tokenize, seq_len, seed
+        self.cache_dir = cache_dir
+
+    def _sequences(self) -> Iterator[np.ndarray]:
+        stream = _open_stream(self.files, self.config, self.cache_dir).shuffle(seed=self.seed, buffer_size=self.config.shuffle_buffer)
+        buffer: list[int] = []
+        for epoch in itertools.count():
+            stream.set_epoch(epoch)
+            documents = 0
+            for ids in self.tokenize(iter_documents(stream, self.files, self.config)):
+                documents += 1
+                buffer.extend(ids)  # the buffer carries over epochs: a small corpus simply repeats
+                while len(buffer) >= self.seq_len:
+                    yield np.asarray(buffer[: self.seq_len], dtype=np.int64)
+                    del buffer[: self.seq_len]
+            if documents == 0:
+                raise DataError(f"{[str(f) for f in self.files]} hold no text (no documents with a non-empty text field)")
+
+    def iter_from(self, start: int) -> Iterator[np.ndarray]:
+        return itertools.islice(self._sequences(), start, None)
+
+
+# ----------------------------------------------------------------------------------------------- batches
+@dataclass
+class DataPosition:
+    """How many global sequences the stage has consumed: all a resumed run needs to continue the stream."""
+
+    sequences: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"sequences": self.sequences}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, int]) -> DataPosition:
+        return cls(sequences=int(state["sequences"]))
+
+
+class BatchLoader:
+    """Per micro-step: the next `batch_size` global sequences, of which this rank keeps its contiguous
+    share (batch_size / world_size); returns (local_batch, seq_len) int64 token ids."""
+
+    def __init__(self, source: SequenceSource, batch_size: int, rank: int = 0, world_size: int = 1,
+                 position: DataPosition | None = None) -> None:
+        if batch_size % world_size:
+            raise DataError(f"batch_size {batch_size} is not divisible by the {world_size} processes")
+        self.source, self.batch_size = source, batch_size
+        self.local = batch_size // world_size
+        self.offset = rank * self.local
+        self.position = DataPosition(position.sequences if position else 0)
+        self._iter = source.iter_from(self.position.sequences)
+
+    def next(self) -> torch.Tensor:
+        batch = list(itertools.islice(self._iter, self.batch_size))
+        self.position.sequences += self.batch_size
+        return torch.from_numpy(np.stack(batch[self.offset : self.offset + self.local]))
+
+
+# ----------------------------------------------------------------------------------------------- preparation
+class Corpora:
+    """Builds (once, on the main process) and opens the token caches of a run's train and eval files."""
+
+    def __init__(self, config: DataConfig, tokenize: Tokenize, cache_dir: Path, is_main: bool,
+                 barrier: Callable[[], None]) -> None:
+        self.config, self.tokenize, self.cache_dir = config, tokenize, cache_dir
+        self.is_main, self.barrier = is_main, barrier
+
+    def tokens(self, files: list[Path]) -> np.ndarray:
+        path = token_cache(files, self.config, self.tokenize, self.cache_dir)
+        if self.is_main and not path.is_file():
+            build_token_cache(files, self.config, self.tokenize, path)
+        self.barrier()
+        return load_tokens(path)
+
+    def train_source(self, files: list[Path], seq_len: int, seed: int, stage_index: int, key: str) -> SequenceSource:
+        if self.config.streaming:
+            source: SequenceSource = StreamingPacked(files, self.config, self.tokenize, seq_len, seed * 10 + stage_index,
+                                                      self.cache_dir)
+            next(source.iter_from(0), None)  # reads until one sequence exists, or raises DataError
+            return source
+        tokens = self.tokens(files)
+        if len(tokens) < seq_len:
+            raise DataError(f"{key}: the data holds {len(tokens)} tokens, fewer than one sequence of seq_len {seq_len}")
+        return PackedCorpus(tokens, seq_len, seed=(seed, stage_index))
+
+    def eval_batches(self, files: list[Path], seq_len: int, count: int) -> torch.Tensor | None:
+        """The first `count` held-out sequences in file order, (n, seq_len); None without eval files."""
+        if not files:
+            return None
+        corpus = PackedCorpus(self.tokens(files), seq_len, seed=(0,), shuffle=False)
+        n = min(count, corpus.num_sequences)
+        if n == 0:
+            raise DataError(f"data.eval_files hold fewer tokens than one sequence of seq_len {seq_len}")
+        return torch.from_numpy(np.stack([corpus.sequence(i) for i in range(n)]))
+
+
+def load_tokenizer(teacher: str):
+    """The teacher's tokenizer and its EOS id (DataError when the teacher directory has no tokenizer)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(teacher)
+    except (OSError, ValueError, TypeError) as err:
+        raise DataError(f"could not load the tokenizer of teacher {teacher}: {err}") from err
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        config_eos = getattr(AutoConfig.from_pretrained(teacher), "eos_token_id", None)
+        eos = config_eos[0] if isinstance(config_eos, list) else config_eos
+    if eos is None:
+        raise DataError(f"the tokenizer of {teacher} has no EOS token to mark document boundaries")
+    return tokenizer, int(eos)

@@ -1,0 +1,159 @@
+"""Single-process and distributed runs through one code path, on PyTorch's own engine.
+
+`init()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); without it the
+run is one process and every collective below is a no-op. Gradients are synchronised by DDP, or by
+FSDP2 (`torch.distributed.fsdp.fully_shard`, parameters sharded over processes) for models that do not
+fit one GPU. Backends: NCCL on CUDA, gloo on CPU (what the tests use).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from hydrahead.distill.errors import DistillError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    owns_group: bool  # True when init() created the process group (and shutdown() should destroy it)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init(device: str = "auto") -> DistEnv:
+    """Join the torchrun process group when there is one; pick this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise DistillError("training.device is 'cuda' but no CUDA device is available")
+    torch_device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(torch_device)
+    owns = False
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        owns = True
+    if dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    return DistEnv(rank, world_size, local_rank, torch_device, owns)
+
+
+def shutdown(env: DistEnv) -> None:
+    if env.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.distributed:
+        dist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Mean of a tensor over processes (a copy; the input is unchanged)."""
+    value = value.detach().clone()
+    if env.distributed:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= env.world_size
+    return value
+
+
+def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    value = value.detach().clone()
+    if env.distributed:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def all_gather_object(obj: Any, env: DistEnv) -> list[Any]:
+    if not env.distributed:
+        return [obj]
+    out: list[Any] = [None] * env.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's `obj` on every process (used to agree on a decision, e.g. raising an error)."""
+    if not env.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def resolve_strategy(requested: str, env: DistEnv) -> str:
+    """"none" for one process; "ddp" or "fsdp" otherwise ("auto" means DDP)."""
+    if not env.distributed:
+        return "none"
+    return "ddp" if requested == "auto" else requested
+
+
+def shard_teacher(teacher: nn.Module, env: DistEnv, strategy: str) -> None:
+    """Under FSDP, shard the teacher's decoder layers (embeddings, final norm and lm_head stay whole,
+    so the chunked KL can call the teacher's lm_head outside its forward)."""
+    if strategy != "fsdp":
+        return
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in teacher.model.layers:
+        fully_shard(layer)
+
+
+def wrap(module: nn.Module, layers: nn.ModuleList, env: DistEnv, strategy: str) -> nn.Module:
+    """The module the training step calls: as is (one process), DDP, or FSDP2 per decoder layer + root."""
+    if strategy == "none":
+        return module
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [env.device.index] if env.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids)
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in layers:
+            fully_shard(layer)
+        fully_shard(module)
+        return module
+    raise DistillError(f"unknown distributed strategy {strategy!r}")
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+@contextlib.contextmanager
+def no_sync(module: nn.Module, skip_sync: bool):
+    """Inside: backward accumulates gradients locally without synchronising (all but the last micro-step)."""
+    if not skip_sync:
+        yield
+    elif isinstance(module, nn.parallel.DistributedDataParallel):
+        with module.no_sync():
+            yield
+    elif hasattr(module, "set_requires_gradient_sync"):  # an FSDP2 module
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+    else:
+        yield

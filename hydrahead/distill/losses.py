@@ -1,0 +1,131 @@
+"""Stage losses: hidden-state MSE (stage 1), KL + CE on logits (stage 2), next-token CE (stage 3).
+
+The logit losses take final (post-norm) hidden states and the LM heads instead of logits, and work over
+the sequence in chunks: each chunk's student and teacher logits are computed, reduced to three sums and
+dropped, under activation checkpointing, so backward recomputes them chunk by chunk too. Peak memory is
+O(B * chunk * vocab) instead of O(B * T * vocab) twice (a 150K vocabulary at 16K tokens is 9.8 GB per
+fp32 logits tensor). `kd_loss_reference` is the unchunked spec the chunked version is tested against.
+
+Shapes:
+    hidden, teacher_hidden   (B, T, d)        final hidden states (after the model's last norm)
+    labels                   (B, T)           next-token targets, IGNORE where there is none
+    KL term                  mean over all B*T positions of  tau^2 * KL(softmax(z_t/tau) || softmax(z_s/tau))
+    CE term                  mean over positions whose label is not IGNORE
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE = -100
+
+
+class KDLoss(NamedTuple):
+    loss: torch.Tensor  # kl_weight * kl + ce_weight * ce, the value to minimise
+    kl: torch.Tensor
+    ce: torch.Tensor
+
+
+def next_token_labels(input_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B, T): labels[:, t] = input_ids[:, t + 1]; the last position has no target."""
+    labels = torch.full_like(input_ids, IGNORE)
+    labels[:, :-1] = input_ids[:, 1:]
+    return labels
+
+
+def hidden_state_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paper Eq. 15: per-layer MSE between student and teacher hidden states, averaged over layers
+    (the paper sums; the mean only rescales). Returns (loss, per-layer MSE detached)."""
+    if len(student) != len(teacher):
+        raise ValueError(f"{len(student)} student hidden states vs {len(teacher)} teacher hidden states")
+    per_layer = torch.stack([F.mse_loss(s.float(), t.float()) for s, t in zip(student, teacher)])
+    return per_layer.mean(), per_layer.detach()
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    """At least fp32 (bf16 / fp16 logits are upcast; fp64 stays fp64 for the reference tests)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _kl_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Sum over positions of tau^2 * KL(p_teacher || p_student) at temperature tau; logits (..., V)."""
+    log_p_s = F.log_softmax(_up(student_logits) / temperature, dim=-1)
+    log_p_t = F.log_softmax(_up(teacher_logits) / temperature, dim=-1)
+    return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="sum") * temperature**2
+
+
+def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(_up(logits).flatten(0, -2), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+def kd_loss_reference(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    kl_weight: float = 1.0,
+    ce_weight: float = 1.0,
+) -> KDLoss:
+    """Unchunked KL + CE on full (B, T, V) logits: the spec of `chunked_kd_loss`."""
+    positions = labels.numel()
+    targets = (labels != IGNORE).sum().clamp(min=1)
+    zero = _up(student_logits).new_zeros(())
+    kl = _kl_sum(student_logits, teacher_logits, temperature) / positions if teacher_logits is not None else zero
+    ce = _ce_sum(student_logits, labels) / targets
+    return KDLoss(kl_weight * kl + ce_weight * ce, kl, ce)
+
+
+def _chunk_sums(hidden, teacher_hidden, labels, head, teacher_head, temperature, with_kl, with_ce):
+    """KL and CE sums of one sequence chunk; logits live only inside this function."""
+    logits = head(hidden)  # (B, c, V)
+    kl = ce = _up(logits).new_zeros(())
+    if with_kl:
+        with torch.no_grad():
+            teacher_logits = teacher_head(teacher_hidden)
+        kl = _kl_sum(logits, teacher_logits, temperature)
+    if with_ce:
+        ce = _ce_sum(logits, labels)
+    return kl, ce
+
+
+def chunked_kd_loss(
+    hidden: torch.Tensor,
+    head: nn.Module,
+    labels: torch.Tensor,
+    teacher_hidden: torch.Tensor | None = None,
+    teacher_head: nn.Module | None = None,
+    temperature: float = 1.0,
+    kl_weight: float = 1.0,
+    ce_weight: float = 1.0,
+    chunk: int = 1024,
+) -> KDLoss:
+    """KL(teacher || student) + CE from final hidden states, `chunk` sequence positions at a time.
+
+    Equal to `kd_loss_reference(head(hidden), teacher_head(teacher_hidden), labels, ...)` in value and
+    gradient. Without a teacher (teacher_hidden None, or kl_weight 0) it is the chunked next-token CE.
+    """
+    with_kl = teacher_hidden is not None and kl_weight > 0
+    if with_kl and teacher_head is None:
+        raise ValueError("chunked_kd_loss: teacher_hidden given without teacher_head")
+    with_ce = ce_weight > 0 or not with_kl
+    B, T, _ = hidden.shape
+    kl_total = ce_total = _up(hidden).new_zeros(())
+    for start in range(0, T, chunk):
+        piece = slice(start, min(start + chunk, T))
+        teacher_piece = teacher_hidden[:, piece] if with_kl else None
+        args = (hidden[:, piece], teacher_piece, labels[:, piece], head, teacher_head, temperature, with_kl, with_ce)
+        if torch.is_grad_enabled():
+            kl, ce = checkpoint(_chunk_sums, *args, use_reentrant=False)
+        else:
+            kl, ce = _chunk_sums(*args)
+        kl_total, ce_total = kl_total + kl, ce_total + ce
+    kl = kl_total / (B * T)
+    ce = ce_total / (labels != IGNORE).sum().clamp(min=1)
+    loss = (kl_weight * kl if with_kl else 0.0) + (ce_weight * ce if with_kl else ce)
+    return KDLoss(loss, kl.detach(), ce.detach())

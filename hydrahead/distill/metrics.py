@@ -1,0 +1,103 @@
+"""What a run reports: metrics as JSON lines (and TensorBoard, optionally), and a progress bar.
+
+Only the main process writes. Each line of <output_dir>/metrics.jsonl is one record with "stage" and
+"step" (optimiser steps done in that stage); a resumed run first drops the lines written after its
+checkpoint, so the file always describes one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from hydrahead.distill.errors import RecipeError
+from hydrahead.utils.io import atomic_write_text
+
+FILENAME = "metrics.jsonl"
+
+
+class MetricsLog:
+    def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool = False) -> None:
+        self.path = output_dir / FILENAME
+        self.enabled = enabled
+        self._writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise RecipeError(
+                    "training.tensorboard is true but the tensorboard package is not installed "
+                    "(pip install tensorboard), or set it to false"
+                ) from err
+            self._writer = SummaryWriter(str(output_dir / "tensorboard"))
+
+    def truncate_after(self, stage_order: list[str], stage: str, step: int) -> None:
+        """Keep only the records up to (stage, step): what the checkpoint being resumed had seen."""
+        if not self.enabled or not self.path.is_file():
+            return
+        limit = (stage_order.index(stage), step)
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+                position = (stage_order.index(record["stage"]), int(record["step"]))
+            except (json.JSONDecodeError, KeyError, ValueError):
+                continue  # a line cut short by the kill
+            if position <= limit:
+                kept.append(line)
+        atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {k: _plain(v) for k, v in record.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._writer is not None:
+            global_step = record.get("global_step", record["step"])
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "global_step"):
+                    self._writer.add_scalar(f"{record['stage']}/{key}", value, global_step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN / inf
+    return value
+
+
+def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl, in order."""
+    path = Path(output_dir) / FILENAME
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+class Progress:
+    """A tqdm bar over a stage's token budget: tokens/s and ETA from tqdm, loss in the postfix."""
+
+    def __init__(self, stage: str, total_tokens: int, done_tokens: int, enabled: bool) -> None:
+        self._bar = None
+        self.start = time.perf_counter()
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_tokens, initial=done_tokens, desc=stage, unit="tok", unit_scale=True,
+                             dynamic_ncols=True)
+
+    def update(self, tokens: int, loss: float, lr: float) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            self._bar.update(tokens)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

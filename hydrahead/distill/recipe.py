@@ -1,0 +1,375 @@
+"""The distillation recipe: plain dataclasses, validated on load, serialisable back to a dict.
+
+A recipe names the teacher, the head plan, the hybrid options, the data, the engine settings and, per
+stage, its token budget, sequence length, optimiser and schedule. `Recipe.from_yaml` / `from_dict`
+reject an unknown or misspelt key with its full path ("stages.align.lr_warmup") and a suggestion, a
+missing required key, a value of the wrong type and an out-of-range value. Relative paths in a YAML
+recipe are relative to the recipe file, so a recipe and its data can move together.
+
+Batch sizes are global: `batch_size` sequences per micro-step over all processes together (each of N
+processes takes batch_size / N), `grad_accum` micro-steps per optimiser step. The same recipe therefore
+trains the same way on one process or on many.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from hydrahead.distill.errors import RecipeError
+from hydrahead.distill.example import EXAMPLE_RECIPE
+from hydrahead.distill.schema import FieldError, build, check, parse_tokens, suggest
+from hydrahead.errors import OptionsError
+from hydrahead.options import HybridOptions
+
+__all__ = [  # EXAMPLE_RECIPE (example.py) is re-exported here: it documents this module's dataclasses
+    "EXAMPLE_RECIPE", "RUNTIME_KEYS", "STAGE_NAMES", "AlignStageConfig", "DataConfig", "DistillStageConfig",
+    "LongContextStageConfig", "LoraConfig", "Recipe", "StageConfig", "StagesConfig", "TrainingConfig",
+    "diff_identities", "parse_tokens", "set_dotted",
+]
+
+STAGE_NAMES = ("align", "distill", "long_context")
+
+# Keys that change how a run is observed, not what it computes: they may differ on --resume.
+RUNTIME_KEYS = (
+    "output_dir",
+    "training.checkpoint_every",
+    "training.log_every",
+    "training.eval_every",
+    "training.tensorboard",
+    "training.progress",
+    "data.eval_files",
+    "data.eval_sequences",
+    "data.cache_dir",
+)
+
+
+# ----------------------------------------------------------------------------------------------- sections
+@dataclass(kw_only=True)
+class DataConfig:
+    train_files: list[str]
+    """Text (.txt), JSON lines (.jsonl/.json) or Parquet (.parquet) files or glob patterns, read in this order."""
+    eval_files: list[str] = field(default_factory=list)
+    """Held-out files for the perplexity evaluation (none: no evaluation)."""
+    text_field: str = "text"
+    """Column holding the document text in JSONL / Parquet files."""
+    txt_sample_by: Literal["paragraph", "line", "document"] = "paragraph"
+    """What one document is in a .txt file: a blank-line-separated paragraph, a line, or the whole file."""
+    streaming: bool = False
+    """False: tokenise once into a cached token file, shuffle packed sequences exactly. True: stream documents
+    through a shuffle buffer (for corpora that do not fit on disk twice); resuming re-reads the skipped prefix."""
+    shuffle_buffer: int = 10_000
+    """Documents in the shuffle buffer (streaming only)."""
+    eval_sequences: int = 8
+    """Held-out sequences per evaluation, at the stage's sequence length."""
+    cache_dir: str | None = None
+    """Where tokenised corpora are cached (default: <output_dir>/cache)."""
+
+    def __post_init__(self) -> None:
+        check(len(self.train_files) > 0, "train_files", "must name at least one file")
+        check(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
+        check(self.eval_sequences >= 1, "eval_sequences", f"must be >= 1, got {self.eval_sequences}")
+
+
+@dataclass(kw_only=True)
+class LoraConfig:
+    r: int = 16
+    """Rank of the LoRA update."""
+    alpha: float = 32.0
+    """LoRA scaling numerator (update scaled by alpha / r)."""
+    dropout: float = 0.0
+    target_modules: list[str] | None = None
+    """Backbone linear layers to adapt, by name suffix (e.g. [q_proj, v_proj]); default: every backbone linear
+    layer except lm_head. Hybrid-attention parameters always train in full."""
+
+    def __post_init__(self) -> None:
+        check(self.r >= 1, "r", f"must be >= 1, got {self.r}")
+        check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(kw_only=True)
+class StageConfig:
+    """Settings every stage has. A stage ends when it has seen `tokens` tokens."""
+
+    tokens: int = field(metadata={"parse": parse_tokens})
+    """Token budget: the stage runs ceil(tokens / tokens_per_step) optimiser steps. Accepts "300M", "0.3B"."""
+    seq_len: int
+    """Tokens per packed training sequence."""
+    batch_size: int
+    """Global sequences per micro-step (all processes together; must divide by the process count)."""
+    lr: float
+    """Peak learning rate (AdamW)."""
+    grad_accum: int = 1
+    """Micro-steps per optimiser step."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warm-up, down to lr * min_lr_ratio."""
+    warmup_fraction: float = 0.01
+    """Fraction of the stage's steps spent in linear warm-up from 0."""
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    """AdamW weight decay, on matrices only (not on norms, biases, gains)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    max_grad_norm: float = 1.0
+    """Gradient clipping threshold (0: no clipping, the norm is still logged)."""
+    train_files: list[str] | None = None
+    """Data files for this stage only (e.g. long documents for long_context); default: data.train_files."""
+    skip: bool = False
+    """Leave the stage out (same as leaving its section out)."""
+
+    def __post_init__(self) -> None:
+        for name in ("tokens", "seq_len", "batch_size", "grad_accum"):
+            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(self.seq_len >= 2, "seq_len", f"must be >= 2 (a next-token target needs two tokens), got {self.seq_len}")
+        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        check(0.0 <= self.warmup_fraction < 1.0, "warmup_fraction", f"must be in [0, 1), got {self.warmup_fraction}")
+        check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(all(0.0 <= b < 1.0 for b in self.betas), "betas", f"must be in [0, 1), got {list(self.betas)}")
+        check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.grad_accum * self.seq_len
+
+    @property
+    def total_steps(self) -> int:
+        return math.ceil(self.tokens / self.tokens_per_step)
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(round(self.warmup_fraction * self.total_steps))
+
+
+@dataclass(kw_only=True)
+class AlignStageConfig(StageConfig):
+    """Stage 1: only the hybrid-attention parameters train; per-layer hidden-state MSE to the teacher."""
+
+
+@dataclass(kw_only=True)
+class DistillStageConfig(StageConfig):
+    """Stage 2: every parameter trains (or hybrid parameters + LoRA); KL(teacher || student) + CE."""
+
+    temperature: float = 1.0
+    """Softmax temperature of the KL term (the KL is scaled by temperature**2)."""
+    kl_weight: float = 1.0
+    ce_weight: float = 1.0
+    """Weight of the next-token cross-entropy (paper Eq. 16 adds KL and CE with equal weight)."""
+    loss_chunk: int = 1024
+    """Sequence positions per logits chunk: full (B, T, vocab) logits are never held."""
+    lora: LoraConfig | None = None
+    """Train LoRA adapters on the backbone (through peft) instead of the full backbone; merged at stage end."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.temperature > 0, "temperature", f"must be > 0, got {self.temperature}")
+        check(self.kl_weight >= 0 and self.ce_weight >= 0, "kl_weight", "and ce_weight must be >= 0")
+        check(self.kl_weight + self.ce_weight > 0, "kl_weight", "and ce_weight cannot both be 0")
+        check(self.loss_chunk >= 1, "loss_chunk", f"must be >= 1, got {self.loss_chunk}")
+
+
+@dataclass(kw_only=True)
+class LongContextStageConfig(StageConfig):
+    """Stage 3: next-token cross-entropy at a long sequence length; no teacher."""
+
+    loss_chunk: int = 1024
+    """Sequence positions per logits chunk."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.loss_chunk >= 1, "loss_chunk", f"must be >= 1, got {self.loss_chunk}")
+
+
+@dataclass(kw_only=True)
+class StagesConfig:
+    align: AlignStageConfig | None = None
+    distill: DistillStageConfig | None = None
+    long_context: LongContextStageConfig | None = None
+
+    def __post_init__(self) -> None:
+        check(bool(self.active()), "", "must run at least one of align, distill, long_context")
+
+    def active(self) -> list[tuple[str, StageConfig]]:
+        """The stages that run, in order."""
+        return [(n, s) for n in STAGE_NAMES if (s := getattr(self, n)) is not None and not s.skip]
+
+
+@dataclass(kw_only=True)
+class TrainingConfig:
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when available (one GPU per process under torchrun), else CPU."""
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"
+    """With more than one process: DDP (auto), or FSDP2 (fully_shard) for models that do not fit one GPU."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """bf16 autocast (fp32 master weights); auto: bf16 on CUDA, fp32 on CPU."""
+    teacher_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Teacher weights in memory; auto: bfloat16 on CUDA, float32 on CPU."""
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 500
+    """Optimiser steps between checkpoints (0: only at the end of each stage)."""
+    log_every: int = 10
+    """Optimiser steps between metrics lines."""
+    eval_every: int = 0
+    """Optimiser steps between held-out evaluations (0: only at the end of each stage)."""
+    tensorboard: bool = False
+    """Also write metrics for TensorBoard (needs the tensorboard package)."""
+    progress: bool = True
+    """Progress bar with loss, tokens/s and ETA."""
+
+    def __post_init__(self) -> None:
+        for name in ("checkpoint_every", "eval_every"):
+            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+
+
+@dataclass(kw_only=True)
+class Recipe:
+    teacher: str
+    """Teacher checkpoint directory (transformers format, with its tokenizer)."""
+    plan: str
+    """Head plan JSON (`hydrahead plan` / HeadPlan.to_json)."""
+    output_dir: str
+    """Checkpoints, metrics.jsonl and the final hybrid (<output_dir>/final)."""
+    data: DataConfig
+    stages: StagesConfig
+    hybrid: dict[str, Any] = field(default_factory=lambda: {"preset": "paper"})
+    """Hybrid options: `preset` ("paper" or "exact") plus any HybridOptions field as an override."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    seed: int = 0
+    """Seeds conversion, data order and every random number generator."""
+
+    def __post_init__(self) -> None:
+        self.hybrid_options()  # validate now
+
+    def hybrid_options(self) -> HybridOptions:
+        spec = dict(self.hybrid)
+        preset = spec.pop("preset", "paper")
+        allowed = ["preset", *HybridOptions.field_names()]
+        for key in spec:
+            if key not in allowed:
+                raise FieldError(f"hybrid.{key}", f"is an unknown key (not a hybrid option){suggest(key, allowed)}")
+        try:
+            return HybridOptions.preset(preset, **spec)
+        except OptionsError as err:
+            raise FieldError("hybrid", f"is invalid: {err}") from err
+
+    # ------------------------------------------------------------------------------------------- io
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        return build(cls, data, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+        """Load a YAML recipe; `overrides` maps dotted keys ("stages.align.lr") to values set before validation."""
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise RecipeError(f"recipe {path} is not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise RecipeError(f"recipe {path} must be a mapping of keys to values, got {type(data).__name__}")
+        for key, value in (overrides or {}).items():
+            set_dotted(data, key, value)
+        return cls.from_dict(_resolve_paths(data, path.parent.resolve()))
+
+    @classmethod
+    def load(cls, recipe: Recipe | dict[str, Any] | str | Path) -> Recipe:
+        """A Recipe as is, a dict, or a path to a YAML recipe."""
+        if isinstance(recipe, Recipe):
+            return recipe
+        if isinstance(recipe, dict):
+            return cls.from_dict(recipe)
+        return cls.from_yaml(recipe)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(json.loads(json.dumps(self.to_dict())), sort_keys=False)
+
+    def identity(self, plan: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The keys that decide what a run computes (RUNTIME_KEYS removed, the plan's contents in): two
+        recipes with the same identity train the same model, so a checkpoint of one resumes the other."""
+        data = json.loads(json.dumps(self.to_dict()))
+        for key in RUNTIME_KEYS:
+            *parents, leaf = key.split(".")
+            node = data
+            for parent in parents:
+                node = node[parent]
+            node.pop(leaf, None)
+        data["hybrid"] = self.hybrid_options().to_dict()
+        if plan is not None:
+            data["plan"] = plan
+        return data
+
+    def fingerprint(self, plan: dict[str, Any] | None = None) -> str:
+        return hashlib.sha256(json.dumps(self.identity(plan), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """data["a"]["b"]["c"] = value for key "a.b.c", creating sections on the way."""
+    *parents, leaf = key.split(".")
+    node = data
+    for i, parent in enumerate(parents):
+        node = node.setdefault(parent, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"cannot set {key}: {'.'.join(parents[: i + 1])} is not a section")
+    node[leaf] = value
+
+
+def diff_identities(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted paths whose values differ, with both values: ["stages.align.lr: 0.001 -> 0.002", ...]."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        path = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(diff_identities(a, b, f"{path}."))
+        elif a != b:
+            out.append(f"{path}: {_short(a)} -> {_short(b)}")
+    return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ----------------------------------------------------------------------------------------------- building
+_PATH_KEYS = ("teacher", "plan", "output_dir")
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Make the recipe's relative paths relative to `base` (the recipe file's folder)."""
+    def resolve(value: Any) -> Any:
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            return str(base / value)
+        if isinstance(value, str):
+            return str(Path(value).expanduser())
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        return value
+
+    data = dict(data)
+    for key in _PATH_KEYS:
+        if key in data:
+            data[key] = resolve(data[key])
+    if isinstance(data.get("data"), dict):
+        section = data["data"] = dict(data["data"])
+        for key in ("train_files", "eval_files", "cache_dir"):
+            if key in section and section[key] is not None:
+                section[key] = resolve(section[key])
+    if isinstance(data.get("stages"), dict):
+        stages = data["stages"] = dict(data["stages"])
+        for name, stage in stages.items():
+            if isinstance(stage, dict) and stage.get("train_files") is not None:
+                stages[name] = {**stage, "train_files": resolve(stage["train_files"])}
+    return data

@@ -1,0 +1,152 @@
+"""The three stages of METHOD.md section 4: which parameters train, what the teacher provides, the loss.
+
+    align         only `hybrid_parameters` train (backbone frozen); per-layer hidden-state MSE (Eq. 15)
+    distill       every parameter trains, or hybrid parameters + LoRA on the backbone (peft, merged at
+                  the end of the stage); tau^2 KL(teacher || student) + CE on chunked logits (Eq. 16)
+    long_context  every parameter trains; next-token CE at the stage's (long) length; no teacher
+
+`TrainModule` wraps the student so that a whole training forward, loss included, is one module call:
+that is what DDP and FSDP hook into, and it lets the chunked loss use the student's lm_head inside it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from hydrahead.distill.errors import RecipeError
+from hydrahead.distill.losses import chunked_kd_loss, hidden_state_mse, next_token_labels
+from hydrahead.distill.recipe import DistillStageConfig, StageConfig
+from hydrahead.models.convert import hybrid_parameters
+
+Metrics = dict[str, torch.Tensor]
+
+
+class Stage:
+    """Base: every parameter trains, no teacher; subclasses override what differs."""
+
+    name = "stage"
+    needs_teacher = False
+
+    def __init__(self, config: StageConfig, index: int) -> None:
+        self.config, self.index = config, index
+
+    def prepare(self, student: nn.Module) -> None:
+        """Set which parameters train (requires_grad); may restructure the student (LoRA)."""
+        student.requires_grad_(True)
+
+    def finish(self, student: nn.Module) -> None:
+        """Undo stage-only structure at the end of the stage (merge LoRA)."""
+
+    def teacher_targets(self, teacher: nn.Module, input_ids: torch.Tensor) -> Any:
+        """What the loss needs from the teacher for this batch (computed without gradients)."""
+        return None
+
+    def loss(self, student: nn.Module, input_ids: torch.Tensor, targets: Any) -> tuple[torch.Tensor, Metrics]:
+        """Next-token cross-entropy (the base loss; stage 3's)."""
+        hidden = student.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        out = chunked_kd_loss(hidden, student.lm_head, next_token_labels(input_ids),
+                              chunk=getattr(self.config, "loss_chunk", 1024))
+        return out.loss, {"ce": out.ce}
+
+
+class AlignStage(Stage):
+    name = "align"
+    needs_teacher = True
+
+    def prepare(self, student: nn.Module) -> None:
+        student.requires_grad_(False)
+        for p in hybrid_parameters(student):
+            p.requires_grad_(True)
+
+    @torch.no_grad()
+    def teacher_targets(self, teacher: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = teacher.model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
+        return tuple(h.detach() for h in out.hidden_states[1:])  # each decoder layer's output; last is post-norm
+
+    def loss(self, student, input_ids, targets):
+        out = student.model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
+        loss, per_layer = hidden_state_mse(out.hidden_states[1:], targets)
+        return loss, {"mse_first_layer": per_layer[0], "mse_last_layer": per_layer[-1]}
+
+
+class DistillStage(Stage):
+    name = "distill"
+    needs_teacher = True
+    config: DistillStageConfig
+
+    def __init__(self, config: DistillStageConfig, index: int) -> None:
+        super().__init__(config, index)
+        self._peft_model = None
+
+    def prepare(self, student: nn.Module) -> None:
+        lora = self.config.lora
+        if lora is None:
+            student.requires_grad_(True)
+            return
+        from peft import LoraConfig, get_peft_model
+
+        targets = lora_targets(student, lora.target_modules)
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                            bias="none")
+        # Injects LoRA layers into `student` in place and leaves only their parameters trainable.
+        self._peft_model = get_peft_model(student, config)
+        for p in hybrid_parameters(student):
+            p.requires_grad_(True)
+
+    def finish(self, student: nn.Module) -> None:
+        if self._peft_model is not None:
+            self._peft_model.merge_and_unload()  # LoRA layers -> plain Linear with merged weights, in place
+            self._peft_model = None
+        student.requires_grad_(True)
+
+    @torch.no_grad()
+    def teacher_targets(self, teacher: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
+        hidden = teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        return hidden.detach(), teacher.lm_head
+
+    def loss(self, student, input_ids, targets):
+        teacher_hidden, teacher_head = targets
+        hidden = student.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        c = self.config
+        out = chunked_kd_loss(hidden, student.lm_head, next_token_labels(input_ids), teacher_hidden, teacher_head,
+                              temperature=c.temperature, kl_weight=c.kl_weight, ce_weight=c.ce_weight, chunk=c.loss_chunk)
+        return out.loss, {"kl": out.kl, "ce": out.ce}
+
+
+class LongContextStage(Stage):
+    name = "long_context"
+
+
+STAGES: dict[str, type[Stage]] = {"align": AlignStage, "distill": DistillStage, "long_context": LongContextStage}
+
+
+def lora_targets(student: nn.Module, suffixes: list[str] | None) -> list[str]:
+    """Full names of the backbone Linear layers LoRA adapts: every Linear that conversion did not add,
+    except lm_head; filtered to names ending in one of `suffixes` when given."""
+    hybrid = {id(p) for p in hybrid_parameters(student)}
+    names = [
+        name for name, module in student.named_modules()
+        if isinstance(module, nn.Linear) and name != "lm_head" and id(module.weight) not in hybrid
+    ]
+    if suffixes:
+        names = [n for n in names if any(n == s or n.endswith("." + s) for s in suffixes)]
+        if not names:
+            raise RecipeError(f"stages.distill.lora.target_modules {suffixes} match no backbone linear layer")
+    return names
+
+
+class TrainModule(nn.Module):
+    """The student plus a stage's loss in one forward (what DDP / FSDP wrap)."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, input_ids: torch.Tensor, stage: Stage, targets: Any = None,
+                evaluate: bool = False) -> tuple[torch.Tensor, Metrics]:
+        if evaluate:  # held-out next-token loss, whatever the stage
+            return Stage.loss(stage, self.student, input_ids, None)
+        return stage.loss(self.student, input_ids, targets)

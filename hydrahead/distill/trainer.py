@@ -1,0 +1,234 @@
+"""The training engine: one stage at a time, from its first step or from a checkpoint.
+
+Per optimiser step: `grad_accum` micro-steps (gradients synchronised on the last one only), each taking
+the next global batch from the data stream; the teacher's targets under no_grad; the stage's loss in one
+call of the wrapped `TrainModule` (plain, DDP or FSDP2); backward of loss / grad_accum. Then the loss is
+averaged over micro-steps and processes and checked: NaN or inf stops the run before the optimiser step,
+so no checkpoint is ever written from a bad state. Then gradient clipping, AdamW, the warm-up + decay
+schedule, and on their cadences: a metrics line, the evaluators, a checkpoint, the step callbacks.
+
+AdamW: weight decay on matrices only; fused on CUDA. Precision: fp32 parameters, bf16 autocast on CUDA
+(by default). A stage ends after ceil(tokens / tokens_per_step) steps, i.e. on its token budget.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hydrahead.distill import checkpoint as ckpt
+from hydrahead.distill import distributed
+from hydrahead.distill.data import BatchLoader, DataPosition, SequenceSource
+from hydrahead.distill.distributed import DistEnv
+from hydrahead.distill.errors import NonFiniteLossError
+from hydrahead.distill.evaluate import EvalContext, Evaluator
+from hydrahead.distill.metrics import MetricsLog, Progress
+from hydrahead.distill.recipe import StageConfig, TrainingConfig
+from hydrahead.distill.stages import Stage, TrainModule
+
+
+@dataclass
+class StepInfo:
+    """What a step callback sees after each optimiser step (and after that step's checkpoint, if any)."""
+
+    stage: str
+    step: int  # optimiser steps done in this stage
+    total_steps: int
+    tokens: int  # tokens seen in this stage
+    loss: float
+    lr: float
+    grad_norm: float
+    student: nn.Module
+
+
+StepCallback = Callable[[StepInfo], None]
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
+    """Multiplier of the peak lr for the optimiser step with index `step` (0-based): linear warm-up from
+    0 over `warmup` steps, then cosine / linear decay to `min_ratio` at the last step, or constant."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup - 1)
+    progress = min(1.0, progress)
+    decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if schedule == "cosine" else 1.0 - progress
+    return min_ratio + (1.0 - min_ratio) * decay
+
+
+def make_optimizer(params: list[nn.Parameter], config: StageConfig, device: torch.device) -> torch.optim.AdamW:
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]  # norms, biases, gains, per-head scalars
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas,
+                             fused=device.type == "cuda")
+
+
+class Trainer:
+    def __init__(
+        self,
+        *,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        tokenizer: Any,
+        training: TrainingConfig,
+        env: DistEnv,
+        output_dir: Path,
+        identity: dict[str, Any],
+        fingerprint: str,
+        metrics: MetricsLog,
+        callbacks: Sequence[StepCallback] = (),
+    ) -> None:
+        self.student, self.teacher, self.tokenizer = student, teacher, tokenizer
+        self.training, self.env, self.output_dir = training, env, output_dir
+        self.identity, self.fingerprint = identity, fingerprint
+        self.metrics, self.callbacks = metrics, list(callbacks)
+        self.strategy = distributed.resolve_strategy(training.distributed, env)
+        self.train_module = TrainModule(student)
+        self._fsdp_module: nn.Module | None = None
+        self.checkpoint_path = output_dir / ckpt.FILENAME
+        self.last_checkpoint = "none yet"
+        use_bf16 = training.precision == "bf16" or (training.precision == "auto" and env.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.env.device.type, dtype=self.autocast_dtype)
+
+    def _wrap(self) -> nn.Module:
+        """DDP is rebuilt per stage (the trainable set changes); FSDP2 shards once and stays."""
+        if self.strategy == "fsdp":
+            if self._fsdp_module is None:
+                self._fsdp_module = distributed.wrap(self.train_module, self.student.model.layers, self.env, "fsdp")
+            return self._fsdp_module
+        return distributed.wrap(self.train_module, self.student.model.layers, self.env, self.strategy)
+
+    def save(self, state: ckpt.TrainState, optimizer=None, scheduler=None) -> None:
+        ckpt.save(self.checkpoint_path, self.env, student=self.student, state=state, identity=self.identity,
+                  fingerprint=self.fingerprint, optimizer=optimizer, scheduler=scheduler)
+        self.last_checkpoint = f"{self.checkpoint_path} (stage {state.stage}, step {state.step}" + (
+            ", done)" if state.done else ")")
+
+    def evaluate(self, module: nn.Module, stage: Stage, step: int, evaluators: Sequence[Evaluator]) -> dict[str, float]:
+        if not evaluators:
+            return {}
+        self.student.eval()
+        ctx = EvalContext(self.student, module, stage, step, self.tokenizer, self.env, self.autocast)
+        results: dict[str, float] = {}
+        try:
+            with torch.no_grad():
+                for evaluator in evaluators:
+                    results.update(evaluator(ctx))
+        finally:
+            self.student.train()
+        return results
+
+    # ------------------------------------------------------------------------------------------- one step
+    def _step(self, module, stage: Stage, loader: BatchLoader, params, optimizer) -> tuple[float, dict, float]:
+        config = stage.config
+        accum = config.grad_accum
+        loss_sum = torch.zeros((), device=self.env.device)
+        metric_sums: dict[str, torch.Tensor] = {}
+        for micro in range(accum):
+            ids = loader.next().to(self.env.device, non_blocking=True)
+            with self.autocast():
+                targets = stage.teacher_targets(self.teacher, ids) if stage.needs_teacher else None
+            with distributed.no_sync(module, skip_sync=micro < accum - 1):
+                with self.autocast():
+                    loss, metrics = module(ids, stage, targets)
+                (loss / accum).backward()
+            loss_sum += loss.detach().float()
+            for key, value in metrics.items():
+                metric_sums[key] = metric_sums.get(key, 0) + value.detach().float()
+        loss = distributed.all_reduce_mean(loss_sum / accum, self.env).item()
+        metrics = {k: distributed.all_reduce_mean(v / accum, self.env).item() for k, v in metric_sums.items()}
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
+            grad_norm = grad_norm.full_tensor()
+        return loss, metrics, float(grad_norm)
+
+    def _check_finite(self, stage: Stage, step: int, loss: float, grad_norm: float) -> None:
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            return
+        what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm} (loss {loss:.4g})"
+        raise NonFiniteLossError(
+            f"stage {stage.name}, step {step}/{stage.config.total_steps}: the {what}. Stopped before the optimiser "
+            f"step; the last good checkpoint is intact: {self.last_checkpoint}. Lower stages.{stage.name}.lr or "
+            "check the data, then continue with --resume."
+        )
+
+    # ------------------------------------------------------------------------------------------- one stage
+    def run_stage(self, stage: Stage, source: SequenceSource, evaluators: Sequence[Evaluator] = (),
+                  resume: ckpt.Checkpoint | None = None) -> None:
+        config, env = stage.config, self.env
+        stage.prepare(self.student)
+        if resume is not None:
+            ckpt.restore_model(self.student, resume)
+        self.student.train()
+        module = self._wrap()
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        optimizer = make_optimizer(params, config, env.device)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+            lr_factor, warmup=config.warmup_steps, total=config.total_steps, schedule=config.schedule,
+            min_ratio=config.min_lr_ratio))
+        state = ckpt.TrainState(stage.name, stage.index)
+        if resume is not None:
+            ckpt.restore_training(self.student, optimizer, scheduler, resume, env)
+            state = resume.state
+            self.last_checkpoint = f"{self.checkpoint_path} (stage {state.stage}, step {state.step})"
+        loader = BatchLoader(source, config.batch_size, env.rank, env.world_size, state.data)
+        progress = Progress(stage.name, config.total_steps * config.tokens_per_step, state.tokens,
+                            self.training.progress and env.is_main)
+        window_start, window_tokens = time.perf_counter(), 0
+        try:
+            while state.step < config.total_steps:
+                lr = scheduler.get_last_lr()[0]
+                loss, metrics, grad_norm = self._step(module, stage, loader, params, optimizer)
+                self._check_finite(stage, state.step + 1, loss, grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.tokens += config.tokens_per_step
+                state.data = DataPosition(loader.position.sequences)
+                window_tokens += config.tokens_per_step
+                progress.update(config.tokens_per_step, loss, lr)
+                last = state.step == config.total_steps
+                if state.step % self.training.log_every == 0 or last:
+                    elapsed = time.perf_counter() - window_start
+                    self.metrics.log({"stage": stage.name, "step": state.step, "tokens": state.tokens, "loss": loss,
+                                      **metrics, "lr": lr, "grad_norm": grad_norm,
+                                      "tokens_per_s": window_tokens / max(elapsed, 1e-9)})
+                    window_start, window_tokens = time.perf_counter(), 0
+                every = self.training.eval_every
+                if every and state.step % every == 0 and not last:
+                    self._log_eval(module, stage, state, evaluators)
+                every = self.training.checkpoint_every
+                if every and state.step % every == 0 and not last:
+                    self.save(state, optimizer, scheduler)
+                for callback in self.callbacks:
+                    callback(StepInfo(stage.name, state.step, config.total_steps, state.tokens, loss, lr, grad_norm,
+                                      self.student))
+        finally:
+            progress.close()
+        self._log_eval(module, stage, state, evaluators)
+        stage.finish(self.student)
+        state.done = True
+        self.save(state)
+
+    def _log_eval(self, module, stage: Stage, state: ckpt.TrainState, evaluators: Sequence[Evaluator]) -> None:
+        results = self.evaluate(module, stage, state.step, evaluators)
+        if results:
+            self.metrics.log({"stage": stage.name, "step": state.step, "tokens": state.tokens, **results})

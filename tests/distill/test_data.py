@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import torch
+
+from hydrahead.distill import DataError
+from hydrahead.distill.data import BatchLoader, Corpora, DataPosition, Tokenize, resolve_files
+from hydrahead.distill.recipe import DataConfig
+from tests.distill.conftest import make_documents, make_tokenizer, write_corpus
+
+DOCS = make_documents(40, seed=3)
+
+
+def corpora(tmp_path, **config) -> tuple[Corpora, Tokenize]:
+    tokenizer = make_tokenizer()
+    tokenize = Tokenize(tokenizer, tokenizer.eos_token_id)
+    cfg = DataConfig(train_files=["unused"], **config)
+    return Corpora(cfg, tokenize, tmp_path / "cache", is_main=True, barrier=lambda: None), tokenize
+
+
+def expected_stream(tokenize: Tokenize) -> list[int]:
+    return [t for ids in tokenize(iter(DOCS)) for t in ids]
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".parquet"])
+def test_formats_give_the_same_token_stream_with_eos_boundaries(tmp_path, suffix):
+    files = [write_corpus(tmp_path / f"data{suffix}", DOCS)]
+    c, tokenize = corpora(tmp_path)
+    tokens = c.tokens(resolve_files([str(files[0])], "data.train_files"))
+    stream = expected_stream(tokenize)
+    assert tokens.tolist() == stream
+    eos = tokenize.eos_id
+    assert stream.count(eos) == len(DOCS) and stream[-1] == eos  # one EOS after every document
+    assert len(list((tmp_path / "cache").glob("tokens-*.bin"))) == 1
+
+
+def test_packed_order_is_deterministic_and_covers_every_sequence(tmp_path):
+    path = write_corpus(tmp_path / "d.jsonl", DOCS)
+    c, tokenize = corpora(tmp_path)
+    files = resolve_files([str(path)], "k")
+    a = c.train_source(files, seq_len=16, seed=0, stage_index=0, key="k")
+    b = c.train_source(files, seq_len=16, seed=0, stage_index=0, key="k")
+    other = c.train_source(files, seq_len=16, seed=1, stage_index=0, key="k")
+    n = a.num_sequences
+    first = [s.tolist() for s in _take(a.iter_from(0), n)]
+    assert first == [s.tolist() for s in _take(b.iter_from(0), n)]
+    assert first != [s.tolist() for s in _take(other.iter_from(0), n)]
+    stream = expected_stream(tokenize)
+    chunks = sorted(stream[i * 16 : (i + 1) * 16] for i in range(n))
+    assert sorted(first) == chunks  # one epoch = a permutation of all packed sequences
+    second_epoch = [s.tolist() for s in _take(a.iter_from(n), n)]
+    assert sorted(second_epoch) == chunks and second_epoch != first
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["cached", "streaming"])
+def test_ranks_split_the_global_batch_and_resume_continues(tmp_path, streaming):
+    path = write_corpus(tmp_path / "d.jsonl", DOCS)
+    c, _ = corpora(tmp_path, streaming=streaming, shuffle_buffer=7)
+    source = c.train_source(resolve_files([str(path)], "k"), seq_len=12, seed=0, stage_index=1, key="k")
+    single = BatchLoader(source, batch_size=4)
+    ranks = [BatchLoader(source, batch_size=4, rank=r, world_size=2) for r in range(2)]
+    for _ in range(3):
+        batch = single.next()
+        assert torch.equal(torch.cat([r.next() for r in ranks]), batch)
+    assert single.position == DataPosition(12)
+    resumed = BatchLoader(source, batch_size=4, position=DataPosition.from_state_dict(single.position.state_dict()))
+    for _ in range(5):  # past the end of the first epoch
+        assert torch.equal(resumed.next(), single.next())
+
+
+def test_streaming_is_deterministic(tmp_path):
+    path = write_corpus(tmp_path / "d.txt", DOCS)
+    c, tokenize = corpora(tmp_path, streaming=True, shuffle_buffer=5)
+    files = resolve_files([str(path)], "k")
+    a = [s.tolist() for s in _take(c.train_source(files, 10, 0, 0, "k").iter_from(0), 30)]
+    b = [s.tolist() for s in _take(c.train_source(files, 10, 0, 0, "k").iter_from(0), 30)]
+    assert a == b
+    assert set(np.concatenate(a).tolist()) <= set(expected_stream(tokenize))
+
+
+def test_eval_sequences_are_in_file_order(tmp_path):
+    path = write_corpus(tmp_path / "e.txt", DOCS)
+    c, tokenize = corpora(tmp_path)
+    batch = c.eval_batches(resolve_files([str(path)], "k"), seq_len=8, count=3)
+    stream = expected_stream(tokenize)
+    assert batch.tolist() == [stream[0:8], stream[8:16], stream[16:24]]
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(DataError, match="data.train_files: data file not found: .*nope.jsonl"):
+        resolve_files([str(tmp_path / "nope.jsonl")], "data.train_files")
+    with pytest.raises(DataError, match="no file matches"):
+        resolve_files([str(tmp_path / "*.parquet")], "data.train_files")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="data file is empty: .*empty.jsonl"):
+        resolve_files([str(tmp_path / "empty.jsonl")], "data.train_files")
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match="unsupported type '.csv'"):
+        resolve_files([str(tmp_path / "x.csv")], "k")
+    (tmp_path / "wrong.jsonl").write_text('{"content": "hello"}\n')
+    c, _ = corpora(tmp_path)
+    with pytest.raises(DataError, match="no field 'text' \\(fields: content\\); set data.text_field"):
+        c.tokens(resolve_files([str(tmp_path / "wrong.jsonl")], "k"))
+    (tmp_path / "blank.txt").write_text("\n\n\n")
+    with pytest.raises(DataError, match="hold no text"):
+        c.tokens(resolve_files([str(tmp_path / "blank.txt")], "k"))
+    short = write_corpus(tmp_path / "short.jsonl", ["the cat sees a book ."])
+    with pytest.raises(DataError, match="stages.align.train_files: the data holds 7 tokens, fewer than one sequence"):
+        c.train_source(resolve_files([str(short)], "k"), 32, 0, 0, "stages.align.train_files")

@@ -1,0 +1,79 @@
+import pytest
+import torch
+from torch import nn
+
+from hydrahead.distill.losses import (
+    IGNORE,
+    chunked_kd_loss,
+    hidden_state_mse,
+    kd_loss_reference,
+    next_token_labels,
+)
+
+
+def _setup(B=2, T=37, d=16, V=53, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(B, T, d, generator=g, dtype=torch.float64, requires_grad=True)
+    teacher_hidden = torch.randn(B, T, d, generator=g, dtype=torch.float64)
+    head, teacher_head = nn.Linear(d, V, bias=False).double(), nn.Linear(d, V, bias=False).double()
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(V, d, generator=g))
+        teacher_head.weight.copy_(torch.randn(V, d, generator=g))
+    labels = next_token_labels(torch.randint(0, V, (B, T), generator=g))
+    labels[0, 5] = IGNORE  # a hole in the targets, as padding would make
+    return hidden, teacher_hidden, head, teacher_head, labels
+
+
+@pytest.mark.parametrize("chunk", [1, 8, 37, 1000], ids=lambda c: f"chunk{c}")
+@pytest.mark.parametrize("temperature,kl_weight,ce_weight", [(1.0, 1.0, 1.0), (2.0, 1.0, 0.3), (0.7, 0.0, 1.0)],
+                         ids=["T1", "T2-ce0.3", "ce-only"])
+def test_chunked_kd_equals_unchunked(chunk, temperature, kl_weight, ce_weight):
+    hidden, teacher_hidden, head, teacher_head, labels = _setup()
+    ref = kd_loss_reference(head(hidden), teacher_head(teacher_hidden), labels, temperature, kl_weight, ce_weight)
+    grads_ref = torch.autograd.grad(ref.loss, [hidden, head.weight])
+    out = chunked_kd_loss(hidden, head, labels, teacher_hidden, teacher_head, temperature, kl_weight, ce_weight, chunk)
+    grads = torch.autograd.grad(out.loss, [hidden, head.weight])
+    torch.testing.assert_close(out.loss, ref.loss, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out.ce, ref.ce.detach(), rtol=1e-12, atol=1e-12)
+    if kl_weight:
+        torch.testing.assert_close(out.kl, ref.kl.detach(), rtol=1e-12, atol=1e-12)
+    for name, a, b in zip(("d hidden", "d head"), grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_chunked_without_teacher_is_next_token_ce():
+    hidden, _, head, _, labels = _setup()
+    out = chunked_kd_loss(hidden, head, labels, chunk=5)
+    ce = torch.nn.functional.cross_entropy(head(hidden).flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+    torch.testing.assert_close(out.loss, ce)
+
+
+def test_kl_is_zero_when_student_equals_teacher():
+    hidden, _, head, _, labels = _setup()
+    out = chunked_kd_loss(hidden, head, labels, hidden.detach(), head, temperature=2.0, ce_weight=0.0, chunk=4)
+    assert abs(out.kl.item()) < 1e-12
+
+
+def test_chunked_keeps_no_full_logits_for_backward():
+    """Only one chunk's logits are ever alive: the saved tensors for backward hold no (B, T, V) tensor."""
+    hidden, teacher_hidden, head, teacher_head, labels = _setup(T=64, V=97)
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        chunked_kd_loss(hidden, head, labels, teacher_hidden, teacher_head, chunk=8)
+    assert max(sizes) < 2 * 64 * 97 / 4  # at most a chunk's worth (B * 8 * V), far below B * T * V
+
+
+def test_hidden_state_mse_per_layer_mean():
+    a = [torch.zeros(2, 3, 4), torch.ones(2, 3, 4)]
+    b = [torch.ones(2, 3, 4), torch.ones(2, 3, 4)]
+    loss, per_layer = hidden_state_mse(a, b)
+    assert loss.item() == 0.5 and per_layer.tolist() == [1.0, 0.0]
+
+
+def test_next_token_labels():
+    assert next_token_labels(torch.tensor([[5, 6, 7]])).tolist() == [[6, 7, IGNORE]]

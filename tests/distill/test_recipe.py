@@ -1,0 +1,105 @@
+import pytest
+import yaml
+
+from hydrahead.cli import main
+from hydrahead.distill import EXAMPLE_RECIPE, Recipe, RecipeError
+from hydrahead.distill.recipe import diff_identities, parse_tokens
+
+
+def minimal(**stages):
+    return {
+        "teacher": "t", "plan": "p.json", "output_dir": "out",
+        "data": {"train_files": ["a.jsonl"]},
+        "stages": stages or {"align": {"tokens": 1000, "seq_len": 8, "batch_size": 2, "lr": 1e-3}},
+    }
+
+
+def test_example_recipe_is_valid_and_commented(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(EXAMPLE_RECIPE)
+    recipe = Recipe.from_yaml(path)
+    assert [name for name, _ in recipe.stages.active()] == ["align", "distill", "long_context"]
+    assert recipe.stages.align.tokens == 300_000_000 and recipe.stages.distill.tokens == 10**9
+    assert recipe.teacher == str(tmp_path / "models/Qwen3-1.7B")  # relative to the recipe file
+    assert recipe.data.train_files == [str(tmp_path / "data/fineweb-edu/*.parquet")]
+    assert recipe.hybrid_options().train_length == 16384
+    assert EXAMPLE_RECIPE.count("#") > 20
+
+
+def test_print_example_recipe(capsys):
+    assert main(["distill", "--print-example-recipe"]) == 0
+    assert capsys.readouterr().out == EXAMPLE_RECIPE
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda r: r["stages"]["align"].update(lr_warmup=5), "unknown key 'stages.align.lr_warmup'"),
+    (lambda r: r["stages"].update(algin=r["stages"]["align"]), "unknown key 'stages.algin'; did you mean 'align'?"),
+    (lambda r: r.update(seeed=1), "unknown key 'seeed'; did you mean 'seed'?"),
+    (lambda r: r["data"].update(text_feild="x"), "did you mean 'text_field'?"),
+    (lambda r: r.pop("teacher"), "missing required key 'teacher'"),
+    (lambda r: r["stages"]["align"].pop("lr"), "missing required key 'stages.align.lr'"),
+    (lambda r: r["stages"]["align"].update(batch_size="four"), "stages.align.batch_size must be an integer"),
+    (lambda r: r["stages"]["align"].update(grad_accum=0), "stages.align.grad_accum must be >= 1"),
+    (lambda r: r["stages"]["align"].update(schedule="cosin"), "stages.align.schedule must be one of"),
+    (lambda r: r["stages"]["align"].update(tokens="lots"), "stages.align.tokens: expected a token count"),
+    (lambda r: r["stages"]["align"].update(skip=True), "must run at least one of"),
+    (lambda r: r.update(hybrid={"preset": "paper", "fa_rop": "none"}), "hybrid.fa_rop is an unknown key"),
+    (lambda r: r.update(hybrid={"preset": "paper", "conv_size": 1}), "hybrid is invalid: conv_size"),
+    (lambda r: r["training"].update(precision="fp8") if "training" in r else r.update(training={"precision": "fp8"}),
+     "training.precision must be one of auto, fp32, bf16"),
+    (lambda r: r["data"].update(train_files=[]), "data.train_files must name at least one file"),
+    (lambda r: r["stages"].update(distill={"tokens": 10, "seq_len": 8, "batch_size": 1, "lr": 1.0,
+                                           "lora": {"rank": 4}}), "unknown key 'stages.distill.lora.rank'"),
+])
+def test_recipe_errors_name_the_key(mutate, message):
+    data = minimal()
+    mutate(data)
+    with pytest.raises(RecipeError) as err:
+        Recipe.from_dict(data)
+    assert message in str(err.value)
+
+
+def test_values_yaml_reads_as_text_are_accepted():
+    data = minimal(align={"tokens": "1.5K", "seq_len": 8, "batch_size": 2, "lr": "1e-3", "betas": [0.9, 0.99]})
+    stage = Recipe.from_dict(data).stages.align
+    assert stage.tokens == 1500 and stage.lr == 1e-3 and stage.betas == (0.9, 0.99)
+    assert stage.total_steps == 94  # ceil(1500 / (2 * 1 * 8)): a stage ends on its token budget
+
+
+def test_parse_tokens():
+    assert [parse_tokens(v) for v in (7, "300M", "0.3B", "16K", "1_000", "2e3")] == [7, 3 * 10**8, 3 * 10**8,
+                                                                                      16000, 1000, 2000]
+
+
+def test_round_trip_and_identity():
+    recipe = Recipe.from_dict(minimal())
+    again = Recipe.from_dict(yaml.safe_load(recipe.to_yaml()))
+    assert again == recipe and again.fingerprint() == recipe.fingerprint()
+    data = minimal()
+    data["training"] = {"log_every": 3, "progress": False}  # runtime-only: same identity
+    assert Recipe.from_dict(data).fingerprint() == recipe.fingerprint()
+    data["stages"]["align"]["lr"] = 2e-3
+    changed = Recipe.from_dict(data)
+    assert changed.fingerprint() != recipe.fingerprint()
+    assert diff_identities(recipe.identity(), changed.identity()) == ["stages.align.lr: 0.001 -> 0.002"]
+
+
+def test_cli_set_overrides(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(minimal()))
+    recipe = Recipe.from_yaml(path, {"stages.align.lr": 5e-4, "training.progress": False})
+    assert recipe.stages.align.lr == 5e-4 and recipe.training.progress is False
+    with pytest.raises(RecipeError, match="unknown key 'stages.align.lrr'"):
+        Recipe.from_yaml(path, {"stages.align.lrr": 1})
+
+
+def test_cli_recipe_errors_are_one_line(tmp_path, capsys):
+    path = tmp_path / "r.yaml"
+    data = minimal()
+    data["stages"]["align"]["warmup"] = 10
+    path.write_text(yaml.safe_dump(data))
+    assert main(["distill", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'stages.align.warmup'" in err and "Traceback" not in err
+    assert main(["distill", str(tmp_path / "missing.yaml")]) == 2
+    assert "recipe file not found" in capsys.readouterr().err

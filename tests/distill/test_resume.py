@@ -1,0 +1,100 @@
+"""Checkpoints: kill-and-resume equals an uninterrupted run; the NaN guard; --resume mismatches."""
+
+import pytest
+import torch
+
+import hydrahead
+from hydrahead.distill import NonFiniteLossError, ResumeError, read_metrics, run
+from hydrahead.distill.checkpoint import FILENAME
+from hydrahead.distill.stages import DistillStage
+from tests.distill.conftest import tiny_recipe, tiny_stage
+
+STAGES = {
+    "align": tiny_stage(tokens=3 * 4 * 32),
+    "distill": tiny_stage(tokens=6 * 4 * 32, loss_chunk=8, grad_accum=2, batch_size=2, schedule="cosine",
+                          warmup_fraction=0.2),
+    "long_context": tiny_stage(tokens=2 * 2 * 64, seq_len=64, batch_size=2, lr=1.0e-3),
+}
+
+
+def kill_at(stage: str, step: int):
+    def callback(info):
+        if info.stage == stage and info.step == step:
+            raise KeyboardInterrupt
+    return callback
+
+
+def state(path):
+    return hydrahead.from_pretrained(path).state_dict()
+
+
+def curve(out):
+    return [(m["stage"], m["step"], m["loss"]) for m in read_metrics(out) if "loss" in m]
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["cached", "streaming"])
+def test_kill_and_resume_matches_an_uninterrupted_run(workspace, tmp_path, streaming):
+    data = {"streaming": streaming, "shuffle_buffer": 16}
+    reference = run(tiny_recipe(workspace, tmp_path / "ref", STAGES, data=data))
+    recipe = tiny_recipe(workspace, tmp_path / "run", STAGES, data=data, training={"checkpoint_every": 2})
+    with pytest.raises(KeyboardInterrupt):  # killed after step 5 of distill: the checkpoint holds step 4
+        run(recipe, callbacks=[kill_at("distill", 5)])
+    assert not (tmp_path / "run" / "final").exists()
+    resumed = run(recipe, resume=True)
+    expected, actual = state(reference), state(resumed)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    # the metrics file reads as one run: the lost step 5 was dropped and recomputed, nothing is duplicated
+    a, b = curve(tmp_path / "ref"), curve(tmp_path / "run")
+    assert [x[:2] for x in a] == [x[:2] for x in b]
+    torch.testing.assert_close([x[2] for x in b], [x[2] for x in a], rtol=1e-5, atol=1e-6)
+
+
+def test_kill_during_lora_stage_resumes(workspace, tmp_path):
+    stages = {"distill": tiny_stage(tokens=4 * 4 * 32, loss_chunk=8, lora={"r": 2})}
+    reference = run(tiny_recipe(workspace, tmp_path / "ref", stages))
+    recipe = tiny_recipe(workspace, tmp_path / "run", stages, training={"checkpoint_every": 1})
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe, callbacks=[kill_at("distill", 3)])
+    expected, actual = state(reference), state(run(recipe, resume=True))
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_resume_refuses_a_different_recipe(workspace, tmp_path):
+    recipe = tiny_recipe(workspace, tmp_path / "run", {"align": tiny_stage(tokens=4 * 4 * 32)},
+                         training={"checkpoint_every": 1})
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe, callbacks=[kill_at("align", 2)])
+    with pytest.raises(ResumeError, match="already holds a checkpoint; continue it with --resume"):
+        run(recipe)
+    changed = tiny_recipe(workspace, tmp_path / "run", {"align": tiny_stage(tokens=4 * 4 * 32, lr=1.0e-2)},
+                          seed=1, training={"checkpoint_every": 1, "log_every": 5})
+    with pytest.raises(ResumeError, match=r"different recipe.*seed: 0 -> 1; stages.align.lr: 0.003 -> 0.01"):
+        run(changed, resume=True)
+    with pytest.raises(ResumeError, match="no checkpoint at"):
+        run(tiny_recipe(workspace, tmp_path / "other", {"align": tiny_stage()}), resume=True)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(workspace, tmp_path, monkeypatch):
+    recipe = tiny_recipe(workspace, tmp_path / "run", {"distill": tiny_stage(loss_chunk=8)},
+                         training={"checkpoint_every": 2})
+    original = DistillStage.loss
+    calls = []
+
+    def poisoned(self, student, input_ids, targets):
+        loss, metrics = original(self, student, input_ids, targets)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 3 else loss), metrics
+
+    monkeypatch.setattr(DistillStage, "loss", poisoned)
+    checkpoint = tmp_path / "run" / FILENAME
+    with pytest.raises(NonFiniteLossError, match=r"stage distill, step 3/6: the loss is nan.*intact: .*step 2\)"):
+        run(recipe)
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["state"]["step"] == 2 and not saved["state"]["done"]
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+    monkeypatch.setattr(DistillStage, "loss", original)
+    run(recipe, resume=True)  # the intact checkpoint resumes
+    assert [m["step"] for m in read_metrics(tmp_path / "run") if "loss" in m] == [1, 2, 3, 4, 5, 6]
