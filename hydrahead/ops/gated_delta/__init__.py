@@ -26,7 +26,7 @@ Modes:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -37,7 +37,7 @@ from .fla import FLA_DTYPES, FlaNotInstalledError, fla_gated_delta_rule, fla_is_
 from .naive import recurrent_gated_delta_rule
 
 Mode = Literal["auto", "recurrent", "chunk", "fla"]
-MODES: tuple[str, ...] = ("auto", "recurrent", "chunk", "fla")
+MODES: tuple[str, ...] = get_args(Mode)
 
 __all__ = [
     "MODES",
@@ -75,12 +75,14 @@ def gated_delta_rule(
     if mode == "auto":
         mode = _auto_mode(q)
 
-    kwargs = {"initial_state": initial_state, "output_final_state": output_final_state, "scale": scale}
-    if mode == "fla":
-        return fla_gated_delta_rule(q, k, v, g, beta, **kwargs)
-    if mode == "recurrent":
-        return recurrent_gated_delta_rule(q, k, v, g, beta, **kwargs)
-    return chunk_gated_delta_rule(q, k, v, g, beta, **kwargs)
+    implementation = {
+        "recurrent": recurrent_gated_delta_rule,
+        "chunk": chunk_gated_delta_rule,
+        "fla": fla_gated_delta_rule,
+    }[mode]
+    return implementation(
+        q, k, v, g, beta, initial_state=initial_state, output_final_state=output_final_state, scale=scale
+    )
 
 
 def _auto_mode(q: torch.Tensor) -> Mode:

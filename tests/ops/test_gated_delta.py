@@ -1,0 +1,292 @@
+"""Gated delta rule: chunk == recurrent (values and gradients), == transformers' reference, decode, errors."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers.models.qwen3_next import modeling_qwen3_next
+
+from hydrahead.ops import FlaNotInstalledError, GatedDeltaRuleError, gated_delta_rule
+from hydrahead.ops import gated_delta
+from hydrahead.ops.gated_delta.chunk import chunk_gated_delta_rule
+from hydrahead.ops.gated_delta.fla import fla_is_available, load_fla_kernels
+from hydrahead.ops.gated_delta.naive import recurrent_gated_delta_rule
+
+# transformers swaps these for fla's kernels when fla is installed; unwrap to always get the PyTorch code.
+hf_chunk = inspect.unwrap(modeling_qwen3_next.torch_chunk_gated_delta_rule)
+hf_recurrent = inspect.unwrap(modeling_qwen3_next.torch_recurrent_gated_delta_rule)
+
+FP32_TOL = 1e-5
+FP64_TOL = 1e-9
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tensors are tiny: intra-op threads only add synchronisation overhead (large on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class Shape:
+    batch: int
+    seq_len: int
+    heads: int
+    dk: int
+    dv: int
+
+    @property
+    def id(self) -> str:
+        return f"B{self.batch}-T{self.seq_len}-H{self.heads}-Dk{self.dk}-Dv{self.dv}"
+
+
+def make_inputs(shape: Shape, dtype: torch.dtype = torch.float32, initial_state: bool = True) -> dict:
+    """Realistic inputs: q, k L2-normalised, g = logsigmoid(randn) <= 0, beta = sigmoid(randn)."""
+    b, t, h, dk, dv = shape.batch, shape.seq_len, shape.heads, shape.dk, shape.dv
+    return {
+        "q": F.normalize(torch.randn(b, t, h, dk, dtype=dtype), dim=-1),
+        "k": F.normalize(torch.randn(b, t, h, dk, dtype=dtype), dim=-1),
+        "v": torch.randn(b, t, h, dv, dtype=dtype),
+        "g": F.logsigmoid(torch.randn(b, t, h, dtype=dtype)),
+        "beta": torch.sigmoid(torch.randn(b, t, h, dtype=dtype)),
+        "initial_state": torch.randn(b, h, dk, dv, dtype=dtype) if initial_state else None,
+    }
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |actual - expected| / max |expected|."""
+    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max().clamp_min(1e-30)).item()
+
+
+def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, tol: float) -> None:
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    err = rel_err(actual, expected)
+    assert err < tol, f"{name}: relative error {err:.3e} >= {tol:.0e}"
+
+
+def run(fn, inputs: dict, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """fn(q, k, v, g, beta, initial_state=..., output_final_state=True, **kwargs)."""
+    q, k, v, g, beta = (inputs[name] for name in ("q", "k", "v", "g", "beta"))
+    return fn(q, k, v, g, beta, initial_state=inputs["initial_state"], output_final_state=True, **kwargs)
+
+
+# ---- 1. chunk == recurrent: values (fp32) and gradients (fp64) ------------------------------------------
+
+CHUNK_CASES = [
+    (Shape(2, 1, 3, 16, 8), 64),
+    (Shape(2, 17, 3, 16, 8), 64),
+    (Shape(1, 63, 2, 8, 12), 64),
+    (Shape(2, 130, 3, 16, 8), 64),
+    (Shape(2, 17, 3, 16, 8), 16),
+    (Shape(1, 63, 2, 8, 12), 16),
+    (Shape(2, 130, 3, 16, 8), 16),
+]
+CHUNK_IDS = [f"{s.id}-C{c}" for s, c in CHUNK_CASES]
+STATE_IDS = ["h0", "no-h0"]
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=STATE_IDS)
+@pytest.mark.parametrize(("shape", "chunk_size"), CHUNK_CASES, ids=CHUNK_IDS)
+def test_chunk_matches_recurrent_fp32(shape: Shape, chunk_size: int, with_state: bool) -> None:
+    inputs = make_inputs(shape, torch.float32, with_state)
+    o_ref, state_ref = run(recurrent_gated_delta_rule, inputs)
+    o, state = run(chunk_gated_delta_rule, inputs, chunk_size=chunk_size)
+    assert o.dtype == torch.float32 and state.dtype == torch.float32
+    assert_close("o", o, o_ref, FP32_TOL)
+    assert_close("final_state", state, state_ref, FP32_TOL)
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=STATE_IDS)
+@pytest.mark.parametrize(("shape", "chunk_size"), CHUNK_CASES, ids=CHUNK_IDS)
+def test_chunk_gradients_match_recurrent(shape: Shape, chunk_size: int, with_state: bool) -> None:
+    inputs = make_inputs(shape, torch.float64, with_state)
+    leaves = {name: x.requires_grad_() for name, x in inputs.items() if x is not None}
+    grad_o = torch.randn(shape.batch, shape.seq_len, shape.heads, shape.dv, dtype=torch.float64)
+    grad_state = torch.randn(shape.batch, shape.heads, shape.dk, shape.dv, dtype=torch.float64)
+
+    def grads(fn, **kwargs) -> tuple[torch.Tensor, ...]:
+        o, state = run(fn, inputs, **kwargs)
+        loss = (o * grad_o).sum() + (state * grad_state).sum()
+        return torch.autograd.grad(loss, list(leaves.values()))
+
+    expected = grads(recurrent_gated_delta_rule)
+    actual = grads(chunk_gated_delta_rule, chunk_size=chunk_size)
+    for name, a, e in zip(leaves, actual, expected):
+        assert_close(f"d{name}", a, e, FP64_TOL)
+
+
+def test_chunk_is_exact_in_fp64_for_a_long_sequence() -> None:
+    """Many chunks with a strong decay: the chunk form loses nothing against the loop."""
+    inputs = make_inputs(Shape(1, 300, 2, 16, 16), torch.float64)
+    inputs["g"] = inputs["g"] * 4
+    o_ref, state_ref = run(recurrent_gated_delta_rule, inputs)
+    o, state = run(chunk_gated_delta_rule, inputs, chunk_size=32)
+    assert_close("o", o, o_ref, FP64_TOL)
+    assert_close("final_state", state, state_ref, FP64_TOL)
+
+
+# ---- 2. Both equal transformers' reference implementations ---------------------------------------------
+
+HF_SHAPES = [Shape(2, 1, 3, 16, 8), Shape(2, 63, 3, 16, 8), Shape(1, 130, 2, 32, 32)]
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=STATE_IDS)
+@pytest.mark.parametrize("mode", ["chunk", "recurrent"])
+@pytest.mark.parametrize("shape", HF_SHAPES, ids=[s.id for s in HF_SHAPES])
+def test_matches_transformers(shape: Shape, mode: str, with_state: bool) -> None:
+    inputs = make_inputs(shape, torch.float32, with_state)
+    o, state = run(gated_delta_rule, inputs, mode=mode)
+    # transformers scales q by Dk ** -0.5 internally, which is our default `scale`; q, k are already normalised.
+    for name, reference in (("hf_chunk", hf_chunk), ("hf_recurrent", hf_recurrent)):
+        o_ref, state_ref = run(reference, inputs, use_qk_l2norm_in_kernel=False)
+        assert_close(f"o vs {name}", o, o_ref, FP32_TOL)
+        assert_close(f"final_state vs {name}", state, state_ref, FP32_TOL)
+
+
+@pytest.mark.parametrize("mode", ["chunk", "recurrent"])
+def test_explicit_scale(mode: str) -> None:
+    """scale=s is the same as handing transformers (which always uses Dk ** -0.5) q * s * sqrt(Dk)."""
+    shape = Shape(1, 40, 2, 16, 8)
+    inputs = make_inputs(shape)
+    scale = 0.37
+    o, state = run(gated_delta_rule, inputs, mode=mode, scale=scale)
+    hf_inputs = {**inputs, "q": inputs["q"] * scale * shape.dk**0.5}
+    o_ref, state_ref = run(hf_chunk, hf_inputs)
+    assert_close("o", o, o_ref, FP32_TOL)
+    assert_close("final_state", state, state_ref, FP32_TOL)
+
+
+# ---- 3. Decode: token-by-token with a carried state == one call over the whole sequence ------------------
+
+DECODE_CASES = [(Shape(2, 40, 3, 16, 8), 0), (Shape(2, 40, 3, 16, 8), 17), (Shape(1, 70, 2, 8, 8), 64)]
+
+
+@pytest.mark.parametrize("with_state", [True, False], ids=STATE_IDS)
+@pytest.mark.parametrize(
+    ("shape", "prefill"), DECODE_CASES, ids=[f"{s.id}-prefill{p}" for s, p in DECODE_CASES]
+)
+def test_prefill_then_decode_matches_one_chunk_call(shape: Shape, prefill: int, with_state: bool) -> None:
+    inputs = make_inputs(shape, torch.float32, with_state)
+    o_full, state_full = run(gated_delta_rule, inputs, mode="chunk")
+
+    def tokens(start: int, stop: int) -> list[torch.Tensor]:
+        return [inputs[name][:, start:stop] for name in ("q", "k", "v", "g", "beta")]
+
+    state, outputs = inputs["initial_state"], []
+    if prefill:
+        o, state = gated_delta_rule(*tokens(0, prefill), state, True, mode="chunk")
+        outputs.append(o)
+    for t in range(prefill, shape.seq_len):
+        o, state = gated_delta_rule(*tokens(t, t + 1), state, True)  # "auto" on CPU, T == 1: recurrent
+        outputs.append(o)
+
+    assert_close("o", torch.cat(outputs, dim=1), o_full, FP32_TOL)
+    assert_close("final_state", state, state_full, FP32_TOL)
+
+
+# ---- Public API contract --------------------------------------------------------------------------------
+
+
+def test_output_dtypes_and_optional_state() -> None:
+    shape = Shape(1, 20, 2, 8, 8)
+    inputs = make_inputs(shape, initial_state=False)
+    inputs = {name: x.to(torch.bfloat16) for name, x in inputs.items() if x is not None}
+    for mode in ("chunk", "recurrent", "auto"):
+        o, state = gated_delta_rule(**inputs, mode=mode)
+        assert o.shape == (1, 20, 2, 8) and o.dtype == torch.bfloat16 and state is None
+        o, state = gated_delta_rule(**inputs, output_final_state=True, mode=mode)
+        assert state.shape == (1, 2, 8, 8) and state.dtype == torch.float32
+
+
+@pytest.mark.parametrize(("seq_len", "expected"), [(1, "recurrent"), (5, "chunk")])
+def test_auto_on_cpu_uses_recurrent_for_one_token_and_chunk_otherwise(
+    monkeypatch: pytest.MonkeyPatch, seq_len: int, expected: str
+) -> None:
+    called: list[str] = []
+
+    def spy(name: str):
+        real = getattr(gated_delta, f"{name}_gated_delta_rule")
+        return lambda *args, **kwargs: called.append(name) or real(*args, **kwargs)
+
+    for name in ("recurrent", "chunk"):
+        monkeypatch.setattr(gated_delta, f"{name}_gated_delta_rule", spy(name))
+    inputs = make_inputs(Shape(1, seq_len, 2, 8, 8))
+    run(gated_delta_rule, inputs)
+    assert called == [expected]
+
+
+# ---- 4. Bad input raises typed errors ---------------------------------------------------------------------
+
+
+def _bad(name: str, value) -> dict:
+    inputs = make_inputs(Shape(2, 5, 3, 8, 4))
+    inputs[name] = value
+    return inputs
+
+
+BAD_INPUTS = {
+    "q-3d": (_bad("q", torch.randn(2, 5, 8)), "q must have shape"),
+    "v-5d": (_bad("v", torch.randn(2, 5, 3, 4, 1)), "v must have shape"),
+    "g-4d": (_bad("g", torch.randn(2, 5, 3, 1)), "g must have shape"),
+    "k-wrong-dk": (_bad("k", torch.randn(2, 5, 3, 7)), "k has shape"),
+    "v-wrong-heads": (_bad("v", torch.randn(2, 5, 2, 4)), "v has shape"),
+    "beta-wrong-T": (_bad("beta", torch.rand(2, 6, 3)), "beta has shape"),
+    "state-wrong-dv": (_bad("initial_state", torch.zeros(2, 3, 8, 5)), "initial_state has shape"),
+    "empty-sequence": (make_inputs(Shape(2, 0, 3, 8, 4)), "empty"),
+}
+
+
+@pytest.mark.parametrize(("inputs", "message"), list(BAD_INPUTS.values()), ids=list(BAD_INPUTS))
+def test_bad_input_raises(inputs: dict, message: str) -> None:
+    with pytest.raises(GatedDeltaRuleError, match=message):
+        run(gated_delta_rule, inputs)
+
+
+def test_unknown_mode_raises() -> None:
+    with pytest.raises(GatedDeltaRuleError, match="unknown gated delta rule mode 'fast'"):
+        run(gated_delta_rule, make_inputs(Shape(1, 3, 1, 4, 4)), mode="fast")
+    assert issubclass(GatedDeltaRuleError, ValueError)
+
+
+def test_fla_mode_on_cpu_raises() -> None:
+    with pytest.raises(GatedDeltaRuleError, match="CUDA"):
+        run(gated_delta_rule, make_inputs(Shape(1, 3, 1, 4, 4)), mode="fla")
+
+
+def test_missing_fla_raises_with_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in ("fla", "fla.ops", "fla.ops.gated_delta_rule"):
+        monkeypatch.setitem(sys.modules, module, None)  # None in sys.modules makes the import raise ImportError
+    fla_is_available.cache_clear()
+    try:
+        with pytest.raises(FlaNotInstalledError, match=r"pip install 'hydrahead\[gpu\]'"):
+            load_fla_kernels()
+        assert not fla_is_available()
+    finally:
+        fla_is_available.cache_clear()
+
+
+# ---- fla on CUDA (bf16) against the fp32 reference ----------------------------------------------------------
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fla's Triton kernels need CUDA")
+@pytest.mark.parametrize("seq_len", [1, 130], ids=["T1-fused-recurrent", "T130-chunk"])
+def test_fla_matches_recurrent_reference(seq_len: int) -> None:
+    pytest.importorskip("fla.ops.gated_delta_rule")
+    inputs = make_inputs(Shape(2, seq_len, 4, 64, 64))
+    cuda = {name: x.cuda() for name, x in inputs.items()}
+    cuda.update({name: cuda[name].to(torch.bfloat16) for name in ("q", "k", "v", "beta")})
+    # The reference sees the same bf16-rounded inputs, so only the kernels' own precision is measured.
+    o_ref, state_ref = run(recurrent_gated_delta_rule, {name: x.float().cpu() for name, x in cuda.items()})
+    for mode in ("fla", "auto"):
+        o, state = run(gated_delta_rule, cuda, mode=mode)
+        assert o.dtype == torch.bfloat16 and state.dtype == torch.float32
+        assert_close(f"o ({mode})", o.float().cpu(), o_ref, 2e-2)
+        assert_close(f"final_state ({mode})", state.cpu(), state_ref, 2e-2)
