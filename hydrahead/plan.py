@@ -8,12 +8,69 @@ KV-cache saving depends on how FA heads fall into groups; the plan reports it ex
 from __future__ import annotations
 
 import json
+import math
+import random as _random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hydrahead.errors import PlanError
 from hydrahead.utils.io import atomic_write_text
+
+
+GRANULARITIES = ("query_head", "kv_group")
+
+
+def parse_ratio(ratio: str) -> tuple[int, int]:
+    """"a:b" (linear-attention : full-attention) -> (a, b); PlanError on anything else."""
+    parts = str(ratio).split(":")
+    try:
+        a, b = (int(p) for p in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        a = b = None
+    if a is None or b is None or a < 0 or b < 0 or a + b == 0:
+        raise PlanError(f"ratio must be 'LA:FA' with non-negative integers, e.g. '7:1' or '3:1', got {ratio!r}")
+    return a, b
+
+
+def _share(total: int, ratio: str) -> int:
+    """How many of `total` units are FA under LA:FA = a:b: total * b / (a + b), rounded half up."""
+    a, b = parse_ratio(ratio)
+    return math.floor(total * b / (a + b) + 0.5)
+
+
+def _select(scores: list[list[float]], count: int, min_per_layer: int) -> list[list[int]]:
+    """Constrained global screening: the best `min_per_layer` units of every layer, then the best of the
+    rest over all layers until `count` are chosen. Ties go to the lower layer, then the lower index."""
+    chosen = [sorted(range(len(row)), key=lambda u: (-row[u], u))[:min_per_layer] for row in scores]
+    taken = {(layer, u) for layer, units in enumerate(chosen) for u in units}
+    rest = sorted(((layer, u) for layer, row in enumerate(scores) for u in range(len(row)) if (layer, u) not in taken),
+                  key=lambda lu: (-scores[lu[0]][lu[1]], lu))
+    for layer, u in rest[: count - len(taken)]:
+        chosen[layer].append(u)
+    return chosen
+
+
+def _score_rows(scores: Any) -> list[list[float]]:
+    """(layers, heads) scores of a `HeadScores` (or anything with `.values`) as nested lists of floats."""
+    values = getattr(scores, "values", scores)
+    values = values.tolist() if hasattr(values, "tolist") else values
+    rows = [[float(v) for v in row] for row in values]
+    if not rows or any(len(r) != len(rows[0]) or not r for r in rows):
+        raise PlanError("scores must be a non-empty (layers, heads) array")
+    if any(math.isnan(v) for r in rows for v in r):
+        raise PlanError("scores contain NaN")
+    return rows
+
+
+def _check_scores_shape(rows: list[list[float]], num_kv_heads: int, config: Any | None) -> None:
+    layers, heads = len(rows), len(rows[0])
+    if num_kv_heads <= 0 or heads % num_kv_heads:
+        raise PlanError(f"scores have {heads} heads per layer, not a multiple of num_kv_heads={num_kv_heads}")
+    if config is not None and (layers, heads, num_kv_heads) != _model_shape(config):
+        L, H, KV = _model_shape(config)
+        raise PlanError(f"scores are for a model with {layers} layers x {heads} heads ({num_kv_heads} KV heads) "
+                        f"but the model has {L} layers x {H} heads ({KV} KV heads)")
 
 
 def _model_shape(config: Any) -> tuple[int, int, int]:
@@ -66,6 +123,94 @@ class HeadPlan:
         """No head keeps full attention (all-GDN)."""
         layers, heads, kv = _model_shape(config)
         return cls(tuple(() for _ in range(layers)), heads, kv)
+
+    @classmethod
+    def from_scores(cls, scores: Any, ratio: str = "7:1", min_per_layer: int = 1, granularity: str = "query_head",
+                    config: Any | None = None) -> HeadPlan:
+        """Constrained global screening (METHOD.md section 3): the global top heads by score, with at least
+        `min_per_layer` FA heads in every layer.
+
+        scores:      a `HeadScores` ((layers, heads) `values`, `num_kv_heads`, `method`)
+        ratio:       "LA:FA"; FA heads = round(total * FA / (LA + FA)), half up
+        granularity: "query_head", or "kv_group": whole GQA groups are chosen, a group scored by the max of its
+                     query heads (its KV cache is kept as soon as one of them is FA), FA groups =
+                     round(groups * FA / (LA + FA)), and min_per_layer heads become ceil(min_per_layer / group
+                     size) groups, so the KV-cache fraction is exactly FA groups / all groups
+        config:      when given, scores for another model shape raise PlanError
+        """
+        rows = _score_rows(scores)
+        kv = int(getattr(scores, "num_kv_heads", len(rows[0])))
+        _check_scores_shape(rows, kv, config)
+        return cls._screen(rows, kv, ratio, min_per_layer, granularity, getattr(scores, "method", "scores"))
+
+    @classmethod
+    def _screen(cls, rows: list[list[float]], kv: int, ratio: str, min_per_layer: int, granularity: str,
+                method: str) -> HeadPlan:
+        layers, heads = len(rows), len(rows[0])
+        if granularity not in GRANULARITIES:
+            raise PlanError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        if min_per_layer < 0 or min_per_layer > heads:
+            raise PlanError(f"min_per_layer must be between 0 and {heads} heads, got {min_per_layer}")
+        group = heads // kv if granularity == "kv_group" else 1
+        units = [[max(row[g * group:(g + 1) * group]) for g in range(heads // group)] for row in rows]
+        unit_min = math.ceil(min_per_layer / group)
+        count = _share(layers * len(units[0]), ratio)
+        what = "KV groups" if granularity == "kv_group" else "heads"
+        if count == 0:
+            raise PlanError(f"ratio {ratio} leaves no full-attention {what} out of {layers * len(units[0])}")
+        if count < layers * unit_min:
+            raise PlanError(f"ratio {ratio} gives {count} full-attention {what}, fewer than min_per_layer={min_per_layer} "
+                            f"per layer needs ({layers * unit_min} over {layers} layers)")
+        chosen = _select(units, count, unit_min)
+        fa = [[u * group + i for u in layer for i in range(group)] for layer in chosen]
+        meta = {"method": method, "ratio": ratio, "min_per_layer": min_per_layer, "granularity": granularity}
+        return cls(tuple(tuple(layer) for layer in fa), heads, kv, meta=meta)
+
+    @classmethod
+    def random(cls, config: Any, ratio: str = "7:1", seed: int = 0, min_per_layer: int = 1,
+               granularity: str = "query_head") -> HeadPlan:
+        """The global-random baseline: `from_scores` with scores drawn uniformly at random (seeded)."""
+        layers, heads, kv = _model_shape(config)
+        rng = _random.Random(seed)
+        rows = [[rng.random() for _ in range(heads)] for _ in range(layers)]
+        plan = cls._screen(rows, kv, ratio, min_per_layer, granularity, "random")
+        return cls(plan.fa_heads, heads, kv, meta={**plan.meta, "seed": seed})
+
+    @classmethod
+    def fixed_per_layer(cls, scores: Any, k: int, config: Any | None = None) -> HeadPlan:
+        """The fixed per-layer allocation baseline: the k best heads of every layer (7:1 with 16 heads: k=2)."""
+        rows = _score_rows(scores)
+        kv = int(getattr(scores, "num_kv_heads", len(rows[0])))
+        _check_scores_shape(rows, kv, config)
+        heads = len(rows[0])
+        if not 1 <= k <= heads:
+            raise PlanError(f"k must be between 1 and {heads} heads per layer, got {k}")
+        fa = _select(rows, len(rows) * k, k)
+        meta = {"method": getattr(scores, "method", "scores"), "allocation": "fixed_per_layer", "k": k}
+        return cls(tuple(tuple(layer) for layer in fa), heads, kv, meta=meta)
+
+    @classmethod
+    def layerwise(cls, config: Any, ratio: str = "3:1", layers: list[int] | None = None) -> HeadPlan:
+        """The layer-wise hybrid baseline: every head FA in some layers, none in the others.
+
+        Without `layers`, round(L * FA / (LA + FA)) FA layers evenly spaced, each closing a block of
+        LA layers (3:1 on 28 layers: 3, 7, ..., 27).
+        """
+        L, heads, kv = _model_shape(config)
+        if layers is None:
+            n = _share(L, ratio)
+            if n == 0:
+                raise PlanError(f"ratio {ratio} leaves no full-attention layer out of {L}")
+            layers = [math.floor((i + 1) * L / n) - 1 for i in range(n)]
+            meta = {"method": "layerwise", "ratio": ratio, "layers": layers}
+        else:
+            layers = [int(layer) for layer in layers]
+            bad = [layer for layer in layers if not 0 <= layer < L]
+            if bad or len(set(layers)) != len(layers) or not layers:
+                raise PlanError(f"layers must be distinct indices in 0..{L - 1}, got {layers}")
+            meta = {"method": "layerwise", "layers": sorted(layers)}
+        fa = [tuple(range(heads)) if layer in set(layers) else () for layer in range(L)]
+        return cls(tuple(fa), heads, kv, meta=meta)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeadPlan:

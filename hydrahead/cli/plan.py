@@ -1,0 +1,73 @@
+"""Make a head plan (which heads keep full attention) from head scores, or a baseline plan.
+
+Example:
+  hydrahead plan --scores scores.json --ratio 7:1 --min-per-layer 1 --out plan.json
+  hydrahead plan --scores scores.json --ratio 7:1 --granularity kv_group --out plan.json
+  hydrahead plan --baseline layerwise --model teacher/ --ratio 3:1 --out layerwise.json
+  hydrahead plan --baseline random --model teacher/ --ratio 7:1 --seed 0 --out random.json
+  hydrahead plan --baseline fixed-per-layer --scores scores.json --k 2 --out fixed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "choose full-attention heads from scores (or a layer-wise / random / per-layer baseline)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scores", default=None, help="head scores JSON (from `hydrahead score`)")
+    parser.add_argument("--model", default=None, help="teacher directory: its shape for baselines, and a check of --scores")
+    parser.add_argument("--out", required=True, help="output plan JSON")
+    parser.add_argument("--baseline", default="scores", choices=["scores", "layerwise", "random", "fixed-per-layer"],
+                        help="scores: global top-k from --scores (default); the others are comparison baselines")
+    parser.add_argument("--ratio", default=None, help="LA:FA ratio (default 7:1; 3:1 for layerwise)")
+    parser.add_argument("--min-per-layer", type=int, default=1, help="FA heads every layer keeps (default 1)")
+    parser.add_argument("--granularity", default="query_head", choices=["query_head", "kv_group"])
+    parser.add_argument("--seed", type=int, default=0, help="random baseline seed")
+    parser.add_argument("--k", type=int, default=None, help="fixed-per-layer: FA heads per layer")
+    parser.add_argument("--layers", default=None, help="layerwise: comma list of FA layers (default evenly spaced)")
+
+
+def _shape_config(args: argparse.Namespace, scores):
+    """The model config (from --model) or a stand-in with the shape of --scores."""
+    from types import SimpleNamespace
+
+    from hydrahead.errors import PlanError
+    from hydrahead.models.io import read_config
+
+    if args.model:
+        data = read_config(args.model)
+        return SimpleNamespace(num_hidden_layers=data["num_hidden_layers"], num_attention_heads=data["num_attention_heads"],
+                               num_key_value_heads=data.get("num_key_value_heads") or data["num_attention_heads"])
+    if scores is None:
+        raise PlanError(f"--baseline {args.baseline} needs --model (or --scores) for the model shape")
+    return SimpleNamespace(num_hidden_layers=scores.num_layers, num_attention_heads=scores.num_heads,
+                           num_key_value_heads=scores.num_kv_heads)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hydrahead import HeadPlan
+    from hydrahead.errors import PlanError
+    from hydrahead.scoring import HeadScores
+
+    scores = HeadScores.from_json(args.scores) if args.scores else None
+    config = _shape_config(args, scores)
+    if args.baseline in ("scores", "fixed-per-layer") and scores is None:
+        raise PlanError(f"--baseline {args.baseline} needs --scores")
+    if args.baseline == "scores":
+        plan = HeadPlan.from_scores(scores, args.ratio or "7:1", args.min_per_layer, args.granularity,
+                                    config=config if args.model else None)
+    elif args.baseline == "fixed-per-layer":
+        if args.k is None:
+            raise PlanError("--baseline fixed-per-layer needs --k (FA heads per layer)")
+        plan = HeadPlan.fixed_per_layer(scores, args.k, config=config if args.model else None)
+    elif args.baseline == "random":
+        plan = HeadPlan.random(config, args.ratio or "7:1", args.seed, args.min_per_layer, args.granularity)
+    else:
+        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+        plan = HeadPlan.layerwise(config, args.ratio or "3:1", layers)
+    plan.to_json(args.out)
+    print(plan.summary())
+    print(f"saved plan to {args.out}")
+    return 0

@@ -1,0 +1,72 @@
+"""Check head scores: NIAH accuracy with the top-k scored heads ablated versus k random other heads
+(one set per seed), and agreement (Spearman, top-k Jaccard) between methods and `patching`.
+
+Ablation runs on fresh probes (the scores' probe settings with the seed + 1, unless --probe-seed);
+agreement compares methods on the scores' own probes. Methods not given with --compare are computed
+(patching is the slow one: a forward per batch of heads); --no-agreement skips this.
+
+Example:
+  hydrahead validate-scores --model teacher/ --scores scores.json --top-k 8 --out validation.json
+  hydrahead validate-scores --model teacher/ --scores scores.json --compare attr.json --layer-plot layers.png
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "ablate top-k vs random heads and compare scoring methods (table + JSON)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from hydrahead.cli.score import add_model_arguments, add_probe_arguments
+
+    add_model_arguments(parser)
+    parser.add_argument("--scores", required=True, help="head scores JSON (from `hydrahead score`)")
+    parser.add_argument("--top-k", type=int, default=8, help="heads to ablate (default 8)")
+    parser.add_argument("--seeds", type=int, default=3, help="random head sets to ablate (default 3)")
+    parser.add_argument("--mode", default="mean", choices=["mean", "zero"], help="ablation (default mean)")
+    parser.add_argument("--compare", action="append", default=[], metavar="JSON",
+                        help="scores of another method to compare with (repeatable)")
+    parser.add_argument("--no-agreement", action="store_true", help="skip computing the methods not given")
+    parser.add_argument("--layer-plot", default=None, metavar="PNG", help="also save the layer-output similarity matrix")
+    parser.add_argument("--batch-size", type=int, default=16, help="patched heads per forward (patching)")
+    parser.add_argument("--out", default=None, help="output JSON for the report")
+    add_probe_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hydrahead.cli.score import load_model_and_tokenizer, probe_config_from
+    from hydrahead.scoring import (
+        METHODS, HeadScores, ProbeConfig, build_probes, layer_similarity, score_heads, validate_scores,
+    )
+
+    scores = HeadScores.from_json(args.scores)
+    model, tokenizer = load_model_and_tokenizer(args)
+    scores.check_config(model.config)
+    saved = scores.metadata.get("probe_config")
+    base = ProbeConfig.from_dict(saved) if saved else ProbeConfig()
+    scoring_config = probe_config_from(args, base)
+    if args.probe_seed is None:  # ablate on probes the scores have not seen
+        validation_config = ProbeConfig.from_dict({**scoring_config.to_dict(), "seed": scoring_config.seed + 1})
+    else:
+        validation_config = scoring_config
+    compare = {s.method: s for s in (HeadScores.from_json(path) for path in args.compare)}
+    if not args.no_agreement:
+        probes = build_probes(tokenizer, scoring_config)
+        for method in METHODS:
+            if method != scores.method and method not in compare:
+                print(f"computing {method} scores on {len(probes)} probes for the agreement table ...")
+                compare[method] = score_heads(model, tokenizer, method, probes, probe_config=scoring_config,
+                                              batch_size=args.batch_size)
+    probes = build_probes(tokenizer, validation_config)
+    report = validate_scores(model, probes, scores, args.top_k, seeds=tuple(range(args.seeds)), mode=args.mode,
+                             compare=compare)
+    if args.layer_plot:
+        similarity = layer_similarity(model, probes)
+        similarity.plot(args.layer_plot)
+        report.layer_similarity = similarity.matrix.tolist()
+    print(report.table())
+    if args.out:
+        report.to_json(args.out)
+        print(f"saved report to {args.out}")
+    return 0

@@ -1,0 +1,106 @@
+"""Text sources for the probes: haystack sentences, needle keys and needle values.
+
+Haystacks (RULER's two kinds, without downloads):
+- "noise": RULER's repeated filler ("The grass is green. The sky is blue. ...").
+- "essay": prose-like sentences generated from small word lists with a seeded generator (our stand-in for
+  RULER's Paul Graham essays, which we cannot ship).
+- "files": the sentences of user text files, in order.
+
+Needle values come in three types, as in RULER: 7-digit numbers, words, and UUID-like strings.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from hydrahead.scoring.errors import ProbeError
+
+NEEDLE_TYPES = ("number", "word", "uuid")
+HAYSTACKS = ("essay", "noise", "files")
+
+NOISE = ["The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again."]
+
+_ADJECTIVES = (
+    "quiet bright ancient careful distant early famous gentle hidden honest large little modern narrow "
+    "patient quick rare silent simple small steady strange strong sudden warm wild young calm busy clever"
+).split()
+_NOUNS = (
+    "river garden teacher window engine market village letter mountain station bridge forest harbor "
+    "library painter kitchen island farmer doctor school pocket valley castle theater sailor basket "
+    "mirror lantern meadow orchard"
+).split()
+_VERBS = (
+    "watches follows builds carries finds keeps leaves opens reads remembers shows visits moves paints "
+    "answers gathers crosses"
+).split()
+_PREPOSITIONS = "near behind beyond under above beside across".split()
+_WORD_VALUES = (
+    "apple bottle candle dragon feather guitar hammer jacket kettle ladder marble needle orange pencil "
+    "puzzle rabbit saddle tablet tunnel violin wallet button cactus donkey falcon garlic helmet igloo "
+    "jungle koala lemon magnet napkin oyster parrot quartz rocket salmon tomato umbrella walrus yogurt zebra"
+).split()
+
+
+def essay_sentences(count: int, seed: int) -> list[str]:
+    """`count` prose-like sentences ("The quiet river follows the warm teacher near the market.")."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        adj1, adj2 = rng.choice(_ADJECTIVES), rng.choice(_ADJECTIVES)
+        noun1, noun2, noun3 = rng.choice(_NOUNS), rng.choice(_NOUNS), rng.choice(_NOUNS)
+        sentence = f"The {adj1} {noun1} {rng.choice(_VERBS)} the {adj2} {noun2} {rng.choice(_PREPOSITIONS)} the {noun3}."
+        out.append(sentence)
+    return out
+
+
+def file_sentences(paths: Sequence[str | Path]) -> list[str]:
+    """The sentences of text files, split after '.', '!' or '?' followed by whitespace."""
+    if not paths:
+        raise ProbeError("haystack='files' needs at least one text file (haystack_files / --probes-file)")
+    sentences: list[str] = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ProbeError(f"haystack file not found: {path}")
+        text = " ".join(path.read_text(errors="replace").split())
+        sentences += [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
+    if not sentences:
+        raise ProbeError(f"haystack files {[str(p) for p in paths]} contain no text")
+    return sentences
+
+
+def haystack_sentences(kind: str, files: Sequence[str | Path] = (), seed: int = 0, count: int = 4096) -> list[str]:
+    """The sentence pool a haystack is cut from (cycled when a probe needs more)."""
+    if kind == "noise":
+        return list(NOISE)
+    if kind == "essay":
+        return essay_sentences(count, seed)
+    if kind == "files":
+        return file_sentences(files)
+    raise ProbeError(f"haystack must be one of {HAYSTACKS}, got {kind!r}")
+
+
+def needle_key(rng: random.Random) -> str:
+    """A RULER-style key: two words joined by a hyphen ("quiet-lantern")."""
+    return f"{rng.choice(_ADJECTIVES)}-{rng.choice(_NOUNS + _WORD_VALUES)}"
+
+
+def needle_value(kind: str, rng: random.Random) -> str:
+    """A needle value of one of `NEEDLE_TYPES`."""
+    if kind == "number":
+        return str(rng.randrange(1_000_000, 10_000_000))  # 7 digits, as in RULER
+    if kind == "word":
+        return rng.choice(_WORD_VALUES)
+    if kind == "uuid":
+        hexdigits = "0123456789abcdef"
+        parts = ["".join(rng.choice(hexdigits) for _ in range(n)) for n in (8, 4, 4, 4, 12)]
+        return "-".join(parts)
+    raise ProbeError(f"needle type must be one of {NEEDLE_TYPES}, got {kind!r}")
+
+
+def needle_noun(kind: str) -> str:
+    """How the needle sentence names a value of this type."""
+    return {"number": "number", "word": "word", "uuid": "uuid"}[kind]

@@ -1,0 +1,148 @@
+"""`HeadScores`: one importance score per query head, with what produced it.
+
+JSON layout (arrays as nested lists, layers outermost):
+  {"method": "patching", "values": [[...heads...], ...layers...], "num_kv_heads": 8,
+   "components": {"receiver/single_key": [[...]], ...}, "metadata": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hydrahead.scoring.combine import top_heads
+from hydrahead.scoring.errors import ScoringError
+from hydrahead.utils.io import atomic_write, atomic_write_text
+
+METHODS = ("patching", "attribution", "retrieval")
+
+
+@dataclass
+class HeadScores:
+    """values: (layers, heads), higher = matters more for retrieval.
+
+    method:       "patching", "attribution" or "retrieval" (or any name, for scores made elsewhere)
+    num_kv_heads: KV heads per layer of the scored model (query head h is in group h // group_size)
+    components:   named arrays behind `values` (receiver/sender/kappa per capability, per-KV-group scores)
+    metadata:     probes, model shape, timings, convergence: plain JSON values
+    """
+
+    values: np.ndarray
+    method: str
+    num_kv_heads: int
+    components: dict[str, np.ndarray] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.values = np.asarray(self.values, dtype=np.float64)
+        if self.values.ndim != 2 or 0 in self.values.shape:
+            raise ScoringError(f"head scores must be a non-empty (layers, heads) array, got shape {self.values.shape}")
+        if not np.isfinite(self.values).all():
+            raise ScoringError("head scores contain NaN or infinite values")
+        if self.num_kv_heads <= 0 or self.num_heads % self.num_kv_heads:
+            raise ScoringError(f"{self.num_heads} query heads are not a multiple of num_kv_heads={self.num_kv_heads}")
+        self.components = {k: np.asarray(v, dtype=np.float64) for k, v in self.components.items()}
+
+    # ------------------------------------------------------------------------------------ shape
+    @property
+    def num_layers(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def num_heads(self) -> int:
+        return int(self.values.shape[1])
+
+    @property
+    def group_size(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def check_config(self, config: Any, error: type[Exception] = ScoringError) -> HeadScores:
+        """Raise `error` if these scores are for another model shape than `config`; return self."""
+        layers, heads = int(config.num_hidden_layers), int(config.num_attention_heads)
+        kv = int(getattr(config, "num_key_value_heads", None) or heads)
+        if (layers, heads, kv) != (self.num_layers, self.num_heads, self.num_kv_heads):
+            raise error(
+                f"scores are for a model with {self.num_layers} layers x {self.num_heads} heads ({self.num_kv_heads} KV "
+                f"heads) but this model has {layers} layers x {heads} heads ({kv} KV heads)"
+            )
+        return self
+
+    # ------------------------------------------------------------------------------------ rankings
+    def top_k(self, k: int) -> list[tuple[int, int]]:
+        """The k highest-scoring (layer, head) pairs, best first (ties: lower layer, then lower head)."""
+        if not 0 <= k <= self.values.size:
+            raise ScoringError(f"top-k must be between 0 and {self.values.size} heads, got {k}")
+        return top_heads(self.values, k)
+
+    def kv_group_values(self, reduce: str = "max") -> np.ndarray:
+        """Scores per KV group (layers, kv_heads): the max (or mean) over the group's query heads."""
+        grouped = self.values.reshape(self.num_layers, self.num_kv_heads, self.group_size)
+        if reduce == "max":
+            return grouped.max(-1)
+        if reduce == "mean":
+            return grouped.mean(-1)
+        raise ScoringError(f"reduce must be 'max' or 'mean', got {reduce!r}")
+
+    # ------------------------------------------------------------------------------------ files
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "values": self.values.tolist(),
+            "num_kv_heads": self.num_kv_heads,
+            "components": {k: v.tolist() for k, v in self.components.items()},
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HeadScores:
+        try:
+            return cls(np.asarray(data["values"], dtype=np.float64), str(data["method"]), int(data["num_kv_heads"]),
+                       dict(data.get("components", {})), dict(data.get("metadata", {})))
+        except (KeyError, TypeError, ValueError) as err:
+            if isinstance(err, ScoringError):
+                raise
+            raise ScoringError(f"not a head-score file: expected keys 'method', 'values', 'num_kv_heads' ({err!r})") from err
+
+    def to_json(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> HeadScores:
+        path = Path(path)
+        if not path.is_file():
+            raise ScoringError(f"score file not found: {path}")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ScoringError(f"score file {path} is not valid JSON: {err}") from err
+        return cls.from_dict(data)
+
+    # ------------------------------------------------------------------------------------ picture
+    def plot(self, path: str | Path, title: str | None = None, mark_top: int = 0) -> None:
+        """Heatmap (layers down, heads across) saved as PNG; `mark_top` outlines the top-k heads."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        L, H = self.values.shape
+        fig = Figure(figsize=(max(4.0, 0.35 * H + 2), max(3.0, 0.25 * L + 1.5)), dpi=120)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        image = ax.imshow(self.values, aspect="auto", cmap="viridis", origin="upper")
+        fig.colorbar(image, ax=ax, label="score")
+        for layer, head in self.top_k(min(mark_top, self.values.size)):
+            ax.add_patch(_rectangle(head, layer))
+        ax.set_xlabel("query head")
+        ax.set_ylabel("layer")
+        ax.set_title(title or f"{self.method} head scores")
+        fig.tight_layout()
+        atomic_write(path, lambda p: fig.savefig(p, format="png"))
+
+
+def _rectangle(head: int, layer: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5)

@@ -1,0 +1,175 @@
+"""Validation of head scores, built into the library: do the top heads matter, and do methods agree?
+
+- Ablation check: NIAH accuracy (exact match of the teacher-forced answer, i.e. what greedy decoding
+  would produce) of the model as is, with its top-k scored heads ablated, and with k random heads
+  ablated for several seeds. Random heads are drawn from the heads outside the top-k, so the check
+  compares the ranking's choice against other heads (ours).
+- Agreement: Spearman rank correlation over all heads and Jaccard overlap of the top-K sets between
+  each other method and `patching` (the reference, METHOD.md section 3).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hydrahead.scoring.ablate import ablate, head_means
+from hydrahead.scoring.errors import ScoringError
+from hydrahead.scoring.probes import Probe
+from hydrahead.scoring.readout import exact_match
+from hydrahead.scoring.scores import HeadScores
+from hydrahead.utils.io import atomic_write_text
+
+
+def batches_by_length(probes: Sequence[Probe], max_tokens: int = 16384) -> list[list[Probe]]:
+    """Probes grouped by length (no padding needed), at most `max_tokens` tokens per batch."""
+    groups: dict[int, list[Probe]] = {}
+    for probe in probes:
+        groups.setdefault(probe.length, []).append(probe)
+    out = []
+    for length, group in groups.items():
+        size = max(1, max_tokens // length)
+        out += [group[i:i + size] for i in range(0, len(group), size)]
+    return out
+
+
+@torch.no_grad()
+def niah_accuracy(model: nn.Module, probes: Sequence[Probe], heads: Sequence[tuple[int, int]] = (), mode: str = "mean",
+                  means: Sequence[torch.Tensor] | None = None) -> float:
+    """Fraction of probes whose whole answer the model gets right, with `heads` ablated (mean: over `means`,
+    default the probes' own clean prompts). Probes of one length run as one batch."""
+    device = next(model.parameters()).device
+    if heads and mode == "mean" and means is None:
+        means = head_means(model, probes)
+    correct = 0
+    with ablate(model, heads, mode, means=means):
+        for batch in batches_by_length(probes):
+            ids = torch.tensor([p.clean_ids for p in batch], device=device)  # (B, T)
+            logits = model(input_ids=ids, use_cache=False).logits  # (B, T, V)
+            for row, probe in enumerate(batch):
+                answer = torch.tensor(probe.answer, device=device)
+                correct += int(exact_match(logits[row:row + 1, probe.readout_positions], answer)[0])
+    return correct / len(probes)
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 0..n-1 with ties given their average rank."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return (starts + (counts - 1) / 2)[inverse]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Spearman rank correlation of two score arrays of one shape (None when one of them is constant)."""
+    ra, rb = _ranks(np.ravel(a)), _ranks(np.ravel(b))
+    if ra.std() == 0 or rb.std() == 0:
+        return None
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def top_k_jaccard(a: HeadScores, b: HeadScores, k: int) -> float:
+    """|top_k(a) & top_k(b)| / |top_k(a) | top_k(b)|."""
+    sa, sb = set(a.top_k(k)), set(b.top_k(k))
+    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
+
+
+@dataclass
+class ValidationReport:
+    """What `validate_scores` measured. Heads are [layer, head] pairs."""
+
+    method: str
+    top_k: int
+    mode: str
+    num_probes: int
+    accuracy: float  # nothing ablated
+    top_heads: list[list[int]]
+    accuracy_top: float  # top-k heads ablated
+    random_heads: list[list[list[int]]]  # one set per seed
+    accuracy_random: list[float]
+    seeds: list[int]
+    agreement: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> spearman, jaccard, against
+    layer_similarity: list[list[float]] | None = None
+
+    @property
+    def accuracy_random_mean(self) -> float:
+        return float(np.mean(self.accuracy_random)) if self.accuracy_random else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "accuracy_random_mean": self.accuracy_random_mean}
+
+    def to_json(self, path: str | Path) -> None:
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+
+    def table(self) -> str:
+        """Markdown tables: ablation accuracies, then method agreement."""
+        rows = [
+            f"NIAH accuracy on {self.num_probes} probes, {self.mode}-ablating k={self.top_k} heads ({self.method} scores)",
+            "",
+            "| heads ablated | accuracy |",
+            "|---|---|",
+            f"| none | {self.accuracy:.3f} |",
+            f"| top-{self.top_k} | {self.accuracy_top:.3f} |",
+        ]
+        rows += [f"| random-{self.top_k} (seed {s}) | {a:.3f} |" for s, a in zip(self.seeds, self.accuracy_random)]
+        if self.accuracy_random:
+            rows.append(f"| random-{self.top_k} (mean) | {self.accuracy_random_mean:.3f} |")
+        if self.accuracy < 0.5:
+            rows += ["", f"note: the model solves only {self.accuracy:.0%} of the probes with nothing ablated, so the "
+                         "ablation check says little; use probes it can solve (shorter context, easier needles)"]
+        if self.agreement:
+            rows += ["", f"| method | vs | Spearman | top-{self.top_k} Jaccard |", "|---|---|---|---|"]
+            for name, a in self.agreement.items():
+                rho = "n/a" if a["spearman"] is None else f"{a['spearman']:.3f}"
+                rows.append(f"| {name} | {a['against']} | {rho} | {a['jaccard']:.3f} |")
+        return "\n".join(rows)
+
+
+def agreement(scores: Mapping[str, HeadScores], k: int, reference: str = "patching") -> dict[str, dict[str, Any]]:
+    """Spearman and top-k Jaccard of every method against `reference` (or against the first one if absent)."""
+    names = list(scores)
+    if not names:
+        return {}
+    ref = reference if reference in scores else names[0]
+    out = {}
+    for name in names:
+        if name == ref:
+            continue
+        a, b = scores[name], scores[ref]
+        if a.values.shape != b.values.shape:
+            raise ScoringError(f"cannot compare {name} scores of shape {a.values.shape} with {ref} scores of shape {b.values.shape}")
+        out[name] = {"against": ref, "spearman": spearman(a.values, b.values), "jaccard": top_k_jaccard(a, b, k)}
+    return out
+
+
+def validate_scores(model: nn.Module, probes: Sequence[Probe], scores: HeadScores, top_k: int = 8,
+                    seeds: Sequence[int] = (0, 1, 2), mode: str = "mean",
+                    compare: Mapping[str, HeadScores] | None = None) -> ValidationReport:
+    """Ablate the top-k heads of `scores` and k random other heads (one set per seed); compare methods.
+
+    compare: other methods' scores of the same model (name -> scores), for the agreement table.
+    """
+    scores.check_config(model.config)
+    if not probes:
+        raise ScoringError("validation needs at least one probe")
+    top = scores.top_k(top_k)
+    others = [(l, h) for l in range(scores.num_layers) for h in range(scores.num_heads) if (l, h) not in set(top)]
+    randoms = [sorted(random.Random(seed).sample(others, min(top_k, len(others)))) for seed in seeds]
+    means = head_means(model, probes) if mode == "mean" else None
+    accuracy = niah_accuracy(model, probes)
+    accuracy_top = niah_accuracy(model, probes, top, mode, means)
+    accuracy_random = [niah_accuracy(model, probes, heads, mode, means) for heads in randoms]
+    all_scores = {scores.method: scores, **{name: s.check_config(model.config) for name, s in (compare or {}).items()}}
+    return ValidationReport(
+        method=scores.method, top_k=top_k, mode=mode, num_probes=len(probes), accuracy=accuracy,
+        top_heads=[list(h) for h in top], accuracy_top=accuracy_top,
+        random_heads=[[list(h) for h in r] for r in randoms], accuracy_random=accuracy_random, seeds=list(seeds),
+        agreement=agreement(all_scores, top_k),
+    )

@@ -1,0 +1,80 @@
+"""hydrahead score / plan / validate-scores end to end on a tiny random teacher with a character tokenizer."""
+
+import json
+
+import pytest
+import torch
+
+from hydrahead import HeadPlan
+from hydrahead.cli import main
+from hydrahead.scoring import HeadScores
+from hydrahead.scoring.toy_tokenizer import char_tokenizer
+from tests.conftest import make_teacher
+
+PROBES = ["--context-length", "220", "--samples", "1", "--needle-types", "number", "--capabilities", "single_key"]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny model; avoids OpenMP spin-waiting on a shared machine
+    path = tmp_path_factory.mktemp("scoring_cli")
+    make_teacher("qwen3").save_pretrained(path / "teacher")
+    char_tokenizer().save_pretrained(path / "teacher")
+    yield path
+    torch.set_num_threads(threads)
+
+
+def test_score_plan_validate(teacher_dir, capsys):
+    model, out = str(teacher_dir / "teacher"), teacher_dir
+    assert main(["score", "--model", model, "--method", "patching", "--out", str(out / "scores.json"),
+                 "--plot", str(out / "heads.png"), *PROBES]) == 0
+    printed = capsys.readouterr().out
+    assert "patching scores of 2 layers x 4 heads on 1 probes" in printed and "top 8 heads" in printed
+    scores = HeadScores.from_json(out / "scores.json")
+    assert scores.values.shape == (2, 4) and scores.metadata["probe_config"]["context_length"] == 220
+    assert (out / "heads.png").read_bytes()[:4] == b"\x89PNG"
+
+    assert main(["plan", "--scores", str(out / "scores.json"), "--ratio", "3:1", "--min-per-layer", "1",
+                 "--out", str(out / "plan.json"), "--model", model]) == 0
+    assert "FA heads 2" in capsys.readouterr().out
+    plan = HeadPlan.from_json(out / "plan.json")
+    assert plan.fa_heads_per_layer == [1, 1] and plan.meta["method"] == "patching"
+
+    assert main(["validate-scores", "--model", model, "--scores", str(out / "scores.json"), "--top-k", "2",
+                 "--seeds", "2", "--out", str(out / "report.json"), "--layer-plot", str(out / "layers.png")]) == 0
+    printed = capsys.readouterr().out
+    assert "| top-2 |" in printed and "| attribution | patching |" in printed and "| retrieval | patching |" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["accuracy_random"]) == 2 and len(report["layer_similarity"]) == 2
+    assert set(report["agreement"]) == {"attribution", "retrieval"}
+    assert (out / "layers.png").exists()
+
+
+def test_baseline_plans(teacher_dir, capsys):
+    model = str(teacher_dir / "teacher")
+    assert main(["plan", "--baseline", "layerwise", "--model", model, "--ratio", "1:1", "--out", str(teacher_dir / "lw.json")]) == 0
+    assert HeadPlan.from_json(teacher_dir / "lw.json").fa_heads == ((), (0, 1, 2, 3))
+    assert main(["plan", "--baseline", "random", "--model", model, "--ratio", "3:1", "--seed", "1",
+                 "--out", str(teacher_dir / "rnd.json")]) == 0
+    assert HeadPlan.from_json(teacher_dir / "rnd.json").meta["seed"] == 1
+    capsys.readouterr()
+
+
+def test_cli_errors_are_one_line(teacher_dir, capsys):
+    model = str(teacher_dir / "teacher")
+    HeadScores(torch.zeros(3, 4).numpy(), "patching", 2).to_json(teacher_dir / "other.json")
+    cases = [
+        (["plan", "--scores", str(teacher_dir / "other.json"), "--ratio", "3:1", "--model", model, "--out", str(teacher_dir / "x.json")],
+         "scores are for a model with 3 layers"),
+        (["plan", "--scores", str(teacher_dir / "other.json"), "--ratio", "1:0", "--out", str(teacher_dir / "x.json")], "leaves no full-attention"),
+        (["plan", "--scores", str(teacher_dir / "missing.json"), "--out", str(teacher_dir / "x.json")], "score file not found"),
+        (["plan", "--baseline", "random", "--out", str(teacher_dir / "x.json")], "needs --model"),
+        (["score", "--model", str(teacher_dir / "missing"), "--out", str(teacher_dir / "x.json")], "checkpoint directory not found"),
+        (["score", "--model", model, "--out", str(teacher_dir / "x.json"), "--context-length", "50"], "too short"),
+        (["validate-scores", "--model", model, "--scores", str(teacher_dir / "other.json")], "3 layers x 4 heads"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (argv, err)

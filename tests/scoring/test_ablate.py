@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from hydrahead.scoring import ScoringError, ablate, head_means
+from hydrahead.scoring.hooks import HeadHooks
+from tests.conftest import make_teacher
+
+
+def head_outputs(model, ids):
+    with HeadHooks(model) as hooks, torch.no_grad():
+        hooks.capture = {}
+        logits = model(input_ids=ids).logits
+        return logits, dict(hooks.capture)
+
+
+def test_zero_and_mean_ablation_overwrite_only_the_chosen_heads():
+    model = make_teacher("qwen2")
+    ids = torch.randint(0, 97, (2, 12))
+    reference = torch.randint(0, 97, (3, 10))
+    base, _ = head_outputs(model, ids)
+    with ablate(model, [(1, 2), (0, 0)], mode="zero"):
+        _, heads = head_outputs(model, ids)
+    # the hooks see o_proj's input after ablation: layer 0 head 0 and layer 1 head 2 are zero
+    assert heads[0][:, :, 0].abs().max() == 0 and heads[1][:, :, 2].abs().max() == 0
+    assert heads[0][:, :, 1].abs().max() > 0
+    means = head_means(model, reference)
+    assert len(means) == 2 and means[0].shape == (4, 24)
+    with ablate(model, [(1, 3)], reference=reference):
+        logits, heads = head_outputs(model, ids)
+    torch.testing.assert_close(heads[1][:, :, 3], means[1][3].expand(2, 12, 24))
+    assert not torch.allclose(logits, base)
+    after, _ = head_outputs(model, ids)
+    torch.testing.assert_close(after, base)  # hooks removed on exit
+
+
+def test_mean_ablation_of_a_head_with_a_constant_output_changes_nothing():
+    model = make_teacher("llama")  # has a v bias
+    with torch.no_grad():  # KV head 0 (v rows 0..23) sees only its bias: query heads 0 and 1 output that constant
+        model.model.layers[0].self_attn.v_proj.weight[:24] = 0
+    ids = torch.randint(0, 97, (1, 9))
+    base, _ = head_outputs(model, ids)
+    with ablate(model, [(0, 1)], reference=torch.randint(0, 97, (2, 5))):
+        logits, _ = head_outputs(model, ids)
+    torch.testing.assert_close(logits, base)
+    with ablate(model, [(0, 2)], reference=torch.randint(0, 97, (2, 5))):
+        logits, _ = head_outputs(model, ids)
+    assert not torch.allclose(logits, base)
+
+
+def test_ablation_errors():
+    model = make_teacher("qwen3")
+    with pytest.raises(ScoringError, match=r"head \(2, 0\) does not exist"):
+        with ablate(model, [(2, 0)], mode="zero"):
+            pass
+    with pytest.raises(ScoringError, match="needs `reference`"):
+        with ablate(model, [(0, 0)]):
+            pass
+    with pytest.raises(ScoringError, match="mode must be one of"):
+        with ablate(model, [(0, 0)], mode="resample"):
+            pass

@@ -1,0 +1,55 @@
+"""Attribution patching is the linearisation of the (frozen-attention) receiver score."""
+
+import numpy as np
+import pytest
+import torch
+
+from hydrahead.scoring import ProbeConfig, build_probes
+from hydrahead.scoring.attribution import attribution_effects
+from hydrahead.scoring.patching import receiver_effects
+from hydrahead.scoring.runner import Runner
+from hydrahead.scoring.toy_tokenizer import char_tokenizer
+from tests.conftest import make_teacher
+
+
+@pytest.fixture(scope="module")
+def probes():
+    return build_probes(char_tokenizer(), ProbeConfig(context_length=260, samples=1, capabilities=("single_key",)))
+
+
+def linear_readout_model(family: str):
+    """The last layer's MLP outputs zero and the final norm is removed: the logits at the readout positions
+    are then an affine function of the last layer's head outputs, and so is m."""
+    model = make_teacher(family)
+    with torch.no_grad():
+        model.model.layers[-1].mlp.down_proj.weight.zero_()
+    model.model.norm = torch.nn.Identity()
+    return model
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama"])
+def test_attribution_equals_patching_when_the_readout_is_linear(family, probes):
+    model = linear_readout_model(family)
+    for probe in probes:
+        with Runner(model) as runner:
+            clean, corrupt = runner.record(probe), runner.record(probe, corrupted=True)
+            patched = receiver_effects(runner, probe, clean, corrupt)
+            attributed, m_clean, m_corrupt = attribution_effects(runner, probe)
+        assert m_clean == pytest.approx(clean.readout, abs=1e-5)
+        assert m_corrupt == pytest.approx(corrupt.readout, abs=1e-6)
+        assert np.abs(patched[-1]).max() > 0.01  # the last layer's heads do matter here
+        np.testing.assert_allclose(attributed[-1], patched[-1], rtol=1e-3, atol=2e-3)
+        # earlier layers go through the last layer's attention: only approximately linear
+        assert np.isfinite(attributed[0]).all()
+
+
+def test_attribution_without_the_linear_readout_differs(probes):
+    model = make_teacher("qwen3")
+    probe = probes[0]
+    with Runner(model) as runner:
+        clean, corrupt = runner.record(probe), runner.record(probe, corrupted=True)
+        patched = receiver_effects(runner, probe, clean, corrupt)
+        attributed, _, _ = attribution_effects(runner, probe)
+        assert runner.stats.backwards == 1
+    assert not np.allclose(attributed, patched, atol=1e-3)  # a first-order approximation, not an identity
+    assert np.corrcoef(attributed.ravel(), patched.ravel())[0, 1] > 0.5  # but a good one on a tiny model

@@ -1,0 +1,111 @@
+import random
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from hydrahead.scoring import ProbeConfig, ProbeError, build_probes, kv_recall_words
+from hydrahead.scoring.haystack import essay_sentences
+from hydrahead.scoring.probes import subprobes
+from hydrahead.scoring.toy_tokenizer import char_tokenizer, word_tokenizer
+
+SMALL = dict(context_length=600, samples=2)
+
+
+def bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """A real subword tokenizer, trained in-test: merges make token lengths of values differ."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    text = essay_sentences(300, seed=1) + [" ".join(str(random.Random(i).randrange(10**6, 10**7)) for i in range(50))]
+    tok.train_from_iterator(text, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>"], show_progress=False,
+                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+@pytest.mark.parametrize("make_tokenizer", [char_tokenizer, bpe_tokenizer], ids=["char", "bpe"])
+def test_counterfactual_pairs_line_up(make_tokenizer):
+    tok = make_tokenizer()
+    probes = build_probes(tok, ProbeConfig(**SMALL))
+    assert len(probes) == 2 * 3 * 2  # capabilities x needle types x samples
+    for p in probes:
+        start, end = p.needle_span
+        assert len(p.answer) == len(p.distractor) == end - start and p.answer != p.distractor
+        assert len(p.clean_ids) == len(p.corrupt_ids) == p.prompt_length + len(p.answer) - 1
+        assert list(p.clean_ids[start:end]) == list(p.answer)  # the needle in the context is the answer
+        assert list(p.corrupt_ids[start:end]) == list(p.distractor)
+        # the two prompts differ only inside the needle span; the teacher-forced answer is the same
+        assert [i for i, (a, b) in enumerate(zip(p.clean_ids, p.corrupt_ids)) if a != b] == [
+            i for i in range(start, end) if p.answer[i - start] != p.distractor[i - start]]
+        assert list(p.clean_ids[p.prompt_length:]) == list(p.answer[:-1])
+        assert p.length <= SMALL["context_length"] + len(p.answer)
+        assert p.length > 0.8 * SMALL["context_length"]  # the haystack fills the context
+
+
+def test_needle_types_and_text():
+    tok = char_tokenizer()
+    probes = build_probes(tok, ProbeConfig(context_length=600, samples=1, capabilities=("single_key",)))
+    values = {p.subprobe: tok.decode(p.answer).strip() for p in probes}
+    assert values["single_key/number"].isdigit() and len(values["single_key/number"]) == 7
+    assert values["single_key/word"].isalpha()
+    assert [len(part) for part in values["single_key/uuid"].split("-")] == [8, 4, 4, 4, 12]
+    text = tok.decode(probes[0].clean_ids)
+    assert "One of the magic numbers for" in text and text.count("magic number for") == 2  # question names the key
+
+
+def test_multi_key_has_several_needles_and_depths_spread():
+    tok = char_tokenizer()
+    config = ProbeConfig(context_length=900, samples=3, needle_types=("word",), num_keys=3)
+    probes = build_probes(tok, config)
+    multi = [p for p in probes if p.capability == "multi_key"]
+    assert all(tok.decode(p.clean_ids).count("One of the magic words for") == 3 for p in multi)
+    assert [round(p.depth, 3) for p in multi] == [0.167, 0.5, 0.833]
+    spans = [p.needle_span[0] / p.prompt_length for p in probes if p.capability == "single_key"]
+    assert spans == sorted(spans)  # deeper needles sit later in the prompt
+    assert subprobes(probes) == {"single_key": {"single_key/word": [0, 1, 2]}, "multi_key": {"multi_key/word": [3, 4, 5]}}
+
+
+def test_deterministic_and_seeded():
+    tok = char_tokenizer()
+    a, b = build_probes(tok, **SMALL), build_probes(tok, **SMALL)
+    c = build_probes(tok, **SMALL, seed=1)
+    assert a == b and a != c
+
+
+def test_haystack_from_files(tmp_path):
+    (tmp_path / "a.txt").write_text("Alpha beta gamma. Delta epsilon!\nZeta eta theta? " * 40)
+    probes = build_probes(char_tokenizer(), context_length=500, samples=1, haystack="files",
+                          haystack_files=[str(tmp_path / "a.txt")], capabilities=("single_key",), needle_types=("number",))
+    assert "Delta epsilon!" in char_tokenizer().decode(probes[0].clean_ids)
+    with pytest.raises(ProbeError, match="not found"):
+        build_probes(char_tokenizer(), haystack="files", haystack_files=[str(tmp_path / "missing.txt")])
+
+
+def test_kv_recall_template():
+    config = ProbeConfig(template="kv_recall", context_length=20, samples=2, num_keys=3)
+    tok = word_tokenizer(kv_recall_words(config))
+    for p in build_probes(tok, config):
+        words = tok.convert_ids_to_tokens(list(p.clean_ids))
+        assert len(words) == 20 and words[-1] == "->" and "<unk>" not in words
+        query = words[-2]
+        assert words[p.needle_span[0] - 1] == query  # the queried pair is "k v"
+        assert sum(w.startswith("k") for w in words[:-2]) == (1 if p.capability == "single_key" else 3)
+        assert tok.convert_ids_to_tokens(list(p.distractor))[0] not in words  # the distractor is a fresh value
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(context_length=100), "too short"),
+    (dict(needle_types=("date",)), "needle_types"),
+    (dict(capabilities=("multi_value",)), "capabilities"),
+    (dict(depths=(1.5,)), "depths"),
+    (dict(template="qa"), "template"),
+    (dict(haystack="files"), "needs at least one text file"),
+])
+def test_bad_probe_settings(kwargs, match):
+    with pytest.raises(ProbeError, match=match):
+        build_probes(char_tokenizer(), **{**SMALL, **kwargs})
+
+
+def test_tokenizer_that_cannot_make_distractors():
+    words = word_tokenizer("the magic number for is".split())  # every value is <unk>
+    with pytest.raises(ProbeError, match="same token length"):
+        build_probes(words, context_length=200, samples=1, needle_types=("number",), capabilities=("single_key",))
