@@ -18,21 +18,56 @@ from hydrahead.models.hybrid import is_hybrid  # importing registers the hybrid 
 from hydrahead.models.io import from_pretrained
 from hydrahead.options import HybridOptions
 from hydrahead.plan import HeadPlan
+from hydrahead.scoring import (
+    HeadScores,
+    ProbeConfig,
+    ScoringError,
+    ablate,
+    build_probes,
+    layer_similarity,
+    score_heads,
+    validate_scores,
+)
 
 __version__ = "0.1.0"
+
+# Heavier subpackages load on first use (`hydrahead.distill.run(...)`, `hydrahead.eval.niah(...)`),
+# so `import hydrahead` and the CLI stay quick.
+_LAZY_MODULES = {"distill", "eval", "demo"}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"hydrahead.{name}")
+    if name == "EvalError":
+        return importlib.import_module("hydrahead.eval.errors").EvalError
+    raise AttributeError(f"module 'hydrahead' has no attribute {name!r}")
+
 
 __all__ = [
     "CacheError",
     "CheckpointError",
+    "EvalError",
     "HeadPlan",
+    "HeadScores",
     "HybridHeadCache",
     "HybridOptions",
     "HydraHeadError",
     "OptionsError",
     "PlanError",
+    "ProbeConfig",
+    "ScoringError",
     "UnsupportedModelError",
+    "ablate",
+    "build_probes",
     "convert",
+    "distill",
     "from_pretrained",
     "hybrid_parameters",
     "is_hybrid",
+    "layer_similarity",
+    "score_heads",
+    "validate_scores",
 ]

@@ -13,7 +13,13 @@ import sys
 # subcommand name -> module in hydrahead.cli (imported only when that subcommand runs)
 COMMANDS = {
     "convert": "convert",
+    "demo": "demo",
+    "distill": "distill",
+    "eval": "eval",
     "info": "info",
+    "plan": "plan",
+    "score": "score",
+    "validate-scores": "validate_scores",
 }
 
 

@@ -1,0 +1,44 @@
+"""Smoke test of the demo path at minimal scale, and the report's honest verdicts."""
+
+import json
+
+import pytest
+
+from hydrahead.demo.report import verdicts
+from hydrahead.demo.scale import get_scale
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_reuses_the_teacher(tmp_path):
+    from hydrahead.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--scale", "tiny", "--out", str(out), "--quiet"]) == 0
+    index = (out / "report" / "index.md").read_text()
+    for name in ("teacher", "hydrahead-7:1", "random-7:1", "fixed-per-layer-7:1", "layerwise-3:1",
+                 "layerwise-7:1", "all-gdn"):
+        assert f"| {name} |" in index
+    for png in ("heads.png", "niah_accuracy.png", "kv_bytes.png", "ppl_by_position.png"):
+        assert (out / "report" / png).stat().st_size > 1000
+    records = json.loads((out / "report" / "niah.json").read_text())["records"]
+    assert {r["length"] for r in records} == {256, 512}
+    key = json.loads((out / "teacher" / "demo_key.json").read_text())["key"]
+
+    # The second run reuses the cached teacher: the stamp and the weights are unchanged.
+    weights = (out / "teacher" / "model.safetensors").read_bytes()
+    from hydrahead.demo.pipeline import get_teacher, Log
+
+    get_teacher(out, get_scale("tiny"), Log(quiet=True))
+    assert (out / "teacher" / "model.safetensors").read_bytes() == weights
+    assert json.loads((out / "teacher" / "demo_key.json").read_text())["key"] == key
+
+
+def test_verdicts_say_plainly_who_wins():
+    table = {"teacher": {1: 1.0}, "hydrahead-7:1": {1: 0.5, 2: 0.25}, "random-7:1": {1: 0.25, 2: 0.25},
+             "all-gdn": {1: 0.75, 2: 0.5}, "layerwise-3:1": {1: 0.5, 2: 0.25}}
+    lines = verdicts(table, {"hydrahead-7:1": 3.0, "random-7:1": 4.0, "all-gdn": 2.0, "layerwise-3:1": 3.0})
+    text = "\n".join(lines)
+    assert "**beats** random-7:1" in text and "better at 1, worse at 0 of 2" in text
+    assert "**does not beat** all-gdn" in text
+    assert "**ties** layerwise-3:1" in text
+    assert "teacher" not in text
