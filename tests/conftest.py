@@ -42,3 +42,13 @@ def family(request) -> str:
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Every model here is tiny: a second intra-op thread buys nothing, and on a shared 2-core machine
+    OpenMP's spin-waiting makes a step up to 30x slower. Restored at the end of the session."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

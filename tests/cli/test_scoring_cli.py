@@ -16,13 +16,10 @@ PROBES = ["--context-length", "220", "--samples", "1", "--needle-types", "number
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model; avoids OpenMP spin-waiting on a shared machine
     path = tmp_path_factory.mktemp("scoring_cli")
     make_teacher("qwen3").save_pretrained(path / "teacher")
     char_tokenizer().save_pretrained(path / "teacher")
-    yield path
-    torch.set_num_threads(threads)
+    return path
 
 
 def test_score_plan_validate(teacher_dir, capsys):

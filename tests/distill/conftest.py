@@ -8,7 +8,6 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from hydrahead import HeadPlan
 from tests.conftest import make_teacher
@@ -57,14 +56,6 @@ def write_corpus(path: Path, docs: list[str]) -> Path:
         raise ValueError(path)
     return path
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run many times faster on one thread; on a loaded 2-core machine two threads spin-wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -25,14 +25,6 @@ FP32_TOL = 1e-5
 FP64_TOL = 1e-9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: intra-op threads only add synchronisation overhead (large on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @dataclass(frozen=True)
 class Shape:
