@@ -61,9 +61,9 @@ class FullAttentionBranch(nn.Module):
         per_kv = self.num_heads // self.num_kv_heads
         uniform = self.num_heads % self.num_kv_heads == 0 and kv_of_head == [i // per_kv for i in range(self.num_heads)]
         self.num_key_value_groups = per_kv if uniform else 1
-        self.register_buffer(
-            "kv_index", None if uniform else torch.tensor(kv_of_head, dtype=torch.long), persistent=False
-        )
+        # A plain tuple, not a buffer: from_pretrained builds modules on the meta device and would leave a
+        # non-persistent buffer uninitialised.
+        self.kv_index: tuple[int, ...] | None = None if uniform else tuple(kv_of_head)
 
     @torch.no_grad()
     def reset_gate(self) -> None:
@@ -102,7 +102,8 @@ class FullAttentionBranch(nn.Module):
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)  # only this branch's KV heads are cached
         if self.kv_index is not None:
-            k, v = k.index_select(1, self.kv_index), v.index_select(1, self.kv_index)  # (B, H, S, D)
+            index = torch.tensor(self.kv_index, device=k.device)
+            k, v = k.index_select(1, index), v.index_select(1, index)  # (B, H, S, D)
 
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         out, _ = attention(

@@ -12,7 +12,8 @@ from tests.conftest import make_teacher
 @pytest.fixture
 def saved(tmp_path):
     teacher = make_teacher("qwen3")
-    plan = HeadPlan(((1,), (0, 2)), 4, 2, meta={"source": "test"})
+    # layer 1: heads 0, 1 share KV group 0 and head 2 is alone in group 1 (K/V gathered per head)
+    plan = HeadPlan(((1,), (0, 1, 2)), 4, 2, meta={"source": "test"})
     model = hydrahead.convert(teacher, plan, HybridOptions.preset("paper", train_length=64))
     model.save_pretrained(tmp_path)
     return model, tmp_path
