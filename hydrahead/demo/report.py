@@ -59,10 +59,21 @@ def plot_kv_bytes(sizes: dict[str, int], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+TEACHER_FLOOR = 0.2  # below this NIAH score at 1x, the teacher has no retrieval for students to keep
+
+
 def verdicts(table: dict[str, dict[int, float]], ppl: dict[str, float]) -> list[str]:
     lines = []
     if HYDRAHEAD not in table:
         return lines
+    if "teacher" in table and table["teacher"]:
+        native = table["teacher"][min(table["teacher"])]
+        if native < TEACHER_FLOOR:
+            lines.append(
+                f"- **The teacher itself scores {100 * native:.1f} on NIAH at its training length**, so no student can "
+                "show retrieval it kept: at this scale the NIAH comparison below says nothing about head selection "
+                "(train the teacher longer, e.g. `--teacher-steps`, or use `--scale gpu`)."
+            )
     ours = table[HYDRAHEAD]
     for name, row in table.items():
         if name in (HYDRAHEAD, "teacher"):

@@ -57,10 +57,10 @@ SCALES: dict[str, DemoScale] = {
         tasks=("single_number",),
     ),
     "default": DemoScale(
-        name="default", corpus_bytes=3_000_000, retrieval_docs=3_000, vocab_size=2048,
-        hidden=128, layers=8, heads=16, kv_heads=4, head_dim=16, train_length=256,
-        teacher_steps=600, teacher_batch=16, teacher_lr=3e-3, probe_samples=4,
-        align_tokens=131_072, distill_tokens=196_608, long_tokens=65_536, distill_batch=8,
+        name="default", corpus_bytes=2_000_000, retrieval_docs=2_000, vocab_size=2048,
+        hidden=128, layers=6, heads=16, kv_heads=4, head_dim=16, train_length=256,
+        teacher_steps=320, teacher_batch=16, teacher_lr=3e-3, probe_samples=3,
+        align_tokens=36_864, distill_tokens=73_728, long_tokens=18_432, distill_batch=8,
         eval_multipliers=(1, 2, 4, 8), eval_depths=(0.0, 0.5, 1.0), eval_samples=2, ppl_documents=4,
     ),
     "gpu": DemoScale(

@@ -41,4 +41,11 @@ def test_verdicts_say_plainly_who_wins():
     assert "**beats** random-7:1" in text and "better at 1, worse at 0 of 2" in text
     assert "**does not beat** all-gdn" in text
     assert "**ties** layerwise-3:1" in text
-    assert "teacher" not in text
+    assert "teacher itself" not in text
+
+
+def test_verdicts_warn_when_the_teacher_cannot_retrieve():
+    table = {"teacher": {256: 0.0, 512: 0.0}, "hydrahead-7:1": {256: 0.0, 512: 0.0}, "all-gdn": {256: 0.0, 512: 0.0}}
+    lines = verdicts(table, {})
+    assert "The teacher itself scores 0.0" in lines[0]
+    assert "**ties** all-gdn" in lines[1]
