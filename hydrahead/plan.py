@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydrahead.errors import PlanError
-from hydrahead.utils.io import atomic_write_text
+from hydrahead.utils.io import atomic_write_text, read_json
 
 
 GRANULARITIES = ("query_head", "kv_group")
@@ -236,14 +236,7 @@ class HeadPlan:
 
     @classmethod
     def from_json(cls, path: str | Path) -> HeadPlan:
-        path = Path(path)
-        if not path.is_file():
-            raise PlanError(f"plan file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise PlanError(f"plan file {path} is not valid JSON: {err}") from err
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, PlanError, "plan file"))
 
     def to_json(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(self.to_dict(), indent=1))

@@ -16,7 +16,7 @@ import numpy as np
 
 from hydrahead.scoring.combine import top_heads
 from hydrahead.scoring.errors import ScoringError
-from hydrahead.utils.io import atomic_write, atomic_write_text
+from hydrahead.utils.io import atomic_write, atomic_write_text, read_json
 
 METHODS = ("patching", "attribution", "retrieval")
 
@@ -112,14 +112,7 @@ class HeadScores:
 
     @classmethod
     def from_json(cls, path: str | Path) -> HeadScores:
-        path = Path(path)
-        if not path.is_file():
-            raise ScoringError(f"score file not found: {path}")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ScoringError(f"score file {path} is not valid JSON: {err}") from err
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, ScoringError, "score file"))
 
     # ------------------------------------------------------------------------------------ picture
     def plot(self, path: str | Path, title: str | None = None, mark_top: int = 0) -> None:

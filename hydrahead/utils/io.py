@@ -29,3 +29,16 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text))
+
+
+def read_json(path: str | Path, error: type[Exception], what: str):
+    """Parse a JSON file, raising `error` that names `what` and the path when it is missing or not JSON."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise error(f"{what} {path} is not valid JSON: {err}") from err
