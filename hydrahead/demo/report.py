@@ -33,14 +33,15 @@ def niah_table(records: list, models: list[str], lengths: list[int]) -> dict[str
     return table
 
 
-def kv_bytes_per_token(model: Any) -> int:
-    from hydrahead.models.footprint import footprint
+def model_kv_bytes_per_token(model: Any) -> int:
+    """KV-cache bytes per token of a hybrid (its FA KV heads) or of a teacher (every KV head)."""
+    from hydrahead.models.footprint import footprint, kv_bytes_per_token
     from hydrahead.models.hybrid import is_hybrid
 
     if is_hybrid(model):
         return footprint(model)["kv_bytes_per_token"]
     c = model.config
-    return 2 * c.head_dim * next(model.parameters()).element_size() * c.num_hidden_layers * c.num_key_value_heads
+    return kv_bytes_per_token(c, c.num_hidden_layers * c.num_key_value_heads, next(model.parameters()).element_size())
 
 
 def plot_kv_bytes(sizes: dict[str, int], path: Path) -> None:
@@ -107,7 +108,7 @@ def write_demo_report(out: Path, *, scale: DemoScale, models: dict[str, Any], pl
     lengths = sorted({r.length for r in niah})
     table = niah_table(niah, names, lengths)
     ppl_by_model = {r.model: r.overall_ppl for r in ppl}
-    sizes = {n: kv_bytes_per_token(m) for n, m in models.items()}
+    sizes = {n: model_kv_bytes_per_token(m) for n, m in models.items()}
     plot_kv_bytes(sizes, out / "kv_bytes.png")
     k = plans[HYDRAHEAD].num_fa if HYDRAHEAD in plans else 8
     agree = agreement(scores, k=k) if len(scores) > 1 else {}

@@ -7,13 +7,18 @@ from typing import Any
 import torch
 
 
+def kv_bytes_per_token(config: Any, kv_heads: int, itemsize: int) -> int:
+    """K and V bytes one token adds to the cache when `kv_heads` KV heads are cached over all layers."""
+    return 2 * config.head_dim * itemsize * kv_heads
+
+
 def footprint(model: Any) -> dict[str, Any]:
     """Numbers for `hydrahead info` and the benchmarks, from the plan and the model's own dtype."""
     config, plan = model.config, model.hydrahead_plan
     D = config.head_dim
     itemsize = next(model.parameters()).element_size()
-    kv_per_token = 2 * D * itemsize * sum(plan.fa_kv_heads_per_layer)  # K and V
-    teacher_kv = 2 * D * itemsize * plan.num_layers * plan.num_kv_heads
+    kv_per_token = kv_bytes_per_token(config, sum(plan.fa_kv_heads_per_layer), itemsize)
+    teacher_kv = kv_bytes_per_token(config, plan.num_layers * plan.num_kv_heads, itemsize)
     conv = model.hydrahead_options.conv_size
     la_heads = sum(len(plan.la_heads(i)) for i in range(plan.num_layers))
     # fp32 recurrent state (D x D per GDN head) plus the conv window of q, k, v in the model dtype
