@@ -30,6 +30,7 @@ from hydrahead.demo.scale import DemoScale
 from hydrahead.demo.teacher import new_teacher, pack, teacher_config, train_causal_lm
 from hydrahead.demo.tokenizer import train_tokenizer
 from hydrahead.plan import HeadPlan
+from hydrahead.scoring.haystack import vocabulary
 from hydrahead.utils.io import atomic_write_text
 
 NEEDLE_TYPES = ("number", "word")  # the demo's tasks; UUIDs take too many tokens at its short training length
@@ -79,7 +80,7 @@ def build_corpus(out: Path, scale: DemoScale, log: Log) -> tuple[Any, list[str],
     draft = retrieval_documents(_Whitespace(), list(scale.tasks), 200, 3 * scale.train_length // 4,
                                 scale.train_length, seed=1)
     log(f"training a {scale.vocab_size}-token BPE tokenizer on {sum(map(len, code)) / 1e6:.1f} MB")
-    tokenizer = train_tokenizer(code + draft, scale.vocab_size)
+    tokenizer = train_tokenizer(code + draft, scale.vocab_size, whole_words=vocabulary())
     retrieval = retrieval_documents(tokenizer, list(scale.tasks), scale.retrieval_docs,
                                     3 * scale.train_length // 4, scale.train_length, seed=2)
     retrieval += probe_documents(tokenizer, scale, seed=1_000_003)
@@ -91,10 +92,14 @@ def build_corpus(out: Path, scale: DemoScale, log: Log) -> tuple[Any, list[str],
     return tokenizer, code, retrieval
 
 
+TEACHER_RECIPE = 2  # bump when the corpus, tokenizer or teacher training changes, so caches are retrained
+
+
 def teacher_key(scale: DemoScale) -> str:
     fields_ = {k: v for k, v in scale.to_dict().items() if k not in {
         "probe_samples", "align_tokens", "distill_tokens", "long_tokens", "distill_batch", "eval_multipliers",
         "eval_depths", "eval_samples", "ppl_documents"}}
+    fields_["recipe"] = TEACHER_RECIPE
     fields_["python"] = sys.version.split()[0]
     fields_["torch"] = torch.__version__
     return hashlib.sha256(json.dumps(fields_, sort_keys=True).encode()).hexdigest()[:16]
@@ -111,8 +116,9 @@ def get_teacher(out: Path, scale: DemoScale, log: Log) -> tuple[Any, Any]:
         return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
     tokenizer, code, retrieval = build_corpus(out, scale, log)
     L = scale.train_length
-    code_rows = pack([tokenizer(t)["input_ids"] for t in code], L, tokenizer.eos_token_id)
-    retrieval_rows = pack([tokenizer(t)["input_ids"] for t in retrieval], L, tokenizer.eos_token_id)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    code_rows = pack([tokenizer(t)["input_ids"] for t in code], L, eos, pad)
+    retrieval_rows = pack([tokenizer(t)["input_ids"] for t in retrieval], L, eos, pad)
     # Two thirds retrieval, one third code: retrieval is the skill under test and must be learnt within a
     # few hundred CPU steps; code keeps the language modelling honest.
     data = torch.cat([retrieval_rows, code_rows[: max(len(retrieval_rows) // 2, 1)]])
@@ -129,7 +135,7 @@ def get_teacher(out: Path, scale: DemoScale, log: Log) -> tuple[Any, Any]:
         if step % every == 0 or step == scale.teacher_steps - 1:
             log(f"  teacher step {step + 1}/{scale.teacher_steps}  loss {loss:.3f}  {tokens_per_s:,.0f} tok/s")
 
-    train_causal_lm(model, data, steps=scale.teacher_steps, batch_size=scale.teacher_batch,
+    train_causal_lm(model, data, pad_id=pad, steps=scale.teacher_steps, batch_size=scale.teacher_batch,
                     lr=scale.teacher_lr, seed=0, log=report)
     model.generation_config.eos_token_id = None  # answers are cut by length, not by EOS
     model.generation_config.pad_token_id = tokenizer.pad_token_id

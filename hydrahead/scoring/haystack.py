@@ -44,6 +44,11 @@ _WORD_VALUES = (
 ).split()
 
 
+def vocabulary() -> list[str]:
+    """Every word of the generated essays, the needle keys and the word values (for tokenizer training)."""
+    return list(dict.fromkeys(_ADJECTIVES + _NOUNS + _VERBS + _PREPOSITIONS + _WORD_VALUES))
+
+
 def essay_sentences(count: int, seed: int) -> list[str]:
     """`count` prose-like sentences ("The quiet river follows the warm teacher near the market.")."""
     rng = random.Random(seed)

@@ -49,3 +49,26 @@ def test_verdicts_warn_when_the_teacher_cannot_retrieve():
     lines = verdicts(table, {})
     assert "The teacher itself scores 0.0" in lines[0]
     assert "**ties** all-gdn" in lines[1]
+
+
+def test_pack_never_cuts_a_document_that_fits_in_a_row():
+    from hydrahead.demo.teacher import pack
+
+    eos, pad = 0, 1
+    docs = [[5] * 3, [6] * 4, [7] * 2, [8] * 11]  # 4, 5, 3 and 12 tokens with EOS, rows of 8
+    rows = sorted(pack(docs, 8, eos, pad).tolist())
+    assert rows == sorted([
+        [5, 5, 5, 0, pad, pad, pad, pad],  # the next document does not fit: it starts a new row
+        [6, 6, 6, 6, 0, 7, 7, 0],
+        [8] * 8, [8, 8, 8, 0, pad, pad, pad, pad],  # longer than a row: cut, its tail padded
+    ])
+
+
+def test_tokenizer_splits_digits_and_keeps_the_needle_vocabulary_whole():
+    from hydrahead.demo.tokenizer import train_tokenizer
+    from hydrahead.scoring.haystack import vocabulary
+
+    words = vocabulary()
+    tok = train_tokenizer(["def f(x):\n    return x + 1\n"] * 50, vocab_size=2048, whole_words=words)
+    assert [tok.decode([i]) for i in tok(" 1960230")["input_ids"]] == [" ", "1", "9", "6", "0", "2", "3", "0"]
+    assert all(len(tok(" " + w)["input_ids"]) == 1 for w in words)
