@@ -25,3 +25,7 @@ class CheckpointError(HydraHeadError, OSError):
 
 class CacheError(HydraHeadError, TypeError):
     """A hybrid model was given a cache it cannot use."""
+
+
+class NeedleError(HydraHeadError, ValueError):
+    """A needle or haystack cannot be built as asked: an unknown value type or haystack, unreadable files."""

@@ -23,7 +23,8 @@ The haystack is generated prose-like sentences ("essay", the default, our stand-
 essays), RULER's noise ("The grass is green. The sky is blue. ...") repeated, or the sentences of text files
 (e.g. the essays themselves); it is cycled
 as often as the length needs. Haystack sentences, needle keys and needle values come from
-`hydrahead.scoring.haystack`, shared with the head-scoring probes. Word values never repeat a word of a key,
+`hydrahead.needles`, shared with the head-scoring probes and the demo teacher's training documents; so
+are the needle sentence, the question and answer prefix, and the placement of needles in the haystack. Word values never repeat a word of a key,
 so echoing the question cannot score.
 """
 
@@ -37,15 +38,8 @@ from typing import Any
 
 from hydrahead.errors import HydraHeadError
 from hydrahead.eval.errors import EvalError
-from hydrahead.scoring.haystack import haystack_sentences, needle_key, needle_value
+from hydrahead.needles import KIND, PROMPT, haystack_sentences, needle_key, needle_sentence, needle_value, place
 
-NIAH_TEMPLATE = (
-    "Some special magic {kind} are hidden within the following text. Make sure to memorize it. "
-    "I will quiz you about the {kind} afterwards.\n{context}\n"
-    "What are all the special magic {kind} for {query} mentioned in the provided text?"
-    " The special magic {kind} for {query} mentioned in the provided text are"
-)
-NIAH_NEEDLE = "One of the special magic {kind} for {key} is: {value}."
 VT_TEMPLATE = (
     "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
     "Question: Find all variables that are assigned the value {value} in the text above."
@@ -78,7 +72,6 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("vt", hops=4),
     )
 }
-KIND = {"number": "numbers", "word": "words", "uuid": "uuids"}
 
 
 @dataclass(frozen=True)
@@ -183,7 +176,7 @@ def _needles(spec: TaskSpec, seed: int, sample: int) -> tuple[list[str], tuple[s
     keys = _distinct(rng, needle_key, spec.keys, taken)
     taken.update(word for key in keys for word in key.split("-"))  # a word value must not be part of a key
     values = [_distinct(rng, lambda r: needle_value(spec.value_type, r), spec.values_per_key, taken) for _ in keys]
-    needles = [NIAH_NEEDLE.format(kind=kind, key=k, value=v) for k, vs in zip(keys, values) for v in vs]
+    needles = [needle_sentence(spec.value_type, k, v) for k, vs in zip(keys, values) for v in vs]
     answers = tuple(v for vs in values[: spec.queries] for v in vs)
     return needles, answers, {"kind": kind, "query": _and_join(keys[: spec.queries])}
 
@@ -192,18 +185,6 @@ def _depths(spec: TaskSpec, n: int, depth: float, rng: random.Random) -> list[fl
     if spec.hops:  # the chain runs from `depth` to the end, evenly spaced
         return [depth + (1.0 - depth) * i / spec.hops for i in range(n)]
     return [depth] + [rng.random() for _ in range(n - 1)]
-
-
-def _render(filler: list[str], needles: list[str], depths: list[float]) -> str:
-    """Filler sentences with each needle inserted at the sentence boundary nearest its depth."""
-    slots = sorted((round(d * len(filler)), i) for i, d in enumerate(depths))
-    parts, start = [], 0
-    for slot, i in slots:
-        parts.extend(filler[start:slot])
-        parts.append(needles[i])
-        start = slot
-    parts.extend(filler[start:])
-    return " ".join(parts)
 
 
 def _token_ids(tokenizer: Any, text: str, special: bool) -> list[int]:
@@ -231,12 +212,12 @@ def make_example(
     haystack = haystack or Haystack.essay(seed)
     needles, answers, fields = _needles(spec, seed, sample)
     depths = _depths(spec, len(needles), depth, random.Random(f"{seed}/{spec.name}/{sample}/{length}/{depth}"))
-    template = VT_TEMPLATE if spec.hops else NIAH_TEMPLATE
+    template = VT_TEMPLATE if spec.hops else PROMPT
     max_new = generation_budget(len(_token_ids(tokenizer, " " + ", ".join(answers) + ".", special=False)))
     budget = length - max_new
 
     def prompt_with(n: int) -> tuple[str, list[int]]:
-        prompt = template.format(context=_render(haystack.take(n), needles, depths), **fields)
+        prompt = template.format(context=place(haystack.take(n), needles, depths), **fields)
         return prompt, _token_ids(tokenizer, prompt, special=True)
 
     best = prompt_with(0)

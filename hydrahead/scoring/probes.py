@@ -9,9 +9,9 @@ the corrupted run is forced with). Answer positions where a+ and a- share a toke
 of a character tokenizer) add zero to the readout.
 
 Templates:
-- "niah" (RULER-style): a haystack (essay, noise or user files) with one needle ("single_key") or
-  `num_keys` needles of different keys ("multi_key"), "One of the magic numbers for quiet-lantern
-  is: 4921387.", then the question. Needle values: number, word or uuid.
+- "niah": the evaluation's RULER prompt (`hydrahead.needles`: the same intro, needle sentence, question
+  and answer prefix), a haystack (essay, noise or user files) with one needle ("single_key") or
+  `num_keys` needles of different keys ("multi_key"). Needle values: number, word or uuid.
 - "kv_recall": for tiny models with tiny vocabularies: filler words `f<i>` with key-value pairs
   `k<i> v<j>` inserted, then the query `k<i> ->` answered by `v<j>`. The pieces are whole words, so a
   `word_tokenizer(kv_recall_words(config))` gives one token per piece.
@@ -31,12 +31,17 @@ from typing import Any
 import torch
 
 from hydrahead.scoring.errors import ProbeError
-from hydrahead.scoring.haystack import (
+from hydrahead.errors import NeedleError
+from hydrahead.needles import (
+    ANSWER_PREFIX,
     HAYSTACKS,
+    INTRO,
+    KIND,
+    NEEDLE,
     NEEDLE_TYPES,
+    QUESTION,
     haystack_sentences,
     needle_key,
-    needle_noun,
     needle_value,
 )
 
@@ -210,7 +215,7 @@ def _make_probe(prompt: list[int], span: tuple[int, int], answer: list[int], dis
 
 def _niah_probe(encode: _Encoder, config: ProbeConfig, sentences: list[str], capability: str, kind: str,
                 depth: float, rng: random.Random) -> Probe:
-    noun = needle_noun(kind)
+    plural = KIND[kind]
     n_needles = 1 if capability == "single_key" else config.num_keys
     keys: list[str] = []
     while len(keys) < n_needles:
@@ -219,12 +224,15 @@ def _niah_probe(encode: _Encoder, config: ProbeConfig, sentences: list[str], cap
             keys.append(key)
     value, answer, distractor = _value_pair(encode, lambda r: needle_value(kind, r), rng, config.max_resample, kind)
     values = [answer] + [encode(f" {needle_value(kind, rng)}") for _ in keys[1:]]
+    before, after = NEEDLE.split("{value}")  # the shared needle sentence, its value tokenised on its own
     needles = [
-        (depth if n == 0 else rng.random(), [encode(f" One of the magic {noun}s for {key} is:"), ids, encode(".")])
+        (depth if n == 0 else rng.random(),
+         [encode(" " + before.format(kind=plural, key=key).rstrip()), ids, encode(after)])
         for n, (key, ids) in enumerate(zip(keys, values))
     ]
-    intro = encode(f"Some magic {noun}s are hidden in the text below. Memorize them.\n")
-    question = encode(f"\nWhat is the magic {noun} for {keys[0]} in the text? The magic {noun} for {keys[0]} is:")
+    intro = encode(INTRO.format(kind=plural) + "\n")
+    question = encode("\n" + QUESTION.format(kind=plural, query=keys[0]) + " "
+                      + ANSWER_PREFIX.format(kind=plural, query=keys[0]))
     fixed = len(encode.prefix) + len(intro) + len(question) + sum(len(p) for _, parts in needles for p in parts)
     budget = config.context_length - fixed
     if budget < 0:
@@ -270,7 +278,10 @@ def build_probes(tokenizer: Any, config: ProbeConfig | None = None, **overrides:
     config = ProbeConfig(**{**(config.to_dict() if config else {}), **overrides}) if overrides else (config or ProbeConfig())
     encode = _Encoder(tokenizer)
     rng = random.Random(config.seed)
-    sentences = haystack_sentences(config.haystack, config.haystack_files, seed=config.seed)
+    try:
+        sentences = haystack_sentences(config.haystack, config.haystack_files, seed=config.seed)
+    except NeedleError as err:
+        raise ProbeError(str(err)) from err
     kinds: Sequence[str] = config.needle_types if config.template == "niah" else ("kv",)
     probes = []
     for capability in config.capabilities:

@@ -11,7 +11,7 @@ from hydrahead.scoring import HeadScores
 from hydrahead.scoring.toy_tokenizer import char_tokenizer
 from tests.conftest import make_teacher
 
-PROBES = ["--context-length", "220", "--samples", "1", "--needle-types", "number", "--capabilities", "single_key"]
+PROBES = ["--context-length", "500", "--samples", "1", "--needle-types", "word", "--capabilities", "single_key"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_score_plan_validate(teacher_dir, capsys):
     printed = capsys.readouterr().out
     assert "patching scores of 2 layers x 4 heads on 1 probes" in printed and "top 8 heads" in printed
     scores = HeadScores.from_json(out / "scores.json")
-    assert scores.values.shape == (2, 4) and scores.metadata["probe_config"]["context_length"] == 220
+    assert scores.values.shape == (2, 4) and scores.metadata["probe_config"]["context_length"] == 500
     assert (out / "heads.png").read_bytes()[:4] == b"\x89PNG"
 
     assert main(["plan", "--scores", str(out / "scores.json"), "--ratio", "3:1", "--min-per-layer", "1",
@@ -68,7 +68,7 @@ def test_cli_errors_are_one_line(teacher_dir, capsys):
         (["plan", "--scores", str(teacher_dir / "missing.json"), "--out", str(teacher_dir / "x.json")], "score file not found"),
         (["plan", "--baseline", "random", "--out", str(teacher_dir / "x.json")], "needs --model"),
         (["score", "--model", str(teacher_dir / "missing"), "--out", str(teacher_dir / "x.json")], "checkpoint directory not found"),
-        (["score", "--model", model, "--out", str(teacher_dir / "x.json"), "--context-length", "50"], "too short"),
+        (["score", "--model", model, "--out", str(teacher_dir / "x.json"), "--context-length", "500"], "too short"),
         (["validate-scores", "--model", model, "--scores", str(teacher_dir / "other.json")], "3 layers x 4 heads"),
     ]
     for argv, message in cases:

@@ -14,17 +14,19 @@ from tests.conftest import make_teacher
 
 @pytest.fixture(scope="module")
 def probes():
-    return build_probes(char_tokenizer(), ProbeConfig(context_length=260, samples=1, capabilities=("single_key",)))
+    return build_probes(char_tokenizer(), ProbeConfig(context_length=480, samples=1, capabilities=("single_key",),
+                                                      needle_types=("number", "word")))
 
 
 def linear_readout_model(family: str):
     """The last layer's MLP outputs zero and the final norm is removed: the logits at the readout positions
-    are then an affine function of the last layer's head outputs, and so is m."""
+    are then an affine function of the last layer's head outputs, and so is m. In float64, so that what the
+    comparison measures is linearity, not fp32 rounding summed over a long prompt and answer."""
     model = make_teacher(family)
     with torch.no_grad():
         model.model.layers[-1].mlp.down_proj.weight.zero_()
     model.model.norm = torch.nn.Identity()
-    return model
+    return model.double()
 
 
 @pytest.mark.parametrize("family", ["qwen3", "llama"])

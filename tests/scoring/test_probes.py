@@ -5,11 +5,11 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from hydrahead.scoring import ProbeConfig, ProbeError, build_probes, kv_recall_words
-from hydrahead.scoring.haystack import essay_sentences
+from hydrahead.needles import essay_sentences
 from hydrahead.scoring.probes import subprobes
 from hydrahead.scoring.toy_tokenizer import char_tokenizer, word_tokenizer
 
-SMALL = dict(context_length=600, samples=2)
+SMALL = dict(context_length=900, samples=2)
 
 
 def bpe_tokenizer() -> PreTrainedTokenizerFast:
@@ -49,7 +49,7 @@ def test_needle_types_and_text():
     assert values["single_key/word"].isalpha()
     assert [len(part) for part in values["single_key/uuid"].split("-")] == [8, 4, 4, 4, 12]
     text = tok.decode(probes[0].clean_ids)
-    assert "One of the magic numbers for" in text and text.count("magic number for") == 2  # question names the key
+    assert "One of the special magic numbers for" in text and text.count("special magic numbers for") == 3  # question + answer prefix name the key
 
 
 def test_multi_key_has_several_needles_and_depths_spread():
@@ -57,7 +57,7 @@ def test_multi_key_has_several_needles_and_depths_spread():
     config = ProbeConfig(context_length=900, samples=3, needle_types=("word",), num_keys=3)
     probes = build_probes(tok, config)
     multi = [p for p in probes if p.capability == "multi_key"]
-    assert all(tok.decode(p.clean_ids).count("One of the magic words for") == 3 for p in multi)
+    assert all(tok.decode(p.clean_ids).count("One of the special magic words for") == 3 for p in multi)
     assert [round(p.depth, 3) for p in multi] == [0.167, 0.5, 0.833]
     spans = [p.needle_span[0] / p.prompt_length for p in probes if p.capability == "single_key"]
     assert spans == sorted(spans)  # deeper needles sit later in the prompt

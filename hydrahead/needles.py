@@ -1,4 +1,13 @@
-"""Text sources for the probes: haystack sentences, needle keys and needle values.
+"""Needles and haystacks: the one place that writes a needle-in-a-haystack prompt.
+
+Head-scoring probes (`scoring.probes`), evaluation tasks (`eval.tasks`) and the demo teacher's training
+documents (`demo.teacher_data`) all build their text from this module, so what heads are scored on, what
+models are evaluated on and what the teacher is trained on is the same prompt. It owns:
+- the text sources: haystack sentences, needle keys and needle values (below);
+- the templates (RULER's, Hsieh et al. 2024): the needle sentence, the question and its answer prefix;
+- `place`, which inserts needles into filler at their depths.
+Probes keep only the same-token-length counterfactual pairing; tasks keep only the RULER task specs and
+length fitting.
 
 Haystacks (RULER's two kinds, without downloads):
 - "noise": RULER's repeated filler ("The grass is green. The sky is blue. ...").
@@ -16,7 +25,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from hydrahead.scoring.errors import ProbeError
+from hydrahead.errors import NeedleError
 
 NEEDLE_TYPES = ("number", "word", "uuid")
 HAYSTACKS = ("essay", "noise", "files")
@@ -64,16 +73,16 @@ def essay_sentences(count: int, seed: int) -> list[str]:
 def file_sentences(paths: Sequence[str | Path]) -> list[str]:
     """The sentences of text files, split after '.', '!' or '?' followed by whitespace."""
     if not paths:
-        raise ProbeError("haystack='files' needs at least one text file (haystack_files / --probes-file)")
+        raise NeedleError("haystack='files' needs at least one text file (haystack_files / --probes-file)")
     sentences: list[str] = []
     for path in paths:
         path = Path(path)
         if not path.is_file():
-            raise ProbeError(f"haystack file not found: {path}")
+            raise NeedleError(f"haystack file not found: {path}")
         text = " ".join(path.read_text(errors="replace").split())
         sentences += [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
     if not sentences:
-        raise ProbeError(f"haystack files {[str(p) for p in paths]} contain no text")
+        raise NeedleError(f"haystack files {[str(p) for p in paths]} contain no text")
     return sentences
 
 
@@ -85,7 +94,7 @@ def haystack_sentences(kind: str, files: Sequence[str | Path] = (), seed: int = 
         return essay_sentences(count, seed)
     if kind == "files":
         return file_sentences(files)
-    raise ProbeError(f"haystack must be one of {HAYSTACKS}, got {kind!r}")
+    raise NeedleError(f"haystack must be one of {HAYSTACKS}, got {kind!r}")
 
 
 def needle_key(rng: random.Random) -> str:
@@ -103,9 +112,52 @@ def needle_value(kind: str, rng: random.Random) -> str:
         hexdigits = "0123456789abcdef"
         parts = ["".join(rng.choice(hexdigits) for _ in range(n)) for n in (8, 4, 4, 4, 12)]
         return "-".join(parts)
-    raise ProbeError(f"needle type must be one of {NEEDLE_TYPES}, got {kind!r}")
+    raise NeedleError(f"needle type must be one of {NEEDLE_TYPES}, got {kind!r}")
 
 
-def needle_noun(kind: str) -> str:
-    """How the needle sentence names a value of this type."""
-    return {"number": "number", "word": "word", "uuid": "uuid"}[kind]
+# ----------------------------------------------------------------------------------------------- templates
+KIND = {"number": "numbers", "word": "words", "uuid": "uuids"}  # how the templates name a value type
+NEEDLE = "One of the special magic {kind} for {key} is: {value}."
+INTRO = ("Some special magic {kind} are hidden within the following text. Make sure to memorize it. "
+         "I will quiz you about the {kind} afterwards.")
+QUESTION = "What are all the special magic {kind} for {query} mentioned in the provided text?"
+ANSWER_PREFIX = "The special magic {kind} for {query} mentioned in the provided text are"
+PROMPT = INTRO + "\n{context}\n" + QUESTION + " " + ANSWER_PREFIX  # the evaluation's and the probes' prompt
+
+# How a training document may ask for a needle (demo teacher only): the evaluation's own question, its
+# answer prefix alone, and two that end like the needle sentence, so that plain induction (copy what
+# followed the key last time) already answers them and can grow into the key match the others need.
+QUESTION_FORMS: dict[str, str] = {
+    "ruler": QUESTION + " " + ANSWER_PREFIX + " {value}.",
+    "prefix": ANSWER_PREFIX + " {value}.",
+    "is": "The special magic {kind} for {query} is: {value}.",
+    "needle": NEEDLE.replace("{key}", "{query}"),
+}
+
+
+def needle_sentence(value_type: str, key: str, value: str) -> str:
+    """"One of the special magic numbers for quiet-lantern is: 4921387." """
+    return NEEDLE.format(kind=KIND[value_type], key=key, value=value)
+
+
+def prompt(value_type: str, query: str, context: str) -> str:
+    """The whole prompt, ending with the answer prefix (a base model answers by continuing it)."""
+    return PROMPT.format(kind=KIND[value_type], query=query, context=context)
+
+
+def question(form: str, value_type: str, query: str, value: str) -> str:
+    """A question of one of `QUESTION_FORMS` with its answer written out (training documents)."""
+    return QUESTION_FORMS[form].format(kind=KIND[value_type], query=query, value=value)
+
+
+def place(filler: Sequence[str], needles: Sequence[str], depths: Sequence[float]) -> str:
+    """Filler sentences with each needle inserted at the sentence boundary nearest its depth (0 = before
+    the first sentence, 1 = after the last), joined by spaces; needles at one boundary keep their order."""
+    slots = sorted((round(d * len(filler)), i) for i, d in enumerate(depths))
+    parts, start = [], 0
+    for slot, i in slots:
+        parts.extend(filler[start:slot])
+        parts.append(needles[i])
+        start = slot
+    parts.extend(filler[start:])
+    return " ".join(parts)
