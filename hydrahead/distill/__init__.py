@@ -2,12 +2,13 @@
 
     from hydrahead import distill
     distill.run("recipe.yaml")              # or a Recipe, or a dict; resume=True to continue a run
+    distill.pretrain(recipe)                # a model from scratch on the same engine (the demo teacher)
 
 Stages: align (hybrid parameters only, hidden-state MSE), distill (KL + CE on chunked logits, optional
 LoRA), long_context (next-token CE at long length). One code path for one process and for torchrun
 (DDP, or FSDP2). Files: recipe (config; schema builds it from YAML, example documents it), data (files
 -> packed batches), losses, stages, trainer (the engine), checkpoint (atomic, resumable), distributed,
-metrics, evaluate (hooks), run (the pipeline).
+metrics, evaluate (hooks), run (the pipeline), pretrain (from scratch, no teacher).
 """
 
 from hydrahead.distill.errors import DataError, DistillError, NonFiniteLossError, RecipeError, ResumeError
@@ -20,11 +21,13 @@ from hydrahead.distill.recipe import (
     DistillStageConfig,
     LongContextStageConfig,
     LoraConfig,
+    PretrainRecipe,
     Recipe,
     StageConfig,
     StagesConfig,
     TrainingConfig,
 )
+from hydrahead.distill.pretrain import pretrain
 from hydrahead.distill.run import run
 from hydrahead.distill.trainer import StepInfo
 
@@ -41,6 +44,7 @@ __all__ = [
     "LongContextStageConfig",
     "LoraConfig",
     "NonFiniteLossError",
+    "PretrainRecipe",
     "Recipe",
     "RecipeError",
     "ResumeError",
@@ -48,6 +52,7 @@ __all__ = [
     "StagesConfig",
     "StepInfo",
     "TrainingConfig",
+    "pretrain",
     "read_metrics",
     "run",
 ]

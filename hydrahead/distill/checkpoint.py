@@ -13,6 +13,7 @@ leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,8 +128,23 @@ def save(
     distributed.barrier(env)
 
 
-def load(path: Path, identity: dict[str, Any], fingerprint: str) -> Checkpoint:
-    """Read a checkpoint and check that it belongs to this recipe (ResumeError naming the differences)."""
+def extends(old: dict[str, Any], new: dict[str, Any], step: int, key: str = "stage") -> bool:
+    """Whether recipe `new` only gives the stage at `key` a larger token budget than `old`, with a constant
+    schedule whose warm-up both have finished by `step`: continuing is then the same training, longer."""
+    a, b = old.get(key) or {}, new.get(key) or {}
+    same_rest = {k: v for k, v in old.items() if k != key} == {k: v for k, v in new.items() if k != key}
+    same_stage = {k: v for k, v in a.items() if k != "tokens"} == {k: v for k, v in b.items() if k != "tokens"}
+    if not (same_rest and same_stage and a.get("schedule") == "constant" and b.get("tokens", 0) > a.get("tokens", 0)):
+        return False
+    steps = [math.ceil(c["tokens"] / (c["batch_size"] * c["grad_accum"] * c["seq_len"])) for c in (a, b)]
+    return all(step >= round(a["warmup_fraction"] * n) for n in steps)
+
+
+def load(path: Path, identity: dict[str, Any], fingerprint: str, extendable: bool = False) -> Checkpoint:
+    """Read a checkpoint and check that it belongs to this recipe (ResumeError naming the differences).
+
+    extendable: also accept a recipe that only raises the token budget of a constant-schedule stage past its
+    warm-up (`extends`), so a long from-scratch run can be continued over several sittings."""
     if not path.is_file():
         raise ResumeError(f"--resume: no checkpoint at {path}; start the run without --resume")
     try:
@@ -137,7 +153,8 @@ def load(path: Path, identity: dict[str, Any], fingerprint: str) -> Checkpoint:
         raise ResumeError(f"checkpoint {path} is corrupt or not a hydrahead checkpoint: {err}") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ResumeError(f"{path} is not a hydrahead distillation checkpoint (format {FORMAT})")
-    if payload["fingerprint"] != fingerprint:
+    step = int(payload["state"]["step"]) if isinstance(payload.get("state"), dict) else 0
+    if payload["fingerprint"] != fingerprint and not (extendable and extends(payload["identity"], identity, step)):
         changes = diff_identities(payload["identity"], identity) or ["(identity unchanged, fingerprint differs)"]
         raise ResumeError(
             f"checkpoint {path} was written by a different recipe; --resume needs the same teacher, plan, "

@@ -154,12 +154,43 @@ class SequenceSource(Protocol):
         ...
 
 
-class PackedCorpus:
-    """A memory-mapped token stream cut into sequences of `seq_len`; epoch e is a seeded permutation."""
+def document_rows(tokens: np.ndarray, seq_len: int, eos_id: int) -> np.ndarray:
+    """(N, 2) [start, end) spans of the token stream, one per row of `seq_len`, that never cut a document
+    (EOS-terminated) which fits in a row: a document that does not fit in what is left of the current row
+    starts the next one. A longer document is cut into full rows and its tail starts a row. Rows are
+    contiguous spans because documents keep their order; each is padded to `seq_len` when read."""
+    ends = np.flatnonzero(np.asarray(tokens) == eos_id) + 1
+    if len(ends) == 0 or ends[-1] != len(tokens):
+        ends = np.append(ends, len(tokens))  # a final document without EOS
+    rows: list[tuple[int, int]] = []
+    row_start = doc_start = 0
+    for end in ends.tolist():
+        if end - row_start > seq_len and doc_start > row_start:  # does not fit after what the row holds
+            rows.append((row_start, doc_start))
+            row_start = doc_start
+        while end - row_start > seq_len:  # longer than a row: full rows
+            rows.append((row_start, row_start + seq_len))
+            row_start += seq_len
+        doc_start = end
+    if doc_start > row_start:
+        rows.append((row_start, doc_start))
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 2)
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, seed: tuple[int, ...], shuffle: bool = True) -> None:
+
+class PackedCorpus:
+    """A memory-mapped token stream cut into sequences of `seq_len`; epoch e is a seeded permutation.
+
+    With `rows` ((N, 2) spans from `document_rows`), sequence i is span i padded with `pad_id` instead of
+    the i-th slice of `seq_len` tokens."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, seed: tuple[int, ...], shuffle: bool = True,
+                 rows: np.ndarray | None = None, pad_id: int | None = None) -> None:
         self.tokens, self.seq_len, self.seed, self.shuffle = tokens, seq_len, seed, shuffle
-        self.num_sequences = len(tokens) // seq_len  # the tail shorter than one sequence is dropped
+        if rows is not None and pad_id is None:
+            raise ValueError("document rows need a pad_id")
+        self.rows, self.pad_id = rows, pad_id
+        # without rows, the tail shorter than one sequence is dropped
+        self.num_sequences = len(rows) if rows is not None else len(tokens) // seq_len
         self._order: tuple[int, np.ndarray] | None = None
 
     def order(self, epoch: int) -> np.ndarray:
@@ -172,7 +203,12 @@ class PackedCorpus:
     def sequence(self, index: int) -> np.ndarray:
         epoch, i = divmod(index, self.num_sequences)
         j = int(self.order(epoch)[i])
-        return np.asarray(self.tokens[j * self.seq_len : (j + 1) * self.seq_len], dtype=np.int64)
+        if self.rows is None:
+            return np.asarray(self.tokens[j * self.seq_len : (j + 1) * self.seq_len], dtype=np.int64)
+        start, end = self.rows[j]
+        row = np.full(self.seq_len, self.pad_id, dtype=np.int64)
+        row[: end - start] = self.tokens[start:end]
+        return row
 
     def iter_from(self, start: int) -> Iterator[np.ndarray]:
         for index in itertools.count(start):
@@ -246,9 +282,12 @@ class Corpora:
     """Builds (once, on the main process) and opens the token caches of a run's train and eval files."""
 
     def __init__(self, config: DataConfig, tokenize: Tokenize, cache_dir: Path, is_main: bool,
-                 barrier: Callable[[], None]) -> None:
+                 barrier: Callable[[], None], pad_id: int | None = None) -> None:
         self.config, self.tokenize, self.cache_dir = config, tokenize, cache_dir
         self.is_main, self.barrier = is_main, barrier
+        if config.packing == "documents" and pad_id is None:
+            raise DataError("data.packing documents needs a tokenizer with a pad token")
+        self.pad_id = pad_id if config.packing == "documents" else None
 
     def tokens(self, files: list[Path]) -> np.ndarray:
         path = token_cache(files, self.config, self.tokenize, self.cache_dir)
@@ -264,6 +303,9 @@ class Corpora:
             next(source.iter_from(0), None)  # reads until one sequence exists, or raises DataError
             return source
         tokens = self.tokens(files)
+        if self.pad_id is not None:
+            return PackedCorpus(tokens, seq_len, seed=(seed, stage_index), pad_id=self.pad_id,
+                                rows=document_rows(tokens, seq_len, self.tokenize.eos_id))
         if len(tokens) < seq_len:
             raise DataError(f"{key}: the data holds {len(tokens)} tokens, fewer than one sequence of seq_len {seq_len}")
         return PackedCorpus(tokens, seq_len, seed=(seed, stage_index))

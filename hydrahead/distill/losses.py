@@ -32,10 +32,13 @@ class KDLoss(NamedTuple):
     ce: torch.Tensor
 
 
-def next_token_labels(input_ids: torch.Tensor) -> torch.Tensor:
-    """(B, T) -> (B, T): labels[:, t] = input_ids[:, t + 1]; the last position has no target."""
+def next_token_labels(input_ids: torch.Tensor, pad_id: int | None = None) -> torch.Tensor:
+    """(B, T) -> (B, T): labels[:, t] = input_ids[:, t + 1]; the last position has no target, nor has a
+    position whose next token is `pad_id` (the padding of document-packed rows)."""
     labels = torch.full_like(input_ids, IGNORE)
     labels[:, :-1] = input_ids[:, 1:]
+    if pad_id is not None:
+        labels = labels.masked_fill(labels == pad_id, IGNORE)
     return labels
 
 

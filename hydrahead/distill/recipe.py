@@ -31,7 +31,7 @@ from hydrahead.options import HybridOptions
 
 __all__ = [  # EXAMPLE_RECIPE (example.py) is re-exported here: it documents this module's dataclasses
     "EXAMPLE_RECIPE", "RUNTIME_KEYS", "STAGE_NAMES", "AlignStageConfig", "DataConfig", "DistillStageConfig",
-    "LongContextStageConfig", "LoraConfig", "Recipe", "StageConfig", "StagesConfig", "TrainingConfig",
+    "LongContextStageConfig", "LoraConfig", "PretrainRecipe", "Recipe", "StageConfig", "StagesConfig", "TrainingConfig",
     "diff_identities", "parse_tokens", "set_dotted",
 ]
 
@@ -62,6 +62,11 @@ class DataConfig:
     """Column holding the document text in JSONL / Parquet files."""
     txt_sample_by: Literal["paragraph", "line", "document"] = "paragraph"
     """What one document is in a .txt file: a blank-line-separated paragraph, a line, or the whole file."""
+    packing: Literal["concat", "documents"] = "concat"
+    """How documents fill training rows. concat: one stream cut every seq_len tokens (documents run across
+    rows). documents: a document that fits in a row is never cut; it starts a new row when it does not fit
+    in what is left, the rest of the row is padding with no loss (longer documents are cut into full rows).
+    For retrieval data, where a cut separates a needle from its question. Needs streaming: false."""
     streaming: bool = False
     """False: tokenise once into a cached token file, shuffle packed sequences exactly. True: stream documents
     through a shuffle buffer (for corpora that do not fit on disk twice); resuming re-reads the skipped prefix."""
@@ -76,6 +81,8 @@ class DataConfig:
         check(len(self.train_files) > 0, "train_files", "must name at least one file")
         check(self.shuffle_buffer >= 1, "shuffle_buffer", f"must be >= 1, got {self.shuffle_buffer}")
         check(self.eval_sequences >= 1, "eval_sequences", f"must be >= 1, got {self.eval_sequences}")
+        check(not (self.streaming and self.packing == "documents"), "packing",
+              "documents needs streaming: false (rows are laid out over the cached token file)")
 
 
 @dataclass(kw_only=True)
@@ -228,8 +235,62 @@ class TrainingConfig:
         check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
 
 
+class _RecipeFile:
+    """Loading, saving and identity, shared by `Recipe` and `PretrainRecipe`."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        return build(cls, data, "")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None):
+        """Load a YAML recipe; `overrides` maps dotted keys ("stages.align.lr") to values set before validation."""
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise RecipeError(f"recipe {path} is not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise RecipeError(f"recipe {path} must be a mapping of keys to values, got {type(data).__name__}")
+        for key, value in (overrides or {}).items():
+            set_dotted(data, key, value)
+        return cls.from_dict(_resolve_paths(data, path.parent.resolve()))
+
+    @classmethod
+    def load(cls, recipe: Any):
+        """A recipe as is, a dict, or a path to a YAML recipe."""
+        if isinstance(recipe, cls):
+            return recipe
+        if isinstance(recipe, dict):
+            return cls.from_dict(recipe)
+        return cls.from_yaml(recipe)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(json.loads(json.dumps(self.to_dict())), sort_keys=False)
+
+    def identity(self, plan: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The keys that decide what a run computes (RUNTIME_KEYS removed): two recipes with the same
+        identity train the same model, so a checkpoint of one resumes the other."""
+        data = json.loads(json.dumps(self.to_dict()))
+        for key in RUNTIME_KEYS:
+            *parents, leaf = key.split(".")
+            node = data
+            for parent in parents:
+                node = node.get(parent, {})
+            node.pop(leaf, None)
+        return data
+
+    def fingerprint(self, plan: dict[str, Any] | None = None) -> str:
+        return hashlib.sha256(json.dumps(self.identity(plan), sort_keys=True).encode()).hexdigest()[:16]
+
+
 @dataclass(kw_only=True)
-class Recipe:
+class Recipe(_RecipeFile):
     teacher: str
     """Teacher checkpoint directory (transformers format, with its tokenizer)."""
     plan: str
@@ -259,59 +320,35 @@ class Recipe:
         except OptionsError as err:
             raise FieldError("hybrid", f"is invalid: {err}") from err
 
-    # ------------------------------------------------------------------------------------------- io
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Recipe:
-        return build(cls, data, "")
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-        """Load a YAML recipe; `overrides` maps dotted keys ("stages.align.lr") to values set before validation."""
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise RecipeError(f"recipe {path} is not valid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise RecipeError(f"recipe {path} must be a mapping of keys to values, got {type(data).__name__}")
-        for key, value in (overrides or {}).items():
-            set_dotted(data, key, value)
-        return cls.from_dict(_resolve_paths(data, path.parent.resolve()))
-
-    @classmethod
-    def load(cls, recipe: Recipe | dict[str, Any] | str | Path) -> Recipe:
-        """A Recipe as is, a dict, or a path to a YAML recipe."""
-        if isinstance(recipe, Recipe):
-            return recipe
-        if isinstance(recipe, dict):
-            return cls.from_dict(recipe)
-        return cls.from_yaml(recipe)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(json.loads(json.dumps(self.to_dict())), sort_keys=False)
-
     def identity(self, plan: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The keys that decide what a run computes (RUNTIME_KEYS removed, the plan's contents in): two
-        recipes with the same identity train the same model, so a checkpoint of one resumes the other."""
-        data = json.loads(json.dumps(self.to_dict()))
-        for key in RUNTIME_KEYS:
-            *parents, leaf = key.split(".")
-            node = data
-            for parent in parents:
-                node = node[parent]
-            node.pop(leaf, None)
+        """The run's identity with the resolved hybrid options and the plan's contents in."""
+        data = super().identity()
         data["hybrid"] = self.hybrid_options().to_dict()
         if plan is not None:
             data["plan"] = plan
         return data
 
-    def fingerprint(self, plan: dict[str, Any] | None = None) -> str:
-        return hashlib.sha256(json.dumps(self.identity(plan), sort_keys=True).encode()).hexdigest()[:16]
+
+@dataclass(kw_only=True)
+class PretrainRecipe(_RecipeFile):
+    """A model trained from scratch by next-token prediction (the demo's teacher): no teacher, no plan."""
+
+    model: dict[str, Any]
+    """A transformers config as a mapping: `model_type` ("llama", "qwen3", ...) plus its fields. vocab_size,
+    eos/pad token ids default to the tokenizer's."""
+    tokenizer: str
+    """Directory holding the tokenizer (saved with the final model)."""
+    output_dir: str
+    """Checkpoints, metrics.jsonl and the final model (<output_dir>/final)."""
+    data: DataConfig
+    stage: LongContextStageConfig
+    """Token budget, sequence length, batch, optimiser and schedule (next-token loss, as stage 3)."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    seed: int = 0
+    """Seeds the initialisation, data order and every random number generator."""
+
+    def __post_init__(self) -> None:
+        check("model_type" in self.model, "model", "must name its model_type (e.g. llama)")
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -344,7 +381,7 @@ def _short(value: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- building
-_PATH_KEYS = ("teacher", "plan", "output_dir")
+_PATH_KEYS = ("teacher", "plan", "output_dir", "tokenizer")
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

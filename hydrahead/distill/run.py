@@ -108,7 +108,10 @@ def _run(recipe: Recipe, env: DistEnv, resume: bool, callbacks, evaluators) -> P
         raise DataError(f"the tokenizer of {recipe.teacher} has {len(tokenizer)} tokens but the model only "
                         f"{teacher.config.vocab_size}")
     cache_dir = Path(recipe.data.cache_dir) if recipe.data.cache_dir else output_dir / "cache"
-    corpora = Corpora(recipe.data, Tokenize(tokenizer, eos), cache_dir, env.is_main, lambda: distributed.barrier(env))
+    corpora = Corpora(recipe.data, Tokenize(tokenizer, eos), cache_dir, env.is_main, lambda: distributed.barrier(env),
+                      pad_id=tokenizer.pad_token_id)
+    for stage in stages:
+        stage.pad_id = corpora.pad_id  # document-packed rows: no loss on their padding
     sources, stage_evaluators = {}, {}
     for stage in remaining:
         files, key = train_files[stage.name]

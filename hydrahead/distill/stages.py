@@ -4,6 +4,7 @@
     distill       every parameter trains, or hybrid parameters + LoRA on the backbone (peft, merged at
                   the end of the stage); tau^2 KL(teacher || student) + CE on chunked logits (Eq. 16)
     long_context  every parameter trains; next-token CE at the stage's (long) length; no teacher
+    pretrain      (`distill.pretrain`, not a distillation stage) a model from scratch, next-token CE
 
 `TrainModule` wraps the student so that a whole training forward, loss included, is one module call:
 that is what DDP and FSDP hook into, and it lets the chunked loss use the student's lm_head inside it.
@@ -30,8 +31,12 @@ class Stage:
     name = "stage"
     needs_teacher = False
 
-    def __init__(self, config: StageConfig, index: int) -> None:
+    def __init__(self, config: StageConfig, index: int, pad_id: int | None = None) -> None:
         self.config, self.index = config, index
+        self.pad_id = pad_id  # targets equal to it carry no loss (document-packed rows); None: every target
+
+    def labels(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return next_token_labels(input_ids, self.pad_id)
 
     def prepare(self, student: nn.Module) -> None:
         """Set which parameters train (requires_grad); may restructure the student (LoRA)."""
@@ -47,7 +52,7 @@ class Stage:
     def loss(self, student: nn.Module, input_ids: torch.Tensor, targets: Any) -> tuple[torch.Tensor, Metrics]:
         """Next-token cross-entropy (the base loss; stage 3's)."""
         hidden = student.model(input_ids=input_ids, use_cache=False).last_hidden_state
-        out = chunked_kd_loss(hidden, student.lm_head, next_token_labels(input_ids),
+        out = chunked_kd_loss(hidden, student.lm_head, self.labels(input_ids),
                               chunk=getattr(self.config, "loss_chunk", 1024))
         return out.loss, {"ce": out.ce}
 
@@ -77,8 +82,8 @@ class DistillStage(Stage):
     needs_teacher = True
     config: DistillStageConfig
 
-    def __init__(self, config: DistillStageConfig, index: int) -> None:
-        super().__init__(config, index)
+    def __init__(self, config: DistillStageConfig, index: int, pad_id: int | None = None) -> None:
+        super().__init__(config, index, pad_id)
         self._peft_model = None
 
     def prepare(self, student: nn.Module) -> None:
@@ -111,13 +116,19 @@ class DistillStage(Stage):
         teacher_hidden, teacher_head = targets
         hidden = student.model(input_ids=input_ids, use_cache=False).last_hidden_state
         c = self.config
-        out = chunked_kd_loss(hidden, student.lm_head, next_token_labels(input_ids), teacher_hidden, teacher_head,
+        out = chunked_kd_loss(hidden, student.lm_head, self.labels(input_ids), teacher_hidden, teacher_head,
                               temperature=c.temperature, kl_weight=c.kl_weight, ce_weight=c.ce_weight, chunk=c.loss_chunk)
         return out.loss, {"kl": out.kl, "ce": out.ce}
 
 
 class LongContextStage(Stage):
     name = "long_context"
+
+
+class PretrainStage(Stage):
+    """Training from scratch (`distill.pretrain`, the demo teacher): next-token loss, no teacher."""
+
+    name = "pretrain"
 
 
 STAGES: dict[str, type[Stage]] = {"align": AlignStage, "distill": DistillStage, "long_context": LongContextStage}

@@ -110,3 +110,55 @@ def test_bad_files(tmp_path):
     short = write_corpus(tmp_path / "short.jsonl", ["the cat sees a book ."])
     with pytest.raises(DataError, match="stages.align.train_files: the data holds 7 tokens, fewer than one sequence"):
         c.train_source(resolve_files([str(short)], "k"), 32, 0, 0, "stages.align.train_files")
+
+
+def test_document_rows_never_cut_a_document_that_fits():
+    from hydrahead.distill.data import PackedCorpus, document_rows
+
+    eos, pad = 0, 1
+    docs = [[5] * 3, [6] * 4, [7] * 2, [8] * 11]  # 4, 5, 3 and 12 tokens with EOS, rows of 8
+    tokens = np.array([t for d in docs for t in d + [eos]], dtype=np.uint32)
+    corpus = PackedCorpus(tokens, 8, seed=(0,), shuffle=False, rows=document_rows(tokens, 8, eos), pad_id=pad)
+    rows = [corpus.sequence(i).tolist() for i in range(corpus.num_sequences)]
+    assert rows == [
+        [5, 5, 5, 0, pad, pad, pad, pad],  # the next document does not fit: it starts a new row
+        [6, 6, 6, 6, 0, 7, 7, 0],
+        [8] * 8, [8, 8, 8, 0, pad, pad, pad, pad],  # longer than a row: cut, its tail padded
+    ]
+
+
+def test_document_packing_keeps_every_document_whole_and_pads_carry_no_loss(tmp_path):
+    from hydrahead.distill.losses import IGNORE
+    from hydrahead.distill.stages import PretrainStage
+
+    path = write_corpus(tmp_path / "d.jsonl", DOCS)
+    tokenizer = make_tokenizer()
+    tokenize = Tokenize(tokenizer, tokenizer.eos_token_id)
+    cfg = DataConfig(train_files=["unused"], packing="documents")
+    c = Corpora(cfg, tokenize, tmp_path / "cache", is_main=True, barrier=lambda: None, pad_id=tokenizer.pad_token_id)
+    source = c.train_source(resolve_files([str(path)], "k"), seq_len=24, seed=0, stage_index=0, key="k")
+    docs = [tuple(ids) for ids in tokenize(iter(DOCS))]
+    fitting = {d for d in docs if len(d) <= 24}
+    seen = set()
+    for row in [source.sequence(i) for i in range(source.num_sequences)]:
+        row = row.tolist()
+        body = row[: len(row) - next((i for i, t in enumerate(reversed(row)) if t != c.pad_id), 0)]
+        start = 0
+        for end in [i + 1 for i, t in enumerate(body) if t == tokenize.eos_id]:
+            seen.add(tuple(body[start:end]))
+            start = end
+    assert fitting <= seen  # every document that fits appears whole in some row
+    stage = PretrainStage(None, 0, pad_id=c.pad_id)
+    batch = torch.tensor([[3, 4, tokenize.eos_id, c.pad_id, c.pad_id]])
+    assert stage.labels(batch).tolist() == [[4, tokenize.eos_id, IGNORE, IGNORE, IGNORE]]
+
+
+def test_document_packing_needs_a_pad_token_and_no_streaming(tmp_path):
+    from hydrahead.distill import RecipeError
+
+    tokenizer = make_tokenizer()
+    with pytest.raises(DataError, match="pad token"):
+        Corpora(DataConfig(train_files=["x"], packing="documents"), Tokenize(tokenizer, 0), tmp_path, True,
+                lambda: None, pad_id=None)
+    with pytest.raises((RecipeError, ValueError), match="streaming"):
+        DataConfig(train_files=["x"], packing="documents", streaming=True)

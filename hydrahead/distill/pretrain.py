@@ -1,0 +1,123 @@
+"""`pretrain(recipe)`: a model trained from scratch by next-token prediction, on the distillation engine.
+
+The demo's teacher is trained this way: the same `Trainer` as distillation (resume from an exact
+checkpoint, metrics.jsonl, NaN guard, progress, evaluator hooks, DDP/FSDP2 under torchrun), the same
+data pipeline (with `data.packing: documents` so that rows never cut a retrieval document), with no
+teacher and no plan: the student is a fresh transformers model built from `recipe.model`.
+
+  1. recipe, data files, tokenizer, checkpoint / --resume agreement
+  2. the model from its config, seeded
+  3. the one next-token stage (from the checkpoint's position on --resume)
+  4. <output_dir>/final: an ordinary transformers checkpoint with the tokenizer
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hydrahead.distill import checkpoint as ckpt
+from hydrahead.distill import distributed
+from hydrahead.distill.data import Corpora, Tokenize, load_tokenizer, resolve_files
+from hydrahead.distill.errors import RecipeError, ResumeError
+from hydrahead.distill.evaluate import Evaluator, HeldoutPerplexity
+from hydrahead.distill.metrics import MetricsLog
+from hydrahead.distill.recipe import PretrainRecipe
+from hydrahead.distill.stages import PretrainStage
+from hydrahead.distill.trainer import StepCallback, Trainer
+
+FINAL = "final"
+
+
+def model_config(recipe: PretrainRecipe, tokenizer: Any):
+    """The transformers config of `recipe.model`, vocabulary and special tokens from the tokenizer."""
+    from transformers import AutoConfig
+
+    spec = dict(recipe.model)
+    model_type = spec.pop("model_type")
+    spec.setdefault("vocab_size", len(tokenizer))
+    spec.setdefault("eos_token_id", tokenizer.eos_token_id)
+    spec.setdefault("pad_token_id", tokenizer.pad_token_id)
+    try:
+        return AutoConfig.for_model(model_type, **spec)
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"model: not a transformers config ({err})") from err
+
+
+def pretrain(
+    recipe: PretrainRecipe | dict[str, Any] | str | Path,
+    *,
+    resume: bool = False,
+    callbacks: Sequence[StepCallback] = (),
+    evaluators: Sequence[Evaluator] = (),
+) -> Path:
+    """Train `recipe.model` from scratch; returns <output_dir>/final (an ordinary transformers checkpoint).
+
+    resume:     continue from <output_dir>/checkpoint.pt, which must come from the same recipe, or from one
+                whose only difference is a smaller `stage.tokens` with a constant schedule (extend the run).
+    callbacks:  called after every optimiser step with a `StepInfo`.
+    evaluators: extra evaluation hooks (EvalContext -> {metric: value}), e.g. greedy NIAH.
+    """
+    from transformers import AutoModelForCausalLM
+
+    recipe = PretrainRecipe.load(recipe)
+    env = distributed.init(recipe.training.device)
+    try:
+        output_dir = Path(recipe.output_dir)
+        files = resolve_files(recipe.data.train_files, "data.train_files")
+        eval_files = resolve_files(recipe.data.eval_files, "data.eval_files") if recipe.data.eval_files else []
+        tokenizer, eos = load_tokenizer(recipe.tokenizer)
+        config = model_config(recipe, tokenizer)
+        identity, fingerprint = recipe.identity(), recipe.fingerprint()
+        checkpoint_path = output_dir / ckpt.FILENAME
+        checkpoint = None
+        if resume:
+            checkpoint = ckpt.load(checkpoint_path, identity, fingerprint, extendable=True)
+            if checkpoint.state.done and checkpoint.state.tokens < recipe.stage.tokens:  # a longer budget
+                checkpoint.state.done = False
+        elif checkpoint_path.exists():
+            raise ResumeError(f"{output_dir} already holds a checkpoint; continue it with --resume, "
+                              "or choose another output_dir")
+
+        cache_dir = Path(recipe.data.cache_dir) if recipe.data.cache_dir else output_dir / "cache"
+        corpora = Corpora(recipe.data, Tokenize(tokenizer, eos), cache_dir, env.is_main,
+                          lambda: distributed.barrier(env), pad_id=tokenizer.pad_token_id)
+        pad = corpora.pad_id
+        stage = PretrainStage(recipe.stage, 0, pad_id=pad)
+        source = corpora.train_source(files, recipe.stage.seq_len, recipe.seed, 0, "data.train_files")
+        heldout = corpora.eval_batches(eval_files, recipe.stage.seq_len, recipe.data.eval_sequences)
+        builtin = [HeldoutPerplexity(heldout, recipe.stage.batch_size // env.world_size)] if heldout is not None else []
+
+        with torch.random.fork_rng():
+            torch.manual_seed(recipe.seed)
+            model = AutoModelForCausalLM.from_config(config)
+        model.to(env.device)
+        model.config.use_cache = False
+        metrics = MetricsLog(output_dir, env.is_main, recipe.training.tensorboard)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if checkpoint is not None:
+            metrics.truncate_after([stage.name], checkpoint.state.stage, checkpoint.state.step)
+        trainer = Trainer(student=model, teacher=None, tokenizer=tokenizer, training=recipe.training, env=env,
+                          output_dir=output_dir, identity=identity, fingerprint=fingerprint, metrics=metrics,
+                          callbacks=callbacks)
+        try:
+            if checkpoint is None or not checkpoint.state.done:
+                trainer.run_stage(stage, source, [*builtin, *evaluators], resume=checkpoint)
+            else:
+                ckpt.restore_model(model, checkpoint)
+        finally:
+            metrics.close()
+        model.eval()
+        final = output_dir / FINAL
+        from hydrahead.distill.run import save_final
+
+        save_final(model, tokenizer, final, env, torch.float32)
+        return final
+    finally:
+        distributed.shutdown(env)
+
+
+__all__ = ["FINAL", "model_config", "pretrain"]

@@ -1,0 +1,63 @@
+"""`distill.pretrain`: a model from scratch on the distillation engine (the demo teacher's path)."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from hydrahead.distill import PretrainRecipe, RecipeError, pretrain, read_metrics
+from tests.distill.conftest import tiny_stage
+from tests.distill.test_resume import kill_at
+
+MODEL = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 128}
+
+
+def recipe(workspace, out, **training):
+    return {
+        "model": MODEL, "tokenizer": str(workspace / "teacher"), "output_dir": str(out), "seed": 0,
+        "data": {"train_files": [str(workspace / "train.jsonl")], "eval_files": [str(workspace / "eval.txt")],
+                 "cache_dir": str(out.parent / "token-cache"), "packing": "documents"},
+        "stage": tiny_stage(tokens=6 * 4 * 32),
+        "training": {"progress": False, "log_every": 1, "checkpoint_every": 0, **training},
+    }
+
+
+def test_pretrain_learns_and_resumes_exactly(workspace, tmp_path):
+    reference = pretrain(recipe(workspace, tmp_path / "ref"))
+    losses = [m["loss"] for m in read_metrics(tmp_path / "ref") if "loss" in m]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert any("eval_loss" in m for m in read_metrics(tmp_path / "ref"))
+    run = recipe(workspace, tmp_path / "run", checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(run, callbacks=[kill_at("pretrain", 3)])
+    resumed = pretrain(run, resume=True)
+    a = AutoModelForCausalLM.from_pretrained(reference).state_dict()  # an ordinary transformers checkpoint
+    b = AutoModelForCausalLM.from_pretrained(resumed).state_dict()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_pretrain_recipe_errors_name_the_key(workspace, tmp_path):
+    with pytest.raises(RecipeError, match="model must name its model_type"):
+        PretrainRecipe.from_dict({**recipe(workspace, tmp_path), "model": {"hidden_size": 8}})
+    with pytest.raises(RecipeError, match="unknown key 'stage.lrr'"):
+        PretrainRecipe.from_dict({**recipe(workspace, tmp_path), "stage": {**tiny_stage(), "lrr": 1}})
+    with pytest.raises(RecipeError, match="model: not a transformers config"):
+        pretrain({**recipe(workspace, tmp_path / "x"), "model": {"model_type": "no-such-model"}})
+
+
+def test_a_constant_schedule_run_can_be_extended_but_nothing_else_changes(workspace, tmp_path):
+    from hydrahead.distill import ResumeError
+
+    run = recipe(workspace, tmp_path / "run", checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(run, callbacks=[kill_at("pretrain", 3)])
+    longer = {**run, "stage": tiny_stage(tokens=8 * 4 * 32)}
+    pretrain(longer, resume=True)  # from step 2 to step 8
+    assert [m["step"] for m in read_metrics(tmp_path / "run") if "loss" in m] == list(range(1, 9))
+    pretrain({**run, "stage": tiny_stage(tokens=10 * 4 * 32)}, resume=True)  # a finished run goes on too
+    assert [m["step"] for m in read_metrics(tmp_path / "run") if "loss" in m][-1] == 10
+    with pytest.raises(ResumeError, match="different recipe.*stage.lr"):
+        pretrain({**run, "stage": tiny_stage(tokens=12 * 4 * 32, lr=1e-3)}, resume=True)
+    with pytest.raises(ResumeError, match="different recipe"):
+        pretrain({**run, "stage": tiny_stage(tokens=12 * 4 * 32, schedule="cosine")}, resume=True)
