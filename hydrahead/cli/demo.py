@@ -1,40 +1,53 @@
-"""Run the whole story at small scale, offline: build a corpus from the Python standard library and
-synthetic retrieval documents, train a BPE tokenizer and a small Qwen3 teacher (cached), score its heads,
-build HydraHead 7:1 and the baseline plans (random 7:1, fixed per-layer 7:1, layer-wise 3:1 and 7:1,
-all-GDN), distil every plan with the same recipe and budget, evaluate NIAH at 1x-8x the training length
-and held-out perplexity, and write <out>/report/index.md with tables and plots.
+"""Run the whole story at small scale, offline, on the small Llama teacher shipped with hydrahead (trained
+here from scratch by `hydrahead/demo/assets/teacher_recipe.yaml`; it retrieves): score its heads, validate
+the scores by ablation, build HydraHead 7:1 and the baseline plans (random 7:1, fixed per-layer 7:1,
+layer-wise 3:1 and 7:1, all-GDN), distil every plan with the same recipe and budget over several seeds,
+evaluate NIAH at 1x-8x the training length and held-out perplexity, and write <out>/report/index.md
+with the verdict, tables and plots.
 
 Examples:
-  hydrahead demo                          # default scale: about 20 minutes on a 2-core CPU
-  hydrahead demo --scale tiny --out /tmp/demo   # smoke test, a minute or two
-  hydrahead demo --scale gpu --device cuda      # larger run for a GPU
+  hydrahead demo                                 # default scale: under 20 minutes on a 2-core CPU
+  hydrahead demo --scale tiny --out /tmp/demo    # smoke test, about a minute
+  hydrahead demo --export-teacher teacher/       # the shipped teacher as a Hugging Face checkpoint
+  hydrahead demo --retrain-teacher --out run/    # rebuild the teacher from its recipe (about an hour on
+                                                 # 2 cores; rerun the same command to resume)
 """
 
 from __future__ import annotations
 
 import argparse
 
-HELP = "run score -> plan -> convert -> distill -> evaluate on a small teacher trained here, and write a report"
+HELP = "score -> plan -> distill -> evaluate on the shipped small teacher, over several seeds, and write a report"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hydrahead.demo.scale import SCALES
 
-    parser.add_argument("--out", default="demo_out", help="output directory (the teacher is cached here)")
-    parser.add_argument("--scale", default="default", choices=list(SCALES), help="how big a run")
+    parser.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    parser.add_argument("--scale", default="default", choices=list(SCALES), help="how big a run (default: default)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--teacher-steps", type=int, default=None, help="override the teacher's training steps")
+    parser.add_argument("--retrain-teacher", action="store_true",
+                        help="rebuild the teacher from its recipe in <out>/teacher_work (resumable) instead of "
+                             "using the shipped one")
+    parser.add_argument("--export-teacher", metavar="DIR", default=None,
+                        help="write the shipped teacher to DIR as an ordinary Hugging Face checkpoint and stop")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from hydrahead.demo.pipeline import run as run_demo
     from hydrahead.demo.scale import get_scale
 
     hf_logging.disable_progress_bar()  # the demo prints its own progress lines
-    overrides = {} if args.teacher_steps is None else {"teacher_steps": args.teacher_steps}
-    index = run_demo(args.out, get_scale(args.scale, **overrides), device=args.device, quiet=args.quiet)
+    if args.export_teacher is not None:
+        from hydrahead.demo.teacher import export_teacher
+
+        print(f"exported the demo teacher to {export_teacher(args.export_teacher)}")
+        return 0
+    from hydrahead.demo.pipeline import run as run_demo
+
+    index = run_demo(args.out, get_scale(args.scale), device=args.device, quiet=args.quiet,
+                     retrain_teacher=args.retrain_teacher)
     print(f"report: {index}")
     return 0

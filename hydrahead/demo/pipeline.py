@@ -1,20 +1,20 @@
 """`hydrahead demo`: the paper's comparison reproduced at small scale, offline, on any machine.
 
-1. corpus: standard-library sources + synthetic key-value retrieval documents (in the evaluation's and
-   the probes' formats, from seeds neither uses), written as JSONL for the distillation recipes
-2. tokenizer (byte-level BPE) and a small Qwen3 teacher trained from scratch (cached in <out>/teacher)
-3. head scores (patching, and attribution for comparison) and six plans: HydraHead 7:1 (constrained
-   global), random 7:1, fixed per-layer 7:1, layer-wise 3:1, layer-wise 7:1, all-GDN
-4. every plan converted and distilled with the same recipe and token budget
+1. the teacher: the small Llama shipped in the package (`demo.teacher`; `--retrain-teacher` rebuilds it
+   from its recipe), which retrieves
+2. a distillation corpus in its format (`demo.teacher_data`, seeds the teacher never saw) and held-out
+   standard-library sources, as JSONL
+3. head scores (patching, and attribution for comparison), validated by ablation (top-k vs k random
+   heads, several seeds), and the plans: HydraHead 7:1 (constrained global), random 7:1, fixed per-layer
+   7:1, layer-wise 3:1 and 7:1, all-GDN (a plan identical to an earlier one is run once, and said so)
+4. every plan converted and distilled with the same recipe and token budget, once per seed
 5. NIAH at 1x, 2x, 4x, 8x the training length and held-out perplexity, teacher and students
-6. <out>/report/index.md with the tables and plots (see `report.py`)
+6. <out>/report/index.md: mean and spread per plan, the verdict, tables and plots (see `report.py`)
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -24,17 +24,13 @@ from typing import Any
 
 import torch
 
-from hydrahead.demo.corpus import stdlib_texts
-from hydrahead.demo.retrieval_docs import retrieval_documents
 from hydrahead.demo.scale import DemoScale
-from hydrahead.demo.teacher import new_teacher, pack, teacher_config, train_causal_lm
-from hydrahead.demo.tokenizer import train_tokenizer
 from hydrahead.plan import HeadPlan
-from hydrahead.scoring.haystack import vocabulary
 from hydrahead.utils.io import atomic_write_text
 
-NEEDLE_TYPES = ("number", "word")  # the demo's tasks; UUIDs take too many tokens at its short training length
+NEEDLE_TYPES = ("number", "word")  # the demo's probes; UUIDs take too many tokens at its short training length
 PLAN_NAMES = ("hydrahead-7:1", "random-7:1", "fixed-per-layer-7:1", "layerwise-3:1", "layerwise-7:1", "all-gdn")
+CORPUS_SEED = 1  # distillation documents: a seed the teacher's documents (seed 0) did not use
 
 
 @dataclass
@@ -49,140 +45,109 @@ class Log:
             print(f"[{time.time() - self.start:6.0f}s] {message}", file=sys.stderr, flush=True)
 
 
-def write_jsonl(path: Path, texts: list[str]) -> None:
-    atomic_write_text(path, "".join(json.dumps({"text": t}) + "\n" for t in texts))
+@dataclass
+class Teacher:
+    model: Any
+    tokenizer: Any
+    path: Path  # a transformers checkpoint directory (what the distillation recipes name)
+    manifest: dict[str, Any]
+    train_length: int
 
 
-class _Whitespace:
-    """Stand-in tokenizer (one token per word) for drafting documents before the real tokenizer exists."""
+def get_teacher(out: Path, retrain: bool, device: str, log: Log) -> Teacher:
+    """The shipped teacher, or (`retrain`) one rebuilt from the recipe in <out>/teacher_work (resumable)."""
+    from hydrahead.demo import teacher as shipped
 
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[str]]:
-        return {"input_ids": text.split()}
+    length = shipped.load_recipe()["pretrain"]["stage"]["seq_len"]
+    if retrain:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        final = shipped.retrain(out / "teacher_work", device=device, log=log)
+        model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32).eval()
+        return Teacher(model, AutoTokenizer.from_pretrained(final), final,
+                       {"recipe_sha256": shipped.recipe_sha256(), "retrained": str(final)}, length)
+    manifest = shipped.check_teacher()
+    model, tokenizer = shipped.load_teacher()
+    log(f"teacher: the shipped demo teacher ({manifest['parameters'] / 1e6:.2f}M parameters, "
+        f"{manifest['training_tokens'] / 1e6:.1f}M training tokens)")
+    return Teacher(model, tokenizer, shipped.SHIPPED, manifest, length)
 
 
-def probe_documents(tokenizer: Any, scale: DemoScale, seed: int) -> list[str]:
-    """Retrieval documents in the head-scoring probes' format (prompt + answer), from a training seed."""
-    from hydrahead.scoring import ProbeConfig, build_probes
+def build_corpus(out: Path, teacher: Teacher, scale: DemoScale, log: Log) -> None:
+    """<out>/data/train.jsonl (distillation documents) and heldout.jsonl (sources the teacher never saw)."""
+    from hydrahead.demo.teacher import code_split, load_recipe, write_jsonl
+    from hydrahead.demo.teacher_data import teacher_documents
 
-    config = ProbeConfig(samples=max(1, scale.retrieval_docs // 12), context_length=scale.train_length,
-                         needle_types=NEEDLE_TYPES, seed=seed)
-    probes = build_probes(tokenizer, config)
-    return [tokenizer.decode(list(p.clean_ids) + [p.answer[-1]]) for p in probes]
-
-
-def build_corpus(out: Path, scale: DemoScale, log: Log) -> tuple[Any, list[str], list[str]]:
-    """Tokenizer, training documents and held-out documents; JSONL copies under <out>/data."""
-    texts = stdlib_texts(int(scale.corpus_bytes * 1.25))
-    rng = random.Random(0)
-    rng.shuffle(texts)
-    held_count = max(scale.ppl_documents * 2, len(texts) // 20)
-    heldout, code = texts[:held_count], texts[held_count:]
-    draft = retrieval_documents(_Whitespace(), list(scale.tasks), 200, 3 * scale.train_length // 4,
-                                scale.train_length, seed=1)
-    log(f"training a {scale.vocab_size}-token BPE tokenizer on {sum(map(len, code)) / 1e6:.1f} MB")
-    tokenizer = train_tokenizer(code + draft, scale.vocab_size, whole_words=vocabulary())
-    retrieval = retrieval_documents(tokenizer, list(scale.tasks), scale.retrieval_docs,
-                                    3 * scale.train_length // 4, scale.train_length, seed=2)
-    retrieval += probe_documents(tokenizer, scale, seed=1_000_003)
-    train = code + retrieval
-    random.Random(1).shuffle(train)
-    write_jsonl(out / "data" / "train.jsonl", train)
+    code, heldout = code_split(load_recipe()["corpus"]["code_bytes"])
+    counts = dict(scale.documents)
+    docs = teacher_documents(teacher.tokenizer, code, counts=counts, niah_tasks=scale.tasks,
+                             max_tokens=teacher.train_length, seed=CORPUS_SEED)
+    write_jsonl(out / "data" / "train.jsonl", docs)
     write_jsonl(out / "data" / "heldout.jsonl", heldout)
-    log(f"corpus: {len(code)} source files, {len(retrieval)} retrieval documents, {len(heldout)} held out")
-    return tokenizer, code, retrieval
+    log(f"distillation corpus: {len(docs)} documents ({counts}); {len(heldout)} held-out source files")
 
 
-TEACHER_RECIPE = 2  # bump when the corpus, tokenizer or teacher training changes, so caches are retrained
+def score_and_plan(out: Path, teacher: Teacher, scale: DemoScale, log: Log) -> tuple[dict, Any, dict, dict]:
+    """Head scores (patching, attribution), their validation by ablation, and the plans; all saved under <out>.
 
+    Returns (scores, validation report, plans, notes): `notes` maps a plan left out to why (the same heads
+    as an earlier plan, or impossible for this teacher's shape)."""
+    from hydrahead.scoring import ProbeConfig, build_probes, score_heads, validate_scores
 
-def teacher_key(scale: DemoScale) -> str:
-    fields_ = {k: v for k, v in scale.to_dict().items() if k not in {
-        "probe_samples", "align_tokens", "distill_tokens", "long_tokens", "distill_batch", "eval_multipliers",
-        "eval_depths", "eval_samples", "ppl_documents"}}
-    fields_["recipe"] = TEACHER_RECIPE
-    fields_["python"] = sys.version.split()[0]
-    fields_["torch"] = torch.__version__
-    return hashlib.sha256(json.dumps(fields_, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def get_teacher(out: Path, scale: DemoScale, log: Log) -> tuple[Any, Any]:
-    """The cached teacher and tokenizer if <out>/teacher was made by the same settings, else train them."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path, key = out / "teacher", teacher_key(scale)
-    stamp = path / "demo_key.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("key") == key:
-        log(f"reusing the cached teacher in {path}")
-        return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
-    tokenizer, code, retrieval = build_corpus(out, scale, log)
-    L = scale.train_length
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    code_rows = pack([tokenizer(t)["input_ids"] for t in code], L, eos, pad)
-    retrieval_rows = pack([tokenizer(t)["input_ids"] for t in retrieval], L, eos, pad)
-    # Two thirds retrieval, one third code: retrieval is the skill under test and must be learnt within a
-    # few hundred CPU steps; code keeps the language modelling honest.
-    data = torch.cat([retrieval_rows, code_rows[: max(len(retrieval_rows) // 2, 1)]])
-    config = teacher_config(len(tokenizer), hidden=scale.hidden, layers=scale.layers, heads=scale.heads,
-                            kv_heads=scale.kv_heads, head_dim=scale.head_dim, max_positions=16 * L)
-    config.eos_token_id, config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    model = new_teacher(config, seed=0)
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"training the teacher ({n_params / 1e6:.2f}M parameters, {scale.layers} layers x {scale.heads} heads, "
-        f"{scale.kv_heads} KV heads) for {scale.teacher_steps} steps on {data.shape[0]} sequences of {L} tokens")
-    every = max(1, scale.teacher_steps // 10)
-
-    def report(step: int, loss: float, tokens_per_s: float) -> None:
-        if step % every == 0 or step == scale.teacher_steps - 1:
-            log(f"  teacher step {step + 1}/{scale.teacher_steps}  loss {loss:.3f}  {tokens_per_s:,.0f} tok/s")
-
-    train_causal_lm(model, data, pad_id=pad, steps=scale.teacher_steps, batch_size=scale.teacher_batch,
-                    lr=scale.teacher_lr, seed=0, log=report)
-    model.generation_config.eos_token_id = None  # answers are cut by length, not by EOS
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    atomic_write_text(stamp, json.dumps({"key": key, "scale": scale.to_dict()}, indent=1))
-    return model, tokenizer
-
-
-def score_and_plan(out: Path, teacher: Any, tokenizer: Any, scale: DemoScale, log: Log) -> tuple[dict, dict]:
-    """Head scores (patching, attribution) and the six plans, saved under <out>/scores and <out>/plans."""
-    from hydrahead.scoring import ProbeConfig, build_probes, score_heads
-
-    probes = build_probes(tokenizer, ProbeConfig(samples=scale.probe_samples, context_length=scale.train_length,
-                                                 needle_types=NEEDLE_TYPES))
+    config = teacher.model.config
+    probe_config = ProbeConfig(samples=scale.probe_samples, context_length=teacher.train_length,
+                               needle_types=NEEDLE_TYPES)
+    probes = build_probes(teacher.tokenizer, probe_config)
+    heads = config.num_hidden_layers * config.num_attention_heads
     scores = {}
     for method in ("patching", "attribution"):
-        log(f"scoring {scale.layers * scale.heads} heads by {method} on {len(probes)} counterfactual probes")
-        scores[method] = score_heads(teacher, tokenizer, method=method, probes=probes, progress=False)
+        log(f"scoring {heads} heads by {method} on {len(probes)} counterfactual probes")
+        scores[method] = score_heads(teacher.model, teacher.tokenizer, method=method, probes=probes, progress=False,
+                                     probe_config=probe_config)
         scores[method].to_json(out / "scores" / f"{method}.json")
         log(f"  {method}: {scores[method].metadata.get('wall_seconds', '?')} s")
     scores["patching"].plot(out / "report" / "heads.png", title="head importance (patching)", mark_top=8)
-    config = teacher.config
-    per_layer = scale.heads // 8  # 7:1 -> one FA head in eight, per layer
-    plans = {
-        "hydrahead-7:1": HeadPlan.from_scores(scores["patching"], ratio="7:1", min_per_layer=1, config=config),
-        "random-7:1": HeadPlan.random(config, ratio="7:1", seed=0, min_per_layer=1),
-        "fixed-per-layer-7:1": HeadPlan.fixed_per_layer(scores["patching"], k=max(1, per_layer), config=config),
-        "layerwise-3:1": HeadPlan.layerwise(config, ratio="3:1"),
-        "layerwise-7:1": HeadPlan.layerwise(config, ratio="7:1"),
-        "all-gdn": HeadPlan.none(config),
+    top_k = max(1, round(0.03 * heads))  # about 3% of all heads (issue: k ~ 3%)
+    validation_probes = build_probes(teacher.tokenizer, probe_config, seed=probe_config.seed + 1)
+    log(f"validating: ablating the top-{top_k} heads vs {scale.validation_seeds} random sets on "
+        f"{len(validation_probes)} unseen probes")
+    validation = validate_scores(teacher.model, validation_probes, scores["patching"], top_k=top_k,
+                                 seeds=tuple(range(scale.validation_seeds)), compare={"attribution": scores["attribution"]})
+    validation.to_json(out / "scores" / "validation.json")
+    per_layer = max(1, config.num_attention_heads // 8)  # 7:1 -> one FA head in eight, per layer
+    makers = {
+        "hydrahead-7:1": lambda: HeadPlan.from_scores(scores["patching"], ratio="7:1", min_per_layer=1, config=config),
+        "random-7:1": lambda: HeadPlan.random(config, ratio="7:1", seed=0, min_per_layer=1),
+        "fixed-per-layer-7:1": lambda: HeadPlan.fixed_per_layer(scores["patching"], k=per_layer, config=config),
+        "layerwise-3:1": lambda: HeadPlan.layerwise(config, ratio="3:1"),
+        "layerwise-7:1": lambda: HeadPlan.layerwise(config, ratio="7:1"),
+        "all-gdn": lambda: HeadPlan.none(config),
     }
-    for name, plan in plans.items():
+    plans: dict[str, HeadPlan] = {}
+    notes: dict[str, str] = {}
+    for name, make in makers.items():
+        plan = make()
+        same = next((other for other, p in plans.items() if p.fa_heads == plan.fa_heads), None)
+        if same is not None:
+            notes[name] = (f"the same FA heads as {same} on this teacher ({config.num_hidden_layers} layers x "
+                           f"{config.num_attention_heads} heads), so it is run once, as {same}")
+            continue
+        plans[name] = plan
         plan.to_json(out / "plans" / f"{name.replace(':', 'to')}.json")
-    return scores, plans
+    return scores, validation, plans, notes
 
 
-def recipe_for(out: Path, name: str, scale: DemoScale, device: str) -> dict[str, Any]:
-    """The one recipe every plan is distilled with (only the plan and the output differ)."""
-    L, batch = scale.train_length, scale.distill_batch
+def recipe_for(out: Path, teacher: Teacher, name: str, seed: int, scale: DemoScale, device: str) -> dict[str, Any]:
+    """The one recipe every plan is distilled with (only the plan, the seed and the output differ)."""
+    L, batch = teacher.train_length, scale.distill_batch
     return {
-        "teacher": str(out / "teacher"),
+        "teacher": str(teacher.path),
         "plan": str(out / "plans" / f"{name.replace(':', 'to')}.json"),
-        "output_dir": str(out / "runs" / name.replace(":", "to")),
-        "seed": 0,
+        "output_dir": str(out / "runs" / f"{name.replace(':', 'to')}-seed{seed}"),
+        "seed": seed,
         "hybrid": {"preset": "paper", "train_length": L},
-        "data": {"train_files": [str(out / "data" / "train.jsonl")], "cache_dir": str(out / "cache")},
+        "data": {"train_files": [str(out / "data" / "train.jsonl")], "cache_dir": str(out / "cache"),
+                 "packing": "documents"},
         "training": {"device": device, "gradient_checkpointing": False, "progress": False,
                      "checkpoint_every": 0, "log_every": 10, "eval_every": 0},
         "stages": {
@@ -194,23 +159,26 @@ def recipe_for(out: Path, name: str, scale: DemoScale, device: str) -> dict[str,
     }
 
 
-def distill_all(out: Path, plans: dict[str, HeadPlan], scale: DemoScale, device: str, log: Log) -> dict[str, Path]:
+def distill_all(out: Path, teacher: Teacher, plans: dict[str, HeadPlan], scale: DemoScale, device: str,
+                log: Log) -> dict[str, Path]:
+    """Every plan distilled once per seed; returns "<plan>/seed<s>" -> final checkpoint."""
     from hydrahead import distill
 
-    paths = {}
-    for i, name in enumerate(plans, 1):
+    paths, runs = {}, [(name, seed) for name in plans for seed in scale.seeds]
+    for i, (name, seed) in enumerate(runs, 1):
         started = time.time()
-        log(f"distilling {name} ({i}/{len(plans)}): {plans[name].num_fa} FA heads, "
+        log(f"distilling {name}, seed {seed} ({i}/{len(runs)}): {plans[name].num_fa} FA heads, "
             f"KV cache {100 * plans[name].kv_cache_fraction:.1f}% of the teacher")
-        paths[name] = distill.run(recipe_for(out, name, scale, device))
+        paths[f"{name}/seed{seed}"] = distill.run(recipe_for(out, teacher, name, seed, scale, device))
         log(f"  done in {time.time() - started:.0f} s")
     return paths
 
 
-def evaluate(out: Path, models: dict[str, Any], tokenizer: Any, scale: DemoScale, log: Log) -> tuple[list, list]:
+def evaluate(out: Path, models: dict[str, Any], tokenizer: Any, train_length: int, scale: DemoScale,
+             log: Log) -> tuple[list, list]:
     import hydrahead.eval as ev
 
-    lengths = [m * scale.train_length for m in scale.eval_multipliers]
+    lengths = [m * train_length for m in scale.eval_multipliers]
     log(f"NIAH on {len(models)} models: tasks {', '.join(scale.tasks)}, lengths {lengths}, "
         f"depths {list(scale.eval_depths)}, {scale.eval_samples} samples per cell")
     records = ev.niah(models, tokenizer, lengths, scale.eval_depths, tasks=list(scale.tasks),
@@ -219,13 +187,14 @@ def evaluate(out: Path, models: dict[str, Any], tokenizer: Any, scale: DemoScale
     documents = [ev.Document(f"heldout-{i}", t) for i, t in enumerate(heldout)]
     ppl_length = max(lengths)
     log(f"held-out perplexity at {ppl_length} tokens on up to {scale.ppl_documents} documents")
-    ppl = ev.perplexity(models, tokenizer, documents, length=ppl_length, bucket=scale.train_length,
+    ppl = ev.perplexity(models, tokenizer, documents, length=ppl_length, bucket=train_length,
                         max_documents=scale.ppl_documents, progress=False)
     return records, ppl
 
 
 def run(out: str | Path = "demo_out", scale: DemoScale | None = None, device: str = "auto",
-        quiet: bool = False, after_teacher: Callable[[Any], None] | None = None) -> Path:
+        quiet: bool = False, retrain_teacher: bool = False,
+        after_teacher: Callable[[Any], None] | None = None) -> Path:
     """Run the whole demo into `out`; returns the path of report/index.md."""
     from hydrahead.demo.report import write_demo_report
     from hydrahead.demo.scale import SCALES
@@ -239,26 +208,25 @@ def run(out: str | Path = "demo_out", scale: DemoScale | None = None, device: st
     log(f"hydrahead demo, scale {scale.name!r}, device {device}, output {out}")
     timings: dict[str, float] = {}
     mark = time.time()
-    teacher, tokenizer = get_teacher(out, scale, log)
-    timings["corpus + tokenizer + teacher"] = time.time() - mark
+    teacher = get_teacher(out, retrain_teacher, device, log)
     if after_teacher is not None:
-        after_teacher(teacher)
+        after_teacher(teacher.model)
+    build_corpus(out, teacher, scale, log)
+    timings["teacher + corpus"] = time.time() - mark
     mark = time.time()
-    scores, plans = score_and_plan(out, teacher, tokenizer, scale, log)
-    timings["head scoring + plans"] = time.time() - mark
+    scores, validation, plans, notes = score_and_plan(out, teacher, scale, log)
+    timings["head scoring + validation + plans"] = time.time() - mark
     mark = time.time()
-    checkpoints = distill_all(out, plans, scale, device, log)
-    timings["distillation (6 plans)"] = time.time() - mark
+    checkpoints = distill_all(out, teacher, plans, scale, device, log)
+    timings[f"distillation ({len(checkpoints)} runs)"] = time.time() - mark
     mark = time.time()
-    models = {"teacher": teacher.to(device)}
+    models = {"teacher": teacher.model.to(device)}
     for name, path in checkpoints.items():
-        model = from_pretrained(path).to(device).eval()
-        model.generation_config.eos_token_id = None
-        models[name] = model
-    records, ppl = evaluate(out, models, tokenizer, scale, log)
+        models[name] = from_pretrained(path).to(device).eval()
+    records, ppl = evaluate(out, models, teacher.tokenizer, teacher.train_length, scale, log)
     timings["evaluation"] = time.time() - mark
     timings["total"] = time.time() - log.start
-    index = write_demo_report(out / "report", scale=scale, models=models, plans=plans, scores=scores,
-                              niah=records, ppl=ppl, timings=timings)
+    index = write_demo_report(out / "report", scale=scale, teacher=teacher, models=models, plans=plans, notes=notes,
+                              scores=scores, validation=validation, niah=records, ppl=ppl, timings=timings)
     log(f"report written to {index}")
     return index

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,41 @@ def niah_table(records: list, models: list[str], lengths: list[int]) -> dict[str
         for n in lengths:
             table[m][n] = _mean([r.score for r in records if r.model == m and r.length == n])
     return table
+
+
+def plan_of(label: str) -> str:
+    """"hydrahead-7:1/seed0" -> "hydrahead-7:1"; "teacher" stays."""
+    return label.split("/seed")[0]
+
+
+@dataclass
+class PlanResult:
+    """One plan over its seeds: per-length mean and per-seed overall means (the spread)."""
+
+    name: str
+    per_length: dict[int, list[float]]  # length -> one score per seed
+    overall: list[float]  # one mean over lengths per seed
+    ppl: list[float]
+
+    @property
+    def mean(self) -> float:
+        return _mean(self.overall)
+
+    @property
+    def spread(self) -> float:
+        """Max - min of the per-seed means (0 with one seed)."""
+        return float(max(self.overall) - min(self.overall)) if self.overall else float("nan")
+
+
+def plan_results(table: dict[str, dict[int, float]], ppl: dict[str, float]) -> dict[str, PlanResult]:
+    out: dict[str, PlanResult] = {}
+    for label, row in table.items():
+        res = out.setdefault(plan_of(label), PlanResult(plan_of(label), {n: [] for n in row}, [], []))
+        for n, v in row.items():
+            res.per_length[n].append(v)
+        res.overall.append(_mean(list(row.values())))
+        res.ppl.append(ppl.get(label, float("nan")))
+    return out
 
 
 def model_kv_bytes_per_token(model: Any) -> int:
@@ -63,58 +99,81 @@ def plot_kv_bytes(sizes: dict[str, int], path: Path) -> None:
 TEACHER_FLOOR = 0.2  # below this NIAH score at 1x, the teacher has no retrieval for students to keep
 
 
-def verdicts(table: dict[str, dict[int, float]], ppl: dict[str, float]) -> list[str]:
+def verdicts(results: dict[str, PlanResult], validation: Any = None) -> list[str]:
+    """Plain sentences: can the teacher retrieve, do its top heads carry it, which plan wins and by how much
+    relative to the spread between seeds."""
     lines = []
-    if HYDRAHEAD not in table:
-        return lines
-    if "teacher" in table and table["teacher"]:
-        native = table["teacher"][min(table["teacher"])]
+    teacher = results.get("teacher")
+    if teacher is not None:
+        native = teacher.per_length[min(teacher.per_length)][0]
         if native < TEACHER_FLOOR:
-            lines.append(
-                f"- **The teacher itself scores {100 * native:.1f} on NIAH at its training length**, so no student can "
-                "show retrieval it kept: at this scale the NIAH comparison below says nothing about head selection "
-                "(train the teacher longer, e.g. `--teacher-steps`, or use `--scale gpu`)."
-            )
-    ours = table[HYDRAHEAD]
-    for name, row in table.items():
-        if name in (HYDRAHEAD, "teacher"):
-            continue
-        wins = sum(ours[n] > row[n] for n in row)
-        losses = sum(ours[n] < row[n] for n in row)
-        diff = _mean(list(ours.values())) - _mean(list(row.values()))
-        if diff > 0:
-            word = "beats"
-        elif diff < 0:
-            word = "does not beat"
+            lines.append(f"- **The teacher itself scores {100 * native:.1f} on NIAH at its training length**, so no "
+                         "student can show retrieval it kept: the NIAH comparison below says nothing about head "
+                         "selection.")
         else:
-            word = "ties"
+            lines.append(f"- The teacher scores {100 * native:.1f} on NIAH at its training length "
+                         f"({', '.join(f'{100 * v[0]:.1f} at {n}' for n, v in sorted(teacher.per_length.items())[1:])}).")
+    if validation is not None:
+        drop_top = validation.accuracy - validation.accuracy_top
+        drop_random = validation.accuracy - validation.accuracy_random_mean
         lines.append(
-            f"- HydraHead 7:1 **{word}** {name} on NIAH: mean {100 * _mean(list(ours.values())):.1f} vs "
-            f"{100 * _mean(list(row.values())):.1f} ({diff * 100:+.1f} points; better at {wins}, worse at "
-            f"{losses} of {len(row)} lengths); held-out ppl {ppl.get(HYDRAHEAD, float('nan')):.2f} vs "
-            f"{ppl.get(name, float('nan')):.2f}."
-        )
+            f"- Ablating the teacher's top-{validation.top_k} patching-scored heads moves teacher-forced NIAH accuracy "
+            f"from {100 * validation.accuracy:.1f} to {100 * validation.accuracy_top:.1f} ({-100 * drop_top:+.1f} "
+            f"points); {validation.top_k} random other heads move it by {-100 * drop_random:+.1f} points on average "
+            f"over {len(validation.seeds)} seeds.")
+    students = {n: r for n, r in results.items() if n != "teacher"}
+    if not students:
+        return lines
+    best = max(students.values(), key=lambda r: r.mean)
+    seeds = len(best.overall)
+    lines.append(f"- Best student on NIAH (mean over lengths, tasks and {seeds} seed{'s' * (seeds > 1)}): "
+                 f"**{best.name}**, {100 * best.mean:.1f}.")
+    ours = students.get(HYDRAHEAD)
+    if ours is None:
+        return lines
+    for name, other in students.items():
+        if name == HYDRAHEAD:
+            continue
+        diff = ours.mean - other.mean
+        noise = max(ours.spread, other.spread)
+        if seeds < 2:
+            clear = "one seed: no spread measured"
+        elif abs(diff) > noise:
+            clear = f"larger than the seed spread of {100 * noise:.1f}"
+        else:
+            clear = f"within the seed spread of {100 * noise:.1f}: not a clear difference"
+        word = "beats" if diff > 0 else "does not beat" if diff < 0 else "ties"
+        lines.append(f"- HydraHead 7:1 **{word}** {name}: NIAH {100 * ours.mean:.1f} vs {100 * other.mean:.1f} "
+                     f"({100 * diff:+.1f} points, {clear}); held-out ppl {_mean(ours.ppl):.2f} vs {_mean(other.ppl):.2f}.")
     return lines
 
 
-def write_demo_report(out: Path, *, scale: DemoScale, models: dict[str, Any], plans: dict, scores: dict,
-                      niah: list, ppl: list, timings: dict[str, float]) -> Path:
+def _cell(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * _mean(values):.1f} ± {50 * (max(values) - min(values)):.1f}"
+
+
+def write_demo_report(out: Path, *, scale: DemoScale, teacher: Any, models: dict[str, Any], plans: dict,
+                      notes: dict[str, str], scores: dict, validation: Any, niah: list, ppl: list,
+                      timings: dict[str, float]) -> Path:
     import hydrahead.eval as ev
     from hydrahead.scoring.validate import agreement
 
     out.mkdir(parents=True, exist_ok=True)
     ev.write_report(out, niah=niah, perplexity=ppl, meta={"demo_scale": scale.to_dict()})
-    names = list(models)
+    labels = list(models)
     lengths = sorted({r.length for r in niah})
-    table = niah_table(niah, names, lengths)
-    ppl_by_model = {r.model: r.overall_ppl for r in ppl}
-    sizes = {n: model_kv_bytes_per_token(m) for n, m in models.items()}
+    table = niah_table(niah, labels, lengths)
+    results = plan_results(table, {r.model: r.overall_ppl for r in ppl})
+    sizes = {plan_of(n): model_kv_bytes_per_token(m) for n, m in models.items()}
     plot_kv_bytes(sizes, out / "kv_bytes.png")
     k = plans[HYDRAHEAD].num_fa if HYDRAHEAD in plans else 8
     agree = agreement(scores, k=k) if len(scores) > 1 else {}
-
-    teacher = models["teacher"]
-    params = sum(p.numel() for p in teacher.parameters())
+    config = teacher.model.config
+    params = sum(p.numel() for p in teacher.model.parameters())
+    L = teacher.train_length
+    seeds = len(scale.seeds)
     lines = [
         "# hydrahead demo report",
         "",
@@ -122,32 +181,40 @@ def write_demo_report(out: Path, *, scale: DemoScale, models: dict[str, Any], pl
         f"{platform.processor() or ''} · python {platform.python_version()} · "
         f"date {datetime.date.today().isoformat()}",
         "",
-        f"Teacher: Qwen3 architecture trained from scratch here, {params / 1e6:.2f}M parameters, {scale.layers} "
-        f"layers x {scale.heads} query heads ({scale.kv_heads} KV heads, head_dim {scale.head_dim}), training "
-        f"length {scale.train_length}. Every student was distilled from it with the same recipe and budget "
-        f"(align {scale.align_tokens:,} + distill {scale.distill_tokens:,} + long-context {scale.long_tokens:,} "
-        "tokens). NIAH score = fraction of the expected answers found in the greedy generation "
+        f"Teacher: {config.model_type} trained from scratch by the project's recipe "
+        f"(`hydrahead/demo/assets/teacher_recipe.yaml`, sha256 {str(teacher.manifest.get('recipe_sha256'))[:12]}), "
+        f"{params / 1e6:.2f}M parameters, {config.num_hidden_layers} layers x {config.num_attention_heads} query heads "
+        f"({config.num_key_value_heads} KV heads, head_dim {config.head_dim}), training length {L}. Every student was "
+        f"distilled from it with the same recipe and budget (align {scale.align_tokens:,} + distill "
+        f"{scale.distill_tokens:,} + long-context {scale.long_tokens:,} tokens), once per seed {list(scale.seeds)}. "
+        "NIAH score = fraction of the expected answers found in the greedy generation "
         f"(tasks: {', '.join(scale.tasks)}; depths {list(scale.eval_depths)}; {scale.eval_samples} samples per cell).",
         "",
-        "## Verdict at this scale",
+        "## Verdict",
         "",
-        *(verdicts(table, ppl_by_model) or ["- (no HydraHead plan in this run)"]),
+        *verdicts(results, validation),
+        *[f"- {name} is not run separately: {why}." for name, why in notes.items()],
         "",
         "## Comparison",
         "",
+        f"NIAH cells: mean over seeds{' ± half the range between seeds' if seeds > 1 else ''}.",
+        "",
         "| model | FA heads | KV bytes/token | KV vs teacher | "
-        + " | ".join(f"NIAH {n // scale.train_length}x ({n})" for n in lengths) + " | held-out ppl |",
-        "|---|---:|---:|---:|" + "---:|" * len(lengths) + "---:|",
+        + " | ".join(f"NIAH {n // L}x ({n})" for n in lengths) + " | NIAH mean | held-out ppl |",
+        "|---|---:|---:|---:|" + "---:|" * len(lengths) + "---:|---:|",
     ]
-    for name in names:
+    for name, res in results.items():
         plan = plans.get(name)
         fa = "all" if plan is None else str(plan.num_fa)
         frac = sizes[name] / sizes["teacher"] if sizes["teacher"] else float("nan")
-        cells = " | ".join(f"{100 * table[name][n]:.1f}" for n in lengths)
-        lines.append(f"| {name} | {fa} | {sizes[name]:,} | {100 * frac:.1f}% | {cells} | "
-                     f"{ppl_by_model.get(name, float('nan')):.2f} |")
-    lines += ["", "![NIAH accuracy vs length](niah_accuracy.png)", "", "![KV cache per token](kv_bytes.png)", "", "![perplexity by position](ppl_by_position.png)", ""]
-    lines += ["## Head importance", "", "![head importance](heads.png)", ""]
+        cells = " | ".join(_cell(res.per_length[n]) for n in lengths)
+        lines.append(f"| {name} | {fa} | {sizes[name]:,} | {100 * frac:.1f}% | {cells} | {_cell(res.overall)} | "
+                     f"{_mean(res.ppl):.2f} |")
+    lines += ["", "![NIAH accuracy vs length](niah_accuracy.png)", "", "![KV cache per token](kv_bytes.png)", "",
+              "![perplexity by position](ppl_by_position.png)", ""]
+    lines += ["## Head importance and its validation", "", "![head importance](heads.png)", ""]
+    if validation is not None:
+        lines += [validation.table(), ""]
     if agree:
         lines.append(f"Agreement of attribution patching with activation patching (top-{k} Jaccard, Spearman):")
         for method, row in agree.items():
@@ -159,7 +226,8 @@ def write_demo_report(out: Path, *, scale: DemoScale, models: dict[str, Any], pl
                      f"{plan.fa_kv_heads_per_layer}, KV cache {100 * plan.kv_cache_fraction:.1f}% of the teacher")
     lines += ["", "## Time", "", "| step | seconds |", "|---|---:|"]
     lines += [f"| {step} | {seconds:.0f} |" for step, seconds in timings.items()]
-    lines += ["", "Raw results: `niah.json`, `ppl.json`; per-model depth x length heatmaps: `niah_heatmap.png`.", ""]
+    lines += ["", "Raw results: `niah.json`, `ppl.json`, `../scores/validation.json`; per-model depth x length "
+              "heatmaps: `niah_heatmap.png`.", ""]
     index = out / "index.md"
     atomic_write_text(index, "\n".join(lines))
     return index

@@ -1,94 +1,324 @@
-"""The demo's teacher: a small Qwen3 (transformers' own `Qwen3ForCausalLM`) trained from scratch on CPU.
+"""The demo's teacher: a small Llama trained here from scratch, shipped inside the package.
 
-Several heads per layer and GQA, so that heads can specialise (a few become retrieval heads). Training is
-plain next-token prediction on packed rows that never cut a document which fits in one (a retrieval
-document cut in two leaves an answer without its needle, which teaches guessing). The result is cached
-on disk, keyed by everything that determines it, so a second demo run reuses it.
+No 20-minute CPU budget trains a model that retrieves (METHOD.md section 7), so the demo ships one:
+`assets/teacher/` holds its weights (half precision safetensors), tokenizer and a manifest (the recipe's
+SHA-256, training tokens, measured NIAH). `assets/teacher_recipe.yaml` is the one file that says how it
+is made; `retrain` rebuilds it with the project's own machinery (`hydrahead.distill.pretrain`: resumable,
+metrics, NaN guard, greedy NIAH logged while it trains), in several sittings if need be.
+
+    load_teacher()        the shipped teacher (model, tokenizer), its files checked against the manifest
+    export_teacher(dir)   the same as an ordinary Hugging Face checkpoint directory
+    retrain(work)         corpus -> tokenizer -> documents -> pretrain -> <work>/run/final
+    ship(final)           write a retrained teacher into the package, with its manifest
+
+`python -m hydrahead.demo.teacher --work DIR [--ship]` runs `retrain` (and `ship`) from a shell. To train
+longer, raise `stage.tokens` in the recipe and rerun: a constant-schedule run continues where it stopped.
 """
 
 from __future__ import annotations
 
-import math
-import time
+import argparse
+import hashlib
+import json
+import random
+import shutil
+import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-import torch
-from transformers import Qwen3Config, Qwen3ForCausalLM
+import yaml
 
+from hydrahead.errors import HydraHeadError
+from hydrahead.utils.io import atomic_write_text
 
-def teacher_config(vocab_size: int, *, hidden: int, layers: int, heads: int, kv_heads: int, head_dim: int,
-                   max_positions: int) -> Qwen3Config:
-    return Qwen3Config(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=3 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=head_dim,
-        max_position_embeddings=max_positions, tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-    )
+ASSETS = Path(__file__).parent / "assets"
+RECIPE = ASSETS / "teacher_recipe.yaml"
+SHIPPED = ASSETS / "teacher"
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
+HELDOUT_FRACTION = 0.05  # standard-library files kept out of training, for held-out perplexity
+MONITOR_SEED = 9_999  # NIAH prompts watched during training: neither the evaluation's seeds nor training's
 
-
-def pack(token_lists: list[list[int]], seq_len: int, eos_id: int, pad_id: int) -> torch.Tensor:
-    """Documents (each + EOS) in rows of `seq_len` tokens, (N, seq_len); pad fills the rest of a row.
-
-    A document that fits in a row is never split: when it does not fit in what is left of the current row,
-    it starts a new one. Longer documents (source files) are cut into full rows; their tail starts a row.
-    """
-    rows: list[list[int]] = []
-    row: list[int] = []
-    for tokens in token_lists:
-        tokens = list(tokens) + [eos_id]
-        while len(tokens) > seq_len:  # longer than a row: cut
-            rows.append(tokens[:seq_len])
-            tokens = tokens[seq_len:]
-        if len(row) + len(tokens) > seq_len:
-            rows.append(row + [pad_id] * (seq_len - len(row)))
-            row = []
-        row.extend(tokens)
-    if row:
-        rows.append(row + [pad_id] * (seq_len - len(row)))
-    return torch.tensor(rows, dtype=torch.long).view(len(rows), seq_len)
+Log = Callable[[str], None]
 
 
-def train_causal_lm(
-    model: torch.nn.Module,
-    data: torch.Tensor,
-    *,
-    pad_id: int,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    log: Callable[[int, float, float], None] | None = None,
-) -> list[float]:
-    """AdamW with warmup + cosine decay on random rows of `data` (N, T), no loss on `pad_id`; returns the loss per step."""
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
-    warmup = max(1, steps // 20)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-    model.train()
-    losses, start = [], time.time()
-    for step in range(steps):
-        rows = torch.randint(0, data.shape[0], (batch_size,), generator=generator)
-        batch = data[rows]
-        labels = batch.masked_fill(batch == pad_id, -100)
-        loss = model(input_ids=batch, labels=labels, use_cache=False).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if log is not None:
-            log(step, loss.item(), (step + 1) * batch.numel() / (time.time() - start))
-    model.eval()
-    return losses
+class TeacherError(HydraHeadError):
+    """The shipped teacher is missing or damaged, or a retrain cannot run as asked."""
 
 
-def new_teacher(config: Qwen3Config, seed: int) -> Qwen3ForCausalLM:
-    with torch.random.fork_rng():  # seeded init without touching the caller's RNG state
-        torch.manual_seed(seed)
-        return Qwen3ForCausalLM(config)
+# ----------------------------------------------------------------------------------------------- recipe
+def recipe_sha256(path: Path = RECIPE) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_recipe(path: Path = RECIPE) -> dict[str, Any]:
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise TeacherError(f"cannot read the teacher recipe {path}: {err}") from err
+    if not isinstance(recipe, dict) or not {"corpus", "pretrain"} <= set(recipe):
+        raise TeacherError(f"teacher recipe {path} needs a corpus and a pretrain section")
+    return recipe
+
+
+def code_split(code_bytes: int) -> tuple[list[str], list[str]]:
+    """Standard-library sources, split into (training, held-out) by a fixed shuffle."""
+    from hydrahead.demo.corpus import stdlib_texts
+
+    texts = stdlib_texts(code_bytes)
+    random.Random(0).shuffle(texts)
+    held = max(4, int(len(texts) * HELDOUT_FRACTION))
+    return texts[held:], texts[:held]
+
+
+def write_jsonl(path: Path, texts: list[str]) -> None:
+    atomic_write_text(path, "".join(json.dumps({"text": t}) + "\n" for t in texts))
+
+
+def build_tokenizer(corpus: dict[str, Any], code: list[str]) -> Any:
+    from hydrahead.demo.teacher_data import template_texts
+    from hydrahead.demo.tokenizer import train_tokenizer
+    from hydrahead.needles import vocabulary
+
+    return train_tokenizer(code + template_texts(corpus["seed"]), corpus["vocab_size"], whole_words=vocabulary())
+
+
+# ----------------------------------------------------------------------------------------------- monitor
+class NiahMonitor:
+    """An evaluator for the trainer: greedy NIAH at the training length on a few prompts per task, and the
+    induction phase change (next-token loss on the second copy of a random 48-word span of needle words,
+    against the first copy: the second drops below the first once the model copies)."""
+
+    def __init__(self, tokenizer: Any, length: int, tasks: list[str], samples: int = 4,
+                 depths: tuple[float, ...] = (0.2, 0.8), spans: int = 16, span_tokens: int = 48) -> None:
+        import torch
+
+        self.tokenizer, self.length, self.tasks = tokenizer, length, tasks
+        self.samples, self.depths = samples, depths
+        from hydrahead.needles import vocabulary
+
+        # spans of the needle and haystack words (single tokens of this tokenizer), as the training data has them
+        pool = sorted({ids[0] for w in vocabulary() if len(ids := tokenizer(" " + w)["input_ids"]) == 1})
+        generator = torch.Generator().manual_seed(MONITOR_SEED)
+        picks = torch.randint(0, len(pool), (spans, span_tokens), generator=generator)
+        span = torch.tensor(pool)[picks]  # (N, S)
+        self.copies = torch.cat([span, span], dim=1)  # (N, 2S)
+
+    def __call__(self, ctx: Any) -> dict[str, float]:
+        import torch.nn.functional as F
+
+        import hydrahead.eval as ev
+
+        records = ev.niah({"teacher": ctx.student}, self.tokenizer, [self.length], self.depths, tasks=self.tasks,
+                          samples=self.samples, seed=MONITOR_SEED, progress=False)
+        out = {f"niah_{t}": sum(r.score for r in records if r.task == t) / max(1, sum(r.task == t for r in records))
+               for t in self.tasks}
+        ids = self.copies.to(ctx.env.device)
+        logits = ctx.student(input_ids=ids, use_cache=False).logits[:, :-1].float()  # (N, 2S-1, V)
+        loss = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (N, 2S-1)
+        half = ids.shape[1] // 2
+        out["copy_loss_first"] = loss[:, : half - 1].mean().item()
+        out["copy_loss_second"] = loss[:, half:].mean().item()
+        return out
+
+
+# ----------------------------------------------------------------------------------------------- retrain
+def retrain(work: str | Path, device: str = "auto", log: Log = print, recipe_path: Path = RECIPE,
+            overrides: dict[str, Any] | None = None) -> Path:
+    """Rebuild the teacher from its recipe in `work`; resumes a stopped run there. Returns <work>/run/final."""
+    from hydrahead.demo.teacher_data import teacher_documents
+    from hydrahead.distill.pretrain import pretrain
+    from hydrahead.distill.recipe import PretrainRecipe, set_dotted
+
+    work = Path(work)
+    recipe = load_recipe(recipe_path)
+    corpus, spec = recipe["corpus"], dict(recipe["pretrain"])
+    # the corpus depends only on its own section and the row length: other changes keep it
+    digest = hashlib.sha256(json.dumps([corpus, spec["stage"]["seq_len"]], sort_keys=True).encode()).hexdigest()
+    stamp = work / "corpus.json"
+    tokenizer_dir, train, heldout = work / "tokenizer", work / "data" / "train.jsonl", work / "data" / "heldout.jsonl"
+    if not (stamp.is_file() and json.loads(stamp.read_text()).get("corpus_sha256") == digest):
+        code, held = code_split(corpus["code_bytes"])
+        log(f"training a {corpus['vocab_size']}-token BPE tokenizer on {sum(map(len, code)) / 1e6:.1f} MB of sources")
+        tokenizer = build_tokenizer(corpus, code)
+        tokenizer.save_pretrained(tokenizer_dir)
+        counts = dict(corpus["documents"])
+        log(f"writing training documents: {counts}")
+        docs = teacher_documents(tokenizer, code, counts=counts, niah_tasks=corpus["niah_tasks"],
+                                 max_tokens=spec["stage"]["seq_len"], seed=corpus["seed"])
+        write_jsonl(train, docs)
+        write_jsonl(heldout, held)
+        atomic_write_text(stamp, json.dumps({"corpus_sha256": digest, "documents": len(docs)}))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    spec.update(tokenizer=str(tokenizer_dir), output_dir=str(work / "run"))
+    spec["data"] = {**spec.get("data", {}), "train_files": [str(train)], "eval_files": [str(heldout)]}
+    spec["training"] = {**spec.get("training", {}), "device": device}
+    for key, value in (overrides or {}).items():
+        set_dotted(spec, key, value)
+    pretrain_recipe = PretrainRecipe.from_dict(spec)
+    monitor = NiahMonitor(tokenizer, pretrain_recipe.stage.seq_len, list(corpus["niah_tasks"]))
+    resume = (work / "run" / "checkpoint.pt").is_file()
+    log(f"pretraining the teacher ({pretrain_recipe.stage.tokens / 1e6:.1f}M tokens) in {work / 'run'}"
+        + (" (resuming)" if resume else ""))
+    return pretrain(pretrain_recipe, resume=resume, evaluators=[monitor])
+
+
+def measure(model: Any, tokenizer: Any, length: int, tasks: list[str], samples: int = 8) -> dict[str, float]:
+    """Greedy NIAH at `length`, as `hydrahead eval niah` scores it (5 depths, `samples` each, seed 0)."""
+    import hydrahead.eval as ev
+
+    records = ev.niah({"teacher": model}, tokenizer, [length], (0.0, 0.25, 0.5, 0.75, 1.0), tasks=tasks,
+                      samples=samples, seed=0, progress=False)
+    return {t: round(sum(r.score for r in records if r.task == t) / sum(r.task == t for r in records), 4)
+            for t in tasks}
+
+
+def plot_training(metrics_file: str | Path, png: str | Path) -> None:
+    """Training loss, held-out loss and greedy NIAH (per task) against training tokens."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    records = [json.loads(line) for line in Path(metrics_file).read_text().splitlines()]
+    fig = Figure(figsize=(9, 3.4))
+    FigureCanvasAgg(fig)
+    loss_ax, niah_ax = fig.subplots(1, 2)
+    train = [(r["tokens"] / 1e6, r["loss"]) for r in records if "loss" in r]
+    held = [(r["tokens"] / 1e6, r["eval_loss"]) for r in records if "eval_loss" in r]
+    loss_ax.plot(*zip(*train), lw=0.8, label="train (batch)")
+    if held:
+        loss_ax.plot(*zip(*held), marker="o", ms=3, label="held-out code")
+    for key, label in (("copy_loss_first", "random span, 1st copy"), ("copy_loss_second", "random span, 2nd copy")):
+        points = [(r["tokens"] / 1e6, r[key]) for r in records if key in r]
+        if points:
+            loss_ax.plot(*zip(*points), ls="--", marker=".", label=label)
+    loss_ax.set_xlabel("training tokens (M)")
+    loss_ax.set_ylabel("next-token loss (nats)")
+    loss_ax.legend()
+    for task in sorted({k for r in records for k in r if k.startswith("niah_")}):
+        points = [(r["tokens"] / 1e6, 100 * r[task]) for r in records if task in r]
+        niah_ax.plot(*zip(*points), marker="o", ms=3, label=task.removeprefix("niah_"))
+    niah_ax.set_xlabel("training tokens (M)")
+    niah_ax.set_ylabel("greedy NIAH at the training length")
+    niah_ax.set_ylim(-5, 105)
+    niah_ax.legend()
+    fig.suptitle("demo teacher: when retrieval forms")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def ship(final: str | Path, dest: Path = SHIPPED, recipe_path: Path = RECIPE, log: Log = print) -> Path:
+    """Write the retrained teacher at `final` into `dest` (fp16 weights, tokenizer, manifest)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final = Path(final)
+    # what is measured is what ships: the fp16 weights, computed in fp32 as `load_teacher` does
+    model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float16).float().eval()
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    recipe = load_recipe(recipe_path)
+    length = recipe["pretrain"]["stage"]["seq_len"]
+    log("measuring greedy NIAH at the training length")
+    niah = measure(model, tokenizer, length, list(recipe["corpus"]["niah_tasks"]))
+    metrics = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
+    tokens = max((m.get("tokens", 0) for m in metrics), default=0)
+    monitor = [m for m in metrics if any(k.startswith("niah_") for k in m)]
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.to(torch.float16).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    manifest = {
+        "recipe": RECIPE.name,
+        "recipe_sha256": recipe_sha256(recipe_path),
+        "weights_sha256": hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest(),
+        "training_tokens": tokens,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "niah_at_training_length": {"length": length, "samples_per_depth": 8, "depths": 5, **niah},
+        "last_training_monitor": monitor[-1] if monitor else None,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+    }
+    atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    log(f"shipped the teacher to {dest}: {json.dumps(niah)}")
+    return dest
+
+
+# ----------------------------------------------------------------------------------------------- load
+_RETRAIN = "reinstall hydrahead, or rebuild it with `hydrahead demo --retrain-teacher`"
+
+
+def read_manifest(path: Path = SHIPPED) -> dict[str, Any]:
+    file = Path(path) / MANIFEST
+    if not file.is_file():
+        raise TeacherError(f"the demo teacher is missing: no {file}; {_RETRAIN}")
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise TeacherError(f"the demo teacher's manifest {file} is corrupt ({err}); {_RETRAIN}") from err
+
+
+def check_teacher(path: Path = SHIPPED) -> dict[str, Any]:
+    """The manifest, after checking that the weights are the ones it names (TeacherError otherwise)."""
+    manifest = read_manifest(path)
+    weights = Path(path) / WEIGHTS
+    if not weights.is_file():
+        raise TeacherError(f"the demo teacher is missing its weights {weights}; {_RETRAIN}")
+    if hashlib.sha256(weights.read_bytes()).hexdigest() != manifest.get("weights_sha256"):
+        raise TeacherError(f"the demo teacher's weights {weights} do not match its manifest (damaged or "
+                           f"replaced); {_RETRAIN}")
+    return manifest
+
+
+def load_teacher(path: Path = SHIPPED) -> tuple[Any, Any]:
+    """The shipped teacher in fp32 and eval mode, and its tokenizer (TeacherError when damaged)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    check_teacher(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise TeacherError(f"the demo teacher in {path} cannot be loaded ({err}); {_RETRAIN}") from err
+    return model, tokenizer
+
+
+def export_teacher(dest: str | Path, path: Path = SHIPPED) -> Path:
+    """The shipped teacher as an ordinary Hugging Face checkpoint directory (fp32), with its manifest."""
+    dest = Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise TeacherError(f"--export-teacher: {dest} exists and is not an empty directory")
+    model, tokenizer = load_teacher(path)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.copy(Path(path) / MANIFEST, tmp / "demo_teacher_manifest.json")
+    if dest.exists():
+        dest.rmdir()
+    tmp.rename(dest)
+    return dest
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m hydrahead.demo.teacher",
+                                description="Retrain the demo teacher from its recipe (resumable), optionally ship it.")
+    p.add_argument("--work", required=True, help="working directory (corpus, checkpoints); rerun to resume")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--ship", action="store_true", help=f"write the result into {SHIPPED}")
+    p.add_argument("--ship-only", action="store_true", help="ship <work>/run/final without training")
+    a = p.parse_args(argv)
+    final = Path(a.work) / "run" / "final" if a.ship_only else retrain(a.work, a.device)
+    plot_training(final.parent / "metrics.jsonl", Path(a.work) / "training.png")
+    print(f"training curves: {Path(a.work) / 'training.png'}")
+    if a.ship or a.ship_only:
+        ship(final)
+
+
+if __name__ == "__main__":
+    main()

@@ -4,69 +4,68 @@ import json
 
 import pytest
 
-from hydrahead.demo.report import verdicts
-from hydrahead.demo.scale import get_scale
+from hydrahead.demo.report import PlanResult, plan_results, verdicts
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_reuses_the_teacher(tmp_path):
+def test_demo_runs_end_to_end_on_the_shipped_teacher(tmp_path):
     from hydrahead.cli import main
 
     out = tmp_path / "demo"
     assert main(["demo", "--scale", "tiny", "--out", str(out), "--quiet"]) == 0
     index = (out / "report" / "index.md").read_text()
-    for name in ("teacher", "hydrahead-7:1", "random-7:1", "fixed-per-layer-7:1", "layerwise-3:1",
-                 "layerwise-7:1", "all-gdn"):
-        assert f"| {name} |" in index
+    assert "| teacher |" in index and "| hydrahead-7:1 |" in index and "| all-gdn |" in index
+    for name in ("random-7:1", "fixed-per-layer-7:1", "layerwise-3:1", "layerwise-7:1"):
+        assert f"| {name} |" in index or f"- {name} is not run separately" in index  # a duplicate plan is said so
+    assert "Ablating the teacher's top-" in index
     for png in ("heads.png", "niah_accuracy.png", "kv_bytes.png", "ppl_by_position.png"):
         assert (out / "report" / png).stat().st_size > 1000
     records = json.loads((out / "report" / "niah.json").read_text())["records"]
     assert {r["length"] for r in records} == {256, 512}
-    key = json.loads((out / "teacher" / "demo_key.json").read_text())["key"]
-
-    # The second run reuses the cached teacher: the stamp and the weights are unchanged.
-    weights = (out / "teacher" / "model.safetensors").read_bytes()
-    from hydrahead.demo.pipeline import get_teacher, Log
-
-    get_teacher(out, get_scale("tiny"), Log(quiet=True))
-    assert (out / "teacher" / "model.safetensors").read_bytes() == weights
-    assert json.loads((out / "teacher" / "demo_key.json").read_text())["key"] == key
+    assert (out / "scores" / "validation.json").is_file()
 
 
-def test_verdicts_say_plainly_who_wins():
-    table = {"teacher": {1: 1.0}, "hydrahead-7:1": {1: 0.5, 2: 0.25}, "random-7:1": {1: 0.25, 2: 0.25},
-             "all-gdn": {1: 0.75, 2: 0.5}, "layerwise-3:1": {1: 0.5, 2: 0.25}}
-    lines = verdicts(table, {"hydrahead-7:1": 3.0, "random-7:1": 4.0, "all-gdn": 2.0, "layerwise-3:1": 3.0})
-    text = "\n".join(lines)
-    assert "**beats** random-7:1" in text and "better at 1, worse at 0 of 2" in text
-    assert "**does not beat** all-gdn" in text
-    assert "**ties** layerwise-3:1" in text
-    assert "teacher itself" not in text
+def _result(name, per_seed):
+    """A PlanResult from {length: [score per seed]}."""
+    lengths = list(per_seed)
+    seeds = len(per_seed[lengths[0]])
+    overall = [sum(per_seed[n][s] for n in lengths) / len(lengths) for s in range(seeds)]
+    return PlanResult(name, per_seed, overall, [3.0] * seeds)
+
+
+def test_verdicts_compare_with_the_seed_spread():
+    results = {
+        "teacher": _result("teacher", {256: [1.0], 512: [0.5]}),
+        "hydrahead-7:1": _result("hydrahead-7:1", {256: [0.9, 0.8], 512: [0.5, 0.4]}),
+        "random-7:1": _result("random-7:1", {256: [0.2, 0.3], 512: [0.1, 0.1]}),
+        "all-gdn": _result("all-gdn", {256: [0.85, 0.95], 512: [0.45, 0.55]}),
+    }
+    text = "\n".join(verdicts(results))
+    assert "teacher scores 100.0" in text
+    assert "Best student on NIAH (mean over lengths, tasks and 2 seeds): **all-gdn**" in text
+    assert "**beats** random-7:1" in text and "larger than the seed spread" in text
+    assert "**does not beat** all-gdn" in text and "within the seed spread" in text
 
 
 def test_verdicts_warn_when_the_teacher_cannot_retrieve():
-    table = {"teacher": {256: 0.0, 512: 0.0}, "hydrahead-7:1": {256: 0.0, 512: 0.0}, "all-gdn": {256: 0.0, 512: 0.0}}
-    lines = verdicts(table, {})
+    results = {"teacher": _result("teacher", {256: [0.0]}), "hydrahead-7:1": _result("hydrahead-7:1", {256: [0.0]}),
+               "all-gdn": _result("all-gdn", {256: [0.0]})}
+    lines = verdicts(results)
     assert "The teacher itself scores 0.0" in lines[0]
-    assert "**ties** all-gdn" in lines[1]
+    assert any("**ties** all-gdn" in line and "one seed" in line for line in lines)
 
 
-def test_pack_never_cuts_a_document_that_fits_in_a_row():
-    from hydrahead.demo.teacher import pack
-
-    eos, pad = 0, 1
-    docs = [[5] * 3, [6] * 4, [7] * 2, [8] * 11]  # 4, 5, 3 and 12 tokens with EOS, rows of 8
-    rows = sorted(pack(docs, 8, eos, pad).tolist())
-    assert rows == sorted([
-        [5, 5, 5, 0, pad, pad, pad, pad],  # the next document does not fit: it starts a new row
-        [6, 6, 6, 6, 0, 7, 7, 0],
-        [8] * 8, [8, 8, 8, 0, pad, pad, pad, pad],  # longer than a row: cut, its tail padded
-    ])
+def test_plan_results_group_seeds_of_one_plan():
+    table = {"teacher": {256: 1.0}, "hydrahead-7:1/seed0": {256: 0.5}, "hydrahead-7:1/seed1": {256: 0.7}}
+    results = plan_results(table, {"hydrahead-7:1/seed0": 2.0, "hydrahead-7:1/seed1": 4.0})
+    assert set(results) == {"teacher", "hydrahead-7:1"}
+    assert results["hydrahead-7:1"].per_length == {256: [0.5, 0.7]}
+    assert results["hydrahead-7:1"].spread == pytest.approx(0.2) and results["hydrahead-7:1"].ppl == [2.0, 4.0]
 
 
 def test_tokenizer_splits_digits_and_keeps_the_needle_vocabulary_whole():
     from hydrahead.demo.tokenizer import train_tokenizer
-    from hydrahead.scoring.haystack import vocabulary
+    from hydrahead.needles import vocabulary
 
     words = vocabulary()
     tok = train_tokenizer(["def f(x):\n    return x + 1\n"] * 50, vocab_size=2048, whole_words=words)

@@ -1,0 +1,83 @@
+"""Where is the demo teacher on the way to retrieval? Copying first, then the key match.
+
+Loads a model directory (e.g. <work>/run/final, or an exported teacher) or a training checkpoint
+(<work>/run/checkpoint.pt, with --tokenizer and the recipe's model config) and prints:
+- induction: next-token accuracy on the first and the second copy of random spans of needle words and
+  digits (the second copy is predictable only by copying; both are at chance before the phase change);
+- retrieval under teacher forcing, per question form of `hydrahead.needles.QUESTION_FORMS`: accuracy of the
+  answer tokens after a one-needle haystack (digits of a number value; the word of a word value), and a few
+  greedy answers.
+
+Usage:
+  python bench/teacher_probe.py /work/teacher_work/run/final
+  python bench/teacher_probe.py /work/teacher_work/run/checkpoint.pt --tokenizer /work/teacher_work/tokenizer
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+
+import torch
+
+
+def load(path: str, tokenizer_dir: str | None):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from hydrahead.demo.teacher import load_recipe
+
+    if not path.endswith(".pt"):
+        return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(tokenizer_dir or path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    spec = dict(load_recipe()["pretrain"]["model"])
+    config = AutoConfig.for_model(spec.pop("model_type"), vocab_size=len(tokenizer), **spec)
+    model = AutoModelForCausalLM.from_config(config)
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    model.load_state_dict(state["model"])
+    print(f"checkpoint at step {state['state']['step']}, {state['state']['tokens'] / 1e6:.1f}M tokens")
+    return model.eval(), tokenizer
+
+
+@torch.no_grad()
+def main() -> None:
+    from hydrahead.needles import INTRO, QUESTION_FORMS, essay_sentences, needle_key, needle_sentence, needle_value
+    from hydrahead.needles import place, question, vocabulary
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model")
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--samples", type=int, default=32)
+    a = p.parse_args()
+    model, tok = load(a.model, a.tokenizer)
+    rng = random.Random(4242)
+    words = vocabulary() + [str(d) for d in range(10)] * 4
+    first = second = 0.0
+    for _ in range(a.samples):
+        span = " ".join(rng.choice(words) for _ in range(40))
+        ids = tok(span + " | " + span)["input_ids"]
+        half = len(tok(span)["input_ids"])
+        pred = model(torch.tensor([ids])).logits[0, :-1].argmax(-1)
+        target = torch.tensor(ids[1:])
+        first += (pred[: half - 1] == target[: half - 1]).float().mean().item() / a.samples
+        second += (pred[-half + 2:] == target[-half + 2:]).float().mean().item() / a.samples
+    print(f"induction: next-token accuracy, first copy {first:.2f}, second copy {second:.2f}")
+    sentences = essay_sentences(200, seed=4242)
+    for kind in ("number", "word"):
+        for form in QUESTION_FORMS:
+            hits, answers = 0.0, []
+            for _ in range(a.samples):
+                key, value = needle_key(rng), needle_value(kind, rng)
+                context = place(rng.sample(sentences, 8), [needle_sentence(kind, key, value)], [rng.random()])
+                text = INTRO.format(kind=kind + "s") + "\n" + context + "\n" + question(form, kind, key, value)
+                ids = tok(text)["input_ids"]
+                n = len(tok(" " + value + ".")["input_ids"])
+                pred = model(torch.tensor([ids])).logits[0, -n - 1:-1].argmax(-1)
+                target = torch.tensor(ids[-n:])
+                scored = slice(1, n - 1) if kind == "number" else slice(0, n - 1)  # digits / the word
+                hits += (pred[scored] == target[scored]).float().mean().item() / a.samples
+                answers.append(f"{value}->{tok.decode(pred[:-1]).strip()}")
+            print(f"{kind:6s} {form:7s} teacher-forced answer accuracy {hits:.2f}   e.g. {', '.join(answers[:3])}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Training documents for the demo teacher: a small language model that must grow retrieval heads.
+
+A retrieval head forms late and suddenly (METHOD.md section 7): first a previous-token head and an
+induction head (copy what followed the last occurrence of the current token), then heads that match a
+key across different wordings. The mix below is built for that order, from the shared needle module
+(`hydrahead.needles`), with seeds the evaluation and the probes never use:
+
+| kind        | what a document is                                                       | teaches                 |
+|-------------|--------------------------------------------------------------------------|-------------------------|
+| niah        | the evaluation's own prompt format with its answer (single/multi-key)    | the task as evaluated   |
+| multiquery  | a short haystack with 1-4 needles, then a question per needle in one of  | dense retrieval signal; |
+|             | several wordings, one of them the needle sentence itself                 | induction bootstraps it |
+| repeat      | a random span of 16-64 needle words and digits, written two or three times | induction (copying)   |
+| code        | Python standard-library source (rows may cut it: it is longer than one)  | ordinary language model |
+
+Every document fits in one training row (`max_tokens`) except code, so packed rows never cut a needle
+from its question (`DataConfig.packing = "documents"`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from hydrahead.needles import (
+    INTRO,
+    KIND,
+    QUESTION_FORMS,
+    essay_sentences,
+    needle_key,
+    needle_sentence,
+    needle_value,
+    place,
+    prompt,
+    question,
+    vocabulary,
+)
+
+TRAIN_SEED_OFFSET = 1_000_003  # evaluation and probes use small seeds; training documents seeds from here on
+KINDS = ("niah", "multiquery", "repeat", "code")
+FORMS = list(QUESTION_FORMS)
+
+
+def niah_documents(tokenizer: Any, tasks: Sequence[str], count: int, min_tokens: int, max_tokens: int,
+                   seed: int) -> list[str]:
+    """`count` prompts in the evaluation's format (`hydrahead.eval.tasks`), each followed by its answer."""
+    from hydrahead.eval.tasks import make_example
+
+    from hydrahead.eval.errors import EvalError
+    from hydrahead.eval.tasks import Haystack
+
+    rng = random.Random(seed)
+    haystack = Haystack.essay(TRAIN_SEED_OFFSET + seed)  # what make_example would build for each document
+    docs = []
+    for i in range(count):
+        task, length, depth = rng.choice(list(tasks)), rng.randint(min_tokens, max_tokens), rng.random()
+        try:
+            example = make_example(task, tokenizer, length, depth, i, TRAIN_SEED_OFFSET + seed, haystack)
+        except EvalError:  # too short for this task's needles: the longest document instead
+            example = make_example(task, tokenizer, max_tokens, depth, i, TRAIN_SEED_OFFSET + seed, haystack)
+        docs.append(example.prompt + " " + ", ".join(example.answers) + ".")
+    return docs
+
+
+def template_texts(seed: int = 0, count: int = 200) -> list[str]:
+    """Filled-in prompts and questions of every form, for tokenizer training (so the template's words
+    become whole tokens, as a real tokenizer's English would be)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        kind = rng.choice(("number", "word"))
+        key, value = needle_key(rng), needle_value(kind, rng)
+        needles = needle_sentence(kind, key, value)
+        out.append(prompt(kind, key, needles) + " " + " ".join(question(f, kind, key, value) for f in QUESTION_FORMS))
+    return out
+
+
+def multiquery_document(rng: random.Random, tokenizer: Any, max_tokens: int, sentences: Sequence[str]) -> str:
+    """A haystack with 1-4 needles of one value type, then one question per needle (shuffled), answered."""
+    kind = rng.choice(("number", "word"))
+    n = rng.choice((1, 2, 3, 4))
+    keys: list[str] = []
+    while len(keys) < n:
+        key = needle_key(rng)
+        if key not in keys and all(set(key.split("-")).isdisjoint(k.split("-")) for k in keys):
+            keys.append(key)
+    banned = {w for k in keys for w in k.split("-")}
+    values = []
+    while len(values) < n:
+        value = needle_value(kind, rng)
+        if value not in values and value not in banned:
+            values.append(value)
+    needles = [needle_sentence(kind, k, v) for k, v in zip(keys, values)]
+    order = list(range(n))
+    rng.shuffle(order)
+    qa = " ".join(question(rng.choice(FORMS), kind, keys[i], values[i]) for i in order)
+    filler = rng.sample(list(sentences), rng.randint(0, 16))
+    intro = INTRO.format(kind=KIND[kind]) + "\n" if rng.random() < 0.5 else ""
+    while True:
+        text = intro + place(filler, needles, [rng.random() for _ in needles]) + "\n" + qa
+        if len(filler) == 0 or len(tokenizer(text)["input_ids"]) < max_tokens:
+            return text
+        filler = filler[: max(0, len(filler) - 3)]
+
+
+def repeat_document(rng: random.Random, words: Sequence[str]) -> str:
+    """A random span of 16-64 needle words and digits, written 2-3 times with a separator."""
+    span = " ".join(rng.choice(words) for _ in range(rng.randint(16, 64)))
+    return " | ".join([span] * rng.choice((2, 3)))
+
+
+def teacher_documents(tokenizer: Any, code: Sequence[str], *, counts: dict[str, int], niah_tasks: Sequence[str],
+                      max_tokens: int, seed: int = 0) -> list[str]:
+    """The training documents (shuffled): `counts` per kind of `KINDS` (code: at most len(code) files)."""
+    unknown = set(counts) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown teacher document kinds {sorted(unknown)}; choose from {KINDS}")
+    rng = random.Random(TRAIN_SEED_OFFSET + seed)
+    sentences = essay_sentences(4096, seed=TRAIN_SEED_OFFSET + seed)
+    words = vocabulary() + [str(d) for d in range(10)] * 4
+    docs = niah_documents(tokenizer, niah_tasks, counts.get("niah", 0), max_tokens // 3, max_tokens, seed)
+    docs += [multiquery_document(rng, tokenizer, max_tokens, sentences) for _ in range(counts.get("multiquery", 0))]
+    docs += [repeat_document(rng, words) for _ in range(counts.get("repeat", 0))]
+    docs += list(code[: counts.get("code", 0)])
+    rng.shuffle(docs)
+    return docs

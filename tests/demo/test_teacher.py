@@ -1,0 +1,76 @@
+"""The shipped demo teacher: present, intact, made by the recipe in the repo, and able to retrieve."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from hydrahead.demo import teacher as shipped
+
+
+def test_shipped_teacher_matches_its_manifest_and_recipe():
+    manifest = shipped.check_teacher()  # weights hash checked inside
+    assert manifest["recipe_sha256"] == shipped.recipe_sha256()  # made by the recipe in the repo, unchanged since
+    assert (shipped.SHIPPED / shipped.WEIGHTS).stat().st_size <= 10 * 2**20
+    recipe = shipped.load_recipe()
+    assert manifest["training_tokens"] >= 1_000_000
+    assert manifest["niah_at_training_length"]["length"] == recipe["pretrain"]["stage"]["seq_len"]
+
+
+def _niah_at_1x(seed: int, samples: int = 3) -> float:
+    import hydrahead.eval as ev
+
+    model, tokenizer = shipped.load_teacher()
+    assert model.config.model_type == "llama" and model.dtype == torch.float32
+    records = ev.niah({"teacher": model}, tokenizer, [256], [0.25, 0.75], tasks=["single_number", "single_word"],
+                      samples=samples, seed=seed, progress=False)
+    return sum(r.score for r in records) / len(records)
+
+
+def test_manifest_niah_is_what_the_shipped_weights_score():
+    """The manifest's measurement is reproduced by the weights as shipped (fp16 storage, fp32 compute)."""
+    measured = shipped.check_teacher()["niah_at_training_length"]
+    model, tokenizer = shipped.load_teacher()
+    again = shipped.measure(model, tokenizer, measured["length"], ["single_word"], samples=measured["samples_per_depth"])
+    assert again["single_word"] == measured["single_word"]
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped teacher is not yet trained far enough to retrieve "
+                                       "(docs/results.md); strict: this fails once it does, so the mark goes")
+def test_shipped_teacher_retrieves_at_its_training_length():
+    """A few greedy NIAH prompts (seeds the manifest's measurement did not use) at 1x: seconds."""
+    assert _niah_at_1x(seed=123) >= 0.75
+
+
+def test_a_damaged_or_missing_teacher_says_how_to_rebuild_it(tmp_path):
+    copy = tmp_path / "teacher"
+    shutil.copytree(shipped.SHIPPED, copy)
+    weights = copy / shipped.WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(shipped.TeacherError, match="do not match its manifest.*--retrain-teacher"):
+        shipped.load_teacher(copy)
+    (copy / shipped.MANIFEST).write_text("{not json")
+    with pytest.raises(shipped.TeacherError, match="manifest .* is corrupt"):
+        shipped.check_teacher(copy)
+    (copy / shipped.MANIFEST).unlink()
+    with pytest.raises(shipped.TeacherError, match="missing.*--retrain-teacher"):
+        shipped.load_teacher(copy)
+
+
+def test_export_writes_an_ordinary_checkpoint_with_the_same_logits(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hydrahead.cli import main
+
+    assert main(["demo", "--export-teacher", str(tmp_path / "t")]) == 0
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "t").eval()
+    assert AutoTokenizer.from_pretrained(tmp_path / "t").vocab_size > 0
+    model, _ = shipped.load_teacher()
+    ids = torch.randint(0, model.config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(exported(ids).logits, model(ids).logits)
+    assert json.loads((tmp_path / "t" / "demo_teacher_manifest.json").read_text())["recipe_sha256"]
+    assert main(["demo", "--export-teacher", str(tmp_path / "t")]) == 2  # not over an existing checkpoint
