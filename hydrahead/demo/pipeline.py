@@ -222,7 +222,9 @@ def run(out: str | Path = "demo_out", scale: DemoScale | None = None, device: st
     mark = time.time()
     models = {"teacher": teacher.model.to(device)}
     for name, path in checkpoints.items():
-        models[name] = from_pretrained(path).to(device).eval()
+        # in fp32 like the teacher (checkpoints are stored in the teacher's fp16): the same numerics and
+        # the same KV-cache element size for every model of the comparison
+        models[name] = from_pretrained(path, dtype=torch.float32).to(device).eval()
     records, ppl = evaluate(out, models, teacher.tokenizer, teacher.train_length, scale, log)
     timings["evaluation"] = time.time() - mark
     timings["total"] = time.time() - log.start

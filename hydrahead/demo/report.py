@@ -118,16 +118,19 @@ def verdicts(results: dict[str, PlanResult], validation: Any = None) -> list[str
         drop_random = validation.accuracy - validation.accuracy_random_mean
         lines.append(
             f"- Ablating the teacher's top-{validation.top_k} patching-scored heads moves teacher-forced NIAH accuracy "
-            f"from {100 * validation.accuracy:.1f} to {100 * validation.accuracy_top:.1f} ({-100 * drop_top:+.1f} "
-            f"points); {validation.top_k} random other heads move it by {-100 * drop_random:+.1f} points on average "
+            f"from {100 * validation.accuracy:.1f} to {100 * validation.accuracy_top:.1f} ({_points(drop_top)} "
+            f"points); {validation.top_k} random other heads move it by {_points(drop_random)} points on average "
             f"over {len(validation.seeds)} seeds.")
     students = {n: r for n, r in results.items() if n != "teacher"}
     if not students:
         return lines
     best = max(students.values(), key=lambda r: r.mean)
     seeds = len(best.overall)
-    lines.append(f"- Best student on NIAH (mean over lengths, tasks and {seeds} seed{'s' * (seeds > 1)}): "
-                 f"**{best.name}**, {100 * best.mean:.1f}.")
+    over = f"mean over lengths, tasks and {seeds} seed{'s' * (seeds > 1)}"
+    if all(r.mean == best.mean for r in students.values()):
+        lines.append(f"- Every student scores the same on NIAH ({over}): {100 * best.mean:.1f}; no plan wins.")
+    else:
+        lines.append(f"- Best student on NIAH ({over}): **{best.name}**, {100 * best.mean:.1f}.")
     ours = students.get(HYDRAHEAD)
     if ours is None:
         return lines
@@ -146,6 +149,11 @@ def verdicts(results: dict[str, PlanResult], validation: Any = None) -> list[str
         lines.append(f"- HydraHead 7:1 **{word}** {name}: NIAH {100 * ours.mean:.1f} vs {100 * other.mean:.1f} "
                      f"({100 * diff:+.1f} points, {clear}); held-out ppl {_mean(ours.ppl):.2f} vs {_mean(other.ppl):.2f}.")
     return lines
+
+
+def _points(drop: float) -> str:
+    """A change in points, signed, without a "-0.0"."""
+    return f"{-100 * drop:+.1f}".replace("-0.0", "+0.0")
 
 
 def _cell(values: list[float]) -> str:

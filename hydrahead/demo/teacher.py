@@ -312,12 +312,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--ship", action="store_true", help=f"write the result into {SHIPPED}")
     p.add_argument("--ship-only", action="store_true", help="ship <work>/run/final without training")
+    p.add_argument("--recipe", type=Path, default=RECIPE, help=f"the recipe (default: {RECIPE.name} in the package)")
     a = p.parse_args(argv)
-    final = Path(a.work) / "run" / "final" if a.ship_only else retrain(a.work, a.device)
+    final = Path(a.work) / "run" / "final" if a.ship_only else retrain(a.work, a.device, recipe_path=a.recipe)
     plot_training(final.parent / "metrics.jsonl", Path(a.work) / "training.png")
     print(f"training curves: {Path(a.work) / 'training.png'}")
     if a.ship or a.ship_only:
-        ship(final)
+        ship(final, recipe_path=a.recipe)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ def test_verdicts_warn_when_the_teacher_cannot_retrieve():
                "all-gdn": _result("all-gdn", {256: [0.0]})}
     lines = verdicts(results)
     assert "The teacher itself scores 0.0" in lines[0]
+    assert any("Every student scores the same on NIAH" in line and "no plan wins" in line for line in lines)
     assert any("**ties** all-gdn" in line and "one seed" in line for line in lines)
 
 
