@@ -54,3 +54,17 @@ def test_no_other_module_writes_needle_prompt_text():
     writers = [p.relative_to(root).as_posix() for p in root.rglob("*.py")
                if re.search(r"[\"'][^\"'\n]*special magic", p.read_text())]
     assert writers == ["needles.py"]
+
+
+def test_recall_documents_repeat_spans_apart_without_a_marker():
+    from hydrahead.demo.teacher_data import recall_document
+    from hydrahead.needles import essay_sentences
+
+    sentences = essay_sentences(50, 0)
+    for seed in range(20):
+        doc = recall_document(random.Random(seed), ["apple", "river", "7", "3"], sentences)
+        assert "|" not in doc
+        parts = [p for p in re.split(r"(?<=\.) ", doc) if p and p not in {s for s in sentences}]
+        spans = [p for p in parts if not p.startswith("The ")]
+        assert all(spans.count(s) == 2 for s in spans)  # every span appears exactly twice
+        assert all(a != b for a, b in zip(spans, spans[1:]))  # never right after itself

@@ -10,8 +10,14 @@ key across different wordings. The mix below is built for that order, from the s
 | niah        | the evaluation's own prompt format with its answer (single/multi-key)    | the task as evaluated   |
 | multiquery  | a short haystack with 1-4 needles, then a question per needle in one of  | dense retrieval signal; |
 |             | several wordings, one of them the needle sentence itself                 | induction bootstraps it |
-| repeat      | a random span of 16-64 needle words and digits, written two or three times | induction (copying)   |
+| repeat      | a random span of 16-64 needle words and digits, written two or three times | copying (see below)   |
+| recall      | 2-3 short random spans, each written twice, at random places among       | induction proper      |
+|             | haystack sentences                                                       |                         |
 | code        | Python standard-library source (rows may cut it: it is longer than one)  | ordinary language model |
+
+`repeat` alone taught the first shipped teacher a shortcut (docs/results.md): it replays what follows the
+" | " separator, copying at 84% after " | " and at chance after any other separator, and never inside a
+NIAH document. `recall` has no separator and no fixed distance between the copies.
 
 Every document fits in one training row (`max_tokens`) except code, so packed rows never cut a needle
 from its question (`DataConfig.packing = "documents"`).
@@ -38,7 +44,7 @@ from hydrahead.needles import (
 )
 
 TRAIN_SEED_OFFSET = 1_000_003  # evaluation and probes use small seeds; training documents seeds from here on
-KINDS = ("niah", "multiquery", "repeat", "code")
+KINDS = ("niah", "multiquery", "repeat", "recall", "code")
 FORMS = list(QUESTION_FORMS)
 
 
@@ -110,6 +116,22 @@ def repeat_document(rng: random.Random, words: Sequence[str]) -> str:
     return " | ".join([span] * rng.choice((2, 3)))
 
 
+def recall_document(rng: random.Random, words: Sequence[str], sentences: Sequence[str]) -> str:
+    """Two or three random spans of 4-16 needle words and digits, each written again later in the document,
+    with haystack sentences of random length around and between them and no fixed separator, so that the
+    only way to predict a second occurrence is to find the first by its content (an induction head), not
+    by a marker or a fixed distance."""
+    spans = [" ".join(rng.choice(words) for _ in range(rng.randint(4, 16))) for _ in range(rng.choice((2, 3)))]
+    parts = spans + spans
+    rng.shuffle(parts)
+    while any(a == b for a, b in zip(parts, parts[1:])):  # never a copy right after itself
+        rng.shuffle(parts)
+    out = []
+    for part in parts:
+        out += rng.sample(sentences, rng.randint(0, 2)) + [part + "."]
+    return " ".join(out)
+
+
 def teacher_documents(tokenizer: Any, code: Sequence[str], *, counts: dict[str, int], niah_tasks: Sequence[str],
                       max_tokens: int, seed: int = 0) -> list[str]:
     """The training documents (shuffled): `counts` per kind of `KINDS` (code: at most len(code) files)."""
@@ -122,6 +144,7 @@ def teacher_documents(tokenizer: Any, code: Sequence[str], *, counts: dict[str, 
     docs = niah_documents(tokenizer, niah_tasks, counts.get("niah", 0), max_tokens // 3, max_tokens, seed)
     docs += [multiquery_document(rng, tokenizer, max_tokens, sentences) for _ in range(counts.get("multiquery", 0))]
     docs += [repeat_document(rng, words) for _ in range(counts.get("repeat", 0))]
+    docs += [recall_document(rng, words, sentences) for _ in range(counts.get("recall", 0))]
     docs += list(code[: counts.get("code", 0)])
     rng.shuffle(docs)
     return docs

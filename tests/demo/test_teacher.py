@@ -74,3 +74,25 @@ def test_export_writes_an_ordinary_checkpoint_with_the_same_logits(tmp_path):
         torch.testing.assert_close(exported(ids).logits, model(ids).logits)
     assert json.loads((tmp_path / "t" / "demo_teacher_manifest.json").read_text())["recipe_sha256"]
     assert main(["demo", "--export-teacher", str(tmp_path / "t")]) == 2  # not over an existing checkpoint
+
+
+@pytest.mark.slow
+def test_retrain_and_ship_a_tiny_recipe(tmp_path):
+    """The whole teacher path on a tiny copy of the recipe: corpus, tokenizer, pretrain, resume, ship, load."""
+    text = shipped.RECIPE.read_text()
+    for old, new in (("code_bytes: 4000000", "code_bytes: 200000"), ("niah: 10000", "niah: 20"),
+                     ("multiquery: 40000", "multiquery: 40"), ("repeat: 56000", "repeat: 20"),
+                     ("tokens: 24M", "tokens: 8192"), ("checkpoint_every: 200", "checkpoint_every: 1"),
+                     ("eval_every: 250", "eval_every: 1")):
+        assert old in text, old
+        text = text.replace(old, new)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    final = shipped.retrain(tmp_path / "work", recipe_path=recipe, log=lambda _: None)
+    metrics = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
+    assert any("niah_single_word" in m and "copy_loss_second" in m for m in metrics)
+    dest = shipped.ship(final, dest=tmp_path / "shipped", recipe_path=recipe, log=lambda _: None)
+    manifest = shipped.check_teacher(dest)
+    assert manifest["recipe_sha256"] == shipped.recipe_sha256(recipe) and manifest["training_tokens"] == 8192
+    model, tokenizer = shipped.load_teacher(dest)
+    assert model.config.num_hidden_layers == 4 and len(tokenizer) == model.config.vocab_size
