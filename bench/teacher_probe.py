@@ -2,8 +2,9 @@
 
 Loads a model directory (e.g. <work>/run/final, or an exported teacher) or a training checkpoint
 (<work>/run/checkpoint.pt, with --tokenizer and the recipe's model config) and prints:
-- induction: next-token accuracy on the first and the second copy of random spans of needle words and
-  digits (the second copy is predictable only by copying; both are at chance before the phase change);
+- copying: next-token accuracy on the first and the second copy of random spans of needle words and
+  digits, joined by four separators (the second copy is predictable only by copying; a model that copies
+  after one separator only has learnt a marker, not induction);
 - retrieval under teacher forcing, per question form of `hydrahead.needles.QUESTION_FORMS`: accuracy of the
   answer tokens after a one-needle haystack (digits of a number value; the word of a word value), and a few
   greedy answers.
@@ -51,16 +52,18 @@ def main() -> None:
     model, tok = load(a.model, a.tokenizer)
     rng = random.Random(4242)
     words = vocabulary() + [str(d) for d in range(10)] * 4
-    first = second = 0.0
-    for _ in range(a.samples):
-        span = " ".join(rng.choice(words) for _ in range(40))
-        ids = tok(span + " | " + span)["input_ids"]
-        half = len(tok(span)["input_ids"])
-        pred = model(torch.tensor([ids])).logits[0, :-1].argmax(-1)
-        target = torch.tensor(ids[1:])
-        first += (pred[: half - 1] == target[: half - 1]).float().mean().item() / a.samples
-        second += (pred[-half + 2:] == target[-half + 2:]).float().mean().item() / a.samples
-    print(f"induction: next-token accuracy, first copy {first:.2f}, second copy {second:.2f}")
+    for separator in (" | ", " ", ". ", "\n"):  # " | " is the separator of the `repeat` training documents
+        first = second = 0.0
+        for _ in range(a.samples):
+            span = " ".join(rng.choice(words) for _ in range(40))
+            ids = tok(span + separator + span)["input_ids"]
+            half = len(tok(span)["input_ids"])
+            pred = model(torch.tensor([ids])).logits[0, :-1].argmax(-1)
+            target = torch.tensor(ids[1:])
+            first += (pred[: half - 1] == target[: half - 1]).float().mean().item() / a.samples
+            second += (pred[-half + 2:] == target[-half + 2:]).float().mean().item() / a.samples
+        print(f"copying, spans joined by {separator!r}: next-token accuracy, first copy {first:.2f}, "
+              f"second copy {second:.2f}")
     sentences = essay_sentences(200, seed=4242)
     for kind in ("number", "word"):
         for form in QUESTION_FORMS:
