@@ -1,5 +1,6 @@
 """Run the whole story at small scale, offline, on the small Llama teacher shipped with hydrahead (trained
-here from scratch by `hydrahead/demo/assets/teacher_recipe.yaml`; it retrieves): score its heads, validate
+here from scratch by `hydrahead/demo/assets/teacher_recipe.yaml`; the one shipped now does not retrieve yet,
+see docs/results.md): score its heads, validate
 the scores by ablation, build HydraHead 7:1 and the baseline plans (random 7:1, fixed per-layer 7:1,
 layer-wise 3:1 and 7:1, all-GDN), distil every plan with the same recipe and budget over several seeds,
 evaluate NIAH at 1x-8x the training length and held-out perplexity, and write <out>/report/index.md

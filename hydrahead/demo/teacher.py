@@ -1,6 +1,7 @@
 """The demo's teacher: a small Llama trained here from scratch, shipped inside the package.
 
-No 20-minute CPU budget trains a model that retrieves (METHOD.md section 7), so the demo ships one:
+No 20-minute CPU budget trains a model that retrieves (METHOD.md section 7), so the demo ships its teacher
+(the one shipped now, 24M tokens, does not retrieve yet: docs/results.md):
 `assets/teacher/` holds its weights (half precision safetensors), tokenizer and a manifest (the recipe's
 SHA-256, training tokens, measured NIAH). `assets/teacher_recipe.yaml` is the one file that says how it
 is made; `retrain` rebuilds it with the project's own machinery (`hydrahead.distill.pretrain`: resumable,
