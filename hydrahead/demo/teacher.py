@@ -86,6 +86,11 @@ def build_tokenizer(corpus: dict[str, Any], code: list[str]) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------- monitor
+def per_task(records: list, tasks: list[str]) -> dict[str, float]:
+    """Mean NIAH score per task of `hydrahead.eval.niah` records."""
+    return {t: sum(r.score for r in records if r.task == t) / max(1, sum(r.task == t for r in records)) for t in tasks}
+
+
 class NiahMonitor:
     """An evaluator for the trainer: greedy NIAH at the training length on a few prompts per task, and the
     induction phase change (next-token loss on the second copy of a random 48-word span of needle words,
@@ -113,8 +118,7 @@ class NiahMonitor:
 
         records = ev.niah({"teacher": ctx.student}, self.tokenizer, [self.length], self.depths, tasks=self.tasks,
                           samples=self.samples, seed=MONITOR_SEED, progress=False)
-        out = {f"niah_{t}": sum(r.score for r in records if r.task == t) / max(1, sum(r.task == t for r in records))
-               for t in self.tasks}
+        out = {f"niah_{t}": score for t, score in per_task(records, self.tasks).items()}
         ids = self.copies.to(ctx.env.device)
         logits = ctx.student(input_ids=ids, use_cache=False).logits[:, :-1].float()  # (N, 2S-1, V)
         loss = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (N, 2S-1)
@@ -125,12 +129,11 @@ class NiahMonitor:
 
 
 # ----------------------------------------------------------------------------------------------- retrain
-def retrain(work: str | Path, device: str = "auto", log: Log = print, recipe_path: Path = RECIPE,
-            overrides: dict[str, Any] | None = None) -> Path:
+def retrain(work: str | Path, device: str = "auto", log: Log = print, recipe_path: Path = RECIPE) -> Path:
     """Rebuild the teacher from its recipe in `work`; resumes a stopped run there. Returns <work>/run/final."""
     from hydrahead.demo.teacher_data import teacher_documents
     from hydrahead.distill.pretrain import pretrain
-    from hydrahead.distill.recipe import PretrainRecipe, set_dotted
+    from hydrahead.distill.recipe import PretrainRecipe
 
     work = Path(work)
     recipe = load_recipe(recipe_path)
@@ -157,8 +160,6 @@ def retrain(work: str | Path, device: str = "auto", log: Log = print, recipe_pat
     spec.update(tokenizer=str(tokenizer_dir), output_dir=str(work / "run"))
     spec["data"] = {**spec.get("data", {}), "train_files": [str(train)], "eval_files": [str(heldout)]}
     spec["training"] = {**spec.get("training", {}), "device": device}
-    for key, value in (overrides or {}).items():
-        set_dotted(spec, key, value)
     pretrain_recipe = PretrainRecipe.from_dict(spec)
     monitor = NiahMonitor(tokenizer, pretrain_recipe.stage.seq_len, list(corpus["niah_tasks"]))
     resume = (work / "run" / "checkpoint.pt").is_file()
@@ -173,8 +174,7 @@ def measure(model: Any, tokenizer: Any, length: int, tasks: list[str], samples: 
 
     records = ev.niah({"teacher": model}, tokenizer, [length], (0.0, 0.25, 0.5, 0.75, 1.0), tasks=tasks,
                       samples=samples, seed=0, progress=False)
-    return {t: round(sum(r.score for r in records if r.task == t) / sum(r.task == t for r in records), 4)
-            for t in tasks}
+    return {t: round(score, 4) for t, score in per_task(records, tasks).items()}
 
 
 def plot_training(metrics_file: str | Path, png: str | Path) -> None:

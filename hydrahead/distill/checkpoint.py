@@ -13,8 +13,8 @@ leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,23 +128,14 @@ def save(
     distributed.barrier(env)
 
 
-def extends(old: dict[str, Any], new: dict[str, Any], step: int, key: str = "stage") -> bool:
-    """Whether recipe `new` only gives the stage at `key` a larger token budget than `old`, with a constant
-    schedule whose warm-up both have finished by `step`: continuing is then the same training, longer."""
-    a, b = old.get(key) or {}, new.get(key) or {}
-    same_rest = {k: v for k, v in old.items() if k != key} == {k: v for k, v in new.items() if k != key}
-    same_stage = {k: v for k, v in a.items() if k != "tokens"} == {k: v for k, v in b.items() if k != "tokens"}
-    if not (same_rest and same_stage and a.get("schedule") == "constant" and b.get("tokens", 0) > a.get("tokens", 0)):
-        return False
-    steps = [math.ceil(c["tokens"] / (c["batch_size"] * c["grad_accum"] * c["seq_len"])) for c in (a, b)]
-    return all(step >= round(a["warmup_fraction"] * n) for n in steps)
+Accept = Callable[[dict[str, Any], int], bool]  # (the checkpoint's identity, its step) -> resume anyway?
 
 
-def load(path: Path, identity: dict[str, Any], fingerprint: str, extendable: bool = False) -> Checkpoint:
+def load(path: Path, identity: dict[str, Any], fingerprint: str, accept: Accept | None = None) -> Checkpoint:
     """Read a checkpoint and check that it belongs to this recipe (ResumeError naming the differences).
 
-    extendable: also accept a recipe that only raises the token budget of a constant-schedule stage past its
-    warm-up (`extends`), so a long from-scratch run can be continued over several sittings."""
+    accept: a rule for a checkpoint of a different recipe that may still be continued (e.g. `pretrain`'s
+    larger token budget with a constant schedule)."""
     if not path.is_file():
         raise ResumeError(f"--resume: no checkpoint at {path}; start the run without --resume")
     try:
@@ -154,7 +145,7 @@ def load(path: Path, identity: dict[str, Any], fingerprint: str, extendable: boo
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ResumeError(f"{path} is not a hydrahead distillation checkpoint (format {FORMAT})")
     step = int(payload["state"]["step"]) if isinstance(payload.get("state"), dict) else 0
-    if payload["fingerprint"] != fingerprint and not (extendable and extends(payload["identity"], identity, step)):
+    if payload["fingerprint"] != fingerprint and not (accept is not None and accept(payload["identity"], step)):
         changes = diff_identities(payload["identity"], identity) or ["(identity unchanged, fingerprint differs)"]
         raise ResumeError(
             f"checkpoint {path} was written by a different recipe; --resume needs the same teacher, plan, "
@@ -169,6 +160,19 @@ def load(path: Path, identity: dict[str, Any], fingerprint: str, extendable: boo
         identity=payload["identity"],
         fingerprint=payload["fingerprint"],
     )
+
+
+def open_run(output_dir: Path, resume: bool, identity: dict[str, Any], fingerprint: str,
+             accept: Accept | None = None) -> Checkpoint | None:
+    """The checkpoint to resume (`resume`), or None for a fresh run; ResumeError when a fresh run would
+    overwrite an existing checkpoint."""
+    path = output_dir / FILENAME
+    if resume:
+        return load(path, identity, fingerprint, accept)
+    if path.exists():
+        raise ResumeError(f"{output_dir} already holds a checkpoint; continue it with --resume, "
+                          "or choose another output_dir")
+    return None
 
 
 def restore_model(student: torch.nn.Module, checkpoint: Checkpoint) -> None:

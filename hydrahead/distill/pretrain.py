@@ -13,6 +13,7 @@ teacher and no plan: the student is a fresh transformers model built from `recip
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import torch
 from hydrahead.distill import checkpoint as ckpt
 from hydrahead.distill import distributed
 from hydrahead.distill.data import Corpora, Tokenize, load_tokenizer, resolve_files
-from hydrahead.distill.errors import RecipeError, ResumeError
+from hydrahead.distill.errors import RecipeError
 from hydrahead.distill.evaluate import Evaluator, HeldoutPerplexity
 from hydrahead.distill.metrics import MetricsLog
 from hydrahead.distill.recipe import PretrainRecipe
@@ -45,6 +46,20 @@ def model_config(recipe: PretrainRecipe, tokenizer: Any):
         return AutoConfig.for_model(model_type, **spec)
     except (ValueError, TypeError) as err:
         raise RecipeError(f"model: not a transformers config ({err})") from err
+
+
+def extends(old: dict[str, Any], recipe: PretrainRecipe, step: int) -> bool:
+    """Whether `recipe` differs from the checkpoint's recipe identity `old` only by a larger stage token
+    budget, with a constant schedule whose warm-up both budgets have finished by `step`: continuing is then
+    the same training, longer."""
+    new = recipe.identity()
+    rest = {k: v for k, v in old.items() if k != "stage"} == {k: v for k, v in new.items() if k != "stage"}
+    stage = {k: v for k, v in old.get("stage", {}).items() if k != "tokens"} == {
+        k: v for k, v in new["stage"].items() if k != "tokens"}
+    if not (rest and stage and recipe.stage.schedule == "constant" and recipe.stage.tokens > old["stage"]["tokens"]):
+        return False
+    before = dataclasses.replace(recipe.stage, tokens=old["stage"]["tokens"])
+    return step >= max(before.warmup_steps, recipe.stage.warmup_steps)
 
 
 def pretrain(
@@ -72,15 +87,10 @@ def pretrain(
         tokenizer, eos = load_tokenizer(recipe.tokenizer)
         config = model_config(recipe, tokenizer)
         identity, fingerprint = recipe.identity(), recipe.fingerprint()
-        checkpoint_path = output_dir / ckpt.FILENAME
-        checkpoint = None
-        if resume:
-            checkpoint = ckpt.load(checkpoint_path, identity, fingerprint, extendable=True)
-            if checkpoint.state.done and checkpoint.state.tokens < recipe.stage.tokens:  # a longer budget
-                checkpoint.state.done = False
-        elif checkpoint_path.exists():
-            raise ResumeError(f"{output_dir} already holds a checkpoint; continue it with --resume, "
-                              "or choose another output_dir")
+        checkpoint = ckpt.open_run(output_dir, resume, identity, fingerprint,
+                                   accept=lambda old, step: extends(old, recipe, step))
+        if checkpoint is not None and checkpoint.state.done and checkpoint.state.tokens < recipe.stage.tokens:
+            checkpoint.state.done = False  # a longer budget: the finished stage goes on
 
         cache_dir = Path(recipe.data.cache_dir) if recipe.data.cache_dir else output_dir / "cache"
         corpora = Corpora(recipe.data, Tokenize(tokenizer, eos), cache_dir, env.is_main,
@@ -120,4 +130,4 @@ def pretrain(
         distributed.shutdown(env)
 
 
-__all__ = ["FINAL", "model_config", "pretrain"]
+__all__ = ["FINAL", "extends", "model_config", "pretrain"]

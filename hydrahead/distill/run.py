@@ -25,7 +25,7 @@ from hydrahead.distill import checkpoint as ckpt
 from hydrahead.distill import distributed
 from hydrahead.distill.data import Corpora, Tokenize, load_tokenizer, resolve_files
 from hydrahead.distill.distributed import DistEnv
-from hydrahead.distill.errors import DataError, RecipeError, ResumeError
+from hydrahead.distill.errors import DataError, RecipeError
 from hydrahead.distill.evaluate import Evaluator, HeldoutPerplexity
 from hydrahead.distill.metrics import MetricsLog
 from hydrahead.distill.recipe import STAGE_NAMES, Recipe
@@ -90,13 +90,7 @@ def _run(recipe: Recipe, env: DistEnv, resume: bool, callbacks, evaluators) -> P
                               "use ddp, or full fine-tuning")
     identity = recipe.identity(plan.to_dict())
     fingerprint = recipe.fingerprint(plan.to_dict())
-    checkpoint_path = output_dir / ckpt.FILENAME
-    checkpoint = None
-    if resume:
-        checkpoint = ckpt.load(checkpoint_path, identity, fingerprint)
-    elif checkpoint_path.exists():
-        raise ResumeError(f"{output_dir} already holds a checkpoint; continue it with --resume, "
-                          "or choose another output_dir")
+    checkpoint = ckpt.open_run(output_dir, resume, identity, fingerprint)
     remaining = [s for s in stages if checkpoint is None or s.index > checkpoint.state.stage_index
                  or (s.index == checkpoint.state.stage_index and not checkpoint.state.done)]
 
