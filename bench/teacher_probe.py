@@ -5,6 +5,8 @@ Loads a model directory (e.g. <work>/run/final, or an exported teacher) or a tra
 - copying: next-token accuracy on the first and the second copy of random spans of needle words and
   digits, joined by four separators (the second copy is predictable only by copying; a model that copies
   after one separator only has learnt a marker, not induction);
+- copying of spans of code identifiers (the vocabulary of the `copy` training documents), joined by " ":
+  the same induction test on words whose earlier occurrence is unique;
 - retrieval under teacher forcing, per question form of `hydrahead.needles.QUESTION_FORMS`: accuracy of the
   answer tokens after a one-needle haystack (digits of a number value; the word of a word value), and a few
   greedy answers.
@@ -64,6 +66,21 @@ def main() -> None:
             second += (pred[-half + 2:] == target[-half + 2:]).float().mean().item() / a.samples
         print(f"copying, spans joined by {separator!r}: next-token accuracy, first copy {first:.2f}, "
               f"second copy {second:.2f}")
+    from hydrahead.demo.teacher import code_split, load_recipe
+    from hydrahead.demo.teacher_data import identifiers
+
+    names = identifiers(code_split(load_recipe()["corpus"]["code_bytes"])[0])
+    first = second = 0.0
+    for _ in range(a.samples):
+        span = " " + " ".join(rng.choice(names) for _ in range(16))
+        ids = tok(span + span)["input_ids"]
+        half = len(tok(span)["input_ids"])
+        pred = model(torch.tensor([ids])).logits[0, :-1].argmax(-1)
+        target = torch.tensor(ids[1:])
+        first += (pred[: half - 1] == target[: half - 1]).float().mean().item() / a.samples
+        second += (pred[-half + 2:] == target[-half + 2:]).float().mean().item() / a.samples
+    print(f"copying, 16 code identifiers written twice: next-token accuracy, first copy {first:.2f}, "
+          f"second copy {second:.2f}")
     sentences = essay_sentences(200, seed=4242)
     for kind in ("number", "word"):
         for form in QUESTION_FORMS:

@@ -68,3 +68,14 @@ def test_recall_documents_repeat_spans_apart_without_a_marker():
         spans = [p for p in parts if not p.startswith("The ")]
         assert all(spans.count(s) == 2 for s in spans)  # every span appears exactly twice
         assert all(a != b for a, b in zip(spans, spans[1:]))  # never right after itself
+
+
+def test_copy_documents_draw_their_spans_from_code_identifiers():
+    from hydrahead.demo.teacher_data import identifiers, teacher_documents
+
+    code = ["def parse_header(stream, limit):\n    return stream.read(limit)\n", "class TokenBuffer:\n    pass\n"]
+    words = identifiers(code)
+    assert words == sorted(set(words)) and {"parse_header", "TokenBuffer", "stream", "limit"} <= set(words)
+    assert "def" in words and "a" not in words  # 3-15 letters
+    docs = teacher_documents(None, code, counts={"copy": 5}, niah_tasks=[], max_tokens=256, seed=0)
+    assert len(docs) == 5 and all(any(w in doc for w in words) for doc in docs)

@@ -13,6 +13,8 @@ key across different wordings. The mix below is built for that order, from the s
 | repeat      | a random span of 16-64 needle words and digits, written two or three times | copying (see below)   |
 | recall      | 2-3 short random spans, each written twice, at random places among       | induction proper      |
 |             | haystack sentences                                                       |                         |
+| copy        | as recall, with spans of identifiers from the code corpus (thousands of  | induction, fast         |
+|             | distinct words, so a token's earlier occurrence is nearly always unique) |                         |
 | code        | Python standard-library source (rows may cut it: it is longer than one)  | ordinary language model |
 
 `repeat` alone taught the first shipped teacher a shortcut (docs/results.md): it replays what follows the
@@ -26,6 +28,7 @@ from its question (`DataConfig.packing = "documents"`).
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +47,8 @@ from hydrahead.needles import (
 )
 
 TRAIN_SEED_OFFSET = 1_000_003  # evaluation and probes use small seeds; training documents seeds from here on
-KINDS = ("niah", "multiquery", "repeat", "recall", "code")
+KINDS = ("niah", "multiquery", "repeat", "recall", "copy", "code")
+IDENTIFIER = re.compile(r"\b[A-Za-z][A-Za-z_]{2,14}\b")
 FORMS = list(QUESTION_FORMS)
 
 
@@ -132,6 +136,13 @@ def recall_document(rng: random.Random, words: Sequence[str], sentences: Sequenc
     return " ".join(out)
 
 
+def identifiers(code: Sequence[str]) -> list[str]:
+    """The distinct identifier-like words of the code corpus (3-15 letters), sorted: a span vocabulary large
+    enough that a word rarely recurs by chance, so the only way to predict a copy is to find the original
+    (on needle words alone, 127 of them, chance recurrences blur that signal and the phase change waits)."""
+    return sorted({m.group(0) for text in code for m in IDENTIFIER.finditer(text)})
+
+
 def teacher_documents(tokenizer: Any, code: Sequence[str], *, counts: dict[str, int], niah_tasks: Sequence[str],
                       max_tokens: int, seed: int = 0) -> list[str]:
     """The training documents (shuffled): `counts` per kind of `KINDS` (code: at most len(code) files)."""
@@ -145,6 +156,9 @@ def teacher_documents(tokenizer: Any, code: Sequence[str], *, counts: dict[str, 
     docs += [multiquery_document(rng, tokenizer, max_tokens, sentences) for _ in range(counts.get("multiquery", 0))]
     docs += [repeat_document(rng, words) for _ in range(counts.get("repeat", 0))]
     docs += [recall_document(rng, words, sentences) for _ in range(counts.get("recall", 0))]
+    if counts.get("copy", 0):
+        ids = identifiers(code)
+        docs += [recall_document(rng, ids, sentences) for _ in range(counts["copy"])]
     docs += list(code[: counts.get("code", 0)])
     rng.shuffle(docs)
     return docs
