@@ -41,6 +41,19 @@ def load(path: str, tokenizer_dir: str | None):
     return model.eval(), tokenizer
 
 
+def copy_accuracy(model, tok, spans: list[str], separator: str) -> tuple[float, float]:
+    """Mean next-token accuracy on the first and on the second copy of each span (span + separator + span)."""
+    first = second = 0.0
+    for span in spans:
+        ids = tok(span + separator + span)["input_ids"]
+        half = len(tok(span)["input_ids"])
+        pred = model(torch.tensor([ids])).logits[0, :-1].argmax(-1)
+        target = torch.tensor(ids[1:])
+        first += (pred[: half - 1] == target[: half - 1]).float().mean().item() / len(spans)
+        second += (pred[-half + 2:] == target[-half + 2:]).float().mean().item() / len(spans)
+    return first, second
+
+
 @torch.no_grad()
 def main() -> None:
     from hydrahead.needles import INTRO, QUESTION_FORMS, essay_sentences, needle_key, needle_sentence, needle_value
@@ -55,30 +68,16 @@ def main() -> None:
     rng = random.Random(4242)
     words = vocabulary() + [str(d) for d in range(10)] * 4
     for separator in (" | ", " ", ". ", "\n"):  # " | " is the separator of the `repeat` training documents
-        first = second = 0.0
-        for _ in range(a.samples):
-            span = " ".join(rng.choice(words) for _ in range(40))
-            ids = tok(span + separator + span)["input_ids"]
-            half = len(tok(span)["input_ids"])
-            pred = model(torch.tensor([ids])).logits[0, :-1].argmax(-1)
-            target = torch.tensor(ids[1:])
-            first += (pred[: half - 1] == target[: half - 1]).float().mean().item() / a.samples
-            second += (pred[-half + 2:] == target[-half + 2:]).float().mean().item() / a.samples
+        first, second = copy_accuracy(model, tok, [" ".join(rng.choice(words) for _ in range(40))
+                                                   for _ in range(a.samples)], separator)
         print(f"copying, spans joined by {separator!r}: next-token accuracy, first copy {first:.2f}, "
               f"second copy {second:.2f}")
     from hydrahead.demo.teacher import code_split, load_recipe
     from hydrahead.demo.teacher_data import identifiers
 
     names = identifiers(code_split(load_recipe()["corpus"]["code_bytes"])[0])
-    first = second = 0.0
-    for _ in range(a.samples):
-        span = " " + " ".join(rng.choice(names) for _ in range(16))
-        ids = tok(span + span)["input_ids"]
-        half = len(tok(span)["input_ids"])
-        pred = model(torch.tensor([ids])).logits[0, :-1].argmax(-1)
-        target = torch.tensor(ids[1:])
-        first += (pred[: half - 1] == target[: half - 1]).float().mean().item() / a.samples
-        second += (pred[-half + 2:] == target[-half + 2:]).float().mean().item() / a.samples
+    first, second = copy_accuracy(model, tok, [" " + " ".join(rng.choice(names) for _ in range(16))
+                                               for _ in range(a.samples)], "")
     print(f"copying, 16 code identifiers written twice: next-token accuracy, first copy {first:.2f}, "
           f"second copy {second:.2f}")
     sentences = essay_sentences(200, seed=4242)
