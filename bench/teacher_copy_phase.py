@@ -1,43 +1,73 @@
 """Does a pure-copy phase make a trained teacher copy? (a throwaway-sized check, kept so the number reruns)
 
-Continues <work>/run/final on rows of varying-distance copies of code identifiers (span of 8-40
-identifiers written twice, packed, AdamW lr 1e-3, 16 x 256, 400 steps) and prints, every 100 steps,
-next-token accuracy (first copy, second copy) on 16-identifier spans and on 16-needle-word spans.
+Continues a teacher (default /work/teacher_work_v3/run/final; it is not written back) on packed rows of
+varying-distance copies of code identifiers (a span of 8-40 identifiers written twice, then EOS), AdamW
+lr 1e-3, 16 x 256, 400 steps, and prints every 100 steps `teacher_probe.copy_accuracy` (first copy,
+second copy) on 16-identifier spans and on 16-needle-word spans.
 
-Usage: python bench/teacher_copy_phase.py   (reads /work/teacher_work_v3/run/final; does not write it)
+This is its own small loop, not `hydrahead.distill.pretrain`: pretrain starts from a fresh model and
+cannot continue a finished one on new data.
+
+Usage: python bench/teacher_copy_phase.py [MODEL_DIR]
 """
 
-import random, torch, time
-from transformers import AutoTokenizer, AutoModelForCausalLM
-from hydrahead.demo.teacher import code_split
-from hydrahead.demo.teacher_data import identifiers
-from hydrahead.needles import vocabulary
+from __future__ import annotations
+
+import random
+import sys
+import time
+
+import torch
+from teacher_probe import copy_accuracy
+
+ROW, BATCH, STEPS, EVERY = 256, 16, 400, 100
 
 
 def main() -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hydrahead.demo.teacher import code_split, load_recipe
+    from hydrahead.demo.teacher_data import identifiers
+    from hydrahead.needles import vocabulary
+
+    path = sys.argv[1] if len(sys.argv) > 1 else "/work/teacher_work_v3/run/final"
     torch.set_num_threads(2)
-    d='/work/teacher_work_v3/run/final'; tok=AutoTokenizer.from_pretrained(d); m=AutoModelForCausalLM.from_pretrained(d)
-    names=identifiers(code_split(4000000)[0]); rng=random.Random(0); pad=tok.pad_token_id
-    opt=torch.optim.AdamW(m.parameters(),lr=1e-3,weight_decay=0.0)
-    def row():
-        out=[]
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    names = identifiers(code_split(load_recipe()["corpus"]["code_bytes"])[0])
+    rng, pad = random.Random(0), tok.pad_token_id
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+
+    def row() -> list[int]:
+        out: list[int] = []
         while True:
-            span=tok(" "+" ".join(rng.choice(names) for _ in range(rng.randint(8,40))))["input_ids"]
-            doc=span+span+[tok.eos_token_id]
-            if len(out)+len(doc)>256: return out+[pad]*(256-len(out))
-            out+=doc
-    def probe(words,n=16):
-        r=random.Random(7); f=s=0
-        for _ in range(n):
-            a=tok(" "+" ".join(r.choice(words) for _ in range(16)))["input_ids"]; x=torch.tensor([a+a])
-            with torch.no_grad(): p=m(input_ids=x).logits[0,:-1].argmax(-1)
-            y=x[0,1:]; L=len(a); f+=(p[:L-1]==y[:L-1]).float().mean().item()/n; s+=(p[L:]==y[L:]).float().mean().item()/n
-        return round(f,2),round(s,2)
-    t=time.time()
-    for st in range(401):
-        if st%100==0: m.eval(); print(st, "ids",probe(names),"needle",probe(vocabulary()),f"{time.time()-t:.0f}s",flush=True); m.train()
-        x=torch.tensor([row() for _ in range(16)]); y=x[:,1:].clone(); y[y==pad]=-100
-        loss=torch.nn.functional.cross_entropy(m(input_ids=x).logits[:,:-1].transpose(1,2),y); opt.zero_grad(); loss.backward(); opt.step()
+            span = tok(" " + " ".join(rng.choice(names) for _ in range(rng.randint(8, 40))))["input_ids"]
+            doc = span + span + [tok.eos_token_id]
+            if len(out) + len(doc) > ROW:
+                return out + [pad] * (ROW - len(out))
+            out += doc
+
+    def probe(words: list[str]) -> tuple[float, float]:
+        r = random.Random(7)
+        model.eval()
+        with torch.no_grad():
+            first, second = copy_accuracy(model, tok, [" " + " ".join(r.choice(words) for _ in range(16))
+                                                       for _ in range(16)], "")
+        model.train()
+        return round(first, 2), round(second, 2)
+
+    start = time.time()
+    for step in range(STEPS + 1):
+        if step % EVERY == 0:
+            print(step, "identifiers", probe(names), "needle words", probe(vocabulary()),
+                  f"{time.time() - start:.0f}s", flush=True)
+        if step == STEPS:
+            break
+        ids = torch.tensor([row() for _ in range(BATCH)])
+        labels = ids[:, 1:].masked_fill(ids[:, 1:] == pad, -100)
+        loss = torch.nn.functional.cross_entropy(model(input_ids=ids).logits[:, :-1].transpose(1, 2), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
 
 if __name__ == "__main__":

@@ -157,8 +157,8 @@ def teacher_documents(tokenizer: Any, code: Sequence[str], *, counts: dict[str, 
     docs += [repeat_document(rng, words) for _ in range(counts.get("repeat", 0))]
     docs += [recall_document(rng, words, sentences) for _ in range(counts.get("recall", 0))]
     if counts.get("copy", 0):
-        ids = identifiers(code)
-        docs += [recall_document(rng, ids, sentences) for _ in range(counts["copy"])]
+        names = identifiers(code)
+        docs += [recall_document(rng, names, sentences) for _ in range(counts["copy"])]
     docs += list(code[: counts.get("code", 0)])
     rng.shuffle(docs)
     return docs
