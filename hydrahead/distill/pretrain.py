@@ -6,7 +6,7 @@ data pipeline (with `data.packing: documents` so that rows never cut a retrieval
 teacher and no plan: the student is a fresh transformers model built from `recipe.model`.
 
   1. recipe, data files, tokenizer, checkpoint / --resume agreement
-  2. the model from its config, seeded
+  2. the model from its config, seeded (or from `recipe.init`'s weights: a curriculum's next phase)
   3. the one next-token stage (from the checkpoint's position on --resume)
   4. <output_dir>/final: an ordinary transformers checkpoint with the tokenizer
 """
@@ -62,6 +62,31 @@ def extends(old: dict[str, Any], recipe: PretrainRecipe, step: int) -> bool:
     return step >= max(before.warmup_steps, recipe.stage.warmup_steps)
 
 
+def load_init(model: torch.nn.Module, path: str) -> None:
+    """Copy the weights of the checkpoint directory `path` into `model` (RecipeError unless they fit exactly)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = Path(path) / "model.safetensors"
+    if not weights.is_file():
+        raise RecipeError(f"init: {path} holds no model.safetensors (it must be a pretrain final model)")
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError) as err:
+        raise RecipeError(f"init: cannot read {weights} ({err})") from err
+    if model.config.tie_word_embeddings:
+        state.setdefault("lm_head.weight", state.get("model.embed_tokens.weight"))
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        raise RecipeError(f"init: {path} is not a checkpoint of this model (missing {missing[:3]}, unexpected "
+                          f"{unexpected[:3]}, other shapes {wrong[:3]})")
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            tensor.copy_(state[name])
+
+
 def pretrain(
     recipe: PretrainRecipe | dict[str, Any] | str | Path,
     *,
@@ -104,6 +129,8 @@ def pretrain(
         with torch.random.fork_rng():
             torch.manual_seed(recipe.seed)
             model = AutoModelForCausalLM.from_config(config)
+        if recipe.init is not None and checkpoint is None:
+            load_init(model, recipe.init)
         model.to(env.device)
         model.config.use_cache = False
         metrics = MetricsLog(output_dir, env.is_main, recipe.training.tensorboard)
@@ -130,4 +157,4 @@ def pretrain(
         distributed.shutdown(env)
 
 
-__all__ = ["FINAL", "extends", "model_config", "pretrain"]
+__all__ = ["FINAL", "extends", "load_init", "model_config", "pretrain"]

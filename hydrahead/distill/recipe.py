@@ -346,6 +346,9 @@ class PretrainRecipe(_RecipeFile):
     training: TrainingConfig = field(default_factory=TrainingConfig)
     seed: int = 0
     """Seeds the initialisation, data order and every random number generator."""
+    init: str | None = None
+    """A checkpoint directory (a `pretrain` final model) whose weights training starts from instead of a fresh
+    initialisation: a curriculum's next phase. Its config must be `model`'s."""
 
     def __post_init__(self) -> None:
         check("model_type" in self.model, "model", "must name its model_type (e.g. llama)")
@@ -381,7 +384,7 @@ def _short(value: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- building
-_PATH_KEYS = ("teacher", "plan", "output_dir", "tokenizer")
+_PATH_KEYS = ("teacher", "plan", "output_dir", "tokenizer", "init")
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:

@@ -61,3 +61,15 @@ def test_a_constant_schedule_run_can_be_extended_but_nothing_else_changes(worksp
         pretrain({**run, "stage": tiny_stage(tokens=12 * 4 * 32, lr=1e-3)}, resume=True)
     with pytest.raises(ResumeError, match="different recipe"):
         pretrain({**run, "stage": tiny_stage(tokens=12 * 4 * 32, schedule="cosine")}, resume=True)
+
+
+def test_init_starts_from_a_previous_runs_weights(workspace, tmp_path):
+    first = pretrain(recipe(workspace, tmp_path / "first"))
+    second = pretrain({**recipe(workspace, tmp_path / "second"), "init": str(first)})
+    losses = {run: [m["loss"] for m in read_metrics(tmp_path / run) if "loss" in m] for run in ("first", "second")}
+    assert losses["second"][0] < losses["first"][0] - 0.1  # the same data: a trained start is ahead
+    with pytest.raises(RecipeError, match="init: .* holds no model.safetensors"):
+        pretrain({**recipe(workspace, tmp_path / "x"), "init": str(tmp_path)})
+    wider = {**MODEL, "hidden_size": 64}
+    with pytest.raises(RecipeError, match="init: .* is not a checkpoint of this model"):
+        pretrain({**recipe(workspace, tmp_path / "y"), "model": wider, "init": str(first)})
