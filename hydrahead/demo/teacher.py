@@ -1,7 +1,8 @@
 """The demo's teacher: a small Llama trained here from scratch, shipped inside the package.
 
 No 20-minute CPU budget trains a model that retrieves (METHOD.md section 7), so the demo ships its teacher
-(the one shipped now, 24M tokens, does not retrieve yet: docs/results.md):
+(40M tokens in two phases, induction then retrieval; greedy NIAH at 256: number 1.0, word 1.0, multikey
+0.725; docs/results.md section 1):
 `assets/teacher/` holds its weights (half precision safetensors), tokenizer and a manifest (the recipe's
 SHA-256, training tokens, measured NIAH). `assets/teacher_recipe.yaml` is the one file that says how it
 is made; `retrain` rebuilds it with the project's own machinery (`hydrahead.distill.pretrain`: resumable,
@@ -9,11 +10,12 @@ metrics, NaN guard, greedy NIAH logged while it trains), in several sittings if 
 
     load_teacher()        the shipped teacher (model, tokenizer), its files checked against the manifest
     export_teacher(dir)   the same as an ordinary Hugging Face checkpoint directory
-    retrain(work)         corpus -> tokenizer -> documents -> pretrain -> <work>/run/final
-    ship(final)           write a retrained teacher into the package, with its manifest
+    retrain(work)         corpus -> tokenizer -> per phase: documents -> pretrain -> <work>/run/<phase>/final
+    ship(work)            write a retrained teacher into the package, with its manifest
 
 `python -m hydrahead.demo.teacher --work DIR [--ship]` runs `retrain` (and `ship`) from a shell. To train
-longer, raise `stage.tokens` in the recipe and rerun: a constant-schedule run continues where it stopped.
+longer, raise the last phase's `tokens` in the recipe and rerun: a constant-schedule run continues where it
+stopped.
 """
 
 from __future__ import annotations
@@ -129,43 +131,86 @@ class NiahMonitor:
 
 
 # ----------------------------------------------------------------------------------------------- retrain
+def phases(recipe: dict[str, Any]) -> list[tuple[str, dict[str, int], Any]]:
+    """The recipe's training phases in order, as (name, document counts, stage tokens): each phase trains on
+    its own documents, from the previous phase's weights. A recipe without `phases` is one phase, "main", of
+    `corpus.documents` and `pretrain.stage.tokens`."""
+    spec = recipe.get("phases")
+    if spec is None:
+        return [("main", dict(recipe["corpus"].get("documents", {})), recipe["pretrain"]["stage"]["tokens"])]
+    if not isinstance(spec, dict) or not spec or not all(
+            isinstance(p, dict) and {"documents", "tokens"} <= set(p) for p in spec.values()):
+        raise TeacherError("the teacher recipe's phases must map each phase name to its documents and tokens")
+    return [(str(name), dict(p["documents"]), p["tokens"]) for name, p in spec.items()]
+
+
+def run_dirs(work: str | Path, recipe: dict[str, Any]) -> list[Path]:
+    """Where each phase trains: <work>/run/<phase> (its checkpoints, metrics.jsonl and final model)."""
+    return [Path(work) / "run" / name for name, _, _ in phases(recipe)]
+
+
 def retrain(work: str | Path, device: str = "auto", log: Log = print, recipe_path: Path = RECIPE) -> Path:
-    """Rebuild the teacher from its recipe in `work`; resumes a stopped run there. Returns <work>/run/final."""
+    """Rebuild the teacher from its recipe in `work`, phase after phase; resumes a stopped run there.
+    Returns the last phase's final model, <work>/run/<phase>/final."""
+    from transformers import AutoTokenizer
+
     from hydrahead.demo.teacher_data import teacher_documents
     from hydrahead.distill.pretrain import pretrain
     from hydrahead.distill.recipe import PretrainRecipe
 
     work = Path(work)
     recipe = load_recipe(recipe_path)
-    corpus, spec = recipe["corpus"], dict(recipe["pretrain"])
-    # the corpus depends only on its own section and the row length: other changes keep it
-    digest = hashlib.sha256(json.dumps([corpus, spec["stage"]["seq_len"]], sort_keys=True).encode()).hexdigest()
-    stamp = work / "corpus.json"
-    tokenizer_dir, train, heldout = work / "tokenizer", work / "data" / "train.jsonl", work / "data" / "heldout.jsonl"
-    if not (stamp.is_file() and json.loads(stamp.read_text()).get("corpus_sha256") == digest):
-        code, held = code_split(corpus["code_bytes"])
+    corpus, base = recipe["corpus"], dict(recipe["pretrain"])
+    tokenizer_dir, heldout = work / "tokenizer", work / "data" / "heldout.jsonl"
+    # the tokenizer depends only on the corpus section (less its documents): other changes keep it
+    source = {k: v for k, v in corpus.items() if k != "documents"}
+    digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()
+    stamp = work / "tokenizer.json"
+    code, held = code_split(corpus["code_bytes"])
+    if not (stamp.is_file() and json.loads(stamp.read_text()).get("sha256") == digest):
         log(f"training a {corpus['vocab_size']}-token BPE tokenizer on {sum(map(len, code)) / 1e6:.1f} MB of sources")
-        tokenizer = build_tokenizer(corpus, code)
-        tokenizer.save_pretrained(tokenizer_dir)
-        counts = dict(corpus["documents"])
-        log(f"writing training documents: {counts}")
-        docs = teacher_documents(tokenizer, code, counts=counts, niah_tasks=corpus["niah_tasks"],
-                                 max_tokens=spec["stage"]["seq_len"], seed=corpus["seed"])
-        write_jsonl(train, docs)
+        build_tokenizer(corpus, code).save_pretrained(tokenizer_dir)
         write_jsonl(heldout, held)
-        atomic_write_text(stamp, json.dumps({"corpus_sha256": digest, "documents": len(docs)}))
-    from transformers import AutoTokenizer
-
+        atomic_write_text(stamp, json.dumps({"sha256": digest}))
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    spec.update(tokenizer=str(tokenizer_dir), output_dir=str(work / "run"))
-    spec["data"] = {**spec.get("data", {}), "train_files": [str(train)], "eval_files": [str(heldout)]}
-    spec["training"] = {**spec.get("training", {}), "device": device}
-    pretrain_recipe = PretrainRecipe.from_dict(spec)
-    monitor = NiahMonitor(tokenizer, pretrain_recipe.stage.seq_len, list(corpus["niah_tasks"]))
-    resume = (work / "run" / "checkpoint.pt").is_file()
-    log(f"pretraining the teacher ({pretrain_recipe.stage.tokens / 1e6:.1f}M tokens) in {work / 'run'}"
-        + (" (resuming)" if resume else ""))
-    return pretrain(pretrain_recipe, resume=resume, evaluators=[monitor])
+    seq_len = base["stage"]["seq_len"]
+    monitor = NiahMonitor(tokenizer, seq_len, list(corpus["niah_tasks"]))
+    init = None
+    for (name, counts, tokens), run in zip(phases(recipe), run_dirs(work, recipe)):
+        train = work / "data" / name / "train.jsonl"
+        # a phase's documents depend on the tokenizer, its counts and the row length
+        docs_digest = hashlib.sha256(json.dumps([digest, counts, seq_len], sort_keys=True).encode()).hexdigest()
+        docs_stamp = train.with_name("documents.json")
+        if not (docs_stamp.is_file() and json.loads(docs_stamp.read_text()).get("sha256") == docs_digest):
+            log(f"writing the {name} phase's training documents: {counts}")
+            docs = teacher_documents(tokenizer, code, counts=counts, niah_tasks=corpus["niah_tasks"],
+                                     max_tokens=seq_len, seed=corpus["seed"])
+            write_jsonl(train, docs)
+            atomic_write_text(docs_stamp, json.dumps({"sha256": docs_digest, "documents": len(docs)}))
+        spec = {**base, "stage": {**base["stage"], "tokens": tokens}, "tokenizer": str(tokenizer_dir),
+                "output_dir": str(run), "init": None if init is None else str(init)}
+        spec["data"] = {**base.get("data", {}), "train_files": [str(train)], "eval_files": [str(heldout)]}
+        spec["training"] = {**base.get("training", {}), "device": device}
+        pretrain_recipe = PretrainRecipe.from_dict(spec)
+        resume = (run / "checkpoint.pt").is_file()
+        log(f"pretraining the teacher, phase {name} ({pretrain_recipe.stage.tokens / 1e6:.1f}M tokens) in {run}"
+            + (" (resuming)" if resume else ""))
+        init = pretrain(pretrain_recipe, resume=resume, evaluators=[monitor])
+    assert init is not None  # phases() is never empty
+    return init
+
+
+def training_metrics(work: str | Path, recipe: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every phase's metrics.jsonl records in order, `tokens` counted from the start of the first phase and
+    each record marked with its `phase`."""
+    out: list[dict[str, Any]] = []
+    offset = 0
+    for (name, _, _), run in zip(phases(recipe), run_dirs(work, recipe)):
+        file = run / "metrics.jsonl"
+        records = [json.loads(line) for line in file.read_text().splitlines()] if file.is_file() else []
+        out += [{**r, "phase": name, "tokens": r.get("tokens", 0) + offset} for r in records]
+        offset += max((r.get("tokens", 0) for r in records), default=0)
+    return out
 
 
 def measure(model: Any, tokenizer: Any, length: int, tasks: list[str], samples: int = 8) -> dict[str, float]:
@@ -177,12 +222,12 @@ def measure(model: Any, tokenizer: Any, length: int, tasks: list[str], samples: 
     return {t: round(score, 4) for t, score in per_task(records, tasks).items()}
 
 
-def plot_training(metrics_file: str | Path, png: str | Path) -> None:
-    """Training loss, held-out loss and greedy NIAH (per task) against training tokens."""
+def plot_training(records: list[dict[str, Any]], png: str | Path) -> None:
+    """Training loss, held-out loss and greedy NIAH (per task) against training tokens (`training_metrics`),
+    with a dotted line where each phase after the first begins."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    records = [json.loads(line) for line in Path(metrics_file).read_text().splitlines()]
     fig = Figure(figsize=(9, 3.4))
     FigureCanvasAgg(fig)
     loss_ax, niah_ax = fig.subplots(1, 2)
@@ -201,6 +246,13 @@ def plot_training(metrics_file: str | Path, png: str | Path) -> None:
     for task in sorted({k for r in records for k in r if k.startswith("niah_")}):
         points = [(r["tokens"] / 1e6, 100 * r[task]) for r in records if task in r]
         niah_ax.plot(*zip(*points), marker="o", ms=3, label=task.removeprefix("niah_"))
+    starts = {}
+    for r in records:
+        starts.setdefault(r.get("phase"), r["tokens"] / 1e6)
+    for name, start in list(starts.items())[1:]:
+        for ax in (loss_ax, niah_ax):
+            ax.axvline(start, color="grey", ls=":", lw=1)
+        loss_ax.annotate(str(name), (start, 1), xycoords=("data", "axes fraction"), fontsize=7, va="top")
     niah_ax.set_xlabel("training tokens (M)")
     niah_ax.set_ylabel("greedy NIAH at the training length")
     niah_ax.set_ylim(-5, 105)
@@ -210,20 +262,23 @@ def plot_training(metrics_file: str | Path, png: str | Path) -> None:
     fig.savefig(png, dpi=110)
 
 
-def ship(final: str | Path, dest: Path = SHIPPED, recipe_path: Path = RECIPE, log: Log = print) -> Path:
-    """Write the retrained teacher at `final` into `dest` (fp16 weights, tokenizer, manifest)."""
+def ship(work: str | Path, dest: Path = SHIPPED, recipe_path: Path = RECIPE, log: Log = print) -> Path:
+    """Write the teacher retrained in `work` (its last phase's final model) into `dest` (fp16 weights,
+    tokenizer, manifest)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    final = Path(final)
+    recipe = load_recipe(recipe_path)
+    final = run_dirs(work, recipe)[-1] / "final"
+    if not final.is_dir():
+        raise TeacherError(f"nothing to ship: {final} does not exist (retrain first)")
     # what is measured is what ships: the fp16 weights, computed in fp32 as `load_teacher` does
     model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float16).float().eval()
     tokenizer = AutoTokenizer.from_pretrained(final)
-    recipe = load_recipe(recipe_path)
     length = recipe["pretrain"]["stage"]["seq_len"]
     log("measuring greedy NIAH at the training length")
     niah = measure(model, tokenizer, length, list(recipe["corpus"]["niah_tasks"]))
-    metrics = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
+    metrics = training_metrics(work, recipe)
     tokens = max((m.get("tokens", 0) for m in metrics), default=0)
     monitor = [m for m in metrics if any(k.startswith("niah_") for k in m)]
     tmp = dest.with_name(f".{dest.name}.tmp")
@@ -235,6 +290,7 @@ def ship(final: str | Path, dest: Path = SHIPPED, recipe_path: Path = RECIPE, lo
         "recipe_sha256": recipe_sha256(recipe_path),
         "weights_sha256": hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest(),
         "training_tokens": tokens,
+        "phases": {name: tokens for name, _, tokens in phases(recipe)},
         "parameters": sum(p.numel() for p in model.parameters()),
         "niah_at_training_length": {"length": length, "samples_per_depth": 8, "depths": 5, **niah},
         "last_training_monitor": monitor[-1] if monitor else None,
@@ -312,14 +368,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", required=True, help="working directory (corpus, checkpoints); rerun to resume")
     p.add_argument("--device", default="auto")
     p.add_argument("--ship", action="store_true", help=f"write the result into {SHIPPED}")
-    p.add_argument("--ship-only", action="store_true", help="ship <work>/run/final without training")
+    p.add_argument("--ship-only", action="store_true", help="ship what <work> holds, without training")
     p.add_argument("--recipe", type=Path, default=RECIPE, help=f"the recipe (default: {RECIPE.name} in the package)")
     a = p.parse_args(argv)
-    final = Path(a.work) / "run" / "final" if a.ship_only else retrain(a.work, a.device, recipe_path=a.recipe)
-    plot_training(final.parent / "metrics.jsonl", Path(a.work) / "training.png")
+    if not a.ship_only:
+        retrain(a.work, a.device, recipe_path=a.recipe)
+    plot_training(training_metrics(a.work, load_recipe(a.recipe)), Path(a.work) / "training.png")
     print(f"training curves: {Path(a.work) / 'training.png'}")
     if a.ship or a.ship_only:
-        ship(final, recipe_path=a.recipe)
+        ship(a.work, recipe_path=a.recipe)
 
 
 if __name__ == "__main__":
