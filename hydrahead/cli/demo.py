@@ -1,6 +1,6 @@
 """Run the whole story at small scale, offline, on the small Llama teacher shipped with hydrahead (trained
-here from scratch by `hydrahead/demo/assets/teacher_recipe.yaml`; the one shipped now does not retrieve yet,
-see docs/results.md): score its heads, validate
+here from scratch by `hydrahead/demo/assets/teacher_recipe.yaml` in two phases, induction then retrieval;
+about an hour on 2 cores): score its heads, validate
 the scores by ablation, build HydraHead 7:1 and the baseline plans (random 7:1, fixed per-layer 7:1,
 layer-wise 3:1 and 7:1, all-GDN), distil every plan with the same recipe and budget over several seeds,
 evaluate NIAH at 1x-8x the training length and held-out perplexity, and write <out>/report/index.md
@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     parser.add_argument("--scale", default="default", choices=list(SCALES), help="how big a run (default: default)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--preset", default=None, choices=["exact", "paper"],
+                        help="how the students' heads are built (default: exact: the FA heads stay the teacher's, "
+                             "RoPE included; paper: NoPE + log scale + gate + fusion norm, which this teacher "
+                             "cannot re-learn within a CPU budget, docs/results.md)")
     parser.add_argument("--retrain-teacher", action="store_true",
                         help="rebuild the teacher from its recipe in <out>/teacher_work (resumable) instead of "
                              "using the shipped one")
@@ -48,7 +52,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from hydrahead.demo.pipeline import run as run_demo
 
-    index = run_demo(args.out, get_scale(args.scale), device=args.device, quiet=args.quiet,
+    import dataclasses
+
+    scale = get_scale(args.scale)
+    if args.preset is not None:
+        scale = dataclasses.replace(scale, preset=args.preset)
+    index = run_demo(args.out, scale, device=args.device, quiet=args.quiet,
                      retrain_teacher=args.retrain_teacher)
     print(f"report: {index}")
     return 0

@@ -145,7 +145,7 @@ def recipe_for(out: Path, teacher: Teacher, name: str, seed: int, scale: DemoSca
         "plan": str(out / "plans" / f"{name.replace(':', 'to')}.json"),
         "output_dir": str(out / "runs" / f"{name.replace(':', 'to')}-seed{seed}"),
         "seed": seed,
-        "hybrid": {"preset": "paper", "train_length": L},
+        "hybrid": {"preset": scale.preset, **({"train_length": L} if scale.preset == "paper" else {})},
         "data": {"train_files": [str(out / "data" / "train.jsonl")], "cache_dir": str(out / "cache"),
                  "packing": "documents"},
         "training": {"device": device, "gradient_checkpointing": False, "progress": False,

@@ -185,7 +185,8 @@ def write_demo_report(out: Path, *, scale: DemoScale, teacher: Any, models: dict
     lines = [
         "# hydrahead demo report",
         "",
-        f"Command: `hydrahead demo --scale {scale.name}` · machine: {platform.machine()} "
+        f"Command: `hydrahead demo --scale {scale.name}"
+        f"{'' if scale.preset == 'exact' else ' --preset ' + scale.preset}` · machine: {platform.machine()} "
         f"{platform.processor() or ''} · python {platform.python_version()} · "
         f"date {datetime.date.today().isoformat()}",
         "",
@@ -194,7 +195,8 @@ def write_demo_report(out: Path, *, scale: DemoScale, teacher: Any, models: dict
         f"{params / 1e6:.2f}M parameters, {config.num_hidden_layers} layers x {config.num_attention_heads} query heads "
         f"({config.num_key_value_heads} KV heads, head_dim {config.head_dim}), training length {L}. Every student was "
         f"distilled from it with the same recipe and budget (align {scale.align_tokens:,} + distill "
-        f"{scale.distill_tokens:,} + long-context {scale.long_tokens:,} tokens), once per seed {list(scale.seeds)}. "
+        f"{scale.distill_tokens:,} + long-context {scale.long_tokens:,} tokens) and the `{scale.preset}` hybrid "
+        f"preset, once per seed {list(scale.seeds)}. "
         "NIAH score = fraction of the expected answers found in the greedy generation "
         f"(tasks: {', '.join(scale.tasks)}; depths {list(scale.eval_depths)}; {scale.eval_samples} samples per cell).",
         "",

@@ -33,6 +33,11 @@ class DemoScale:
     eval_samples: int
     ppl_documents: int
     tasks: tuple[str, ...] = ("single_number", "single_word", "multikey")
+    # how the students' heads are built (HybridOptions preset): "exact" keeps the teacher's FA heads as they
+    # are (RoPE, no gate or fusion norm). The paper preset's NoPE FA heads break this RoPE-trained teacher's
+    # retrieval before any training (a full-FA conversion scores 0), and no CPU budget re-learns it
+    # (docs/results.md section 2); `hydrahead demo --preset paper` runs it anyway.
+    preset: str = "exact"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import random
 from collections.abc import Mapping, Sequence
@@ -50,7 +52,7 @@ def niah_accuracy(model: nn.Module, probes: Sequence[Probe], heads: Sequence[tup
     if heads and mode == "mean" and means is None:
         means = head_means(model, probes)
     correct = 0
-    with ablate(model, heads, mode, means=means):
+    with ablate(model, heads, mode, means=means) if heads else contextlib.nullcontext():  # any model when none
         for batch in batches_by_length(probes):
             ids = torch.tensor([p.clean_ids for p in batch], device=device)  # (B, T)
             logits = model(input_ids=ids, use_cache=False).logits  # (B, T, V)

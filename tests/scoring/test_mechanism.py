@@ -85,3 +85,15 @@ def test_layer_similarity_on_probes(trained, tmp_path):
     np.testing.assert_allclose(sim.matrix, sim.matrix.T, atol=1e-6)
     sim.plot(tmp_path / "layers.png")
     assert (tmp_path / "layers.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_niah_accuracy_runs_on_a_converted_hybrid_when_nothing_is_ablated(trained):
+    """Students are measured with the same probes as the teacher; an exact full-FA hybrid scores the same."""
+    import copy
+
+    import hydrahead
+    from hydrahead import HybridOptions
+
+    model, probes, _ = trained
+    hybrid = hydrahead.convert(copy.deepcopy(model), HeadPlan.full(model.config), HybridOptions.preset("exact")).eval()
+    assert niah_accuracy(hybrid, probes) == niah_accuracy(model, probes)
