@@ -12,7 +12,7 @@ from hydrahead.errors import (
     PlanError,
     UnsupportedModelError,
 )
-from hydrahead.models.cache import HybridHeadCache
+from hydrahead.cache import HybridHeadCache
 from hydrahead.models.convert import convert, hybrid_parameters
 from hydrahead.models.hybrid import is_hybrid  # importing registers the hybrid classes with the Auto classes
 from hydrahead.models.io import from_pretrained

@@ -48,7 +48,7 @@ def generate_answers(model: Any, tokenizer: Any, batch: Sequence[Example]) -> li
     """Greedy continuations of a batch of prompts (left-padded), each cut at its own `max_new_tokens`."""
     from transformers import GenerationConfig
 
-    from hydrahead.models.cache import HybridHeadCache
+    from hydrahead.cache import HybridHeadCache
     from hydrahead.models.hybrid import is_hybrid
 
     pad = tokenizer.pad_token_id

@@ -17,7 +17,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from hydrahead.layers.norm import RMSNorm
 from hydrahead.layers.short_conv import ShortConv
-from hydrahead.ops import gated_delta_rule
+from hydrahead.ops import gated_delta_rule, gated_delta_rule_step
 
 
 def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -95,12 +95,12 @@ class GatedDeltaNetBranch(nn.Module):
             keep = padding_mask.to(beta.dtype)[..., None]
             beta, g = beta * keep, g * keep  # pad step: no write, no decay -> state untouched
 
-        initial_state = None
-        if cache_layer is not None and cache_layer.is_recurrent_states_initialized[0]:
-            initial_state = cache_layer.recurrent_states[0]
+        state = cache_layer.recurrent_state() if cache_layer is not None else None
+        if T == 1 and state is not None and not torch.is_grad_enabled():
+            return gated_delta_rule_step(q, k, v, g, beta, state)  # decode: the cached state updated in place
         o, final_state = gated_delta_rule(
-            q, k, v, g, beta, initial_state=initial_state, output_final_state=cache_layer is not None
+            q, k, v, g, beta, initial_state=state, output_final_state=cache_layer is not None
         )
         if cache_layer is not None:
-            cache_layer.update_recurrent_state(final_state)
+            cache_layer.store_recurrent_state(final_state)
         return o  # (B, T, H, D)

@@ -16,6 +16,7 @@ from hydrahead.errors import CacheError
 from hydrahead.layers.full_attention import FullAttentionBranch
 from hydrahead.layers.fusion import BranchNorm
 from hydrahead.layers.gdn import GatedDeltaNetBranch
+from hydrahead.cache import HybridStateMixin
 from hydrahead.options import HybridOptions
 
 
@@ -88,7 +89,7 @@ class HybridAttention(nn.Module):
         cache_layer = None
         if past_key_values is not None:
             cache_layer = past_key_values.layers[self.layer_idx]
-            if not hasattr(cache_layer, "seen_tokens"):
+            if not isinstance(cache_layer, HybridStateMixin):
                 raise CacheError(
                     f"a hydrahead model needs a HybridHeadCache, got {type(past_key_values).__name__}; "
                     "pass past_key_values=None (one is made for you) or hydrahead.HybridHeadCache(model.config)"
@@ -105,6 +106,6 @@ class HybridAttention(nn.Module):
             o = self.gdn(hidden_states, position_embeddings, cache_layer, padding)
             outputs.append(self.gdn_norm(o) if self.gdn_norm is not None else o)
         if cache_layer is not None:
-            cache_layer.seen_tokens += T
+            cache_layer.advance(T)
         out = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]  # (B, T, H, D) in head_order
         return self.o_proj(out.reshape(B, T, -1)), None

@@ -1,8 +1,9 @@
 """Depthwise causal short convolution (kernel K) with SiLU, as in front of q/k/v in Gated DeltaNet.
 
 It starts as the identity (only the tap on the current token is 1), so a converted head sees the
-teacher's q/k/v at initialisation (METHOD.md section 2, ours). With a cache, the last K inputs live in
-the cache layer's conv state, so decode needs only the new token.
+teacher's q/k/v at initialisation (METHOD.md section 2, ours). With a cache, the last K - 1 inputs live
+in the cache layer's conv state (`conv_window`), so decode needs only the new token: one multiply-add
+over the K-wide window, as fla's `causal_conv1d_update` does, rather than a convolution call.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ class ShortConv(nn.Module):
     def forward(self, x: torch.Tensor, cache_layer=None) -> torch.Tensor:
         """x: (B, T, C) -> silu(causal_conv(x)): (B, T, C)."""
         T = x.shape[1]
+        weight = self.weight.to(x.dtype)
         x = x.transpose(1, 2)  # (B, C, T)
-        if cache_layer is None or not cache_layer.has_previous_state[0]:
-            if cache_layer is not None:
-                cache_layer.update_conv_state(x, conv_kernel_size=self.kernel_size)
-            context = F.pad(x, (self.kernel_size - 1, 0))  # zeros before the first token
+        if cache_layer is None:
+            window = F.pad(x, (self.kernel_size - 1, 0))  # zeros before the first token
         else:
-            context = cache_layer.update_conv_state(x, conv_kernel_size=self.kernel_size)  # (B, C, K + T)
-        y = F.conv1d(context, self.weight.unsqueeze(1).to(x.dtype), groups=x.shape[1])  # (B, C, >= T)
-        return F.silu(y[..., -T:]).transpose(1, 2)
+            window = cache_layer.conv_window(x, self.kernel_size)  # (B, C, K - 1 + T)
+        if T == 1:
+            y = (window * weight).sum(-1, keepdim=True)  # (B, C, 1): the decode step
+        else:
+            y = F.conv1d(window, weight.unsqueeze(1), groups=x.shape[1])  # (B, C, T)
+        return F.silu(y).transpose(1, 2)

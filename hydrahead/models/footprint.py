@@ -21,8 +21,8 @@ def footprint(model: Any) -> dict[str, Any]:
     teacher_kv = kv_bytes_per_token(config, plan.num_layers * plan.num_kv_heads, itemsize)
     conv = model.hydrahead_options.conv_size
     la_heads = sum(len(plan.la_heads(i)) for i in range(plan.num_layers))
-    # fp32 recurrent state (D x D per GDN head) plus the conv window of q, k, v in the model dtype
-    state = la_heads * (D * D * 4 + (3 * D * conv * itemsize if conv else 0))
+    # fp32 recurrent state (D x D per GDN head) plus the last conv_size - 1 inputs of q, k, v in the model dtype
+    state = la_heads * (D * D * 4 + (3 * D * (conv - 1) * itemsize if conv else 0))
     with torch.device("meta"):
         teacher = model.family.causal_lm_class(config)
     teacher_params = sum(p.numel() for p in teacher.parameters())

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, StaticCache
 
 from hydrahead.errors import CacheError, CheckpointError
 from hydrahead.layers.hybrid_attention import HybridAttention
-from hydrahead.models.cache import HybridHeadCache
+from hydrahead.cache import HybridHeadCache
 from hydrahead.models.families import FAMILIES, Family, head_dim
 from hydrahead.options import HybridOptions
 from hydrahead.plan import HeadPlan
@@ -53,25 +53,49 @@ class HybridCausalLMMixin:
     # position_ids must stay a named parameter: generate() only derives padding-aware positions for
     # models whose forward() declares it.
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
-                **kwargs):
+                linear_attention_mask=None, **kwargs):
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and not isinstance(past_key_values, HybridHeadCache):
-            # generate() and plain forward() start from an empty DynamicCache or None: swap in ours.
-            if past_key_values is not None and past_key_values.get_seq_length() > 0:
-                raise CacheError(
-                    f"got a filled {type(past_key_values).__name__}; hydrahead models need a HybridHeadCache"
-                )
-            past_key_values = HybridHeadCache(self.config)
-        padding = attention_mask if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 else None
+            past_key_values = self._own_cache(past_key_values)
+        if linear_attention_mask is None and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+            linear_attention_mask = attention_mask  # (B, past + T): the GDN branch reads its last T columns
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             past_key_values=past_key_values,
             use_cache=use_cache,
-            linear_attention_mask=padding,
+            linear_attention_mask=linear_attention_mask,
             **kwargs,
         )
+
+    def _own_cache(self, past_key_values) -> HybridHeadCache:
+        """Our cache in place of an empty transformers one (None, DynamicCache, StaticCache keeps its size)."""
+        if past_key_values is not None and past_key_values.get_seq_length() > 0:
+            raise CacheError(
+                f"got a filled {type(past_key_values).__name__}; hydrahead models need a HybridHeadCache"
+            )
+        if isinstance(past_key_values, StaticCache):
+            return HybridHeadCache(self.config, max_cache_len=past_key_values.get_max_length(), device=self.device)
+        return HybridHeadCache(self.config)
+
+    def _prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, prefill_chunk_size,
+                              model_kwargs):
+        """generate(..., cache_implementation="static") gets a static HybridHeadCache (same sizing rule)."""
+        if "offloaded" in cache_implementation:
+            raise CacheError("an offloaded static cache is not supported for hydrahead models; use 'static'")
+        length = max(max_cache_len, getattr(self, "_previous_max_cache_length", -1))
+        self._previous_max_cache_length = length
+        return HybridHeadCache(self.config, max_cache_len=length, device=self.device)
+
+    def prepare_inputs_for_generation(self, input_ids, *args, attention_mask=None, **kwargs):
+        """As transformers', plus the 2D padding mask of the current tokens for the GDN branch: with a
+        static cache transformers turns `attention_mask` into a 4D FA mask, which has lost it."""
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, attention_mask=attention_mask, **kwargs)
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+            T = inputs["input_ids"].shape[1] if inputs.get("input_ids") is not None else inputs["inputs_embeds"].shape[1]
+            inputs["linear_attention_mask"] = attention_mask[:, -T:].clone(memory_format=torch.contiguous_format)
+        return inputs
 
 
 def _make_classes(family: Family) -> tuple[type, type]:

@@ -1,5 +1,10 @@
 """Sequence-mixing ops. Today: the gated delta rule (Gated DeltaNet), see `hydrahead.ops.gated_delta`."""
 
-from hydrahead.ops.gated_delta import FlaNotInstalledError, GatedDeltaRuleError, gated_delta_rule
+from hydrahead.ops.gated_delta import (
+    FlaNotInstalledError,
+    GatedDeltaRuleError,
+    gated_delta_rule,
+    gated_delta_rule_step,
+)
 
-__all__ = ["FlaNotInstalledError", "GatedDeltaRuleError", "gated_delta_rule"]
+__all__ = ["FlaNotInstalledError", "GatedDeltaRuleError", "gated_delta_rule", "gated_delta_rule_step"]

@@ -100,3 +100,70 @@ def test_filled_foreign_cache_is_rejected():
     cache.update(torch.zeros(1, 2, 3, model.config.head_dim), torch.zeros(1, 2, 3, model.config.head_dim), 0)
     with pytest.raises(hydrahead.CacheError, match="HybridHeadCache"):
         model(torch.ones(1, 1, dtype=torch.long), past_key_values=cache, use_cache=True)
+
+
+def left_padded(model, lengths=(5, 12, 8)):
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, width - n:] = torch.randint(1, model.config.vocab_size, (n,))
+        mask[i, width - n:] = 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("plan", list(PLANS))
+def test_static_cache_generates_the_dynamic_caches_tokens_with_left_padding(plan):
+    model = hybrid(plan=plan)
+    ids, mask = left_padded(model)
+    dynamic = model.generate(ids, attention_mask=mask, max_new_tokens=7, do_sample=False)
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=7, do_sample=False,
+                         cache_implementation="static", return_dict_in_generate=True)
+    assert torch.equal(out.sequences, dynamic)
+    cache = out.past_key_values
+    assert isinstance(cache, hydrahead.HybridHeadCache) and cache.is_static
+    assert int(cache.get_seq_length()) == ids.shape[1] + 6  # the last token is never fed back
+
+
+def test_compiled_decode_step_gives_the_eager_tokens_in_one_graph():
+    """fullgraph=True: the whole decode step is captured (no graph break), and one graph serves every
+    step (no recompilation). The eager backend checks the capture without paying for code generation."""
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig
+
+    model = hybrid()
+    ids, mask = left_padded(model)
+    eager = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    config = CompileConfig(fullgraph=True, backend="eager", mode=None, dynamic=False)
+    config._compile_all_devices = True  # transformers compiles on GPUs only unless told
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                              cache_implementation="static", compile_config=config)
+    assert torch.equal(compiled, eager)
+    assert counters["stats"]["unique_graphs"] == 1
+    torch._dynamo.reset()
+
+
+def test_static_cache_overflow_is_a_clear_error():
+    model = hybrid()
+    cache = hydrahead.HybridHeadCache(model.config, max_cache_len=8)
+    with torch.no_grad():
+        model(torch.ones(1, 6, dtype=torch.long), past_key_values=cache, use_cache=True)
+        with pytest.raises(hydrahead.CacheError, match="holds 8 tokens"):
+            model(torch.ones(1, 3, dtype=torch.long), past_key_values=cache, use_cache=True)
+
+
+@pytest.mark.parametrize("max_cache_len", [None, 32])
+def test_cache_bytes_are_what_the_footprint_says(max_cache_len):
+    from hydrahead.models.footprint import footprint
+
+    model = hybrid()
+    B, T = 3, 10
+    cache = hydrahead.HybridHeadCache(model.config, max_cache_len=max_cache_len)
+    with torch.no_grad():
+        model(torch.randint(0, model.config.vocab_size, (B, T)), past_key_values=cache, use_cache=True)
+    expected = footprint(model)
+    held = cache.nbytes()
+    assert held["kv"] == B * (max_cache_len or T) * expected["kv_bytes_per_token"]
+    assert held["recurrent"] + held["conv"] == B * expected["state_bytes_per_sequence"]

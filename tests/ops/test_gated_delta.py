@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from transformers.models.qwen3_next import modeling_qwen3_next
 
-from hydrahead.ops import FlaNotInstalledError, GatedDeltaRuleError, gated_delta_rule
+from hydrahead.ops import FlaNotInstalledError, GatedDeltaRuleError, gated_delta_rule, gated_delta_rule_step
 from hydrahead.ops import gated_delta
 from hydrahead.ops.gated_delta.chunk import chunk_gated_delta_rule
 from hydrahead.ops.gated_delta.fla import fla_is_available, load_fla_kernels
@@ -181,6 +181,31 @@ def test_prefill_then_decode_matches_one_chunk_call(shape: Shape, prefill: int, 
 
     assert_close("o", torch.cat(outputs, dim=1), o_full, FP32_TOL)
     assert_close("final_state", state, state_full, FP32_TOL)
+
+
+@pytest.mark.parametrize("shape", [Shape(2, 12, 3, 16, 8), Shape(1, 5, 2, 8, 12)], ids=lambda s: s.id)
+def test_decode_step_matches_recurrent_and_keeps_the_state_in_place(shape: Shape) -> None:
+    inputs = make_inputs(shape, torch.float32, initial_state=True)
+    o_ref, state_ref = run(recurrent_gated_delta_rule, inputs)
+    state = inputs["initial_state"].clone()
+    address = state.data_ptr()
+    outputs = []
+    for t in range(shape.seq_len):
+        step = [inputs[name][:, t : t + 1] for name in ("q", "k", "v", "g", "beta")]
+        outputs.append(gated_delta_rule_step(*step, state))
+    assert state.data_ptr() == address
+    assert_close("o", torch.cat(outputs, dim=1), o_ref, FP32_TOL)
+    assert_close("state", state, state_ref, FP32_TOL)
+
+
+def test_decode_step_returns_v_dtype_and_keeps_an_fp32_state() -> None:
+    inputs = make_inputs(Shape(1, 1, 2, 8, 8), torch.bfloat16, initial_state=False)
+    state = torch.zeros(1, 2, 8, 8)
+    step = [inputs[name] for name in ("q", "k", "v", "g", "beta")]
+    o = gated_delta_rule_step(*step, state)
+    assert o.dtype == torch.bfloat16 and state.dtype == torch.float32
+    o_ref, state_ref = recurrent_gated_delta_rule(*step, initial_state=torch.zeros(1, 2, 8, 8), output_final_state=True)
+    assert_close("state", state, state_ref, FP32_TOL)
 
 
 # ---- Public API contract --------------------------------------------------------------------------------

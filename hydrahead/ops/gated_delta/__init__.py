@@ -22,6 +22,8 @@ Modes:
     "chunk"      `chunk.chunk_gated_delta_rule`: chunked PyTorch, autograd forward and backward (CPU, prefill).
     "fla"        `fla.fla_gated_delta_rule`: fla's Triton kernels, CUDA only, bf16/fp16 inputs.
     "auto"       fla on CUDA when it applies and is installed; else recurrent for T == 1, chunk otherwise.
+
+`gated_delta_rule_step` is the decode step of inference: one token, the state updated in place.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from hydrahead.errors import HydraHeadError
 
 from .chunk import chunk_gated_delta_rule
 from .fla import FLA_DTYPES, FlaNotInstalledError, fla_gated_delta_rule, fla_is_available
-from .naive import recurrent_gated_delta_rule
+from .naive import gated_delta_rule_step, recurrent_gated_delta_rule
 
 Mode = Literal["auto", "recurrent", "chunk", "fla"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -47,6 +49,7 @@ __all__ = [
     "chunk_gated_delta_rule",
     "fla_gated_delta_rule",
     "gated_delta_rule",
+    "gated_delta_rule_step",
     "recurrent_gated_delta_rule",
 ]
 

@@ -67,3 +67,34 @@ def recurrent_gated_delta_rule(
 
     o = torch.stack(outputs, dim=1)  # (B, T, H, Dv)
     return o.to(out_dtype), state if output_final_state else None
+
+
+def gated_delta_rule_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    g: torch.Tensor,
+    beta: torch.Tensor,
+    state: torch.Tensor,
+    *,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """One decode step (T == 1) that updates `state` (B, H, Dk, Dv) in place and returns o (B, 1, H, Dv).
+
+    The same arithmetic as one iteration of `recurrent_gated_delta_rule`, arranged so that nothing of the
+    state's size is allocated: decay in place, two batched matrix-vector products (S^T k, then S^T q)
+    and one in-place rank-1 update. The state keeps its address, so a captured decode graph can reuse it.
+    Not differentiable (the state is overwritten); for inference only.
+    """
+    batch, _, heads, dk = k.shape
+    dv = v.shape[-1]
+    dtype = state.dtype
+    scale = dk**-0.5 if scale is None else scale
+    q_t, k_t, v_t = (x[:, 0].to(dtype).reshape(batch * heads, 1, -1) for x in (q, k, v))  # (BH, 1, D)
+    flat = state.view(batch * heads, dk, dv)  # (BH, Dk, Dv), shares storage with state
+    flat.mul_(g[:, 0].to(dtype).exp().reshape(-1, 1, 1))  # S' = a S
+    predicted = torch.bmm(k_t, flat)  # (BH, 1, Dv): S'^T k
+    delta = (v_t - predicted) * beta[:, 0].to(dtype).reshape(-1, 1, 1)  # (BH, 1, Dv)
+    flat.baddbmm_(k_t.transpose(1, 2), delta)  # S = S' + k delta^T
+    o = torch.bmm(q_t, flat).mul_(scale)  # (BH, 1, Dv): S^T q
+    return o.view(batch, 1, heads, dv).to(v.dtype)

@@ -1,0 +1,196 @@
+"""The hybrid cache: per layer, K/V of the FA branch's KV heads plus the GDN recurrent and conv state.
+
+Built on transformers' own hybrid cache layers (`LinearAttentionAndFullAttentionLayer` for the dynamic
+cache, `LinearAttentionAndStaticFullAttentionLayer` for the static one), so `generate`, beam reordering,
+offloading and `cache_implementation="static"` keep working.
+
+The layers of a hybrid talk to their cache layer through one small protocol, defined here and nowhere
+else (`HybridStateMixin`): `conv_window` (the short conv's left context), `recurrent_state` /
+`store_recurrent_state` (the GDN state) and `advance` (count the tokens of a forward). Each layer counts
+its own tokens because a layer may have no FA heads, so no keys to measure the length by, while
+transformers derives positions and mask sizes from layer 0's length.
+
+The static cache preallocates every buffer once and only ever writes into it in place (K/V by
+`index_copy_`, states by `copy_`, the token counter by `add_`), so a decode step reads and writes fixed
+addresses: what `torch.compile` and CUDA graphs need.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.cache_utils import (
+    Cache,
+    DynamicCache,
+    LinearAttentionAndFullAttentionLayer,
+    LinearAttentionAndStaticFullAttentionLayer,
+)
+from transformers.utils import is_torchdynamo_compiling
+
+from hydrahead.errors import CacheError
+from hydrahead.models.families import FAMILIES
+
+
+class HybridStateMixin:
+    """The cache protocol of a hybrid layer (mixed into both cache layer kinds)."""
+
+    def conv_window(self, x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+        """x: (B, C, T) new conv inputs -> (B, C, kernel_size - 1 + T): the inputs the causal conv sees,
+        zeros before the first token. Keeps the last kernel_size - 1 inputs for the next call."""
+        keep = kernel_size - 1
+        if not self.has_previous_state[0]:
+            window = F.pad(x, (keep, 0))
+            if not self.is_conv_states_initialized[0]:
+                self.conv_states[0] = self._static_buffer(window[..., window.shape[-1] - keep :])
+                self.conv_kernel_size[0] = kernel_size
+                self.is_conv_states_initialized[0] = True
+            else:
+                self.conv_states[0].copy_(window[..., window.shape[-1] - keep :])
+            self.has_previous_state[0] = True
+            return window
+        window = torch.cat([self.conv_states[0], x], dim=-1)
+        self.conv_states[0].copy_(window[..., window.shape[-1] - keep :])
+        return window
+
+    def recurrent_state(self) -> torch.Tensor | None:
+        """The GDN state (B, H, Dk, Dv) after the tokens seen so far, or None before the first."""
+        return self.recurrent_states[0] if self.is_recurrent_states_initialized[0] else None
+
+    def store_recurrent_state(self, state: torch.Tensor) -> None:
+        """Keep `state` as the GDN state; a no-op when it already is the cached tensor (updated in place)."""
+        if not self.is_recurrent_states_initialized[0]:
+            self.recurrent_states[0] = self._static_buffer(state)
+            self.is_recurrent_states_initialized[0] = True
+        elif state is not self.recurrent_states[0]:
+            self.recurrent_states[0].copy_(state)
+
+    @staticmethod
+    def _static_buffer(x: torch.Tensor) -> torch.Tensor:
+        buffer = x.detach().clone(memory_format=torch.contiguous_format)
+        if not is_torchdynamo_compiling():
+            torch._dynamo.mark_static_address(buffer)
+        return buffer
+
+    def _map_states(self, fn) -> None:
+        for i in range(self.number_of_states):
+            if self.is_conv_states_initialized[i]:
+                self.conv_states[i] = fn(self.conv_states[i])
+            if self.is_recurrent_states_initialized[i]:
+                self.recurrent_states[i] = fn(self.recurrent_states[i])
+
+
+class HybridHeadLayer(HybridStateMixin, LinearAttentionAndFullAttentionLayer):
+    """Dynamic cache layer: K/V grow by concatenation (transformers' `DynamicLayer`)."""
+
+    def __init__(self) -> None:
+        super().__init__(number_of_states=1)
+        self.seen_tokens = 0
+
+    def advance(self, num_tokens: int) -> None:
+        self.seen_tokens += num_tokens
+
+    def get_seq_length(self) -> int:
+        return self.seen_tokens
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.seen_tokens + query_length, 0
+
+    def reset(self) -> None:
+        super().reset()
+        self.seen_tokens = 0
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self._map_states(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self._map_states(lambda t: t[indices])
+
+
+class HybridHeadStaticLayer(HybridStateMixin, LinearAttentionAndStaticFullAttentionLayer):
+    """Static cache layer: K/V preallocated for `max_cache_len` tokens, written in place.
+
+    `cumulative_length` (a 0-dim tensor with a static address) counts the tokens of every forward, FA heads
+    or not; `update` writes K/V at that offset without moving it, `advance` moves it once per forward.
+    """
+
+    def __init__(self, max_cache_len: int) -> None:
+        super().__init__(max_cache_len, number_of_states=1)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length = key_states.shape[-2]
+        if not is_torchdynamo_compiling() and int(self.cumulative_length) + length > self.max_cache_len:
+            raise CacheError(
+                f"the static cache holds {self.max_cache_len} tokens; writing {length} more after "
+                f"{int(self.cumulative_length)} overflows it (make the cache larger: max_cache_len)"
+            )
+        positions = torch.arange(length, device=self.keys.device) + self.cumulative_length.to(self.keys.device)
+        self.keys.index_copy_(2, positions, key_states)
+        self.values.index_copy_(2, positions, value_states)
+        return self.keys, self.values
+
+    def advance(self, num_tokens: int) -> None:
+        self.cumulative_length.add_(num_tokens)
+
+    def get_seq_length(self) -> torch.Tensor:
+        return self.cumulative_length
+
+    def to_device(self, device: torch.device) -> None:
+        """Put the token counter where the model runs (before the first forward)."""
+        if self.cumulative_length.device != device:
+            self.cumulative_length = self.cumulative_length.to(device)
+            torch._dynamo.mark_static_address(self.cumulative_length)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise CacheError("a static hybrid cache has a fixed batch size; use the dynamic cache for this search")
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        raise CacheError("a static hybrid cache has a fixed batch size; use the dynamic cache for this search")
+
+
+class HybridHeadCache(DynamicCache):
+    """One hybrid cache layer per decoder layer of `config`.
+
+    Dynamic by default. With `max_cache_len`, static: FA K/V preallocated for that many tokens (what
+    `generate(..., cache_implementation="static")` builds), for `torch.compile` and CUDA graphs.
+    """
+
+    def __init__(self, config, max_cache_len: int | None = None, device: torch.device | str | None = None) -> None:
+        if max_cache_len is None:
+            layers = [HybridHeadLayer() for _ in range(config.num_hidden_layers)]
+        else:
+            family = FAMILIES.get(str(getattr(config, "model_type", "")).removeprefix("hydrahead_"))
+            if family is not None and any(family.sliding_window(config, i) for i in range(config.num_hidden_layers)):
+                raise CacheError(
+                    "the static hybrid cache does not support sliding-window attention yet; "
+                    "use the dynamic cache (the default)"
+                )
+            layers = [HybridHeadStaticLayer(max_cache_len) for _ in range(config.num_hidden_layers)]
+        Cache.__init__(self, layers=layers)
+        if device is not None:
+            self.to_device(torch.device(device))
+
+    @property
+    def is_static(self) -> bool:
+        return isinstance(self.layers[0], HybridHeadStaticLayer)
+
+    def to_device(self, device: torch.device) -> None:
+        for layer in self.layers:
+            if isinstance(layer, HybridHeadStaticLayer):
+                layer.to_device(device)
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes held now: {'kv': ..., 'recurrent': ..., 'conv': ...} (a static cache's K/V at full size)."""
+        total = {"kv": 0, "recurrent": 0, "conv": 0}
+        for layer in self.layers:
+            if layer.is_initialized:
+                total["kv"] += layer.keys.nbytes + layer.values.nbytes
+            for i in range(layer.number_of_states):
+                if layer.is_recurrent_states_initialized[i]:
+                    total["recurrent"] += layer.recurrent_states[i].nbytes
+                if layer.is_conv_states_initialized[i]:
+                    total["conv"] += layer.conv_states[i].nbytes
+        return total

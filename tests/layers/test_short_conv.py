@@ -1,0 +1,29 @@
+"""The short conv's decode step (one token over the cached window) equals the convolution of the whole sequence."""
+
+import torch
+
+import hydrahead
+from hydrahead.layers.short_conv import ShortConv
+from tests.conftest import make_teacher
+
+
+def test_token_by_token_with_a_cache_equals_one_call():
+    conv = ShortConv(6, 4)
+    with torch.no_grad():
+        conv.weight.normal_()
+    x = torch.randn(2, 11, 6)
+    full = conv(x)
+    cache = hydrahead.HybridHeadCache(make_teacher().config).layers[0]
+    pieces = [conv(x[:, :3], cache)] + [conv(x[:, t : t + 1], cache) for t in range(3, 11)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=1e-6, atol=1e-6)
+    assert cache.conv_states[0].shape == (2, 6, 3)  # the last K - 1 inputs
+
+
+def test_a_prompt_shorter_than_the_kernel_pads_with_zeros():
+    conv = ShortConv(4, 4)
+    with torch.no_grad():
+        conv.weight.normal_()
+    x = torch.randn(1, 5, 4)
+    cache = hydrahead.HybridHeadCache(make_teacher().config).layers[0]
+    pieces = [conv(x[:, :1], cache)] + [conv(x[:, t : t + 1], cache) for t in range(1, 5)]
+    torch.testing.assert_close(torch.cat(pieces, dim=1), conv(x), rtol=1e-6, atol=1e-6)
