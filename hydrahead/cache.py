@@ -35,21 +35,21 @@ class HybridStateMixin:
     """The cache protocol of a hybrid layer (mixed into both cache layer kinds)."""
 
     def conv_window(self, x: torch.Tensor, kernel_size: int) -> torch.Tensor:
-        """x: (B, C, T) new conv inputs -> (B, C, kernel_size - 1 + T): the inputs the causal conv sees,
-        zeros before the first token. Keeps the last kernel_size - 1 inputs for the next call."""
+        """x: (B, T, C) new conv inputs -> (B, kernel_size - 1 + T, C): the inputs the causal conv sees,
+        zeros before the first token. Keeps the last kernel_size - 1 inputs (B, kernel_size - 1, C)."""
         keep = kernel_size - 1
         if not self.has_previous_state[0]:
-            window = F.pad(x, (keep, 0))
+            window = F.pad(x, (0, 0, keep, 0))
             if not self.is_conv_states_initialized[0]:
-                self.conv_states[0] = self._static_buffer(window[..., window.shape[-1] - keep :])
+                self.conv_states[0] = self._static_buffer(window[:, window.shape[1] - keep :])
                 self.conv_kernel_size[0] = kernel_size
                 self.is_conv_states_initialized[0] = True
             else:
-                self.conv_states[0].copy_(window[..., window.shape[-1] - keep :])
+                self.conv_states[0].copy_(window[:, window.shape[1] - keep :])
             self.has_previous_state[0] = True
             return window
-        window = torch.cat([self.conv_states[0], x], dim=-1)
-        self.conv_states[0].copy_(window[..., window.shape[-1] - keep :])
+        window = torch.cat([self.conv_states[0], x], dim=1)
+        self.conv_states[0].copy_(window[:, window.shape[1] - keep :])
         return window
 
     def recurrent_state(self) -> torch.Tensor | None:

@@ -32,6 +32,9 @@ class HybridOptions:
     """RoPE on the q, k of GDN heads."""
     conv_size: int = 4
     """Depthwise causal short-conv kernel on GDN q, k, v (0 = off); starts as identity."""
+    gdn_shared_kv: bool = False
+    """GDN heads of one GQA group share that group's k/v projection, as the teacher's heads did (fewer
+    parameters and projection FLOPs); False: every GDN head gets its own copy of its group's k/v rows."""
     fusion: str = "none"
     """"scale_norm": per-branch RMSNorm then a learnable gain per head (paper Eq. 13-14); "none": plain concat."""
 

@@ -41,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from hydrahead.errors import HydraHeadError
+    from hydrahead.utils.memory import keep_freed_memory
 
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # large CPU tensors reuse freed memory instead of page-faulting (utils/memory.py)
     try:
         return int(args._run(args) or 0)
     except HydraHeadError as err:

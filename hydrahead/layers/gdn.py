@@ -1,6 +1,7 @@
 """The Gated DeltaNet branch of a hybrid layer: the query heads that are not full attention.
 
-Per head: q, k, v from the teacher's rows of that head (k, v from its KV group, so GQA becomes MHA),
+Per head: q, k, v from the teacher's rows of that head (k, v from its KV group: by default a copy per head,
+so GQA becomes MHA; with `kv_of_head`, one k/v projection per KV group, shared by its heads as in the teacher),
 a short causal conv + SiLU, the teacher's q/k norm where the family has one, RoPE (optional), L2-norm
 of q and k, then the gated delta rule with beta = sigmoid(x W_b) and log-decay
 g = -exp(A_log) * softplus(x W_a + dt_bias) (the Qwen3-Next / fla parametrisation).
@@ -36,14 +37,18 @@ class GatedDeltaNetBranch(nn.Module):
         eps: float,
         conv_size: int,
         rope: bool,
+        kv_of_head: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.num_heads, self.head_dim, self.rope = num_heads, head_dim, rope
-        width = num_heads * head_dim
+        # kv_of_head[h]: the shared k/v head that GDN head h reads; None: each head has its own k/v.
+        self.kv_of_head = tuple(kv_of_head) if kv_of_head is not None else None
+        self.num_kv_heads = num_heads if kv_of_head is None else max(kv_of_head) + 1
+        width, kv_width = num_heads * head_dim, self.num_kv_heads * head_dim
         self.q_proj = nn.Linear(hidden_size, width, bias=qkv_bias)
-        self.k_proj = nn.Linear(hidden_size, width, bias=qkv_bias)
-        self.v_proj = nn.Linear(hidden_size, width, bias=qkv_bias)
-        self.conv = ShortConv(3 * width, conv_size) if conv_size else None
+        self.k_proj = nn.Linear(hidden_size, kv_width, bias=qkv_bias)
+        self.v_proj = nn.Linear(hidden_size, kv_width, bias=qkv_bias)
+        self.conv = ShortConv(width + 2 * kv_width, conv_size) if conv_size else None
         self.q_norm = RMSNorm(head_dim, eps) if qk_norm else None
         self.k_norm = RMSNorm(head_dim, eps) if qk_norm else None
         self.a_proj = nn.Linear(hidden_size, num_heads, bias=False)
@@ -81,13 +86,18 @@ class GatedDeltaNetBranch(nn.Module):
             qkv = qkv * padding_mask[..., None].to(qkv.dtype)
         if self.conv is not None:
             qkv = self.conv(qkv, cache_layer)
-        q, k, v = qkv.view(B, T, 3, H, D).unbind(2)  # each (B, T, H, D)
+        Hkv = self.num_kv_heads
+        q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q, k, v = q.view(B, T, H, D), k.view(B, T, Hkv, D), v.view(B, T, Hkv, D)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rope:
             cos, sin = position_embeddings
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
         q, k = _l2norm(q), _l2norm(k)
+        if self.kv_of_head is not None:  # one k/v per GQA group -> one per head (each head has its own state)
+            index = torch.tensor(self.kv_of_head, device=x.device)
+            k, v = k.index_select(2, index), v.index_select(2, index)  # (B, T, H, D)
 
         beta = torch.sigmoid(self.b_proj(x).float())  # (B, T, H)
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())  # (B, T, H)

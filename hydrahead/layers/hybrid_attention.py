@@ -55,6 +55,7 @@ class HybridAttention(nn.Module):
             GatedDeltaNetBranch(
                 config.hidden_size, len(self.la_heads), D,
                 qkv_bias=qkv_bias, qk_norm=qk_norm, eps=eps, conv_size=options.conv_size, rope=options.gdn_rope,
+                kv_of_head=self.gdn_kv_of_head(group_size) if options.gdn_shared_kv else None,
             )
             if self.la_heads
             else None
@@ -63,6 +64,11 @@ class HybridAttention(nn.Module):
         self.fa_norm = BranchNorm(len(self.fa_heads), D, eps) if scale_norm and self.fa_heads else None
         self.gdn_norm = BranchNorm(len(self.la_heads), D, eps) if scale_norm and self.la_heads else None
         self.o_proj = nn.Linear(H * D, config.hidden_size, bias=o_bias)
+
+    def gdn_kv_of_head(self, group_size: int) -> tuple[int, ...]:
+        """For each GDN head, its index among the GDN branch's shared KV heads (its GQA groups, sorted)."""
+        groups = sorted({h // group_size for h in self.la_heads})
+        return tuple(groups.index(h // group_size) for h in self.la_heads)
 
     @property
     def head_order(self) -> tuple[int, ...]:

@@ -66,7 +66,8 @@ def _load_layer(dst: HybridAttention, src: nn.Module, head_rms: torch.Tensor, gr
     for branch, heads in branches:
         if branch is None:
             continue
-        kv_rows = sorted({h // group_size for h in heads}) if branch is dst.fa else [h // group_size for h in heads]
+        shared = branch is dst.fa or branch.kv_of_head is not None  # one k/v per KV group, else one per head
+        kv_rows = sorted({h // group_size for h in heads}) if shared else [h // group_size for h in heads]
         _load_linear(branch.q_proj, src.q_proj, heads, D)
         _load_linear(branch.k_proj, src.k_proj, kv_rows, D)
         _load_linear(branch.v_proj, src.v_proj, kv_rows, D)

@@ -19,10 +19,14 @@ def footprint(model: Any) -> dict[str, Any]:
     itemsize = next(model.parameters()).element_size()
     kv_per_token = kv_bytes_per_token(config, sum(plan.fa_kv_heads_per_layer), itemsize)
     teacher_kv = kv_bytes_per_token(config, plan.num_layers * plan.num_kv_heads, itemsize)
-    conv = model.hydrahead_options.conv_size
-    la_heads = sum(len(plan.la_heads(i)) for i in range(plan.num_layers))
-    # fp32 recurrent state (D x D per GDN head) plus the last conv_size - 1 inputs of q, k, v in the model dtype
-    state = la_heads * (D * D * 4 + (3 * D * (conv - 1) * itemsize if conv else 0))
+    options = model.hydrahead_options
+    conv = options.conv_size
+    state = 0
+    for i in range(plan.num_layers):
+        la = plan.la_heads(i)
+        kv = len({h // plan.group_size for h in la}) if options.gdn_shared_kv else len(la)
+        # fp32 recurrent state (D x D per GDN head) plus the last conv_size - 1 inputs of q, k, v in the model dtype
+        state += len(la) * D * D * 4 + ((len(la) + 2 * kv) * D * (conv - 1) * itemsize if conv else 0)
     with torch.device("meta"):
         teacher = model.family.causal_lm_class(config)
     teacher_params = sum(p.numel() for p in teacher.parameters())

@@ -116,3 +116,26 @@ def test_permuted_layout_equals_teacher_head_order():
         position_embeddings = model.model.rotary_emb(h, torch.arange(15)[None])
         got, _ = attn(h, position_embeddings, attention_mask=None)
     torch.testing.assert_close(got, layer0, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", ["exact", "paper"])
+def test_shared_gdn_kv_computes_what_per_head_copies_compute(family, preset):
+    """At conversion every per-head k/v copy equals its group's rows, so sharing them changes nothing but
+    the parameter count (layer 0 splits group 0 between FA and GDN, layer 1 has a whole group FA)."""
+    teacher = make_teacher(family)
+    cfg = teacher.config
+    plan = HeadPlan(((1,), (2, 3)), cfg.num_attention_heads, cfg.num_key_value_heads)
+    copies = hydrahead.convert(teacher, plan, HybridOptions.preset(preset)).eval()
+    shared = hydrahead.convert(teacher, plan, HybridOptions.preset(preset, gdn_shared_kv=True)).eval()
+    ids = torch.randint(0, cfg.vocab_size, (2, 21))
+    with torch.no_grad():
+        torch.testing.assert_close(shared(ids).logits, copies(ids).logits, rtol=1e-5, atol=1e-5)
+    gdn = shared.model.layers[0].self_attn.gdn
+    assert gdn.kv_of_head == (0, 1, 1) and gdn.k_proj.out_features == 2 * cfg.head_dim  # heads 0 | 2, 3
+    # each layer's GDN heads span one group fewer than they are heads: k and v lose one head's rows
+    # (weights, biases) and the conv loses those channels
+    D, K = cfg.head_dim, shared.hydrahead_options.conv_size
+    bias = D if gdn.k_proj.bias is not None else 0
+    per_layer = 2 * (D * cfg.hidden_size + bias + D * K)
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert params(copies) - params(shared) == cfg.num_hidden_layers * per_layer

@@ -14,11 +14,11 @@ PLANS = {
 }
 
 
-def hybrid(family="qwen3", plan="mixed", preset="paper"):
+def hybrid(family="qwen3", plan="mixed", preset="paper", **options):
     teacher = make_teacher(family)
     cfg = teacher.config
     model = hydrahead.convert(teacher, HeadPlan(PLANS[plan], cfg.num_attention_heads, cfg.num_key_value_heads),
-                              HybridOptions.preset(preset, train_length=8)).eval()
+                              HybridOptions.preset(preset, train_length=8, **options)).eval()
     # Random weights emit any token; an EOS would end generation early and hide the comparison.
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
@@ -112,6 +112,13 @@ def left_padded(model, lengths=(5, 12, 8)):
     return ids, mask
 
 
+def test_shared_kv_generation_equals_recomputation():
+    model = hybrid(gdn_shared_kv=True)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    out = model.generate(ids, max_new_tokens=6, do_sample=False, cache_implementation="static")
+    assert torch.equal(out, greedy_by_recomputation(model, ids, 6))
+
+
 @pytest.mark.parametrize("plan", list(PLANS))
 def test_static_cache_generates_the_dynamic_caches_tokens_with_left_padding(plan):
     model = hybrid(plan=plan)
@@ -154,11 +161,12 @@ def test_static_cache_overflow_is_a_clear_error():
             model(torch.ones(1, 3, dtype=torch.long), past_key_values=cache, use_cache=True)
 
 
+@pytest.mark.parametrize("shared_kv", [False, True], ids=["kv-per-head", "kv-shared"])
 @pytest.mark.parametrize("max_cache_len", [None, 32])
-def test_cache_bytes_are_what_the_footprint_says(max_cache_len):
+def test_cache_bytes_are_what_the_footprint_says(max_cache_len, shared_kv):
     from hydrahead.models.footprint import footprint
 
-    model = hybrid()
+    model = hybrid(gdn_shared_kv=shared_kv)
     B, T = 3, 10
     cache = hydrahead.HybridHeadCache(model.config, max_cache_len=max_cache_len)
     with torch.no_grad():

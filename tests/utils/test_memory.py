@@ -1,0 +1,21 @@
+"""keep_freed_memory: applied on Linux with glibc, skipped when the user opts out."""
+
+import ctypes.util
+import subprocess
+import sys
+
+import pytest
+
+from hydrahead.utils.memory import keep_freed_memory
+
+
+def test_opt_out_keeps_the_system_allocator(monkeypatch):
+    monkeypatch.setenv("HYDRAHEAD_SYSTEM_MALLOC", "1")
+    assert keep_freed_memory() is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or ctypes.util.find_library("c") is None, reason="glibc only")
+def test_applies_on_glibc_in_a_fresh_process():
+    code = "from hydrahead.utils.memory import keep_freed_memory; print(keep_freed_memory())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
