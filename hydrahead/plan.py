@@ -74,11 +74,11 @@ def _check_scores_shape(rows: list[list[float]], num_kv_heads: int, config: Any 
 
 
 def _model_shape(config: Any) -> tuple[int, int, int]:
-    """(layers, query heads, KV heads) of a transformers config."""
-    layers = int(config.num_hidden_layers)
-    heads = int(config.num_attention_heads)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    return layers, heads, kv_heads
+    """(layers, query heads, KV heads) of a config, a config.json dict or a `ModelShape`."""
+    from hydrahead.models.shape import ModelShape
+
+    shape = ModelShape.from_config(config)
+    return shape.layers, shape.heads, shape.kv_heads
 
 
 @dataclass(frozen=True)

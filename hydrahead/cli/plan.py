@@ -30,20 +30,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _shape_config(args: argparse.Namespace, scores):
-    """The model config (from --model) or a stand-in with the shape of --scores."""
-    from types import SimpleNamespace
-
+    """The model shape (from --model's config.json, else from --scores)."""
     from hydrahead.errors import PlanError
     from hydrahead.models.io import read_config
+    from hydrahead.models.shape import ModelShape
 
     if args.model:
-        data = read_config(args.model)
-        return SimpleNamespace(num_hidden_layers=data["num_hidden_layers"], num_attention_heads=data["num_attention_heads"],
-                               num_key_value_heads=data.get("num_key_value_heads") or data["num_attention_heads"])
+        return ModelShape.from_config(read_config(args.model))
     if scores is None:
         raise PlanError(f"--baseline {args.baseline} needs --model (or --scores) for the model shape")
-    return SimpleNamespace(num_hidden_layers=scores.num_layers, num_attention_heads=scores.num_heads,
-                           num_key_value_heads=scores.num_kv_heads)
+    return scores.shape
 
 
 def run(args: argparse.Namespace) -> int:

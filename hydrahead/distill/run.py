@@ -15,7 +15,6 @@ import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -31,6 +30,7 @@ from hydrahead.distill.metrics import MetricsLog
 from hydrahead.distill.recipe import STAGE_NAMES, Recipe
 from hydrahead.distill.stages import STAGES, Stage
 from hydrahead.distill.trainer import StepCallback, Trainer
+from hydrahead.models.shape import ModelShape
 
 FINAL = "final"
 
@@ -74,7 +74,7 @@ def _run(recipe: Recipe, env: DistEnv, resume: bool, callbacks, evaluators) -> P
     eval_files = resolve_files(recipe.data.eval_files, "data.eval_files") if recipe.data.eval_files else []
     plan = HeadPlan.from_json(recipe.plan)
     teacher_config = read_config(recipe.teacher)
-    plan.validate(SimpleNamespace(**teacher_config))  # before loading any weights
+    plan.validate(ModelShape.from_config(teacher_config))  # before loading any weights
     if recipe.training.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise RecipeError("training.tensorboard is true but the tensorboard package is not installed "
                           "(pip install tensorboard), or set it to false")

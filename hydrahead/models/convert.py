@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from hydrahead.layers.hybrid_attention import HybridAttention
-from hydrahead.models.families import family_of, head_dim
+from hydrahead.models.families import family_of
+from hydrahead.models.shape import head_dim
+from hydrahead.models.heads import HeadHooks
 from hydrahead.models.hybrid import HYBRID_CLASSES
 from hydrahead.options import HybridOptions
 from hydrahead.plan import HeadPlan
@@ -26,24 +28,11 @@ CALIBRATION_SHAPE = (2, 128)  # random tokens used when no calibration batch is 
 @torch.no_grad()
 def teacher_head_rms(teacher: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """Per-layer, per-head RMS of the teacher's attention output (the input of o_proj): (layers, heads)."""
-    config = teacher.config
-    H, D = config.num_attention_heads, head_dim(config)
-    rms = torch.zeros(config.num_hidden_layers, H)
-
-    def hook(layer: int):
-        def record(module, args):
-            o = args[0].float().view(*args[0].shape[:-1], H, D)  # (B, T, H, D)
-            rms[layer] = o.pow(2).mean(dim=(0, 1, 3)).sqrt().cpu()
-        return record
-
-    layers = teacher.model.layers
-    handles = [layers[i].self_attn.o_proj.register_forward_pre_hook(hook(i)) for i in range(len(layers))]
-    try:
+    with HeadHooks(teacher) as hooks:
+        hooks.capture = {}
         teacher(input_ids=input_ids.to(teacher.device), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return rms
+        return torch.stack([hooks.capture[i].float().pow(2).mean(dim=(0, 1, 3)).sqrt().cpu()
+                            for i in range(len(hooks.attn))])
 
 
 def _rows(weight: torch.Tensor | None, heads: list[int], D: int) -> torch.Tensor | None:

@@ -70,5 +70,3 @@ def family_of(model: Any) -> Family:
     )
 
 
-def head_dim(config: Any) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

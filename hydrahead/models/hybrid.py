@@ -16,7 +16,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, StaticCache
 from hydrahead.errors import CacheError, CheckpointError
 from hydrahead.layers.hybrid_attention import HybridAttention
 from hydrahead.cache import HybridHeadCache
-from hydrahead.models.families import FAMILIES, Family, head_dim
+from hydrahead.models.families import FAMILIES, Family
+from hydrahead.models.shape import head_dim
 from hydrahead.options import HybridOptions
 from hydrahead.plan import HeadPlan
 

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from hydrahead.scoring.errors import ScoringError
-from hydrahead.scoring.hooks import HeadHooks, attention_layers
+from hydrahead.models.heads import HeadHooks
+from hydrahead.models.shape import ModelShape
 from hydrahead.scoring.probes import Probe
 
 ABLATION_MODES = ("mean", "zero")
@@ -63,13 +64,13 @@ def head_means(model: nn.Module, reference: torch.Tensor | Sequence[torch.Tensor
 
 
 def _check_heads(model: nn.Module, heads: Iterable[tuple[int, int]]) -> dict[int, list[int]]:
-    layers = len(attention_layers(model))
-    num_heads = int(model.config.num_attention_heads)
+    shape = ModelShape.from_config(model.config)
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         layer, head = int(layer), int(head)
-        if not (0 <= layer < layers and 0 <= head < num_heads):
-            raise ScoringError(f"head ({layer}, {head}) does not exist: the model has {layers} layers x {num_heads} heads")
+        if not (0 <= layer < shape.layers and 0 <= head < shape.heads):
+            raise ScoringError(f"head ({layer}, {head}) does not exist: the model has {shape.layers} layers x "
+                               f"{shape.heads} heads")
         by_layer.setdefault(layer, []).append(head)
     return by_layer
 
@@ -94,27 +95,9 @@ def ablate(
         if reference is None:
             raise ScoringError("mean ablation needs `reference` inputs (or precomputed `means`); use mode='zero' otherwise")
         means = head_means(model, reference)
-    num_heads = int(model.config.num_attention_heads)
-    handles = []
-
-    def hook(layer: int, idx: list[int]):
-        def pre_hook(module: nn.Module, args: tuple[torch.Tensor, ...]):
-            x = args[0]
-            B, T, _ = x.shape
-            out = x.view(B, T, num_heads, -1).clone()  # (B, T, H, D)
-            if mode == "zero":
-                out[:, :, idx] = 0
-            else:
-                out[:, :, idx] = means[layer][idx].to(out.dtype)  # (k, D) broadcast over (B, T)
-            return (out.reshape(B, T, -1), *args[1:])
-
-        return pre_hook
-
-    attn = attention_layers(model)
-    try:
+    with HeadHooks(model) as hooks:
         for layer, idx in by_layer.items():
-            handles.append(attn[layer].o_proj.register_forward_pre_hook(hook(layer, sorted(set(idx)))))
+            idx = sorted(set(idx))
+            values = means[layer][idx] if mode == "mean" else torch.zeros(len(idx), hooks.head_dim)
+            hooks.overwrites[layer] = (idx, values.to(next(model.parameters()).device))
         yield model
-    finally:
-        for handle in handles:
-            handle.remove()

@@ -3,7 +3,7 @@
 Receiver score (Eq. 10). IE_recv(l, h) = (m(x) - m(x; O_lh <- O_lh(x'))) / (m(x) - m(x')): the clean run
 with head (l, h)'s output (at every position) replaced by its output on the corrupted prompt, attention
 patterns frozen to the clean run (attention.py says how). Heads are not patched one forward each: the
-clean sequence is replicated up to `batch_size` times along the batch, row i patches head i (hooks.py),
+clean sequence is replicated up to `batch_size` times along the batch, row i patches head i (models/heads.py),
 and since a batch holds heads of one layer it starts from the clean run's residual stream at that layer
 (runner.py) instead of the embeddings.
 
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from hydrahead.scoring.combine import THRESHOLD, capability_scores, combine, top_heads
 from hydrahead.scoring.errors import ScoringError
-from hydrahead.scoring.hooks import HeadPatch
+from hydrahead.models.heads import HeadPatch
 from hydrahead.scoring.probes import Probe
 from hydrahead.scoring.readout import indirect_effect
 from hydrahead.scoring.runner import RunRecord, Runner

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from hydrahead.scoring.attention import AttentionControl, scoring_attention_enabled
-from hydrahead.scoring.hooks import HeadHooks, HeadPatch
+from hydrahead.models.heads import HeadHooks, HeadPatch
+from hydrahead.models.shape import ModelShape
 from hydrahead.scoring.probes import Probe
 from hydrahead.scoring.readout import LAMBDA, logit_margin
 
@@ -57,7 +58,7 @@ class Runner:
         self.layers = list(model.model.layers)
         self.num_layers = len(self.layers)
         self.num_heads = self.hooks.num_heads
-        self.num_kv_heads = int(getattr(model.config, "num_key_value_heads", None) or self.num_heads)
+        self.num_kv_heads = ModelShape.from_config(model.config).kv_heads
         self.head_dim = self.hooks.head_dim
         self.lam = lam
         self.stats = RunStats()

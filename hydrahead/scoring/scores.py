@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from hydrahead.models.shape import ModelShape
 from hydrahead.scoring.combine import top_heads
 from hydrahead.scoring.errors import ScoringError
 from hydrahead.utils.io import atomic_write, atomic_write_text, read_json
@@ -57,18 +58,19 @@ class HeadScores:
         return int(self.values.shape[1])
 
     @property
+    def shape(self) -> ModelShape:
+        """The model shape these scores are for (no head_dim: scores do not record it)."""
+        return ModelShape(self.num_layers, self.num_heads, self.num_kv_heads)
+
+    @property
     def group_size(self) -> int:
         return self.num_heads // self.num_kv_heads
 
     def check_config(self, config: Any, error: type[Exception] = ScoringError) -> HeadScores:
         """Raise `error` if these scores are for another model shape than `config`; return self."""
-        layers, heads = int(config.num_hidden_layers), int(config.num_attention_heads)
-        kv = int(getattr(config, "num_key_value_heads", None) or heads)
-        if (layers, heads, kv) != (self.num_layers, self.num_heads, self.num_kv_heads):
-            raise error(
-                f"scores are for a model with {self.num_layers} layers x {self.num_heads} heads ({self.num_kv_heads} KV "
-                f"heads) but this model has {layers} layers x {heads} heads ({kv} KV heads)"
-            )
+        shape = ModelShape.from_config(config)
+        if not shape.same_heads(self.shape):
+            raise error(f"scores are for a model with {self.shape.describe()} but this model has {shape.describe()}")
         return self
 
     # ------------------------------------------------------------------------------------ rankings

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from hydrahead.scoring import ScoringError, ablate, head_means
-from hydrahead.scoring.hooks import HeadHooks
+from hydrahead.models.heads import HeadHooks
 from tests.conftest import make_teacher
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from hydrahead import UnsupportedModelError
 from hydrahead.scoring import ProbeConfig, ScoringError, build_probes, score_heads
-from hydrahead.scoring.hooks import HeadPatch
+from hydrahead.models.heads import HeadPatch
 from hydrahead.scoring.patching import receiver_effects, sender_effects
 from hydrahead.scoring.readout import indirect_effect, logit_margin
 from hydrahead.scoring.runner import Runner
@@ -141,5 +142,5 @@ def test_scoring_errors(probes):
         score_heads(model)
     with pytest.raises(ScoringError, match="does not tell clean from corrupted"):
         score_heads(model, probes=probes, min_delta=1e6)
-    with pytest.raises(ScoringError, match="scoring runs on the teacher"):
+    with pytest.raises(UnsupportedModelError, match="head outputs are read on the teacher"):
         score_heads(torch.nn.Linear(2, 2), probes=probes)

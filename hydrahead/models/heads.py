@@ -1,9 +1,9 @@
-"""Capture and patch per-head attention outputs: forward pre-hooks on each layer's `self_attn.o_proj`.
+"""Per-head attention outputs of a teacher: one forward pre-hook on each layer's `self_attn.o_proj`.
 
 A head's output is its slice of o_proj's input, (B, T, H*D) viewed as (B, T, H, D): the value-weighted
-sum the head writes before the output projection mixes heads. Every method here works on that tensor:
-patching replaces slices per batch row, attribution adds a zero leaf to take its gradient, ablation
-(ablate.py) overwrites slices with a constant.
+sum the head writes before the output projection mixes heads. `HeadHooks` is the one hook every user of
+head outputs goes through: conversion's calibration (`convert.teacher_head_rms`), patching and
+attribution (`scoring`), ablation (`scoring.ablate`).
 """
 
 from __future__ import annotations
@@ -15,17 +15,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from hydrahead.models.families import FAMILIES, head_dim
-from hydrahead.scoring.errors import ScoringError
+from hydrahead.errors import UnsupportedModelError
+from hydrahead.models.families import FAMILIES
+from hydrahead.models.shape import ModelShape
 
 
 def attention_layers(model: nn.Module) -> list[nn.Module]:
     """The `self_attn` modules of a supported teacher (Qwen3, Qwen2, Llama, Mistral causal LMs)."""
     if not any(type(model) is f.causal_lm_class for f in FAMILIES.values()):
         supported = ", ".join(f.causal_lm_class.__name__ for f in FAMILIES.values())
-        raise ScoringError(
-            f"cannot score heads of {type(model).__name__}: scoring runs on the teacher, one of {supported} "
-            "(a converted hybrid has no softmax head outputs left to patch)"
+        raise UnsupportedModelError(
+            f"cannot hook the heads of {type(model).__name__}: head outputs are read on the teacher, one of "
+            f"{supported} (a converted hybrid has no softmax head outputs left to patch)"
         )
     return [layer.self_attn for layer in model.model.layers]
 
@@ -54,18 +55,21 @@ class HeadPatch:
 class HeadHooks:
     """Pre-hooks on every o_proj, active inside `with HeadHooks(model) as hooks:`.
 
-    hooks.capture:  None, or a dict that receives layer -> head outputs (B, T, H, D) of each forward
-    hooks.patches:  layer -> HeadPatch applied before o_proj (cleared by the caller)
-    hooks.grad:     when True, each layer's head outputs get a zero leaf added; hooks.leaves[layer] then
-                    holds it, and d(readout)/d(leaf) is d(readout)/d(head outputs)
+    hooks.capture:    None, or a dict that receives layer -> head outputs (B, T, H, D) of each forward
+    hooks.patches:    layer -> HeadPatch applied before o_proj (cleared by the caller)
+    hooks.overwrites: layer -> (head indices (k,), values (k, D)): those heads output the constant value
+                      at every row and position (ablation; any T, so also token by token with a cache)
+    hooks.grad:       when True, each layer's head outputs get a zero leaf added; hooks.leaves[layer] then
+                      holds it, and d(readout)/d(leaf) is d(readout)/d(head outputs)
     """
 
     def __init__(self, model: nn.Module):
         self.attn = attention_layers(model)
-        self.num_heads = int(model.config.num_attention_heads)
-        self.head_dim = head_dim(model.config)
+        shape = ModelShape.from_config(model.config)
+        self.num_heads, self.head_dim = shape.heads, shape.head_dim
         self.capture: dict[int, torch.Tensor] | None = None
         self.patches: dict[int, HeadPatch] = {}
+        self.overwrites: dict[int, tuple[list[int], torch.Tensor]] = {}
         self.grad = False
         self.leaves: dict[int, torch.Tensor] = {}
         self._handles: list[Any] = []
@@ -75,9 +79,14 @@ class HeadHooks:
             x = args[0]
             B, T, _ = x.shape
             heads = x.view(B, T, self.num_heads, self.head_dim)  # (B, T, H, D)
-            patch = self.patches.get(layer)
-            if patch is not None:
+            patch, overwrite = self.patches.get(layer), self.overwrites.get(layer)
+            changed = patch is not None or overwrite is not None
+            if changed:
                 heads = heads.clone()
+            if overwrite is not None:
+                idx, values = overwrite
+                heads[:, :, idx] = values.to(heads.dtype)  # (k, D) broadcast over (B, T)
+            if patch is not None:
                 heads[patch.rows, :, patch.heads] = patch.values.to(heads.dtype)  # (n, T, D) slices
             if self.grad:
                 leaf = torch.zeros_like(heads, requires_grad=True)
@@ -85,7 +94,7 @@ class HeadHooks:
                 heads = heads + leaf
             if self.capture is not None:
                 self.capture[layer] = heads if self.grad else heads.detach()
-            if patch is None and not self.grad:
+            if not changed and not self.grad:
                 return None
             return (heads.reshape(B, T, self.num_heads * self.head_dim), *args[1:])
 
@@ -99,4 +108,4 @@ class HeadHooks:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self.patches, self.leaves, self.capture, self.grad = {}, {}, None, False
+        self.patches, self.overwrites, self.leaves, self.capture, self.grad = {}, {}, {}, None, False
