@@ -13,7 +13,6 @@ Usage: python bench/shared_kv_quality.py [--out DIR] [--seeds 0,1]   (about 10 m
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from pathlib import Path
 
@@ -30,15 +29,15 @@ def main() -> None:
     from hydrahead import distill
     from hydrahead.demo.pipeline import Log, build_corpus, evaluate, get_teacher, recipe_for, score_and_plan
     from hydrahead.demo.report import niah_table, plan_results
-    from hydrahead.demo.scale import SCALES
+    from hydrahead.demo.scale import get_scale
     from hydrahead.distill.metrics import read_metrics
     from hydrahead.models.io import from_pretrained
     from hydrahead.utils.memory import keep_freed_memory
 
     torch.set_num_threads(2)
     keep_freed_memory()
-    out, scale, log = Path(args.out), SCALES["default"], Log()
-    scale = type(scale)(**{**scale.to_dict(), "seeds": tuple(int(s) for s in args.seeds.split(","))})
+    out, log = Path(args.out), Log()
+    scale = get_scale("default", seeds=tuple(int(s) for s in args.seeds.split(",")))
     teacher = get_teacher(out, retrain=False, device="cpu", log=log)
     build_corpus(out, teacher, scale, log)
     _, _, plans, _ = score_and_plan(out, teacher, scale, log)
@@ -49,7 +48,7 @@ def main() -> None:
         for shared in (False, True):
             label = f"{name}{'+shared' if shared else ''}"
             for seed in scale.seeds:
-                recipe = copy.deepcopy(recipe_for(out, teacher, name, seed, scale, "cpu"))
+                recipe = recipe_for(out, teacher, name, seed, scale, "cpu")
                 recipe["hybrid"]["gdn_shared_kv"] = shared
                 recipe["output_dir"] = str(out / "runs" / f"{label.replace(':', 'to')}-seed{seed}")
                 log(f"distilling {label}, seed {seed}")

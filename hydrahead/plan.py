@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydrahead.errors import PlanError
+from hydrahead.models.shape import ModelShape
 from hydrahead.utils.io import atomic_write_text, read_json
 
 
@@ -67,16 +68,14 @@ def _check_scores_shape(rows: list[list[float]], num_kv_heads: int, config: Any 
     layers, heads = len(rows), len(rows[0])
     if num_kv_heads <= 0 or heads % num_kv_heads:
         raise PlanError(f"scores have {heads} heads per layer, not a multiple of num_kv_heads={num_kv_heads}")
-    if config is not None and (layers, heads, num_kv_heads) != _model_shape(config):
-        L, H, KV = _model_shape(config)
-        raise PlanError(f"scores are for a model with {layers} layers x {heads} heads ({num_kv_heads} KV heads) "
-                        f"but the model has {L} layers x {H} heads ({KV} KV heads)")
+    if config is not None:
+        ours, model = ModelShape(layers, heads, num_kv_heads), ModelShape.from_config(config)
+        if not ours.same_heads(model):
+            raise PlanError(f"scores are for a model with {ours.describe()} but the model has {model.describe()}")
 
 
 def _model_shape(config: Any) -> tuple[int, int, int]:
     """(layers, query heads, KV heads) of a config, a config.json dict or a `ModelShape`."""
-    from hydrahead.models.shape import ModelShape
-
     shape = ModelShape.from_config(config)
     return shape.layers, shape.heads, shape.kv_heads
 

@@ -65,8 +65,8 @@ class HeadHooks:
 
     def __init__(self, model: nn.Module):
         self.attn = attention_layers(model)
-        shape = ModelShape.from_config(model.config)
-        self.num_heads, self.head_dim = shape.heads, shape.head_dim
+        self.shape = ModelShape.from_config(model.config)
+        self.num_heads, self.head_dim = self.shape.heads, self.shape.head_dim
         self.capture: dict[int, torch.Tensor] | None = None
         self.patches: dict[int, HeadPatch] = {}
         self.overwrites: dict[int, tuple[list[int], torch.Tensor]] = {}

@@ -14,7 +14,7 @@ from hydrahead.errors import UnsupportedModelError
 
 def head_dim(config: Any) -> int:
     """A config's head_dim (its own field, else hidden_size // num_attention_heads)."""
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return ModelShape.from_config(config).head_dim
 
 
 @dataclass(frozen=True)
@@ -52,10 +52,6 @@ class ModelShape:
     def group_size(self) -> int:
         """Query heads per KV head."""
         return self.heads // self.kv_heads
-
-    @property
-    def num_heads_total(self) -> int:
-        return self.layers * self.heads
 
     def describe(self) -> str:
         return f"{self.layers} layers x {self.heads} heads ({self.kv_heads} KV heads)"

@@ -19,7 +19,6 @@ from torch import nn
 
 from hydrahead.scoring.attention import AttentionControl, scoring_attention_enabled
 from hydrahead.models.heads import HeadHooks, HeadPatch
-from hydrahead.models.shape import ModelShape
 from hydrahead.scoring.probes import Probe
 from hydrahead.scoring.readout import LAMBDA, logit_margin
 
@@ -58,7 +57,7 @@ class Runner:
         self.layers = list(model.model.layers)
         self.num_layers = len(self.layers)
         self.num_heads = self.hooks.num_heads
-        self.num_kv_heads = ModelShape.from_config(model.config).kv_heads
+        self.num_kv_heads = self.hooks.shape.kv_heads
         self.head_dim = self.hooks.head_dim
         self.lam = lam
         self.stats = RunStats()
