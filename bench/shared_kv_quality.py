@@ -31,7 +31,7 @@ def main() -> None:
     from hydrahead.demo.report import niah_table, plan_results
     from hydrahead.demo.scale import get_scale
     from hydrahead.distill.metrics import read_metrics
-    from hydrahead.models.io import from_pretrained
+    from hydrahead.models.loading import load_model
     from hydrahead.utils.memory import keep_freed_memory
 
     torch.set_num_threads(2)
@@ -52,10 +52,10 @@ def main() -> None:
                 recipe["hybrid"]["gdn_shared_kv"] = shared
                 recipe["output_dir"] = str(out / "runs" / f"{label.replace(':', 'to')}-seed{seed}")
                 log(f"distilling {label}, seed {seed}")
-                final = distill.run(recipe)
+                final = distill.run(recipe, teacher=teacher.model, tokenizer=teacher.tokenizer, plan=plans[name])
                 records = [r for r in read_metrics(recipe["output_dir"]) if r.get("stage") == "distill" and "loss" in r]
                 losses[f"{label}/seed{seed}"] = records[-1]["loss"] if records else float("nan")
-                model = from_pretrained(final, dtype=torch.float32).eval()
+                model = load_model(final, "float32")
                 models[f"{label}/seed{seed}"] = model
                 log(f"  {sum(p.numel() for p in model.parameters()) / 1e6:.3f}M parameters, "
                     f"last distill loss {losses[f'{label}/seed{seed}']:.3f}")

@@ -24,15 +24,14 @@ ROW, BATCH, STEPS, EVERY = 256, 16, 400, 100
 
 
 def main() -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    from hydrahead.models.loading import load_model, load_tokenizer
     from hydrahead.demo.teacher import code_split, load_recipe
     from hydrahead.demo.teacher_data import identifiers
     from hydrahead.needles import vocabulary
 
     path = sys.argv[1] if len(sys.argv) > 1 else "/work/teacher_work_v3/run/final"
     torch.set_num_threads(2)
-    tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+    tok, model = load_tokenizer(path), load_model(path, "float32").train()
     names = identifiers(code_split(load_recipe()["corpus"]["code_bytes"])[0])
     rng, pad = random.Random(0), tok.pad_token_id
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)

@@ -25,13 +25,15 @@ import torch
 
 
 def load(path: str, tokenizer_dir: str | None):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from hydrahead.models.loading import load_model, load_tokenizer
 
     from hydrahead.demo.teacher import load_recipe
 
     if not path.endswith(".pt"):
-        return AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(tokenizer_dir or path)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        return load_model(path), load_tokenizer(tokenizer_dir or path)
+    tokenizer = load_tokenizer(tokenizer_dir)
     spec = dict(load_recipe()["pretrain"]["model"])
     config = AutoConfig.for_model(spec.pop("model_type"), vocab_size=len(tokenizer), **spec)
     model = AutoModelForCausalLM.from_config(config)

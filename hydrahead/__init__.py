@@ -7,6 +7,7 @@ Gated DeltaNet linear attention, joined by a scale-normalised fusion.
 from hydrahead.errors import (
     CacheError,
     CheckpointError,
+    DeviceError,
     HydraHeadError,
     OptionsError,
     PlanError,
@@ -15,7 +16,7 @@ from hydrahead.errors import (
 from hydrahead.cache import HybridHeadCache
 from hydrahead.models.convert import convert, hybrid_parameters
 from hydrahead.models.hybrid import is_hybrid  # importing registers the hybrid classes with the Auto classes
-from hydrahead.models.io import from_pretrained
+from hydrahead.models.loading import from_pretrained, load_model, load_tokenizer, save_hybrid
 from hydrahead.options import HybridOptions
 from hydrahead.plan import HeadPlan
 from hydrahead.scoring import (
@@ -49,6 +50,7 @@ def __getattr__(name: str):
 __all__ = [
     "CacheError",
     "CheckpointError",
+    "DeviceError",
     "EvalError",
     "HeadPlan",
     "HeadScores",
@@ -67,7 +69,10 @@ __all__ = [
     "from_pretrained",
     "hybrid_parameters",
     "is_hybrid",
+    "load_model",
+    "load_tokenizer",
     "layer_similarity",
+    "save_hybrid",
     "score_heads",
     "validate_scores",
 ]

@@ -29,3 +29,7 @@ class CacheError(HydraHeadError, TypeError):
 
 class NeedleError(HydraHeadError, ValueError):
     """A needle or haystack cannot be built as asked: an unknown value type or haystack, unreadable files."""
+
+
+class DeviceError(HydraHeadError, ValueError):
+    """A device name that is wrong, or names a device this machine does not have."""

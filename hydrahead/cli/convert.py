@@ -8,7 +8,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 HELP = "convert a teacher checkpoint with a head plan into a hybrid checkpoint"
 
@@ -41,37 +40,20 @@ def parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
-def load_teacher(path: str, dtype: str = "auto"):
-    """Load a teacher with transformers, turning a missing or unreadable directory into CheckpointError."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from hydrahead.errors import CheckpointError
-    from hydrahead.models.io import read_config
-
-    read_config(path)  # clear error for a missing directory or config.json
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"could not load teacher {path}: {err}") from err
-
-
 def run(args: argparse.Namespace) -> int:
     from hydrahead import HeadPlan, HybridOptions, convert
+    from hydrahead.errors import CheckpointError
+    from hydrahead.models.loading import check_output_dir, load_model, load_tokenizer, save_hybrid
 
+    out = check_output_dir(args.out)  # before any work
     plan = HeadPlan.from_json(args.plan)
     options = HybridOptions.preset(args.preset, **parse_overrides(args.option))
-    teacher = load_teacher(args.model, args.dtype)
-    model = convert(teacher, plan, options)
-    out = Path(args.out)
-    model.save_pretrained(out)
-    try:  # keep the tokenizer next to the weights when the teacher has one
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(args.model).save_pretrained(out)
-    except (OSError, ValueError):
-        pass
+    model = convert(load_model(args.model, args.dtype), plan, options)
+    try:  # keep the teacher's tokenizer next to the weights when it has one
+        tokenizer = load_tokenizer(args.model)
+    except CheckpointError:
+        tokenizer = None
+    save_hybrid(model, out, tokenizer)
     print(plan.summary())
-    print(f"saved hybrid to {out}")
+    print(f"saved hybrid to {out}" + ("" if tokenizer else " (the teacher has no tokenizer to copy)"))
     return 0

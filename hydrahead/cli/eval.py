@@ -85,11 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _models(args):
     """(label, path) pairs, every directory and tokenizer checked before any model is loaded."""
-    from hydrahead.eval.loading import check_model_dirs, load_tokenizer, model_labels
+    from hydrahead.eval.report import model_labels
+    from hydrahead.models.loading import check_model_dirs
 
     check_model_dirs(args.models)
-    for path in args.models:
-        load_tokenizer(path)
     return list(zip(model_labels(args.models), args.models))
 
 

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from hydrahead.models.footprint import footprint
-    from hydrahead.models.io import from_pretrained
+    from hydrahead.models.loading import from_pretrained
 
     model = from_pretrained(args.path)
     report = footprint(model)

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _shape_config(args: argparse.Namespace, scores):
     """The model shape (from --model's config.json, else from --scores)."""
     from hydrahead.errors import PlanError
-    from hydrahead.models.io import read_config
+    from hydrahead.models.loading import read_config
     from hydrahead.models.shape import ModelShape
 
     if args.model:

@@ -59,18 +59,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model_and_tokenizer(args: argparse.Namespace):
-    from transformers import AutoTokenizer
+    """The teacher named by --model (in --dtype, on --device) and the tokenizer of --tokenizer or --model."""
+    from hydrahead.models.loading import load_model, load_tokenizer
 
-    from hydrahead.cli.convert import load_teacher
-    from hydrahead.errors import CheckpointError
-
-    model = load_teacher(args.model, args.dtype).to(args.device).eval()
-    source = args.tokenizer or args.model
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, TypeError) as err:
-        raise CheckpointError(f"no usable tokenizer in {source} (pass --tokenizer DIR): {err}") from err
-    return model, tokenizer
+    return load_model(args.model, args.dtype, args.device), load_tokenizer(args.tokenizer or args.model)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

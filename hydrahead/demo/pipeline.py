@@ -26,7 +26,6 @@ import torch
 
 from hydrahead.demo.scale import DemoScale
 from hydrahead.plan import HeadPlan
-from hydrahead.utils.io import atomic_write_text
 
 NEEDLE_TYPES = ("number", "word")  # the demo's probes; UUIDs take too many tokens at its short training length
 PLAN_NAMES = ("hydrahead-7:1", "random-7:1", "fixed-per-layer-7:1", "layerwise-3:1", "layerwise-7:1", "all-gdn")
@@ -60,11 +59,10 @@ def get_teacher(out: Path, retrain: bool, device: str, log: Log) -> Teacher:
 
     length = shipped.load_recipe()["pretrain"]["stage"]["seq_len"]
     if retrain:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from hydrahead.models.loading import load_model, load_tokenizer
 
         final = shipped.retrain(out / "teacher_work", device=device, log=log)
-        model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float32).eval()
-        return Teacher(model, AutoTokenizer.from_pretrained(final), final,
+        return Teacher(load_model(final, "float32"), load_tokenizer(final), final,
                        {"recipe_sha256": shipped.recipe_sha256(), "retrained": str(final)}, length)
     manifest = shipped.check_teacher()
     model, tokenizer = shipped.load_teacher()
@@ -169,7 +167,8 @@ def distill_all(out: Path, teacher: Teacher, plans: dict[str, HeadPlan], scale: 
         started = time.time()
         log(f"distilling {name}, seed {seed} ({i}/{len(runs)}): {plans[name].num_fa} FA heads, "
             f"KV cache {100 * plans[name].kv_cache_fraction:.1f}% of the teacher")
-        paths[f"{name}/seed{seed}"] = distill.run(recipe_for(out, teacher, name, seed, scale, device))
+        paths[f"{name}/seed{seed}"] = distill.run(recipe_for(out, teacher, name, seed, scale, device),
+                                                 teacher=teacher.model, tokenizer=teacher.tokenizer, plan=plans[name])
         log(f"  done in {time.time() - started:.0f} s")
     return paths
 
@@ -198,7 +197,7 @@ def run(out: str | Path = "demo_out", scale: DemoScale | None = None, device: st
     """Run the whole demo into `out`; returns the path of report/index.md."""
     from hydrahead.demo.report import write_demo_report
     from hydrahead.demo.scale import SCALES
-    from hydrahead.models.io import from_pretrained
+    from hydrahead.models.loading import load_model
 
     scale = scale or SCALES["default"]
     out = Path(out)
@@ -224,7 +223,7 @@ def run(out: str | Path = "demo_out", scale: DemoScale | None = None, device: st
     for name, path in checkpoints.items():
         # in fp32 like the teacher (checkpoints are stored in the teacher's fp16): the same numerics and
         # the same KV-cache element size for every model of the comparison
-        models[name] = from_pretrained(path, dtype=torch.float32).to(device).eval()
+        models[name] = load_model(path, "float32", device)
     records, ppl = evaluate(out, models, teacher.tokenizer, teacher.train_length, scale, log)
     timings["evaluation"] = time.time() - mark
     timings["total"] = time.time() - log.start

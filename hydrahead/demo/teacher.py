@@ -152,10 +152,9 @@ def run_dirs(work: str | Path, recipe: dict[str, Any]) -> list[Path]:
 def retrain(work: str | Path, device: str = "auto", log: Log = print, recipe_path: Path = RECIPE) -> Path:
     """Rebuild the teacher from its recipe in `work`, phase after phase; resumes a stopped run there.
     Returns the last phase's final model, <work>/run/<phase>/final."""
-    from transformers import AutoTokenizer
-
     from hydrahead.demo.teacher_data import teacher_documents
     from hydrahead.distill.pretrain import pretrain
+    from hydrahead.models.loading import load_tokenizer
     from hydrahead.distill.recipe import PretrainRecipe
 
     work = Path(work)
@@ -172,7 +171,7 @@ def retrain(work: str | Path, device: str = "auto", log: Log = print, recipe_pat
         build_tokenizer(corpus, code).save_pretrained(tokenizer_dir)
         write_jsonl(heldout, held)
         atomic_write_text(stamp, json.dumps({"sha256": digest}))
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
     seq_len = base["stage"]["seq_len"]
     monitor = NiahMonitor(tokenizer, seq_len, list(corpus["niah_tasks"]))
     init = None
@@ -266,41 +265,38 @@ def ship(work: str | Path, dest: Path = SHIPPED, recipe_path: Path = RECIPE, log
     """Write the teacher retrained in `work` (its last phase's final model) into `dest` (fp16 weights,
     tokenizer, manifest)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hydrahead.models.loading import load_model, load_tokenizer, save_hybrid
 
     recipe = load_recipe(recipe_path)
     final = run_dirs(work, recipe)[-1] / "final"
     if not final.is_dir():
         raise TeacherError(f"nothing to ship: {final} does not exist (retrain first)")
     # what is measured is what ships: the fp16 weights, computed in fp32 as `load_teacher` does
-    model = AutoModelForCausalLM.from_pretrained(final, dtype=torch.float16).float().eval()
-    tokenizer = AutoTokenizer.from_pretrained(final)
+    model, tokenizer = load_model(final, "float16").float(), load_tokenizer(final)
     length = recipe["pretrain"]["stage"]["seq_len"]
     log("measuring greedy NIAH at the training length")
     niah = measure(model, tokenizer, length, list(recipe["corpus"]["niah_tasks"]))
     metrics = training_metrics(work, recipe)
     tokens = max((m.get("tokens", 0) for m in metrics), default=0)
     monitor = [m for m in metrics if any(k.startswith("niah_") for k in m)]
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.to(torch.float16).save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    manifest = {
-        "recipe": RECIPE.name,
-        "recipe_sha256": recipe_sha256(recipe_path),
-        "weights_sha256": hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest(),
-        "training_tokens": tokens,
-        "phases": {name: tokens for name, _, tokens in phases(recipe)},
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "niah_at_training_length": {"length": length, "samples_per_depth": 8, "depths": 5, **niah},
-        "last_training_monitor": monitor[-1] if monitor else None,
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-    }
-    atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+
+    def write_manifest(tmp: Path) -> None:
+        manifest = {
+            "recipe": RECIPE.name,
+            "recipe_sha256": recipe_sha256(recipe_path),
+            "weights_sha256": hashlib.sha256((tmp / WEIGHTS).read_bytes()).hexdigest(),
+            "training_tokens": tokens,
+            "phases": {name: tokens for name, _, tokens in phases(recipe)},
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "niah_at_training_length": {"length": length, "samples_per_depth": 8, "depths": 5, **niah},
+            "last_training_monitor": monitor[-1] if monitor else None,
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+        }
+        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+
+    save_hybrid(model, dest, tokenizer, dtype=torch.float16, finish=write_manifest)
     log(f"shipped the teacher to {dest}: {json.dumps(niah)}")
     return dest
 
@@ -333,14 +329,13 @@ def check_teacher(path: Path = SHIPPED) -> dict[str, Any]:
 
 def load_teacher(path: Path = SHIPPED) -> tuple[Any, Any]:
     """The shipped teacher in fp32 and eval mode, and its tokenizer (TeacherError when damaged)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from hydrahead.errors import CheckpointError
+    from hydrahead.models.loading import load_model, load_tokenizer
 
     check_teacher(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
+        model, tokenizer = load_model(path, "float32"), load_tokenizer(path)
+    except CheckpointError as err:
         raise TeacherError(f"the demo teacher in {path} cannot be loaded ({err}); {_RETRAIN}") from err
     return model, tokenizer
 
@@ -350,15 +345,10 @@ def export_teacher(dest: str | Path, path: Path = SHIPPED) -> Path:
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise TeacherError(f"--export-teacher: {dest} exists and is not an empty directory")
+    from hydrahead.models.loading import save_hybrid
+
     model, tokenizer = load_teacher(path)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.copy(Path(path) / MANIFEST, tmp / "demo_teacher_manifest.json")
-    if dest.exists():
-        dest.rmdir()
-    tmp.rename(dest)
+    save_hybrid(model, dest, tokenizer, finish=lambda tmp: shutil.copy(Path(path) / MANIFEST, tmp / "demo_teacher_manifest.json"))
     return dest
 
 

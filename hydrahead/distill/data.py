@@ -321,18 +321,15 @@ class Corpora:
         return torch.from_numpy(np.stack([corpus.sequence(i) for i in range(n)]))
 
 
-def load_tokenizer(teacher: str):
-    """The teacher's tokenizer and its EOS id (DataError when the teacher directory has no tokenizer)."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(teacher)
-    except (OSError, ValueError, TypeError) as err:
-        raise DataError(f"could not load the tokenizer of teacher {teacher}: {err}") from err
+def document_eos(tokenizer: Any, model_dir: str | Path) -> int:
+    """The token that marks document boundaries: the tokenizer's EOS, else the model config's (DataError
+    when neither has one)."""
     eos = tokenizer.eos_token_id
-    if eos is None:
-        config_eos = getattr(AutoConfig.from_pretrained(teacher), "eos_token_id", None)
-        eos = config_eos[0] if isinstance(config_eos, list) else config_eos
-    if eos is None:
-        raise DataError(f"the tokenizer of {teacher} has no EOS token to mark document boundaries")
-    return tokenizer, int(eos)
+    if eos is None and (Path(model_dir) / "config.json").is_file():
+        from hydrahead.models.loading import read_config
+
+        config_eos = read_config(model_dir).get("eos_token_id")
+        eos = config_eos[0] if isinstance(config_eos, list) and config_eos else config_eos
+    if not isinstance(eos, int):
+        raise DataError(f"the tokenizer of {model_dir} has no EOS token to mark document boundaries")
+    return eos

@@ -22,13 +22,14 @@ import torch
 
 from hydrahead.distill import checkpoint as ckpt
 from hydrahead.distill import distributed
-from hydrahead.distill.data import Corpora, Tokenize, load_tokenizer, resolve_files
+from hydrahead.distill.data import Corpora, Tokenize, document_eos, resolve_files
 from hydrahead.distill.errors import RecipeError
 from hydrahead.distill.evaluate import Evaluator, HeldoutPerplexity
 from hydrahead.distill.metrics import MetricsLog
 from hydrahead.distill.recipe import PretrainRecipe
 from hydrahead.distill.stages import PretrainStage
 from hydrahead.distill.trainer import StepCallback, Trainer
+from hydrahead.models.loading import load_tokenizer
 
 FINAL = "final"
 
@@ -109,7 +110,8 @@ def pretrain(
         output_dir = Path(recipe.output_dir)
         files = resolve_files(recipe.data.train_files, "data.train_files")
         eval_files = resolve_files(recipe.data.eval_files, "data.eval_files") if recipe.data.eval_files else []
-        tokenizer, eos = load_tokenizer(recipe.tokenizer)
+        tokenizer = load_tokenizer(recipe.tokenizer)
+        eos = document_eos(tokenizer, recipe.tokenizer)
         config = model_config(recipe, tokenizer)
         identity, fingerprint = recipe.identity(), recipe.fingerprint()
         checkpoint = ckpt.open_run(output_dir, resume, identity, fingerprint,

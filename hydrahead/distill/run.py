@@ -1,19 +1,18 @@
 """`run(recipe)`: the whole pipeline, from a teacher and a head plan to a trained hybrid checkpoint.
 
-Order (every check that can fail cheaply comes before anything expensive):
-  1. recipe, data files, plan file, teacher directory, batch sizes, checkpoint / --resume agreement
-  2. teacher and tokenizer; the plan against the teacher; every stage's data tokenised and packed
-  3. conversion (seeded) to the hybrid student
-  4. the stages that remain, in order (from the checkpoint's position on --resume)
-  5. <output_dir>/final: a hybrid checkpoint that `hydrahead.from_pretrained` loads, with the tokenizer
+Steps (every check that can fail cheaply comes before anything expensive):
+  prepare        recipe, data files, plan, teacher directory, batch sizes, checkpoint / --resume agreement
+  load_inputs    teacher and tokenizer (unless handed in), the plan against the teacher, every stage's data
+  build_student  conversion (seeded) to the hybrid student; the teacher on the training device
+  train          the stages that remain, in order (from the checkpoint's position on --resume)
+  save_final     <output_dir>/final: a hybrid checkpoint that `hydrahead.from_pretrained` loads, with the tokenizer
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from hydrahead.distill import checkpoint as ckpt
 from hydrahead.distill import distributed
-from hydrahead.distill.data import Corpora, Tokenize, load_tokenizer, resolve_files
+from hydrahead.distill.data import Corpora, Tokenize, document_eos, resolve_files
 from hydrahead.distill.distributed import DistEnv
 from hydrahead.distill.errors import DataError, RecipeError
 from hydrahead.distill.evaluate import Evaluator, HeldoutPerplexity
@@ -30,7 +29,10 @@ from hydrahead.distill.metrics import MetricsLog
 from hydrahead.distill.recipe import STAGE_NAMES, Recipe
 from hydrahead.distill.stages import STAGES, Stage
 from hydrahead.distill.trainer import StepCallback, Trainer
+from hydrahead.models.convert import convert
+from hydrahead.models.loading import load_model, load_tokenizer, read_config, save_hybrid
 from hydrahead.models.shape import ModelShape
+from hydrahead.plan import HeadPlan
 
 FINAL = "final"
 
@@ -41,38 +43,71 @@ def run(
     resume: bool = False,
     callbacks: Sequence[StepCallback] = (),
     evaluators: Sequence[Evaluator] = (),
+    teacher: torch.nn.Module | None = None,
+    tokenizer: Any = None,
+    plan: HeadPlan | None = None,
 ) -> Path:
     """Run a recipe (a Recipe, a dict, or a YAML path); returns the final hybrid checkpoint's directory.
 
     resume:     continue from <output_dir>/checkpoint.pt, which must come from the same recipe.
     callbacks:  called after every optimiser step with a `StepInfo` (raise to stop the run).
     evaluators: extra evaluation hooks (EvalContext -> {metric: value}), besides held-out perplexity.
+    teacher, tokenizer, plan: already in memory, instead of loading recipe.teacher and recipe.plan (which
+                still name them: the run's identity and the checkpoint's dtype come from them). A teacher
+                handed in is moved to the training device and dtype for the run and moved back afterwards.
     Works unchanged under torchrun (one process per device, DDP or FSDP2).
     """
     recipe = Recipe.load(recipe)
     env = distributed.init(recipe.training.device)
     try:
-        return _run(recipe, env, resume, callbacks, evaluators)
+        run_ = prepare(recipe, env, resume, plan)
+        load_inputs(run_, evaluators, teacher, tokenizer)
+        student = build_student(run_)
+        try:
+            train(run_, student, callbacks)
+        finally:
+            if teacher is not None:
+                teacher.to(*run_.teacher_placement)
+        final = Path(recipe.output_dir) / FINAL
+        save_final(student, run_.tokenizer, final, env, _checkpoint_dtype(run_.teacher_config))
+        return final
     finally:
         distributed.shutdown(env)
 
 
-def _run(recipe: Recipe, env: DistEnv, resume: bool, callbacks, evaluators) -> Path:
-    from hydrahead.cli.convert import load_teacher
-    from hydrahead.models.convert import convert
-    from hydrahead.models.io import read_config
-    from hydrahead.plan import HeadPlan
+@dataclass
+class DistillRun:
+    """What one run works with, filled in step by step."""
 
-    output_dir = Path(recipe.output_dir)
+    recipe: Recipe
+    env: DistEnv
+    stages: list[Stage]
+    remaining: list[Stage]  # the stages still to train (all of them unless resuming)
+    plan: HeadPlan
+    teacher_config: dict[str, Any]
+    strategy: str
+    identity: dict[str, Any]
+    fingerprint: str
+    checkpoint: Any  # ckpt.Checkpoint | None
+    train_files: dict[str, tuple[list[Path], str]]
+    eval_files: list[Path]
+    teacher: torch.nn.Module | None = None
+    teacher_placement: tuple[torch.device, torch.dtype] | None = None
+    tokenizer: Any = None
+    sources: dict[str, Any] = field(default_factory=dict)
+    evaluators: dict[str, list[Evaluator]] = field(default_factory=dict)
+
+
+def prepare(recipe: Recipe, env: DistEnv, resume: bool, plan: HeadPlan | None = None) -> DistillRun:
+    """Every check that needs no weights: data files, plan against the teacher's config, optional packages,
+    batch sizes, and the checkpoint against the recipe (on --resume)."""
     stages = [STAGES[name](config, STAGE_NAMES.index(name)) for name, config in recipe.stages.active()]
-
-    # 1. cheap checks
     train_files = {}
     for stage in stages:
         key = f"stages.{stage.name}.train_files" if stage.config.train_files else "data.train_files"
         train_files[stage.name] = (resolve_files(stage.config.train_files or recipe.data.train_files, key), key)
     eval_files = resolve_files(recipe.data.eval_files, "data.eval_files") if recipe.data.eval_files else []
-    plan = HeadPlan.from_json(recipe.plan)
+    plan = plan if plan is not None else HeadPlan.from_json(recipe.plan)
     teacher_config = read_config(recipe.teacher)
     plan.validate(ModelShape.from_config(teacher_config))  # before loading any weights
     if recipe.training.tensorboard and importlib.util.find_spec("tensorboard") is None:
@@ -90,68 +125,81 @@ def _run(recipe: Recipe, env: DistEnv, resume: bool, callbacks, evaluators) -> P
                               "use ddp, or full fine-tuning")
     identity = recipe.identity(plan.to_dict())
     fingerprint = recipe.fingerprint(plan.to_dict())
-    checkpoint = ckpt.open_run(output_dir, resume, identity, fingerprint)
+    checkpoint = ckpt.open_run(Path(recipe.output_dir), resume, identity, fingerprint)
     remaining = [s for s in stages if checkpoint is None or s.index > checkpoint.state.stage_index
                  or (s.index == checkpoint.state.stage_index and not checkpoint.state.done)]
+    return DistillRun(recipe, env, stages, remaining, plan, teacher_config, strategy, identity, fingerprint,
+                      checkpoint, train_files, eval_files)
 
-    # 2. teacher, tokenizer, data
-    teacher = load_teacher(recipe.teacher, "float32")
-    plan.validate(teacher.config)
-    tokenizer, eos = load_tokenizer(recipe.teacher)
-    if len(tokenizer) > teacher.config.vocab_size:
-        raise DataError(f"the tokenizer of {recipe.teacher} has {len(tokenizer)} tokens but the model only "
-                        f"{teacher.config.vocab_size}")
+
+def load_inputs(run_: DistillRun, evaluators: Sequence[Evaluator], teacher: torch.nn.Module | None = None,
+                tokenizer: Any = None) -> None:
+    """The teacher and tokenizer (loaded unless handed in), checked against the plan and each other; every
+    remaining stage's training data tokenised and packed, and its evaluators."""
+    recipe, env = run_.recipe, run_.env
+    run_.teacher = teacher if teacher is not None else load_model(recipe.teacher, "float32")
+    first = next(run_.teacher.parameters())
+    run_.teacher_placement = (first.device, first.dtype)
+    run_.plan.validate(run_.teacher.config)
+    run_.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(recipe.teacher)
+    vocab = run_.teacher.config.vocab_size
+    if len(run_.tokenizer) > vocab:
+        raise DataError(f"the tokenizer of {recipe.teacher} has {len(run_.tokenizer)} tokens but the model only {vocab}")
+    output_dir = Path(recipe.output_dir)
     cache_dir = Path(recipe.data.cache_dir) if recipe.data.cache_dir else output_dir / "cache"
-    corpora = Corpora(recipe.data, Tokenize(tokenizer, eos), cache_dir, env.is_main, lambda: distributed.barrier(env),
-                      pad_id=tokenizer.pad_token_id)
-    for stage in stages:
+    corpora = Corpora(recipe.data, Tokenize(run_.tokenizer, document_eos(run_.tokenizer, recipe.teacher)), cache_dir,
+                      env.is_main, lambda: distributed.barrier(env), pad_id=run_.tokenizer.pad_token_id)
+    for stage in run_.stages:
         stage.pad_id = corpora.pad_id  # document-packed rows: no loss on their padding
-    sources, stage_evaluators = {}, {}
-    for stage in remaining:
-        files, key = train_files[stage.name]
-        sources[stage.name] = corpora.train_source(files, stage.config.seq_len, recipe.seed, stage.index, key)
-        heldout = corpora.eval_batches(eval_files, stage.config.seq_len, recipe.data.eval_sequences)
+    for stage in run_.remaining:
+        files, key = run_.train_files[stage.name]
+        run_.sources[stage.name] = corpora.train_source(files, stage.config.seq_len, recipe.seed, stage.index, key)
+        heldout = corpora.eval_batches(run_.eval_files, stage.config.seq_len, recipe.data.eval_sequences)
         builtin = [HeldoutPerplexity(heldout, stage.config.batch_size // env.world_size)] if heldout is not None else []
-        stage_evaluators[stage.name] = [*builtin, *evaluators]
+        run_.evaluators[stage.name] = [*builtin, *evaluators]
 
-    # 3. the student
+
+def build_student(run_: DistillRun) -> torch.nn.Module:
+    """The seeded conversion of the teacher with the plan, on the training device; the teacher joins it
+    there in its training dtype when a remaining stage needs it (and is dropped otherwise)."""
+    recipe, env = run_.recipe, run_.env
     torch.manual_seed(recipe.seed)
-    student = convert(teacher, plan, recipe.hybrid_options()).to(env.device)
+    student = convert(run_.teacher, run_.plan, recipe.hybrid_options()).to(env.device)
     student.config.use_cache = False
     if recipe.training.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if any(s.needs_teacher for s in remaining):
+    if any(s.needs_teacher for s in run_.remaining):
         teacher_dtype = recipe.training.teacher_dtype
         if teacher_dtype == "auto":
             teacher_dtype = "bfloat16" if env.device.type == "cuda" else "float32"
-        teacher.to(env.device, getattr(torch, teacher_dtype)).eval().requires_grad_(False)
-        distributed.shard_teacher(teacher, env, strategy)
+        run_.teacher.to(env.device, getattr(torch, teacher_dtype)).eval().requires_grad_(False)
+        distributed.shard_teacher(run_.teacher, env, run_.strategy)
     else:
-        teacher = None
+        run_.teacher = None
+    return student
 
-    # 4. the stages
+
+def train(run_: DistillRun, student: torch.nn.Module, callbacks: Sequence[StepCallback] = ()) -> None:
+    """The remaining stages in order, each resumed from the checkpoint where it stopped."""
+    recipe, env, checkpoint = run_.recipe, run_.env, run_.checkpoint
+    output_dir = Path(recipe.output_dir)
     metrics = MetricsLog(output_dir, env.is_main, recipe.training.tensorboard)
     output_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint is not None:
         metrics.truncate_after(list(STAGE_NAMES), checkpoint.state.stage, checkpoint.state.step)
-    trainer = Trainer(student=student, teacher=teacher, tokenizer=tokenizer, training=recipe.training, env=env,
-                      output_dir=output_dir, identity=identity, fingerprint=fingerprint, metrics=metrics,
-                      callbacks=callbacks)
+    trainer = Trainer(student=student, teacher=run_.teacher, tokenizer=run_.tokenizer, training=recipe.training,
+                      env=env, output_dir=output_dir, identity=run_.identity, fingerprint=run_.fingerprint,
+                      metrics=metrics, callbacks=callbacks)
     try:
         if checkpoint is not None and checkpoint.state.done:
             ckpt.restore_model(student, checkpoint)  # the finished stage's model; later stages start from it
-        for stage in remaining:
+        for i, stage in enumerate(run_.remaining):
             resume_here = checkpoint if checkpoint is not None and stage.index == checkpoint.state.stage_index else None
-            trainer.run_stage(stage, sources[stage.name], stage_evaluators[stage.name], resume=resume_here)
-            if not any(s.needs_teacher for s in remaining[remaining.index(stage) + 1 :]):
-                trainer.teacher = teacher = None  # free its memory for the stages that do not need it
+            trainer.run_stage(stage, run_.sources[stage.name], run_.evaluators[stage.name], resume=resume_here)
+            if not any(s.needs_teacher for s in run_.remaining[i + 1 :]):
+                trainer.teacher = run_.teacher = None  # free its memory for the stages that do not need it
     finally:
         metrics.close()
-
-    # 5. the final hybrid
-    final = output_dir / FINAL
-    save_final(student, tokenizer, final, env, _checkpoint_dtype(teacher_config))
-    return final
 
 
 def _checkpoint_dtype(config: dict[str, Any]) -> torch.dtype:
@@ -160,23 +208,13 @@ def _checkpoint_dtype(config: dict[str, Any]) -> torch.dtype:
 
 
 def save_final(student: torch.nn.Module, tokenizer, path: Path, env: DistEnv, dtype: torch.dtype) -> None:
-    """`save_pretrained` + tokenizer into a temporary folder, then rename: `path` is complete or absent.
-    Weights are stored in `dtype` (the teacher checkpoint's), training ran on fp32 master weights."""
+    """The full (gathered) state saved by the main process with `save_hybrid`: `path` is complete or absent.
+    Weights are stored in `dtype` (the teacher checkpoint's); training ran on fp32 master weights."""
     state = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if env.is_main:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         student.config.use_cache = True
-        tmp = path.with_name(f".{path.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        student.save_pretrained(tmp, state_dict=state)
-        config = json.loads((tmp / "config.json").read_text())
-        config["dtype"] = str(dtype).removeprefix("torch.")  # save_pretrained wrote the fp32 master weights' dtype
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        tokenizer.save_pretrained(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
+        save_hybrid(student, path, tokenizer, dtype=dtype, state_dict=state)
     distributed.barrier(env)
 
 
-__all__ = ["FINAL", "Stage", "run", "save_final"]
+__all__ = ["FINAL", "DistillRun", "Stage", "build_student", "load_inputs", "prepare", "run", "save_final", "train"]

@@ -50,7 +50,11 @@ class Stage:
         return None
 
     def loss(self, student: nn.Module, input_ids: torch.Tensor, targets: Any) -> tuple[torch.Tensor, Metrics]:
-        """Next-token cross-entropy (the base loss; stage 3's)."""
+        """The training loss; the base stage's (and stage 3's) is next-token cross-entropy."""
+        return self.heldout_loss(student, input_ids)
+
+    def heldout_loss(self, student: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
+        """Next-token cross-entropy, what held-out evaluation reports whatever the stage trains on."""
         hidden = student.model(input_ids=input_ids, use_cache=False).last_hidden_state
         out = chunked_kd_loss(hidden, student.lm_head, self.labels(input_ids),
                               chunk=getattr(self.config, "loss_chunk", 1024))
@@ -159,5 +163,5 @@ class TrainModule(nn.Module):
     def forward(self, input_ids: torch.Tensor, stage: Stage, targets: Any = None,
                 evaluate: bool = False) -> tuple[torch.Tensor, Metrics]:
         if evaluate:  # held-out next-token loss, whatever the stage
-            return Stage.loss(stage, self.student, input_ids, None)
+            return stage.heldout_loss(self.student, input_ids)
         return stage.loss(self.student, input_ids, targets)

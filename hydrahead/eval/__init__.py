@@ -5,11 +5,12 @@
     results = hydrahead.eval.perplexity(models, tokenizer, load_documents(["docs/"]), length=8192)
     hydrahead.eval.write_report("report/", niah=records, perplexity=results)
 
-lm-evaluation-harness: `hydrahead.eval.lm_harness` (imported on demand; needs the `eval` extra).
+Models and tokenizers load with `hydrahead.load_model` / `hydrahead.load_tokenizer` (also importable
+from here). lm-evaluation-harness: `hydrahead.eval.lm_harness` (imported on demand; needs the `eval` extra).
 """
 
 from hydrahead.eval.errors import EvalError
-from hydrahead.eval.loading import load_model, load_tokenizer
+from hydrahead.models.loading import load_model, load_tokenizer
 from hydrahead.eval.niah import NiahRecord, evaluate_niah, niah
 from hydrahead.eval.ppl import Document, PerplexityResult, evaluate_perplexity, load_documents, perplexity
 from hydrahead.eval.report import write_report

@@ -16,11 +16,21 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from hydrahead.eval.loading import prepare_tokenizer
+from hydrahead.eval.errors import EvalError
 from hydrahead.eval.scoring import exact, score
 from hydrahead.eval.tasks import Example, Haystack, TaskSpec, make_examples, parse_tasks
 
 DEFAULT_BATCH_TOKENS = 32768
+
+
+def prepare_tokenizer(tokenizer: Any) -> Any:
+    """Left padding (so batched prompts end where generation starts) and a pad token (the EOS if none)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise EvalError(f"tokenizer {tokenizer.name_or_path!r} has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 @dataclass

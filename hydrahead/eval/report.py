@@ -26,6 +26,19 @@ def format_length(n: int) -> str:
     return f"{n / 1024:g}k" if n >= 1024 and n % 256 == 0 else str(n)
 
 
+def model_labels(paths: Sequence[str | Path]) -> list[str]:
+    """Label each model by its directory name; where names collide, parent directories are added until they differ."""
+    parts = [Path(p).resolve().parts for p in paths]
+    depths = [1] * len(parts)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depths)]
+        clashing = [i for i, label in enumerate(labels) if labels.count(label) > 1 and depths[i] < len(parts[i])]
+        if not clashing:
+            return labels
+        for i in clashing:
+            depths[i] += 1
+
+
 def _unique(values) -> list:
     return list(dict.fromkeys(values))
 

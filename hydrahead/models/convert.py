@@ -16,7 +16,6 @@ from torch import nn
 
 from hydrahead.layers.hybrid_attention import HybridAttention
 from hydrahead.models.families import family_of
-from hydrahead.models.shape import head_dim
 from hydrahead.models.heads import HeadHooks
 from hydrahead.models.hybrid import HYBRID_CLASSES
 from hydrahead.options import HybridOptions

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 import hydrahead
 from hydrahead import HeadPlan
@@ -38,7 +37,7 @@ def test_cli_errors_are_one_line(teacher_dir, capsys):
     code = main(["convert", "--model", str(teacher_dir / "missing"), "--plan", str(teacher_dir / "plan.json"),
                  "--out", str(teacher_dir / "x")])
     err = capsys.readouterr().err
-    assert code == 2 and "checkpoint directory not found" in err and "Traceback" not in err
+    assert code == 2 and "model directory not found" in err and "Traceback" not in err
     HeadPlan(((0,), (1,), (2,)), 4, 2).to_json(teacher_dir / "bad.json")
     code = main(["convert", "--model", str(teacher_dir / "teacher"), "--plan", str(teacher_dir / "bad.json"),
                  "--out", str(teacher_dir / "x")])

@@ -67,7 +67,7 @@ def test_cli_errors_are_one_line(teacher_dir, capsys):
         (["plan", "--scores", str(teacher_dir / "other.json"), "--ratio", "1:0", "--out", str(teacher_dir / "x.json")], "leaves no full-attention"),
         (["plan", "--scores", str(teacher_dir / "missing.json"), "--out", str(teacher_dir / "x.json")], "score file not found"),
         (["plan", "--baseline", "random", "--out", str(teacher_dir / "x.json")], "needs --model"),
-        (["score", "--model", str(teacher_dir / "missing"), "--out", str(teacher_dir / "x.json")], "checkpoint directory not found"),
+        (["score", "--model", str(teacher_dir / "missing"), "--out", str(teacher_dir / "x.json")], "model directory not found"),
         (["score", "--model", model, "--out", str(teacher_dir / "x.json"), "--context-length", "500"], "too short"),
         (["validate-scores", "--model", model, "--scores", str(teacher_dir / "other.json")], "3 layers x 4 heads"),
     ]

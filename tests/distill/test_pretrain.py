@@ -65,7 +65,7 @@ def test_a_constant_schedule_run_can_be_extended_but_nothing_else_changes(worksp
 
 def test_init_starts_from_a_previous_runs_weights(workspace, tmp_path):
     first = pretrain(recipe(workspace, tmp_path / "first"))
-    second = pretrain({**recipe(workspace, tmp_path / "second"), "init": str(first)})
+    pretrain({**recipe(workspace, tmp_path / "second"), "init": str(first)})
     losses = {run: [m["loss"] for m in read_metrics(tmp_path / run) if "loss" in m] for run in ("first", "second")}
     assert losses["second"][0] < losses["first"][0] - 0.1  # the same data: a trained start is ahead
     with pytest.raises(RecipeError, match="init: .* holds no model.safetensors"):

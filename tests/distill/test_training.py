@@ -14,7 +14,7 @@ def losses(out, stage):
 
 def converted(workspace):
     torch.manual_seed(0)
-    teacher = hydrahead.cli.convert.load_teacher(str(workspace / "teacher"), "float32")
+    teacher = hydrahead.load_model(workspace / "teacher", "float32")
     return convert(teacher, HeadPlan.from_json(workspace / "plan.json"), HybridOptions.preset("paper", train_length=64))
 
 
@@ -78,3 +78,17 @@ def test_lora_distill_merges_into_a_plain_hybrid(workspace, tmp_path):
     assert not torch.equal(before[gdn], after[gdn])
     curve = losses(tmp_path / "run", "distill")
     assert curve[-1] < curve[0]
+
+
+def test_a_teacher_in_memory_trains_the_same_as_one_loaded_from_disk(workspace, tmp_path):
+    stages = {"align": tiny_stage(tokens=2 * 4 * 32), "distill": tiny_stage(tokens=2 * 4 * 32, loss_chunk=8)}
+    from_disk = hydrahead.load_model(run(tiny_recipe(workspace, tmp_path / "disk", stages)))
+    teacher = hydrahead.load_model(workspace / "teacher", "float32")
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    final = run(tiny_recipe(workspace, tmp_path / "memory", stages), teacher=teacher,
+                tokenizer=hydrahead.load_tokenizer(workspace / "teacher"), plan=HeadPlan.from_json(workspace / "plan.json"))
+    in_memory = hydrahead.load_model(final)
+    for (name, a), b in zip(from_disk.state_dict().items(), in_memory.state_dict().values()):
+        assert torch.equal(a, b), name
+    after = teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the teacher handed in is left as it was

@@ -8,7 +8,7 @@ import pytest
 from hydrahead.cli import main
 from hydrahead.cli.eval import parse_depths, parse_length, parse_lengths
 from hydrahead.eval import EvalError
-from hydrahead.eval.loading import model_labels
+from hydrahead.eval.report import model_labels
 
 
 def test_niah_report_for_two_models_and_two_lengths(model_dirs, tmp_path, capsys):
@@ -45,10 +45,12 @@ def test_ppl_report(model_dirs, tmp_path):
 def test_errors_are_one_line(model_dirs, tmp_path, capsys):
     no_tokenizer = tmp_path / "bare"
     no_tokenizer.mkdir()
-    (no_tokenizer / "config.json").write_text((model_dirs["teacher"] / "config.json").read_text())
+    for name in ("config.json", "model.safetensors"):
+        (no_tokenizer / name).write_bytes((model_dirs["teacher"] / name).read_bytes())
     cases = [
         (["--models", str(tmp_path / "nope"), str(model_dirs["hybrid"])], "model directory unusable: .*nope"),
         (["--models", str(no_tokenizer)], "no usable tokenizer in .*bare"),
+        (["--models", str(model_dirs["hybrid"] / "config.json")], "unusable: .*config.json is a file, not a model"),
         (["--models", str(model_dirs["hybrid"]), "--lengths", "2x"], "cannot read length '2x'"),
         (["--models", str(model_dirs["hybrid"]), "--lengths", "64", "--tasks", "single_number"],
          "length 64 is too short for task single_number"),

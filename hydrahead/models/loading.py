@@ -1,0 +1,262 @@
+"""Loading and saving models, in one place: teachers and hybrids, their tokenizers, and the checks before.
+
+  read_config(path)                     config.json as a dict
+  load_model(path, dtype=, device=)     a teacher (any transformers causal LM) or a hydrahead hybrid, eval mode
+  from_pretrained(path, **kwargs)       a hybrid only (`hydrahead.from_pretrained`)
+  load_tokenizer(path)                  the tokenizer saved with a model, checked to encode text
+  save_hybrid(model, path, ...)         checkpoint + tokenizer + plan summary; the directory is complete or absent
+  resolve_device(name)                  "auto", "cpu", "cuda", "cuda:1" -> torch.device, checked
+
+A checkpoint is a normal transformers directory (config.json + safetensors). It is checked before it is
+handed to transformers, so that a missing file, a truncated download or the wrong kind of directory gives
+a `CheckpointError` saying which, rather than a deep stack trace. Weights are read from safetensors only:
+nothing a user hands us is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+from hydrahead.errors import CheckpointError, DeviceError
+from hydrahead.models.hybrid import HYBRID_CLASSES, is_hybrid
+
+WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+MODEL_CARD = "README.md"
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """config.json of a model directory, or CheckpointError naming what is missing or corrupt."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"model directory not found: {path}")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file, not a model directory")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path} has no config.json; is it a model directory?")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_file} is corrupt (not valid JSON: {err})") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file} is corrupt (not a JSON object)")
+    return config
+
+
+def hybrid_model_types() -> list[str]:
+    return sorted(config_class.model_type for config_class, _ in HYBRID_CLASSES.values())
+
+
+def is_hybrid_dir(path: str | Path) -> bool:
+    return read_config(path).get("model_type") in hybrid_model_types()
+
+
+def weight_files(path: Path) -> list[Path]:
+    if (path / WEIGHTS).is_file():
+        return [path / WEIGHTS]
+    if (path / WEIGHTS_INDEX).is_file():
+        try:
+            index = json.loads((path / WEIGHTS_INDEX).read_text())
+            names = sorted(set(index["weight_map"].values()))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise CheckpointError(f"{path / WEIGHTS_INDEX} is corrupt: {err!r}") from err
+        missing = [n for n in names if not (path / n).is_file()]
+        if missing:
+            raise CheckpointError(f"{path} is incomplete: missing weight shard(s) {missing}")
+        return [path / n for n in names]
+    if any((path / name).is_file() for name in PICKLED):
+        raise CheckpointError(f"{path} holds pickled weights ({PICKLED[0]}); hydrahead reads safetensors only "
+                              "(it never unpickles a file it is given): re-save the model with save_pretrained()")
+    raise CheckpointError(f"{path} has no weights ({WEIGHTS} or {WEIGHTS_INDEX})")
+
+
+def check_weights(path: Path) -> None:
+    """Open every safetensors file's header: catches truncated or overwritten files before loading."""
+    for file in weight_files(path):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # safetensors raises its own error types for a bad header
+            raise CheckpointError(f"weights file {file} is corrupt or truncated: {err}") from err
+
+
+def torch_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
+    """"auto" or a torch dtype from its name; CheckpointError for anything else."""
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if dtype not in DTYPES:
+        raise CheckpointError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """A torch device from "auto" (CUDA when there is one, else CPU), "cpu", "cuda", "cuda:N"; DeviceError
+    naming the devices this machine has when the name is wrong or the device is absent."""
+    if isinstance(name, torch.device):
+        return name
+    available = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise DeviceError(f"unknown device {name!r}; this machine has: {', '.join(available)}") from err
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise DeviceError(f"device {name!r} is not available; this machine has: {', '.join(available)}")
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"device {name!r} is not supported; this machine has: {', '.join(available)}")
+    return device
+
+
+def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu") -> Any:
+    """A hydrahead hybrid (by its config's model_type) or a plain transformers causal LM, in eval mode on
+    `device` ("auto" picks CUDA when there is one). CheckpointError names what is wrong with the directory."""
+    path = Path(path)
+    config = read_config(path)
+    target = resolve_device(device)
+    check_weights(path)
+    if config.get("model_type") in hybrid_model_types():
+        model = _hybrid(path, config, dtype=torch_dtype(dtype))
+    else:
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype), use_safetensors=True)
+        except (OSError, ValueError, RuntimeError, KeyError) as err:
+            raise CheckpointError(f"could not load the model in {path}: {err}") from err
+    return model.to(target).eval()
+
+
+def from_pretrained(path: str | Path, **kwargs: Any):
+    """Load a hybrid model saved with `save_pretrained`; keyword arguments go to transformers' `from_pretrained`."""
+    path = Path(path)
+    config = read_config(path)
+    if config.get("model_type") not in hybrid_model_types():
+        raise CheckpointError(
+            f"{path} holds a {config.get('model_type')!r} model, not a hydrahead hybrid "
+            f"(expected one of {hybrid_model_types()}); convert it first with `hydrahead convert`"
+        )
+    check_weights(path)
+    return _hybrid(path, config, **kwargs)
+
+
+def _hybrid(path: Path, config: dict[str, Any], **kwargs: Any):
+    model_class = {c.model_type: m for c, m in HYBRID_CLASSES.values()}[config["model_type"]]
+    try:
+        return model_class.from_pretrained(str(path), **kwargs)
+    except (OSError, RuntimeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"could not load {path}: {err}") from err
+
+
+_SAVE_ONE = "save the tokenizer next to the weights (`hydrahead convert` copies the teacher's)"
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer saved in a model directory, or CheckpointError when there is none that encodes text."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"no usable tokenizer in {path}: {err}; {_SAVE_ONE}") from err
+    # transformers builds an empty tokenizer from config.json alone when no tokenizer files are there
+    if len(tokenizer) < 2 or not tokenizer("The grass is green.", add_special_tokens=False)["input_ids"]:
+        raise CheckpointError(f"no usable tokenizer in {path} (it encodes text to nothing); {_SAVE_ONE}")
+    return tokenizer
+
+
+def check_model_dirs(paths: list[str | Path] | tuple[str | Path, ...]) -> None:
+    """Check several model directories before any is loaded (config, weights, tokenizer), so that a typo in
+    the third path fails at once rather than after hours spent on the first two. One CheckpointError names
+    every directory that is unusable."""
+    if not paths:
+        raise CheckpointError("no model directories given")
+    bad = []
+    for path in paths:
+        try:
+            read_config(path)
+            weight_files(Path(path))
+        except CheckpointError as err:
+            bad.append(str(err))
+    if bad:
+        raise CheckpointError(f"model director{'ies' if len(bad) > 1 else 'y'} unusable: {'; '.join(bad)}")
+    for path in paths:
+        load_tokenizer(path)
+
+
+def check_output_dir(path: str | Path) -> Path:
+    """A directory a checkpoint may be written to: absent, empty, or an earlier checkpoint (which is
+    replaced). Anything else is refused before any work starts, so that nothing a user keeps is deleted."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CheckpointError(f"cannot save a checkpoint to {path}: it is a file, not a directory")
+    if path.is_dir() and any(path.iterdir()) and not (path / "config.json").is_file():
+        raise CheckpointError(f"cannot save a checkpoint to {path}: the directory holds other files "
+                              "(not an earlier checkpoint); choose a new or empty directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CheckpointError(f"cannot save a checkpoint to {path}: {parent} is a file")
+            break
+    return path
+
+
+def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: torch.dtype | None = None,
+                state_dict: dict[str, torch.Tensor] | None = None,
+                finish: Callable[[Path], None] | None = None) -> Path:
+    """Save a model (a hybrid, or any transformers model) as a transformers checkpoint directory: weights
+    (in `dtype`, default the model's), config, the tokenizer, and for a hybrid a model card with its plan.
+
+    Written into a temporary sibling and renamed, so `path` is the complete checkpoint or the old one.
+    `state_dict` replaces the model's own (a gathered FSDP state, say); `finish(tmp_dir)` may add files
+    (a manifest) before the rename."""
+    path = check_output_dir(Path(path).absolute())
+    state = state_dict if state_dict is not None else model.state_dict()
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(tmp, state_dict=state)
+        if dtype is not None:  # save_pretrained records the model's dtype, not the stored one
+            config = json.loads((tmp / "config.json").read_text())
+            config["dtype"] = str(dtype).removeprefix("torch.")
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if is_hybrid(model):
+            (tmp / MODEL_CARD).write_text(_model_card(model))
+        if finish is not None:
+            finish(tmp)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"cannot save a checkpoint to {path}: {err}") from err
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return path
+
+
+def _model_card(model: Any) -> str:
+    plan = model.hydrahead_plan
+    return (f"# hydrahead hybrid ({model.config.model_type})\n\n"
+            "A head-level hybrid written by hydrahead: softmax attention for the heads below, Gated DeltaNet\n"
+            "for every other head.\n\n"
+            "```python\nimport hydrahead\nmodel = hydrahead.from_pretrained(\"path/to/this/directory\")\n```\n\n"
+            f"## Plan\n\n```\n{plan.summary()}\n```\n\n"
+            f"## Options\n\n```json\n{json.dumps(model.hydrahead_options.to_dict(), indent=1, sort_keys=True)}\n```\n")
+
+
+__all__ = ["check_model_dirs", "check_output_dir", "from_pretrained", "is_hybrid_dir", "load_model", "load_tokenizer", "read_config",
+           "resolve_device", "save_hybrid"]

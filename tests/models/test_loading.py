@@ -1,0 +1,164 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import hydrahead
+from hydrahead import HeadPlan, HybridOptions
+from tests.conftest import make_teacher
+
+
+@pytest.fixture
+def saved(tmp_path):
+    teacher = make_teacher("qwen3")
+    # layer 1: heads 0, 1 share KV group 0 and head 2 is alone in group 1 (K/V gathered per head)
+    plan = HeadPlan(((1,), (0, 1, 2)), 4, 2, meta={"source": "test"})
+    model = hydrahead.convert(teacher, plan, HybridOptions.preset("paper", train_length=64))
+    model.save_pretrained(tmp_path)
+    return model, tmp_path
+
+
+@pytest.mark.parametrize("loader", ["hydrahead", "auto"])
+def test_round_trip_gives_identical_logits(saved, loader):
+    model, path = saved
+    again = hydrahead.from_pretrained(path) if loader == "hydrahead" else AutoModelForCausalLM.from_pretrained(path)
+    assert type(again) is type(model)
+    ids = torch.randint(0, model.config.vocab_size, (2, 13))
+    with torch.no_grad():
+        torch.testing.assert_close(again.eval()(ids).logits, model.eval()(ids).logits, rtol=0, atol=0)
+    assert again.hydrahead_plan == model.hydrahead_plan
+    assert again.hydrahead_plan.meta == {"source": "test"}
+    assert again.hydrahead_options == HybridOptions.preset("paper", train_length=64)
+
+
+def test_round_trip_each_family(family, tmp_path):
+    teacher = make_teacher(family)
+    model = hydrahead.convert(teacher, HeadPlan(((0, 1), (3,)), 4, 2)).eval()
+    model.save_pretrained(tmp_path)
+    again = hydrahead.from_pretrained(tmp_path).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, model(ids).logits)
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(hydrahead.CheckpointError, match="not found"):
+        hydrahead.from_pretrained(tmp_path / "nope")
+
+
+def test_missing_weights(saved):
+    _, path = saved
+    (path / "model.safetensors").unlink()
+    with pytest.raises(hydrahead.CheckpointError, match="no weights"):
+        hydrahead.from_pretrained(path)
+
+
+def test_truncated_weights(saved):
+    _, path = saved
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(hydrahead.CheckpointError, match="corrupt or truncated"):
+        hydrahead.from_pretrained(path)
+
+
+def test_garbage_weights(saved):
+    _, path = saved
+    (path / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(hydrahead.CheckpointError, match="corrupt"):
+        hydrahead.from_pretrained(path)
+
+
+def test_corrupt_config(saved):
+    _, path = saved
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(hydrahead.CheckpointError, match="config.json is corrupt"):
+        hydrahead.from_pretrained(path)
+
+
+def test_not_a_hybrid(tmp_path):
+    make_teacher("llama").save_pretrained(tmp_path)
+    with pytest.raises(hydrahead.CheckpointError, match="not a hydrahead hybrid"):
+        hydrahead.from_pretrained(tmp_path)
+
+
+def test_hybrid_config_without_plan(saved):
+    _, path = saved
+    config = json.loads((path / "config.json").read_text())
+    del config["hydrahead"]
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(hydrahead.CheckpointError, match="hydrahead"):
+        hydrahead.from_pretrained(path)
+
+
+# ------------------------------------------------------------------ the one loader and saver
+def test_load_model_takes_teachers_and_hybrids(saved, tmp_path):
+    model, path = saved
+    teacher_dir = tmp_path / "teacher"
+    teacher = make_teacher("qwen3")
+    teacher.save_pretrained(teacher_dir)
+    ids = torch.randint(0, model.config.vocab_size, (1, 9))
+    loaded_teacher, loaded_hybrid = hydrahead.load_model(teacher_dir), hydrahead.load_model(path, "float32")
+    assert not loaded_teacher.training and not loaded_hybrid.training
+    assert not hydrahead.is_hybrid(loaded_teacher) and hydrahead.is_hybrid(loaded_hybrid)
+    with torch.no_grad():
+        assert torch.equal(loaded_teacher(ids).logits, teacher.eval()(ids).logits)
+        assert torch.equal(loaded_hybrid(ids).logits, model.eval()(ids).logits)
+    assert next(hydrahead.load_model(teacher_dir, "bfloat16").parameters()).dtype == torch.bfloat16
+
+
+def test_load_model_refuses_pickles_and_bad_dtypes(tmp_path):
+    make_teacher("llama").save_pretrained(tmp_path)
+    with pytest.raises(hydrahead.CheckpointError, match="unknown dtype 'float8'"):
+        hydrahead.load_model(tmp_path, "float8")
+    (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
+    with pytest.raises(hydrahead.CheckpointError, match="safetensors only"):
+        hydrahead.load_model(tmp_path)
+    with pytest.raises(hydrahead.CheckpointError, match="is a file, not a model directory"):
+        hydrahead.load_model(tmp_path / "config.json")
+
+
+def test_devices_are_checked():
+    from hydrahead.models.loading import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(hydrahead.DeviceError, match="unknown device 'banana'; this machine has: cpu"):
+        resolve_device("banana")
+    with pytest.raises(hydrahead.DeviceError, match="'cuda:9' is not available"):
+        resolve_device("cuda:9")
+
+
+def test_load_tokenizer_needs_one_that_encodes(saved):
+    _, path = saved  # saved without a tokenizer
+    with pytest.raises(hydrahead.CheckpointError, match="no usable tokenizer"):
+        hydrahead.load_tokenizer(path)
+
+
+def test_save_hybrid_writes_a_complete_checkpoint(saved, tmp_path):
+    from tests.distill.conftest import make_tokenizer
+
+    model, _ = saved
+    out = hydrahead.save_hybrid(model, tmp_path / "out", make_tokenizer(), dtype=torch.float16)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
+    assert model.hydrahead_plan.summary() in (out / "README.md").read_text()
+    assert len(hydrahead.load_tokenizer(out)) == len(make_tokenizer())
+    again = hydrahead.load_model(out)
+    assert next(again.parameters()).dtype == torch.float16 and again.hydrahead_plan == model.hydrahead_plan
+    hydrahead.save_hybrid(model, out)  # an earlier checkpoint is replaced whole
+    assert not (out / "tokenizer.json").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_save_hybrid_never_overwrites_what_is_not_a_checkpoint(saved, tmp_path):
+    model, _ = saved
+    (tmp_path / "file").write_text("keep me")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(hydrahead.CheckpointError, match="is a file, not a directory"):
+        hydrahead.save_hybrid(model, tmp_path / "file")
+    with pytest.raises(hydrahead.CheckpointError, match="holds other files"):
+        hydrahead.save_hybrid(model, tmp_path / "notes")
+    with pytest.raises(hydrahead.CheckpointError, match="file is a file"):
+        hydrahead.save_hybrid(model, tmp_path / "file" / "sub")
+    assert (tmp_path / "file").read_text() == "keep me" and (tmp_path / "notes" / "todo.txt").is_file()
