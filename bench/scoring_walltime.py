@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark this c
 from transformers import Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 
 from hydrahead.scoring import ProbeConfig, build_probes, score_heads  # noqa: E402
-from hydrahead.scoring.toy_tokenizer import char_tokenizer  # noqa: E402
+from tests.toy_tokenizer import char_tokenizer  # noqa: E402
 
 
 def main() -> None:

@@ -7,10 +7,15 @@ Gated DeltaNet linear attention, joined by a scale-normalised fusion.
 from hydrahead.errors import (
     CacheError,
     CheckpointError,
+    DataError,
     DeviceError,
+    DistillError,
+    EvalError,
     HydraHeadError,
     OptionsError,
     PlanError,
+    RecipeError,
+    ScoringError,
     UnsupportedModelError,
 )
 from hydrahead.cache import HybridHeadCache
@@ -22,7 +27,6 @@ from hydrahead.plan import HeadPlan
 from hydrahead.scoring import (
     HeadScores,
     ProbeConfig,
-    ScoringError,
     ablate,
     build_probes,
     layer_similarity,
@@ -42,15 +46,15 @@ def __getattr__(name: str):
 
     if name in _LAZY_MODULES:
         return importlib.import_module(f"hydrahead.{name}")
-    if name == "EvalError":
-        return importlib.import_module("hydrahead.eval.errors").EvalError
     raise AttributeError(f"module 'hydrahead' has no attribute {name!r}")
 
 
 __all__ = [
     "CacheError",
     "CheckpointError",
+    "DataError",
     "DeviceError",
+    "DistillError",
     "EvalError",
     "HeadPlan",
     "HeadScores",
@@ -60,6 +64,7 @@ __all__ = [
     "OptionsError",
     "PlanError",
     "ProbeConfig",
+    "RecipeError",
     "ScoringError",
     "UnsupportedModelError",
     "ablate",

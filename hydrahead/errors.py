@@ -1,4 +1,5 @@
-"""Typed errors. Every message names the thing that is wrong and what to do about it."""
+"""Every error type hydrahead raises on purpose, in one place. Each message names the thing that is wrong and
+what to do about it; the CLI prints it as one line and exits 2."""
 
 from __future__ import annotations
 
@@ -33,3 +34,51 @@ class NeedleError(HydraHeadError, ValueError):
 
 class DeviceError(HydraHeadError, ValueError):
     """A device name that is wrong, or names a device this machine does not have."""
+
+
+# ------------------------------------------------------------------------------------------ ops
+class GatedDeltaRuleError(HydraHeadError, ValueError):
+    """Inputs to `gated_delta_rule` with the wrong rank, mismatched shapes, or an unknown or unusable mode."""
+
+
+class FlaNotInstalledError(HydraHeadError, ImportError):
+    """mode="fla" was asked for, but fla (package `fla-core`) cannot be imported."""
+
+
+# ------------------------------------------------------------------------------------------ scoring
+class ScoringError(HydraHeadError, ValueError):
+    """Scoring cannot run as asked: an unsupported model, a score file for another model shape, a bad method."""
+
+
+class ProbeError(ScoringError):
+    """Probes cannot be built as asked: a context too short, a tokenizer that cannot make same-length distractors."""
+
+
+# ------------------------------------------------------------------------------------------ distillation
+class DistillError(HydraHeadError):
+    """Base class of every error the distillation pipeline raises on purpose."""
+
+
+class RecipeError(DistillError, ValueError):
+    """A recipe key that is unknown, missing, of the wrong type or out of range; the message names its path."""
+
+
+class DataError(DistillError, ValueError):
+    """A data file that is missing, empty, unreadable or too small for one training sequence."""
+
+
+class NonFiniteLossError(DistillError, FloatingPointError):
+    """The loss or the gradient norm became NaN or inf; the last good checkpoint is left as it was."""
+
+
+class ResumeError(DistillError):
+    """`--resume` without a checkpoint, a checkpoint from a different recipe, or a fresh run over an old one."""
+
+
+# ------------------------------------------------------------------------------------------ evaluation, demo
+class EvalError(HydraHeadError, ValueError):
+    """An evaluation that cannot run as asked: a missing data file, a length too short, a bad task name."""
+
+
+class TeacherError(HydraHeadError):
+    """The shipped demo teacher is missing or damaged, or a retrain cannot run as asked."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import hydrahead
 from hydrahead.needles import ANSWER_PREFIX, INTRO, QUESTION, needle_sentence, place
-from hydrahead.scoring.toy_tokenizer import char_tokenizer
+from tests.toy_tokenizer import char_tokenizer
 
 
 def _check_prompt(text: str, kind: str) -> None:

@@ -31,7 +31,7 @@ def parse_overrides(items: list[str]) -> dict:
     """["stages.align.lr=2.0e-3", ...] -> {"stages.align.lr": 0.002}; values are parsed as YAML."""
     import yaml
 
-    from hydrahead.distill.errors import RecipeError
+    from hydrahead.errors import RecipeError
 
     overrides = {}
     for item in items:
@@ -45,7 +45,7 @@ def parse_overrides(items: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from hydrahead.distill import EXAMPLE_RECIPE, Recipe
     from hydrahead.distill import run as run_recipe
-    from hydrahead.distill.errors import RecipeError
+    from hydrahead.errors import RecipeError
 
     if args.print_example_recipe:
         print(EXAMPLE_RECIPE, end="")

@@ -25,7 +25,7 @@ _UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
 
 def parse_length(text: str) -> int:
     """'8k' -> 8192, '1.5k' -> 1536, '4096' -> 4096."""
-    from hydrahead.eval.errors import EvalError
+    from hydrahead.errors import EvalError
 
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", text)
     if not match or float(match[1]) * _UNITS[match[2].lower()] < 1:
@@ -38,7 +38,7 @@ def parse_lengths(text: str) -> list[int]:
 
 
 def parse_depths(text: str) -> list[float]:
-    from hydrahead.eval.errors import EvalError
+    from hydrahead.errors import EvalError
 
     try:
         depths = [float(t) for t in text.split(",") if t.strip()]

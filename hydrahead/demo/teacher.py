@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from hydrahead.errors import HydraHeadError
+from hydrahead.errors import TeacherError
 from hydrahead.utils.io import atomic_write_text
 
 ASSETS = Path(__file__).parent / "assets"
@@ -44,10 +44,6 @@ HELDOUT_FRACTION = 0.05  # standard-library files kept out of training, for held
 MONITOR_SEED = 9_999  # NIAH prompts watched during training: neither the evaluation's seeds nor training's
 
 Log = Callable[[str], None]
-
-
-class TeacherError(HydraHeadError):
-    """The shipped teacher is missing or damaged, or a retrain cannot run as asked."""
 
 
 # ----------------------------------------------------------------------------------------------- recipe

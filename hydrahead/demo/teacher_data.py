@@ -64,7 +64,7 @@ def niah_documents(tokenizer: Any, tasks: Sequence[str], count: int, min_tokens:
     """`count` prompts in the evaluation's format (`hydrahead.eval.tasks`), each followed by its answer."""
     from hydrahead.eval.tasks import make_example
 
-    from hydrahead.eval.errors import EvalError
+    from hydrahead.errors import EvalError
     from hydrahead.eval.tasks import Haystack
 
     rng = random.Random(seed)

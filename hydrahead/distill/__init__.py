@@ -11,7 +11,7 @@ LoRA), long_context (next-token CE at long length). One code path for one proces
 metrics, evaluate (hooks), run (the pipeline), pretrain (from scratch, no teacher).
 """
 
-from hydrahead.distill.errors import DataError, DistillError, NonFiniteLossError, RecipeError, ResumeError
+from hydrahead.errors import DataError, DistillError, NonFiniteLossError, RecipeError, ResumeError
 from hydrahead.distill.evaluate import EvalContext, Evaluator, HeldoutPerplexity
 from hydrahead.distill.metrics import read_metrics
 from hydrahead.distill.recipe import (

@@ -32,7 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
 from hydrahead.distill import distributed
 from hydrahead.distill.data import DataPosition
 from hydrahead.distill.distributed import DistEnv
-from hydrahead.distill.errors import ResumeError
+from hydrahead.errors import ResumeError
 from hydrahead.distill.recipe import diff_identities
 from hydrahead.utils.io import atomic_write
 

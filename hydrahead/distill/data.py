@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from hydrahead.distill.errors import DataError
+from hydrahead.errors import DataError
 from hydrahead.distill.recipe import DataConfig
 from hydrahead.utils.io import atomic_write
 

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hydrahead.distill.errors import DistillError
+from hydrahead.errors import DistillError
 
 
 @dataclass(frozen=True)
@@ -76,28 +76,12 @@ def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return value
 
 
-def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
-    value = value.detach().clone()
-    if env.distributed:
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value
-
-
 def all_gather_object(obj: Any, env: DistEnv) -> list[Any]:
     if not env.distributed:
         return [obj]
     out: list[Any] = [None] * env.world_size
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any, env: DistEnv) -> Any:
-    """Rank 0's `obj` on every process (used to agree on a decision, e.g. raising an error)."""
-    if not env.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def resolve_strategy(requested: str, env: DistEnv) -> str:
@@ -135,10 +119,6 @@ def wrap(module: nn.Module, layers: nn.ModuleList, env: DistEnv, strategy: str) 
         fully_shard(module)
         return module
     raise DistillError(f"unknown distributed strategy {strategy!r}")
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
 @contextlib.contextmanager

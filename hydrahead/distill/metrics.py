@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydrahead.distill.errors import RecipeError
+from hydrahead.errors import RecipeError
 from hydrahead.utils.io import atomic_write_text
 
 FILENAME = "metrics.jsonl"

@@ -23,7 +23,7 @@ import torch
 from hydrahead.distill import checkpoint as ckpt
 from hydrahead.distill import distributed
 from hydrahead.distill.data import Corpora, Tokenize, document_eos, resolve_files
-from hydrahead.distill.errors import RecipeError
+from hydrahead.errors import RecipeError
 from hydrahead.distill.evaluate import Evaluator, HeldoutPerplexity
 from hydrahead.distill.metrics import MetricsLog
 from hydrahead.distill.recipe import PretrainRecipe

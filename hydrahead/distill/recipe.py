@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
-from hydrahead.distill.errors import RecipeError
+from hydrahead.errors import RecipeError
 from hydrahead.distill.example import EXAMPLE_RECIPE
 from hydrahead.distill.schema import FieldError, build, check, parse_tokens, suggest
 from hydrahead.errors import OptionsError

@@ -17,7 +17,7 @@ import typing
 from dataclasses import fields
 from typing import Any, Literal
 
-from hydrahead.distill.errors import RecipeError
+from hydrahead.errors import RecipeError
 
 _TOKEN_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hydrahead.distill.errors import RecipeError
+from hydrahead.errors import RecipeError
 from hydrahead.distill.losses import chunked_kd_loss, hidden_state_mse, next_token_labels
 from hydrahead.distill.recipe import DistillStageConfig, StageConfig
 from hydrahead.models.convert import hybrid_parameters

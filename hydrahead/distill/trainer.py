@@ -29,7 +29,7 @@ from hydrahead.distill import checkpoint as ckpt
 from hydrahead.distill import distributed
 from hydrahead.distill.data import BatchLoader, DataPosition, SequenceSource
 from hydrahead.distill.distributed import DistEnv
-from hydrahead.distill.errors import NonFiniteLossError
+from hydrahead.errors import NonFiniteLossError
 from hydrahead.distill.evaluate import EvalContext, Evaluator
 from hydrahead.distill.metrics import MetricsLog, Progress
 from hydrahead.distill.recipe import StageConfig, TrainingConfig

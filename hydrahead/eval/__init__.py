@@ -9,7 +9,7 @@ Models and tokenizers load with `hydrahead.load_model` / `hydrahead.load_tokeniz
 from here). lm-evaluation-harness: `hydrahead.eval.lm_harness` (imported on demand; needs the `eval` extra).
 """
 
-from hydrahead.eval.errors import EvalError
+from hydrahead.errors import EvalError
 from hydrahead.models.loading import load_model, load_tokenizer
 from hydrahead.eval.niah import NiahRecord, evaluate_niah, niah
 from hydrahead.eval.ppl import Document, PerplexityResult, evaluate_perplexity, load_documents, perplexity

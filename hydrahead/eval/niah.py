@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from hydrahead.eval.errors import EvalError
+from hydrahead.errors import EvalError
 from hydrahead.eval.scoring import exact, score
 from hydrahead.eval.tasks import Example, Haystack, TaskSpec, make_examples, parse_tasks
 

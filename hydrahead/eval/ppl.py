@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hydrahead.eval.errors import EvalError
+from hydrahead.errors import EvalError
 
 TEXT_SUFFIXES = (".txt", ".md")
 

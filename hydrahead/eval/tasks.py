@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from hydrahead.errors import HydraHeadError
-from hydrahead.eval.errors import EvalError
+from hydrahead.errors import EvalError
 from hydrahead.needles import KIND, PROMPT, haystack_sentences, needle_key, needle_sentence, needle_value, place
 
 VT_TEMPLATE = (

@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from hydrahead.scoring.ablate import ablate, head_means
-from hydrahead.scoring.errors import ProbeError, ScoringError
+from hydrahead.errors import ProbeError, ScoringError
 from hydrahead.scoring.layers_similarity import LayerSimilarity, layer_similarity
 from hydrahead.scoring.probes import Probe, ProbeConfig, build_probes, kv_recall_words
 from hydrahead.scoring.runner import Runner

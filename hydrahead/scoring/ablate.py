@@ -17,10 +17,10 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from hydrahead.scoring.errors import ScoringError
+from hydrahead.errors import ScoringError
 from hydrahead.models.heads import HeadHooks
 from hydrahead.models.shape import ModelShape
-from hydrahead.scoring.probes import Probe
+from hydrahead.scoring.probes import Probe, batches_by_length
 
 ABLATION_MODES = ("mean", "zero")
 
@@ -31,8 +31,6 @@ def _sequences(reference: torch.Tensor | Sequence[torch.Tensor] | Sequence[Probe
         return [reference if reference.dim() == 2 else reference[None]]
     items = list(reference)
     if items and all(isinstance(item, Probe) for item in items):
-        from hydrahead.scoring.validate import batches_by_length
-
         return [torch.tensor([p.clean_ids for p in batch]) for batch in batches_by_length(items)]
     out = []
     for item in items:

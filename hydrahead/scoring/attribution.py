@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from hydrahead.scoring.attention import AttentionControl
 from hydrahead.scoring.combine import THRESHOLD, capability_scores, combine
-from hydrahead.scoring.errors import ScoringError
+from hydrahead.errors import ScoringError
 from hydrahead.scoring.patching import MIN_DELTA
 from hydrahead.scoring.probes import Probe
 from hydrahead.scoring.runner import Runner

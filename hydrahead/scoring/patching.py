@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hydrahead.scoring.combine import THRESHOLD, capability_scores, combine, top_heads
-from hydrahead.scoring.errors import ScoringError
+from hydrahead.errors import ScoringError
 from hydrahead.models.heads import HeadPatch
 from hydrahead.scoring.probes import Probe
 from hydrahead.scoring.readout import indirect_effect

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from hydrahead.scoring.errors import ProbeError
+from hydrahead.errors import ProbeError
 from hydrahead.errors import NeedleError
 from hydrahead.needles import (
     ANSWER_PREFIX,
@@ -302,3 +302,15 @@ def subprobes(probes: Sequence[Probe]) -> dict[str, dict[str, list[int]]]:
     for i, probe in enumerate(probes):
         groups.setdefault(probe.capability, {}).setdefault(probe.subprobe, []).append(i)
     return groups
+
+
+def batches_by_length(probes: Sequence[Probe], max_tokens: int = 16384) -> list[list[Probe]]:
+    """Probes grouped by length (no padding needed), at most `max_tokens` tokens per batch."""
+    groups: dict[int, list[Probe]] = {}
+    for probe in probes:
+        groups.setdefault(probe.length, []).append(probe)
+    out = []
+    for length, group in groups.items():
+        size = max(1, max_tokens // length)
+        out += [group[i:i + size] for i in range(0, len(group), size)]
+    return out

@@ -12,7 +12,7 @@ The layer loop is the one of `Qwen3Model.forward` (and Qwen2, Llama, Mistral): e
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -45,7 +45,6 @@ class RunStats:
     forward_calls: int = 0
     sequence_forwards: float = 0.0  # rows x layers run / layers: full-depth sequence equivalents
     backwards: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class Runner:

@@ -16,7 +16,7 @@ import numpy as np
 
 from hydrahead.models.shape import ModelShape
 from hydrahead.scoring.combine import top_heads
-from hydrahead.scoring.errors import ScoringError
+from hydrahead.errors import ScoringError
 from hydrahead.utils.io import atomic_write, atomic_write_text, read_json
 
 METHODS = ("patching", "attribution", "retrieval")

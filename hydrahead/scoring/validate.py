@@ -24,23 +24,11 @@ import torch
 from torch import nn
 
 from hydrahead.scoring.ablate import ablate, head_means
-from hydrahead.scoring.errors import ScoringError
-from hydrahead.scoring.probes import Probe
+from hydrahead.errors import ScoringError
+from hydrahead.scoring.probes import Probe, batches_by_length
 from hydrahead.scoring.readout import exact_match
 from hydrahead.scoring.scores import HeadScores
 from hydrahead.utils.io import atomic_write_text
-
-
-def batches_by_length(probes: Sequence[Probe], max_tokens: int = 16384) -> list[list[Probe]]:
-    """Probes grouped by length (no padding needed), at most `max_tokens` tokens per batch."""
-    groups: dict[int, list[Probe]] = {}
-    for probe in probes:
-        groups.setdefault(probe.length, []).append(probe)
-    out = []
-    for length, group in groups.items():
-        size = max(1, max_tokens // length)
-        out += [group[i:i + size] for i in range(0, len(group), size)]
-    return out
 
 
 @torch.no_grad()

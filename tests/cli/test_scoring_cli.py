@@ -8,7 +8,7 @@ import torch
 from hydrahead import HeadPlan
 from hydrahead.cli import main
 from hydrahead.scoring import HeadScores
-from hydrahead.scoring.toy_tokenizer import char_tokenizer
+from tests.toy_tokenizer import char_tokenizer
 from tests.conftest import make_teacher
 
 PROBES = ["--context-length", "500", "--samples", "1", "--needle-types", "word", "--capabilities", "single_key"]

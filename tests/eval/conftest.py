@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerFast
 import hydrahead
 from hydrahead import HeadPlan, HybridOptions
 from hydrahead.eval.tasks import TASKS, make_example
-from hydrahead.scoring.toy_tokenizer import char_tokenizer
+from tests.toy_tokenizer import char_tokenizer
 from tests.conftest import make_teacher
 
 SPECIAL = dict(pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")

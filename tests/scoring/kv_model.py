@@ -11,7 +11,7 @@ import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from hydrahead.scoring import ProbeConfig, build_probes, kv_recall_words
-from hydrahead.scoring.toy_tokenizer import word_tokenizer
+from tests.toy_tokenizer import word_tokenizer
 
 MIN_STEPS = 20
 KV_CONFIG = ProbeConfig(template="kv_recall", capabilities=("single_key",), context_length=16, samples=32,

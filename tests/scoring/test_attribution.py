@@ -8,7 +8,7 @@ from hydrahead.scoring import ProbeConfig, build_probes
 from hydrahead.scoring.attribution import attribution_effects
 from hydrahead.scoring.patching import receiver_effects
 from hydrahead.scoring.runner import Runner
-from hydrahead.scoring.toy_tokenizer import char_tokenizer
+from tests.toy_tokenizer import char_tokenizer
 from tests.conftest import make_teacher
 
 

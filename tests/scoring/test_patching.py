@@ -10,7 +10,7 @@ from hydrahead.models.heads import HeadPatch
 from hydrahead.scoring.patching import receiver_effects, sender_effects
 from hydrahead.scoring.readout import indirect_effect, logit_margin
 from hydrahead.scoring.runner import Runner
-from hydrahead.scoring.toy_tokenizer import char_tokenizer
+from tests.toy_tokenizer import char_tokenizer
 from tests.conftest import make_teacher
 
 CONFIG = ProbeConfig(context_length=480, samples=1, capabilities=("single_key",), needle_types=("number", "word"))

@@ -7,7 +7,7 @@ from transformers import PreTrainedTokenizerFast
 from hydrahead.scoring import ProbeConfig, ProbeError, build_probes, kv_recall_words
 from hydrahead.needles import essay_sentences
 from hydrahead.scoring.probes import subprobes
-from hydrahead.scoring.toy_tokenizer import char_tokenizer, word_tokenizer
+from tests.toy_tokenizer import char_tokenizer, word_tokenizer
 
 SMALL = dict(context_length=900, samples=2)
 

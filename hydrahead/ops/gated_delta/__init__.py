@@ -32,10 +32,10 @@ from typing import Literal, get_args
 
 import torch
 
-from hydrahead.errors import HydraHeadError
+from hydrahead.errors import FlaNotInstalledError, GatedDeltaRuleError
 
 from .chunk import chunk_gated_delta_rule
-from .fla import FLA_DTYPES, FlaNotInstalledError, fla_gated_delta_rule, fla_is_available
+from .fla import FLA_DTYPES, fla_gated_delta_rule, fla_is_available
 from .naive import gated_delta_rule_step, recurrent_gated_delta_rule
 
 Mode = Literal["auto", "recurrent", "chunk", "fla"]
@@ -52,10 +52,6 @@ __all__ = [
     "gated_delta_rule_step",
     "recurrent_gated_delta_rule",
 ]
-
-
-class GatedDeltaRuleError(HydraHeadError, ValueError):
-    """Inputs to `gated_delta_rule` with the wrong rank, mismatched shapes, or an unknown or unusable mode."""
 
 
 def gated_delta_rule(

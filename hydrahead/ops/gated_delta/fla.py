@@ -22,14 +22,10 @@ from collections.abc import Callable
 
 import torch
 
-from hydrahead.errors import HydraHeadError
+from hydrahead.errors import FlaNotInstalledError
 
 FLA_INSTALL_HINT = "pip install 'hydrahead[gpu]'"
 FLA_DTYPES = (torch.bfloat16, torch.float16)
-
-
-class FlaNotInstalledError(HydraHeadError, ImportError):
-    """mode="fla" was asked for, but fla (package `fla-core`) cannot be imported."""
 
 
 def load_fla_kernels() -> tuple[Callable[..., tuple[torch.Tensor, torch.Tensor | None]], ...]:

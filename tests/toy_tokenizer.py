@@ -1,4 +1,4 @@
-"""Tiny tokenizers built with `tokenizers`, wrapped for transformers: for tests, benchmarks and demos.
+"""Tiny tokenizers built with `tokenizers`, wrapped for transformers: for tests and benchmarks (not shipped).
 
 Scoring works with any Hugging Face tokenizer; these two exist so that probes can be built without a
 download. `char_tokenizer` covers printable ASCII one character per token (97 ids, the vocabulary of
