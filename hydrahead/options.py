@@ -1,4 +1,4 @@
-"""`HybridOptions`: how the two branches of a hybrid layer are built (METHOD.md section 2).
+"""`HybridOptions`: how the two branches of a hybrid layer are built (docs/method.md section 2).
 
 A plain, serialisable dataclass. Two presets:
   "paper": the paper's defaults: NoPE + log-length query scale + output gate on FA heads, RoPE on
@@ -55,7 +55,8 @@ class HybridOptions:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> HybridOptions:
-        """`"paper"` (METHOD.md defaults, train_length 4096 unless given) or `"exact"`; keywords override fields."""
+        """`"paper"` (the paper's choices, docs/method.md section 2.1; train_length 4096 unless given) or
+        `"exact"`; keywords override fields."""
         if name == "paper":
             base = cls(fa_rope="none", fa_log_scale=True, train_length=4096, fa_gate=True, fusion="scale_norm")
         elif name == "exact":

@@ -126,7 +126,7 @@ class HeadPlan:
     @classmethod
     def from_scores(cls, scores: Any, ratio: str = "7:1", min_per_layer: int = 1, granularity: str = "query_head",
                     config: Any | None = None) -> HeadPlan:
-        """Constrained global screening (METHOD.md section 3): the global top heads by score, with at least
+        """Constrained global screening (docs/method.md section 3): the global top heads by score, with at least
         `min_per_layer` FA heads in every layer.
 
         scores:      a `HeadScores` ((layers, heads) `values`, `num_kv_heads`, `method`)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from hydrahead.demo.scale import DemoScale
-from hydrahead.utils.io import atomic_write_text
+from hydrahead.utils.io import atomic_write_text, save_figure
 
 HYDRAHEAD = "hydrahead-7:1"
 
@@ -93,7 +93,7 @@ def plot_kv_bytes(sizes: dict[str, int], path: Path) -> None:
     ax.set_xlabel("KV-cache bytes per token")
     ax.set_title("KV cache per token (GDN heads keep a constant-size state instead)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 TEACHER_FLOOR = 0.2  # below this NIAH score at 1x, the teacher has no retrieval for students to keep

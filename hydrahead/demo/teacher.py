@@ -1,6 +1,6 @@
 """The demo's teacher: a small Llama trained here from scratch, shipped inside the package.
 
-No 20-minute CPU budget trains a model that retrieves (METHOD.md section 7), so the demo ships its teacher
+No 20-minute CPU budget trains a model that retrieves (docs/method.md section 7), so the demo ships its teacher
 (40M tokens in two phases, induction then retrieval; greedy NIAH at 256: number 1.0, word 1.0, multikey
 0.725; docs/results.md section 1):
 `assets/teacher/` holds its weights (half precision safetensors), tokenizer and a manifest (the recipe's
@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from hydrahead.errors import TeacherError
-from hydrahead.utils.io import atomic_write_text
+from hydrahead.utils.io import atomic_write_text, save_figure
 
 ASSETS = Path(__file__).parent / "assets"
 RECIPE = ASSETS / "teacher_recipe.yaml"
@@ -254,7 +254,7 @@ def plot_training(records: list[dict[str, Any]], png: str | Path) -> None:
     niah_ax.legend()
     fig.suptitle("demo teacher: when retrieval forms")
     fig.tight_layout()
-    fig.savefig(png, dpi=110)
+    save_figure(fig, png, dpi=110)
 
 
 def ship(work: str | Path, dest: Path = SHIPPED, recipe_path: Path = RECIPE, log: Log = print) -> Path:

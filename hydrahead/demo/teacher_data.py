@@ -1,6 +1,6 @@
 """Training documents for the demo teacher: a small language model that must grow retrieval heads.
 
-A retrieval head forms late and suddenly (METHOD.md section 7): first a previous-token head and an
+A retrieval head forms late and suddenly (docs/method.md section 7): first a previous-token head and an
 induction head (copy what followed the last occurrence of the current token), then heads that match a
 key across different wordings. The mix below is built for that order, from the shared needle module
 (`hydrahead.needles`), with seeds the evaluation and the probes never use:

@@ -1,4 +1,4 @@
-"""Three-stage distillation of a hybrid from its teacher (METHOD.md section 4).
+"""Three-stage distillation of a hybrid from its teacher (docs/method.md section 4).
 
     from hydrahead import distill
     distill.run("recipe.yaml")              # or a Recipe, or a dict; resume=True to continue a run

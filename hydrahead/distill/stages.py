@@ -1,4 +1,4 @@
-"""The three stages of METHOD.md section 4: which parameters train, what the teacher provides, the loss.
+"""The three stages of docs/method.md section 4: which parameters train, what the teacher provides, the loss.
 
     align         only `hybrid_parameters` train (backbone frozen); per-layer hidden-state MSE (Eq. 15)
     distill       every parameter trains, or hybrid parameters + LoRA on the backbone (peft, merged at

@@ -18,7 +18,7 @@ from typing import Any
 
 from hydrahead.eval.niah import NiahRecord
 from hydrahead.eval.ppl import PerplexityResult
-from hydrahead.utils.io import atomic_write, atomic_write_text
+from hydrahead.utils.io import atomic_write_text, save_figure
 
 
 def format_length(n: int) -> str:
@@ -104,7 +104,7 @@ def niah_markdown(records: Sequence[NiahRecord], summary: list[dict]) -> str:
 
 
 def _save(fig: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def plot_niah_accuracy(records: Sequence[NiahRecord], summary: list[dict], path: Path) -> None:

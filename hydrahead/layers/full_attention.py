@@ -67,7 +67,7 @@ class FullAttentionBranch(nn.Module):
 
     @torch.no_grad()
     def reset_gate(self) -> None:
-        """Gate starts as a constant sigmoid(1) per channel: W = 0, b = 1 (METHOD.md section 2)."""
+        """Gate starts as a constant sigmoid(1) per channel: W = 0, b = 1 (docs/method.md section 2)."""
         if self.gate_proj is not None:
             self.gate_proj.weight.zero_()
             self.gate_proj.bias.fill_(1.0)

@@ -3,7 +3,7 @@
 The teacher is not modified (it is still needed as the distillation teacher). Everything outside
 self-attention is copied as is. Inside each layer, the FA branch takes the teacher's q/k/v rows of its
 heads, the GDN branch reuses the teacher's q rows of its heads and the k/v rows of their KV groups
-(parameter reuse, METHOD.md section 2), `o_proj`'s columns are permuted into execution order, and the
+(parameter reuse, docs/method.md section 2), `o_proj`'s columns are permuted into execution order, and the
 fusion gains start at the teacher's per-head output RMS measured on a short calibration batch.
 """
 

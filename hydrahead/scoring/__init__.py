@@ -4,7 +4,7 @@
     plan = HeadPlan.from_scores(scores, ratio="7:1", min_per_layer=1)
 
 Scoring runs on the teacher (a Qwen3 / Qwen2 / Llama / Mistral causal LM), in whatever dtype it is
-loaded in (fp32 recommended on CPU). See METHOD.md section 3 and each module's docstring.
+loaded in (fp32 recommended on CPU). See docs/method.md section 3 and each module's docstring.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from torch import nn
 
 from hydrahead.scoring.probes import Probe
 from hydrahead.scoring.runner import Runner
-from hydrahead.utils.io import atomic_write, atomic_write_text
+from hydrahead.utils.io import atomic_write_text, save_figure
 
 
 @dataclass
@@ -49,7 +49,7 @@ class LayerSimilarity:
         ax.set_ylabel("layer")
         ax.set_title(title)
         fig.tight_layout()
-        atomic_write(path, lambda p: fig.savefig(p, format="png"))
+        save_figure(fig, path)
 
 
 @torch.no_grad()

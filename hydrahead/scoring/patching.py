@@ -14,7 +14,7 @@ keys, which the frozen receiver score cannot see); then the clean run is patched
 outputs, downstream attention frozen as before. IE_send(s) is the IE of that run. ("One-step": the
 change reaches r directly, not through heads or MLPs in between.)
 
-Iteration (ours: METHOD.md says only "iterated, converges in ~2 rounds"): R starts as the top
+Iteration (ours: the paper says only "iterated, converges in ~2 rounds"): R starts as the top
 `receiver_fraction` of heads by receiver score; each round computes sender scores against R, combines
 (Eq. 11-12, combine.py), and takes the new top heads as R; it stops when R no longer changes or after
 `max_rounds`. The rounds and receiver sets are kept in the metadata.

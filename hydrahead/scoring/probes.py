@@ -4,7 +4,7 @@ A `Probe` is a pair of token sequences that differ only in the queried needle's 
 prompt x holds the answer a+, the corrupted prompt x' holds a distractor a- of the **same token length**
 (checked; resampled otherwise), so every position lines up between the two runs. Both are teacher-forced
 with the clean answer appended (minus its last token), so the readout positions see identical tokens
-and the only difference between x and x' is the needle value (ours: METHOD.md does not say which answer
+and the only difference between x and x' is the needle value (ours: the paper does not say which answer
 the corrupted run is forced with). Answer positions where a+ and a- share a token (the leading space
 of a character tokenizer) add zero to the readout.
 

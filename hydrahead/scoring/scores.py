@@ -17,7 +17,7 @@ import numpy as np
 from hydrahead.models.shape import ModelShape
 from hydrahead.scoring.combine import top_heads
 from hydrahead.errors import ScoringError
-from hydrahead.utils.io import atomic_write, atomic_write_text, read_json
+from hydrahead.utils.io import atomic_write_text, read_json, save_figure
 
 METHODS = ("patching", "attribution", "retrieval")
 
@@ -134,7 +134,7 @@ class HeadScores:
         ax.set_ylabel("layer")
         ax.set_title(title or f"{self.method} head scores")
         fig.tight_layout()
-        atomic_write(path, lambda p: fig.savefig(p, format="png"))
+        save_figure(fig, path)
 
 
 def _rectangle(head: int, layer: int):

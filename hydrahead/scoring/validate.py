@@ -5,7 +5,7 @@
   ablated for several seeds. Random heads are drawn from the heads outside the top-k, so the check
   compares the ranking's choice against other heads (ours).
 - Agreement: Spearman rank correlation over all heads and Jaccard overlap of the top-K sets between
-  each other method and `patching` (the reference, METHOD.md section 3).
+  each other method and `patching` (the reference, docs/method.md section 3).
 """
 
 from __future__ import annotations

@@ -31,6 +31,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text))
 
 
+def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
+    """A matplotlib figure written atomically as PNG (keywords go to `savefig`, e.g. dpi)."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", **savefig_kwargs))
+
+
 def read_json(path: str | Path, error: type[Exception], what: str):
     """Parse a JSON file, raising `error` that names `what` and the path when it is missing or not JSON."""
     import json

@@ -1,0 +1,41 @@
+import json
+
+import pytest
+
+from hydrahead.errors import PlanError
+from hydrahead.utils.io import atomic_write, atomic_write_text, read_json, save_figure
+
+
+def test_atomic_write_is_all_or_nothing(tmp_path):
+    path = tmp_path / "sub" / "out.json"
+    atomic_write_text(path, json.dumps({"a": 1}))
+    assert read_json(path, PlanError, "plan") == {"a": 1}
+
+    def half(tmp):
+        tmp.write_text('{"a": ')
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, half)
+    assert json.loads(path.read_text()) == {"a": 1}  # the old file, whole
+    assert [p.name for p in path.parent.iterdir()] == ["out.json"]  # no temporary left behind
+
+
+def test_read_json_names_the_file(tmp_path):
+    with pytest.raises(PlanError, match="plan not found: .*nope.json"):
+        read_json(tmp_path / "nope.json", PlanError, "plan")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(PlanError, match="plan .*bad.json is not valid JSON"):
+        read_json(tmp_path / "bad.json", PlanError, "plan")
+
+
+def test_save_figure_writes_a_png(tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    fig.add_subplot().plot([0, 1], [1, 0])
+    save_figure(fig, tmp_path / "plot.png", dpi=50)
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
