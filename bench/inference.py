@@ -139,7 +139,7 @@ def fa_and_gdn_heads(model) -> tuple[list[int], list[int]]:
     if plan is None:
         L, H = model.config.num_hidden_layers, model.config.num_attention_heads
         return [H] * L, [0] * L
-    return plan.fa_heads_per_layer, [len(plan.la_heads(i)) for i in range(plan.num_layers)]
+    return plan.fa_heads_per_layer, [len(plan.gdn_heads(i)) for i in range(plan.num_layers)]
 
 
 def linear_weights(model) -> int:
@@ -195,7 +195,7 @@ def filled_cache(model, kind: str, context: int, batch: int, room: int):
     cache = HybridHeadCache(config, max_cache_len=None if kind == "dynamic" else context + room, device=device)
     conv = model.hydrahead_options.conv_size
     for i, layer in enumerate(cache.layers):
-        kv, gdn = plan.fa_kv_heads_per_layer[i], len(plan.la_heads(i))
+        kv, gdn = plan.fa_kv_heads_per_layer[i], len(plan.gdn_heads(i))
         if kv:
             layer.update(rand(batch, kv, context, D), rand(batch, kv, context, D))
         if gdn:

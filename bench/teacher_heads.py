@@ -1,7 +1,7 @@
 """Which of the shipped demo teacher's heads retrieval needs, and what conversion does to it before training.
 
 On the demo's own probes (the default scale's probe settings, the validation seed), teacher-forced NIAH
-accuracy (`hydrahead.scoring.niah_accuracy`):
+accuracy (`hydrahead.scoring.teacher_forced_accuracy`):
   1. each head mean-ablated alone (the heads that cost the most);
   2. the top-k patching-scored heads ablated, k = 1..4, against k random other heads (5 seeds);
   3. the teacher converted, with no training, under the exact and the paper presets: every head FA, and
@@ -24,7 +24,7 @@ def main() -> None:
     from hydrahead.demo.pipeline import NEEDLE_TYPES
     from hydrahead.demo.scale import SCALES
     from hydrahead.demo.teacher import load_teacher
-    from hydrahead.scoring import ProbeConfig, build_probes, niah_accuracy, score_heads
+    from hydrahead.scoring import ProbeConfig, build_probes, teacher_forced_accuracy, score_heads
 
     torch.set_num_threads(2)
     model, tokenizer = load_teacher()
@@ -34,19 +34,19 @@ def main() -> None:
     probes = build_probes(tokenizer, config, seed=config.seed + 1)
     layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
     every = [(layer, head) for layer in range(layers) for head in range(heads)]
-    base = niah_accuracy(model, probes)
+    base = teacher_forced_accuracy(model, probes)
     print(f"{len(probes)} probes, teacher-forced NIAH accuracy {base:.3f}")
     print("patching top-6:", ", ".join(f"{h} {scores.values[h[0]][h[1]]:.3f}" for h in scores.top_k(6)))
 
-    alone = sorted(((niah_accuracy(model, probes, heads=[h]), h) for h in every))
+    alone = sorted(((teacher_forced_accuracy(model, probes, heads=[h]), h) for h in every))
     print("1. one head ablated, the six that cost most:", ", ".join(f"{h} {a:.3f}" for a, h in alone[:6]))
 
     print("2. k | top-k ablated | k random others (mean of 5 seeds)")
     for k in (1, 2, 3, 4):
         top = scores.top_k(k)
         rest = [h for h in every if h not in top]
-        rand = [niah_accuracy(model, probes, heads=random.Random(s).sample(rest, k)) for s in range(5)]
-        print(f"   {k} | {niah_accuracy(model, probes, heads=top):.3f} | {sum(rand) / len(rand):.3f}")
+        rand = [teacher_forced_accuracy(model, probes, heads=random.Random(s).sample(rest, k)) for s in range(5)]
+        print(f"   {k} | {teacher_forced_accuracy(model, probes, heads=top):.3f} | {sum(rand) / len(rand):.3f}")
 
     print("3. converted, no training")
     calibration = torch.tensor([probes[0].clean_ids])
@@ -56,7 +56,7 @@ def main() -> None:
         for preset in ("exact", "paper"):
             options = HybridOptions.preset(preset, **({"train_length": 256} if preset == "paper" else {}))
             hybrid = hydrahead.convert(copy.deepcopy(model), plan, options, calibration=calibration).eval()
-            print(f"   {name}, {preset} preset: {niah_accuracy(hybrid, probes):.3f}")
+            print(f"   {name}, {preset} preset: {teacher_forced_accuracy(hybrid, probes):.3f}")
 
 
 if __name__ == "__main__":

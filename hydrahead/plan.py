@@ -262,7 +262,7 @@ class HeadPlan:
         """Query heads per KV head."""
         return self.num_heads // self.num_kv_heads
 
-    def la_heads(self, layer: int) -> tuple[int, ...]:
+    def gdn_heads(self, layer: int) -> tuple[int, ...]:
         """The GDN (linear-attention) query heads of `layer`, sorted."""
         fa = set(self.fa_heads[layer])
         return tuple(h for h in range(self.num_heads) if h not in fa)

@@ -24,7 +24,7 @@ def test_derived_properties():
     assert plan.fa_kv_heads_per_layer == [2, 1, 0]
     assert plan.kv_cache_fraction == pytest.approx(3 / 6)
     assert plan.la_fa_ratio == pytest.approx(9 / 3)
-    assert plan.la_heads(0) == (1, 2)
+    assert plan.gdn_heads(0) == (1, 2)
     assert "KV cache 50.0%" in plan.summary()
 
 

@@ -14,23 +14,23 @@ For lm-evaluation-harness, run `python -m hydrahead.eval.lm_harness` with lm_eva
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 
 HELP = "evaluate models: RULER-style NIAH grid (niah) or perplexity by position (ppl)"
 
-_UNITS = {"": 1, "k": 1024, "m": 1024 * 1024}
-
-
 def parse_length(text: str) -> int:
-    """'8k' -> 8192, '1.5k' -> 1536, '4096' -> 4096."""
+    """'8k' -> 8192, '1.5k' -> 1536, '4096' -> 4096 (k = 1024: hydrahead/utils/units.py)."""
     from hydrahead.errors import EvalError
+    from hydrahead.utils.units import parse_length as parse
 
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", text)
-    if not match or float(match[1]) * _UNITS[match[2].lower()] < 1:
-        raise EvalError(f"cannot read length {text!r}; use tokens such as 4096, 4k or 1.5k (k = 1024)")
-    return int(float(match[1]) * _UNITS[match[2].lower()])
+    try:
+        length = parse(text)
+    except ValueError as err:
+        raise EvalError(f"cannot read length {text!r}; use tokens such as 4096, 4k or 1.5k (k = 1024)") from err
+    if length < 1:
+        raise EvalError(f"a length must be at least 1 token, got {text!r}")
+    return length
 
 
 def parse_lengths(text: str) -> list[int]:

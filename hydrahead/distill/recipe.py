@@ -25,7 +25,8 @@ import yaml
 
 from hydrahead.errors import RecipeError
 from hydrahead.distill.example import EXAMPLE_RECIPE
-from hydrahead.distill.schema import FieldError, build, check, parse_tokens, suggest
+from hydrahead.distill.schema import FieldError, build, check, suggest
+from hydrahead.utils.units import parse_length, parse_tokens
 from hydrahead.errors import OptionsError
 from hydrahead.options import HybridOptions
 
@@ -106,9 +107,9 @@ class StageConfig:
     """Settings every stage has. A stage ends when it has seen `tokens` tokens."""
 
     tokens: int = field(metadata={"parse": parse_tokens})
-    """Token budget: the stage runs ceil(tokens / tokens_per_step) optimiser steps. Accepts "300M", "0.3B"."""
-    seq_len: int
-    """Tokens per packed training sequence."""
+    """Token budget: the stage runs ceil(tokens / tokens_per_step) optimiser steps. Accepts "300M", "0.3B" (M = 10^6; hydrahead/utils/units.py)."""
+    seq_len: int = field(metadata={"parse": parse_length})
+    """Tokens per packed training sequence. Accepts "4k" (= 4096: lengths count k = 1024)."""
     batch_size: int
     """Global sequences per micro-step (all processes together; must divide by the process count)."""
     lr: float

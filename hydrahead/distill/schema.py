@@ -11,31 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 import types
 import typing
 from dataclasses import fields
 from typing import Any, Literal
 
 from hydrahead.errors import RecipeError
-
-_TOKEN_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
-
-
-def parse_tokens(value: Any) -> int:
-    """A token count: an int, or a string such as "300M", "0.3B", "16K", "1_000_000"."""
-    if isinstance(value, bool):
-        raise ValueError("expected a token count, got a boolean")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str):
-        match = re.fullmatch(r"\s*([0-9][0-9_]*\.?[0-9_]*(?:e[0-9]+)?)\s*([KMBGT]?)\s*", value, flags=re.IGNORECASE)
-        if match:
-            return int(round(float(match.group(1).replace("_", "")) * _TOKEN_SUFFIX[match.group(2).upper()]))
-    raise ValueError(f"expected a token count such as 300000000, '300M' or '0.3B', got {value!r}")
-
 
 class FieldError(RecipeError):
     """A value that fails a check in `__post_init__`; `build` prefixes the field's full path."""

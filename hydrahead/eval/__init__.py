@@ -14,7 +14,7 @@ from hydrahead.models.loading import load_model, load_tokenizer
 from hydrahead.eval.niah import NiahRecord, evaluate_niah, niah
 from hydrahead.eval.ppl import Document, PerplexityResult, evaluate_perplexity, load_documents, perplexity
 from hydrahead.eval.report import write_report
-from hydrahead.eval.scoring import exact, score
+from hydrahead.eval.answers import exact, score
 from hydrahead.eval.tasks import TASKS, Example, Haystack, TaskSpec, make_example, make_examples, parse_tasks
 
 __all__ = [

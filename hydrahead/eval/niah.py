@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hydrahead.errors import EvalError
-from hydrahead.eval.scoring import exact, score
+from hydrahead.eval.answers import exact, score
 from hydrahead.eval.tasks import Example, Haystack, TaskSpec, make_examples, parse_tasks
 
 DEFAULT_BATCH_TOKENS = 32768

@@ -18,12 +18,8 @@ from typing import Any
 
 from hydrahead.eval.niah import NiahRecord
 from hydrahead.eval.ppl import PerplexityResult
+from hydrahead.utils.units import format_length
 from hydrahead.utils.io import atomic_write_text, save_figure
-
-
-def format_length(n: int) -> str:
-    """4096 -> '4k', 1536 -> '1.5k', 1000 -> '1000' (k = 1024, as on the command line)."""
-    return f"{n / 1024:g}k" if n >= 1024 and n % 256 == 0 else str(n)
 
 
 def model_labels(paths: Sequence[str | Path]) -> list[str]:

@@ -39,7 +39,7 @@ class HybridAttention(nn.Module):
         H, D = config.num_attention_heads, config.head_dim
         group_size = H // config.num_key_value_heads
         self.fa_heads = tuple(fa_heads)
-        self.la_heads = tuple(h for h in range(H) if h not in set(fa_heads))
+        self.gdn_heads = tuple(h for h in range(H) if h not in set(fa_heads))
         self.head_dim = D
         eps = config.rms_norm_eps
 
@@ -53,27 +53,27 @@ class HybridAttention(nn.Module):
         )
         self.gdn = (
             GatedDeltaNetBranch(
-                config.hidden_size, len(self.la_heads), D,
+                config.hidden_size, len(self.gdn_heads), D,
                 qkv_bias=qkv_bias, qk_norm=qk_norm, eps=eps, conv_size=options.conv_size, rope=options.gdn_rope,
                 kv_of_head=self.gdn_kv_of_head(group_size) if options.gdn_shared_kv else None,
             )
-            if self.la_heads
+            if self.gdn_heads
             else None
         )
         scale_norm = options.fusion == "scale_norm"
         self.fa_norm = BranchNorm(len(self.fa_heads), D, eps) if scale_norm and self.fa_heads else None
-        self.gdn_norm = BranchNorm(len(self.la_heads), D, eps) if scale_norm and self.la_heads else None
+        self.gdn_norm = BranchNorm(len(self.gdn_heads), D, eps) if scale_norm and self.gdn_heads else None
         self.o_proj = nn.Linear(H * D, config.hidden_size, bias=o_bias)
 
     def gdn_kv_of_head(self, group_size: int) -> tuple[int, ...]:
         """For each GDN head, its index among the GDN branch's shared KV heads (its GQA groups, sorted)."""
-        groups = sorted({h // group_size for h in self.la_heads})
-        return tuple(groups.index(h // group_size) for h in self.la_heads)
+        groups = sorted({h // group_size for h in self.gdn_heads})
+        return tuple(groups.index(h // group_size) for h in self.gdn_heads)
 
     @property
     def head_order(self) -> tuple[int, ...]:
         """Teacher head index of each execution slot: FA heads first, then GDN heads."""
-        return self.fa_heads + self.la_heads
+        return self.fa_heads + self.gdn_heads
 
     def hybrid_parameters(self) -> list[nn.Parameter]:
         """Parameters the teacher did not have: the GDN branch, the FA gate, the fusion norms and gains."""

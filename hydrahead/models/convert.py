@@ -50,7 +50,7 @@ def _load_linear(dst: nn.Linear, src: nn.Linear, heads: list[int], D: int) -> No
 @torch.no_grad()
 def _load_layer(dst: HybridAttention, src: nn.Module, head_rms: torch.Tensor, group_size: int) -> None:
     D = dst.head_dim
-    branches = [(dst.fa, list(dst.fa_heads)), (dst.gdn, list(dst.la_heads))]
+    branches = [(dst.fa, list(dst.fa_heads)), (dst.gdn, list(dst.gdn_heads))]
     for branch, heads in branches:
         if branch is None:
             continue
@@ -66,7 +66,7 @@ def _load_layer(dst: HybridAttention, src: nn.Module, head_rms: torch.Tensor, gr
     dst.o_proj.weight.copy_(_rows(src.o_proj.weight.T, order, D).T)  # permute input columns
     if dst.o_proj.bias is not None:
         dst.o_proj.bias.copy_(src.o_proj.bias)
-    for norm, heads in ((dst.fa_norm, dst.fa_heads), (dst.gdn_norm, dst.la_heads)):
+    for norm, heads in ((dst.fa_norm, dst.fa_heads), (dst.gdn_norm, dst.gdn_heads)):
         if norm is not None:
             norm.gain.copy_(head_rms[list(heads)])
 

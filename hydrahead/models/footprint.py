@@ -23,7 +23,7 @@ def footprint(model: Any) -> dict[str, Any]:
     conv = options.conv_size
     state = 0
     for i in range(plan.num_layers):
-        la = plan.la_heads(i)
+        la = plan.gdn_heads(i)
         kv = len({h // plan.group_size for h in la}) if options.gdn_shared_kv else len(la)
         # fp32 recurrent state (D x D per GDN head) plus the last conv_size - 1 inputs of q, k, v in the model dtype
         state += len(la) * D * D * 4 + ((len(la) + 2 * kv) * D * (conv - 1) * itemsize if conv else 0)

@@ -22,7 +22,7 @@ from hydrahead.scoring.layers_similarity import LayerSimilarity, layer_similarit
 from hydrahead.scoring.probes import Probe, ProbeConfig, build_probes, kv_recall_words
 from hydrahead.scoring.runner import Runner
 from hydrahead.scoring.scores import METHODS, HeadScores
-from hydrahead.scoring.validate import ValidationReport, niah_accuracy, validate_scores
+from hydrahead.scoring.validate import ValidationReport, teacher_forced_accuracy, validate_scores
 
 
 def score_heads(
@@ -98,7 +98,7 @@ __all__ = [
     "head_means",
     "kv_recall_words",
     "layer_similarity",
-    "niah_accuracy",
     "score_heads",
+    "teacher_forced_accuracy",
     "validate_scores",
 ]

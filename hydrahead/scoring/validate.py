@@ -32,10 +32,12 @@ from hydrahead.utils.io import atomic_write_text
 
 
 @torch.no_grad()
-def niah_accuracy(model: nn.Module, probes: Sequence[Probe], heads: Sequence[tuple[int, int]] = (), mode: str = "mean",
-                  means: Sequence[torch.Tensor] | None = None) -> float:
-    """Fraction of probes whose whole answer the model gets right, with `heads` ablated (mean: over `means`,
-    default the probes' own clean prompts). Probes of one length run as one batch."""
+def teacher_forced_accuracy(model: nn.Module, probes: Sequence[Probe], heads: Sequence[tuple[int, int]] = (),
+                            mode: str = "mean", means: Sequence[torch.Tensor] | None = None) -> float:
+    """Fraction of probes whose whole answer the model gets right, teacher-forced (the argmax at every
+    answer position, what greedy decoding would produce; `hydrahead.eval.niah` instead generates), with
+    `heads` ablated (mean: over `means`, default the probes' own clean prompts). Probes of one length run
+    as one batch."""
     device = next(model.parameters()).device
     if heads and mode == "mean" and means is None:
         means = head_means(model, probes)
@@ -153,9 +155,9 @@ def validate_scores(model: nn.Module, probes: Sequence[Probe], scores: HeadScore
     others = [(l, h) for l in range(scores.num_layers) for h in range(scores.num_heads) if (l, h) not in set(top)]
     randoms = [sorted(random.Random(seed).sample(others, min(top_k, len(others)))) for seed in seeds]
     means = head_means(model, probes) if mode == "mean" else None
-    accuracy = niah_accuracy(model, probes)
-    accuracy_top = niah_accuracy(model, probes, top, mode, means)
-    accuracy_random = [niah_accuracy(model, probes, heads, mode, means) for heads in randoms]
+    accuracy = teacher_forced_accuracy(model, probes)
+    accuracy_top = teacher_forced_accuracy(model, probes, top, mode, means)
+    accuracy_random = [teacher_forced_accuracy(model, probes, heads, mode, means) for heads in randoms]
     all_scores = {scores.method: scores, **{name: s.check_config(model.config) for name, s in (compare or {}).items()}}
     return ValidationReport(
         method=scores.method, top_k=top_k, mode=mode, num_probes=len(probes), accuracy=accuracy,

@@ -103,3 +103,15 @@ def test_cli_recipe_errors_are_one_line(tmp_path, capsys):
     assert "unknown key 'stages.align.warmup'" in err and "Traceback" not in err
     assert main(["distill", str(tmp_path / "missing.yaml")]) == 2
     assert "recipe file not found" in capsys.readouterr().err
+
+
+def test_lengths_and_budgets_follow_one_convention():
+    from hydrahead.utils.units import format_length, parse_length
+
+    # lengths count k = 1024, token budgets K = 1000; Ki and plain integers mean the same in both
+    assert [parse_length(v) for v in ("16k", "16Ki", "16384", "1.5k", 512)] == [16384, 16384, 16384, 1536, 512]
+    assert [parse_tokens(v) for v in ("16K", "16Ki", "16000", "16e3")] == [16000, 16384, 16000, 16000]
+    assert format_length(parse_length("16k")) == "16k"
+    for bad in ("16q", "k", "-1", "", "1kk"):
+        with pytest.raises(ValueError):
+            parse_length(bad)

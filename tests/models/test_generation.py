@@ -87,7 +87,7 @@ def test_cache_holds_only_fa_kv_heads():
     plan = model.hydrahead_plan
     for i, layer in enumerate(cache.layers):
         assert layer.keys.shape == (2, plan.fa_kv_heads_per_layer[i], 10, model.config.head_dim)
-        assert layer.recurrent_states[0].shape[1] == len(plan.la_heads(i))
+        assert layer.recurrent_states[0].shape[1] == len(plan.gdn_heads(i))
     D = model.config.head_dim
     assert cache.nbytes()["kv"] == 2 * 2 * 10 * D * 4 * sum(plan.fa_kv_heads_per_layer)
 

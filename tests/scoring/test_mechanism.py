@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hydrahead import HeadPlan
-from hydrahead.scoring import ablate, build_probes, layer_similarity, niah_accuracy, score_heads, validate_scores
+from hydrahead.scoring import ablate, build_probes, layer_similarity, teacher_forced_accuracy, score_heads, validate_scores
 from hydrahead.scoring.readout import logit_margin
 from tests.scoring.kv_model import KV_CONFIG, train_kv_model
 
@@ -29,7 +29,7 @@ def trained():
 
 def test_model_solves_recall(trained):
     model, probes, _ = trained
-    assert niah_accuracy(model, probes) >= 0.9
+    assert teacher_forced_accuracy(model, probes) >= 0.9
 
 
 @torch.no_grad()
@@ -96,4 +96,4 @@ def test_niah_accuracy_runs_on_a_converted_hybrid_when_nothing_is_ablated(traine
 
     model, probes, _ = trained
     hybrid = hydrahead.convert(copy.deepcopy(model), HeadPlan.full(model.config), HybridOptions.preset("exact")).eval()
-    assert niah_accuracy(hybrid, probes) == niah_accuracy(model, probes)
+    assert teacher_forced_accuracy(hybrid, probes) == teacher_forced_accuracy(model, probes)

@@ -1,4 +1,4 @@
-"""Scoring generated answers against the expected ones (RULER's `string_match_all`, made stricter at the edges).
+"""Matching generated answers against the expected ones (RULER's `string_match_all`, made stricter at the edges).
 
 An expected answer counts as found when it occurs in the generated text as a whole token: case-insensitive,
 and not glued to further letters or digits, so "1234567" is found in "are: 1234567." but not in "12345678",

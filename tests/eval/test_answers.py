@@ -2,7 +2,7 @@
 
 import pytest
 
-from hydrahead.eval.scoring import exact, found, score
+from hydrahead.eval.answers import exact, found, score
 
 CASES = {
     # id: (prediction, expected answers, score)

@@ -1,0 +1,49 @@
+"""Numbers written with a suffix, one convention everywhere.
+
+- **Lengths** (a prompt, a context, a training row: `--lengths`, `--length`, `--bucket`, `--chunk`, a
+  recipe's `seq_len`) count in powers of two, as RULER and model cards write them: `k` = 1024, `m` =
+  1024^2. "16k" is 16,384; "1.5k" is 1,536.
+- **Token budgets** (a recipe's `stages.*.tokens`) count in powers of ten, as papers write them: `K` =
+  10^3, `M` = 10^6, `B`/`G` = 10^9, `T` = 10^12. "300M" is 300,000,000; "16K" is 16,000.
+- Either can be written explicitly in both places: `Ki`, `Mi`, `Gi` always mean 1024-based and `e`
+  notation or a plain integer always means itself ("16Ki" = "16384" = 16,384; "16000" = "16e3" = 16,000).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_BINARY = {"ki": 2**10, "mi": 2**20, "gi": 2**30}
+_LENGTH = {"": 1, "k": 2**10, "m": 2**20, **_BINARY}
+_TOKENS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12, **_BINARY}
+_NUMBER = r"\s*([0-9][0-9_]*(?:\.[0-9_]*)?(?:e[0-9]+)?)\s*([a-z]{0,2})\s*"
+
+
+def _parse(value: Any, units: dict[str, int], what: str, example: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected {what}, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        match = re.fullmatch(_NUMBER, value, flags=re.IGNORECASE)
+        if match and match.group(2).lower() in units:
+            return int(round(float(match.group(1).replace("_", "")) * units[match.group(2).lower()]))
+    raise ValueError(f"expected {what} such as {example}, got {value!r}")
+
+
+def parse_length(value: Any) -> int:
+    """A sequence length: 4096, "4k" (= 4096), "1.5k", "16Ki"; ValueError otherwise (k = 1024)."""
+    return _parse(value, _LENGTH, "a length in tokens", "4096, 4k or 1.5k (k = 1024)")
+
+
+def parse_tokens(value: Any) -> int:
+    """A token budget: 300000000, "300M", "0.3B", "16K" (= 16,000), "1_000_000", "64Ki"; ValueError otherwise."""
+    return _parse(value, _TOKENS, "a token count", "300000000, '300M' or '0.3B' (M = 10^6)")
+
+
+def format_length(n: int) -> str:
+    """4096 -> '4k', 1536 -> '1.5k', 1000 -> '1000' (k = 1024, as `parse_length` reads it)."""
+    return f"{n / 1024:g}k" if n >= 1024 and n % 256 == 0 else str(n)
