@@ -28,7 +28,6 @@ from transformers.cache_utils import (
 from transformers.utils import is_torchdynamo_compiling
 
 from hydrahead.errors import CacheError
-from hydrahead.models.families import FAMILIES
 
 
 class HybridStateMixin:
@@ -155,19 +154,14 @@ class HybridHeadCache(DynamicCache):
     """One hybrid cache layer per decoder layer of `config`.
 
     Dynamic by default. With `max_cache_len`, static: FA K/V preallocated for that many tokens (what
-    `generate(..., cache_implementation="static")` builds), for `torch.compile` and CUDA graphs.
+    `generate(..., cache_implementation="static")` builds), for `torch.compile` and CUDA graphs; the
+    static layers have no sliding window (a hybrid model refuses to build one for such a config).
     """
 
     def __init__(self, config, max_cache_len: int | None = None, device: torch.device | str | None = None) -> None:
         if max_cache_len is None:
             layers = [HybridHeadLayer() for _ in range(config.num_hidden_layers)]
         else:
-            family = FAMILIES.get(str(getattr(config, "model_type", "")).removeprefix("hydrahead_"))
-            if family is not None and any(family.sliding_window(config, i) for i in range(config.num_hidden_layers)):
-                raise CacheError(
-                    "the static hybrid cache does not support sliding-window attention yet; "
-                    "use the dynamic cache (the default)"
-                )
             layers = [HybridHeadStaticLayer(max_cache_len) for _ in range(config.num_hidden_layers)]
         Cache.__init__(self, layers=layers)
         if device is not None:

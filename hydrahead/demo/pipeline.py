@@ -160,7 +160,7 @@ def recipe_for(out: Path, teacher: Teacher, name: str, seed: int, scale: DemoSca
 def distill_all(out: Path, teacher: Teacher, plans: dict[str, HeadPlan], scale: DemoScale, device: str,
                 log: Log) -> dict[str, Path]:
     """Every plan distilled once per seed; returns "<plan>/seed<s>" -> final checkpoint."""
-    from hydrahead import distill
+    import hydrahead.distill as distill
 
     paths, runs = {}, [(name, seed) for name in plans for seed in scale.seeds]
     for i, (name, seed) in enumerate(runs, 1):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import sys
 
-import hydrahead  # noqa: F401  (registers the hybrid model types with transformers' Auto classes)
+import hydrahead.models.hybrid  # noqa: F401  (registers the hybrid model types with transformers' Auto classes)
 from lm_eval.api.registry import model_registry
 from lm_eval.models.huggingface import HFLM
 

@@ -77,8 +77,14 @@ class HybridCausalLMMixin:
                 f"got a filled {type(past_key_values).__name__}; hydrahead models need a HybridHeadCache"
             )
         if isinstance(past_key_values, StaticCache):
-            return HybridHeadCache(self.config, max_cache_len=past_key_values.get_max_length(), device=self.device)
+            return self._static_cache(past_key_values.get_max_length())
         return HybridHeadCache(self.config)
+
+    def _static_cache(self, max_cache_len: int) -> HybridHeadCache:
+        if any(self.family.sliding_window(self.config, i) for i in range(self.config.num_hidden_layers)):
+            raise CacheError("the static hybrid cache does not support sliding-window attention yet; "
+                             "use the dynamic cache (the default)")
+        return HybridHeadCache(self.config, max_cache_len=max_cache_len, device=self.device)
 
     def _prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, prefill_chunk_size,
                               model_kwargs):
@@ -87,7 +93,7 @@ class HybridCausalLMMixin:
             raise CacheError("an offloaded static cache is not supported for hydrahead models; use 'static'")
         length = max(max_cache_len, getattr(self, "_previous_max_cache_length", -1))
         self._previous_max_cache_length = length
-        return HybridHeadCache(self.config, max_cache_len=length, device=self.device)
+        return self._static_cache(length)
 
     def prepare_inputs_for_generation(self, input_ids, *args, attention_mask=None, **kwargs):
         """As transformers', plus the 2D padding mask of the current tokens for the GDN branch: with a

@@ -161,6 +161,15 @@ def test_static_cache_overflow_is_a_clear_error():
             model(torch.ones(1, 3, dtype=torch.long), past_key_values=cache, use_cache=True)
 
 
+def test_static_cache_refuses_sliding_window_layers():
+    teacher = make_teacher("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=1)
+    assert any(t == "sliding_attention" for t in teacher.config.layer_types)
+    model = hydrahead.convert(teacher, HeadPlan(((0,), (1,)), 4, 2), HybridOptions.preset("exact")).eval()
+    with pytest.raises(hydrahead.CacheError, match="does not support sliding-window"):
+        model.generate(torch.ones(1, 3, dtype=torch.long), max_new_tokens=2, cache_implementation="static")
+    assert model.generate(torch.ones(1, 3, dtype=torch.long), max_new_tokens=2, do_sample=False).shape == (1, 5)
+
+
 @pytest.mark.parametrize("shared_kv", [False, True], ids=["kv-per-head", "kv-shared"])
 @pytest.mark.parametrize("max_cache_len", [None, 32])
 def test_cache_bytes_are_what_the_footprint_says(max_cache_len, shared_kv):
