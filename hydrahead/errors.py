@@ -82,3 +82,11 @@ class EvalError(HydraHeadError, ValueError):
 
 class TeacherError(HydraHeadError):
     """The shipped demo teacher is missing or damaged, or a retrain cannot run as asked."""
+
+
+class TrainingInterrupted(DistillError):
+    """SIGTERM or SIGINT stopped a run; a checkpoint was written at the step boundary first."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum

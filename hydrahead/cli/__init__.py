@@ -40,13 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hydrahead.errors import HydraHeadError
+    from hydrahead.errors import HydraHeadError, TrainingInterrupted
     from hydrahead.utils.memory import keep_freed_memory
 
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # large CPU tensors reuse freed memory instead of page-faulting (utils/memory.py)
     try:
         return int(args._run(args) or 0)
+    except TrainingInterrupted as err:  # a checkpoint was saved: the usual 128 + signal exit status
+        print(f"hydrahead {args.command}: {err}", file=sys.stderr)
+        return 128 + err.signum
     except HydraHeadError as err:
         print(f"hydrahead {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from hydrahead.errors import ResumeError
 from hydrahead.demo.scale import DemoScale
 from hydrahead.plan import HeadPlan
 
@@ -167,8 +168,14 @@ def distill_all(out: Path, teacher: Teacher, plans: dict[str, HeadPlan], scale: 
         started = time.time()
         log(f"distilling {name}, seed {seed} ({i}/{len(runs)}): {plans[name].num_fa} FA heads, "
             f"KV cache {100 * plans[name].kv_cache_fraction:.1f}% of the teacher")
-        paths[f"{name}/seed{seed}"] = distill.run(recipe_for(out, teacher, name, seed, scale, device),
-                                                 teacher=teacher.model, tokenizer=teacher.tokenizer, plan=plans[name])
+        recipe = recipe_for(out, teacher, name, seed, scale, device)
+        again = Path(recipe["output_dir"]).is_dir()  # a demo rerun into the same --out: resumed, or refused
+        try:
+            paths[f"{name}/seed{seed}"] = distill.run(recipe, resume=again, teacher=teacher.model,
+                                                     tokenizer=teacher.tokenizer, plan=plans[name])
+        except ResumeError as err:
+            raise ResumeError(f"{out} holds an earlier demo's run that cannot be continued ({err}); "
+                              "give the demo a new --out, or delete the old one") from err
         log(f"  done in {time.time() - started:.0f} s")
     return paths
 

@@ -11,7 +11,7 @@ LoRA), long_context (next-token CE at long length). One code path for one proces
 metrics, evaluate (hooks), run (the pipeline), pretrain (from scratch, no teacher).
 """
 
-from hydrahead.errors import DataError, DistillError, NonFiniteLossError, RecipeError, ResumeError
+from hydrahead.errors import DataError, DistillError, NonFiniteLossError, RecipeError, ResumeError, TrainingInterrupted
 from hydrahead.distill.evaluate import EvalContext, Evaluator, HeldoutPerplexity
 from hydrahead.distill.metrics import read_metrics
 from hydrahead.distill.recipe import (
@@ -52,6 +52,7 @@ __all__ = [
     "StagesConfig",
     "StepInfo",
     "TrainingConfig",
+    "TrainingInterrupted",
     "pretrain",
     "read_metrics",
     "run",

@@ -2,8 +2,10 @@
 
 Contents: model (full state dict, whatever the sharding), optimizer and scheduler (mid-stage only), the
 RNG states of every process, the data position, the stage, its step and tokens, and the recipe's
-identity (the keys that decide what is computed, with the plan's contents) and its fingerprint. A
-resumed run with a different identity is refused with the list of keys that differ.
+identity (the keys that decide what is computed, with the plan's contents) and its fingerprint, digests
+of the run's inputs (teacher weights, tokenizer and data files: what the paths held, not the paths) and
+a checksum of every tensor in it. `--resume` refuses, saying what differs: another recipe, an input
+edited in place since the checkpoint, a damaged or incomplete file, a tensor that is missing.
 
 The state dicts go through `torch.distributed.checkpoint.state_dict`, so one code path serves a plain
 module, DDP and FSDP2: every process takes part in gathering, the main process writes. The file is
@@ -13,8 +15,9 @@ leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import hashlib
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,9 @@ from hydrahead.distill.recipe import diff_identities
 from hydrahead.utils.io import atomic_write
 
 FILENAME = "checkpoint.pt"
-FORMAT = 1
+FORMAT = 2
+_KEYS = ("format", "state", "model", "optimizer", "scheduler", "rng", "identity", "fingerprint", "inputs", "digests")
+_SAMPLED_ABOVE = 256 * 2**20  # bytes; larger input files are digested from 256 evenly spread 1 MiB blocks
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
 _SCATTER = StateDictOptions(full_state_dict=True)
 
@@ -97,6 +102,63 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+# ----------------------------------------------------------------------------------------------- digests
+def file_digest(path: Path) -> str:
+    """Size + BLAKE2b of a file: all of it up to 256 MiB, else 256 evenly spread 1 MiB blocks and the tail
+    (a multi-GB teacher is read in well under a second; an edit that keeps the size and misses every
+    block goes unseen, a retrained or re-exported file does not)."""
+    size = path.stat().st_size
+    h = hashlib.blake2b(str(size).encode(), digest_size=16)
+    with open(path, "rb") as f:
+        if size <= _SAMPLED_ABOVE:
+            for block in iter(lambda: f.read(2**20), b""):
+                h.update(block)
+        else:
+            for i in range(256):
+                f.seek(i * (size - 2**20) // 255)
+                h.update(f.read(2**20))
+    return f"{size}:{h.hexdigest()}"
+
+
+def input_digests(files: list[Path], model_dir: str | Path | None = None, label: str = "teacher",
+                  weights: bool = True) -> dict[str, str]:
+    """{what: digest} for every data file and the config, tokenizer and (`weights`) weight files of
+    `model_dir` (the teacher; for `pretrain`, the tokenizer directory)."""
+    out: dict[str, str] = {}
+    if model_dir is not None:
+        from hydrahead.models.loading import weight_files
+
+        model_dir = Path(model_dir)
+        names = ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"]
+        found = [model_dir / n for n in names if (model_dir / n).is_file()]
+        for file in found + (weight_files(model_dir) if weights else []):
+            out[f"{label} {file}"] = file_digest(file)
+    for file in sorted(set(files)):
+        out[f"data file {file}"] = file_digest(file)
+    return out
+
+
+def _tensors(obj: Any, prefix: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _tensors(value, f"{prefix}/{key}")
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{prefix}/{i}")
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def tensor_digests(model: dict[str, Any], optimizer: dict[str, Any] | None) -> dict[str, str]:
+    """A checksum per tensor of the model and optimizer state (what a damaged file would change)."""
+    return {path: tensor_digest(t) for path, t in [*_tensors(model, "model"), *_tensors(optimizer, "optimizer")]}
+
+
 # ----------------------------------------------------------------------------------------------- save / load
 def save(
     path: Path,
@@ -108,6 +170,7 @@ def save(
     fingerprint: str,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
+    inputs: dict[str, str] | None = None,
 ) -> None:
     """Gather on every process, write on the main one, atomically. Collective: call on all processes."""
     model = get_model_state_dict(student, options=_GATHER)
@@ -123,6 +186,8 @@ def save(
             "rng": rngs,
             "identity": identity,
             "fingerprint": fingerprint,
+            "inputs": inputs or {},
+            "digests": tensor_digests(model, optim),
         }
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
     distributed.barrier(env)
@@ -131,19 +196,28 @@ def save(
 Accept = Callable[[dict[str, Any], int], bool]  # (the checkpoint's identity, its step) -> resume anyway?
 
 
-def load(path: Path, identity: dict[str, Any], fingerprint: str, accept: Accept | None = None) -> Checkpoint:
-    """Read a checkpoint and check that it belongs to this recipe (ResumeError naming the differences).
+def load(path: Path, identity: dict[str, Any], fingerprint: str, accept: Accept | None = None,
+         inputs: dict[str, str] | None = None) -> Checkpoint:
+    """Read a checkpoint and check it: the same recipe (ResumeError naming the differences), the same
+    inputs (`inputs`, from `input_digests`: naming what changed), every tensor present and intact.
 
     accept: a rule for a checkpoint of a different recipe that may still be continued (e.g. `pretrain`'s
     larger token budget with a constant schedule)."""
+    fresh = f"start a fresh run (without --resume) in another output_dir, or delete {path}"
     if not path.is_file():
         raise ResumeError(f"--resume: no checkpoint at {path}; start the run without --resume")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # torch raises several types for a truncated or foreign file
-        raise ResumeError(f"checkpoint {path} is corrupt or not a hydrahead checkpoint: {err}") from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ResumeError(f"{path} is not a hydrahead distillation checkpoint (format {FORMAT})")
+        raise ResumeError(f"checkpoint {path} is corrupt or not a hydrahead checkpoint ({err}); {fresh}") from err
+    if not isinstance(payload, dict) or "format" not in payload:
+        raise ResumeError(f"{path} is not a hydrahead distillation checkpoint; {fresh}")
+    if payload["format"] != FORMAT:
+        raise ResumeError(f"{path} was written by another hydrahead version (checkpoint format {payload['format']}, "
+                          f"this one reads {FORMAT}); {fresh}")
+    missing = [k for k in _KEYS if k not in payload]
+    if missing:
+        raise ResumeError(f"checkpoint {path} is incomplete: it has no {', '.join(missing)}; {fresh}")
     step = int(payload["state"]["step"]) if isinstance(payload.get("state"), dict) else 0
     if payload["fingerprint"] != fingerprint and not (accept is not None and accept(payload["identity"], step)):
         changes = diff_identities(payload["identity"], identity) or ["(identity unchanged, fingerprint differs)"]
@@ -151,6 +225,24 @@ def load(path: Path, identity: dict[str, Any], fingerprint: str, accept: Accept 
             f"checkpoint {path} was written by a different recipe; --resume needs the same teacher, plan, "
             f"hybrid options, data, seed and stages. Differences (checkpoint -> now): {'; '.join(changes)}"
         )
+    if inputs is not None:
+        old = payload["inputs"]
+        changed = [k for k in sorted(set(old) | set(inputs)) if old.get(k) != inputs.get(k)]
+        if changed:
+            raise ResumeError(
+                f"--resume: {'; '.join(changed)} changed since checkpoint {path} was written, so the run would "
+                f"continue on different inputs; restore {'it' if len(changed) == 1 else 'them'}, or {fresh}"
+            )
+    expected = payload["digests"]
+    found = dict(tensor_digests(payload["model"], payload["optimizer"]))
+    absent = sorted(set(expected) - set(found))
+    if absent:
+        raise ResumeError(f"checkpoint {path} is missing tensor(s) {', '.join(absent[:5])}"
+                          f"{' ...' if len(absent) > 5 else ''}; {fresh}")
+    damaged = sorted(k for k in found if expected.get(k) != found[k])
+    if damaged:
+        raise ResumeError(f"checkpoint {path} is damaged: tensor(s) {', '.join(damaged[:5])}"
+                          f"{' ...' if len(damaged) > 5 else ''} do not match their checksums; {fresh}")
     return Checkpoint(
         state=TrainState.from_state_dict(payload["state"]),
         model=payload["model"],
@@ -163,19 +255,42 @@ def load(path: Path, identity: dict[str, Any], fingerprint: str, accept: Accept 
 
 
 def open_run(output_dir: Path, resume: bool, identity: dict[str, Any], fingerprint: str,
-             accept: Accept | None = None) -> Checkpoint | None:
-    """The checkpoint to resume (`resume`), or None for a fresh run; ResumeError when a fresh run would
-    overwrite an existing checkpoint."""
+             accept: Accept | None = None, inputs: dict[str, str] | None = None) -> Checkpoint | None:
+    """The checkpoint to resume (`resume`), or None for a fresh run.
+
+    A fresh run refuses an output_dir that an earlier run used (a checkpoint, metrics or a final model),
+    so that nothing is overwritten or appended to by accident. `--resume` over a run that stopped before
+    its first checkpoint starts it again from the beginning (its metrics are dropped). Temporary files a
+    killed run left in output_dir are removed first."""
     path = output_dir / FILENAME
+    for tmp in output_dir.glob(".*.tmp") if output_dir.is_dir() else ():
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+    used = [name for name in ("metrics.jsonl", "final") if (output_dir / name).exists()]
     if resume:
-        return load(path, identity, fingerprint, accept)
+        if not path.exists() and used:
+            (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+            return None  # stopped before its first checkpoint: nothing to continue, so start over
+        return load(path, identity, fingerprint, accept, inputs)
     if path.exists():
         raise ResumeError(f"{output_dir} already holds a checkpoint; continue it with --resume, "
                           "or choose another output_dir")
+    if used:
+        raise ResumeError(f"{output_dir} holds an earlier run ({' and '.join(used)}, no checkpoint); rerun with "
+                          "--resume to start it over there, or choose another output_dir")
     return None
 
 
 def restore_model(student: torch.nn.Module, checkpoint: Checkpoint) -> None:
+    """The checkpoint's weights into `student`; ResumeError unless it holds exactly the student's tensors
+    (none silently left at its converted value)."""
+    expected, found = set(student.state_dict()), set(checkpoint.model)
+    if expected != found:
+        lacking, extra = sorted(expected - found), sorted(found - expected)
+        raise ResumeError("the checkpoint does not fit the model: it "
+                          + "; ".join(filter(None, [f"lacks {', '.join(lacking[:5])}" if lacking else "",
+                                                     f"has unknown {', '.join(extra[:5])}" if extra else ""]))
+                          + "; start a fresh run (without --resume) in another output_dir")
     set_model_state_dict(student, checkpoint.model, options=_SCATTER)
 
 

@@ -76,6 +76,15 @@ def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return value
 
 
+def any_rank(flag: bool, env: DistEnv) -> bool:
+    """True on every process when `flag` is true on any (so that all stop at the same step)."""
+    if not env.distributed:
+        return flag
+    value = torch.tensor([float(flag)], device=env.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def all_gather_object(obj: Any, env: DistEnv) -> list[Any]:
     if not env.distributed:
         return [obj]

@@ -114,8 +114,11 @@ def pretrain(
         eos = document_eos(tokenizer, recipe.tokenizer)
         config = model_config(recipe, tokenizer)
         identity, fingerprint = recipe.identity(), recipe.fingerprint()
+        inputs = ckpt.input_digests(files + eval_files, recipe.tokenizer, label="tokenizer", weights=False)
+        if recipe.init is not None and (Path(recipe.init) / "model.safetensors").is_file():
+            inputs[f"init {recipe.init}"] = ckpt.file_digest(Path(recipe.init) / "model.safetensors")
         checkpoint = ckpt.open_run(output_dir, resume, identity, fingerprint,
-                                   accept=lambda old, step: extends(old, recipe, step))
+                                   accept=lambda old, step: extends(old, recipe, step), inputs=inputs)
         if checkpoint is not None and checkpoint.state.done and checkpoint.state.tokens < recipe.stage.tokens:
             checkpoint.state.done = False  # a longer budget: the finished stage goes on
 
@@ -141,7 +144,7 @@ def pretrain(
             metrics.truncate_after([stage.name], checkpoint.state.stage, checkpoint.state.step)
         trainer = Trainer(student=model, teacher=None, tokenizer=tokenizer, training=recipe.training, env=env,
                           output_dir=output_dir, identity=identity, fingerprint=fingerprint, metrics=metrics,
-                          callbacks=callbacks)
+                          callbacks=callbacks, inputs=inputs)
         try:
             if checkpoint is None or not checkpoint.state.done:
                 trainer.run_stage(stage, source, [*builtin, *evaluators], resume=checkpoint)

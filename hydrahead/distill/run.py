@@ -89,6 +89,7 @@ class DistillRun:
     identity: dict[str, Any]
     fingerprint: str
     checkpoint: Any  # ckpt.Checkpoint | None
+    inputs: dict[str, str]  # digests of the teacher's and the data's files, checked on --resume
     train_files: dict[str, tuple[list[Path], str]]
     eval_files: list[Path]
     teacher: torch.nn.Module | None = None
@@ -125,11 +126,13 @@ def prepare(recipe: Recipe, env: DistEnv, resume: bool, plan: HeadPlan | None = 
                               "use ddp, or full fine-tuning")
     identity = recipe.identity(plan.to_dict())
     fingerprint = recipe.fingerprint(plan.to_dict())
-    checkpoint = ckpt.open_run(Path(recipe.output_dir), resume, identity, fingerprint)
+    data_files = [f for files, _ in train_files.values() for f in files] + eval_files
+    inputs = ckpt.input_digests(data_files, recipe.teacher)
+    checkpoint = ckpt.open_run(Path(recipe.output_dir), resume, identity, fingerprint, inputs=inputs)
     remaining = [s for s in stages if checkpoint is None or s.index > checkpoint.state.stage_index
                  or (s.index == checkpoint.state.stage_index and not checkpoint.state.done)]
     return DistillRun(recipe, env, stages, remaining, plan, teacher_config, strategy, identity, fingerprint,
-                      checkpoint, train_files, eval_files)
+                      checkpoint, inputs, train_files, eval_files)
 
 
 def load_inputs(run_: DistillRun, evaluators: Sequence[Evaluator], teacher: torch.nn.Module | None = None,
@@ -189,7 +192,7 @@ def train(run_: DistillRun, student: torch.nn.Module, callbacks: Sequence[StepCa
         metrics.truncate_after(list(STAGE_NAMES), checkpoint.state.stage, checkpoint.state.step)
     trainer = Trainer(student=student, teacher=run_.teacher, tokenizer=run_.tokenizer, training=recipe.training,
                       env=env, output_dir=output_dir, identity=run_.identity, fingerprint=run_.fingerprint,
-                      metrics=metrics, callbacks=callbacks)
+                      metrics=metrics, callbacks=callbacks, inputs=run_.inputs)
     try:
         if checkpoint is not None and checkpoint.state.done:
             ckpt.restore_model(student, checkpoint)  # the finished stage's model; later stages start from it

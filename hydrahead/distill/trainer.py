@@ -6,6 +6,8 @@ call of the wrapped `TrainModule` (plain, DDP or FSDP2); backward of loss / grad
 averaged over micro-steps and processes and checked: NaN or inf stops the run before the optimiser step,
 so no checkpoint is ever written from a bad state. Then gradient clipping, AdamW, the warm-up + decay
 schedule, and on their cadences: a metrics line, the evaluators, a checkpoint, the step callbacks.
+SIGTERM or SIGINT during a stage is noted and acted on at the next step boundary: a checkpoint is
+written, then `TrainingInterrupted` is raised (a second signal acts at once, as usual).
 
 AdamW: weight decay on matrices only; fused on CUDA. Precision: fp32 parameters, bf16 autocast on CUDA
 (by default). A stage ends after ceil(tokens / tokens_per_step) steps, i.e. on its token budget.
@@ -16,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +33,7 @@ from hydrahead.distill import checkpoint as ckpt
 from hydrahead.distill import distributed
 from hydrahead.distill.data import BatchLoader, DataPosition, SequenceSource
 from hydrahead.distill.distributed import DistEnv
-from hydrahead.errors import NonFiniteLossError
+from hydrahead.errors import NonFiniteLossError, TrainingInterrupted
 from hydrahead.distill.evaluate import EvalContext, Evaluator
 from hydrahead.distill.metrics import MetricsLog, Progress
 from hydrahead.distill.recipe import StageConfig, TrainingConfig
@@ -66,6 +70,35 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
     return min_ratio + (1.0 - min_ratio) * decay
 
 
+class StopSignals:
+    """Inside the block, SIGTERM and SIGINT are noted (`received`) instead of stopping the process; the
+    first one restores the previous handlers, so a second acts at once. Outside the main thread (where
+    Python cannot install handlers) it does nothing."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _note(self, signum, frame) -> None:
+        self.received = signum
+        self._restore()
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._note) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+
 def make_optimizer(params: list[nn.Parameter], config: StageConfig, device: torch.device) -> torch.optim.AdamW:
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]  # norms, biases, gains, per-head scalars
@@ -88,11 +121,13 @@ class Trainer:
         fingerprint: str,
         metrics: MetricsLog,
         callbacks: Sequence[StepCallback] = (),
+        inputs: dict[str, str] | None = None,
     ) -> None:
         self.student, self.teacher, self.tokenizer = student, teacher, tokenizer
         self.training, self.env, self.output_dir = training, env, output_dir
         self.identity, self.fingerprint = identity, fingerprint
         self.metrics, self.callbacks = metrics, list(callbacks)
+        self.inputs = inputs or {}
         self.strategy = distributed.resolve_strategy(training.distributed, env)
         self.train_module = TrainModule(student)
         self._fsdp_module: nn.Module | None = None
@@ -117,7 +152,7 @@ class Trainer:
 
     def save(self, state: ckpt.TrainState, optimizer=None, scheduler=None) -> None:
         ckpt.save(self.checkpoint_path, self.env, student=self.student, state=state, identity=self.identity,
-                  fingerprint=self.fingerprint, optimizer=optimizer, scheduler=scheduler)
+                  fingerprint=self.fingerprint, optimizer=optimizer, scheduler=scheduler, inputs=self.inputs)
         self.last_checkpoint = f"{self.checkpoint_path} (stage {state.stage}, step {state.step}" + (
             ", done)" if state.done else ")")
 
@@ -192,35 +227,44 @@ class Trainer:
         progress = Progress(stage.name, config.total_steps * config.tokens_per_step, state.tokens,
                             self.training.progress and env.is_main)
         window_start, window_tokens = time.perf_counter(), 0
+        stop = StopSignals()
         try:
-            while state.step < config.total_steps:
-                lr = scheduler.get_last_lr()[0]
-                loss, metrics, grad_norm = self._step(module, stage, loader, params, optimizer)
-                self._check_finite(stage, state.step + 1, loss, grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                state.tokens += config.tokens_per_step
-                state.data = DataPosition(loader.position.sequences)
-                window_tokens += config.tokens_per_step
-                progress.update(config.tokens_per_step, loss, lr)
-                last = state.step == config.total_steps
-                if state.step % self.training.log_every == 0 or last:
-                    elapsed = time.perf_counter() - window_start
-                    self.metrics.log({"stage": stage.name, "step": state.step, "tokens": state.tokens, "loss": loss,
-                                      **metrics, "lr": lr, "grad_norm": grad_norm,
-                                      "tokens_per_s": window_tokens / max(elapsed, 1e-9)})
-                    window_start, window_tokens = time.perf_counter(), 0
-                every = self.training.eval_every
-                if every and state.step % every == 0 and not last:
-                    self._log_eval(module, stage, state, evaluators)
-                every = self.training.checkpoint_every
-                if every and state.step % every == 0 and not last:
-                    self.save(state, optimizer, scheduler)
-                for callback in self.callbacks:
-                    callback(StepInfo(stage.name, state.step, config.total_steps, state.tokens, loss, lr, grad_norm,
-                                      self.student))
+            with stop:
+                while state.step < config.total_steps:
+                    lr = scheduler.get_last_lr()[0]
+                    loss, metrics, grad_norm = self._step(module, stage, loader, params, optimizer)
+                    self._check_finite(stage, state.step + 1, loss, grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state.step += 1
+                    state.tokens += config.tokens_per_step
+                    state.data = DataPosition(loader.position.sequences)
+                    window_tokens += config.tokens_per_step
+                    progress.update(config.tokens_per_step, loss, lr)
+                    last = state.step == config.total_steps
+                    if state.step % self.training.log_every == 0 or last:
+                        elapsed = time.perf_counter() - window_start
+                        self.metrics.log({"stage": stage.name, "step": state.step, "tokens": state.tokens,
+                                          "loss": loss, **metrics, "lr": lr, "grad_norm": grad_norm,
+                                          "tokens_per_s": window_tokens / max(elapsed, 1e-9)})
+                        window_start, window_tokens = time.perf_counter(), 0
+                    every = self.training.eval_every
+                    if every and state.step % every == 0 and not last:
+                        self._log_eval(module, stage, state, evaluators)
+                    every = self.training.checkpoint_every
+                    if every and state.step % every == 0 and not last:
+                        self.save(state, optimizer, scheduler)
+                    for callback in self.callbacks:
+                        callback(StepInfo(stage.name, state.step, config.total_steps, state.tokens, loss, lr,
+                                          grad_norm, self.student))
+                    if distributed.any_rank(stop.received is not None, env):
+                        self.save(state, optimizer, scheduler)
+                        name = signal.Signals(stop.received).name if stop.received else "a signal on another process"
+                        raise TrainingInterrupted(
+                            f"stopped by {name} at stage {stage.name}, step {state.step}/{config.total_steps}; "
+                            f"checkpoint saved: {self.last_checkpoint}. Continue with --resume.",
+                            stop.received or signal.SIGTERM)
         finally:
             progress.close()
         self._log_eval(module, stage, state, evaluators)

@@ -1,6 +1,7 @@
 """Atomic file writes: a temporary file in the same directory, fsync, then rename.
 
-A reader (or a resumed job) sees either the old file or the new one, never half of one.
+A reader (or a resumed job) sees either the old file or the new one, never half of one. The file gets
+the permissions the user's umask gives a new file (a temporary file alone would be private, 0600).
 """
 
 from __future__ import annotations
@@ -22,9 +23,16 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         write(tmp_path)
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -98,3 +98,104 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(workspace, tmp_path
     monkeypatch.setattr(DistillStage, "loss", original)
     run(recipe, resume=True)  # the intact checkpoint resumes
     assert [m["step"] for m in read_metrics(tmp_path / "run") if "loss" in m] == [1, 2, 3, 4, 5, 6]
+
+
+def sigterm_at(stage: str, step: int):
+    import os
+    import signal
+
+    def callback(info):
+        if info.stage == stage and info.step == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return callback
+
+
+def test_sigterm_saves_at_the_step_boundary_and_resume_loses_nothing(workspace, tmp_path):
+    from hydrahead.distill import TrainingInterrupted
+
+    reference = run(tiny_recipe(workspace, tmp_path / "ref", STAGES))
+    recipe = tiny_recipe(workspace, tmp_path / "run", STAGES)  # checkpoint_every 0: only the signal saves
+    with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at stage distill, step 3/6") as err:
+        run(recipe, callbacks=[sigterm_at("distill", 3)])
+    assert err.value.signum == 15
+    saved = torch.load(tmp_path / "run" / FILENAME, weights_only=True)
+    assert (saved["state"]["stage"], saved["state"]["step"]) == ("distill", 3)
+    expected, actual = state(reference), state(run(recipe, resume=True))
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    assert [x[:2] for x in curve(tmp_path / "ref")] == [x[:2] for x in curve(tmp_path / "run")]
+
+
+def copied_inputs(workspace, tmp_path):
+    import shutil
+
+    shutil.copytree(workspace / "teacher", tmp_path / "teacher")
+    shutil.copy(workspace / "train.jsonl", tmp_path / "train.jsonl")
+    recipe = tiny_recipe(workspace, tmp_path / "run", {"align": tiny_stage(tokens=4 * 4 * 32)},
+                         training={"checkpoint_every": 1, "progress": False, "log_every": 1})
+    recipe["teacher"], recipe["data"]["train_files"] = str(tmp_path / "teacher"), [str(tmp_path / "train.jsonl")]
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe, callbacks=[kill_at("align", 2)])
+    return recipe
+
+
+def test_resume_refuses_inputs_edited_in_place(workspace, tmp_path):
+    recipe = copied_inputs(workspace, tmp_path)
+    data = tmp_path / "train.jsonl"
+    original = data.read_bytes()
+    data.write_bytes(original.replace(b"a", b"e", 1))  # same size, one byte changed
+    with pytest.raises(ResumeError, match=r"data file .*train.jsonl changed since checkpoint"):
+        run(recipe, resume=True)
+    data.write_bytes(original)
+    weights = tmp_path / "teacher" / "model.safetensors"
+    hydrahead.load_model(tmp_path / "teacher").half().float().save_pretrained(tmp_path / "teacher")  # re-saved
+    assert weights.is_file()
+    with pytest.raises(ResumeError, match=r"teacher .*model.safetensors changed since checkpoint"):
+        run(recipe, resume=True)
+
+
+def test_resume_refuses_a_damaged_or_incomplete_checkpoint(workspace, tmp_path):
+    recipe = copied_inputs(workspace, tmp_path)
+    path = tmp_path / "run" / FILENAME
+    good = torch.load(path, weights_only=True)
+
+    def write(payload):
+        torch.save(payload, path)
+
+    name = next(k for k in good["model"] if "gdn" in k)
+    flipped = {**good, "model": {**good["model"]}}
+    flipped["model"][name] = good["model"][name].clone()
+    flipped["model"][name].view(-1)[0] += 1e-3
+    write(flipped)
+    with pytest.raises(ResumeError, match=f"is damaged: tensor.*model/{name}.*checksums"):
+        run(recipe, resume=True)
+    write({**good, "model": {k: v for k, v in good["model"].items() if k != name}})
+    with pytest.raises(ResumeError, match=f"is missing tensor.*model/{name}"):
+        run(recipe, resume=True)
+    crafted = {**good, "model": {k: v for k, v in good["model"].items() if k != name},
+               "digests": {k: v for k, v in good["digests"].items() if k != f"model/{name}"}}
+    write(crafted)  # consistent checksums, but the model lacks a tensor
+    with pytest.raises(ResumeError, match=f"lacks .*{name}"):
+        run(recipe, resume=True)
+    write({k: v for k, v in good.items() if k != "fingerprint"})
+    with pytest.raises(ResumeError, match="is incomplete: it has no fingerprint"):
+        run(recipe, resume=True)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ResumeError, match="is corrupt"):
+        run(recipe, resume=True)
+    write(good)
+    run(recipe, resume=True)  # the intact checkpoint still resumes
+
+
+def test_a_used_output_dir_is_never_appended_to(workspace, tmp_path):
+    recipe = tiny_recipe(workspace, tmp_path / "run", {"align": tiny_stage(tokens=4 * 4 * 32)})
+    with pytest.raises(KeyboardInterrupt):  # dies before its first checkpoint
+        run(recipe, callbacks=[kill_at("align", 2)])
+    out = tmp_path / "run"
+    assert not (out / FILENAME).exists() and (out / "metrics.jsonl").is_file()
+    (out / ".checkpoint.pt.abc123.tmp").write_bytes(b"left by a kill -9")
+    with pytest.raises(ResumeError, match="holds an earlier run .*metrics.jsonl.*--resume to start it over"):
+        run(recipe)
+    run(recipe, resume=True)  # starts over: one run's metrics, no duplicates
+    assert [m["step"] for m in read_metrics(out) if "loss" in m] == [1, 2, 3, 4]
+    assert not list(out.glob(".*.tmp"))
