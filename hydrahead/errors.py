@@ -90,3 +90,8 @@ class TrainingInterrupted(DistillError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+class OutputError(HydraHeadError, OSError):
+    """An output path that cannot be written: a file where a directory is needed (or the reverse), no
+    permission, a full disk."""

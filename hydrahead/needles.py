@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydrahead.errors import NeedleError
+from hydrahead.utils.io import read_text
 
 NEEDLE_TYPES = ("number", "word", "uuid")
 HAYSTACKS = ("essay", "noise", "files")
@@ -76,10 +77,7 @@ def file_sentences(paths: Sequence[str | Path]) -> list[str]:
         raise NeedleError("haystack='files' needs at least one text file (haystack_files / --probes-file)")
     sentences: list[str] = []
     for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise NeedleError(f"haystack file not found: {path}")
-        text = " ".join(path.read_text(errors="replace").split())
+        text = " ".join(read_text(path, NeedleError, "haystack file").split())
         sentences += [s for s in re.split(r"(?<=[.!?])\s+", text) if s]
     if not sentences:
         raise NeedleError(f"haystack files {[str(p) for p in paths]} contain no text")

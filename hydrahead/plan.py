@@ -7,8 +7,8 @@ KV-cache saving depends on how FA heads fall into groups; the plan reports it ex
 
 from __future__ import annotations
 
-import json
 import math
+import operator
 import random as _random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +16,7 @@ from typing import Any
 
 from hydrahead.errors import PlanError
 from hydrahead.models.shape import ModelShape
-from hydrahead.utils.io import atomic_write_text, read_json
+from hydrahead.utils.io import read_json, write_json
 
 
 GRANULARITIES = ("query_head", "kv_group")
@@ -101,7 +101,10 @@ class HeadPlan:
             )
         normalised = []
         for layer, heads in enumerate(self.fa_heads):
-            heads = tuple(int(h) for h in heads)
+            try:  # integers (numpy ones too), never a float rounded to a head
+                heads = tuple(operator.index(h) for h in heads)
+            except TypeError:
+                raise PlanError(f"layer {layer}: head indices must be integers, got {list(heads)}") from None
             if len(set(heads)) != len(heads):
                 raise PlanError(f"layer {layer}: head listed twice in {list(heads)}")
             bad = [h for h in heads if not 0 <= h < self.num_heads]
@@ -213,17 +216,28 @@ class HeadPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeadPlan:
-        try:
-            return cls(
-                fa_heads=tuple(tuple(layer) for layer in data["fa_heads"]),
-                num_heads=int(data["num_heads"]),
-                num_kv_heads=int(data["num_kv_heads"]),
-                meta=dict(data.get("meta", {})),
-            )
-        except (KeyError, TypeError) as err:
-            raise PlanError(
-                f"not a head plan: expected keys 'fa_heads', 'num_heads', 'num_kv_heads' ({err!r})"
-            ) from err
+        """A plan from its JSON form; PlanError naming the field that is missing or of the wrong type
+        (head indices and counts must be integers: 0.5 or "four" are refused, never rounded)."""
+        if not isinstance(data, dict) or not {"fa_heads", "num_heads", "num_kv_heads"} <= set(data):
+            raise PlanError("not a head plan: expected a JSON object with keys 'fa_heads', 'num_heads', 'num_kv_heads'")
+
+        def integer(value: Any, what: str) -> int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise PlanError(f"plan field {what} must be an integer, got {value!r}")
+            return value
+
+        layers = data["fa_heads"]
+        if not isinstance(layers, list) or not all(isinstance(layer, list) for layer in layers):
+            raise PlanError(f"plan field fa_heads must be a list of lists of head indices, got {layers!r:.80}")
+        meta = data.get("meta", {})
+        if not isinstance(meta, dict):
+            raise PlanError(f"plan field meta must be an object, got {meta!r:.80}")
+        return cls(
+            fa_heads=tuple(tuple(integer(h, f"fa_heads[{i}]") for h in layer) for i, layer in enumerate(layers)),
+            num_heads=integer(data["num_heads"], "num_heads"),
+            num_kv_heads=integer(data["num_kv_heads"], "num_kv_heads"),
+            meta=dict(meta),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -238,7 +252,7 @@ class HeadPlan:
         return cls.from_dict(read_json(path, PlanError, "plan file"))
 
     def to_json(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        write_json(path, self.to_dict())
 
     # ----------------------------------------------------------------------------- checks
     def validate(self, config: Any) -> HeadPlan:

@@ -72,5 +72,17 @@ def test_bad_plan_files(tmp_path):
     with pytest.raises(PlanError, match="not valid JSON"):
         HeadPlan.from_json(tmp_path / "bad.json")
     (tmp_path / "wrong.json").write_text('{"layers": 3}')
-    with pytest.raises(PlanError, match="expected keys"):
+    with pytest.raises(PlanError, match="expected a JSON object with keys"):
         HeadPlan.from_json(tmp_path / "wrong.json")
+    # integers only: a float head or a count spelt out is refused, never rounded
+    for text, message in [('{"fa_heads": [[0.5], [1]], "num_heads": 4, "num_kv_heads": 2}', r"fa_heads\[0\] must be an integer, got 0.5"),
+                          ('{"fa_heads": [[0], [1]], "num_heads": "four", "num_kv_heads": 2}', "num_heads must be an integer, got 'four'"),
+                          ('{"fa_heads": [0, 1], "num_heads": 4, "num_kv_heads": 2}', "must be a list of lists")]:
+        (tmp_path / "typed.json").write_text(text)
+        with pytest.raises(PlanError, match=message):
+            HeadPlan.from_json(tmp_path / "typed.json")
+    (tmp_path / "latin1.json").write_bytes('{"meta": "caf\xe9"}'.encode("latin-1"))
+    with pytest.raises(PlanError, match="not UTF-8"):
+        HeadPlan.from_json(tmp_path / "latin1.json")
+    with pytest.raises(PlanError, match="must be integers"):
+        HeadPlan(((0.5,), (1,)), 4, 2)

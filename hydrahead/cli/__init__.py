@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from hydrahead.cli.args import Parser
+
 # subcommand name -> module in hydrahead.cli (imported only when that subcommand runs)
 COMMANDS = {
     "convert": "convert",
@@ -24,7 +26,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hydrahead",
         description="Turn a Hugging Face Transformer LLM into a head-level hybrid of softmax and Gated DeltaNet "
         "attention: score heads -> plan -> convert -> distill -> evaluate -> generate.",

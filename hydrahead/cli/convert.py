@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 
+from hydrahead.cli.args import output_dir
+
 HELP = "convert a teacher checkpoint with a head plan into a hybrid checkpoint"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="teacher directory (config.json + weights)")
     parser.add_argument("--plan", required=True, help="head plan JSON (from `hydrahead plan` or HeadPlan.to_json)")
-    parser.add_argument("--out", required=True, help="output directory for the hybrid checkpoint")
+    parser.add_argument("--out", required=True, type=output_dir, help="output directory for the hybrid checkpoint")
     parser.add_argument("--preset", default="paper", choices=["paper", "exact"], help="hybrid options preset")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="override one hybrid option, e.g. conv_size=0 or train_length=16384 (repeatable)")
@@ -48,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out)  # before any work
     plan = HeadPlan.from_json(args.plan)
     options = HybridOptions.preset(args.preset, **parse_overrides(args.option))
-    model = convert(load_model(args.model, args.dtype), plan, options)
+    model = convert(load_model(args.model, args.dtype, supported=True), plan, options)
     try:  # keep the teacher's tokenizer next to the weights when it has one
         tokenizer = load_tokenizer(args.model)
     except CheckpointError:

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import argparse
 
+from hydrahead.cli.args import device, output_dir
+
 HELP = "score -> plan -> distill -> evaluate on the shipped small teacher, over several seeds, and write a report"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hydrahead.demo.scale import SCALES
 
-    parser.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    parser.add_argument("--out", default="demo_out", type=output_dir, help="output directory (default: demo_out)")
     parser.add_argument("--scale", default="default", choices=list(SCALES), help="how big a run (default: default)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", type=device,
+                        help="torch device: auto (CUDA if there is one), cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--preset", default=None, choices=["exact", "paper"],
                         help="how the students' heads are built (default: exact: the FA heads stay the teacher's, "
                              "RoPE included; paper: NoPE + log scale + gate + fusion norm, which this teacher "
@@ -34,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retrain-teacher", action="store_true",
                         help="rebuild the teacher from its recipe in <out>/teacher_work (resumable) instead of "
                              "using the shipped one")
-    parser.add_argument("--export-teacher", metavar="DIR", default=None,
+    parser.add_argument("--export-teacher", metavar="DIR", default=None, type=output_dir,
                         help="write the shipped teacher to DIR as an ordinary Hugging Face checkpoint and stop")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 

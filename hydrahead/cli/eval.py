@@ -14,12 +14,14 @@ For lm-evaluation-harness, run `python -m hydrahead.eval.lm_harness` with lm_eva
 from __future__ import annotations
 
 import argparse
+
+from hydrahead.cli.args import device, output_dir, positive_int
 import time
 from pathlib import Path
 
 HELP = "evaluate models: RULER-style NIAH grid (niah) or perplexity by position (ppl)"
 
-def parse_length(text: str) -> int:
+def parse_length(text: str, flag: str = "length") -> int:
     """'8k' -> 8192, '1.5k' -> 1536, '4096' -> 4096 (k = 1024: hydrahead/utils/units.py)."""
     from hydrahead.errors import EvalError
     from hydrahead.utils.units import parse_length as parse
@@ -27,14 +29,14 @@ def parse_length(text: str) -> int:
     try:
         length = parse(text)
     except ValueError as err:
-        raise EvalError(f"cannot read length {text!r}; use tokens such as 4096, 4k or 1.5k (k = 1024)") from err
+        raise EvalError(f"{flag}: cannot read {text!r}; use tokens such as 4096, 4k or 1.5k (k = 1024)") from err
     if length < 1:
-        raise EvalError(f"a length must be at least 1 token, got {text!r}")
+        raise EvalError(f"{flag}: must be at least 1 token, got {text!r}")
     return length
 
 
-def parse_lengths(text: str) -> list[int]:
-    return [parse_length(t) for t in text.split(",") if t.strip()]
+def parse_lengths(text: str, flag: str = "--lengths") -> list[int]:
+    return [parse_length(t, flag) for t in text.split(",") if t.strip()]
 
 
 def parse_depths(text: str) -> list[float]:
@@ -58,21 +60,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          description="Per-token NLL on the first --length tokens of each document, by position.")
     for p in (niah, ppl):
         p.add_argument("--models", nargs="+", required=True, metavar="DIR", help="model directories (with tokenizer)")
-        p.add_argument("--out", required=True, help="report directory")
+        p.add_argument("--out", required=True, type=output_dir, help="report directory")
         p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-        p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+        p.add_argument("--device", default=None, type=device, help="torch device (default: cuda if available, else cpu)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     niah.add_argument("--lengths", default="1k,2k,4k,8k", help="context lengths in tokens, e.g. 1k,2k,4096")
     niah.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="needle depths in [0, 1]")
     niah.add_argument("--tasks", default="all",
                       help="comma-separated (default all): single_number,single_word,single_uuid,multikey,"
                            "multivalue,multiquery,vt")
-    niah.add_argument("--samples", type=int, default=4, help="prompts per task, length and depth")
+    niah.add_argument("--samples", type=positive_int, default=4, help="prompts per task, length and depth")
     niah.add_argument("--haystack", default="essay", choices=["essay", "noise", "files"],
                       help="filler text: generated prose (essay), RULER's repeated noise, or --haystack-files")
     niah.add_argument("--haystack-files", nargs="+", default=[], metavar="FILE",
                       help="text files whose sentences fill the haystack (with --haystack files)")
-    niah.add_argument("--batch-tokens", type=int, default=32768,
+    niah.add_argument("--batch-tokens", type=positive_int, default=32768,
                       help="prompts per batch = batch_tokens // length (at least 1)")
     niah.add_argument("--seed", type=int, default=0)
     ppl.add_argument("--data", nargs="+", required=True, metavar="PATH",
@@ -80,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ppl.add_argument("--length", default="8k", help="tokens scored per document")
     ppl.add_argument("--bucket", default=None, help="tokens per position bucket (default: length/8)")
     ppl.add_argument("--chunk", default=None, help="tokens per forward pass, carrying the cache (default: all)")
-    ppl.add_argument("--max-docs", type=int, default=None, help="score at most this many documents")
+    ppl.add_argument("--max-docs", type=positive_int, default=None, help="score at most this many documents")
 
 
 def _models(args):
@@ -116,9 +118,9 @@ def run_ppl(args: argparse.Namespace) -> list[Path]:
     from hydrahead.eval import evaluate_perplexity, load_documents, load_model, load_tokenizer
     from hydrahead.eval.report import write_report
 
-    length = parse_length(args.length)
-    bucket = parse_length(args.bucket) if args.bucket else None
-    chunk = parse_length(args.chunk) if args.chunk else None
+    length = parse_length(args.length, "--length")
+    bucket = parse_length(args.bucket, "--bucket") if args.bucket else None
+    chunk = parse_length(args.chunk, "--chunk") if args.chunk else None
     documents = load_documents(args.data)
     models = _models(args)
     results, started = [], time.time()

@@ -12,34 +12,48 @@ from __future__ import annotations
 
 import argparse
 
+from hydrahead.cli.args import nonnegative_int, output_file, positive_int
+
 HELP = "choose full-attention heads from scores (or a layer-wise / random / per-layer baseline)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scores", default=None, help="head scores JSON (from `hydrahead score`)")
     parser.add_argument("--model", default=None, help="teacher directory: its shape for baselines, and a check of --scores")
-    parser.add_argument("--out", required=True, help="output plan JSON")
+    parser.add_argument("--out", required=True, type=output_file, help="output plan JSON")
     parser.add_argument("--baseline", default="scores", choices=["scores", "layerwise", "random", "fixed-per-layer"],
                         help="scores: global top-k from --scores (default); the others are comparison baselines")
     parser.add_argument("--ratio", default=None, help="LA:FA ratio (default 7:1; 3:1 for layerwise)")
-    parser.add_argument("--min-per-layer", type=int, default=1, help="FA heads every layer keeps (default 1)")
+    parser.add_argument("--min-per-layer", type=nonnegative_int, default=1, help="FA heads every layer keeps (default 1)")
     parser.add_argument("--granularity", default="query_head", choices=["query_head", "kv_group"])
     parser.add_argument("--seed", type=int, default=0, help="random baseline seed")
-    parser.add_argument("--k", type=int, default=None, help="fixed-per-layer: FA heads per layer")
+    parser.add_argument("--k", type=positive_int, default=None, help="fixed-per-layer: FA heads per layer")
     parser.add_argument("--layers", default=None, help="layerwise: comma list of FA layers (default evenly spaced)")
 
 
 def _shape_config(args: argparse.Namespace, scores):
     """The model shape (from --model's config.json, else from --scores)."""
     from hydrahead.errors import PlanError
+    from hydrahead.models.families import family_of_config
     from hydrahead.models.loading import read_config
     from hydrahead.models.shape import ModelShape
 
     if args.model:
-        return ModelShape.from_config(read_config(args.model))
+        config = read_config(args.model)
+        family_of_config(config, args.model)
+        return ModelShape.from_config(config)
     if scores is None:
         raise PlanError(f"--baseline {args.baseline} needs --model (or --scores) for the model shape")
     return scores.shape
+
+
+def parse_layers(text: str) -> list[int]:
+    from hydrahead.errors import PlanError
+
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise PlanError(f"--layers expects a comma list of layer indices such as 0,4,8, got {text!r}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.baseline == "random":
         plan = HeadPlan.random(config, args.ratio or "7:1", args.seed, args.min_per_layer, args.granularity)
     else:
-        layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+        layers = parse_layers(args.layers) if args.layers else None
         plan = HeadPlan.layerwise(config, args.ratio or "3:1", layers)
     plan.to_json(args.out)
     print(plan.summary())

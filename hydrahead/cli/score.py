@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from hydrahead.cli.args import device, nonnegative_int, output_file, positive_int
+
 HELP = "score attention heads (patching, attribution or retrieval) and save them as JSON"
 
 
@@ -21,11 +23,11 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--probes-file", action="append", default=None, metavar="TXT",
                        help="haystack text file (repeatable); default: a built-in essay generator")
     group.add_argument("--haystack", choices=["essay", "noise"], default=None, help="built-in haystack kind")
-    group.add_argument("--context-length", type=int, default=None, help="prompt length in tokens (default 1024)")
-    group.add_argument("--samples", type=int, default=None, help="pairs per (capability, needle type) (default 6)")
+    group.add_argument("--context-length", type=positive_int, default=None, help="prompt length in tokens (default 1024)")
+    group.add_argument("--samples", type=positive_int, default=None, help="pairs per (capability, needle type) (default 6)")
     group.add_argument("--needle-types", default=None, help="comma list of number,word,uuid (default all)")
     group.add_argument("--capabilities", default=None, help="comma list of single_key,multi_key (default both)")
-    group.add_argument("--num-keys", type=int, default=None, help="needles in a multi-key probe (default 4)")
+    group.add_argument("--num-keys", type=positive_int, default=None, help="needles in a multi-key probe (default 4)")
     group.add_argument("--probe-seed", type=int, default=None, help="probe generator seed")
 
 
@@ -55,23 +57,24 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --model)")
     parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
                         help="dtype to load the teacher in (default float32)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    parser.add_argument("--device", default="cpu", type=device, help="torch device, e.g. cpu or cuda (default cpu)")
 
 
 def load_model_and_tokenizer(args: argparse.Namespace):
     """The teacher named by --model (in --dtype, on --device) and the tokenizer of --tokenizer or --model."""
     from hydrahead.models.loading import load_model, load_tokenizer
 
-    return load_model(args.model, args.dtype, args.device), load_tokenizer(args.tokenizer or args.model)
+    return (load_model(args.model, args.dtype, args.device, supported=True),
+            load_tokenizer(args.tokenizer or args.model))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--method", default="patching", choices=["patching", "attribution", "retrieval"])
-    parser.add_argument("--out", required=True, help="output JSON for the scores")
-    parser.add_argument("--plot", default=None, metavar="PNG", help="also save a layers x heads heatmap")
-    parser.add_argument("--batch-size", type=int, default=16, help="patched heads per forward (patching)")
-    parser.add_argument("--top", type=int, default=10, help="how many top heads to print")
+    parser.add_argument("--out", required=True, type=output_file, help="output JSON for the scores")
+    parser.add_argument("--plot", default=None, metavar="PNG", type=output_file, help="also save a layers x heads heatmap")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="patched heads per forward (patching)")
+    parser.add_argument("--top", type=nonnegative_int, default=10, help="how many top heads to print")
     add_probe_arguments(parser)
 
 

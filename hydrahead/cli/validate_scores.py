@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from hydrahead.cli.args import output_file, positive_int
+
 HELP = "ablate top-k vs random heads and compare scoring methods (table + JSON)"
 
 
@@ -22,15 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_model_arguments(parser)
     parser.add_argument("--scores", required=True, help="head scores JSON (from `hydrahead score`)")
-    parser.add_argument("--top-k", type=int, default=8, help="heads to ablate (default 8)")
-    parser.add_argument("--seeds", type=int, default=3, help="random head sets to ablate (default 3)")
+    parser.add_argument("--top-k", type=positive_int, default=8, help="heads to ablate (default 8)")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="random head sets to ablate (default 3)")
     parser.add_argument("--mode", default="mean", choices=["mean", "zero"], help="ablation (default mean)")
     parser.add_argument("--compare", action="append", default=[], metavar="JSON",
                         help="scores of another method to compare with (repeatable)")
     parser.add_argument("--no-agreement", action="store_true", help="skip computing the methods not given")
-    parser.add_argument("--layer-plot", default=None, metavar="PNG", help="also save the layer-output similarity matrix")
-    parser.add_argument("--batch-size", type=int, default=16, help="patched heads per forward (patching)")
-    parser.add_argument("--out", default=None, help="output JSON for the report")
+    parser.add_argument("--layer-plot", default=None, metavar="PNG", type=output_file, help="also save the layer-output similarity matrix")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="patched heads per forward (patching)")
+    parser.add_argument("--out", default=None, type=output_file, help="output JSON for the report")
     add_probe_arguments(parser)
 
 

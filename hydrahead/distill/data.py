@@ -60,11 +60,27 @@ def resolve_files(patterns: list[str], key: str) -> list[Path]:
                 )
             if path.stat().st_size == 0:
                 raise DataError(f"{key}: data file is empty: {path}")
+            if BUILDERS[path.suffix.lower()] in ("text", "json"):
+                _check_text(path, key)
             files.append(path)
     builders = {BUILDERS[f.suffix.lower()] for f in files}
     if len(builders) > 1:
         raise DataError(f"{key}: mixes file types ({', '.join(sorted(builders))}); use one type per list")
     return files
+
+
+def _check_text(path: Path, key: str) -> None:
+    """DataError when a text or JSON data file starts like a binary one (NUL bytes, not UTF-8)."""
+    import codecs
+
+    with open(path, "rb") as f:
+        head = f.read(2**16)
+    if b"\x00" in head:
+        raise DataError(f"{key}: {path} is a binary file, not {path.suffix} text")
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError as err:
+        raise DataError(f"{key}: {path} is not UTF-8 text (byte {err.start})") from err
 
 
 def _open_stream(files: list[Path], config: DataConfig, cache_dir: Path):

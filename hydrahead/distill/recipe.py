@@ -26,6 +26,7 @@ import yaml
 from hydrahead.errors import RecipeError
 from hydrahead.distill.example import EXAMPLE_RECIPE
 from hydrahead.distill.schema import FieldError, build, check, suggest
+from hydrahead.utils.io import read_text
 from hydrahead.utils.units import parse_length, parse_tokens
 from hydrahead.errors import OptionsError
 from hydrahead.options import HybridOptions
@@ -247,10 +248,9 @@ class _RecipeFile:
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None):
         """Load a YAML recipe; `overrides` maps dotted keys ("stages.align.lr") to values set before validation."""
         path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"recipe file not found: {path}")
+        text = read_text(path, RecipeError, "recipe file")
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(text)
         except yaml.YAMLError as err:
             raise RecipeError(f"recipe {path} is not valid YAML: {err}") from err
         if not isinstance(data, dict):

@@ -30,6 +30,7 @@ from hydrahead.distill.recipe import STAGE_NAMES, Recipe
 from hydrahead.distill.stages import STAGES, Stage
 from hydrahead.distill.trainer import StepCallback, Trainer
 from hydrahead.models.convert import convert
+from hydrahead.models.families import family_of_config
 from hydrahead.models.loading import load_model, load_tokenizer, read_config, save_hybrid
 from hydrahead.models.shape import ModelShape
 from hydrahead.plan import HeadPlan
@@ -110,6 +111,7 @@ def prepare(recipe: Recipe, env: DistEnv, resume: bool, plan: HeadPlan | None = 
     eval_files = resolve_files(recipe.data.eval_files, "data.eval_files") if recipe.data.eval_files else []
     plan = plan if plan is not None else HeadPlan.from_json(recipe.plan)
     teacher_config = read_config(recipe.teacher)
+    family_of_config(teacher_config, f"teacher {recipe.teacher}")  # a model hydrahead converts, before any weights are read
     plan.validate(ModelShape.from_config(teacher_config))  # before loading any weights
     if recipe.training.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise RecipeError("training.tensorboard is true but the tensorboard package is not installed "

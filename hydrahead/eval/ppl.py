@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hydrahead.errors import EvalError
+from hydrahead.utils.io import read_text
 
 TEXT_SUFFIXES = (".txt", ".md")
 
@@ -71,6 +72,9 @@ def load_documents(paths: Iterable[str | Path]) -> list[Document]:
         if p.is_dir():
             files.extend(sorted(f for f in p.iterdir() if f.suffix in (*TEXT_SUFFIXES, ".jsonl")))
         elif p.is_file():
+            if p.suffix not in (*TEXT_SUFFIXES, ".jsonl"):
+                raise EvalError(f"data file {p} has an unsupported type {p.suffix!r}; use "
+                                f"{', '.join((*TEXT_SUFFIXES, '.jsonl'))} files")
             files.append(p)
         else:
             missing.append(str(p))
@@ -79,9 +83,9 @@ def load_documents(paths: Iterable[str | Path]) -> list[Document]:
     docs = []
     for f in files:
         if f.suffix != ".jsonl":
-            docs.append(Document(f.name, f.read_text(encoding="utf-8", errors="replace")))
+            docs.append(Document(f.name, read_text(f, EvalError, "data file")))
             continue
-        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines()):
+        for n, line in enumerate(read_text(f, EvalError, "data file").splitlines()):
             if not line.strip():
                 continue
             try:

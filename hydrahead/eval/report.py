@@ -8,7 +8,6 @@ perplexity of each model. Every file is written atomically; NIAH and perplexity 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -19,7 +18,7 @@ from typing import Any
 from hydrahead.eval.niah import NiahRecord
 from hydrahead.eval.ppl import PerplexityResult
 from hydrahead.utils.units import format_length
-from hydrahead.utils.io import atomic_write_text, save_figure
+from hydrahead.utils.io import atomic_write_text, save_figure, write_json
 
 
 def model_labels(paths: Sequence[str | Path]) -> list[str]:
@@ -168,7 +167,7 @@ def write_niah_report(out_dir: Path, records: Sequence[NiahRecord], meta: dict[s
     summary = niah_summary(records)
     paths = [out_dir / "niah.json", out_dir / "niah.md", out_dir / "niah_accuracy.png", out_dir / "niah_heatmap.png"]
     payload = {"meta": meta, "summary": summary, "records": [asdict(r) for r in records]}
-    atomic_write_text(paths[0], json.dumps(payload, indent=1) + "\n")
+    write_json(paths[0], payload)
     atomic_write_text(paths[1], niah_markdown(records, summary))
     plot_niah_accuracy(records, summary, paths[2])
     plot_niah_heatmaps(records, summary, paths[3])
@@ -223,7 +222,7 @@ def write_ppl_report(out_dir: Path, results: Sequence[PerplexityResult], meta: d
         "meta": meta,
         "results": [{**asdict(r), "buckets": r.buckets, "ppl": r.ppl, "overall_ppl": r.overall_ppl} for r in results],
     }
-    atomic_write_text(paths[0], json.dumps(payload, indent=1) + "\n")
+    write_json(paths[0], payload)
     atomic_write_text(paths[1], ppl_markdown(results))
     plot_ppl(results, paths[2])
     return paths

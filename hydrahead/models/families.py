@@ -58,6 +58,20 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+def family_of_config(config: Any, what: str = "the model") -> Family:
+    """The family of a config (object or config.json dict; a hybrid's counts as its teacher's), or
+    `UnsupportedModelError` naming its model_type and what is supported: the one architecture check,
+    made on the config before any weights are read."""
+    model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+    key = str(model_type).removeprefix("hydrahead_")
+    if key not in FAMILIES:
+        raise UnsupportedModelError(
+            f"{what} is a {model_type!r} model; hydrahead works on Qwen3, Qwen2, Llama and Mistral decoder LLMs "
+            f"(model_type {', '.join(FAMILIES)})"
+        )
+    return FAMILIES[key]
+
+
 def family_of(model: Any) -> Family:
     """The family of a teacher model, or `UnsupportedModelError` naming the class and the supported list."""
     for family in FAMILIES.values():

@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 
 from hydrahead.errors import CheckpointError, DeviceError
+from hydrahead.models.families import family_of_config
 from hydrahead.models.hybrid import HYBRID_CLASSES, is_hybrid
 
 WEIGHTS = "model.safetensors"
@@ -118,11 +119,16 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu") -> Any:
+def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
+               supported: bool = False) -> Any:
     """A hydrahead hybrid (by its config's model_type) or a plain transformers causal LM, in eval mode on
-    `device` ("auto" picks CUDA when there is one). CheckpointError names what is wrong with the directory."""
+    `device` ("auto" picks CUDA when there is one). CheckpointError names what is wrong with the directory;
+    with `supported`, UnsupportedModelError when it is not a family hydrahead converts (before any weights
+    are read: what scoring, conversion and distillation need)."""
     path = Path(path)
     config = read_config(path)
+    if supported:
+        family_of_config(config, str(path))
     target = resolve_device(device)
     check_weights(path)
     if config.get("model_type") in hybrid_model_types():

@@ -7,7 +7,6 @@ JSON layout (arrays as nested lists, layers outermost):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 from hydrahead.models.shape import ModelShape
 from hydrahead.scoring.combine import top_heads
 from hydrahead.errors import ScoringError
-from hydrahead.utils.io import atomic_write_text, read_json, save_figure
+from hydrahead.utils.io import read_json, save_figure, write_json
 
 METHODS = ("patching", "attribution", "retrieval")
 
@@ -110,7 +109,7 @@ class HeadScores:
             raise ScoringError(f"not a head-score file: expected keys 'method', 'values', 'num_kv_heads' ({err!r})") from err
 
     def to_json(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_json(cls, path: str | Path) -> HeadScores:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 
-import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,7 @@ from hydrahead.errors import ScoringError
 from hydrahead.scoring.probes import Probe, batches_by_length
 from hydrahead.scoring.readout import exact_match
 from hydrahead.scoring.scores import HeadScores
-from hydrahead.utils.io import atomic_write_text
+from hydrahead.utils.io import write_json
 
 
 @torch.no_grad()
@@ -98,7 +97,7 @@ class ValidationReport:
         return {**asdict(self), "accuracy_random_mean": self.accuracy_random_mean}
 
     def to_json(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        write_json(path, self.to_dict())
 
     def table(self) -> str:
         """Markdown tables: ablation accuracies, then method agreement."""

@@ -6,17 +6,49 @@ the permissions the user's umask gives a new file (a temporary file alone would 
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from hydrahead.errors import OutputError
+
+
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.EDQUOT}
+
+
+def check_output(path: str | Path, kind: str = "file") -> Path:
+    """`path` as somewhere a `kind` ("file" or "directory") can be written, checked before any work
+    starts: OutputError when it is the other kind, sits under a file, or cannot be written."""
+    path = Path(path)
+    other = "directory" if kind == "file" else "file"
+    if path.exists():
+        if path.is_dir() != (kind == "directory"):
+            raise OutputError(f"output {path} is a {other}, not a {kind}")
+        if not os.access(path, os.W_OK):
+            raise OutputError(f"output {path} is not writable")
+        return path
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"cannot write {path}: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise OutputError(f"cannot write {path}: no permission to create files in {parent}")
+            break
+    return path
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp_path)` and move the result to `path` atomically."""
+    """Call `write(tmp_path)` and move the result to `path` atomically (OutputError when it cannot be
+    written: a file in the way, no permission, a full disk)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    check_output(path, "file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: {err.strerror or err}") from err
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -25,6 +57,10 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
+    except OSError as err:
+        if isinstance(err, OutputError) or err.errno not in _UNWRITABLE:
+            raise
+        raise OutputError(f"cannot write {path}: {err.strerror}") from err
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -39,19 +75,54 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda p: p.write_text(text))
 
 
+def _finite(obj):
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | Path, obj, indent: int | None = 1) -> None:
+    """`obj` as strict JSON, atomically: NaN and infinities (a correlation of constant scores) become null,
+    so every file we write parses anywhere."""
+    import json
+
+    atomic_write_text(path, json.dumps(_finite(obj), indent=indent, allow_nan=False) + "\n")
+
+
 def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
     """A matplotlib figure written atomically as PNG (keywords go to `savefig`, e.g. dpi)."""
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", **savefig_kwargs))
+
+
+def read_text(path: str | Path, error: type[Exception], what: str) -> str:
+    """A text file the user gave us, decoded strictly as UTF-8: `error` naming `what` and the path when it
+    is missing, a directory, binary (NUL bytes) or not UTF-8, rather than text full of replacement marks."""
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{what} {path} is a directory, not a file")
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    data = path.read_bytes()
+    if b"\x00" in data:
+        raise error(f"{what} {path} is a binary file, not text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{what} {path} is not UTF-8 text (byte {err.start}: {data[err.start:err.start + 1]!r})") from err
 
 
 def read_json(path: str | Path, error: type[Exception], what: str):
     """Parse a JSON file, raising `error` that names `what` and the path when it is missing or not JSON."""
     import json
 
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{what} not found: {path}")
+    text = read_text(path, error, what)
     try:
-        return json.loads(path.read_text())
+        return json.loads(text)
     except json.JSONDecodeError as err:
         raise error(f"{what} {path} is not valid JSON: {err}") from err

@@ -1,0 +1,67 @@
+"""Argument types and the parser every subcommand shares: bad values are refused while the command line
+is read, before any work, in one line that names the argument.
+
+    parser.add_argument("--samples", type=positive_int)
+    parser.add_argument("--out", type=output_file)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with its errors on one line (argparse prints the usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _int(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    return _int(text, 0)
+
+
+def _output(text: str, kind: str):
+    from hydrahead.errors import OutputError
+    from hydrahead.utils.io import check_output
+
+    try:
+        return check_output(text, kind)
+    except OutputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def output_file(text: str):
+    """A path a file can be written to (not a directory, not under a file, writable)."""
+    return _output(text, "file")
+
+
+def output_dir(text: str):
+    """A path a directory can be made or written in (not a file, not under a file, writable)."""
+    return _output(text, "directory")
+
+
+def device(text: str) -> str:
+    """A torch device this machine has ("auto", "cpu", "cuda", "cuda:1")."""
+    from hydrahead.errors import DeviceError
+    from hydrahead.models.loading import resolve_device
+
+    try:
+        resolve_device(text)
+    except DeviceError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
