@@ -30,6 +30,7 @@ from hydrahead.distill.recipe import PretrainRecipe
 from hydrahead.distill.stages import PretrainStage
 from hydrahead.distill.trainer import StepCallback, Trainer
 from hydrahead.models.loading import load_tokenizer
+from hydrahead.utils.io import check_output
 
 FINAL = "final"
 
@@ -107,7 +108,7 @@ def pretrain(
     recipe = PretrainRecipe.load(recipe)
     env = distributed.init(recipe.training.device)
     try:
-        output_dir = Path(recipe.output_dir)
+        output_dir = check_output(recipe.output_dir, "directory")
         files = resolve_files(recipe.data.train_files, "data.train_files")
         eval_files = resolve_files(recipe.data.eval_files, "data.eval_files") if recipe.data.eval_files else []
         tokenizer = load_tokenizer(recipe.tokenizer)

@@ -34,6 +34,7 @@ from hydrahead.models.families import family_of_config
 from hydrahead.models.loading import load_model, load_tokenizer, read_config, save_hybrid
 from hydrahead.models.shape import ModelShape
 from hydrahead.plan import HeadPlan
+from hydrahead.utils.io import check_output
 
 FINAL = "final"
 
@@ -104,6 +105,7 @@ def prepare(recipe: Recipe, env: DistEnv, resume: bool, plan: HeadPlan | None = 
     """Every check that needs no weights: data files, plan against the teacher's config, optional packages,
     batch sizes, and the checkpoint against the recipe (on --resume)."""
     stages = [STAGES[name](config, STAGE_NAMES.index(name)) for name, config in recipe.stages.active()]
+    check_output(recipe.output_dir, "directory")
     train_files = {}
     for stage in stages:
         key = f"stages.{stage.name}.train_files" if stage.config.train_files else "data.train_files"

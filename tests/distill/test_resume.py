@@ -199,3 +199,43 @@ def test_a_used_output_dir_is_never_appended_to(workspace, tmp_path):
     run(recipe, resume=True)  # starts over: one run's metrics, no duplicates
     assert [m["step"] for m in read_metrics(out) if "loss" in m] == [1, 2, 3, 4]
     assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_cli_checkpoints_and_resume_is_exact(workspace, tmp_path):
+    """The real command in a subprocess: SIGTERM mid-stage exits 143 with a checkpoint at a step boundary,
+    and `--resume` ends where an uninterrupted run ends."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    stages = {"align": tiny_stage(tokens=150 * 4 * 32)}
+    reference = run(tiny_recipe(workspace, tmp_path / "ref", stages))
+    recipe = tiny_recipe(workspace, tmp_path / "run", stages)
+    (tmp_path / "recipe.yaml").write_text(json.dumps(recipe))
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "hydrahead", "distill", str(tmp_path / "recipe.yaml")]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM at stage align" in err and "Traceback" not in err
+    step = torch.load(tmp_path / "run" / FILENAME, weights_only=True)["state"]["step"]
+    assert 5 <= step < 150
+    resumed = subprocess.run([*command, "--resume"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    expected, actual = state(reference), state(tmp_path / "run" / "final")
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    assert [m["step"] for m in read_metrics(tmp_path / "run") if "loss" in m] == list(range(1, 151))

@@ -1,0 +1,130 @@
+"""A table of bad inputs through the real CLI, in a subprocess: each gets exit code 2 and one line on
+stderr that names the offending value, no traceback, and nothing is written."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hydrahead import HeadPlan, HeadScores
+from tests.conftest import make_teacher
+from tests.toy_tokenizer import char_tokenizer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    teacher = make_teacher("qwen3")
+    teacher.save_pretrained(d / "teacher")
+    char_tokenizer().save_pretrained(d / "teacher")
+    plan = HeadPlan(((0,), (3,)), 4, 2)
+    plan.to_json(d / "plan.json")
+    import hydrahead
+
+    hydrahead.save_hybrid(hydrahead.convert(teacher, plan), d / "hybrid", char_tokenizer())
+    HeadScores([[0.1, 0.9, 0.2, 0.3], [0.4, 0.5, 0.6, 0.7]], "patching", 2).to_json(d / "scores.json")
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=32, vocab_size=97, n_positions=64)).save_pretrained(d / "gpt2")
+    char_tokenizer().save_pretrained(d / "gpt2")
+    (d / "truncated").mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        if (d / "teacher" / name).is_file():
+            (d / "truncated" / name).write_bytes((d / "teacher" / name).read_bytes())
+    (d / "truncated" / "model.safetensors").write_bytes((d / "teacher" / "model.safetensors").read_bytes()[:500])
+    (d / "a_file").write_text("not a directory")
+    (d / "a_dir").mkdir()
+    (d / "binary.txt").write_bytes(bytes(range(256)) * 8)
+    (d / "latin1.json").write_bytes('{"fa_heads": [[0], [3]], "meta": "caf\xe9"}'.encode("latin-1"))
+    (d / "data.csv").write_text("text\nhello\n")
+    (d / "doc.txt").write_text("The grass is green. " * 40)
+    (d / "float_plan.json").write_text('{"fa_heads": [[0.5], [1]], "num_heads": 4, "num_kv_heads": 2}')
+    (d / "four_plan.json").write_text('{"fa_heads": [[0], [1]], "num_heads": "four", "num_kv_heads": 2}')
+    (d / "latin1.yaml").write_bytes("teacher: caf\xe9\n".encode("latin-1"))
+    recipe = {"teacher": str(d / "gpt2"), "plan": str(d / "plan.json"), "output_dir": str(d / "run"),
+              "data": {"train_files": [str(d / "doc.txt")]}, "stages": {"align": {"tokens": 64, "seq_len": 16,
+                                                                                 "batch_size": 1, "lr": 1e-3}}}
+    (d / "gpt2_recipe.yaml").write_text(json.dumps(recipe))
+    (d / "file_out_recipe.yaml").write_text(json.dumps({**recipe, "teacher": str(d / "teacher"),
+                                                        "output_dir": str(d / "a_file")}))
+    return d
+
+
+def cases(d: Path) -> list[tuple[list[str], str]]:
+    T, H, P, S, F = (str(d / n) for n in ("teacher", "hybrid", "plan.json", "scores.json", "a_file"))
+    new = str(d / "never_written")
+    return [
+        # convert
+        (["convert", "--model", T, "--plan", P, "--out", F], "a_file is a file"),
+        (["convert", "--model", T, "--plan", P, "--out", f"{F}/sub"], "a_file is a file"),
+        (["convert", "--model", T, "--plan", str(d / "float_plan.json"), "--out", new], "fa_heads\\[0\\] must be an integer"),
+        (["convert", "--model", T, "--plan", str(d / "four_plan.json"), "--out", new], "num_heads must be an integer"),
+        (["convert", "--model", T, "--plan", str(d / "latin1.json"), "--out", new], "latin1.json is not UTF-8"),
+        (["convert", "--model", str(d / "truncated"), "--plan", P, "--out", new], "truncated.*corrupt or truncated"),
+        (["convert", "--model", str(d / "gpt2"), "--plan", P, "--out", new], "gpt2 is a 'gpt2' model"),
+        # score and validate-scores
+        (["score", "--model", T, "--out", str(d / "a_dir")], "a_dir is a directory"),
+        (["score", "--model", T, "--out", f"{new}.json", "--batch-size", "0"], "--batch-size: must be >= 1"),
+        (["score", "--model", T, "--out", f"{new}.json", "--device", "banana"], "unknown device 'banana'"),
+        (["score", "--model", T, "--out", f"{new}.json", "--device", "cuda:7"], "'cuda:7' is not available"),
+        (["score", "--model", T, "--out", f"{new}.json", "--probes-file", str(d / "binary.txt")], "binary.txt is a binary file"),
+        (["score", "--model", str(d / "truncated"), "--out", f"{new}.json"], "corrupt or truncated"),
+        (["score", "--model", str(d / "gpt2"), "--out", f"{new}.json"], "'gpt2' model"),
+        (["validate-scores", "--model", T, "--scores", S, "--seeds", "0"], "--seeds: must be >= 1"),
+        (["validate-scores", "--model", T, "--scores", S, "--out", str(d / "a_dir")], "a_dir is a directory"),
+        (["validate-scores", "--model", T, "--scores", str(d / "latin1.json")], "latin1.json is not UTF-8"),
+        # plan
+        (["plan", "--scores", str(d / "latin1.json"), "--out", f"{new}.json"], "latin1.json is not UTF-8"),
+        (["plan", "--baseline", "layerwise", "--model", T, "--layers", "abc", "--out", f"{new}.json"], "--layers expects"),
+        (["plan", "--baseline", "random", "--model", str(d / "gpt2"), "--out", f"{new}.json"], "'gpt2' model"),
+        (["plan", "--scores", S, "--out", f"{F}/plan.json"], "a_file is a file"),
+        (["plan", "--scores", S, "--min-per-layer", "-1", "--out", f"{new}.json"], "--min-per-layer: must be >= 0"),
+        # eval
+        (["eval", "niah", "--models", H, "--out", F], "a_file is a file"),
+        (["eval", "niah", "--models", H, "--samples", "0", "--out", new], "--samples: must be >= 1"),
+        (["eval", "niah", "--models", H, "--haystack", "files", "--haystack-files", str(d / "binary.txt"), "--out", new],
+         "binary.txt is a binary file"),
+        (["eval", "niah", "--models", H, "--device", "cuda:7", "--out", new], "'cuda:7' is not available"),
+        (["eval", "ppl", "--models", H, "--data", str(d / "binary.txt"), "--out", new], "binary.txt is a binary file"),
+        (["eval", "ppl", "--models", H, "--data", str(d / "data.csv"), "--out", new], "unsupported type '.csv'"),
+        (["eval", "ppl", "--models", H, "--data", str(d / "doc.txt"), "--bucket", "0", "--out", new],
+         "--bucket: must be at least 1"),
+        (["info", F], "a_file is a file, not a model directory"),
+        (["info", T], "not a hydrahead hybrid"),
+        # distill and demo
+        (["distill", str(d / "latin1.yaml")], "latin1.yaml is not UTF-8"),
+        (["distill", str(d / "gpt2_recipe.yaml")], "teacher .*gpt2 is a 'gpt2' model"),
+        (["distill", str(d / "file_out_recipe.yaml")], "a_file is a file, not a directory"),
+        (["distill", str(d / "nope.yaml")], "recipe file not found"),
+        (["demo", "--out", F], "a_file is a file"),
+        (["demo", "--device", "banana"], "unknown device 'banana'"),
+        (["demo", "--export-teacher", F], "a_file is a file"),
+    ]
+
+
+def test_every_bad_input_is_one_clear_line(files, tmp_path):
+    import re
+
+    table = cases(files)
+    (tmp_path / "cases.json").write_text(json.dumps([argv for argv, _ in table]))
+    before = sorted(p.name for p in files.iterdir())
+    proc = subprocess.run([sys.executable, "-m", "tests.cli.bad_input_driver", str(tmp_path / "cases.json")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    failures = []
+    for (argv, message), result in zip(table, json.loads(proc.stdout)):
+        err = result["stderr"]
+        lines = [line for line in err.splitlines() if line.strip() and "it/s]" not in line]
+        ok = (result["escaped"] is None and result["code"] == 2 and len(lines) == 1
+              and lines[0].startswith("hydrahead") and "Traceback" not in err and re.search(message, lines[0]))
+        if not ok:
+            failures.append(f"{' '.join(argv[:2])}: code={result['code']} {result['escaped'] or err.strip()[-400:]}")
+    assert not failures, "\n".join(failures)
+    assert sorted(p.name for p in files.iterdir()) == before  # nothing was written next to the inputs
+    assert (files / "a_file").read_text() == "not a directory"
