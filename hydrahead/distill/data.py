@@ -304,6 +304,20 @@ class Corpora:
         if config.packing == "documents" and pad_id is None:
             raise DataError("data.packing documents needs a tokenizer with a pad token")
         self.pad_id = pad_id if config.packing == "documents" else None
+        if is_main and cache_dir.is_dir():
+            self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self, age_s: float = 600.0) -> None:
+        """Half-written token caches a killed run left behind (untouched for `age_s`: a run sharing this
+        cache that is writing one now keeps touching it)."""
+        import time
+
+        for tmp in self.cache_dir.glob(".tokens-*.tmp"):
+            try:
+                if tmp.is_file() and time.time() - tmp.stat().st_mtime > age_s:
+                    tmp.unlink()
+            except OSError:
+                pass
 
     def tokens(self, files: list[Path]) -> np.ndarray:
         path = token_cache(files, self.config, self.tokenize, self.cache_dir)

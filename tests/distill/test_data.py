@@ -162,3 +162,28 @@ def test_document_packing_needs_a_pad_token_and_no_streaming(tmp_path):
                 lambda: None, pad_id=None)
     with pytest.raises((RecipeError, ValueError), match="streaming"):
         DataConfig(train_files=["x"], packing="documents", streaming=True)
+
+
+def test_stale_token_cache_temporaries_are_removed(tmp_path):
+    import os
+    import time
+
+    tokenizer = make_tokenizer()
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale, fresh = cache / ".tokens-abc.bin.x1.tmp", cache / ".tokens-def.bin.x2.tmp"
+    for f in (stale, fresh):
+        f.write_bytes(b"half a cache")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    Corpora(DataConfig(train_files=["x"]), Tokenize(tokenizer, tokenizer.eos_token_id), cache, True, lambda: None)
+    assert not stale.exists() and fresh.exists()  # a fresh one may belong to a run writing it now
+
+
+def test_binary_or_non_utf8_data_files_are_refused(tmp_path):
+    (tmp_path / "bin.txt").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(DataError, match="data.train_files: .*bin.txt is a binary file"):
+        resolve_files([str(tmp_path / "bin.txt")], "data.train_files")
+    with pytest.raises(DataError, match="latin1.jsonl is not UTF-8 text"):
+        resolve_files([str(tmp_path / "latin1.jsonl")], "data.train_files")
