@@ -1,8 +1,9 @@
 """lm-evaluation-harness integration (needs the `eval` extra: `pip install hydrahead[eval]`).
 
-A hybrid checkpoint is a normal transformers directory whose model_type (`hydrahead_qwen3`, ...) transformers
-learns when `hydrahead` is imported. The `lm_eval` command does not import it, so run the harness through this
-module, which does, with lm_eval's own arguments:
+A hybrid checkpoint is a normal transformers directory that carries its modeling code, so the plain command
+works with remote code allowed: `lm_eval --model hf --model_args pretrained=hybrid/,trust_remote_code=True`.
+This module is lm_eval's command line with hydrahead imported, for runs without remote code (and checkpoints
+saved without the code), with lm_eval's own arguments:
 
     python -m hydrahead.eval.lm_harness --model hf --model_args pretrained=hybrid/ --tasks hellaswag
     python -m hydrahead.eval.lm_harness --model hydrahead --model_args pretrained=hybrid/ --tasks hellaswag

@@ -51,6 +51,17 @@ class HybridCausalLMMixin:
             )
         self.hydrahead_plan, self.hydrahead_options = plan, options
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save_pretrained, plus the modeling code that `trust_remote_code=True` loads
+        without hydrahead (models/remote_code.py) and its `auto_map` in config.json."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        try:
+            from hydrahead.models.remote_code import add_remote_code
+        except ImportError:  # running from a checkpoint's bundled copy: transformers copies its files itself
+            return
+        if kwargs.get("is_main_process", True):
+            add_remote_code(save_directory, self)
+
     # position_ids must stay a named parameter: generate() only derives padding-aware positions for
     # models whose forward() declares it.
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,

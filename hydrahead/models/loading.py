@@ -221,7 +221,8 @@ def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: t
                 state_dict: dict[str, torch.Tensor] | None = None,
                 finish: Callable[[Path], None] | None = None) -> Path:
     """Save a model (a hybrid, or any transformers model) as a transformers checkpoint directory: weights
-    (in `dtype`, default the model's), config, the tokenizer, and for a hybrid a model card with its plan.
+    (in `dtype`, default the model's), config, the tokenizer, and for a hybrid a model card with its plan
+    and (its save_pretrained writes it) the modeling code `trust_remote_code=True` loads.
 
     Written into a temporary sibling and renamed, so `path` is the complete checkpoint or the old one.
     `state_dict` replaces the model's own (a gathered FSDP state, say); `finish(tmp_dir)` may add files
@@ -235,10 +236,10 @@ def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: t
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(tmp, state_dict=state)
+        config = json.loads((tmp / "config.json").read_text())
         if dtype is not None:  # save_pretrained records the model's dtype, not the stored one
-            config = json.loads((tmp / "config.json").read_text())
             config["dtype"] = str(dtype).removeprefix("torch.")
-            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if is_hybrid(model):

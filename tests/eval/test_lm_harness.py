@@ -86,3 +86,32 @@ def test_command_line(model_dirs, task_dir, tmp_path, monkeypatch):
     written = list(out.rglob("results_*.json"))
     assert len(written) == 1
     assert "hydrahead_magic_ll" in json.loads(written[0].read_text())["results"]
+
+
+def test_plain_lm_eval_cli_with_trust_remote_code(model_dirs, task_dir, tmp_path, monkeypatch):
+    """The `lm_eval` command itself (it never imports hydrahead) loads the hybrid through the modeling code
+    the checkpoint carries, and gives the numbers the in-process bridge gives."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from lm_eval.tasks import TaskManager
+
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    args = f"pretrained={model_dirs['hybrid']},dtype=float32,trust_remote_code=True"
+    out = tmp_path / "results"
+    proc = subprocess.run([str(Path(sys.executable).parent / "lm_eval"), "--model", "hf", "--model_args", args,
+                           "--device", "cpu", "--tasks", "hydrahead_magic_ll", "--include_path", str(task_dir),
+                           "--batch_size", "2", "--output_path", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cli = json.loads(next(out.rglob("results_*.json")).read_text())["results"]["hydrahead_magic_ll"]
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bridge = lm_eval.simple_evaluate(model="hf", model_args=f"pretrained={model_dirs['hybrid']},dtype=float32,device=cpu",
+                                     tasks=["hydrahead_magic_ll"], batch_size=2,
+                                     task_manager=TaskManager(include_path=str(task_dir), include_defaults=False))
+    ours = bridge["results"]["hydrahead_magic_ll"]
+    assert cli["acc,none"] == ours["acc,none"]
+    assert abs(cli["perplexity,none"] - ours["perplexity,none"]) <= 1e-4 * ours["perplexity,none"]

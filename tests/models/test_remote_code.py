@@ -1,0 +1,92 @@
+"""A saved hybrid carries its modeling code: `trust_remote_code=True` loads it in a process that never
+imports hydrahead (the bundled copy), and uses the installed package where there is one."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import hydrahead
+from hydrahead import HeadPlan, HybridOptions
+from tests.conftest import FAMILIES, make_teacher
+
+LOADER = r"""
+import json, sys
+import torch
+
+class Block:  # as if hydrahead were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "hydrahead" or name.startswith("hydrahead."):
+            raise ImportError(f"no module named {name!r}")
+
+if sys.argv[2] == "blocked":
+    sys.meta_path.insert(0, Block())
+from transformers import AutoModelForCausalLM
+
+out = {}
+for directory in json.loads(sys.argv[1]):
+    model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=True).eval()
+    ids = torch.load(f"{directory}/ids.pt")
+    with torch.no_grad():
+        logits = model(ids).logits
+        tokens = model.generate(ids, max_new_tokens=4, do_sample=False)
+    out[directory] = {"module": type(model).__module__, "class": type(model).__name__,
+                      "diff": (logits - torch.load(f"{directory}/logits.pt")).abs().max().item(),
+                      "same_tokens": torch.equal(tokens, torch.load(f"{directory}/tokens.pt"))}
+out["imported_hydrahead"] = any(m == "hydrahead" or m.startswith("hydrahead.") for m in sys.modules)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("remote")
+    dirs = []
+    for family in FAMILIES:
+        model = hydrahead.convert(make_teacher(family), HeadPlan(((0,), (1, 3)), 4, 2),
+                                  HybridOptions.preset("paper", train_length=16)).eval()
+        directory = root / family
+        model.save_pretrained(directory)
+        ids = torch.randint(0, model.config.vocab_size, (2, 11))
+        again = hydrahead.from_pretrained(directory).eval()
+        with torch.no_grad():
+            torch.save(again(ids).logits, directory / "logits.pt")
+            torch.save(again.generate(ids, max_new_tokens=4, do_sample=False), directory / "tokens.pt")
+        torch.save(ids, directory / "ids.pt")
+        dirs.append(str(directory))
+    return dirs
+
+
+def load_elsewhere(dirs, mode):
+    proc = subprocess.run([sys.executable, "-c", LOADER, json.dumps(dirs), mode], capture_output=True, text=True,
+                          timeout=300, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_checkpoints_load_without_hydrahead(saved):
+    out = load_elsewhere(saved, "blocked")
+    assert out.pop("imported_hydrahead") is False
+    for directory, result in out.items():
+        family = Path(directory).name
+        assert result["module"].startswith("transformers_modules.") and result["class"].startswith("HydraHead"), family
+        assert result["diff"] <= 1e-6 and result["same_tokens"], (family, result)
+
+
+def test_with_hydrahead_installed_its_own_classes_are_used(saved):
+    out = load_elsewhere(saved[:1], "installed")
+    assert out[saved[0]]["module"] == "hydrahead.models.hybrid" and out[saved[0]]["diff"] == 0.0
+
+
+def test_config_names_the_code_and_the_copy_imports_nothing_of_hydrahead(saved):
+    directory = Path(saved[0])
+    config = json.loads((directory / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_hydrahead.HydraHeadQwen3ForCausalLM"
+    for file in directory.glob("hydrahead_*.py"):
+        for line in file.read_text().splitlines():
+            stripped = line.strip()
+            if stripped.startswith(("from hydrahead", "import hydrahead")):
+                assert "remote_code" in stripped, (file.name, line)  # only the guarded re-save hook
