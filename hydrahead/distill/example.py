@@ -5,7 +5,8 @@ EXAMPLE_RECIPE = """\
 #   hydrahead distill recipe.yaml                 (one process)
 #   torchrun --nproc-per-node 8 -m hydrahead distill recipe.yaml
 #   hydrahead distill recipe.yaml --resume        (continue a stopped run exactly)
-# Relative paths are relative to this file. Budgets accept 300M, 0.3B, 16K.
+# Relative paths are relative to this file. Budgets accept 300M, 0.3B, 16K (K = 1000);
+# lengths (seq_len) accept 4k, 16k (k = 1024).
 
 teacher: models/Qwen3-1.7B          # transformers checkpoint directory, with its tokenizer
 plan: plans/qwen3-1.7b-7to1.json    # from `hydrahead plan`
@@ -20,6 +21,8 @@ data:
   train_files: [data/fineweb-edu/*.parquet]   # .txt, .jsonl/.json or .parquet; globs allowed
   eval_files: [data/heldout.jsonl]            # held-out perplexity (optional)
   text_field: text                  # column with the text in JSONL / Parquet
+  packing: concat                   # concat (one stream cut into rows) or documents (whole documents per row)
+  isolate_documents: false          # documents packing: each document of a row attends only to itself
   streaming: false                  # true: stream through a shuffle buffer instead of caching tokens
   shuffle_buffer: 10000             # documents (streaming only)
   eval_sequences: 16

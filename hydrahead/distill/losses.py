@@ -32,14 +32,27 @@ class KDLoss(NamedTuple):
     ce: torch.Tensor
 
 
-def next_token_labels(input_ids: torch.Tensor, pad_id: int | None = None) -> torch.Tensor:
+def next_token_labels(input_ids: torch.Tensor, pad_id: int | None = None, eos_id: int | None = None) -> torch.Tensor:
     """(B, T) -> (B, T): labels[:, t] = input_ids[:, t + 1]; the last position has no target, nor has a
-    position whose next token is `pad_id` (the padding of document-packed rows)."""
+    position whose next token is `pad_id` (the padding of document-packed rows), nor (`eos_id`, isolated
+    documents) an EOS, whose next token starts another document."""
     labels = torch.full_like(input_ids, IGNORE)
     labels[:, :-1] = input_ids[:, 1:]
     if pad_id is not None:
         labels = labels.masked_fill(labels == pad_id, IGNORE)
+    if eos_id is not None:
+        labels = labels.masked_fill(input_ids == eos_id, IGNORE)
     return labels
+
+
+def document_positions(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, T) position ids that restart after every EOS: each document of a packed row counts from 0."""
+    B, T = input_ids.shape
+    starts = torch.zeros(B, T, dtype=torch.bool, device=input_ids.device)
+    starts[:, 0] = True
+    starts[:, 1:] = input_ids[:, :-1] == eos_id
+    index = torch.arange(T, device=input_ids.device).expand(B, T)
+    return index - torch.where(starts, index, 0).cummax(dim=1).values
 
 
 def hidden_state_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,11 +69,16 @@ def _up(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def _kl_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Sum over positions of tau^2 * KL(p_teacher || p_student) at temperature tau; logits (..., V)."""
+def _kl_sum(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+            weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum over positions (weighted by `weight` (...,) when given) of tau^2 * KL(p_teacher || p_student)
+    at temperature tau; logits (..., V)."""
     log_p_s = F.log_softmax(_up(student_logits) / temperature, dim=-1)
     log_p_t = F.log_softmax(_up(teacher_logits) / temperature, dim=-1)
-    return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="sum") * temperature**2
+    if weight is None:
+        return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="sum") * temperature**2
+    per_position = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="none").sum(-1)
+    return (per_position * weight).sum() * temperature**2
 
 
 def _ce_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -84,14 +102,14 @@ def kd_loss_reference(
     return KDLoss(kl_weight * kl + ce_weight * ce, kl, ce)
 
 
-def _chunk_sums(hidden, teacher_hidden, labels, head, teacher_head, temperature, with_kl, with_ce):
+def _chunk_sums(hidden, teacher_hidden, labels, head, teacher_head, temperature, with_kl, with_ce, kl_weight=None):
     """KL and CE sums of one sequence chunk; logits live only inside this function."""
     logits = head(hidden)  # (B, c, V)
     kl = ce = _up(logits).new_zeros(())
     if with_kl:
         with torch.no_grad():
             teacher_logits = teacher_head(teacher_hidden)
-        kl = _kl_sum(logits, teacher_logits, temperature)
+        kl = _kl_sum(logits, teacher_logits, temperature, kl_weight)
     if with_ce:
         ce = _ce_sum(logits, labels)
     return kl, ce
@@ -107,8 +125,11 @@ def chunked_kd_loss(
     kl_weight: float = 1.0,
     ce_weight: float = 1.0,
     chunk: int = 1024,
+    kl_positions: torch.Tensor | None = None,
 ) -> KDLoss:
     """KL(teacher || student) + CE from final hidden states, `chunk` sequence positions at a time.
+    KL is the mean over every position, or over `kl_positions` ((B, T) bool) when given (isolated
+    documents: not over padding).
 
     Equal to `kd_loss_reference(head(hidden), teacher_head(teacher_hidden), labels, ...)` in value and
     gradient. Without a teacher (teacher_hidden None, or kl_weight 0) it is the chunked next-token CE.
@@ -122,13 +143,15 @@ def chunked_kd_loss(
     for start in range(0, T, chunk):
         piece = slice(start, min(start + chunk, T))
         teacher_piece = teacher_hidden[:, piece] if with_kl else None
-        args = (hidden[:, piece], teacher_piece, labels[:, piece], head, teacher_head, temperature, with_kl, with_ce)
+        weight = kl_positions[:, piece].to(hidden.dtype) if kl_positions is not None else None
+        args = (hidden[:, piece], teacher_piece, labels[:, piece], head, teacher_head, temperature, with_kl, with_ce,
+                weight)
         if torch.is_grad_enabled():
             kl, ce = checkpoint(_chunk_sums, *args, use_reentrant=False)
         else:
             kl, ce = _chunk_sums(*args)
         kl_total, ce_total = kl_total + kl, ce_total + ce
-    kl = kl_total / (B * T)
+    kl = kl_total / (B * T if kl_positions is None else kl_positions.sum().clamp(min=1))
     ce = ce_total / (labels != IGNORE).sum().clamp(min=1)
     loss = (kl_weight * kl if with_kl else 0.0) + (ce_weight * ce if with_kl else ce)
     return KDLoss(loss, kl.detach(), ce.detach())

@@ -69,6 +69,10 @@ class DataConfig:
     rows). documents: a document that fits in a row is never cut; it starts a new row when it does not fit
     in what is left, the rest of the row is padding with no loss (longer documents are cut into full rows).
     For retrieval data, where a cut separates a needle from its question. Needs streaming: false."""
+    isolate_documents: bool = False
+    """With packing: documents, each document of a row sees only itself, as if run alone: position ids
+    restart, FA heads get a block-diagonal mask, GDN heads restart their state and conv window (cu_seqlens),
+    and the token after a document's EOS is no target. Off: a row is one sequence (what the demo uses)."""
     streaming: bool = False
     """False: tokenise once into a cached token file, shuffle packed sequences exactly. True: stream documents
     through a shuffle buffer (for corpora that do not fit on disk twice); resuming re-reads the skipped prefix."""
@@ -85,6 +89,8 @@ class DataConfig:
         check(self.eval_sequences >= 1, "eval_sequences", f"must be >= 1, got {self.eval_sequences}")
         check(not (self.streaming and self.packing == "documents"), "packing",
               "documents needs streaming: false (rows are laid out over the cached token file)")
+        check(not self.isolate_documents or self.packing == "documents", "isolate_documents",
+              "needs packing: documents (rows of whole documents)")
 
 
 @dataclass(kw_only=True)

@@ -156,8 +156,10 @@ def load_inputs(run_: DistillRun, evaluators: Sequence[Evaluator], teacher: torc
     cache_dir = Path(recipe.data.cache_dir) if recipe.data.cache_dir else output_dir / "cache"
     corpora = Corpora(recipe.data, Tokenize(run_.tokenizer, document_eos(run_.tokenizer, recipe.teacher)), cache_dir,
                       env.is_main, lambda: distributed.barrier(env), pad_id=run_.tokenizer.pad_token_id)
+    eos = document_eos(run_.tokenizer, recipe.teacher)
     for stage in run_.stages:
         stage.pad_id = corpora.pad_id  # document-packed rows: no loss on their padding
+        stage.eos_id = eos if recipe.data.isolate_documents else None
     for stage in run_.remaining:
         files, key = run_.train_files[stage.name]
         run_.sources[stage.name] = corpora.train_source(files, stage.config.seq_len, recipe.seed, stage.index, key)

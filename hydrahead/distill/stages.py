@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from hydrahead.errors import RecipeError
-from hydrahead.distill.losses import chunked_kd_loss, hidden_state_mse, next_token_labels
+from hydrahead.distill.losses import chunked_kd_loss, document_positions, hidden_state_mse, next_token_labels
 from hydrahead.distill.recipe import DistillStageConfig, StageConfig
 from hydrahead.models.convert import hybrid_parameters
 
@@ -34,9 +34,17 @@ class Stage:
     def __init__(self, config: StageConfig, index: int, pad_id: int | None = None) -> None:
         self.config, self.index = config, index
         self.pad_id = pad_id  # targets equal to it carry no loss (document-packed rows); None: every target
+        self.eos_id: int | None = None  # set: documents of a row are isolated (data.isolate_documents)
 
     def labels(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return next_token_labels(input_ids, self.pad_id)
+        return next_token_labels(input_ids, self.pad_id, self.eos_id)
+
+    def inputs(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What a teacher or student forward gets besides the ids: restarting position ids when documents
+        are isolated (transformers masks FA across them, hydrahead's GDN heads restart at them)."""
+        if self.eos_id is None:
+            return {"input_ids": input_ids}
+        return {"input_ids": input_ids, "position_ids": document_positions(input_ids, self.eos_id)}
 
     def prepare(self, student: nn.Module) -> None:
         """Set which parameters train (requires_grad); may restructure the student (LoRA)."""
@@ -55,7 +63,7 @@ class Stage:
 
     def heldout_loss(self, student: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
         """Next-token cross-entropy, what held-out evaluation reports whatever the stage trains on."""
-        hidden = student.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        hidden = student.model(**self.inputs(input_ids), use_cache=False).last_hidden_state
         out = chunked_kd_loss(hidden, student.lm_head, self.labels(input_ids),
                               chunk=getattr(self.config, "loss_chunk", 1024))
         return out.loss, {"ce": out.ce}
@@ -72,11 +80,11 @@ class AlignStage(Stage):
 
     @torch.no_grad()
     def teacher_targets(self, teacher: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = teacher.model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
+        out = teacher.model(**self.inputs(input_ids), use_cache=False, output_hidden_states=True)
         return tuple(h.detach() for h in out.hidden_states[1:])  # each decoder layer's output; last is post-norm
 
     def loss(self, student, input_ids, targets):
-        out = student.model(input_ids=input_ids, use_cache=False, output_hidden_states=True)
+        out = student.model(**self.inputs(input_ids), use_cache=False, output_hidden_states=True)
         loss, per_layer = hidden_state_mse(out.hidden_states[1:], targets)
         return loss, {"mse_first_layer": per_layer[0], "mse_last_layer": per_layer[-1]}
 
@@ -113,15 +121,17 @@ class DistillStage(Stage):
 
     @torch.no_grad()
     def teacher_targets(self, teacher: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
-        hidden = teacher.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        hidden = teacher.model(**self.inputs(input_ids), use_cache=False).last_hidden_state
         return hidden.detach(), teacher.lm_head
 
     def loss(self, student, input_ids, targets):
         teacher_hidden, teacher_head = targets
-        hidden = student.model(input_ids=input_ids, use_cache=False).last_hidden_state
+        hidden = student.model(**self.inputs(input_ids), use_cache=False).last_hidden_state
         c = self.config
+        isolated = self.eos_id is not None and self.pad_id is not None  # KL over the documents, not their padding
         out = chunked_kd_loss(hidden, student.lm_head, self.labels(input_ids), teacher_hidden, teacher_head,
-                              temperature=c.temperature, kl_weight=c.kl_weight, ce_weight=c.ce_weight, chunk=c.loss_chunk)
+                              temperature=c.temperature, kl_weight=c.kl_weight, ce_weight=c.ce_weight, chunk=c.loss_chunk,
+                              kl_positions=input_ids != self.pad_id if isolated else None)
         return out.loss, {"kl": out.kl, "ce": out.ce}
 
 

@@ -10,6 +10,7 @@ g = -exp(A_log) * softplus(x W_a + dt_bias) (the Qwen3-Next / fla parametrisatio
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -75,8 +76,10 @@ class GatedDeltaNetBranch(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         cache_layer=None,
         padding_mask: torch.Tensor | None = None,
+        documents: Documents | None = None,
     ) -> torch.Tensor:
-        """x: (B, T, hidden); padding_mask: (B, T), 1 = real token. Returns (B, T, H, D)."""
+        """x: (B, T, hidden); padding_mask: (B, T), 1 = real token; `documents`: packed rows (from
+        `packed_documents`), whose state and conv window restart at every document. Returns (B, T, H, D)."""
         B, T, _ = x.shape
         H, D = self.num_heads, self.head_dim
         qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)  # (B, T, 3*H*D)
@@ -85,7 +88,7 @@ class GatedDeltaNetBranch(nn.Module):
             # otherwise survive) nor into the recurrent state (beta = g = 0 below).
             qkv = qkv * padding_mask[..., None].to(qkv.dtype)
         if self.conv is not None:
-            qkv = self.conv(qkv, cache_layer)
+            qkv = self.conv(qkv, cache_layer, documents.offsets if documents is not None else None)
         Hkv = self.num_kv_heads
         q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], dim=-1)
         q, k, v = q.view(B, T, H, D), k.view(B, T, Hkv, D), v.view(B, T, Hkv, D)
@@ -108,9 +111,39 @@ class GatedDeltaNetBranch(nn.Module):
         state = cache_layer.recurrent_state() if cache_layer is not None else None
         if T == 1 and state is not None and not torch.is_grad_enabled():
             return gated_delta_rule_step(q, k, v, g, beta, state)  # decode: the cached state updated in place
-        o, final_state = gated_delta_rule(
-            q, k, v, g, beta, initial_state=state, output_final_state=cache_layer is not None
+        if documents is not None:  # one packed sequence per document, state reset at each start
+            flat = [x.reshape(1, B * T, *x.shape[2:]) for x in (q, k, v, g, beta)]
+            o, _ = gated_delta_rule(*flat, cu_seqlens=documents.cu_seqlens, head_first=False, check_values=False)
+            return o.view(B, T, *o.shape[2:])
+        o, final_state = gated_delta_rule(  # g <= 0 and beta in (0, 1) by construction: no value check
+            q, k, v, g, beta, initial_state=state, output_final_state=cache_layer is not None, head_first=False,
+            check_values=False,
         )
         if cache_layer is not None:
             cache_layer.store_recurrent_state(final_state)
         return o  # (B, T, H, D)
+
+
+@dataclass(frozen=True)
+class Documents:
+    """Where the documents of packed rows start: `cu_seqlens` over the flattened (1, B*T) batch, and each
+    token's index inside its document, `offsets` (B, T)."""
+
+    cu_seqlens: torch.Tensor
+    offsets: torch.Tensor
+
+
+def packed_documents(position_ids: torch.Tensor | None, batch: int, seq_len: int) -> Documents | None:
+    """The documents of rows whose position_ids restart (transformers' packed-sequence convention: a new
+    document wherever the position does not follow on by one); None when every row is one sequence."""
+    if position_ids is None or seq_len < 2:
+        return None
+    pos = position_ids.expand(batch, seq_len)
+    starts = torch.ones(batch, seq_len, dtype=torch.bool, device=pos.device)
+    starts[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
+    if not bool(starts[:, 1:].any()):
+        return None
+    index = torch.arange(seq_len, device=pos.device).expand(batch, seq_len)
+    offsets = index - torch.where(starts, index, 0).cummax(dim=1).values
+    ends = torch.tensor([batch * seq_len], device=pos.device)
+    return Documents(torch.cat([starts.reshape(-1).nonzero().squeeze(1), ends]), offsets)

@@ -15,7 +15,7 @@ from torch import nn
 from hydrahead.errors import CacheError
 from hydrahead.layers.full_attention import FullAttentionBranch
 from hydrahead.layers.fusion import BranchNorm
-from hydrahead.layers.gdn import GatedDeltaNetBranch
+from hydrahead.layers.gdn import GatedDeltaNetBranch, packed_documents
 from hydrahead.cache import HybridStateMixin
 from hydrahead.options import HybridOptions
 
@@ -109,7 +109,10 @@ class HybridAttention(nn.Module):
             o = self.fa(hidden_states, position_embeddings, attention_mask, past_key_values, position_ids, **kwargs)
             outputs.append(self.fa_norm(o) if self.fa_norm is not None else o)
         if self.gdn is not None:
-            o = self.gdn(hidden_states, position_embeddings, cache_layer, padding)
+            # packed rows (position_ids restarting, no cache, no padding mask): transformers gives the FA heads
+            # a block-diagonal mask from the same position_ids; the GDN heads restart per document
+            documents = packed_documents(position_ids, B, T) if cache_layer is None and padding is None else None
+            o = self.gdn(hidden_states, position_embeddings, cache_layer, padding, documents)
             outputs.append(self.gdn_norm(o) if self.gdn_norm is not None else o)
         if cache_layer is not None:
             cache_layer.advance(T)

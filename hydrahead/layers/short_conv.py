@@ -25,8 +25,9 @@ class ShortConv(nn.Module):
         weight[:, -1] = 1.0  # identity: output_t = input_t
         self.weight = nn.Parameter(weight)  # (C, K)
 
-    def forward(self, x: torch.Tensor, cache_layer=None) -> torch.Tensor:
-        """x: (B, T, C) -> silu(causal_conv(x)): (B, T, C)."""
+    def forward(self, x: torch.Tensor, cache_layer=None, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, C) -> silu(causal_conv(x)): (B, T, C). `offsets` (B, T), each token's index inside its
+        document (packed rows): a tap never reaches back into the previous document."""
         T, K = x.shape[1], self.kernel_size
         weight = self.weight.to(x.dtype)  # (C, K)
         if cache_layer is None:
@@ -38,5 +39,8 @@ class ShortConv(nn.Module):
         else:
             y = window[:, K - 1 :] * weight[:, K - 1]  # tap on the current token
             for j in range(K - 1):  # tap on token t - (K - 1 - j)
-                y.addcmul_(window[:, j : j + T], weight[:, j])
+                tap = window[:, j : j + T]
+                if offsets is not None:
+                    tap = tap * (offsets >= K - 1 - j)[..., None].to(tap.dtype)
+                y.addcmul_(tap, weight[:, j])
         return F.silu(y)

@@ -77,3 +77,49 @@ def test_hidden_state_mse_per_layer_mean():
 
 def test_next_token_labels():
     assert next_token_labels(torch.tensor([[5, 6, 7]])).tolist() == [[6, 7, IGNORE]]
+
+
+def test_isolated_documents_give_each_documents_own_loss():
+    """A document-packed row with isolated documents (restarting positions: FA block-diagonal mask, GDN
+    cu_seqlens, no target across an EOS) has, per document, the loss of that document run alone."""
+    import hydrahead
+    from hydrahead import HeadPlan, HybridOptions
+    from hydrahead.distill.recipe import DistillStageConfig
+    from hydrahead.distill.stages import DistillStage
+    from tests.conftest import make_teacher
+
+    torch.manual_seed(0)
+    teacher = make_teacher("qwen3")
+    student = hydrahead.convert(teacher, HeadPlan(((0,), (1, 3)), 4, 2), HybridOptions.preset("paper", train_length=8))
+    with torch.no_grad():  # a student that differs from its teacher, so KL is not 0
+        for p in hydrahead.hybrid_parameters(student):
+            p.add_(0.05 * torch.randn_like(p))
+    eos, pad = 1, 0
+    docs = [torch.cat([torch.randint(2, 90, (n,)), torch.tensor([eos])]) for n in (9, 4, 13)]
+    row = torch.cat([*docs, torch.full((6,), pad)])[None]  # (1, 35): three documents and padding
+    stage = DistillStage(DistillStageConfig(tokens=64, seq_len=35, batch_size=1, lr=1e-3, loss_chunk=8), 1, pad)
+    stage.eos_id = eos
+
+    def sums(ids, isolated):
+        """(CE summed over targets, KL summed over non-pad positions, number of targets)."""
+        stage.eos_id = eos if isolated else None
+        _, metrics = stage.loss(student, ids, stage.teacher_targets(teacher, ids))
+        targets, positions = int((stage.labels(ids) != -100).sum()), int((ids != pad).sum())
+        return metrics["ce"] * targets, metrics["kl"] * positions, targets
+
+    with torch.no_grad():
+        ce, kl, n = sums(row, isolated=True)
+        alone = [sums(d[None], isolated=False) for d in docs]
+        leaky_ce, _, _ = sums(row, isolated=False)
+    assert n == sum(a[2] for a in alone) == sum(len(d) - 1 for d in docs)  # no target after an EOS
+    torch.testing.assert_close(ce, sum(a[0] for a in alone), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kl, sum(a[1] for a in alone), rtol=1e-4, atol=1e-7)  # KL: a small difference of logs
+    assert kl > 1e-3  # the student differs from its teacher: a real KL was compared
+    assert abs(float(leaky_ce) / (n + 2) - float(ce) / n) > 1e-3  # without isolation the documents see each other
+
+
+def test_document_positions_restart_after_eos():
+    from hydrahead.distill.losses import document_positions
+
+    ids = torch.tensor([[5, 6, 1, 7, 1, 8, 9, 0]])
+    assert document_positions(ids, eos_id=1).tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]

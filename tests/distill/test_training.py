@@ -92,3 +92,20 @@ def test_a_teacher_in_memory_trains_the_same_as_one_loaded_from_disk(workspace, 
         assert torch.equal(a, b), name
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the teacher handed in is left as it was
+
+
+def test_isolated_documents_train_end_to_end(workspace, tmp_path):
+    import pytest
+
+    from hydrahead.distill import RecipeError
+
+    stages = {"align": tiny_stage(tokens=2 * 4 * 32), "distill": tiny_stage(tokens=2 * 4 * 32, loss_chunk=8)}
+    recipe = tiny_recipe(workspace, tmp_path / "run", stages)
+    recipe["data"].update(packing="documents", isolate_documents=True)
+    final = run(recipe)
+    assert all(torch.isfinite(torch.tensor(losses(tmp_path / "run", s))).all() for s in ("align", "distill"))
+    assert hydrahead.is_hybrid(hydrahead.load_model(final))
+    recipe["data"].update(packing="concat")
+    recipe["output_dir"] = str(tmp_path / "other")
+    with pytest.raises(RecipeError, match="data.isolate_documents needs packing: documents"):
+        run(recipe)

@@ -173,10 +173,10 @@ def test_prefill_then_decode_matches_one_chunk_call(shape: Shape, prefill: int, 
 
     state, outputs = inputs["initial_state"], []
     if prefill:
-        o, state = gated_delta_rule(*tokens(0, prefill), state, True, mode="chunk")
+        o, state = gated_delta_rule(*tokens(0, prefill), initial_state=state, output_final_state=True, mode="chunk")
         outputs.append(o)
     for t in range(prefill, shape.seq_len):
-        o, state = gated_delta_rule(*tokens(t, t + 1), state, True)  # "auto" on CPU, T == 1: recurrent
+        o, state = gated_delta_rule(*tokens(t, t + 1), initial_state=state, output_final_state=True)  # auto: recurrent
         outputs.append(o)
 
     assert_close("o", torch.cat(outputs, dim=1), o_full, FP32_TOL)
@@ -253,7 +253,7 @@ BAD_INPUTS = {
     "v-5d": (_bad("v", torch.randn(2, 5, 3, 4, 1)), "v must have shape"),
     "g-4d": (_bad("g", torch.randn(2, 5, 3, 1)), "g must have shape"),
     "k-wrong-dk": (_bad("k", torch.randn(2, 5, 3, 7)), "k has shape"),
-    "v-wrong-heads": (_bad("v", torch.randn(2, 5, 2, 4)), "v has shape"),
+    "v-wrong-heads": (_bad("v", torch.randn(2, 5, 2, 4)), "v has 2 heads, not a multiple of q.s 3"),
     "beta-wrong-T": (_bad("beta", torch.rand(2, 6, 3)), "beta has shape"),
     "state-wrong-dv": (_bad("initial_state", torch.zeros(2, 3, 8, 5)), "initial_state has shape"),
     "empty-sequence": (make_inputs(Shape(2, 0, 3, 8, 4)), "empty"),

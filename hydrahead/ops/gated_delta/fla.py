@@ -60,6 +60,7 @@ def fla_gated_delta_rule(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     scale: float | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated delta rule with fla's kernels (see the module docstring for shapes and dtypes)."""
     chunk_kernel, recurrent_kernel = load_fla_kernels()
@@ -76,6 +77,7 @@ def fla_gated_delta_rule(
         scale=scale,
         initial_state=initial_state,
         output_final_state=output_final_state,
+        **({"cu_seqlens": cu_seqlens.to(torch.long)} if cu_seqlens is not None else {}),
     )
     if final_state is not None:
         final_state = final_state.to(torch.float32)
