@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from hydrahead.errors import CheckpointError
     from hydrahead.models.loading import check_output_dir, load_model, load_tokenizer, save_hybrid
 
-    out = check_output_dir(args.out)  # before any work
+    out = check_output_dir(args.out, keep=[args.model])  # before any work
     plan = HeadPlan.from_json(args.plan)
     options = HybridOptions.preset(args.preset, **parse_overrides(args.option))
     model = convert(load_model(args.model, args.dtype, supported=True), plan, options)

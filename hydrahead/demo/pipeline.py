@@ -169,7 +169,8 @@ def distill_all(out: Path, teacher: Teacher, plans: dict[str, HeadPlan], scale: 
         log(f"distilling {name}, seed {seed} ({i}/{len(runs)}): {plans[name].num_fa} FA heads, "
             f"KV cache {100 * plans[name].kv_cache_fraction:.1f}% of the teacher")
         recipe = recipe_for(out, teacher, name, seed, scale, device)
-        again = Path(recipe["output_dir"]).is_dir()  # a demo rerun into the same --out: resumed, or refused
+        run_dir = Path(recipe["output_dir"])  # a demo rerun into the same --out: resumed, or refused
+        again = (run_dir / "checkpoint.pt").exists() or (run_dir / "metrics.jsonl").exists()
         try:
             paths[f"{name}/seed{seed}"] = distill.run(recipe, resume=again, teacher=teacher.model,
                                                      tokenizer=teacher.tokenizer, plan=plans[name])

@@ -129,7 +129,8 @@ def input_digests(files: list[Path], model_dir: str | Path | None = None, label:
         from hydrahead.models.loading import weight_files
 
         model_dir = Path(model_dir)
-        names = ["config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"]
+        names = ["config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                 "merges.txt", "special_tokens_map.json"]
         found = [model_dir / n for n in names if (model_dir / n).is_file()]
         for file in found + (weight_files(model_dir) if weights else []):
             out[f"{label} {file}"] = file_digest(file)
@@ -255,26 +256,37 @@ def load(path: Path, identity: dict[str, Any], fingerprint: str, accept: Accept 
 
 
 def open_run(output_dir: Path, resume: bool, identity: dict[str, Any], fingerprint: str,
-             accept: Accept | None = None, inputs: dict[str, str] | None = None) -> Checkpoint | None:
+             accept: Accept | None = None, inputs: dict[str, str] | None = None, is_main: bool = True,
+             barrier: Callable[[], None] = lambda: None) -> Checkpoint | None:
     """The checkpoint to resume (`resume`), or None for a fresh run.
 
     A fresh run refuses an output_dir that an earlier run used (a checkpoint, metrics or a final model),
     so that nothing is overwritten or appended to by accident. `--resume` over a run that stopped before
-    its first checkpoint starts it again from the beginning (its metrics are dropped). Temporary files a
-    killed run left in output_dir are removed first."""
+    its first checkpoint (metrics, no checkpoint, no final model) starts it again from the beginning (its
+    metrics are dropped). Temporary files a killed run left in output_dir are removed first. Every
+    process decides from what it saw before the main one deletes anything (`barrier`)."""
     path = output_dir / FILENAME
-    for tmp in output_dir.glob(".*.tmp") if output_dir.is_dir() else ():
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-    used = [name for name in ("metrics.jsonl", "final") if (output_dir / name).exists()]
+    has_checkpoint, has_metrics = path.exists(), (output_dir / "metrics.jsonl").exists()
+    has_final = (output_dir / "final").exists()
+    barrier()  # all processes have looked before anything is removed
+    if is_main and output_dir.is_dir():
+        for tmp in output_dir.glob(".*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
     if resume:
-        if not path.exists() and used:
-            (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+        if not has_checkpoint and has_final:
+            raise ResumeError(f"--resume: {output_dir} holds a final model but no checkpoint, so nothing can be "
+                              "continued; start a fresh run in another output_dir")
+        if not has_checkpoint and has_metrics:
+            if is_main:
+                (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+            barrier()
             return None  # stopped before its first checkpoint: nothing to continue, so start over
         return load(path, identity, fingerprint, accept, inputs)
-    if path.exists():
+    if has_checkpoint:
         raise ResumeError(f"{output_dir} already holds a checkpoint; continue it with --resume, "
                           "or choose another output_dir")
+    used = [name for name, there in (("metrics.jsonl", has_metrics), ("final", has_final)) if there]
     if used:
         raise ResumeError(f"{output_dir} holds an earlier run ({' and '.join(used)}, no checkpoint); rerun with "
                           "--resume to start it over there, or choose another output_dir")

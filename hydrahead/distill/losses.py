@@ -131,8 +131,8 @@ def chunked_kd_loss(
     KL is the mean over every position, or over `kl_positions` ((B, T) bool) when given (isolated
     documents: not over padding).
 
-    Equal to `kd_loss_reference(head(hidden), teacher_head(teacher_hidden), labels, ...)` in value and
-    gradient. Without a teacher (teacher_hidden None, or kl_weight 0) it is the chunked next-token CE.
+    Without `kl_positions`, equal to `kd_loss_reference(head(hidden), teacher_head(teacher_hidden), labels,
+    ...)` in value and gradient. Without a teacher (teacher_hidden None, or kl_weight 0) it is the chunked next-token CE.
     """
     with_kl = teacher_hidden is not None and kl_weight > 0
     if with_kl and teacher_head is None:

@@ -115,11 +115,12 @@ def pretrain(
         eos = document_eos(tokenizer, recipe.tokenizer)
         config = model_config(recipe, tokenizer)
         identity, fingerprint = recipe.identity(), recipe.fingerprint()
-        inputs = ckpt.input_digests(files + eval_files, recipe.tokenizer, label="tokenizer", weights=False)
+        inputs = ckpt.input_digests(files, recipe.tokenizer, label="tokenizer", weights=False)
         if recipe.init is not None and (Path(recipe.init) / "model.safetensors").is_file():
             inputs[f"init {recipe.init}"] = ckpt.file_digest(Path(recipe.init) / "model.safetensors")
         checkpoint = ckpt.open_run(output_dir, resume, identity, fingerprint,
-                                   accept=lambda old, step: extends(old, recipe, step), inputs=inputs)
+                                   accept=lambda old, step: extends(old, recipe, step), inputs=inputs,
+                                   is_main=env.is_main, barrier=lambda: distributed.barrier(env))
         if checkpoint is not None and checkpoint.state.done and checkpoint.state.tokens < recipe.stage.tokens:
             checkpoint.state.done = False  # a longer budget: the finished stage goes on
 

@@ -10,6 +10,7 @@ Steps (every check that can fail cheaply comes before anything expensive):
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ def run(
     evaluators: extra evaluation hooks (EvalContext -> {metric: value}), besides held-out perplexity.
     teacher, tokenizer, plan: already in memory, instead of loading recipe.teacher and recipe.plan (which
                 still name them: the run's identity and the checkpoint's dtype come from them). A teacher
-                handed in is moved to the training device and dtype for the run and moved back afterwards.
+                handed in is left as it is: when training needs it on another device or in another dtype,
+                a copy goes there.
     Works unchanged under torchrun (one process per device, DDP or FSDP2).
     """
     recipe = Recipe.load(recipe)
@@ -65,11 +67,8 @@ def run(
         run_ = prepare(recipe, env, resume, plan)
         load_inputs(run_, evaluators, teacher, tokenizer)
         student = build_student(run_)
-        try:
+        with _frozen(run_.teacher):
             train(run_, student, callbacks)
-        finally:
-            if teacher is not None:
-                teacher.to(*run_.teacher_placement)
         final = Path(recipe.output_dir) / FINAL
         save_final(student, run_.tokenizer, final, env, _checkpoint_dtype(run_.teacher_config))
         return final
@@ -95,7 +94,7 @@ class DistillRun:
     train_files: dict[str, tuple[list[Path], str]]
     eval_files: list[Path]
     teacher: torch.nn.Module | None = None
-    teacher_placement: tuple[torch.device, torch.dtype] | None = None
+    teacher_given: bool = False  # handed in by the caller: never changed in place
     tokenizer: Any = None
     sources: dict[str, Any] = field(default_factory=dict)
     evaluators: dict[str, list[Evaluator]] = field(default_factory=dict)
@@ -130,9 +129,10 @@ def prepare(recipe: Recipe, env: DistEnv, resume: bool, plan: HeadPlan | None = 
                               "use ddp, or full fine-tuning")
     identity = recipe.identity(plan.to_dict())
     fingerprint = recipe.fingerprint(plan.to_dict())
-    data_files = [f for files, _ in train_files.values() for f in files] + eval_files
+    data_files = [f for files, _ in train_files.values() for f in files]  # eval files may change on resume
     inputs = ckpt.input_digests(data_files, recipe.teacher)
-    checkpoint = ckpt.open_run(Path(recipe.output_dir), resume, identity, fingerprint, inputs=inputs)
+    checkpoint = ckpt.open_run(Path(recipe.output_dir), resume, identity, fingerprint, inputs=inputs,
+                               is_main=env.is_main, barrier=lambda: distributed.barrier(env))
     remaining = [s for s in stages if checkpoint is None or s.index > checkpoint.state.stage_index
                  or (s.index == checkpoint.state.stage_index and not checkpoint.state.done)]
     return DistillRun(recipe, env, stages, remaining, plan, teacher_config, strategy, identity, fingerprint,
@@ -145,8 +145,7 @@ def load_inputs(run_: DistillRun, evaluators: Sequence[Evaluator], teacher: torc
     remaining stage's training data tokenised and packed, and its evaluators."""
     recipe, env = run_.recipe, run_.env
     run_.teacher = teacher if teacher is not None else load_model(recipe.teacher, "float32")
-    first = next(run_.teacher.parameters())
-    run_.teacher_placement = (first.device, first.dtype)
+    run_.teacher_given = teacher is not None
     run_.plan.validate(run_.teacher.config)
     run_.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(recipe.teacher)
     vocab = run_.teacher.config.vocab_size
@@ -181,7 +180,12 @@ def build_student(run_: DistillRun) -> torch.nn.Module:
         teacher_dtype = recipe.training.teacher_dtype
         if teacher_dtype == "auto":
             teacher_dtype = "bfloat16" if env.device.type == "cuda" else "float32"
-        run_.teacher.to(env.device, getattr(torch, teacher_dtype)).eval().requires_grad_(False)
+        device, dtype = env.device, getattr(torch, teacher_dtype)
+        first = next(run_.teacher.parameters())
+        moves = first.device != device or first.dtype != dtype or run_.strategy == "fsdp"
+        if run_.teacher_given and moves:  # the caller's model stays as it is: a copy is moved, cast, sharded
+            run_.teacher = copy.deepcopy(run_.teacher)
+        run_.teacher.to(device, dtype).eval()
         distributed.shard_teacher(run_.teacher, env, run_.strategy)
     else:
         run_.teacher = None
@@ -209,6 +213,23 @@ def train(run_: DistillRun, student: torch.nn.Module, callbacks: Sequence[StepCa
                 trainer.teacher = run_.teacher = None  # free its memory for the stages that do not need it
     finally:
         metrics.close()
+
+
+class _frozen:
+    """The teacher's parameters without gradients for the block, as they were afterwards (a teacher
+    handed in by the caller is theirs)."""
+
+    def __init__(self, model: torch.nn.Module | None) -> None:
+        self.params = list(model.parameters()) if model is not None else []
+
+    def __enter__(self) -> None:
+        self.flags = [p.requires_grad for p in self.params]
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc) -> None:
+        for p, flag in zip(self.params, self.flags):
+            p.requires_grad_(flag)
 
 
 def _checkpoint_dtype(config: dict[str, Any]) -> torch.dtype:

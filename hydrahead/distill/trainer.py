@@ -87,7 +87,7 @@ class StopSignals:
 
     def _restore(self) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
     def __enter__(self) -> StopSignals:

@@ -133,11 +133,23 @@ class Documents:
     offsets: torch.Tensor
 
 
+_LAST: list = [None, None]  # (position_ids, its Documents): every layer of a forward gets the same tensor
+
+
 def packed_documents(position_ids: torch.Tensor | None, batch: int, seq_len: int) -> Documents | None:
     """The documents of rows whose position_ids restart (transformers' packed-sequence convention: a new
-    document wherever the position does not follow on by one); None when every row is one sequence."""
+    document wherever the position does not follow on by one); None when every row is one sequence.
+    Worked out once per forward (one host sync), not once per layer."""
     if position_ids is None or seq_len < 2:
         return None
+    if _LAST[0] is position_ids:
+        return _LAST[1]
+    documents = _packed_documents(position_ids, batch, seq_len)
+    _LAST[:] = [position_ids, documents]
+    return documents
+
+
+def _packed_documents(position_ids: torch.Tensor, batch: int, seq_len: int) -> Documents | None:
     pos = position_ids.expand(batch, seq_len)
     starts = torch.ones(batch, seq_len, dtype=torch.bool, device=pos.device)
     starts[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1

@@ -16,8 +16,9 @@ nothing a user hands us is unpickled.
 from __future__ import annotations
 
 import json
+import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -200,15 +201,29 @@ def check_model_dirs(paths: list[str | Path] | tuple[str | Path, ...]) -> None:
         load_tokenizer(path)
 
 
-def check_output_dir(path: str | Path) -> Path:
+_CHECKPOINT_FILE = re.compile(
+    r"(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|vocab|chat_template)"
+    r"\.(json|txt|jinja)|merges\.txt|tokenizer\.model|README\.md|modeling_hydrahead\.py|hydrahead_\w+\.py|"
+    r"model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|demo_teacher_manifest\.json|manifest\.json")
+
+
+def check_output_dir(path: str | Path, keep: Sequence[str | Path] = ()) -> Path:
     """A directory a checkpoint may be written to: absent, empty, or an earlier checkpoint (which is
-    replaced). Anything else is refused before any work starts, so that nothing a user keeps is deleted."""
+    replaced): a directory holding only the files a checkpoint has. Anything else, and any directory in
+    `keep` (the model being converted), is refused before any work starts: nothing a user keeps is deleted."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"cannot save a checkpoint to {path}: it is a file, not a directory")
-    if path.is_dir() and any(path.iterdir()) and not (path / "config.json").is_file():
-        raise CheckpointError(f"cannot save a checkpoint to {path}: the directory holds other files "
-                              "(not an earlier checkpoint); choose a new or empty directory")
+    for other in keep:
+        if path.exists() and Path(other).exists() and path.resolve() == Path(other).resolve():
+            raise CheckpointError(f"cannot save a checkpoint to {path}: it is the input model's directory; "
+                                  "choose another output directory")
+    if path.is_dir():
+        foreign = [p.name for p in path.iterdir() if not (p.is_file() and _CHECKPOINT_FILE.fullmatch(p.name))]
+        if foreign:
+            raise CheckpointError(f"cannot save a checkpoint to {path}: the directory holds other files "
+                                  f"({', '.join(sorted(foreign)[:3])}{' ...' if len(foreign) > 3 else ''}), "
+                                  "not only an earlier checkpoint; choose a new or empty directory")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -246,12 +261,15 @@ def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: t
             (tmp / MODEL_CARD).write_text(_model_card(model))
         if finish is not None:
             finish(tmp)
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():  # the earlier checkpoint stays whole until the new one is in place
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
     except OSError as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"cannot save a checkpoint to {path}: {err}") from err
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
     return path
 
 

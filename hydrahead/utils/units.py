@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -30,7 +31,10 @@ def _parse(value: Any, units: dict[str, int], what: str, example: str) -> int:
     if isinstance(value, str):
         match = re.fullmatch(_NUMBER, value, flags=re.IGNORECASE)
         if match and match.group(2).lower() in units:
-            return int(round(float(match.group(1).replace("_", "")) * units[match.group(2).lower()]))
+            number = float(match.group(1).replace("_", "")) * units[match.group(2).lower()]
+            if math.isfinite(number) and (number.is_integer() or number >= 1e6):  # 0.3B is 3e8 up to rounding
+                return int(round(number))
+            raise ValueError(f"expected {what} such as {example}, got {value!r}, which is not a whole number")
     raise ValueError(f"expected {what} such as {example}, got {value!r}")
 
 

@@ -112,6 +112,6 @@ def test_lengths_and_budgets_follow_one_convention():
     assert [parse_length(v) for v in ("16k", "16Ki", "16384", "1.5k", 512)] == [16384, 16384, 16384, 1536, 512]
     assert [parse_tokens(v) for v in ("16K", "16Ki", "16000", "16e3")] == [16000, 16384, 16000, 16000]
     assert format_length(parse_length("16k")) == "16k"
-    for bad in ("16q", "k", "-1", "", "1kk"):
+    for bad in ("16q", "k", "-1", "", "1kk", "1.7k", "1e400"):
         with pytest.raises(ValueError):
             parse_length(bad)

@@ -92,6 +92,7 @@ def test_a_teacher_in_memory_trains_the_same_as_one_loaded_from_disk(workspace, 
         assert torch.equal(a, b), name
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the teacher handed in is left as it was
+    assert all(p.requires_grad for p in teacher.parameters())
 
 
 def test_isolated_documents_train_end_to_end(workspace, tmp_path):

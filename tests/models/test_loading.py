@@ -162,3 +162,15 @@ def test_save_hybrid_never_overwrites_what_is_not_a_checkpoint(saved, tmp_path):
     with pytest.raises(hydrahead.CheckpointError, match="file is a file"):
         hydrahead.save_hybrid(model, tmp_path / "file" / "sub")
     assert (tmp_path / "file").read_text() == "keep me" and (tmp_path / "notes" / "todo.txt").is_file()
+
+
+def test_save_hybrid_never_replaces_an_input_or_a_directory_with_other_files(saved, tmp_path):
+    from hydrahead.models.loading import check_output_dir
+
+    model, path = saved  # `path` holds a checkpoint: config.json, weights, modeling code
+    with pytest.raises(hydrahead.CheckpointError, match="is the input model's directory"):
+        check_output_dir(path, keep=[path])
+    (path / "notes.txt").write_text("mine")
+    with pytest.raises(hydrahead.CheckpointError, match=r"holds other files \(notes.txt\)"):
+        hydrahead.save_hybrid(model, path)
+    assert (path / "notes.txt").read_text() == "mine" and (path / "config.json").is_file()
