@@ -19,11 +19,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from hydrahead.layers.norm import RMSNorm
 from hydrahead.layers.short_conv import ShortConv
-from hydrahead.ops import gated_delta_rule, gated_delta_rule_step
-
-
-def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    return x * torch.rsqrt(x.float().pow(2).sum(-1, keepdim=True) + eps).to(x.dtype)
+from hydrahead.ops import gated_delta_rule, gated_delta_rule_step, l2norm
 
 
 class GatedDeltaNetBranch(nn.Module):
@@ -97,7 +93,7 @@ class GatedDeltaNetBranch(nn.Module):
         if self.rope:
             cos, sin = position_embeddings
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
-        q, k = _l2norm(q), _l2norm(k)
+        q, k = l2norm(q), l2norm(k)
         if self.kv_of_head is not None:  # one k/v per GQA group -> one per head (each head has its own state)
             index = torch.tensor(self.kv_of_head, device=x.device)
             k, v = k.index_select(2, index), v.index_select(2, index)  # (B, T, H, D)

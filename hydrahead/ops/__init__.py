@@ -5,6 +5,7 @@ from hydrahead.ops.gated_delta import (
     GatedDeltaRuleError,
     gated_delta_rule,
     gated_delta_rule_step,
+    l2norm,
 )
 
-__all__ = ["FlaNotInstalledError", "GatedDeltaRuleError", "gated_delta_rule", "gated_delta_rule_step"]
+__all__ = ["FlaNotInstalledError", "GatedDeltaRuleError", "gated_delta_rule", "gated_delta_rule_step", "l2norm"]

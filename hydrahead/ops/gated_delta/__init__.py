@@ -61,6 +61,7 @@ __all__ = [
     "fla_gated_delta_rule",
     "gated_delta_rule",
     "gated_delta_rule_step",
+    "l2norm",
     "recurrent_gated_delta_rule",
 ]
 
@@ -93,7 +94,7 @@ def gated_delta_rule(
     if check_values and not torch.compiler.is_compiling():
         _check_values(g, beta)
     if use_qk_l2norm_in_kernel:
-        q, k = _l2norm(q), _l2norm(k)
+        q, k = l2norm(q), l2norm(k)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if mode == "auto":
         mode = _auto_mode(q)
@@ -122,7 +123,7 @@ def gated_delta_rule(
     return o, torch.cat(states, dim=0) if output_final_state else None
 
 
-def _l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """x / sqrt(sum(x^2) + eps) over the last dim, in fp32 (fla's `l2norm`)."""
     x32 = x.float()
     return (x32 * torch.rsqrt(x32.pow(2).sum(-1, keepdim=True) + eps)).to(x.dtype)
