@@ -184,7 +184,8 @@ def save(
     model = get_model_state_dict(student, options=_GATHER)
     optim = get_optimizer_state_dict(student, optimizer, options=_GATHER) if optimizer is not None else None
     rngs = distributed.all_gather_object(rng_state(), env)
-    if env.is_main:
+
+    def write() -> None:
         payload = {
             "format": FORMAT,
             "state": state.state_dict(),
@@ -198,7 +199,8 @@ def save(
             "digests": tensor_digests(model, optim),
         }
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
-    distributed.barrier(env)
+
+    distributed.on_main(env, write)
 
 
 Accept = Callable[[dict[str, Any], int], bool]  # (the checkpoint's identity, its step) -> resume anyway?

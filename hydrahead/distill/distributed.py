@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hydrahead.errors import DistillError
+from hydrahead.errors import DistillError, HydraHeadError
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,21 @@ def any_rank(flag: bool, env: DistEnv) -> bool:
     value = torch.tensor([float(flag)], device=env.device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def on_main(env: DistEnv, work) -> None:
+    """`work()` on the main process, then every process learns whether it failed: the main one re-raises
+    its error, the others raise DistillError, so that no process waits in a barrier for one that is gone."""
+    error = None
+    if env.is_main:
+        try:
+            work()
+        except HydraHeadError as err:
+            error = err
+    if any_rank(error is not None, env):
+        if error is not None:
+            raise error
+        raise DistillError("the main process could not save (its error says why); stopping this process too")
 
 
 def all_gather_object(obj: Any, env: DistEnv) -> list[Any]:

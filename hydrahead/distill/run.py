@@ -241,10 +241,12 @@ def save_final(student: torch.nn.Module, tokenizer, path: Path, env: DistEnv, dt
     """The full (gathered) state saved by the main process with `save_hybrid`: `path` is complete or absent.
     Weights are stored in `dtype` (the teacher checkpoint's); training ran on fp32 master weights."""
     state = get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if env.is_main:
+
+    def save() -> None:
         student.config.use_cache = True
         save_hybrid(student, path, tokenizer, dtype=dtype, state_dict=state)
-    distributed.barrier(env)
+
+    distributed.on_main(env, save)
 
 
 __all__ = ["FINAL", "DistillRun", "Stage", "build_student", "load_inputs", "prepare", "run", "save_final", "train"]

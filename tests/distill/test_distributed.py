@@ -61,3 +61,19 @@ def test_two_processes_match_one(workspace, tmp_path):
         for name in expected:
             torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-3, msg=name)
             assert ((actual[name] - expected[name]).abs() > 1e-5).float().mean() < 0.01, name
+
+
+def test_on_main_reraises_the_main_process_error():
+    from hydrahead.distill import distributed
+    from hydrahead.errors import OutputError
+
+    env = distributed.init("cpu")
+    done = []
+    distributed.on_main(env, lambda: done.append(1))
+    assert done == [1]
+
+    def fail():
+        raise OutputError("cannot write x")
+
+    with pytest.raises(OutputError, match="cannot write x"):
+        distributed.on_main(env, fail)
