@@ -3,7 +3,7 @@
 Contents: model (full state dict, whatever the sharding), optimizer and scheduler (mid-stage only), the
 RNG states of every process, the data position, the stage, its step and tokens, and the recipe's
 identity (the keys that decide what is computed, with the plan's contents) and its fingerprint, digests
-of the run's inputs (teacher weights, tokenizer and data files: what the paths held, not the paths) and
+of the run's inputs (teacher weights, tokenizer and data files: their contents, not only their paths) and
 a checksum of every tensor in it. `--resume` refuses, saying what differs: another recipe, an input
 edited in place since the checkpoint, a damaged or incomplete file, a tensor that is missing.
 

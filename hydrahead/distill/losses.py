@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from hydrahead.layers.gdn import document_offsets
+
 IGNORE = -100
 
 
@@ -47,12 +49,9 @@ def next_token_labels(input_ids: torch.Tensor, pad_id: int | None = None, eos_id
 
 def document_positions(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     """(B, T) position ids that restart after every EOS: each document of a packed row counts from 0."""
-    B, T = input_ids.shape
-    starts = torch.zeros(B, T, dtype=torch.bool, device=input_ids.device)
-    starts[:, 0] = True
+    starts = torch.ones_like(input_ids, dtype=torch.bool)
     starts[:, 1:] = input_ids[:, :-1] == eos_id
-    index = torch.arange(T, device=input_ids.device).expand(B, T)
-    return index - torch.where(starts, index, 0).cummax(dim=1).values
+    return document_offsets(starts)
 
 
 def hidden_state_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -153,9 +153,9 @@ def load_inputs(run_: DistillRun, evaluators: Sequence[Evaluator], teacher: torc
         raise DataError(f"the tokenizer of {recipe.teacher} has {len(run_.tokenizer)} tokens but the model only {vocab}")
     output_dir = Path(recipe.output_dir)
     cache_dir = Path(recipe.data.cache_dir) if recipe.data.cache_dir else output_dir / "cache"
-    corpora = Corpora(recipe.data, Tokenize(run_.tokenizer, document_eos(run_.tokenizer, recipe.teacher)), cache_dir,
-                      env.is_main, lambda: distributed.barrier(env), pad_id=run_.tokenizer.pad_token_id)
     eos = document_eos(run_.tokenizer, recipe.teacher)
+    corpora = Corpora(recipe.data, Tokenize(run_.tokenizer, eos), cache_dir,
+                      env.is_main, lambda: distributed.barrier(env), pad_id=run_.tokenizer.pad_token_id)
     for stage in run_.stages:
         stage.pad_id = corpora.pad_id  # document-packed rows: no loss on their padding
         stage.eos_id = eos if recipe.data.isolate_documents else None

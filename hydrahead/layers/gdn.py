@@ -151,7 +151,11 @@ def _packed_documents(position_ids: torch.Tensor, batch: int, seq_len: int) -> D
     starts[:, 1:] = pos[:, 1:] != pos[:, :-1] + 1
     if not bool(starts[:, 1:].any()):
         return None
-    index = torch.arange(seq_len, device=pos.device).expand(batch, seq_len)
-    offsets = index - torch.where(starts, index, 0).cummax(dim=1).values
     ends = torch.tensor([batch * seq_len], device=pos.device)
-    return Documents(torch.cat([starts.reshape(-1).nonzero().squeeze(1), ends]), offsets)
+    return Documents(torch.cat([starts.reshape(-1).nonzero().squeeze(1), ends]), document_offsets(starts))
+
+
+def document_offsets(starts: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool, True where a document starts (column 0 must be) -> each token's index in its document."""
+    index = torch.arange(starts.shape[1], device=starts.device).expand_as(starts)
+    return index - torch.where(starts, index, 0).cummax(dim=1).values

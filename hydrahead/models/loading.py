@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from hydrahead.errors import CheckpointError, DeviceError
+from hydrahead.errors import CheckpointError, DeviceError, OutputError
 from hydrahead.models.families import family_of_config
 from hydrahead.models.hybrid import HYBRID_CLASSES, is_hybrid
+from hydrahead.utils.io import check_output
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -57,10 +58,6 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 def hybrid_model_types() -> list[str]:
     return sorted(config_class.model_type for config_class, _ in HYBRID_CLASSES.values())
-
-
-def is_hybrid_dir(path: str | Path) -> bool:
-    return read_config(path).get("model_type") in hybrid_model_types()
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -212,8 +209,10 @@ def check_output_dir(path: str | Path, keep: Sequence[str | Path] = ()) -> Path:
     replaced): a directory holding only the files a checkpoint has. Anything else, and any directory in
     `keep` (the model being converted), is refused before any work starts: nothing a user keeps is deleted."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise CheckpointError(f"cannot save a checkpoint to {path}: it is a file, not a directory")
+    try:  # a file in the way, a parent that is a file, no permission: the one check every output gets
+        check_output(path, "directory")
+    except OutputError as err:
+        raise CheckpointError(f"cannot save a checkpoint: {err}") from err
     for other in keep:
         if path.exists() and Path(other).exists() and path.resolve() == Path(other).resolve():
             raise CheckpointError(f"cannot save a checkpoint to {path}: it is the input model's directory; "
@@ -224,11 +223,6 @@ def check_output_dir(path: str | Path, keep: Sequence[str | Path] = ()) -> Path:
             raise CheckpointError(f"cannot save a checkpoint to {path}: the directory holds other files "
                                   f"({', '.join(sorted(foreign)[:3])}{' ...' if len(foreign) > 3 else ''}), "
                                   "not only an earlier checkpoint; choose a new or empty directory")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise CheckpointError(f"cannot save a checkpoint to {path}: {parent} is a file")
-            break
     return path
 
 
@@ -251,10 +245,10 @@ def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: t
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(tmp, state_dict=state)
-        config = json.loads((tmp / "config.json").read_text())
         if dtype is not None:  # save_pretrained records the model's dtype, not the stored one
+            config = json.loads((tmp / "config.json").read_text())
             config["dtype"] = str(dtype).removeprefix("torch.")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         if is_hybrid(model):
@@ -283,5 +277,5 @@ def _model_card(model: Any) -> str:
             f"## Options\n\n```json\n{json.dumps(model.hydrahead_options.to_dict(), indent=1, sort_keys=True)}\n```\n")
 
 
-__all__ = ["check_model_dirs", "check_output_dir", "from_pretrained", "is_hybrid_dir", "load_model", "load_tokenizer", "read_config",
+__all__ = ["check_model_dirs", "check_output_dir", "from_pretrained", "load_model", "load_tokenizer", "read_config",
            "resolve_device", "save_hybrid"]

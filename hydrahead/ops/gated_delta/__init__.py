@@ -47,7 +47,7 @@ from hydrahead.errors import FlaNotInstalledError, GatedDeltaRuleError
 
 from .chunk import chunk_gated_delta_rule
 from .fla import FLA_DTYPES, fla_gated_delta_rule, fla_is_available
-from .naive import gated_delta_rule_step, recurrent_gated_delta_rule
+from .naive import compute_dtype, gated_delta_rule_step, recurrent_gated_delta_rule
 
 Mode = Literal["auto", "recurrent", "chunk", "fla"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -98,11 +98,10 @@ def gated_delta_rule(
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if mode == "auto":
         mode = _auto_mode(q)
+    q, k = _expand_groups(q, k, v)
     if mode == "fla":  # fla's kernels take cu_seqlens themselves
-        q, k = _expand_groups(q, k, v)
         return fla_gated_delta_rule(q, k, v, g, beta, initial_state=initial_state,
                                     output_final_state=output_final_state, scale=scale, cu_seqlens=cu_seqlens)
-    q, k = _expand_groups(q, k, v)
     implementation = recurrent_gated_delta_rule if mode == "recurrent" else chunk_gated_delta_rule
     if cu_seqlens is None:
         return implementation(q, k, v, g, beta, initial_state=initial_state,
@@ -113,7 +112,7 @@ def gated_delta_rule(
         h0 = initial_state[i : i + 1] if initial_state is not None else None
         if end == start:  # an empty sequence: its state passes through
             states.append(h0 if h0 is not None else q.new_zeros(1, v.shape[2], q.shape[-1], v.shape[-1],
-                                                                  dtype=torch.promote_types(v.dtype, torch.float32)))
+                                                                  dtype=compute_dtype(v.dtype)))
             continue
         o, state = implementation(*(x[:, start:end] for x in (q, k, v, g, beta)), initial_state=h0,
                                   output_final_state=output_final_state, scale=scale)
