@@ -29,7 +29,7 @@ from hydrahead.distill.metrics import MetricsLog
 from hydrahead.distill.recipe import PretrainRecipe
 from hydrahead.distill.stages import PretrainStage
 from hydrahead.distill.trainer import StepCallback, Trainer
-from hydrahead.models.loading import load_tokenizer
+from hydrahead.models.loading import CONFIG_ERRORS, load_tokenizer, one_line
 from hydrahead.utils.io import check_output
 
 FINAL = "final"
@@ -46,8 +46,8 @@ def model_config(recipe: PretrainRecipe, tokenizer: Any):
     spec.setdefault("pad_token_id", tokenizer.pad_token_id)
     try:
         return AutoConfig.for_model(model_type, **spec)
-    except (ValueError, TypeError) as err:
-        raise RecipeError(f"model: not a transformers config ({err})") from err
+    except CONFIG_ERRORS as err:
+        raise RecipeError(f"model: not a valid {model_type} config ({one_line(err)})") from err
 
 
 def extends(old: dict[str, Any], recipe: PretrainRecipe, step: int) -> bool:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import safe_open
 
 from hydrahead.errors import CheckpointError, DeviceError, OutputError
@@ -35,6 +36,14 @@ WEIGHTS_INDEX = "model.safetensors.index.json"
 PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 MODEL_CARD = "README.md"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# what transformers raises for a config it rejects (huggingface_hub's strict dataclasses validate configs, e.g.
+# a hidden_size that is not a multiple of the heads, and raise StrictDataclassError, not a ValueError)
+CONFIG_ERRORS = (ValueError, TypeError, StrictDataclassError)
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (transformers' validation errors span several)."""
+    return " ".join(str(err).split())
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -136,8 +145,8 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str 
 
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype), use_safetensors=True)
-        except (OSError, ValueError, RuntimeError, KeyError) as err:
-            raise CheckpointError(f"could not load the model in {path}: {err}") from err
+        except (OSError, RuntimeError, KeyError, *CONFIG_ERRORS) as err:
+            raise CheckpointError(f"could not load the model in {path}: {one_line(err)}") from err
     return model.to(target).eval()
 
 
@@ -158,8 +167,8 @@ def _hybrid(path: Path, config: dict[str, Any], **kwargs: Any):
     model_class = {c.model_type: m for c, m in HYBRID_CLASSES.values()}[config["model_type"]]
     try:
         return model_class.from_pretrained(str(path), **kwargs)
-    except (OSError, RuntimeError, ValueError, KeyError) as err:
-        raise CheckpointError(f"could not load {path}: {err}") from err
+    except (OSError, RuntimeError, KeyError, *CONFIG_ERRORS) as err:
+        raise CheckpointError(f"could not load {path}: {one_line(err)}") from err
 
 
 _SAVE_ONE = "save the tokenizer next to the weights (`hydrahead convert` copies the teacher's)"

@@ -42,8 +42,12 @@ def test_pretrain_recipe_errors_name_the_key(workspace, tmp_path):
         PretrainRecipe.from_dict({**recipe(workspace, tmp_path), "model": {"hidden_size": 8}})
     with pytest.raises(RecipeError, match="unknown key 'stage.lrr'"):
         PretrainRecipe.from_dict({**recipe(workspace, tmp_path), "stage": {**tiny_stage(), "lrr": 1}})
-    with pytest.raises(RecipeError, match="model: not a transformers config"):
+    with pytest.raises(RecipeError, match="model: not a valid no-such-model config"):
         pretrain({**recipe(workspace, tmp_path / "x"), "model": {"model_type": "no-such-model"}})
+    # transformers' strict config validation raises its own error type, not a ValueError
+    with pytest.raises(RecipeError, match="not a valid llama config.*multiple of the number of attention heads"):
+        pretrain({**recipe(workspace, tmp_path / "y"),
+                  "model": {**MODEL, "hidden_size": 30, "num_attention_heads": 4, "head_dim": 8}})
 
 
 def test_a_constant_schedule_run_can_be_extended_but_nothing_else_changes(workspace, tmp_path):

@@ -76,6 +76,15 @@ def test_corrupt_config(saved):
         hydrahead.from_pretrained(path)
 
 
+def test_config_transformers_rejects(tmp_path):
+    make_teacher("llama").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["hidden_size"] += 1  # no longer a multiple of the heads: transformers' strict validation refuses it
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(hydrahead.CheckpointError, match="could not load the model.*multiple of"):
+        hydrahead.load_model(tmp_path)
+
+
 def test_not_a_hybrid(tmp_path):
     make_teacher("llama").save_pretrained(tmp_path)
     with pytest.raises(hydrahead.CheckpointError, match="not a hydrahead hybrid"):
