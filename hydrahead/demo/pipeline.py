@@ -1,7 +1,7 @@
 """`hydrahead demo`: the paper's comparison reproduced at small scale, offline, on any machine.
 
 1. the teacher: the small Llama shipped in the package (`demo.teacher`; `--retrain-teacher` rebuilds it
-   from its recipe); the one shipped now does not retrieve yet (docs/results.md), and the report says so
+   from its recipe), trained here until it retrieves (its manifest holds its measured NIAH)
 2. a distillation corpus in its format (`demo.teacher_data`, seeds the teacher never saw) and held-out
    standard-library sources, as JSONL
 3. head scores (patching, and attribution for comparison), validated by ablation (top-k vs k random

@@ -29,7 +29,7 @@ from safetensors import safe_open
 from hydrahead.errors import CheckpointError, DeviceError, OutputError
 from hydrahead.models.families import family_of_config
 from hydrahead.models.hybrid import HYBRID_CLASSES, is_hybrid
-from hydrahead.utils.io import check_output
+from hydrahead.utils.io import check_output, new_file_mode
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -264,6 +264,9 @@ def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: t
             (tmp / MODEL_CARD).write_text(_model_card(model))
         if finish is not None:
             finish(tmp)
+        for file in tmp.iterdir():  # transformers writes the weights through a private (0600) temporary file
+            if file.is_file():
+                file.chmod(new_file_mode())
         old = path.with_name(f".{path.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():  # the earlier checkpoint stays whole until the new one is in place

@@ -55,7 +55,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         write(tmp_path)
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())
+        os.chmod(tmp_path, new_file_mode())
         os.replace(tmp_path, path)
     except OSError as err:
         if isinstance(err, OutputError) or err.errno not in _UNWRITABLE:
@@ -65,10 +65,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         tmp_path.unlink(missing_ok=True)
 
 
-def _umask() -> int:
+def new_file_mode() -> int:
+    """The mode the user's umask gives a newly created file (0o644 under the usual umask 022)."""
     mask = os.umask(0)  # reading the umask means setting it; put it straight back
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

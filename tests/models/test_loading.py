@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -156,6 +157,9 @@ def test_save_hybrid_writes_a_complete_checkpoint(saved, tmp_path):
     assert next(again.parameters()).dtype == torch.float16 and again.hydrahead_plan == model.hydrahead_plan
     hydrahead.save_hybrid(model, out)  # an earlier checkpoint is replaced whole
     assert not (out / "tokenizer.json").exists()
+    # every file as the umask makes it, the weights too (transformers writes them through a 0600 temporary)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes["model.safetensors"] == 0o666 & ~current_umask() and len(set(modes.values())) == 1, modes
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -183,3 +187,9 @@ def test_save_hybrid_never_replaces_an_input_or_a_directory_with_other_files(sav
     with pytest.raises(hydrahead.CheckpointError, match=r"holds other files \(notes.txt\)"):
         hydrahead.save_hybrid(model, path)
     assert (path / "notes.txt").read_text() == "mine" and (path / "config.json").is_file()
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
