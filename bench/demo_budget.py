@@ -1,7 +1,7 @@
 """Does a demo student retrieve if it gets more distillation than the default demo gives it?
 
 Runs the default demo's steps for one teacher (corpus, patching scores, plans) into --out, then distils one
-plan (seed 0) with the demo's recipe, align and distill tokens multiplied by --budget, and prints greedy NIAH
+plan (--seed, default 0) with the demo's recipe, align and distill tokens multiplied by --budget, and prints greedy NIAH
 at the training length (the demo's tasks, depths and samples) for the student and the teacher.
 
 Usage: python bench/demo_budget.py --teacher DIR --plan hydrahead-7:1 --budget 2 --out /tmp/budget
@@ -28,6 +28,7 @@ def main() -> None:
     p.add_argument("--teacher", required=True, type=Path)
     p.add_argument("--plan", default="hydrahead-7:1")
     p.add_argument("--budget", type=float, default=2.0, help="multiplier of the demo's align and distill tokens")
+    p.add_argument("--seed", type=int, default=0, help="distillation seed (the demo runs 0 and 1)")
     p.add_argument("--length", type=int, default=256, help="the teacher's training length")
     p.add_argument("--out", required=True, type=Path)
     a = p.parse_args()
@@ -40,7 +41,7 @@ def main() -> None:
                       distill_tokens=int(base.distill_tokens * a.budget))
     build_corpus(a.out, teacher, scale, log)
     _, _, plans, _ = score_and_plan(a.out, teacher, scale, log)
-    recipe = recipe_for(a.out, teacher, a.plan, 0, scale, "cpu")
+    recipe = recipe_for(a.out, teacher, a.plan, a.seed, scale, "cpu")
     started = time.time()
     final = Path(recipe["output_dir"]) / "final"
     if not final.is_dir():  # rerun into the same --out: evaluate what is there
