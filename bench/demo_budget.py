@@ -42,11 +42,13 @@ def main() -> None:
     build_corpus(a.out, teacher, scale, log)
     _, _, plans, _ = score_and_plan(a.out, teacher, scale, log)
     recipe = recipe_for(a.out, teacher, a.plan, a.seed, scale, "cpu")
-    started = time.time()
     final = Path(recipe["output_dir"]) / "final"
-    if not final.is_dir():  # rerun into the same --out: evaluate what is there
+    if final.is_dir():  # rerun into the same --out: evaluate what is there
+        log(f"{final} exists: evaluating it without distilling again")
+    else:
+        started = time.time()
         final = distill.run(recipe, teacher=model, tokenizer=tokenizer, plan=plans[a.plan])
-    log(f"distilled {a.plan} with {a.budget}x the demo's align + distill tokens in {time.time() - started:.0f} s")
+        log(f"distilled {a.plan} with {a.budget}x the demo's align + distill tokens in {time.time() - started:.0f} s")
     records = ev.niah({"student": load_model(final), "teacher": model}, tokenizer, [a.length], scale.eval_depths,
                       tasks=list(scale.tasks), samples=scale.eval_samples, seed=0, progress=False)
     for label in ("student", "teacher"):

@@ -264,9 +264,10 @@ def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: t
             (tmp / MODEL_CARD).write_text(_model_card(model))
         if finish is not None:
             finish(tmp)
-        for file in tmp.iterdir():  # transformers writes the weights through a private (0600) temporary file
+        mode = new_file_mode()  # transformers writes the weights through a private (0600) temporary file
+        for file in tmp.iterdir():
             if file.is_file():
-                file.chmod(new_file_mode())
+                file.chmod(mode)
         old = path.with_name(f".{path.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():  # the earlier checkpoint stays whole until the new one is in place
