@@ -52,7 +52,7 @@ SCALES: dict[str, DemoScale] = {
     ),
     "default": DemoScale(
         name="default", documents=(("niah", 600), ("multiquery", 1500), ("repeat", 600), ("code", 60)),
-        probe_samples=4, validation_seeds=5, align_tokens=32_768, distill_tokens=65_536, long_tokens=16_384,
+        probe_samples=4, validation_seeds=5, align_tokens=65_536, distill_tokens=131_072, long_tokens=16_384,
         distill_batch=8, seeds=(0, 1), eval_multipliers=(1, 2, 4, 8), eval_depths=(0.0, 0.5, 1.0),
         eval_samples=2, ppl_documents=4,
     ),

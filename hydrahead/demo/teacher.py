@@ -1,8 +1,8 @@
 """The demo's teacher: a small Llama trained here from scratch, shipped inside the package.
 
 No 20-minute CPU budget trains a model that retrieves (docs/method.md section 7), so the demo ships its teacher
-(40M tokens in two phases, induction then retrieval; greedy NIAH at 256: number 1.0, word 1.0, multikey
-0.725; docs/results.md section 1):
+(4 layers x 16 heads, 24.7M tokens in two phases, induction then retrieval; greedy NIAH at 256: number
+0.95, word 1.0, multikey 0.725; docs/results.md section 0b):
 `assets/teacher/` holds its weights (half precision safetensors), tokenizer and a manifest (the recipe's
 SHA-256, training tokens, measured NIAH). `assets/teacher_recipe.yaml` is the one file that says how it
 is made; `retrain` rebuilds it with the project's own machinery (`hydrahead.distill.pretrain`: resumable,
