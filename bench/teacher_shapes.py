@@ -11,7 +11,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 # name -> (hidden, intermediate, query heads, KV heads); 4 layers, head_dim 16, vocabulary 2048 as the demo's
-SHAPES = {"4x8 h128 (shipped)": (128, 384, 8, 2), "4x16 h128": (128, 384, 16, 4), "4x24 h96 (v5)": (96, 288, 24, 6)}
+SHAPES = {"4x8 h128 (v4)": (128, 384, 8, 2), "4x16 h128": (128, 384, 16, 4), "4x24 h96 (v5)": (96, 288, 24, 6)}
 BATCH, LENGTH, STEPS, ROUNDS = 16, 256, 5, 3
 
 
