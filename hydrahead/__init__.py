@@ -20,6 +20,7 @@ from hydrahead.errors import (
 )
 from hydrahead.cache import HybridHeadCache
 from hydrahead.models.convert import convert, hybrid_parameters
+from hydrahead.models.gguf import export_gguf
 from hydrahead.models.hybrid import is_hybrid  # importing registers the hybrid classes with the Auto classes
 from hydrahead.models.loading import from_pretrained, load_model, load_tokenizer, save_hybrid
 from hydrahead.options import HybridOptions
@@ -71,6 +72,7 @@ __all__ = [
     "build_probes",
     "convert",
     "distill",
+    "export_gguf",
     "from_pretrained",
     "hybrid_parameters",
     "is_hybrid",

@@ -1,7 +1,13 @@
 """Every error type hydrahead raises on purpose, in one place. Each message names the thing that is wrong and
-what to do about it; the CLI prints it as one line and exits 2."""
+what to do about it; the CLI prints it as one line and exits 2. `one_line` puts a wrapped library error (from
+transformers, a file reader) into such a message."""
 
 from __future__ import annotations
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (transformers' validation errors span several)."""
+    return " ".join(str(err).split())
 
 
 class HydraHeadError(Exception):
@@ -22,6 +28,10 @@ class UnsupportedModelError(HydraHeadError, TypeError):
 
 class CheckpointError(HydraHeadError, OSError):
     """A checkpoint directory is missing, incomplete or corrupt."""
+
+
+class GgufNotInstalledError(CheckpointError):
+    """A .gguf model was given, but the packages that read one (the `gguf` extra) are not installed."""
 
 
 class CacheError(HydraHeadError, TypeError):

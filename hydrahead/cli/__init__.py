@@ -18,6 +18,7 @@ COMMANDS = {
     "demo": "demo",
     "distill": "distill",
     "eval": "eval",
+    "export": "export",
     "info": "info",
     "plan": "plan",
     "score": "score",

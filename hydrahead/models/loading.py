@@ -1,6 +1,6 @@
 """Loading and saving models, in one place: teachers and hybrids, their tokenizers, and the checks before.
 
-  read_config(path)                     config.json as a dict
+  read_config(path)                     config.json as a dict (or the config a .gguf file states)
   load_model(path, dtype=, device=)     a teacher (any transformers causal LM) or a hydrahead hybrid, eval mode
   from_pretrained(path, **kwargs)       a hybrid only (`hydrahead.from_pretrained`)
   load_tokenizer(path)                  the tokenizer saved with a model, checked to encode text
@@ -11,6 +11,10 @@ A checkpoint is a normal transformers directory (config.json + safetensors). It 
 handed to transformers, so that a missing file, a truncated download or the wrong kind of directory gives
 a `CheckpointError` saying which, rather than a deep stack trace. Weights are read from safetensors only:
 nothing a user hands us is unpickled.
+
+A llama.cpp GGUF file (or a directory holding one and no config.json) is taken wherever a model directory
+is: these functions hand it to gguf.py, which reads it through transformers' GGUF loader into an ordinary
+(dequantised) transformers model.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import safe_open
 
-from hydrahead.errors import CheckpointError, DeviceError, OutputError
+from hydrahead.errors import CheckpointError, DeviceError, OutputError, one_line
 from hydrahead.models.families import family_of_config
+from hydrahead.models.gguf import SUFFIX, find_gguf, gguf_config, load_gguf_model, load_gguf_tokenizer
 from hydrahead.models.hybrid import HYBRID_CLASSES, is_hybrid
 from hydrahead.utils.io import check_output, new_file_mode
 
@@ -41,21 +46,20 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 CONFIG_ERRORS = (ValueError, TypeError, StrictDataclassError)
 
 
-def one_line(err: BaseException) -> str:
-    """An exception's message on one line (transformers' validation errors span several)."""
-    return " ".join(str(err).split())
-
-
 def read_config(path: str | Path) -> dict[str, Any]:
-    """config.json of a model directory, or CheckpointError naming what is missing or corrupt."""
+    """config.json of a model directory (or the config a GGUF file states, see `find_gguf`), or
+    CheckpointError naming what is missing or corrupt."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"model directory not found: {path}")
+        what = "GGUF file" if path.suffix.lower() == SUFFIX else "model directory"
+        raise CheckpointError(f"{what} not found: {path}")
+    if (gguf := find_gguf(path)) is not None:
+        return gguf_config(gguf)
     if not path.is_dir():
-        raise CheckpointError(f"{path} is a file, not a model directory")
+        raise CheckpointError(f"{path} is a file, not a model directory (nor a .gguf file)")
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise CheckpointError(f"{path} has no config.json; is it a model directory?")
+        raise CheckpointError(f"{path} has no config.json (nor a .gguf file); is it a model directory?")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -70,6 +74,8 @@ def hybrid_model_types() -> list[str]:
 
 
 def weight_files(path: Path) -> list[Path]:
+    if (gguf := find_gguf(path)) is not None:
+        return [gguf]
     if (path / WEIGHTS).is_file():
         return [path / WEIGHTS]
     if (path / WEIGHTS_INDEX).is_file():
@@ -128,15 +134,17 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
 
 def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
                supported: bool = False) -> Any:
-    """A hydrahead hybrid (by its config's model_type) or a plain transformers causal LM, in eval mode on
-    `device` ("auto" picks CUDA when there is one). CheckpointError names what is wrong with the directory;
-    with `supported`, UnsupportedModelError when it is not a family hydrahead converts (before any weights
-    are read: what scoring, conversion and distillation need)."""
+    """A hydrahead hybrid (by its config's model_type) or a plain transformers causal LM (from a directory or
+    a GGUF file), in eval mode on `device` ("auto" picks CUDA when there is one). CheckpointError names what
+    is wrong with the directory; with `supported`, UnsupportedModelError when it is not a family hydrahead
+    converts (before any weights are read: what scoring, conversion and distillation need)."""
     path = Path(path)
     config = read_config(path)
     if supported:
         family_of_config(config, str(path))
     target = resolve_device(device)
+    if (gguf := find_gguf(path)) is not None:  # its header was read with the config
+        return load_gguf_model(gguf, torch_dtype(dtype)).to(target).eval()
     check_weights(path)
     if config.get("model_type") in hybrid_model_types():
         model = _hybrid(path, config, dtype=torch_dtype(dtype))
@@ -175,13 +183,17 @@ _SAVE_ONE = "save the tokenizer next to the weights (`hydrahead convert` copies 
 
 
 def load_tokenizer(path: str | Path) -> Any:
-    """The tokenizer saved in a model directory, or CheckpointError when there is none that encodes text."""
-    from transformers import AutoTokenizer
+    """The tokenizer saved in a model directory (or a GGUF file), or CheckpointError when there is none that
+    encodes text."""
+    if (gguf := find_gguf(path)) is not None:
+        tokenizer = load_gguf_tokenizer(gguf)
+    else:
+        from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError, TypeError, KeyError) as err:
-        raise CheckpointError(f"no usable tokenizer in {path}: {err}; {_SAVE_ONE}") from err
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise CheckpointError(f"no usable tokenizer in {path}: {err}; {_SAVE_ONE}") from err
     # transformers builds an empty tokenizer from config.json alone when no tokenizer files are there
     if len(tokenizer) < 2 or not tokenizer("The grass is green.", add_special_tokens=False)["input_ids"]:
         raise CheckpointError(f"no usable tokenizer in {path} (it encodes text to nothing); {_SAVE_ONE}")
@@ -189,9 +201,9 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def check_model_dirs(paths: list[str | Path] | tuple[str | Path, ...]) -> None:
-    """Check several model directories before any is loaded (config, weights, tokenizer), so that a typo in
-    the third path fails at once rather than after hours spent on the first two. One CheckpointError names
-    every directory that is unusable."""
+    """Check several model directories (or GGUF files) before any is loaded (config, weights, tokenizer), so
+    that a typo in the third path fails at once rather than after hours spent on the first two. One
+    CheckpointError names every directory that is unusable."""
     if not paths:
         raise CheckpointError("no model directories given")
     bad = []
