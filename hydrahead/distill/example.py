@@ -46,6 +46,7 @@ stages:                             # run in this order; leave one out or set sk
     schedule: cosine                # cosine, linear or constant after warm-up
     warmup_fraction: 0.02
     min_lr_ratio: 0.1
+    loss: nmse                      # each layer's MSE / teacher variance (scale-free), or mse (plain Eq. 15)
   distill:                          # stage 2: everything trains; KL(teacher || student) + CE
     tokens: 1B
     seq_len: 4096

@@ -1,4 +1,4 @@
-"""Stage losses: hidden-state MSE (stage 1), KL + CE on logits (stage 2), next-token CE (stage 3).
+"""Stage losses: normalised hidden-state MSE (stage 1), KL + CE on logits (stage 2), next-token CE (stage 3).
 
 The logit losses take final (post-norm) hidden states and the LM heads instead of logits, and work over
 the sequence in chunks: each chunk's student and teacher logits are computed, reduced to three sums and
@@ -7,6 +7,7 @@ O(B * chunk * vocab) instead of O(B * T * vocab) twice (a 150K vocabulary at 16K
 fp32 logits tensor). `kd_loss_reference` is the unchunked spec the chunked version is tested against.
 
 Shapes:
+    student[l], teacher[l]   (B, T, d)        layer l's output (stage 1); the loss is a mean over layers
     hidden, teacher_hidden   (B, T, d)        final hidden states (after the model's last norm)
     labels                   (B, T)           next-token targets, IGNORE where there is none
     KL term                  mean over all B*T positions of  tau^2 * KL(softmax(z_t/tau) || softmax(z_s/tau))
@@ -16,7 +17,7 @@ Shapes:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -54,12 +55,44 @@ def document_positions(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     return document_offsets(starts)
 
 
-def hidden_state_mse(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Paper Eq. 15: per-layer MSE between student and teacher hidden states, averaged over layers
-    (the paper sums; the mean only rescales). Returns (loss, per-layer MSE detached)."""
+AlignLoss = Literal["nmse", "mse"]
+
+
+def sequence_variance(teacher: torch.Tensor) -> torch.Tensor:
+    """(B, T, d) -> (B,): each sequence's variance over its positions, per feature, averaged over features."""
+    return teacher.float().var(dim=1, correction=0).mean(-1)
+
+
+def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], kind: AlignLoss = "nmse",
+                      eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paper Eq. 15, per layer, averaged over layers (the paper sums; the mean only rescales). Returns
+    (loss, per-layer terms detached, (L,)).
+
+        mse:   term_l = mean_b  mean_{t,k} (s - t)^2
+        nmse:  term_l = mean_b [mean_{t,k} (s - t)^2 / max(var_b(t), eps)],
+               var_b(t) = mean_k mean_t (t - mean_t t)^2   (sequence b's teacher variance; detached)
+
+    Why nmse: hidden-state norms grow by orders of magnitude with depth and a few residual features carry
+    massive activations, so plain MSE is a sum of terms on unrelated scales: on SmolLM2-135M it read ~2e5
+    while its first and last layers read 4-5: a few layers' gradients set the step alone. Dividing
+    by the teacher's variance makes each term scale- (and shift-) free: 1 is what a student scores that
+    outputs the teacher's per-feature mean, 0 a perfect match (1 - R^2), and every layer weighs the same.
+    Centred variance rather than mean(t^2): a large constant offset of the residual stream would
+    otherwise inflate the denominator and hide errors in what varies. Per sequence rather than per batch:
+    the loss is then a mean over sequences, the same however the global batch is split over processes
+    and micro-steps (a recipe trains the same on 1 or N processes).
+    """
     if len(student) != len(teacher):
         raise ValueError(f"{len(student)} student hidden states vs {len(teacher)} teacher hidden states")
-    per_layer = torch.stack([F.mse_loss(s.float(), t.float()) for s, t in zip(student, teacher)])
+    if kind not in ("nmse", "mse"):
+        raise ValueError(f"hidden_state_loss: kind must be nmse or mse, got {kind!r}")
+    terms = []
+    for s, t in zip(student, teacher):
+        per_sequence = (s.float() - t.float()).pow(2).mean(dim=(1, 2))  # (B,)
+        if kind == "nmse":
+            per_sequence = per_sequence / sequence_variance(t).detach().clamp(min=eps)
+        terms.append(per_sequence.mean())
+    per_layer = torch.stack(terms)  # (L,)
     return per_layer.mean(), per_layer.detach()
 
 

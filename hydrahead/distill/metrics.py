@@ -1,8 +1,9 @@
 """What a run reports: metrics as JSON lines (and TensorBoard, optionally), and a progress bar.
 
 Only the main process writes. Each line of <output_dir>/metrics.jsonl is one record with "stage" and
-"step" (optimiser steps done in that stage); a resumed run first drops the lines written after its
-checkpoint, so the file always describes one uninterrupted run.
+"step" (optimiser steps done in that stage), numbers or lists of numbers (a per-layer metric such as the
+align stage's `layer_loss`; TensorBoard gets one scalar per element, `<stage>/<key>/<index>`); a resumed run
+first drops the lines written after its checkpoint, so the file always describes one uninterrupted run.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ class MetricsLog:
             for key, value in record.items():
                 if isinstance(value, (int, float)) and key not in ("step", "global_step"):
                     self._writer.add_scalar(f"{record['stage']}/{key}", value, global_step)
+                elif isinstance(value, list):
+                    for i, element in enumerate(value):
+                        if isinstance(element, (int, float)):
+                            self._writer.add_scalar(f"{record['stage']}/{key}/{i:02d}", element, global_step)
 
     def close(self) -> None:
         if self._writer is not None:
@@ -68,8 +73,10 @@ class MetricsLog:
 
 
 def _plain(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN / inf
     return value
@@ -93,9 +100,11 @@ class Progress:
             self._bar = tqdm(total=total_tokens, initial=done_tokens, desc=stage, unit="tok", unit_scale=True,
                              dynamic_ncols=True)
 
-    def update(self, tokens: int, loss: float, lr: float) -> None:
+    def update(self, tokens: int, loss: float, lr: float, fields: dict[str, str] | None = None) -> None:
+        """`fields`: a stage's extra postfix entries (`Stage.progress_fields`), shown between loss and lr."""
         if self._bar is not None:
-            self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            postfix = {"loss": f"{loss:.4f}", **(fields or {}), "lr": f"{lr:.2e}"}
+            self._bar.set_postfix(postfix, refresh=False)  # a dict keeps this order (keywords get sorted)
             self._bar.update(tokens)
 
     def close(self) -> None:

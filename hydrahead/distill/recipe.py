@@ -166,6 +166,10 @@ class StageConfig:
 class AlignStageConfig(StageConfig):
     """Stage 1: only the hybrid-attention parameters train; per-layer hidden-state MSE to the teacher."""
 
+    loss: Literal["nmse", "mse"] = "nmse"
+    """nmse: each layer's MSE divided by the teacher's variance of that layer's output (scale-free: deep layers
+    with massive activations do not drown the others); mse: plain MSE (paper Eq. 15). See losses.hidden_state_loss."""
+
 
 @dataclass(kw_only=True)
 class DistillStageConfig(StageConfig):

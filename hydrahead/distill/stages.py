@@ -1,6 +1,7 @@
 """The three stages of docs/method.md section 4: which parameters train, what the teacher provides, the loss.
 
-    align         only `hybrid_parameters` train (backbone frozen); per-layer hidden-state MSE (Eq. 15)
+    align         only `hybrid_parameters` train (backbone frozen); per-layer hidden-state MSE (Eq. 15), each
+                  layer's divided by the teacher's variance there (`stages.align.loss: nmse`, the default)
     distill       every parameter trains, or hybrid parameters + LoRA on the backbone (peft, merged at
                   the end of the stage); tau^2 KL(teacher || student) + CE on chunked logits (Eq. 16)
     long_context  every parameter trains; next-token CE at the stage's (long) length; no teacher
@@ -18,10 +19,12 @@ import torch
 from torch import nn
 
 from hydrahead.errors import RecipeError
-from hydrahead.distill.losses import chunked_kd_loss, document_positions, hidden_state_mse, next_token_labels
-from hydrahead.distill.recipe import DistillStageConfig, StageConfig
+from hydrahead.distill.losses import chunked_kd_loss, document_positions, hidden_state_loss, next_token_labels
+from hydrahead.distill.recipe import AlignStageConfig, DistillStageConfig, StageConfig
 from hydrahead.models.convert import hybrid_parameters
 
+# Per micro-step: a scalar, or a vector (e.g. one value per layer), averaged over micro-steps and processes;
+# metrics.jsonl holds a vector as a list.
 Metrics = dict[str, torch.Tensor]
 
 
@@ -61,6 +64,10 @@ class Stage:
         """The training loss; the base stage's (and stage 3's) is next-token cross-entropy."""
         return self.heldout_loss(student, input_ids)
 
+    def progress_fields(self, metrics: dict[str, Any]) -> dict[str, str]:
+        """A few of the step's (reduced) metrics for the progress line, formatted; loss and lr are always there."""
+        return {}
+
     def heldout_loss(self, student: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
         """Next-token cross-entropy, what held-out evaluation reports whatever the stage trains on."""
         hidden = student.model(**self.inputs(input_ids), use_cache=False).last_hidden_state
@@ -70,8 +77,12 @@ class Stage:
 
 
 class AlignStage(Stage):
+    """Metrics: `layer_loss`, every layer's term of the loss (loss = its mean); the progress line shows
+    the first, the last and the largest (with its layer index)."""
+
     name = "align"
     needs_teacher = True
+    config: AlignStageConfig
 
     def prepare(self, student: nn.Module) -> None:
         student.requires_grad_(False)
@@ -85,8 +96,13 @@ class AlignStage(Stage):
 
     def loss(self, student, input_ids, targets):
         out = student.model(**self.inputs(input_ids), use_cache=False, output_hidden_states=True)
-        loss, per_layer = hidden_state_mse(out.hidden_states[1:], targets)
-        return loss, {"mse_first_layer": per_layer[0], "mse_last_layer": per_layer[-1]}
+        loss, per_layer = hidden_state_loss(out.hidden_states[1:], targets, self.config.loss)
+        return loss, {"layer_loss": per_layer}
+
+    def progress_fields(self, metrics: dict[str, Any]) -> dict[str, str]:
+        layers = metrics["layer_loss"]
+        worst = max(range(len(layers)), key=layers.__getitem__)
+        return {"first": f"{layers[0]:.3g}", "last": f"{layers[-1]:.3g}", "max": f"{layers[worst]:.3g}@L{worst}"}
 
 
 class DistillStage(Stage):

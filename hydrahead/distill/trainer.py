@@ -188,7 +188,7 @@ class Trainer:
             for key, value in metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0) + value.detach().float()
         loss = distributed.all_reduce_mean(loss_sum / accum, self.env).item()
-        metrics = {k: distributed.all_reduce_mean(v / accum, self.env).item() for k, v in metric_sums.items()}
+        metrics = {k: distributed.all_reduce_mean(v / accum, self.env).tolist() for k, v in metric_sums.items()}
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
             grad_norm = grad_norm.full_tensor()
@@ -241,7 +241,7 @@ class Trainer:
                     state.tokens += config.tokens_per_step
                     state.data = DataPosition(loader.position.sequences)
                     window_tokens += config.tokens_per_step
-                    progress.update(config.tokens_per_step, loss, lr)
+                    progress.update(config.tokens_per_step, loss, lr, stage.progress_fields(metrics))
                     last = state.step == config.total_steps
                     if state.step % self.training.log_every == 0 or last:
                         elapsed = time.perf_counter() - window_start

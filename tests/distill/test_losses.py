@@ -5,7 +5,7 @@ from torch import nn
 from hydrahead.distill.losses import (
     IGNORE,
     chunked_kd_loss,
-    hidden_state_mse,
+    hidden_state_loss,
     kd_loss_reference,
     next_token_labels,
 )
@@ -71,8 +71,76 @@ def test_chunked_keeps_no_full_logits_for_backward():
 def test_hidden_state_mse_per_layer_mean():
     a = [torch.zeros(2, 3, 4), torch.ones(2, 3, 4)]
     b = [torch.ones(2, 3, 4), torch.ones(2, 3, 4)]
-    loss, per_layer = hidden_state_mse(a, b)
+    loss, per_layer = hidden_state_loss(a, b, "mse")
     assert loss.item() == 0.5 and per_layer.tolist() == [1.0, 0.0]
+
+
+def test_nmse_is_mse_over_teacher_variance_by_hand():
+    """Two sequences of 2 positions x 2 features; layer 1 is layer 0 times 10."""
+    teacher = torch.tensor([[[0.0, 0.0], [2.0, 4.0]],  # feature variances 1 and 4: var 2.5
+                            [[1.0, 1.0], [1.0, 3.0]]])  # 0 and 1: var 0.5
+    student = torch.stack([torch.zeros(2, 2), teacher[1] + 1])  # MSE 20 / 4 = 5 and 1
+    nmse, per_layer = hidden_state_loss([student, 10 * student], [teacher, 10 * teacher])
+    torch.testing.assert_close(per_layer, torch.tensor([2.0, 2.0]))  # mean(5 / 2.5, 1 / 0.5), at either scale
+    torch.testing.assert_close(nmse, torch.tensor(2.0))
+    _, mse = hidden_state_loss([student, 10 * student], [teacher, 10 * teacher], "mse")
+    torch.testing.assert_close(mse, torch.tensor([3.0, 300.0]))  # what plain MSE makes of the same error
+    mean_student = teacher.mean(dim=1, keepdim=True).expand_as(teacher)  # each sequence's per-feature mean
+    assert hidden_state_loss([mean_student], [teacher])[0].item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("scale", [1e-2, 1e3], ids=lambda c: f"x{c:g}")
+def test_nmse_is_invariant_to_a_layers_scale(scale):
+    """Scaling (and shifting) one layer's teacher and student outputs alike leaves every term as it was:
+    a layer with massive activations weighs as much as any other."""
+    g = torch.Generator().manual_seed(0)
+    teacher = [torch.randn(3, 17, 8, generator=g, dtype=torch.float64) for _ in range(3)]
+    student = [t + 0.3 * torch.randn(t.shape, generator=g, dtype=torch.float64) for t in teacher]
+    loss, per_layer = hidden_state_loss(student, teacher)
+    shift = torch.randn(8, generator=g, dtype=torch.float64)
+    student[1], teacher[1] = scale * student[1] + shift, scale * teacher[1] + shift
+    scaled_loss, scaled = hidden_state_loss(student, teacher)
+    torch.testing.assert_close(scaled.double(), per_layer.double(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(scaled_loss, loss, rtol=1e-5, atol=0)
+    _, mse = hidden_state_loss(student, teacher, "mse")
+    assert mse[1] / mse[0] == pytest.approx(scale**2, rel=0.5)  # plain MSE is not
+
+
+def test_nmse_gradient_reaches_only_the_student_and_zero_variance_is_guarded():
+    teacher = [torch.randn(2, 5, 4), torch.ones(2, 5, 4)]  # layer 1: the same vector everywhere, variance 0
+    student = [t.clone().requires_grad_(True) for t in teacher]
+    loss, per_layer = hidden_state_loss(student, teacher)
+    loss.backward()
+    assert per_layer.tolist() == [0.0, 0.0] and all(s.grad is not None for s in student)
+    with pytest.raises(ValueError, match="kind must be nmse or mse"):
+        hidden_state_loss(student, teacher, "l2")
+
+
+@pytest.mark.parametrize("kind", ["nmse", "mse"])
+def test_align_stage_loss_follows_the_recipe(kind):
+    """stages.align.loss picks the loss; metrics carry every layer's term; the progress line a summary."""
+    import hydrahead
+    from hydrahead import HeadPlan, HybridOptions
+    from hydrahead.distill.recipe import AlignStageConfig
+    from hydrahead.distill.stages import AlignStage
+    from tests.conftest import make_teacher
+
+    teacher = make_teacher("qwen3")
+    student = hydrahead.convert(teacher, HeadPlan(((0,), (1, 3)), 4, 2), HybridOptions.preset("paper", train_length=8))
+    stage = AlignStage(AlignStageConfig(tokens=64, seq_len=12, batch_size=1, lr=1e-3, loss=kind), 0)
+    ids = torch.randint(2, 90, (1, 12))
+    with torch.no_grad():
+        targets = stage.teacher_targets(teacher, ids)
+        loss, metrics = stage.loss(student, ids, targets)
+        hidden = student.model(input_ids=ids, use_cache=False, output_hidden_states=True).hidden_states[1:]
+        wanted = [torch.nn.functional.mse_loss(s, t) for s, t in zip(hidden, targets)]  # Eq. 15's terms
+        if kind == "nmse":  # one sequence: its variance is the batch's
+            wanted = [m / t.flatten(0, 1).var(0, correction=0).mean() for m, t in zip(wanted, targets)]
+    assert metrics["layer_loss"].shape == (2,)  # one term per decoder layer
+    torch.testing.assert_close(metrics["layer_loss"], torch.stack(wanted))
+    torch.testing.assert_close(loss, metrics["layer_loss"].mean())
+    fields = stage.progress_fields({"layer_loss": [0.5, 2.0, 0.25]})
+    assert fields == {"first": "0.5", "last": "0.25", "max": "2@L1"}
 
 
 def test_next_token_labels():

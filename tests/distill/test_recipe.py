@@ -23,6 +23,7 @@ def test_example_recipe_is_valid_and_commented(tmp_path):
     assert recipe.teacher == str(tmp_path / "models/Qwen3-1.7B")  # relative to the recipe file
     assert recipe.data.train_files == [str(tmp_path / "data/fineweb-edu/*.parquet")]
     assert recipe.hybrid_options().train_length == 16384
+    assert recipe.stages.align.loss == "nmse" and Recipe.from_dict(minimal()).stages.align.loss == "nmse"
     assert EXAMPLE_RECIPE.count("#") > 20
 
 
@@ -41,6 +42,7 @@ def test_print_example_recipe(capsys):
     (lambda r: r["stages"]["align"].update(batch_size="four"), "stages.align.batch_size must be an integer"),
     (lambda r: r["stages"]["align"].update(grad_accum=0), "stages.align.grad_accum must be >= 1"),
     (lambda r: r["stages"]["align"].update(schedule="cosin"), "stages.align.schedule must be one of"),
+    (lambda r: r["stages"]["align"].update(loss="l2"), "stages.align.loss must be one of nmse, mse; got 'l2'"),
     (lambda r: r["stages"]["align"].update(tokens="lots"), "stages.align.tokens: expected a token count"),
     (lambda r: r["stages"]["align"].update(skip=True), "must run at least one of"),
     (lambda r: r.update(hybrid={"preset": "paper", "fa_rop": "none"}), "hybrid.fa_rop is an unknown key"),

@@ -1,5 +1,6 @@
 """Each stage trains what it should and lowers its loss; the final checkpoint loads with from_pretrained."""
 
+import pytest
 import torch
 
 import hydrahead
@@ -31,6 +32,10 @@ def test_every_stage_lowers_its_loss(workspace, tmp_path):
         curve = losses(tmp_path / "run", stage)
         assert len(curve) == 8, stage  # 8 steps: the token budget / tokens per step
         assert sum(curve[-2:]) / 2 < 0.9 * curve[0], (stage, curve)
+    align = [m["layer_loss"] for m in read_metrics(tmp_path / "run") if m["stage"] == "align" and "loss" in m]
+    assert all(len(layers) == 2 for layers in align)  # every decoder layer's term, each step
+    assert [sum(layers) / 2 for layers in align] == pytest.approx(losses(tmp_path / "run", "align"), rel=1e-6)
+    assert all(last < first for first, last in zip(align[0], align[-1]))  # every layer learns
     evals = [m for m in read_metrics(tmp_path / "run") if "eval_ppl" in m]
     assert [m["stage"] for m in evals] == ["align", "distill", "long_context"]
     assert evals[-1]["eval_ppl"] < evals[0]["eval_ppl"]
@@ -96,8 +101,6 @@ def test_a_teacher_in_memory_trains_the_same_as_one_loaded_from_disk(workspace, 
 
 
 def test_isolated_documents_train_end_to_end(workspace, tmp_path):
-    import pytest
-
     from hydrahead.distill import RecipeError
 
     stages = {"align": tiny_stage(tokens=2 * 4 * 32), "distill": tiny_stage(tokens=2 * 4 * 32, loss_chunk=8)}

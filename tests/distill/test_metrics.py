@@ -1,0 +1,22 @@
+"""metrics.jsonl and TensorBoard take per-layer lists as well as numbers."""
+
+import torch
+
+from hydrahead.distill.metrics import MetricsLog, read_metrics
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.scalars: dict[str, float] = {}
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars[tag] = value
+
+
+def test_a_vector_metric_is_a_list_in_jsonl_and_one_scalar_per_element_in_tensorboard(tmp_path):
+    log = MetricsLog(tmp_path, enabled=True)
+    log._writer = FakeWriter()  # stands in for torch's SummaryWriter (tensorboard is optional)
+    log.log({"stage": "align", "step": 3, "loss": torch.tensor(0.5),
+             "layer_loss": torch.tensor([0.25, 0.75, float("nan")])})
+    assert read_metrics(tmp_path) == [{"stage": "align", "step": 3, "loss": 0.5, "layer_loss": [0.25, 0.75, "nan"]}]
+    assert log._writer.scalars == {"align/loss": 0.5, "align/layer_loss/00": 0.25, "align/layer_loss/01": 0.75}
