@@ -35,6 +35,19 @@ def nonnegative_int(text: str) -> int:
     return _int(text, 0)
 
 
+def length(text: str) -> int:
+    """A token count with the length units (hydrahead/utils/units.py): 2048, 2k, 1.5k (k = 1024)."""
+    from hydrahead.utils.units import parse_length
+
+    try:
+        value = parse_length(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a length in tokens such as 2048 or 2k, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 token, got {text!r}")
+    return value
+
+
 def _output(text: str, kind: str):
     from hydrahead.errors import OutputError
     from hydrahead.utils.io import check_output

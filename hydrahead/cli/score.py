@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import device, nonnegative_int, output_file, positive_int
+from hydrahead.cli.args import device, length, nonnegative_int, output_file, positive_int
 
 HELP = "score attention heads (patching, attribution or retrieval) and save them as JSON"
 
@@ -23,24 +23,31 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--probes-file", action="append", default=None, metavar="TXT",
                        help="haystack text file (repeatable); default: a built-in essay generator")
     group.add_argument("--haystack", choices=["essay", "noise"], default=None, help="built-in haystack kind")
-    group.add_argument("--context-length", type=positive_int, default=None, help="prompt length in tokens (default 1024)")
+    group.add_argument("--context-length", type=length, default=None,
+                       help="prompt length in tokens (default 1024, or the model's max_position_embeddings if shorter)")
     group.add_argument("--samples", type=positive_int, default=None, help="pairs per (capability, needle type) (default 6)")
     group.add_argument("--needle-types", default=None, help="comma list of number,word,uuid (default all)")
     group.add_argument("--capabilities", default=None, help="comma list of single_key,multi_key (default both)")
     group.add_argument("--num-keys", type=positive_int, default=None, help="needles in a multi-key probe (default 4)")
     group.add_argument("--probe-seed", type=int, default=None, help="probe generator seed")
+    group.add_argument("--answer-lead", type=nonnegative_int, default=None,
+                       help="formatting tokens the model may write before the answer (\": \", a quote), found by "
+                            "greedy decoding and kept in the probe (default 4; 0 = teacher-force the bare value)")
 
 
-def probe_config_from(args: argparse.Namespace, base=None):
-    """A ProbeConfig: `base` (or the defaults) with the options given on the command line."""
-    from hydrahead.scoring import ProbeConfig
+def probe_config_from(args: argparse.Namespace, base=None, model_config=None):
+    """A ProbeConfig: `base` (or the defaults, with a context length inside `model_config`'s window) with the
+    options given on the command line."""
+    from hydrahead.scoring import ProbeConfig, default_context_length
 
     overrides = {}
+    if base is None and model_config is not None:
+        overrides["context_length"] = default_context_length(model_config)
     if args.probes_file:
         overrides.update(haystack="files", haystack_files=tuple(args.probes_file))
     if args.haystack:
         overrides["haystack"] = args.haystack
-    for name in ("context_length", "samples", "num_keys"):
+    for name in ("context_length", "samples", "num_keys", "answer_lead"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.needle_types:
@@ -50,6 +57,17 @@ def probe_config_from(args: argparse.Namespace, base=None):
     if args.probe_seed is not None:
         overrides["seed"] = args.probe_seed
     return ProbeConfig(**{**(base.to_dict() if base is not None else {}), **overrides})
+
+
+def describe_leads(probes, tokenizer) -> str:
+    """How many probes let the model's own formatting through, and which ("': '" x 14)."""
+    from collections import Counter
+
+    leads = Counter(tokenizer.decode(list(p.lead)) for p in probes if p.lead)
+    if not leads:
+        return "the model writes each answer right after the prompt, or does not answer"
+    shown = ", ".join(f"{text!r} x {n}" for text, n in leads.most_common(3))
+    return f"{sum(leads.values())} with the model's own lead-in before the answer: {shown}"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,9 +100,11 @@ def run(args: argparse.Namespace) -> int:
     from hydrahead.scoring import build_probes, score_heads
 
     model, tokenizer = load_model_and_tokenizer(args)
-    config = probe_config_from(args)
-    probes = build_probes(tokenizer, config)
-    scores = score_heads(model, tokenizer, args.method, probes, probe_config=config, batch_size=args.batch_size)
+    config = probe_config_from(args, model_config=model.config)
+    probes = build_probes(tokenizer, config, model=model, progress=True)
+    print(f"{len(probes)} probes of {config.context_length} tokens ({describe_leads(probes, tokenizer)})", flush=True)
+    scores = score_heads(model, tokenizer, args.method, probes, probe_config=config, batch_size=args.batch_size,
+                         progress=True)
     scores.to_json(args.out)
     if args.plot:
         scores.plot(args.plot, mark_top=args.top)

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hydrahead.cli.score import load_model_and_tokenizer, probe_config_from
+    from hydrahead.cli.score import describe_leads, load_model_and_tokenizer, probe_config_from
     from hydrahead.scoring import (
         METHODS, HeadScores, ProbeConfig, build_probes, layer_similarity, score_heads, validate_scores,
     )
@@ -46,23 +46,25 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model_and_tokenizer(args)
     scores.check_config(model.config)
     saved = scores.metadata.get("probe_config")
-    base = ProbeConfig.from_dict(saved) if saved else ProbeConfig()
-    scoring_config = probe_config_from(args, base)
+    base = ProbeConfig.from_dict(saved) if saved else None
+    scoring_config = probe_config_from(args, base, model_config=model.config)
     if args.probe_seed is None:  # ablate on probes the scores have not seen
         validation_config = ProbeConfig.from_dict({**scoring_config.to_dict(), "seed": scoring_config.seed + 1})
     else:
         validation_config = scoring_config
     compare = {s.method: s for s in (HeadScores.from_json(path) for path in args.compare)}
     if not args.no_agreement:
-        probes = build_probes(tokenizer, scoring_config)
-        for method in METHODS:
-            if method != scores.method and method not in compare:
-                print(f"computing {method} scores on {len(probes)} probes for the agreement table ...")
-                compare[method] = score_heads(model, tokenizer, method, probes, probe_config=scoring_config,
-                                              batch_size=args.batch_size)
-    probes = build_probes(tokenizer, validation_config)
+        missing = [m for m in METHODS if m != scores.method and m not in compare]
+        probes = build_probes(tokenizer, scoring_config, model=model, progress=True) if missing else []
+        for method in missing:
+            print(f"computing {method} scores on {len(probes)} probes for the agreement table ...", flush=True)
+            compare[method] = score_heads(model, tokenizer, method, probes, probe_config=scoring_config,
+                                          batch_size=args.batch_size, progress=True)
+    probes = build_probes(tokenizer, validation_config, model=model, progress=True)
+    print(f"ablating on {len(probes)} probes of {validation_config.context_length} tokens "
+          f"({describe_leads(probes, tokenizer)})", flush=True)
     report = validate_scores(model, probes, scores, args.top_k, seeds=tuple(range(args.seeds)), mode=args.mode,
-                             compare=compare)
+                             compare=compare, progress=True)
     if args.layer_plot:
         similarity = layer_similarity(model, probes)
         similarity.plot(args.layer_plot)

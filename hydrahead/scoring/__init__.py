@@ -19,7 +19,8 @@ from torch import nn
 from hydrahead.scoring.ablate import ablate, head_means
 from hydrahead.errors import ProbeError, ScoringError
 from hydrahead.scoring.layers_similarity import LayerSimilarity, layer_similarity
-from hydrahead.scoring.probes import Probe, ProbeConfig, build_probes, kv_recall_words
+from hydrahead.scoring.answer_format import follow_answer_format
+from hydrahead.scoring.probes import Probe, ProbeConfig, build_probes, default_context_length, kv_recall_words
 from hydrahead.scoring.runner import Runner
 from hydrahead.scoring.scores import METHODS, HeadScores
 from hydrahead.scoring.validate import ValidationReport, teacher_forced_accuracy, validate_scores
@@ -38,7 +39,7 @@ def score_heads(
 ) -> HeadScores:
     """Score every query head of `model` for retrieval with `method`.
 
-    probes:         counterfactual probes; by default `build_probes(tokenizer, probe_config)`
+    probes:         counterfactual probes; by default `build_probes(tokenizer, probe_config, model=model)`
     batch_size:     patched rows per forward (patching)
     method_options: patching: receiver_fraction, max_rounds, threshold, min_delta;
                     attribution: freeze_attention, threshold, min_delta
@@ -52,8 +53,8 @@ def score_heads(
     if probes is None:
         if tokenizer is None:
             raise ScoringError("score_heads needs a tokenizer to build probes (or pass probes=build_probes(...))")
-        probe_config = probe_config or ProbeConfig()
-        probes = build_probes(tokenizer, probe_config)
+        probe_config = probe_config or ProbeConfig(context_length=default_context_length(model.config))
+        probes = build_probes(tokenizer, probe_config, model=model)
     if not probes:
         raise ScoringError("no probes to score with")
     if progress is None:
@@ -95,6 +96,8 @@ __all__ = [
     "ValidationReport",
     "ablate",
     "build_probes",
+    "default_context_length",
+    "follow_answer_format",
     "head_means",
     "kv_recall_words",
     "layer_similarity",

@@ -67,6 +67,7 @@ class ProbeConfig:
     kv_keys: int = 8  # kv_recall: key words k0..k{n-1}
     kv_values: int = 16  # kv_recall: value words v0..v{n-1}
     kv_filler: int = 8  # kv_recall: filler words f0..f{n-1}
+    answer_lead: int = 4  # with a model: formatting tokens it may write before the answer (answer_format.py); 0 = off
 
     def __post_init__(self) -> None:
         for name in ("capabilities", "needle_types", "haystack_files"):
@@ -85,6 +86,8 @@ class ProbeConfig:
             raise ProbeError(f"needle_types must be a non-empty subset of {NEEDLE_TYPES}, got {list(self.needle_types)}")
         if self.haystack not in HAYSTACKS:
             raise ProbeError(f"haystack must be one of {HAYSTACKS}, got {self.haystack!r}")
+        if self.answer_lead < 0:
+            raise ProbeError(f"answer_lead must be >= 0, got {self.answer_lead}")
         if self.samples < 1 or self.context_length < 8:
             raise ProbeError(f"need samples >= 1 and context_length >= 8, got {self.samples} and {self.context_length}")
         if self.num_keys < 2 and "multi_key" in self.capabilities:
@@ -119,6 +122,7 @@ class Probe:
     capability: str
     subprobe: str  # "single_key/number", ... : the unit kappa counts over
     depth: float = field(default=0.5)
+    lead: tuple[int, ...] = ()  # formatting tokens the scored model writes before the answer, part of the prompt
 
     @property
     def length(self) -> int:
@@ -132,6 +136,14 @@ class Probe:
     def input_ids(self, corrupted: bool = False, device: torch.device | str | None = None) -> torch.Tensor:
         ids = self.corrupt_ids if corrupted else self.clean_ids
         return torch.tensor([ids], dtype=torch.long, device=device)  # (1, T)
+
+
+def default_context_length(model_config: Any) -> int:
+    """ProbeConfig's default prompt length, or the model's `max_position_embeddings` if that is shorter:
+    probes inside the window the model was trained for (a model answers nothing far beyond it)."""
+    window = getattr(model_config, "max_position_embeddings", None)
+    default = ProbeConfig.__dataclass_fields__["context_length"].default
+    return min(default, window) if isinstance(window, int) and window >= 8 else default
 
 
 def kv_recall_words(config: ProbeConfig) -> list[str]:
@@ -272,9 +284,14 @@ def _kv_probe(encode: _Encoder, config: ProbeConfig, capability: str, depth: flo
                        f"{capability}/kv", depth)
 
 
-def build_probes(tokenizer: Any, config: ProbeConfig | None = None, **overrides: Any) -> list[Probe]:
+def build_probes(tokenizer: Any, config: ProbeConfig | None = None, *, model: Any = None, progress: bool = False,
+                 **overrides: Any) -> list[Probe]:
     """The probe set of `config` (fields can be overridden by keyword): for each capability and needle type,
-    `samples` counterfactual pairs at depths spread over the haystack. Deterministic given `config.seed`."""
+    `samples` counterfactual pairs at depths spread over the haystack. Deterministic given `config.seed`.
+
+    With `model` (the model the probes are for), each probe lets through the formatting tokens that model
+    writes before the answer (up to `config.answer_lead`; `answer_format.py`), so that a probe is solved
+    teacher-forced exactly when greedy decoding would write the answer."""
     config = ProbeConfig(**{**(config.to_dict() if config else {}), **overrides}) if overrides else (config or ProbeConfig())
     encode = _Encoder(tokenizer)
     rng = random.Random(config.seed)
@@ -293,6 +310,10 @@ def build_probes(tokenizer: Any, config: ProbeConfig | None = None, **overrides:
                     probes.append(_niah_probe(encode, config, sentences, capability, kind, depth, rng))
                 else:
                     probes.append(_kv_probe(encode, config, capability, depth, rng))
+    if model is not None and config.answer_lead:
+        from hydrahead.scoring.answer_format import follow_answer_format
+
+        probes = follow_answer_format(model, tokenizer, probes, config.answer_lead, progress=progress)
     return probes
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from hydrahead.scoring.ablate import ablate, head_means
 from hydrahead.errors import ScoringError
@@ -32,7 +33,8 @@ from hydrahead.utils.io import write_json
 
 @torch.no_grad()
 def teacher_forced_accuracy(model: nn.Module, probes: Sequence[Probe], heads: Sequence[tuple[int, int]] = (),
-                            mode: str = "mean", means: Sequence[torch.Tensor] | None = None) -> float:
+                            mode: str = "mean", means: Sequence[torch.Tensor] | None = None,
+                            bar: tqdm | None = None) -> float:
     """Fraction of probes whose whole answer the model gets right, teacher-forced (the argmax at every
     answer position, what greedy decoding would produce; `hydrahead.eval.niah` instead generates), with
     `heads` ablated (mean: over `means`, default the probes' own clean prompts). Probes of one length run
@@ -48,6 +50,8 @@ def teacher_forced_accuracy(model: nn.Module, probes: Sequence[Probe], heads: Se
             for row, probe in enumerate(batch):
                 answer = torch.tensor(probe.answer, device=device)
                 correct += int(exact_match(logits[row:row + 1, probe.readout_positions], answer)[0])
+            if bar is not None:
+                bar.update(len(batch))
     return correct / len(probes)
 
 
@@ -142,10 +146,11 @@ def agreement(scores: Mapping[str, HeadScores], k: int, reference: str = "patchi
 
 def validate_scores(model: nn.Module, probes: Sequence[Probe], scores: HeadScores, top_k: int = 8,
                     seeds: Sequence[int] = (0, 1, 2), mode: str = "mean",
-                    compare: Mapping[str, HeadScores] | None = None) -> ValidationReport:
+                    compare: Mapping[str, HeadScores] | None = None, progress: bool = False) -> ValidationReport:
     """Ablate the top-k heads of `scores` and k random other heads (one set per seed); compare methods.
 
-    compare: other methods' scores of the same model (name -> scores), for the agreement table.
+    compare:  other methods' scores of the same model (name -> scores), for the agreement table.
+    progress: a progress bar (with an ETA) over every probe forward, means included.
     """
     scores.check_config(model.config)
     if not probes:
@@ -153,10 +158,13 @@ def validate_scores(model: nn.Module, probes: Sequence[Probe], scores: HeadScore
     top = scores.top_k(top_k)
     others = [(l, h) for l in range(scores.num_layers) for h in range(scores.num_heads) if (l, h) not in set(top)]
     randoms = [sorted(random.Random(seed).sample(others, min(top_k, len(others)))) for seed in seeds]
-    means = head_means(model, probes) if mode == "mean" else None
-    accuracy = teacher_forced_accuracy(model, probes)
-    accuracy_top = teacher_forced_accuracy(model, probes, top, mode, means)
-    accuracy_random = [teacher_forced_accuracy(model, probes, heads, mode, means) for heads in randoms]
+    runs = 2 + len(randoms)  # nothing, top-k, each random set
+    with tqdm(total=len(probes) * (runs + (mode == "mean")), desc="ablation", unit="probe", disable=not progress) as bar:
+        means = head_means(model, probes) if mode == "mean" else None
+        bar.update(len(probes) if means is not None else 0)
+        accuracy = teacher_forced_accuracy(model, probes, bar=bar)
+        accuracy_top = teacher_forced_accuracy(model, probes, top, mode, means, bar=bar)
+        accuracy_random = [teacher_forced_accuracy(model, probes, heads, mode, means, bar=bar) for heads in randoms]
     all_scores = {scores.method: scores, **{name: s.check_config(model.config) for name, s in (compare or {}).items()}}
     return ValidationReport(
         method=scores.method, top_k=top_k, mode=mode, num_probes=len(probes), accuracy=accuracy,

@@ -75,3 +75,19 @@ def test_cli_errors_are_one_line(teacher_dir, capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (argv, err)
+
+
+def test_the_default_probe_length_stays_inside_the_models_window(tmp_path, capsys):
+    """A model whose window is shorter than the default 1024 is probed at its window, and the probes say
+    how many let the model's own answer format through."""
+    path = tmp_path / "short"
+    make_teacher("llama", max_position_embeddings=600).save_pretrained(path)
+    char_tokenizer().save_pretrained(path)
+    assert main(["score", "--model", str(path), "--method", "retrieval", "--out", str(tmp_path / "s.json"),
+                 "--samples", "1", "--needle-types", "word", "--capabilities", "single_key"]) == 0
+    assert "1 probes of 600 tokens" in capsys.readouterr().out
+    assert HeadScores.from_json(tmp_path / "s.json").metadata["probe_config"]["context_length"] == 600
+    assert main(["score", "--model", str(path), "--method", "retrieval", "--out", str(tmp_path / "s2.json"),
+                 "--samples", "1", "--needle-types", "word", "--capabilities", "single_key",
+                 "--context-length", "0.5k"]) == 0
+    assert HeadScores.from_json(tmp_path / "s2.json").metadata["probe_config"]["context_length"] == 512

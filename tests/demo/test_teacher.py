@@ -72,6 +72,12 @@ def test_export_writes_an_ordinary_checkpoint_with_the_same_logits(tmp_path):
         torch.testing.assert_close(exported(ids).logits, model(ids).logits)
     assert json.loads((tmp_path / "t" / "demo_teacher_manifest.json").read_text())["recipe_sha256"]
     assert main(["demo", "--export-teacher", str(tmp_path / "t")]) == 2  # not over an existing checkpoint
+    # its window is the length it was trained at, so `hydrahead score` probes it there by default (at the
+    # old default, 1024, it solves none: an empty ablation)
+    from hydrahead.scoring import default_context_length
+
+    trained = shipped.load_recipe()["pretrain"]["stage"]["seq_len"]
+    assert exported.config.max_position_embeddings == trained == default_context_length(exported.config) == 256
 
 
 @pytest.mark.slow
