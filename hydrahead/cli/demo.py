@@ -12,19 +12,22 @@ Examples:
   hydrahead demo --export-teacher teacher/       # the shipped teacher as a Hugging Face checkpoint
   hydrahead demo --retrain-teacher --out run/    # rebuild the teacher from its recipe (about an hour on
                                                  # 2 cores; rerun the same command to resume)
+  hydrahead demo --teacher SmolLM2.gguf --length 1024 --scale study --device cuda --out study/
+                                                 # the same comparison on a pretrained model (a checkpoint
+                                                 # directory or a GGUF file), sized for one GPU
 """
 
 from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import device, output_dir
+from hydrahead.cli.args import device, length, output_dir
 
 HELP = "score -> plan -> distill -> evaluate on the shipped small teacher, over several seeds, and write a report"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from hydrahead.demo.scale import SCALES
+    from hydrahead.demo.scale import PLAN_NAMES, SCALES
 
     parser.add_argument("--out", default="demo_out", type=output_dir, help="output directory (default: demo_out)")
     parser.add_argument("--scale", default="default", choices=list(SCALES), help="how big a run (default: default)")
@@ -39,13 +42,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "using the shipped one")
     parser.add_argument("--export-teacher", metavar="DIR", default=None, type=output_dir,
                         help="write the shipped teacher to DIR as an ordinary Hugging Face checkpoint and stop")
+    parser.add_argument("--teacher", metavar="MODEL", default=None,
+                        help="run the comparison on this pretrained model (a checkpoint directory or a .gguf file) "
+                             "instead of the shipped teacher")
+    parser.add_argument("--length", type=length, default=None,
+                        help="tokens the probes, the distillation rows and 1x of the evaluation use (default: the "
+                             "shipped teacher's training length; with --teacher, 1024 or its window if shorter)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="multiply the scale's align, distill and long-context tokens (e.g. 0.25 or 4)")
+    parser.add_argument("--plans", default=None,
+                        help="comma-separated plans to distil (default: the scale's; " + ", ".join(PLAN_NAMES) + ")")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
 def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from hydrahead.demo.scale import get_scale
+    from hydrahead.demo.scale import get_scale, with_budget, with_plans
 
     hf_logging.disable_progress_bar()  # the demo prints its own progress lines
     if args.export_teacher is not None:
@@ -54,13 +67,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"exported the demo teacher to {export_teacher(args.export_teacher)}")
         return 0
     from hydrahead.demo.pipeline import run as run_demo
+    from hydrahead.errors import HydraHeadError
 
     import dataclasses
 
     scale = get_scale(args.scale)
     if args.preset is not None:
         scale = dataclasses.replace(scale, preset=args.preset)
+    if args.budget is not None:
+        scale = with_budget(scale, args.budget)
+    if args.plans is not None:
+        scale = with_plans(scale, args.plans)
+    if args.teacher is not None:
+        if args.retrain_teacher:
+            raise HydraHeadError("--teacher and --retrain-teacher exclude each other: choose a pretrained model or "
+                                 "the shipped teacher's recipe")
+        from hydrahead.models.families import family_of_config
+        from hydrahead.models.loading import read_config
+
+        family_of_config(read_config(args.teacher), str(args.teacher))  # a wrong model stops before any work
     index = run_demo(args.out, scale, device=args.device, quiet=args.quiet,
-                     retrain_teacher=args.retrain_teacher)
+                     retrain_teacher=args.retrain_teacher, teacher=args.teacher, length=args.length)
     print(f"report: {index}")
     return 0

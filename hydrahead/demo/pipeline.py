@@ -25,11 +25,10 @@ from typing import Any
 import torch
 
 from hydrahead.errors import ResumeError
-from hydrahead.demo.scale import DemoScale
+from hydrahead.demo.scale import PLAN_NAMES, DemoScale
 from hydrahead.plan import HeadPlan
 
 NEEDLE_TYPES = ("number", "word")  # the demo's probes; UUIDs take too many tokens at its short training length
-PLAN_NAMES = ("hydrahead-7:1", "random-7:1", "fixed-per-layer-7:1", "layerwise-3:1", "layerwise-7:1", "all-gdn")
 CORPUS_SEED = 1  # distillation documents: a seed the teacher's documents (seed 0) did not use
 
 
@@ -54,11 +53,18 @@ class Teacher:
     train_length: int
 
 
-def get_teacher(out: Path, retrain: bool, device: str, log: Log) -> Teacher:
-    """The shipped teacher, or (`retrain`) one rebuilt from the recipe in <out>/teacher_work (resumable)."""
+def get_teacher(out: Path, retrain: bool, device: str, log: Log, source: str | Path | None = None,
+                length: int | None = None) -> Teacher:
+    """The shipped teacher, or (`retrain`) one rebuilt from the recipe in <out>/teacher_work (resumable), or
+    (`source`) a pretrained model: a checkpoint directory or a GGUF file (exported to <out>/teacher first, so
+    that every recipe names an ordinary checkpoint). `length`: the length its probes, students and
+    evaluation are built around (default: the shipped teacher's training length; for `source`, 1024 or
+    its window if shorter)."""
     from hydrahead.demo import teacher as shipped
 
-    length = shipped.load_recipe()["pretrain"]["stage"]["seq_len"]
+    if source is not None:
+        return _pretrained_teacher(out, Path(source), length, log)
+    length = length or shipped.load_recipe()["pretrain"]["stage"]["seq_len"]
     if retrain:
         from hydrahead.models.loading import load_model, load_tokenizer
 
@@ -70,6 +76,25 @@ def get_teacher(out: Path, retrain: bool, device: str, log: Log) -> Teacher:
     log(f"teacher: the shipped demo teacher ({manifest['parameters'] / 1e6:.2f}M parameters, "
         f"{manifest['training_tokens'] / 1e6:.1f}M training tokens)")
     return Teacher(model, tokenizer, shipped.SHIPPED, manifest, length)
+
+
+def _pretrained_teacher(out: Path, source: Path, length: int | None, log: Log) -> Teacher:
+    from hydrahead.models.gguf import export_gguf, find_gguf
+    from hydrahead.models.loading import load_model, load_tokenizer
+    from hydrahead.scoring import default_context_length
+
+    path = source
+    if find_gguf(source) is not None:
+        path = out / "teacher"
+        if not (path / "config.json").is_file():
+            log(f"teacher: exporting {source} to {path}")
+            export_gguf(source, path)
+    model, tokenizer = load_model(path, "float32", supported=True), load_tokenizer(path)
+    config = model.config
+    length = length or default_context_length(config)
+    log(f"teacher: {source} ({config.model_type}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+        f"parameters, {config.num_hidden_layers} layers x {config.num_attention_heads} heads); length {length}")
+    return Teacher(model, tokenizer, path, {"source": str(source)}, length)
 
 
 def build_corpus(out: Path, teacher: Teacher, scale: DemoScale, log: Log) -> None:
@@ -96,7 +121,7 @@ def score_and_plan(out: Path, teacher: Teacher, scale: DemoScale, log: Log) -> t
     config = teacher.model.config
     probe_config = ProbeConfig(samples=scale.probe_samples, context_length=teacher.train_length,
                                needle_types=NEEDLE_TYPES)
-    probes = build_probes(teacher.tokenizer, probe_config)
+    probes = build_probes(teacher.tokenizer, probe_config, model=teacher.model)
     heads = config.num_hidden_layers * config.num_attention_heads
     scores = {}
     for method in ("patching", "attribution"):
@@ -107,7 +132,7 @@ def score_and_plan(out: Path, teacher: Teacher, scale: DemoScale, log: Log) -> t
         log(f"  {method}: {scores[method].metadata.get('wall_seconds', '?')} s")
     scores["patching"].plot(out / "report" / "heads.png", title="head importance (patching)", mark_top=8)
     top_k = max(1, round(0.03 * heads))  # about 3% of all heads (issue: k ~ 3%)
-    validation_probes = build_probes(teacher.tokenizer, probe_config, seed=probe_config.seed + 1)
+    validation_probes = build_probes(teacher.tokenizer, probe_config, model=teacher.model, seed=probe_config.seed + 1)
     log(f"validating: ablating the top-{top_k} heads vs {scale.validation_seeds} random sets on "
         f"{len(validation_probes)} unseen probes")
     validation = validate_scores(teacher.model, validation_probes, scores["patching"], top_k=top_k,
@@ -125,6 +150,8 @@ def score_and_plan(out: Path, teacher: Teacher, scale: DemoScale, log: Log) -> t
     plans: dict[str, HeadPlan] = {}
     notes: dict[str, str] = {}
     for name, make in makers.items():
+        if name not in scale.plans:
+            continue
         plan = make()
         same = next((other for other, p in plans.items() if p.fa_heads == plan.fa_heads), None)
         if same is not None:
@@ -146,7 +173,7 @@ def recipe_for(out: Path, teacher: Teacher, name: str, seed: int, scale: DemoSca
         "seed": seed,
         "hybrid": {"preset": scale.preset, **({"train_length": L} if scale.preset == "paper" else {})},
         "data": {"train_files": [str(out / "data" / "train.jsonl")], "cache_dir": str(out / "cache"),
-                 "packing": "documents"},
+                 "packing": "documents", "isolate_documents": scale.isolate_documents},
         "training": {"device": device, "gradient_checkpointing": False, "progress": False,
                      "checkpoint_every": 0, "log_every": 10, "eval_every": 0},
         "stages": {
@@ -201,8 +228,11 @@ def evaluate(out: Path, models: dict[str, Any], tokenizer: Any, train_length: in
 
 def run(out: str | Path = "demo_out", scale: DemoScale | None = None, device: str = "auto",
         quiet: bool = False, retrain_teacher: bool = False,
-        after_teacher: Callable[[Any], None] | None = None) -> Path:
-    """Run the whole demo into `out`; returns the path of report/index.md."""
+        after_teacher: Callable[[Any], None] | None = None, teacher: str | Path | None = None,
+        length: int | None = None) -> Path:
+    """Run the whole demo into `out`; returns the path of report/index.md. `teacher`: a pretrained model
+    (directory or GGUF) instead of the shipped one; `length`: the length everything is built around
+    (`get_teacher`)."""
     from hydrahead.demo.report import write_demo_report
     from hydrahead.demo.scale import SCALES
     from hydrahead.models.loading import load_model
@@ -215,7 +245,7 @@ def run(out: str | Path = "demo_out", scale: DemoScale | None = None, device: st
     log(f"hydrahead demo, scale {scale.name!r}, device {device}, output {out}")
     timings: dict[str, float] = {}
     mark = time.time()
-    teacher = get_teacher(out, retrain_teacher, device, log)
+    teacher = get_teacher(out, retrain_teacher, device, log, source=teacher, length=length)
     if after_teacher is not None:
         after_teacher(teacher.model)
     build_corpus(out, teacher, scale, log)

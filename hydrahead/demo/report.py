@@ -181,19 +181,22 @@ def write_demo_report(out: Path, *, scale: DemoScale, teacher: Any, models: dict
     config = teacher.model.config
     params = sum(p.numel() for p in teacher.model.parameters())
     L = teacher.train_length
+    source = teacher.manifest.get("source")  # a pretrained teacher (`--teacher`), not the shipped one
     seeds = len(scale.seeds)
     lines = [
         "# hydrahead demo report",
         "",
         f"Command: `hydrahead demo --scale {scale.name}"
-        f"{'' if scale.preset == 'exact' else ' --preset ' + scale.preset}` · machine: {platform.machine()} "
+        f"{'' if scale.preset == 'exact' else ' --preset ' + scale.preset}"
+        f"{' --teacher ' + source + ' --length ' + str(L) if source else ''}` · machine: {platform.machine()} "
         f"{platform.processor() or ''} · python {platform.python_version()} · "
         f"date {datetime.date.today().isoformat()}",
         "",
-        f"Teacher: {config.model_type} trained from scratch by the project's recipe "
-        f"(`hydrahead/demo/assets/teacher_recipe.yaml`, sha256 {str(teacher.manifest.get('recipe_sha256'))[:12]}), "
-        f"{params / 1e6:.2f}M parameters, {config.num_hidden_layers} layers x {config.num_attention_heads} query heads "
-        f"({config.num_key_value_heads} KV heads, head_dim {config.head_dim}), training length {L}. Every student was "
+        (f"Teacher: `{source}`, pretrained, " if source else
+         f"Teacher: {config.model_type} trained from scratch by the project's recipe "
+         f"(`hydrahead/demo/assets/teacher_recipe.yaml`, sha256 {str(teacher.manifest.get('recipe_sha256'))[:12]}), ")
+        + f"{params / 1e6:.2f}M parameters, {config.num_hidden_layers} layers x {config.num_attention_heads} query heads "
+        f"({config.num_key_value_heads} KV heads, head_dim {config.head_dim}), {'length' if source else 'training length'} {L}. Every student was "
         f"distilled from it with the same recipe and budget (align {scale.align_tokens:,} + distill "
         f"{scale.distill_tokens:,} + long-context {scale.long_tokens:,} tokens) and the `{scale.preset}` hybrid "
         f"preset, once per seed {list(scale.seeds)}. "

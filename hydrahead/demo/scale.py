@@ -12,6 +12,8 @@ from typing import Any
 
 from hydrahead.errors import HydraHeadError
 
+PLAN_NAMES = ("hydrahead-7:1", "random-7:1", "fixed-per-layer-7:1", "layerwise-3:1", "layerwise-7:1", "all-gdn")
+
 
 @dataclass(frozen=True)
 class DemoScale:
@@ -38,6 +40,11 @@ class DemoScale:
     # retrieval before any training (a full-FA conversion scores 0), and no CPU budget re-learns it
     # (docs/results.md section 2); `hydrahead demo --preset paper` runs it anyway.
     preset: str = "exact"
+    # which plans are built and distilled (names of PLAN_NAMES; the teacher is always evaluated)
+    plans: tuple[str, ...] = PLAN_NAMES
+    # each packed document attends only to itself (data.isolate_documents): what a pretrained teacher needs;
+    # the shipped teacher was trained on rows of packed documents that see each other
+    isolate_documents: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +69,14 @@ SCALES: dict[str, DemoScale] = {
         long_tokens=2_000_000, distill_batch=32, seeds=(0, 1, 2), eval_multipliers=(1, 2, 4, 8, 16),
         eval_depths=(0.0, 0.25, 0.5, 0.75, 1.0), eval_samples=4, ppl_documents=16,
     ),
+    # a pretrained teacher (`--teacher`, e.g. SmolLM2-135M) on one GPU within minutes: three plans, one seed,
+    # 1x-4x the distillation length (bench/gpu_real_model.sh; `--budget` scales the tokens)
+    "study": DemoScale(
+        name="study", documents=(("niah", 2_000), ("multiquery", 2_000), ("repeat", 500), ("code", 2_000)),
+        probe_samples=6, validation_seeds=5, align_tokens=1_000_000, distill_tokens=2_000_000, long_tokens=250_000,
+        distill_batch=16, seeds=(0,), eval_multipliers=(1, 2, 4), eval_depths=(0.0, 0.5, 1.0), eval_samples=2,
+        ppl_documents=8, plans=("hydrahead-7:1", "random-7:1", "layerwise-3:1"), isolate_documents=True,
+    ),
 }
 
 
@@ -72,3 +87,22 @@ def get_scale(name: str, **overrides: Any) -> DemoScale:
         return replace(SCALES[name], **overrides)
     except TypeError as err:
         raise HydraHeadError(f"unknown demo setting in {sorted(overrides)}") from err
+
+
+def with_budget(scale: DemoScale, budget: float) -> DemoScale:
+    """`scale` with its align, distill and long-context tokens multiplied by `budget` (at least one step's worth
+    is left to the trainer)."""
+    if not budget > 0:
+        raise HydraHeadError(f"--budget must be a positive multiplier of the scale's tokens, got {budget}")
+    return replace(scale, align_tokens=max(1, round(scale.align_tokens * budget)),
+                   distill_tokens=max(1, round(scale.distill_tokens * budget)),
+                   long_tokens=max(1, round(scale.long_tokens * budget)))
+
+
+def with_plans(scale: DemoScale, names: str) -> DemoScale:
+    """`scale` distilling only the comma-separated plans `names`."""
+    plans = tuple(n.strip() for n in names.split(",") if n.strip())
+    bad = [n for n in plans if n not in PLAN_NAMES]
+    if bad or not plans:
+        raise HydraHeadError(f"--plans: unknown plan(s) {bad or names!r}; choose from {', '.join(PLAN_NAMES)}")
+    return replace(scale, plans=plans)

@@ -38,6 +38,10 @@ def files(tmp_path_factory):
             (d / "truncated" / name).write_bytes((d / "teacher" / name).read_bytes())
     (d / "truncated" / "model.safetensors").write_bytes((d / "teacher" / "model.safetensors").read_bytes()[:500])
     (d / "a_file").write_text("not a directory")
+    (d / "garbage.gguf").write_bytes(b"\x00" * 64)
+    (d / "two_ggufs").mkdir()
+    for name in ("a.gguf", "b.gguf"):
+        (d / "two_ggufs" / name).write_bytes(b"GGUF")
     (d / "a_dir").mkdir()
     (d / "binary.txt").write_bytes(bytes(range(256)) * 8)
     (d / "latin1.json").write_bytes('{"fa_heads": [[0], [3]], "meta": "caf\xe9"}'.encode("latin-1"))
@@ -56,7 +60,7 @@ def files(tmp_path_factory):
 
 
 def cases(d: Path) -> list[tuple[list[str], str]]:
-    T, H, P, S, F = (str(d / n) for n in ("teacher", "hybrid", "plan.json", "scores.json", "a_file"))
+    T, H, P, S, F, G = (str(d / n) for n in ("teacher", "hybrid", "plan.json", "scores.json", "a_file", "garbage.gguf"))
     new = str(d / "never_written")
     return [
         # convert
@@ -96,6 +100,16 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
          "--bucket: must be at least 1"),
         (["info", F], "a_file is a file, not a model directory"),
         (["info", T], "not a hydrahead hybrid"),
+        # GGUF models (--model and export)
+        (["convert", "--model", G, "--plan", P, "--out", new], "garbage.gguf is not a readable GGUF model"),
+        (["score", "--model", str(d / "two_ggufs"), "--out", f"{new}.json"], r"holds 2 GGUF files \(a.gguf, b.gguf\)"),
+        (["eval", "niah", "--models", H, G, "--out", new], "garbage.gguf is not a readable GGUF model"),
+        (["score", "--model", str(d / "nope.gguf"), "--out", f"{new}.json"], "GGUF file not found"),
+        (["export", G, new], "garbage.gguf is not a readable GGUF model"),
+        (["export", T, new], "teacher is not a .gguf file or a directory holding one"),
+        (["export", G, F], "a_file is a file"),
+        (["export", G, str(d)], "the directory holds other files"),
+        (["export", G, new, "--dtype", "float8"], "--dtype: invalid choice"),
         # distill and demo
         (["distill", str(d / "latin1.yaml")], "latin1.yaml is not UTF-8"),
         (["distill", str(d / "gpt2_recipe.yaml")], "teacher .*gpt2 is a 'gpt2' model"),
@@ -104,6 +118,13 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["demo", "--out", F], "a_file is a file"),
         (["demo", "--device", "banana"], "unknown device 'banana'"),
         (["demo", "--export-teacher", F], "a_file is a file"),
+        (["demo", "--out", new, "--plans", "hydrahead-7:1,best-plan"], r"--plans: unknown plan\(s\) \['best-plan'\]"),
+        (["demo", "--out", new, "--budget", "0"], "--budget must be a positive multiplier"),
+        (["demo", "--out", new, "--teacher", T, "--retrain-teacher"], "--teacher and --retrain-teacher exclude"),
+        (["demo", "--out", new, "--teacher", G], "garbage.gguf is not a readable GGUF model"),
+        (["demo", "--out", new, "--teacher", str(d / "gpt2")], "gpt2"),
+        (["score", "--model", T, "--out", f"{new}.json", "--context-length", "2q"], "--context-length: expected a length"),
+        (["score", "--model", T, "--out", f"{new}.json", "--answer-lead", "-1"], "--answer-lead: must be >= 0"),
     ]
 
 
