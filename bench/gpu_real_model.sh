@@ -16,7 +16,8 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl/wheels \
 #     flash-linear-attention==0.6.0 fla-core==0.6.0 gguf==0.19.0 datasets==5.2.0 dill multiprocess
-#   (check the versions `pip list` shows here; --platform any for pure-Python wheels)
+#   (the image has accelerate, pyarrow, torch 2.11 and transformers 5.17; check the versions `pip list`
+#   shows here; --platform any for pure-Python wheels)
 # then one call per part, each within 30 s of the last (/tmp survives on a warm machine, $OUT does not):
 #   run(carry=[".whl/smol/part-00"], command="mkdir -p /tmp/smol && cp .whl/smol/part-00 /tmp/smol/")
 #   ... part-01, part-02 ...
@@ -25,35 +26,34 @@
 # --budget scales the distillation tokens (scale `study`: 1M align + 2M distill + 0.25M long-context tokens
 # per plan at --budget 1); size it so that the whole call ends inside 9 minutes.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 if [ $# -lt 2 ]; then
     sed -n '2,12p' "$0" >&2
     exit 2
 fi
-SRC=$1
-OUT=$2
+SRC=$(realpath "$1")  # paths as the caller meant them, before moving to the repository root
+mkdir -p "$2"
+OUT=$(realpath "$2")
 shift 2
+cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-if [ -d "$SRC" ] && compgen -G "$SRC/part-*" > /dev/null; then  # sent in parts: join them once
-    if [ ! -f "$SRC/model.gguf" ]; then
-        cat "$SRC"/part-* > "$SRC/model.gguf.tmp" && mv "$SRC/model.gguf.tmp" "$SRC/model.gguf"
-    fi
+if [ -d "$SRC" ] && compgen -G "$SRC/part-*" > /dev/null; then  # sent in parts: join them (every time: cheap,
+    cat "$SRC"/part-* > "$SRC/model.gguf.tmp"                 # and a set completed later is joined whole)
+    mv "$SRC/model.gguf.tmp" "$SRC/model.gguf"
     SRC=$SRC/model.gguf
 fi
-if compgen -G ".whl/wheels/*.whl" > /dev/null && ! "$PY" -c "import fla, gguf, datasets" 2> /dev/null; then
+if compgen -G ".whl/wheels/*.whl" > /dev/null && ! "$PY" -c "import fla, gguf, datasets, accelerate" 2> /dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/wheels/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # this tree's hydrahead, installed or not
 
-mkdir -p "$OUT"
 "$PY" - > "$OUT/environment.txt" << 'PYEOF'
 import platform, importlib.metadata as md, torch
 print("date", __import__("datetime").datetime.now().isoformat(timespec="seconds"))
 print("machine", platform.machine(), platform.processor(), "python", platform.python_version())
 print("device", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
-for name in ("torch", "transformers", "triton", "flash-linear-attention", "gguf", "datasets"):
+for name in ("torch", "transformers", "triton", "flash-linear-attention", "gguf", "datasets", "accelerate"):
     try:
         print(name, md.version(name))
     except md.PackageNotFoundError:

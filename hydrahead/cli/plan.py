@@ -19,7 +19,7 @@ HELP = "choose full-attention heads from scores (or a layer-wise / random / per-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scores", default=None, help="head scores JSON (from `hydrahead score`)")
-    parser.add_argument("--model", default=None, help="teacher directory: its shape for baselines, and a check of --scores")
+    parser.add_argument("--model", default=None, help="teacher (a directory or a .gguf): its shape for baselines, and a check of --scores")
     parser.add_argument("--out", required=True, type=output_file, help="output plan JSON")
     parser.add_argument("--baseline", default="scores", choices=["scores", "layerwise", "random", "fixed-per-layer"],
                         help="scores: global top-k from --scores (default); the others are comparison baselines")

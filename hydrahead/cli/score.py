@@ -59,10 +59,12 @@ def probe_config_from(args: argparse.Namespace, base=None, model_config=None):
     return ProbeConfig(**{**(base.to_dict() if base is not None else {}), **overrides})
 
 
-def describe_leads(probes, tokenizer) -> str:
+def describe_leads(probes, tokenizer, config) -> str:
     """How many probes let the model's own formatting through, and which ("': '" x 14)."""
     from collections import Counter
 
+    if not config.answer_lead:
+        return "answers forced right after the prompt: --answer-lead 0"
     leads = Counter(tokenizer.decode(list(p.lead)) for p in probes if p.lead)
     if not leads:
         return "the model writes each answer right after the prompt, or does not answer"
@@ -71,7 +73,8 @@ def describe_leads(probes, tokenizer) -> str:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="teacher directory (config.json, weights, tokenizer)")
+    parser.add_argument("--model", required=True,
+                        help="teacher: a checkpoint directory (config.json, weights, tokenizer) or a .gguf file")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --model)")
     parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
                         help="dtype to load the teacher in (default float32)")
@@ -102,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model_and_tokenizer(args)
     config = probe_config_from(args, model_config=model.config)
     probes = build_probes(tokenizer, config, model=model, progress=True)
-    print(f"{len(probes)} probes of {config.context_length} tokens ({describe_leads(probes, tokenizer)})", flush=True)
+    print(f"{len(probes)} probes of {config.context_length} tokens ({describe_leads(probes, tokenizer, config)})",
+          flush=True)
     scores = score_heads(model, tokenizer, args.method, probes, probe_config=config, batch_size=args.batch_size,
                          progress=True)
     scores.to_json(args.out)

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                                           batch_size=args.batch_size, progress=True)
     probes = build_probes(tokenizer, validation_config, model=model, progress=True)
     print(f"ablating on {len(probes)} probes of {validation_config.context_length} tokens "
-          f"({describe_leads(probes, tokenizer)})", flush=True)
+          f"({describe_leads(probes, tokenizer, validation_config)})", flush=True)
     report = validate_scores(model, probes, scores, args.top_k, seeds=tuple(range(args.seeds)), mode=args.mode,
                              compare=compare, progress=True)
     if args.layer_plot:

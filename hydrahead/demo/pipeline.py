@@ -63,7 +63,7 @@ def get_teacher(out: Path, retrain: bool, device: str, log: Log, source: str | P
     from hydrahead.demo import teacher as shipped
 
     if source is not None:
-        return _pretrained_teacher(out, Path(source), length, log)
+        return _pretrained_teacher(out, Path(source), length, device, log)
     length = length or shipped.load_recipe()["pretrain"]["stage"]["seq_len"]
     if retrain:
         from hydrahead.models.loading import load_model, load_tokenizer
@@ -78,18 +78,30 @@ def get_teacher(out: Path, retrain: bool, device: str, log: Log, source: str | P
     return Teacher(model, tokenizer, shipped.SHIPPED, manifest, length)
 
 
-def _pretrained_teacher(out: Path, source: Path, length: int | None, log: Log) -> Teacher:
+def _pretrained_teacher(out: Path, source: Path, length: int | None, device: str, log: Log) -> Teacher:
     from hydrahead.models.gguf import export_gguf, find_gguf
     from hydrahead.models.loading import load_model, load_tokenizer
+    from hydrahead.utils.io import atomic_write_text
     from hydrahead.scoring import default_context_length
 
     path = source
-    if find_gguf(source) is not None:
+    gguf = find_gguf(source)
+    if gguf is not None:  # exported once into <out>/teacher, with a note of the file it came from
         path = out / "teacher"
-        if not (path / "config.json").is_file():
+        origin = {"source": str(gguf.resolve()), "bytes": gguf.stat().st_size}
+        note = path / "manifest.json"
+        if (path / "config.json").is_file():
+            if not note.is_file() or json.loads(note.read_text()) != origin:
+                raise ResumeError(f"{path} holds a teacher exported from another file than {gguf}; give the demo "
+                                  "a new --out, or delete the old one")
+        else:
             log(f"teacher: exporting {source} to {path}")
             export_gguf(source, path)
-    model, tokenizer = load_model(path, "float32", supported=True), load_tokenizer(path)
+            atomic_write_text(note, json.dumps(origin) + "\n")
+    model, tokenizer = load_model(path, "float32", device, supported=True), load_tokenizer(path)
+    if tokenizer.pad_token_id is None:  # document-packed distillation pads rows (labels skip the padding)
+        tokenizer.pad_token = tokenizer.eos_token
+        log(f"teacher: its tokenizer has no pad token; padding with EOS {tokenizer.eos_token!r}")
     config = model.config
     length = length or default_context_length(config)
     log(f"teacher: {source} ({config.model_type}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
@@ -149,6 +161,7 @@ def score_and_plan(out: Path, teacher: Teacher, scale: DemoScale, log: Log) -> t
     }
     plans: dict[str, HeadPlan] = {}
     notes: dict[str, str] = {}
+    assert set(makers) == set(PLAN_NAMES), "every plan the demo can run has a maker"
     for name, make in makers.items():
         if name not in scale.plans:
             continue

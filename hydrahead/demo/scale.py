@@ -7,6 +7,7 @@ for a CUDA machine.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -92,7 +93,7 @@ def get_scale(name: str, **overrides: Any) -> DemoScale:
 def with_budget(scale: DemoScale, budget: float) -> DemoScale:
     """`scale` with its align, distill and long-context tokens multiplied by `budget` (at least one step's worth
     is left to the trainer)."""
-    if not budget > 0:
+    if not (budget > 0 and math.isfinite(budget)):
         raise HydraHeadError(f"--budget must be a positive multiplier of the scale's tokens, got {budget}")
     return replace(scale, align_tokens=max(1, round(scale.align_tokens * budget)),
                    distill_tokens=max(1, round(scale.distill_tokens * budget)),

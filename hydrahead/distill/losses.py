@@ -58,13 +58,22 @@ def document_positions(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
 AlignLoss = Literal["nmse", "mse"]
 
 
-def sequence_variance(teacher: torch.Tensor) -> torch.Tensor:
-    """(B, T, d) -> (B,): each sequence's variance over its positions, per feature, averaged over features."""
-    return teacher.float().var(dim=1, correction=0).mean(-1)
+def _position_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(B, T, d), (B, T, 1) -> (B, d): the mean over the positions that count."""
+    return (x * weight).sum(1) / weight.sum(1).clamp(min=1)
+
+
+def sequence_variance(teacher: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, d) -> (B,): each sequence's variance over its positions (those `positions` marks, (B, T) bool),
+    per feature, averaged over features."""
+    t = teacher.float()
+    weight = torch.ones_like(t[..., :1]) if positions is None else positions[..., None].to(t.dtype)
+    centred = t - _position_mean(t, weight)[:, None]
+    return _position_mean(centred.pow(2), weight).mean(-1)
 
 
 def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], kind: AlignLoss = "nmse",
-                      eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+                      eps: float = 1e-8, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Paper Eq. 15, per layer, averaged over layers (the paper sums; the mean only rescales). Returns
     (loss, per-layer terms detached, (L,)).
 
@@ -80,7 +89,8 @@ def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.T
     Centred variance rather than mean(t^2): a large constant offset of the residual stream would
     otherwise inflate the denominator and hide errors in what varies. Per sequence rather than per batch:
     the loss is then a mean over sequences, the same however the global batch is split over processes
-    and micro-steps (a recipe trains the same on 1 or N processes).
+    and micro-steps (a recipe trains the same on 1 or N processes). `positions` (B, T) bool: the positions
+    that count, in both terms (the padding of document-packed rows does not); default all.
     """
     if len(student) != len(teacher):
         raise ValueError(f"{len(student)} student hidden states vs {len(teacher)} teacher hidden states")
@@ -88,9 +98,10 @@ def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.T
         raise ValueError(f"hidden_state_loss: kind must be nmse or mse, got {kind!r}")
     terms = []
     for s, t in zip(student, teacher):
-        per_sequence = (s.float() - t.float()).pow(2).mean(dim=(1, 2))  # (B,)
+        weight = torch.ones_like(t[..., :1], dtype=torch.float32) if positions is None else positions[..., None].float()
+        per_sequence = _position_mean((s.float() - t.float()).pow(2), weight).mean(-1)  # (B,)
         if kind == "nmse":
-            per_sequence = per_sequence / sequence_variance(t).detach().clamp(min=eps)
+            per_sequence = per_sequence / sequence_variance(t, positions).detach().clamp(min=eps)
         terms.append(per_sequence.mean())
     per_layer = torch.stack(terms)  # (L,)
     return per_layer.mean(), per_layer.detach()

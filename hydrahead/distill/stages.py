@@ -96,7 +96,8 @@ class AlignStage(Stage):
 
     def loss(self, student, input_ids, targets):
         out = student.model(**self.inputs(input_ids), use_cache=False, output_hidden_states=True)
-        loss, per_layer = hidden_state_loss(out.hidden_states[1:], targets, self.config.loss)
+        positions = None if self.pad_id is None else input_ids != self.pad_id  # padding carries no loss
+        loss, per_layer = hidden_state_loss(out.hidden_states[1:], targets, self.config.loss, positions=positions)
         return loss, {"layer_loss": per_layer}
 
     def progress_fields(self, metrics: dict[str, Any]) -> dict[str, str]:

@@ -108,6 +108,10 @@ def load_gguf_tokenizer(file: Path) -> Any:
         token_id = metadata.get(f"tokenizer.ggml.{key}_token_id")
         if token_id is not None:
             setattr(tokenizer, f"{name}_token", tokenizer.convert_ids_to_tokens(token_id))
+    # ... and ignores whether the file's tokenizer adds BOS / EOS to every text (Llama 3 and Mistral files do)
+    for name in ("bos", "eos"):
+        if f"tokenizer.ggml.add_{name}_token" in metadata:
+            setattr(tokenizer, f"add_{name}_token", bool(metadata[f"tokenizer.ggml.add_{name}_token"]))
     tokenizer.clean_up_tokenization_spaces = False
     return tokenizer
 

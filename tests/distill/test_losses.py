@@ -89,6 +89,19 @@ def test_nmse_is_mse_over_teacher_variance_by_hand():
     assert hidden_state_loss([mean_student], [teacher])[0].item() == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("kind", ["nmse", "mse"])
+def test_padding_counts_in_neither_term(kind):
+    """A row padded to a longer length scores what the unpadded row scores, whatever the padding holds."""
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(2, 5, 4, generator=g)
+    student = teacher + 0.5 * torch.randn(2, 5, 4, generator=g)
+    pad_t, pad_s = 100 * torch.randn(2, 3, 4, generator=g), -100 * torch.randn(2, 3, 4, generator=g)
+    positions = torch.cat([torch.ones(2, 5, dtype=torch.bool), torch.zeros(2, 3, dtype=torch.bool)], dim=1)
+    padded = hidden_state_loss([torch.cat([student, pad_s], 1)], [torch.cat([teacher, pad_t], 1)], kind,
+                               positions=positions)
+    torch.testing.assert_close(padded[1], hidden_state_loss([student], [teacher], kind)[1])
+
+
 @pytest.mark.parametrize("scale", [1e-2, 1e3], ids=lambda c: f"x{c:g}")
 def test_nmse_is_invariant_to_a_layers_scale(scale):
     """Scaling (and shifting) one layer's teacher and student outputs alike leaves every term as it was:

@@ -54,8 +54,10 @@ def permute(weight: np.ndarray, heads: int) -> np.ndarray:
     return weight.reshape(heads, 2, rows, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast) -> Path:
-    """`model` (a LlamaForCausalLM without attention bias) and `tokenizer` (byte-level BPE) as an F32 GGUF."""
+def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast,
+               add_bos: bool | None = None) -> Path:
+    """`model` (a LlamaForCausalLM without attention bias) and `tokenizer` (byte-level BPE) as an F32 GGUF;
+    `add_bos`: the file says whether its tokenizer puts BOS before every text (None: it says nothing)."""
     import gguf
 
     config, path = model.config, Path(path)
@@ -85,6 +87,8 @@ def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer: PreTrainedTo
     writer.add_bos_token_id(tokenizer.bos_token_id)
     writer.add_eos_token_id(tokenizer.eos_token_id)
     writer.add_pad_token_id(tokenizer.eos_token_id)  # as SmolLM2's file: padding with <|im_end|>
+    if add_bos is not None:
+        writer.add_add_bos_token(add_bos)
     writer.add_chat_template(tokenizer.chat_template)
 
     writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])

@@ -10,7 +10,7 @@ import torch
 import hydrahead
 from hydrahead.cli import main
 from hydrahead.errors import GgufNotInstalledError
-from tests.models.gguf_writer import CHAT_TEMPLATE, SENTENCES, write_tiny_gguf
+from tests.models.gguf_writer import CHAT_TEMPLATE, SENTENCES, write_gguf, write_tiny_gguf
 from tests.real_model import SMOLLM2_GGUF
 
 pytest.importorskip("gguf")
@@ -64,6 +64,15 @@ def test_tokenizer_is_the_one_written(tiny):
     # transformers' converter gives EOS the BOS token; the loader takes both from the file
     assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
     assert tokenizer.chat_template == CHAT_TEMPLATE
+
+
+@pytest.mark.parametrize("add_bos", [True, False])
+def test_the_files_add_bos_setting_is_kept(tiny, tmp_path, add_bos):
+    """Llama 3 and Mistral files ask for BOS before every text; transformers' converter drops the setting."""
+    _, model, written = tiny
+    path = write_gguf(tmp_path / "bos.gguf", model, written, add_bos=add_bos)
+    ids = hydrahead.load_tokenizer(path)("The lazy fox")["input_ids"]
+    assert (ids[0] == written.bos_token_id) is add_bos and ids[int(add_bos):] == written("The lazy fox")["input_ids"]
 
 
 def test_export_round_trips(tiny, tmp_path):

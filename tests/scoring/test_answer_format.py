@@ -43,9 +43,9 @@ def test_formatting_is_punctuation_whitespace_or_a_first_list_marker():
 def test_the_lead_is_what_the_model_writes_before_the_answer():
     tok = char_tokenizer()
     colon, space, seven = _ids(tok, ":")[0], _ids(tok, " ")[0], _ids(tok, "7")[0]
-    assert model_lead(ScriptedLM([colon, space, seven]), [1, 2, 3], space, max_tokens=4) == [colon]
-    assert model_lead(ScriptedLM([space, seven]), [1, 2, 3], space, max_tokens=4) == []
-    assert model_lead(ScriptedLM([colon] * 9), [1, 2, 3], space, max_tokens=4) is None  # never answers
+    assert model_lead(ScriptedLM([colon, space, seven]), [1, 2, 3], {space}, max_tokens=4) == ([colon], space)
+    assert model_lead(ScriptedLM([space, seven]), [1, 2, 3], {space}, max_tokens=4) == ([], space)
+    assert model_lead(ScriptedLM([colon] * 9), [1, 2, 3], {space}, max_tokens=4) is None  # never answers
 
 
 def test_a_lead_goes_into_both_runs_and_moves_the_readout():
@@ -71,6 +71,20 @@ def test_words_before_the_answer_are_not_taken_as_formatting():
     assert follow_answer_format(chatty, tok, probes)[0] == probes[0]
     polite = ScriptedLM(_ids(tok, ":\n") + [first])
     assert follow_answer_format(polite, tok, probes)[0].lead == tuple(_ids(tok, ":\n"))
+
+
+def test_after_a_newline_the_value_may_come_without_its_space():
+    """BPE writes "805" after a newline where the probe's answer is " 805": the probe follows."""
+    tok = char_tokenizer()
+    probe = build_probes(tok, ProbeConfig(context_length=600, samples=1, needle_types=("number",),
+                                          capabilities=("single_key",)))[0]
+    value = tok.decode(list(probe.answer)).strip()
+    newline = ScriptedLM(_ids(tok, "\n" + value))
+    moved = follow_answer_format(newline, tok, [probe])[0]
+    assert moved.lead == tuple(_ids(tok, "\n")) and moved.answer == tuple(_ids(tok, value))
+    assert tok.decode(list(moved.distractor)) == tok.decode(list(probe.distractor)).strip()
+    assert moved.clean_ids[moved.prompt_length:] == moved.answer[:-1]  # teacher-forced as the model writes it
+    assert moved.corrupt_ids[:moved.prompt_length] == probe.corrupt_ids[:probe.prompt_length] + moved.lead
 
 
 def _greedy_writes_answer(model, probe) -> bool:
