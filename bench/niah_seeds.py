@@ -4,7 +4,7 @@ Each argument is a `hydrahead eval niah --seed S` output directory (its niah.jso
 and lengths; a cell is the mean score of one seed's prompts, and the table gives the mean over seeds
 ± half the range between them (docs/real_models.md section 1).
 
-Usage: python bench/niah_seeds.py RUN_SEED1 RUN_SEED2 [...] --plot niah_seeds.png
+Usage: python bench/niah_seeds.py RUN_SEED1 RUN_SEED2[,RUN_SEED2_8K] [...] --plot niah_seeds.png
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from pathlib import Path
 from statistics import mean
 
 
-def seed_cells(run: Path) -> dict[tuple[str, int], float]:
-    """(task, length) -> mean score in percent, over the run's depths and samples (task "all": every task)."""
-    records = json.loads((run / "niah.json").read_text())["records"]
+def seed_cells(run: str) -> dict[tuple[str, int], float]:
+    """(task, length) -> mean score in percent, over the run's depths and samples (task "all": every task).
+    `run`: an output directory, or several of one seed joined by commas (lengths evaluated apart)."""
+    records = [r for part in run.split(",") for r in json.loads((Path(part) / "niah.json").read_text())["records"]]
     cells: dict[tuple[str, int], list[float]] = {}
     for r in records:
         for task in (r["task"], "all"):
@@ -27,7 +28,8 @@ def seed_cells(run: Path) -> dict[tuple[str, int], float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path, help="eval niah output directories, one per seed")
+    p.add_argument("runs", nargs="+", help="eval niah output directories, one per seed (DIR or DIR,DIR: one seed "
+                                            "evaluated in several runs)")
     p.add_argument("--plot", type=Path, default=None, help="PNG: accuracy vs length, mean and spread per task")
     args = p.parse_args()
     seeds = [seed_cells(run) for run in args.runs]

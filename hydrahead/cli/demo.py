@@ -7,7 +7,7 @@ evaluate NIAH at 1x-8x the training length and held-out perplexity, and write <o
 with the verdict, tables and plots.
 
 Examples:
-  hydrahead demo                                 # default scale: about 13 minutes on a 2-core CPU
+  hydrahead demo                                 # default scale: about 11 minutes on a 2-core CPU
   hydrahead demo --scale tiny --out /tmp/demo    # smoke test, about a minute
   hydrahead demo --export-teacher teacher/       # the shipped teacher as a Hugging Face checkpoint
   hydrahead demo --retrain-teacher --out run/    # rebuild the teacher from its recipe (about an hour on

@@ -1,0 +1,52 @@
+"""Where a freshly converted student's align error lies: per layer (the align loss's normalised terms),
+and at chosen layers the share of the squared error held by the top positions and residual features.
+
+Usage: python bench/align_error.py --teacher smollm2/ --plan plans/kvgroup-7to1.json --data data/train.jsonl
+(docs/real_models.md section 7: SmolLM2's error at layer 15 is 98.5% one massive-activation feature)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+
+import torch
+
+
+def main() -> None:
+    from hydrahead import HeadPlan, HybridOptions, convert, load_model, load_tokenizer
+    from hydrahead.distill.losses import hidden_state_loss
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--plan", required=True)
+    p.add_argument("--data", required=True, help="JSONL with a text field: its first documents, concatenated")
+    p.add_argument("--length", type=int, default=512)
+    p.add_argument("--preset", default="exact")
+    p.add_argument("--layers", default="5,15,-1", help="layers whose error is broken down")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    teacher, tok = load_model(args.teacher, "float32"), load_tokenizer(args.teacher)
+    texts = [json.loads(line)["text"] for line in open(args.data)][:64]
+    ids = torch.tensor([sum((tok(t)["input_ids"] for t in texts), [])[:args.length]])  # (1, T)
+    student = convert(copy.deepcopy(teacher), HeadPlan.from_json(args.plan), HybridOptions.preset(args.preset),
+                      calibration=ids)
+    with torch.no_grad():
+        want = teacher.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[1:]
+        got = student.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[1:]
+    _, nmse = hidden_state_loss(got, want)
+    print("nmse per layer:", " ".join(f"{x:.3g}" for x in nmse.tolist()))
+    for layer in (int(x) % len(want) for x in args.layers.split(",")):
+        err = (got[layer] - want[layer])[0].pow(2)  # (T, d)
+        by_position, by_feature = err.sum(-1), err.sum(0)
+        pos, feat = by_position.topk(3), by_feature.topk(3)
+        norms = want[layer][0].norm(dim=-1)  # (T,)
+        print(f"layer {layer}: top positions {pos.indices.tolist()} hold "
+              f"{[round(x, 3) for x in (pos.values / by_position.sum()).tolist()]} of the error, top features "
+              f"{feat.indices.tolist()} {[round(x, 3) for x in (feat.values / by_feature.sum()).tolist()]}; "
+              f"teacher |h| at position 0 {norms[0]:.0f}, median {norms.median():.0f}")
+
+
+if __name__ == "__main__":
+    main()
