@@ -63,11 +63,10 @@ def _position_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return (x * weight).sum(1) / weight.sum(1).clamp(min=1)
 
 
-def sequence_variance(teacher: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, T, d) -> (B,): each sequence's variance over its positions (those `positions` marks, (B, T) bool),
-    per feature, averaged over features."""
+def sequence_variance(teacher: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(B, T, d), (B, T, 1) -> (B,): each sequence's variance over the positions that count, per feature,
+    averaged over features."""
     t = teacher.float()
-    weight = torch.ones_like(t[..., :1]) if positions is None else positions[..., None].to(t.dtype)
     centred = t - _position_mean(t, weight)[:, None]
     return _position_mean(centred.pow(2), weight).mean(-1)
 
@@ -97,11 +96,12 @@ def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.T
     if kind not in ("nmse", "mse"):
         raise ValueError(f"hidden_state_loss: kind must be nmse or mse, got {kind!r}")
     terms = []
+    first = teacher[0]
+    weight = (torch.ones(first.shape[:2], device=first.device) if positions is None else positions.float())[..., None]
     for s, t in zip(student, teacher):
-        weight = torch.ones_like(t[..., :1], dtype=torch.float32) if positions is None else positions[..., None].float()
         per_sequence = _position_mean((s.float() - t.float()).pow(2), weight).mean(-1)  # (B,)
         if kind == "nmse":
-            per_sequence = per_sequence / sequence_variance(t, positions).detach().clamp(min=eps)
+            per_sequence = per_sequence / sequence_variance(t, weight).detach().clamp(min=eps)
         terms.append(per_sequence.mean())
     per_layer = torch.stack(terms)  # (L,)
     return per_layer.mean(), per_layer.detach()
