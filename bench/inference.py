@@ -20,16 +20,34 @@ rotated order) in one process and reported as the ratio teacher time / model tim
   cache     bytes the hybrid's cache holds after a real prefill, against the plan's figure
             (`hydrahead.models.footprint`: K/V bytes per token x tokens + GDN state per sequence)
 
+  ops       ATen ops (what launches a kernel: counted at torch's dispatcher, after autograd and composite
+            decomposition, views excluded) per decoder layer in one decode step and one prefill, hybrid
+            vs teacher, on a narrow copy of the config with --ops-layers layers (counts do not depend on
+            widths; the first layer also works out what every layer of a forward shares, so the figure is
+            the mean over the layers of a model as deep as Qwen3-1.7B)
+  generate  ms per generated token of a plain `model.generate(ids, max_new_tokens=N)`, as a user calls it
+            (the hybrid's own default: on CUDA the static cache with its decode compiled and graph-
+            captured; the teacher's: transformers' dynamic cache, eager), and the first call's extra time
+            (compilation)
+  max-batch (CUDA) the largest batch whose cache holds the context next to the weights, from each cache's
+            bytes per sequence and the free device memory, checked by allocating it and decoding one token
+
 Floors, measured in the same run: prefill FLOPs (linear layers, causal FA attention, GDN chunk arithmetic)
 over the measured GEMM rate; decode bytes (weights read once, K/V read, GDN state read and written) over
 the measured copy bandwidth (read + write of a 512 MiB buffer), and the same bytes over the rate a
 batch-1 matrix-vector product streams weights (what torch's GEMV reaches here). A ratio to the floor near 1 means the time is what the arithmetic or the
 memory traffic costs; far above 1 means overhead.
 
+The process runs with glibc's allocator as a user's process has it; `--allocator kept` first calls
+`hydrahead.keep_freed_memory()` (freed memory kept for reuse; see hydrahead/utils/memory.py), the other
+column of docs/benchmarks.md.
+
 Usage:
   python bench/inference.py                               # CPU defaults: 2 layers, fp32, 1K-32K
+  python bench/inference.py --sections ops                # the op counts alone (seconds)
   python bench/inference.py --prefill 1024,4096 --decode 1024,4096 --repeats 1   # a quick look
-  python bench/inference.py --device cuda --dtype bf16 --layers 4 --prefill 4096,...,262144
+  python bench/inference.py --device cuda --dtype bf16 --layers 4 --prefill 4096,...,131072 --graphs \
+      --sections ops,prefill,decode,generate,max-batch     # what bench/gpu.sh runs
 Writes --json (every number) and --plot (PNG), prints markdown tables.
 """
 
@@ -47,25 +65,29 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, Qwen3Config, Qwen3ForCausalLM, StaticCache
 
-from hydrahead import HeadPlan, HybridHeadCache, HybridOptions, convert
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from hydrahead import HeadPlan, HybridHeadCache, HybridOptions, convert, keep_freed_memory
 from hydrahead.models.footprint import footprint
-from hydrahead.utils.memory import keep_freed_memory
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODELS = ("teacher", "hydrahead-7:1", "layerwise-3:1", "all-gdn")
+SECTIONS = ("ops", "prefill", "decode", "generate", "max-batch")
 
 
-def build_models(args) -> dict[str, torch.nn.Module]:
+def build_models(args, layers: int | None = None, hidden: int = 2048, intermediate: int = 6144,
+                 vocab: int | None = None) -> dict[str, torch.nn.Module]:
+    layers = args.layers if layers is None else layers
     config = Qwen3Config(
-        vocab_size=args.vocab, hidden_size=2048, intermediate_size=6144, num_hidden_layers=args.layers,
-        num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=1 << 20,
-        rms_norm_eps=1e-6, tie_word_embeddings=True, attn_implementation="sdpa",
+        vocab_size=args.vocab if vocab is None else vocab, hidden_size=hidden, intermediate_size=intermediate,
+        num_hidden_layers=layers, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+        max_position_embeddings=1 << 20, rms_norm_eps=1e-6, tie_word_embeddings=True, attn_implementation="sdpa",
     )
     torch.manual_seed(0)
     teacher = Qwen3ForCausalLM(config).eval()
     plans = {
         # the same GQA group in every layer: where the plan puts the group does not change the cost
-        "hydrahead-7:1": HeadPlan(tuple((0, 1) for _ in range(args.layers)), 16, 8),
+        "hydrahead-7:1": HeadPlan(tuple((0, 1) for _ in range(layers)), 16, 8),
         "layerwise-3:1": HeadPlan.layerwise(config, "3:1"),
         "all-gdn": HeadPlan.none(config),
     }
@@ -180,10 +202,10 @@ def filled_cache(model, kind: str, context: int, batch: int, room: int):
     """A cache that holds `context` tokens of random K/V and states, with room for `room` more."""
     config, device, dtype = model.config, model.device, model.dtype
     D, L = config.head_dim, config.num_hidden_layers
-    gen = torch.Generator(device="cpu").manual_seed(1)
+    gen = torch.Generator(device=device).manual_seed(1)
 
-    def rand(*shape, dtype=dtype):
-        return (0.1 * torch.randn(*shape, generator=gen)).to(device, dtype)
+    def rand(*shape, dtype=dtype):  # made on the device: filling 128K tokens of K/V on the host takes minutes
+        return (0.1 * torch.randn(*shape, generator=gen, device=device)).to(dtype)
 
     plan = getattr(model, "hydrahead_plan", None)
     if plan is None:
@@ -261,6 +283,147 @@ def check_decode_caches_agree(models, batch: int = 1, context: int = 64) -> None
             raise SystemExit(f"{name}: static and dynamic cache logits differ (relative {err:.2e})")
 
 
+# ---- op counts ------------------------------------------------------------------------------------------
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen ops that reach a kernel while `on`: seen at the dispatcher after autograd and composite
+    decomposition (so `linear` is its `mm`), views and metadata-only ops excluded."""
+
+    METADATA = {"_unsafe_view", "detach", "lift_fresh", "alias"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on, self.count = False, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.on and not func.is_view and func.overloadpacket.__name__ not in self.METADATA:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@torch.no_grad()
+def layer_ops(model, tokens: int, context: int) -> list[int]:
+    """Ops of each decoder layer in one forward of `tokens` tokens after `context` cached ones (0: a fresh
+    prefill), on the model's dynamic cache."""
+    counter = OpCounter()
+    counts: list[int] = []
+
+    def start(*_):
+        counter.on, counter.count = True, 0
+
+    def stop(*_):
+        counter.on = False
+        counts.append(counter.count)
+
+    hooks = [h for layer in model.model.layers
+             for h in (layer.register_forward_pre_hook(start), layer.register_forward_hook(stop))]
+    vocab, device = model.config.vocab_size, model.device
+    cache = HybridHeadCache(model.config) if hasattr(model, "hydrahead_plan") else DynamicCache(config=model.config)
+    if context:
+        model(torch.randint(0, vocab, (1, context), device=device), past_key_values=cache, use_cache=True)
+    counts.clear()
+    try:
+        with counter:
+            model(torch.randint(0, vocab, (1, tokens), device=device), past_key_values=cache, use_cache=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts
+
+
+def op_counts(args) -> list[dict]:
+    """Per model: mean ops per decoder layer in a decode step (64 tokens cached) and in a 1024-token prefill,
+    on a narrow copy (hidden 256) of the bench's config with --ops-layers layers."""
+    models = build_models(args, layers=args.ops_layers, hidden=256, intermediate=512, vocab=512)
+    rows = []
+    for name, model in models.items():
+        model.to(torch.device(args.device), DTYPES[args.dtype])
+        decode, prefill = layer_ops(model, 1, 64), layer_ops(model, 1024, 0)
+        rows.append({"model": name, "layers": len(decode), "decode_mean": sum(decode) / len(decode),
+                     "decode_layer": decode, "prefill_mean": sum(prefill) / len(prefill), "prefill_layer": prefill})
+    teacher = rows[0]
+    for row in rows:
+        row["decode_ratio"] = row["decode_mean"] / teacher["decode_mean"]
+        row["prefill_ratio"] = row["prefill_mean"] / teacher["prefill_mean"]
+        print(f"ops {row['model']:<14} decode {row['decode_mean']:6.1f} per layer (x{row['decode_ratio']:.2f}; "
+              f"first layer {row['decode_layer'][0]}, others {sorted(set(row['decode_layer'][1:]))})  prefill "
+              f"{row['prefill_mean']:7.1f} (x{row['prefill_ratio']:.2f})", flush=True)
+    return rows
+
+
+# ---- generate, graphs, max batch ----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def time_generate(model, context: int, new_tokens: int, repeats: int) -> dict:
+    """ms per token of a plain generate() after a `context`-token prompt: (time for new_tokens + 1 tokens
+    - time for 1 token) / new_tokens, the minimum over repeats; `first_s`: the first call's extra seconds."""
+    device = model.device
+    ids = torch.randint(0, model.config.vocab_size, (1, context), device=device)
+
+    def run(n: int) -> float:
+        sync(device)
+        start = time.perf_counter()
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                       do_sample=False, pad_token_id=0)
+        sync(device)
+        return time.perf_counter() - start
+
+    first = run(new_tokens + 1)
+    long = min(run(new_tokens + 1) for _ in range(repeats))
+    short = min(run(1) for _ in range(repeats))
+    return {"ms": 1e3 * (long - short) / new_tokens, "first_s": first - long}
+
+
+def graph_step(device: torch.device):
+    """A decode step compiled as transformers' generate compiles it: CUDA graphs on CUDA (reduce-overhead)."""
+    mode = "reduce-overhead" if device.type == "cuda" else None
+    return torch.compile(eager_step, mode=mode, fullgraph=False, dynamic=False)
+
+
+def max_batch(model, context: int, max_tries: int = 6) -> dict:
+    """The largest batch whose static cache of `context` (+ 1) tokens fits next to the weights: the free memory
+    over the cache's bytes per sequence, checked by filling that cache and decoding one token (halved on OOM)."""
+    device = model.device
+    one = filled_cache(model, "static", context, 1, room=1)
+    per_sequence = sum(t.nbytes for layer in one.layers for t in _cache_tensors(layer))
+    del one
+    gc.collect()
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(device)
+    batch = int(0.9 * free // per_sequence)  # 10% for activations and the allocator
+    checked = False
+    for _ in range(max_tries):
+        if batch < 1:
+            break
+        try:
+            cache = filled_cache(model, "static", context, batch, room=1)
+            token = torch.ones(batch, 1, dtype=torch.long, device=device)
+            eager_step(model, token, torch.full((batch, 1), context, device=device), cache)
+            sync(device)
+            checked = True
+            break
+        except torch.OutOfMemoryError:
+            batch //= 2
+        finally:
+            cache = None
+            gc.collect()
+            torch.cuda.empty_cache()
+    return {"batch": batch if checked else 0, "bytes_per_sequence": per_sequence, "checked": checked}
+
+
+def _cache_tensors(layer):
+    for name in ("keys", "values"):
+        t = getattr(layer, name, None)
+        if isinstance(t, torch.Tensor):
+            yield t
+    for name in ("conv_states", "recurrent_states"):
+        for t in getattr(layer, name, None) or []:
+            if isinstance(t, torch.Tensor):
+                yield t
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -269,6 +432,8 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=10240,
                         help="LM-head rows; 10240 gives a 2-layer slice the LM-head share of a 28-layer model with "
                              "Qwen3's 151936-token vocabulary (default 10240)")
+    parser.add_argument("--sections", default="ops,prefill,decode",
+                        help=f"comma-separated, from {SECTIONS} (default: ops,prefill,decode)")
     parser.add_argument("--prefill", default="1024,4096,8192,16384,32768", help="prompt lengths (comma-separated)")
     parser.add_argument("--decode", default="1024,4096,16384,32768", help="cached context lengths for decode")
     parser.add_argument("--batch", default="1,4", help="decode batch sizes (comma-separated)")
@@ -276,41 +441,57 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats per figure (the minimum counts)")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {MODELS}; append '+shared' "
                         "to a hybrid for GDN k/v shared within a GQA group")
-    parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd decode step (static cache)")
+    parser.add_argument("--graphs", action="store_true",
+                        help="also time decode compiled on static caches (CUDA: graph-captured, as generate does)")
+    parser.add_argument("--generate", default="16384", help="prompt lengths for the generate section")
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens per timed generate call")
+    parser.add_argument("--max-batch", default="131072", help="context lengths for the max-batch section (CUDA)")
+    parser.add_argument("--ops-layers", type=int, default=28, help="layers of the narrow op-count model (default 28)")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--system-malloc", action="store_true",
-                        help="keep glibc's allocator defaults (by default freed memory is kept for reuse, "
-                             "see hydrahead/utils/memory.py)")
+    parser.add_argument("--allocator", choices=("plain", "kept"), default="plain",
+                        help="plain: glibc's defaults, as in a user's process (default); kept: call "
+                             "hydrahead.keep_freed_memory() first")
     parser.add_argument("--json", default="bench_inference.json")
     parser.add_argument("--plot", default=None, help="write the ratio plot to this PNG")
     args = parser.parse_args()
     args.models = [m for m in args.models.split(",") if m]
     if "teacher" not in args.models:
         args.models.insert(0, "teacher")
+    sections = [x for x in args.sections.split(",") if x]
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"unknown section(s) {unknown}; choose from {SECTIONS}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    heap = False if args.system_malloc else keep_freed_memory()
+    heap = keep_freed_memory() if args.allocator == "kept" else False
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
+
+    result = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": args.dtype,
+        "layers": args.layers, "vocab": args.vocab, "date": datetime.date.today().isoformat(),
+        "load_before": os.getloadavg()[0], "allocator": args.allocator, "heap_allocator": heap, "sections": sections,
+        "ops": [], "prefill": [], "decode": [], "generate": [], "max_batch": [], "cache": [],
+    }
+    if "ops" in sections:
+        result["ops"] = op_counts(args)
+    timed = [x for x in sections if x != "ops"]
+    if not timed:
+        return finish(result, args)
 
     models = build_models(args)
     names = list(models)
     check_decode_caches_agree(models)
     rate, bandwidth, gemv = gemm_rate(device, dtype), copy_bandwidth(device), matvec_bandwidth(device, dtype)
-    result = {
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "device": str(device),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": args.dtype,
-        "layers": args.layers, "vocab": args.vocab, "date": datetime.date.today().isoformat(),
-        "load_before": os.getloadavg()[0], "heap_allocator": heap, "gemm_flops": rate, "copy_bytes_per_s": bandwidth,
-        "matvec_bytes_per_s": gemv,
-        "parameters": {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()},
-        "prefill": [], "decode": [], "cache": [],
-    }
+    result.update({"gemm_flops": rate, "copy_bytes_per_s": bandwidth, "matvec_bytes_per_s": gemv,
+                   "parameters": {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}})
     print(f"GEMM {rate / 1e9:.1f} GFLOP/s, copy {bandwidth / 1e9:.1f} GB/s, matvec {gemv / 1e9:.1f} GB/s, threads {torch.get_num_threads()}, "
-          f"load {result['load_before']:.2f}, freed memory kept: {heap}", flush=True)
+          f"load {result['load_before']:.2f}, allocator: {args.allocator}", flush=True)
 
     vocab = models["teacher"].config.vocab_size
-    for T in [int(x) for x in args.prefill.split(",") if x]:
+    for T in [int(x) for x in args.prefill.split(",") if x] if "prefill" in sections else []:
         ids = torch.randint(0, vocab, (1, T), device=device)
         best: dict[str, float] = {}
         for r in range(args.repeats):
@@ -333,7 +514,7 @@ def main() -> None:
                   f"({best[name] / floor:.2f}x floor)", flush=True)
 
     kinds = ["dynamic", "static"]
-    for batch in [int(x) for x in args.batch.split(",") if x]:
+    for batch in [int(x) for x in args.batch.split(",") if x] if "decode" in sections else []:
         for T in [int(x) for x in args.decode.split(",") if x]:
             times: dict[tuple[str, str], float] = {}
             for r in range(args.repeats):
@@ -342,41 +523,85 @@ def main() -> None:
                         s = time_decode(models[name], kind, T, batch, args.steps, eager_step)
                         times[name, kind] = min(times.get((name, kind), float("inf")), s)
                         gc.collect()
-            if args.compile:
+            eager = {n: min((t, k) for (m, k), t in times.items() if m == n) for n in names}
+            if args.graphs:
                 for name in names:
                     torch._dynamo.reset()
-                    step = torch.compile(eager_step, fullgraph=True, dynamic=False)
-                    times[name, "static+compile"] = time_decode(models[name], "static", T, batch, args.steps, step)
-            best = {n: min((t, k) for (m, k), t in times.items() if m == n) for n in names}
+                    times[name, "graphs"] = time_decode(models[name], "static", T, batch, args.steps,
+                                                        graph_step(device))
             for name in names:
                 moved = decode_bytes(models[name], T, batch)
                 floor = moved / bandwidth
-                row = {"bytes": moved, "matvec_floor_ms": 1e3 * moved / gemv,"model": name, "context": T, "batch": batch,
+                row = {"bytes": moved, "matvec_floor_ms": 1e3 * moved / gemv, "model": name, "context": T, "batch": batch,
                        "ms_per_token": {k: 1e3 * t for (m, k), t in times.items() if m == name},
-                       "best_cache": best[name][1], "ms": 1e3 * best[name][0],
-                       "ratio": best["teacher"][0] / best[name][0], "floor_ms": 1e3 * floor}
+                       "best_cache": eager[name][1], "ms": 1e3 * eager[name][0],
+                       "ratio": eager["teacher"][0] / eager[name][0], "floor_ms": 1e3 * floor}
+                if args.graphs:
+                    row["graphs_ms"] = 1e3 * times[name, "graphs"]
+                    row["graphs_ratio"] = times["teacher", "graphs"] / times[name, "graphs"]
                 result["decode"].append(row)
-                detail = " ".join(f"{k} {v:.1f}" for k, v in row["ms_per_token"].items())
-                print(f"decode B{batch} {T:>6} {name:<14} {row['ms']:8.2f} ms ({best[name][1]})  x{row['ratio']:.2f}  "
+                detail = " ".join(f"{k} {v:.2f}" for k, v in row["ms_per_token"].items())
+                print(f"decode B{batch} {T:>6} {name:<14} {row['ms']:8.2f} ms ({eager[name][1]})  x{row['ratio']:.2f}  "
                       f"floor {row['floor_ms']:.2f} ms ({row['ms'] / row['floor_ms']:.2f}x)  [{detail}]", flush=True)
 
+    for T in [int(x) for x in args.generate.split(",") if x] if "generate" in sections else []:
+        for name in names:
+            torch._dynamo.reset()
+            row = {"model": name, "context": T, **time_generate(models[name], T, args.new_tokens, args.repeats)}
+            result["generate"].append(row)
+        for row in result["generate"][-len(names):]:
+            row["ratio"] = result["generate"][-len(names)]["ms"] / row["ms"]
+            print(f"generate {T:>6} {row['model']:<14} {row['ms']:8.2f} ms/token  x{row['ratio']:.2f}  "
+                  f"first call +{row['first_s']:.1f} s", flush=True)
+
+    if "max-batch" in sections and device.type == "cuda":
+        for T in [int(x) for x in args.max_batch.split(",") if x]:
+            for name in names:
+                row = {"model": name, "context": T, **max_batch(models[name], T)}
+                result["max_batch"].append(row)
+                print(f"max batch at {T}: {name:<14} {row['batch']} ({row['bytes_per_sequence'] / 2**30:.2f} GiB "
+                      f"per sequence, checked: {row['checked']})", flush=True)
+    finish(result, args)
+
+
+def finish(result: dict, args) -> None:
     result["load_after"] = os.getloadavg()[0]
     Path(args.json).write_text(json.dumps(result, indent=1))
     print_tables(result)
-    if args.plot:
+    if args.plot and result["prefill"]:
         plot(result, args.plot)
 
 
 def print_tables(result: dict) -> None:
+    if result["ops"]:
+        print(f"\n| model | ops per layer, decode step | vs teacher | ops per layer, 1K prefill | vs teacher |\n"
+              f"|---|---:|---:|---:|---:|")
+        for row in result["ops"]:
+            print(f"| {row['model']} | {row['decode_mean']:.1f} | {row['decode_ratio']:.2f}x | "
+                  f"{row['prefill_mean']:.1f} | {row['prefill_ratio']:.2f}x |")
+    if result["generate"]:
+        print("\n| context | model | generate ms/token | vs teacher | first call extra s |\n|---:|---|---:|---:|---:|")
+        for row in result["generate"]:
+            print(f"| {row['context']} | {row['model']} | {row['ms']:.2f} | {row['ratio']:.2f}x | {row['first_s']:.1f} |")
+    if result["max_batch"]:
+        print("\n| context | model | max batch | GiB per sequence | checked |\n|---:|---|---:|---:|---|")
+        for row in result["max_batch"]:
+            print(f"| {row['context']} | {row['model']} | {row['batch']} | {row['bytes_per_sequence'] / 2**30:.3f} | "
+                  f"{row['checked']} |")
+    if not result["prefill"] and not result["decode"]:
+        return
     print("\n| context | model | prefill s | vs teacher | vs floor |\n|---:|---|---:|---:|---:|")
     for row in result["prefill"]:
         print(f"| {row['tokens']} | {row['model']} | {row['seconds']:.3f} | {row['ratio']:.2f}x | "
               f"{row['seconds'] / row['floor_seconds']:.2f}x |")
-    print("\n| batch | context | model | cache | ms/token | vs teacher | vs copy floor | vs matvec floor |\n"
-          "|---:|---:|---|---|---:|---:|---:|---:|")
+    print("\n| batch | context | model | cache | ms/token | vs teacher | vs copy floor | vs matvec floor | graphs ms | "
+          "graphs vs teacher | graphs vs copy floor |\n|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in result["decode"]:
+        graphs = (f"{row['graphs_ms']:.2f} | {row['graphs_ratio']:.2f}x | {row['graphs_ms'] / row['floor_ms']:.2f}x"
+                  if "graphs_ms" in row else "- | - | -")
         print(f"| {row['batch']} | {row['context']} | {row['model']} | {row['best_cache']} | {row['ms']:.2f} | "
-              f"{row['ratio']:.2f}x | {row['ms'] / row['floor_ms']:.2f}x | {row['ms'] / row['matvec_floor_ms']:.2f}x |")
+              f"{row['ratio']:.2f}x | {row['ms'] / row['floor_ms']:.2f}x | {row['ms'] / row['matvec_floor_ms']:.2f}x | "
+              f"{graphs} |")
     print("\n| model | tokens | cache bytes | plan's figure | difference |\n|---|---:|---:|---:|---:|")
     for row in result["cache"]:
         print(f"| {row['model']} | {row['tokens']} | {row['bytes']:,} | {row['expected']:,} | "

@@ -25,6 +25,7 @@ from hydrahead.models.hybrid import is_hybrid  # importing registers the hybrid 
 from hydrahead.models.loading import from_pretrained, load_model, load_tokenizer, save_hybrid
 from hydrahead.options import HybridOptions
 from hydrahead.plan import HeadPlan
+from hydrahead.utils.memory import keep_freed_memory
 from hydrahead.scoring import (
     HeadScores,
     ProbeConfig,
@@ -76,6 +77,7 @@ __all__ = [
     "from_pretrained",
     "hybrid_parameters",
     "is_hybrid",
+    "keep_freed_memory",
     "load_model",
     "load_tokenizer",
     "layer_similarity",

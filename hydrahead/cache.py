@@ -33,6 +33,8 @@ from hydrahead.errors import CacheError
 class HybridStateMixin:
     """The cache protocol of a hybrid layer (mixed into both cache layer kinds)."""
 
+    static_addresses = False  # True: states are written in place, never replaced (torch.compile, CUDA graphs)
+
     def conv_window(self, x: torch.Tensor, kernel_size: int) -> torch.Tensor:
         """x: (B, T, C) new conv inputs -> (B, kernel_size - 1 + T, C): the inputs the causal conv sees,
         zeros before the first token. Keeps the last kernel_size - 1 inputs (B, kernel_size - 1, C)."""
@@ -48,7 +50,10 @@ class HybridStateMixin:
             self.has_previous_state[0] = True
             return window
         window = torch.cat([self.conv_states[0], x], dim=1)
-        self.conv_states[0].copy_(window[:, window.shape[1] - keep :])
+        if self.static_addresses:
+            self.conv_states[0].copy_(window[:, window.shape[1] - keep :])
+        else:  # no copy: the state becomes a view of the window (what a captured graph could not replay)
+            self.conv_states[0] = window[:, window.shape[1] - keep :]
         return window
 
     def recurrent_state(self) -> torch.Tensor | None:
@@ -112,19 +117,23 @@ class HybridHeadStaticLayer(HybridStateMixin, LinearAttentionAndStaticFullAttent
 
     `cumulative_length` (a 0-dim tensor with a static address) counts the tokens of every forward, FA heads
     or not; `update` writes K/V at that offset without moving it, `advance` moves it once per forward.
+    `tokens` counts the same on the host, so the overflow check needs no device sync.
     """
+
+    static_addresses = True
 
     def __init__(self, max_cache_len: int) -> None:
         super().__init__(max_cache_len, number_of_states=1)
+        self.tokens = 0
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         length = key_states.shape[-2]
-        if not is_torchdynamo_compiling() and int(self.cumulative_length) + length > self.max_cache_len:
+        if not is_torchdynamo_compiling() and self.tokens + length > self.max_cache_len:
             raise CacheError(
                 f"the static cache holds {self.max_cache_len} tokens; writing {length} more after "
-                f"{int(self.cumulative_length)} overflows it (make the cache larger: max_cache_len)"
+                f"{self.tokens} overflows it (make the cache larger: max_cache_len)"
             )
         positions = torch.arange(length, device=self.keys.device) + self.cumulative_length.to(self.keys.device)
         self.keys.index_copy_(2, positions, key_states)
@@ -133,6 +142,12 @@ class HybridHeadStaticLayer(HybridStateMixin, LinearAttentionAndStaticFullAttent
 
     def advance(self, num_tokens: int) -> None:
         self.cumulative_length.add_(num_tokens)
+        if not is_torchdynamo_compiling():
+            self.tokens += num_tokens
+
+    def reset(self) -> None:
+        super().reset()
+        self.tokens = 0
 
     def get_seq_length(self) -> torch.Tensor:
         return self.cumulative_length

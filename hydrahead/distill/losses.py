@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from hydrahead.layers.gdn import document_offsets
+from hydrahead.layers.context import document_offsets
 
 IGNORE = -100
 

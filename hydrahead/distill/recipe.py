@@ -101,8 +101,9 @@ class LoraConfig:
     """LoRA scaling numerator (update scaled by alpha / r)."""
     dropout: float = 0.0
     target_modules: list[str] | None = None
-    """Backbone linear layers to adapt, by name suffix (e.g. [q_proj, v_proj]); default: every backbone linear
-    layer except lm_head. Hybrid-attention parameters always train in full."""
+    """Backbone linear layers to adapt, by name suffix (e.g. [qkv_proj, o_proj]: the FA branch's q/k/v are one
+    fused qkv_proj); default: every backbone linear layer except lm_head. Hybrid-attention parameters (the GDN
+    branch's in_proj among them) always train in full."""
 
     def __post_init__(self) -> None:
         check(self.r >= 1, "r", f"must be >= 1, got {self.r}")

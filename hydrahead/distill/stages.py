@@ -174,10 +174,18 @@ def lora_targets(student: nn.Module, suffixes: list[str] | None) -> list[str]:
         if isinstance(module, nn.Linear) and name != "lm_head" and id(module.weight) not in hybrid
     ]
     if suffixes:
-        names = [n for n in names if any(n == s or n.endswith("." + s) for s in suffixes)]
-        if not names:
-            raise RecipeError(f"stages.distill.lora.target_modules {suffixes} match no backbone linear layer")
+        matches = {s: [n for n in names if n == s or n.endswith("." + s)] for s in suffixes}
+        for suffix, found in matches.items():
+            if not found:
+                fused = " (a hybrid's FA branch fuses q/k/v into one qkv_proj)" if suffix in FUSED_QKV else ""
+                available = sorted({n.rsplit(".", 1)[-1] for n in names})
+                raise RecipeError(f"stages.distill.lora.target_modules: {suffix!r} matches no backbone linear layer"
+                                  f"{fused}; the backbone's are {available}")
+        names = [n for n in names if any(n in found for found in matches.values())]
     return names
+
+
+FUSED_QKV = ("q_proj", "k_proj", "v_proj")
 
 
 class TrainModule(nn.Module):

@@ -5,18 +5,20 @@ transformers' attention interface (eager / SDPA / flash, whatever the model's `_
 says), so the CPU path and the CUDA path are the same code. When every kept KV head serves the same
 number of FA query heads (e.g. whole GQA groups) the call stays GQA; otherwise K/V are gathered per
 query head.
+
+One GEMM, `qkv_proj`, gives q | k | v; the q and k heads are normalised (teacher's q/k norms) and rotated
+in one call each, as one (B, T, H + Hkv, D) tensor: the teacher's arithmetic, elementwise, so the same values.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, eager_attention_forward
+from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from hydrahead.layers.norm import RMSNorm
+from hydrahead.layers.context import ForwardContext, HeadIndex
+from hydrahead.layers.norm import RMSNorm, head_table, rms_norm, rotary
 from hydrahead.options import HybridOptions
 
 
@@ -45,12 +47,11 @@ class FullAttentionBranch(nn.Module):
         self.attention_dropout = float(getattr(config, "attention_dropout", 0.0))
         self.sliding_window = sliding_window
         self.rope = options.fa_rope == "keep"
-        self.log_scale_base = math.log(options.train_length) if options.fa_log_scale else None
+        self.log_scale_length = options.train_length if options.fa_log_scale else None
 
         hidden = config.hidden_size
-        self.q_proj = nn.Linear(hidden, self.num_heads * D, bias=qkv_bias)
-        self.k_proj = nn.Linear(hidden, self.num_kv_heads * D, bias=qkv_bias)
-        self.v_proj = nn.Linear(hidden, self.num_kv_heads * D, bias=qkv_bias)
+        self.split = (self.num_heads * D, self.num_kv_heads * D, self.num_kv_heads * D)  # qkv_proj's rows
+        self.qkv_proj = nn.Linear(hidden, sum(self.split), bias=qkv_bias)
         self.q_norm = RMSNorm(D, config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(D, config.rms_norm_eps) if qk_norm else None
         self.gate_proj = nn.Linear(hidden, self.num_heads * D, bias=True) if options.fa_gate else None
@@ -61,9 +62,8 @@ class FullAttentionBranch(nn.Module):
         per_kv = self.num_heads // self.num_kv_heads
         uniform = self.num_heads % self.num_kv_heads == 0 and kv_of_head == [i // per_kv for i in range(self.num_heads)]
         self.num_key_value_groups = per_kv if uniform else 1
-        # A plain tuple, not a buffer: from_pretrained builds modules on the meta device and would leave a
-        # non-persistent buffer uninitialised.
-        self.kv_index: tuple[int, ...] | None = None if uniform else tuple(kv_of_head)
+        self.kv_of_head: tuple[int, ...] | None = None if uniform else tuple(kv_of_head)
+        self.kv_index = HeadIndex(kv_of_head) if self.kv_of_head is not None else None
 
     @torch.no_grad()
     def reset_gate(self) -> None:
@@ -79,30 +79,31 @@ class FullAttentionBranch(nn.Module):
         attention_mask: torch.Tensor | None,
         past_key_values=None,
         position_ids: torch.Tensor | None = None,
+        context: ForwardContext | None = None,
         **kwargs,
     ) -> torch.Tensor:
         """x: (B, T, hidden) -> (B, T, H_fa, D)."""
         B, T, _ = x.shape
-        D = self.head_dim
-        q = self.q_proj(x).view(B, T, -1, D)
-        k = self.k_proj(x).view(B, T, -1, D)
-        v = self.v_proj(x).view(B, T, -1, D).transpose(1, 2)  # (B, Hkv, T, D)
+        H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        projected = self.qkv_proj(x)
+        qk = projected[..., : (H + Hkv) * D].unflatten(-1, (H + Hkv, D))  # q heads then k heads
+        v = projected[..., (H + Hkv) * D :].unflatten(-1, (Hkv, D)).transpose(1, 2)  # (B, Hkv, T, D)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, H, T, D), (B, Hkv, T, D)
+            table = head_table((self.q_norm.weight, H), (self.k_norm.weight, Hkv))
+            qk = rms_norm(qk, table, self.q_norm.variance_epsilon)
+        context = context if context is not None else ForwardContext()
         if self.rope:
-            cos, sin = position_embeddings
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        if self.log_scale_base is not None:
+            qk = rotary(qk, context.rotary(position_embeddings))
+        q, k = qk.transpose(1, 2).split([H, Hkv], dim=1)  # (B, H, T, D), (B, Hkv, T, D)
+        if self.log_scale_length is not None:
             # s_t = max(1, log(t + 1) / log(L_train)): unchanged inside the training length, sharper beyond it.
-            pos = position_ids if position_ids is not None else torch.arange(T, device=x.device)[None]
-            s = (torch.log1p(pos.float()) / self.log_scale_base).clamp(min=1.0)  # (B or 1, T)
+            s = context.query_scale(position_ids, T, x.device, self.log_scale_length)  # (B or 1, T)
             q = q * s[:, None, :, None].to(q.dtype)
 
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)  # only this branch's KV heads are cached
-        if self.kv_index is not None:
-            index = torch.tensor(self.kv_index, device=k.device)
+        if self.kv_of_head is not None:
+            index = self.kv_index.on(k.device)
             k, v = k.index_select(1, index), v.index_select(1, index)  # (B, H, S, D)
 
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)

@@ -14,8 +14,9 @@ from torch import nn
 
 from hydrahead.errors import CacheError
 from hydrahead.layers.full_attention import FullAttentionBranch
-from hydrahead.layers.fusion import BranchNorm
-from hydrahead.layers.gdn import GatedDeltaNetBranch, packed_documents
+from hydrahead.layers.context import ForwardContext
+from hydrahead.layers.fusion import BranchNorm, fuse
+from hydrahead.layers.gdn import GatedDeltaNetBranch
 from hydrahead.cache import HybridStateMixin
 from hydrahead.options import HybridOptions
 
@@ -89,9 +90,11 @@ class HybridAttention(nn.Module):
         position_ids: torch.Tensor | None = None,
         linear_attention_mask: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        hydrahead_context: ForwardContext | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
         B, T, _ = hidden_states.shape
+        context = hydrahead_context if hydrahead_context is not None else ForwardContext()
         cache_layer = None
         if past_key_values is not None:
             cache_layer = past_key_values.layers[self.layer_idx]
@@ -104,17 +107,18 @@ class HybridAttention(nn.Module):
         if linear_attention_mask is not None:
             padding = linear_attention_mask[:, -T:]  # (B, T): the 2D mask covers past + current tokens
 
-        outputs = []
+        outputs, norms = [], []
         if self.fa is not None:
-            o = self.fa(hidden_states, position_embeddings, attention_mask, past_key_values, position_ids, **kwargs)
-            outputs.append(self.fa_norm(o) if self.fa_norm is not None else o)
+            outputs.append(self.fa(hidden_states, position_embeddings, attention_mask, past_key_values, position_ids,
+                                   context, **kwargs))
+            norms.append(self.fa_norm)
         if self.gdn is not None:
             # packed rows (position_ids restarting, no cache, no padding mask): transformers gives the FA heads
             # a block-diagonal mask from the same position_ids; the GDN heads restart per document
-            documents = packed_documents(position_ids, B, T) if cache_layer is None and padding is None else None
-            o = self.gdn(hidden_states, position_embeddings, cache_layer, padding, documents)
-            outputs.append(self.gdn_norm(o) if self.gdn_norm is not None else o)
+            documents = context.documents(position_ids, B, T) if cache_layer is None and padding is None else None
+            outputs.append(self.gdn(hidden_states, position_embeddings, cache_layer, padding, documents, context))
+            norms.append(self.gdn_norm)
         if cache_layer is not None:
             cache_layer.advance(T)
-        out = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]  # (B, T, H, D) in head_order
+        out = fuse(outputs, norms)  # (B, T, H, D) in head_order
         return self.o_proj(out.reshape(B, T, -1)), None

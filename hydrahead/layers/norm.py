@@ -1,10 +1,43 @@
 """RMSNorm with the same arithmetic as transformers' Llama/Qwen RMSNorm (fp32 statistics), so copies of
-the teacher's q/k norms reproduce it bit for bit."""
+the teacher's q/k norms reproduce it bit for bit; and the rotary embedding applied to one tensor.
+
+`rms_norm` takes any weight that broadcasts against x: a branch normalises its q and k heads (or the
+fusion normalises both branches' outputs) in one call with a per-head weight table, instead of one call
+per norm module (fewer kernels per layer, the same values).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * x / sqrt(mean(x^2) + eps) over the last dim, statistics in fp32 (transformers' order)."""
+    dtype = x.dtype
+    x = x.to(torch.float32)
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' (cos, sin) (B, T, D) -> the tables `rotary` takes: (B, T, 1, D) each, sin with its first
+    half negated (rotate_half(x) * sin == roll(x, D / 2) * that)."""
+    half = sin.shape[-1] // 2
+    return cos.unsqueeze(2), torch.cat([-sin[..., :half], sin[..., half:]], dim=-1).unsqueeze(2)
+
+
+def rotary(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """RoPE on x (B, T, H, D), transformers' x * cos + rotate_half(x) * sin, in three kernels (one fused
+    multiply-add: equal to transformers' result up to its rounding)."""
+    cos, signed_sin = tables
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
+
+
+def head_table(*parts: tuple[torch.Tensor, int]) -> torch.Tensor:
+    """(sum of heads, D): each (weight (D,) or (heads, D), heads) part repeated over its heads, stacked."""
+    rows = [w.expand(heads, w.shape[-1]) for w, heads in parts if heads]
+    return rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
 
 
 class RMSNorm(nn.Module):
@@ -14,10 +47,7 @@ class RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.to(torch.float32)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
-        return self.weight * x.to(dtype)
+        return rms_norm(x, self.weight, self.variance_epsilon)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"

@@ -41,10 +41,13 @@ def _rows(weight: torch.Tensor | None, heads: list[int], D: int) -> torch.Tensor
     return torch.cat([weight[h * D : (h + 1) * D] for h in heads], dim=0)
 
 
-def _load_linear(dst: nn.Linear, src: nn.Linear, heads: list[int], D: int) -> None:
-    dst.weight.copy_(_rows(src.weight, heads, D))
+def _load_rows(dst: nn.Linear, start: int, src: nn.Linear, heads: list[int], D: int) -> int:
+    """Copy `src`'s rows of `heads` into `dst`'s rows from `start` on (a fused projection); the next free row."""
+    rows = len(heads) * D
+    dst.weight[start : start + rows].copy_(_rows(src.weight, heads, D))
     if dst.bias is not None:
-        dst.bias.copy_(_rows(src.bias, heads, D))
+        dst.bias[start : start + rows].copy_(_rows(src.bias, heads, D))
+    return start + rows
 
 
 @torch.no_grad()
@@ -56,9 +59,10 @@ def _load_layer(dst: HybridAttention, src: nn.Module, head_rms: torch.Tensor, gr
             continue
         shared = branch is dst.fa or branch.kv_of_head is not None  # one k/v per KV group, else one per head
         kv_rows = sorted({h // group_size for h in heads}) if shared else [h // group_size for h in heads]
-        _load_linear(branch.q_proj, src.q_proj, heads, D)
-        _load_linear(branch.k_proj, src.k_proj, kv_rows, D)
-        _load_linear(branch.v_proj, src.v_proj, kv_rows, D)
+        fused = branch.qkv_proj if branch is dst.fa else branch.in_proj  # rows q | k | v (| a | b)
+        row = _load_rows(fused, 0, src.q_proj, heads, D)
+        row = _load_rows(fused, row, src.k_proj, kv_rows, D)
+        _load_rows(fused, row, src.v_proj, kv_rows, D)
         if branch.q_norm is not None:
             branch.q_norm.load_state_dict(src.q_norm.state_dict())
             branch.k_norm.load_state_dict(src.k_norm.state_dict())

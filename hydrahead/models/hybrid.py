@@ -12,8 +12,11 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, StaticCache
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import Concatenate, WeightConverter
 
 from hydrahead.errors import CacheError, CheckpointError
+from hydrahead.layers.context import ForwardContext
 from hydrahead.layers.hybrid_attention import HybridAttention
 from hydrahead.cache import HybridHeadCache
 from hydrahead.models.families import FAMILIES, Family
@@ -53,7 +56,10 @@ class HybridCausalLMMixin:
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' save_pretrained, plus the modeling code that `trust_remote_code=True` loads
-        without hydrahead (models/remote_code.py) and its `auto_map` in config.json."""
+        without hydrahead (models/remote_code.py) and its `auto_map` in config.json. Always in the current
+        layout: transformers would otherwise "revert" the fused projections into the old names (splitting
+        them into equal parts, which they are not)."""
+        kwargs["save_original_format"] = False
         super().save_pretrained(save_directory, *args, **kwargs)
         try:
             from hydrahead.models.remote_code import add_remote_code
@@ -71,6 +77,7 @@ class HybridCausalLMMixin:
             past_key_values = self._own_cache(past_key_values)
         if linear_attention_mask is None and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
             linear_attention_mask = attention_mask  # (B, past + T): the GDN branch reads its last T columns
+        kwargs.setdefault("hydrahead_context", ForwardContext())  # worked out once, shared by every layer
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -80,6 +87,15 @@ class HybridCausalLMMixin:
             linear_attention_mask=linear_attention_mask,
             **kwargs,
         )
+
+    def generate(self, *args, **kwargs):
+        """transformers' generate; on CUDA, by default, on the static cache, whose fixed addresses let
+        transformers compile the decode step and replay it as a CUDA graph (its auto-compile: a plain eager
+        step launches every small kernel from Python). Passing a cache, `cache_implementation`, or
+        `disable_compile=True` keeps the caller's choice; beam search and assisted decoding stay dynamic."""
+        if graph_decode_applies(self, kwargs):
+            kwargs["cache_implementation"] = "static"
+        return super().generate(*args, **kwargs)
 
     def _own_cache(self, past_key_values) -> HybridHeadCache:
         """Our cache in place of an empty transformers one (None, DynamicCache, StaticCache keeps its size)."""
@@ -116,6 +132,44 @@ class HybridCausalLMMixin:
         return inputs
 
 
+def graph_decode_applies(model, kwargs: dict) -> bool:
+    """Whether `generate(**kwargs)` on `model` defaults to the static cache (and so to compiled decode)."""
+    config = kwargs.get("generation_config") or model.generation_config
+    if model.device.type != "cuda" or kwargs.get("past_key_values") is not None:
+        return False
+    if kwargs.get("cache_implementation") is not None or getattr(config, "cache_implementation", None) is not None:
+        return False
+    if kwargs.get("disable_compile", getattr(config, "disable_compile", False)):
+        return False
+    if kwargs.get("num_beams", getattr(config, "num_beams", 1) or 1) > 1 or kwargs.get("assistant_model") is not None:
+        return False
+    return not any(model.family.sliding_window(model.config, i) for i in range(model.config.num_hidden_layers))
+
+
+# Checkpoints written before the projections were fused (hydrahead 0.1) load into the fused layout:
+# each branch's separate q/k/v (and GDN a/b) rows, concatenated in that order.
+class _ConcatenateGdnBias(Concatenate):
+    """The GDN branch's q/k/v biases, then zeros for the a and b rows, which had no bias."""
+
+    def convert(self, input_dict, source_patterns, target_patterns, **kwargs):
+        q = input_dict[source_patterns[0]]
+        heads = (q[0] if isinstance(q, list) else q).shape[0] // kwargs["config"].head_dim
+        ((key, bias),) = super().convert(input_dict, source_patterns, target_patterns, **kwargs).items()
+        return {key: torch.cat([bias, bias.new_zeros(2 * heads)])}
+
+
+FUSED_PROJECTIONS = [
+    WeightConverter([f"self_attn.gdn.{p}_proj.weight" for p in "qkvab"], "self_attn.gdn.in_proj.weight",
+                    operations=[Concatenate(dim=0)]),
+    WeightConverter([f"self_attn.gdn.{p}_proj.bias" for p in "qkv"], "self_attn.gdn.in_proj.bias",
+                    operations=[_ConcatenateGdnBias(dim=0)]),
+    WeightConverter([f"self_attn.fa.{p}_proj.weight" for p in "qkv"], "self_attn.fa.qkv_proj.weight",
+                    operations=[Concatenate(dim=0)]),
+    WeightConverter([f"self_attn.fa.{p}_proj.bias" for p in "qkv"], "self_attn.fa.qkv_proj.bias",
+                    operations=[Concatenate(dim=0)]),
+]
+
+
 def _make_classes(family: Family) -> tuple[type, type]:
     name = family.causal_lm_class.__name__.replace("ForCausalLM", "")
     config_class = type(
@@ -142,6 +196,7 @@ HydraHeadMistralConfig, HydraHeadMistralForCausalLM = HYBRID_CLASSES["mistral"]
 for _config_class, _model_class in HYBRID_CLASSES.values():
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
     AutoModelForCausalLM.register(_config_class, _model_class, exist_ok=True)
+    register_checkpoint_conversion_mapping(_config_class.model_type, list(FUSED_PROJECTIONS), overwrite=True)
 
 
 def is_hybrid(model: Any) -> bool:

@@ -60,7 +60,8 @@ def test_two_processes_match_one(workspace, tmp_path):
         # up to ~lr * 0.1; all other elements agree to ~1e-6.
         for name in expected:
             torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-3, msg=name)
-            assert ((actual[name] - expected[name]).abs() > 1e-5).float().mean() < 0.01, name
+            moved = int(((actual[name] - expected[name]).abs() > 1e-5).sum())
+            assert moved <= max(1, 0.01 * expected[name].numel()), (name, moved)  # one element of a small tensor
 
 
 def test_on_main_reraises_the_main_process_error():

@@ -3,11 +3,13 @@ import os
 
 import pytest
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 import hydrahead
 from hydrahead import HeadPlan, HybridOptions
 from tests.conftest import make_teacher
+from tests.models.old_layout import write_old_layout
 
 
 @pytest.fixture
@@ -41,6 +43,24 @@ def test_round_trip_each_family(family, tmp_path):
     ids = torch.randint(0, model.config.vocab_size, (1, 9))
     with torch.no_grad():
         assert torch.equal(again(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("loader", ["hydrahead", "auto"])
+def test_checkpoints_written_before_the_fused_projections_load(family, loader, tmp_path):
+    """hydrahead 0.1 saved q/k/v (and GDN a/b) as separate projections: they load into the fused ones, give the
+    same logits, and are saved again in the current layout."""
+    teacher = make_teacher(family)
+    model = hydrahead.convert(teacher, HeadPlan(((0, 1), (3,)), 4, 2)).eval()
+    model.save_pretrained(tmp_path / "new")
+    old = write_old_layout(model, tmp_path / "new", tmp_path / "old")
+    again = (hydrahead.from_pretrained(old) if loader == "hydrahead" else AutoModelForCausalLM.from_pretrained(old)).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, model(ids).logits)
+    again.save_pretrained(tmp_path / "resaved")
+    with safe_open(tmp_path / "resaved" / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert keys == set(model.state_dict()) - {"lm_head.weight"} or keys == set(model.state_dict())
 
 
 def test_missing_directory(tmp_path):

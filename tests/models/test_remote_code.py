@@ -12,6 +12,7 @@ import torch
 import hydrahead
 from hydrahead import HeadPlan, HybridOptions
 from tests.conftest import FAMILIES, make_teacher
+from tests.models.old_layout import write_old_layout
 
 LOADER = r"""
 import json, sys
@@ -57,6 +58,8 @@ def saved(tmp_path_factory):
             torch.save(again.generate(ids, max_new_tokens=4, do_sample=False), directory / "tokens.pt")
         torch.save(ids, directory / "ids.pt")
         dirs.append(str(directory))
+        # the same model in hydrahead 0.1's layout (separate q/k/v, a/b projections) loads the same
+        dirs.append(str(write_old_layout(model, directory, root / f"{family}-0.1")))
     return dirs
 
 
@@ -71,7 +74,7 @@ def test_checkpoints_load_without_hydrahead(saved):
     out = load_elsewhere(saved, "blocked")
     assert out.pop("imported_hydrahead") is False
     for directory, result in out.items():
-        family = Path(directory).name
+        family = Path(directory).name  # "-0.1": the old layout
         assert result["module"].startswith("transformers_modules.") and result["class"].startswith("HydraHead"), family
         assert result["diff"] <= 1e-6 and result["same_tokens"], (family, result)
 

@@ -13,6 +13,11 @@ arguments as the rest of `hydrahead.ops`:
 
 T > 1 uses the chunked kernel (prefill, training); T == 1 uses the fused recurrent kernel (decode,
 forward only: fla has no backward for it).
+
+`fla_gated_delta_net` is the call of a Gated DeltaNet layer, as fla's own `GatedDeltaNet` makes it: raw
+q, k (L2-normalised in the kernel), the raw gate input `a` with `A_log` and `dt_bias` (the log decay
+g = -exp(A_log) * softplus(a + dt_bias) computed in the kernel, in fp32, with its backward) and the raw
+beta input `b` (sigmoid in the kernel): no separate launches for them.
 """
 
 from __future__ import annotations
@@ -48,6 +53,44 @@ def fla_is_available() -> bool:
     except FlaNotInstalledError:
         return False
     return True
+
+
+def fla_applies(x: torch.Tensor) -> bool:
+    """Whether fla's kernels run for x: a CUDA tensor in bf16/fp16, with fla installed."""
+    return x.is_cuda and x.dtype in FLA_DTYPES and fla_is_available()
+
+
+def fla_gated_delta_net(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    A_log: torch.Tensor,
+    dt_bias: torch.Tensor,
+    *,
+    initial_state: torch.Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gated delta rule from raw inputs, L2 norm, gate and beta in fla's kernels. q, k, v (B, T, H, D) before
+    the L2 norm; a, b (B, T, H) the gate and beta projections; A_log, dt_bias (H,). With `cu_seqlens` the
+    (B, T) rows are packed documents: flattened to one row for the kernel, restored in the output."""
+    chunk_kernel, recurrent_kernel = load_fla_kernels()
+    B, T = q.shape[:2]
+    if cu_seqlens is not None:
+        q, k, v, a, b = (x.reshape(1, B * T, *x.shape[2:]) for x in (q, k, v, a, b))
+    if initial_state is not None:
+        initial_state = initial_state.to(torch.float32).contiguous()
+    common = dict(q=q, k=k, v=v, g=a, beta=b, initial_state=initial_state, output_final_state=output_final_state,
+                  use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
+                  A_log=A_log, dt_bias=dt_bias)
+    if cu_seqlens is not None:
+        common["cu_seqlens"] = cu_seqlens.to(torch.long)
+    o, final_state = (recurrent_kernel if T == 1 else chunk_kernel)(**common)
+    if final_state is not None:
+        final_state = final_state.to(torch.float32)
+    return o.to(v.dtype).view(B, T, *o.shape[2:]), final_state
 
 
 def fla_gated_delta_rule(

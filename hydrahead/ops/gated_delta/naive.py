@@ -93,8 +93,7 @@ def gated_delta_rule_step(
     q_t, k_t, v_t = (x[:, 0].to(dtype).reshape(batch * heads, 1, -1) for x in (q, k, v))  # (BH, 1, D)
     flat = state.view(batch * heads, dk, dv)  # (BH, Dk, Dv), shares storage with state
     flat.mul_(g[:, 0].to(dtype).exp().reshape(-1, 1, 1))  # S' = a S
-    predicted = torch.bmm(k_t, flat)  # (BH, 1, Dv): S'^T k
-    delta = (v_t - predicted) * beta[:, 0].to(dtype).reshape(-1, 1, 1)  # (BH, 1, Dv)
+    delta = torch.baddbmm(v_t, k_t, flat, alpha=-1).mul_(beta[:, 0].to(dtype).reshape(-1, 1, 1))  # b (v - S'^T k)
     flat.baddbmm_(k_t.transpose(1, 2), delta)  # S = S' + k delta^T
-    o = torch.bmm(q_t, flat).mul_(scale)  # (BH, 1, Dv): S^T q
+    o = torch.baddbmm(delta, q_t, flat, beta=0, alpha=scale)  # (BH, 1, Dv): scale S^T q (delta only a shape)
     return o.view(batch, 1, heads, dv).to(v.dtype)
