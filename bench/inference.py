@@ -85,11 +85,11 @@ def build_models(args, layers: int | None = None, hidden: int = 2048, intermedia
     )
     torch.manual_seed(0)
     teacher = Qwen3ForCausalLM(config).eval()
-    plans = {
+    plans = {  # made only when asked for (a layer-wise 3:1 plan needs four layers)
         # the same GQA group in every layer: where the plan puts the group does not change the cost
-        "hydrahead-7:1": HeadPlan(tuple((0, 1) for _ in range(layers)), 16, 8),
-        "layerwise-3:1": HeadPlan.layerwise(config, "3:1"),
-        "all-gdn": HeadPlan.none(config),
+        "hydrahead-7:1": lambda: HeadPlan(tuple((0, 1) for _ in range(layers)), 16, 8),
+        "layerwise-3:1": lambda: HeadPlan.layerwise(config, "3:1"),
+        "all-gdn": lambda: HeadPlan.none(config),
     }
     models = {"teacher": teacher}
     for name in args.models:
@@ -98,7 +98,7 @@ def build_models(args, layers: int | None = None, hidden: int = 2048, intermedia
             if base not in plans or variant not in ("", "shared"):
                 raise SystemExit(f"unknown model {name!r}; choose from {MODELS}, each optionally with '+shared'")
             options = HybridOptions.preset("paper", gdn_shared_kv=variant == "shared")
-            models[name] = convert(teacher, plans[base], options).eval()
+            models[name] = convert(teacher, plans[base](), options).eval()
     dtype, device = DTYPES[args.dtype], torch.device(args.device)
     return {name: m.to(device, dtype) for name, m in models.items() if name in args.models}
 

@@ -41,13 +41,7 @@ class HybridStateMixin:
         keep = kernel_size - 1
         if not self.has_previous_state[0]:
             window = F.pad(x, (0, 0, keep, 0))
-            if not self.is_conv_states_initialized[0]:
-                self.conv_states[0] = self._static_buffer(window[:, window.shape[1] - keep :])
-                self.conv_kernel_size[0] = kernel_size
-                self.is_conv_states_initialized[0] = True
-            else:
-                self.conv_states[0].copy_(window[:, window.shape[1] - keep :])
-            self.has_previous_state[0] = True
+            self._keep_conv_inputs(window[:, window.shape[1] - keep :], kernel_size)
             return window
         window = torch.cat([self.conv_states[0], x], dim=1)
         if self.static_addresses:
@@ -55,6 +49,27 @@ class HybridStateMixin:
         else:  # no copy: the state becomes a view of the window (what a captured graph could not replay)
             self.conv_states[0] = window[:, window.shape[1] - keep :]
         return window
+
+    def conv_prefix(self, x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+        """The kernel_size - 1 conv inputs before x (zeros before the first token): (B, kernel_size - 1, C),
+        for a caller that convolves x in pieces (`conv_window` without the copy of all of x). Keeps the last
+        kernel_size - 1 inputs."""
+        keep = kernel_size - 1
+        if self.has_previous_state[0]:
+            prefix = self.conv_states[0].clone()
+        else:
+            prefix = x.new_zeros(x.shape[0], keep, x.shape[2])
+        self._keep_conv_inputs(torch.cat([prefix, x[:, -keep:]], dim=1)[:, -keep:], kernel_size)
+        return prefix
+
+    def _keep_conv_inputs(self, last: torch.Tensor, kernel_size: int) -> None:
+        if not self.is_conv_states_initialized[0]:
+            self.conv_states[0] = self._static_buffer(last)
+            self.conv_kernel_size[0] = kernel_size
+            self.is_conv_states_initialized[0] = True
+        else:
+            self.conv_states[0].copy_(last)
+        self.has_previous_state[0] = True
 
     def recurrent_state(self) -> torch.Tensor | None:
         """The GDN state (B, H, Dk, Dv) after the tokens seen so far, or None before the first."""

@@ -103,7 +103,7 @@ class LoraConfig:
     target_modules: list[str] | None = None
     """Backbone linear layers to adapt, by name suffix (e.g. [qkv_proj, o_proj]: the FA branch's q/k/v are one
     fused qkv_proj); default: every backbone linear layer except lm_head. Hybrid-attention parameters (the GDN
-    branch's in_proj among them) always train in full."""
+    branch's projections among them) always train in full."""
 
     def __post_init__(self) -> None:
         check(self.r >= 1, "r", f"must be >= 1, got {self.r}")

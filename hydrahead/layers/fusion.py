@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hydrahead.layers.norm import RMSNorm, head_table, rms_norm
+from hydrahead.layers.norm import RMSNorm, head_table
+from hydrahead.ops.gated_delta import scalar_constant
 
 
 class BranchNorm(nn.Module):
@@ -29,10 +30,18 @@ class BranchNorm(nn.Module):
 def fuse(outputs: list[torch.Tensor], norms: list[BranchNorm | None]) -> torch.Tensor:
     """The branches' outputs (B, T, H_i, D) side by side on the head axis, each normalised by its BranchNorm
     when it has one: one normalisation over all heads with a per-head weight table (each branch's RMSNorm
-    weight times its gains), the same values as each BranchNorm applied on its own."""
+    weight times its gains), the values of each BranchNorm applied on its own. The RMS comes from one norm
+    reduction (x / sqrt(mean(x^2) + eps) == x / (hypot(|x|, sqrt(D eps)) / sqrt(D))), and without autograd
+    the scaling is in place: no temporary of the output's size."""
     out = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
     if all(norm is None for norm in norms):
         return out
-    table = head_table(*((norm.norm.weight * norm.gain[:, None].to(norm.norm.weight.dtype), o.shape[2])
+    D = out.shape[-1]
+    table = head_table(*((norm.norm.weight * (norm.gain[:, None].to(norm.norm.weight.dtype) * D**0.5), o.shape[2])
                          for norm, o in zip(norms, outputs)))
-    return rms_norm(out, table.to(out.dtype), norms[0].norm.variance_epsilon)
+    x32 = out.float()
+    eps = norms[0].norm.variance_epsilon
+    rms = torch.hypot(torch.linalg.vector_norm(x32, dim=-1, keepdim=True), scalar_constant((D * eps) ** 0.5, x32))
+    if torch.is_grad_enabled() or len(outputs) == 1 or x32 is not out:  # out may be a branch's own tensor
+        return (x32 / rms).to(out.dtype) * table.to(out.dtype)
+    return out.div_(rms).mul_(table.to(out.dtype))

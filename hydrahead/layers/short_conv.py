@@ -28,12 +28,19 @@ class ShortConv(nn.Module):
     def forward(self, x: torch.Tensor, cache_layer=None, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, T, C) -> silu(causal_conv(x)): (B, T, C). `offsets` (B, T), each token's index inside its
         document (packed rows): a tap never reaches back into the previous document."""
-        T, K = x.shape[1], self.kernel_size
-        weight = self.weight.to(x.dtype)  # (C, K)
+        K = self.kernel_size
         if cache_layer is None:
             window = F.pad(x, (0, 0, K - 1, 0))  # (B, K - 1 + T, C), zeros before the first token
         else:
             window = cache_layer.conv_window(x, K)  # (B, K - 1 + T, C)
+        return self.convolve(window, offsets)
+
+    def convolve(self, window: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """window: (B, K - 1 + T, C), the K - 1 inputs before the first token then the T tokens ->
+        silu(causal_conv): (B, T, C)."""
+        K = self.kernel_size
+        T = window.shape[1] - (K - 1)
+        weight = self.weight.to(window.dtype)  # (C, K)
         if T == 1:
             y = (window * weight.t()).sum(1, keepdim=True)  # (B, 1, C): the decode step
         else:
@@ -43,4 +50,4 @@ class ShortConv(nn.Module):
                 if offsets is not None:
                     tap = tap * (offsets >= K - 1 - j)[..., None].to(tap.dtype)
                 y.addcmul_(tap, weight[:, j])
-        return F.silu(y)
+        return F.silu(y, inplace=not torch.is_grad_enabled())

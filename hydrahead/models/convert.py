@@ -59,10 +59,9 @@ def _load_layer(dst: HybridAttention, src: nn.Module, head_rms: torch.Tensor, gr
             continue
         shared = branch is dst.fa or branch.kv_of_head is not None  # one k/v per KV group, else one per head
         kv_rows = sorted({h // group_size for h in heads}) if shared else [h // group_size for h in heads]
-        fused = branch.qkv_proj if branch is dst.fa else branch.in_proj  # rows q | k | v (| a | b)
-        row = _load_rows(fused, 0, src.q_proj, heads, D)
-        row = _load_rows(fused, row, src.k_proj, kv_rows, D)
-        _load_rows(fused, row, src.v_proj, kv_rows, D)
+        row = _load_rows(branch.qkv_proj, 0, src.q_proj, heads, D)  # rows q | k | v
+        row = _load_rows(branch.qkv_proj, row, src.k_proj, kv_rows, D)
+        _load_rows(branch.qkv_proj, row, src.v_proj, kv_rows, D)
         if branch.q_norm is not None:
             branch.q_norm.load_state_dict(src.q_norm.state_dict())
             branch.k_norm.load_state_dict(src.k_norm.state_dict())

@@ -134,7 +134,7 @@ class HybridCausalLMMixin:
 
 def graph_decode_applies(model, kwargs: dict) -> bool:
     """Whether `generate(**kwargs)` on `model` defaults to the static cache (and so to compiled decode)."""
-    config = kwargs.get("generation_config") or model.generation_config
+    config = kwargs["generation_config"] if kwargs.get("generation_config") is not None else model.generation_config
     if model.device.type != "cuda" or kwargs.get("past_key_values") is not None:
         return False
     if kwargs.get("cache_implementation") is not None or getattr(config, "cache_implementation", None) is not None:
@@ -146,28 +146,14 @@ def graph_decode_applies(model, kwargs: dict) -> bool:
     return not any(model.family.sliding_window(model.config, i) for i in range(model.config.num_hidden_layers))
 
 
-# Checkpoints written before the projections were fused (hydrahead 0.1) load into the fused layout:
-# each branch's separate q/k/v (and GDN a/b) rows, concatenated in that order.
-class _ConcatenateGdnBias(Concatenate):
-    """The GDN branch's q/k/v biases, then zeros for the a and b rows, which had no bias."""
-
-    def convert(self, input_dict, source_patterns, target_patterns, **kwargs):
-        q = input_dict[source_patterns[0]]
-        heads = (q[0] if isinstance(q, list) else q).shape[0] // kwargs["config"].head_dim
-        ((key, bias),) = super().convert(input_dict, source_patterns, target_patterns, **kwargs).items()
-        return {key: torch.cat([bias, bias.new_zeros(2 * heads)])}
-
-
+# Checkpoints written before the projections were fused (hydrahead 0.1) load into the fused layout: each
+# branch's separate q/k/v rows concatenated in that order, and the GDN branch's a and b rows.
 FUSED_PROJECTIONS = [
-    WeightConverter([f"self_attn.gdn.{p}_proj.weight" for p in "qkvab"], "self_attn.gdn.in_proj.weight",
-                    operations=[Concatenate(dim=0)]),
-    WeightConverter([f"self_attn.gdn.{p}_proj.bias" for p in "qkv"], "self_attn.gdn.in_proj.bias",
-                    operations=[_ConcatenateGdnBias(dim=0)]),
-    WeightConverter([f"self_attn.fa.{p}_proj.weight" for p in "qkv"], "self_attn.fa.qkv_proj.weight",
-                    operations=[Concatenate(dim=0)]),
-    WeightConverter([f"self_attn.fa.{p}_proj.bias" for p in "qkv"], "self_attn.fa.qkv_proj.bias",
-                    operations=[Concatenate(dim=0)]),
-]
+    WeightConverter([f"self_attn.{branch}.{p}_proj.{kind}" for p in "qkv"], f"self_attn.{branch}.qkv_proj.{kind}",
+                    operations=[Concatenate(dim=0)])
+    for branch in ("fa", "gdn") for kind in ("weight", "bias")
+] + [WeightConverter(["self_attn.gdn.a_proj.weight", "self_attn.gdn.b_proj.weight"], "self_attn.gdn.ab_proj.weight",
+                     operations=[Concatenate(dim=0)])]
 
 
 def _make_classes(family: Family) -> tuple[type, type]:

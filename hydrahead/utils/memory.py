@@ -8,7 +8,10 @@ allocator (`M_MMAP_MAX = 0`) and never trimming the heap top lets freed blocks b
 jemalloc or tcmalloc (the allocators Intel recommends for PyTorch on CPU) have. The cost: memory freed
 by the process is not returned to the system until it exits.
 
-The `hydrahead` CLI and `bench/` scripts call `keep_freed_memory()` at start; a library import never does.
+The `hydrahead` CLI calls `keep_freed_memory()` at start; a script may call `hydrahead.keep_freed_memory()`
+itself; a library import never does. bench/inference.py measures both ways (`--allocator plain|kept`).
+The hybrid does not depend on it: its long CPU prefill works in blocks of about 16 MiB temporaries, which
+glibc reuses from its heap anyway (hydrahead/layers/gdn.py).
 Set HYDRAHEAD_SYSTEM_MALLOC=1 to keep glibc's defaults.
 """
 

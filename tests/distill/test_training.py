@@ -79,7 +79,7 @@ def test_lora_distill_merges_into_a_plain_hybrid(workspace, tmp_path):
     assert not torch.equal(before["model.layers.0.mlp.gate_proj.weight"], after["model.layers.0.mlp.gate_proj.weight"])
     assert torch.equal(before["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
     assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
-    gdn = "model.layers.0.self_attn.gdn.in_proj.weight"
+    gdn = "model.layers.0.self_attn.gdn.qkv_proj.weight"
     assert not torch.equal(before[gdn], after[gdn])
     curve = losses(tmp_path / "run", "distill")
     assert curve[-1] < curve[0]

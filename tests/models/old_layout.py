@@ -16,18 +16,16 @@ def write_old_layout(model, directory: Path, old: Path) -> Path:
     for name, module in model.named_modules():
         if not isinstance(module, HybridAttention):
             continue
-        for branch, fused, parts in ((module.fa, "qkv_proj", "qkv"), (module.gdn, "in_proj", "qkvab")):
+        for branch, fused, parts in ((module.fa, "qkv_proj", "qkv"), (module.gdn, "qkv_proj", "qkv"),
+                                     (module.gdn, "ab_proj", "ab")):
             if branch is None:
                 continue
             for kind in ("weight", "bias"):
                 key = f"{name}.{branch_name(module, branch)}.{fused}.{kind}"
                 if key not in weights:
                     continue
-                pieces = torch.split(weights.pop(key), list(branch.split), dim=0)
-                for part, piece in zip(parts, pieces):
-                    if kind == "bias" and part in "ab":
-                        assert not piece.any()  # a and b had no bias
-                        continue
+                sizes = list(branch.split) if fused == "qkv_proj" else [branch.num_heads] * 2
+                for part, piece in zip(parts, torch.split(weights.pop(key), sizes, dim=0)):
                     weights[key.replace(f".{fused}.", f".{part}_proj.")] = piece.contiguous()
     save_file(weights, old / "model.safetensors", metadata={"format": "pt"})
     return old

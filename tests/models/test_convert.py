@@ -45,12 +45,12 @@ def test_parameter_reuse_and_o_proj_permutation():
     D = teacher.config.head_dim
     src, dst = teacher.model.layers[0].self_attn, model.model.layers[0].self_attn
     assert dst.head_order == (0, 3, 1, 2)
-    # fused projections: FA rows q | k | v, GDN rows q (2 heads) | k (one copy per head) | v | a | b
+    # fused projections: FA rows q | k | v, GDN rows q (2 heads) | k (one copy per head) | v
     torch.testing.assert_close(dst.fa.qkv_proj.weight[D : 2 * D], src.q_proj.weight[3 * D : 4 * D], rtol=0, atol=0)
     # GDN head 1 reads KV group 0, GDN head 2 reads KV group 1
-    torch.testing.assert_close(dst.gdn.in_proj.weight[2 * D : 3 * D], src.k_proj.weight[:D], rtol=0, atol=0)
-    torch.testing.assert_close(dst.gdn.in_proj.weight[5 * D : 6 * D], src.v_proj.weight[D:], rtol=0, atol=0)
-    assert not dst.gdn.in_proj.weight[6 * D :].any()  # a and b start input-independent
+    torch.testing.assert_close(dst.gdn.qkv_proj.weight[2 * D : 3 * D], src.k_proj.weight[:D], rtol=0, atol=0)
+    torch.testing.assert_close(dst.gdn.qkv_proj.weight[5 * D :], src.v_proj.weight[D:], rtol=0, atol=0)
+    assert not dst.gdn.ab_proj.weight.any()  # a and b start input-independent
     torch.testing.assert_close(dst.o_proj.weight[:, 2 * D : 3 * D], src.o_proj.weight[:, D : 2 * D], rtol=0, atol=0)
 
 
@@ -137,7 +137,7 @@ def test_shared_gdn_kv_computes_what_per_head_copies_compute(family, preset):
     # each layer's GDN heads span one group fewer than they are heads: k and v lose one head's rows
     # (weights, biases) and the conv loses those channels
     D, K = cfg.head_dim, shared.hydrahead_options.conv_size
-    bias = D if gdn.in_proj.bias is not None else 0
+    bias = D if gdn.qkv_proj.bias is not None else 0
     per_layer = 2 * (D * cfg.hidden_size + bias + D * K)
     params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert params(copies) - params(shared) == cfg.num_hidden_layers * per_layer

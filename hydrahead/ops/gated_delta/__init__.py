@@ -127,18 +127,18 @@ def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     reduction and sqrt(norm^2 + eps) by one `hypot`, three kernels and no temporary of x's size."""
     x32 = x.float()
     norm = torch.linalg.vector_norm(x32, dim=-1, keepdim=True)
-    return (x32 / torch.hypot(norm, _constant(eps**0.5, norm))).to(x.dtype)
+    return (x32 / torch.hypot(norm, scalar_constant(eps**0.5, norm))).to(x.dtype)
 
 
-_CONSTANTS: dict[tuple[float, torch.device, torch.dtype], torch.Tensor] = {}
+_SCALARS: dict[tuple[float, torch.device, torch.dtype], torch.Tensor] = {}
 
 
-def _constant(value: float, like: torch.Tensor) -> torch.Tensor:
+def scalar_constant(value: float, like: torch.Tensor) -> torch.Tensor:
     """A 0-dim tensor of `value` on `like`'s device and dtype, made once (not in every call)."""
     key = (value, like.device, like.dtype)
-    if key not in _CONSTANTS:
-        _CONSTANTS[key] = torch.full((), value, device=like.device, dtype=like.dtype)
-    return _CONSTANTS[key]
+    if key not in _SCALARS:
+        _SCALARS[key] = torch.full((), value, device=like.device, dtype=like.dtype)
+    return _SCALARS[key]
 
 
 def _expand_groups(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Every GPU check of issue 28 in one device call of at most 9 minutes: the CUDA tests, then
+# bench/inference.py on the Qwen3-1.7B layer shape in bf16 (op counts; prefill 4K-128K; eager decode and
+# decode under CUDA graphs at 16K and 128K, batch 1 and 8; a plain generate() at 16K and 128K, the hybrid's
+# first-call compile time; the largest batch whose cache fits at 128K), tables and JSON under OUT.
+#
+# Usage:  bench/gpu.sh OUT [extra bench/inference.py options]
+# On the device (torch 2.11, transformers 5.17, triton, no fla, no network), with fla's two wheels carried:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform any -d .whl/wheels flash-linear-attention==0.6.0 fla-core==0.6.0
+#   run(carry=[".whl/wheels"], timeout_s=570, command="bench/gpu.sh $OUT/gpu 2>&1 | tee $OUT/gpu.log")
+# On a CPU (what the test runs, tiny sizes):  DEVICE=cpu bench/gpu.sh out/ --layers 1 --prefill 256 ...
+set -euo pipefail
+if [ $# -lt 1 ]; then
+    sed -n '2,13p' "$0" >&2
+    exit 2
+fi
+mkdir -p "$1"
+OUT=$(realpath "$1")
+shift
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}
+if compgen -G ".whl/wheels/*.whl" > /dev/null && ! "$PY" -c "import fla" 2> /dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/wheels/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+"$PY" -c "import torch, transformers, platform; print('torch', torch.__version__, 'transformers', transformers.__version__, \
+'device', torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor())" | tee "$OUT/environment.txt"
+
+if [ "$DEVICE" = cuda ]; then
+    timeout 150 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tail -15 | tee "$OUT/cuda_tests.txt" || true
+    set -- --dtype bf16 --layers 4 --vocab 21760 --prefill 4096,8192,16384,65536,131072 --decode 16384,131072 \
+        --batch 1,8 --graphs --generate 16384,131072 --max-batch 131072 --repeats 2 "$@"
+fi
+timeout 420 "$PY" bench/inference.py --device "$DEVICE" --sections ops,prefill,decode,generate,max-batch \
+    --models teacher,hydrahead-7:1,all-gdn --json "$OUT/inference.json" "$@" 2>&1 | tee "$OUT/inference.txt"
