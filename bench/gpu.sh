@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Every GPU check of issue 28 in one device call of at most 9 minutes: the CUDA tests, then
-# bench/inference.py on the Qwen3-1.7B layer shape in bf16 (op counts; prefill 4K-128K; eager decode and
-# decode under CUDA graphs at 16K and 128K, batch 1 and 8; a plain generate() at 16K and 128K, the hybrid's
-# first-call compile time; the largest batch whose cache fits at 128K), tables and JSON under OUT.
+# bench/inference.py on the Qwen3-1.7B layer shape in bf16, in three runs with their own time limits and
+# JSON files (a run cut short keeps its finished sections): (1) op counts and prefill 4K-128K; (2) eager
+# decode and decode under CUDA graphs at 16K and 128K, batch 1 and 8, and a plain generate() at 16K and
+# 128K with the hybrid's first-call compile time; (3) the largest batch whose cache fits at 128K.
 #
 # Usage:  bench/gpu.sh OUT [extra bench/inference.py options]
 # On the device (torch 2.11, transformers 5.17, triton, no fla, no network), with fla's two wheels carried:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform any -d .whl/wheels flash-linear-attention==0.6.0 fla-core==0.6.0
+#     --platform manylinux_2_28_x86_64 --platform any -d .whl/wheels flash-linear-attention==0.6.0 fla-core==0.6.0 \
+#     einops   (fla's one dependency the image may lack; `pip show fla-core` lists them)
 #   run(carry=[".whl/wheels"], timeout_s=570, command="bench/gpu.sh $OUT/gpu 2>&1 | tee $OUT/gpu.log")
 # On a CPU (what the test runs, tiny sizes):  DEVICE=cpu bench/gpu.sh out/ --layers 1 --prefill 256 ...
 set -euo pipefail
@@ -26,13 +28,24 @@ if compgen -G ".whl/wheels/*.whl" > /dev/null && ! "$PY" -c "import fla" 2> /dev
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if [ "$DEVICE" = cuda ]; then  # without fla the hybrid runs its PyTorch path: say so, do not measure it silently
+    "$PY" -c "import fla.ops.gated_delta_rule, importlib.metadata as m; print('fla-core', m.version('fla-core'))" \
+        | tee "$OUT/fla.txt" || { echo "fla does not import: carry its wheels (see the top of this file)" >&2; exit 1; }
+fi
 "$PY" -c "import torch, transformers, platform; print('torch', torch.__version__, 'transformers', transformers.__version__, \
 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor())" | tee "$OUT/environment.txt"
 
+BENCH=("$PY" bench/inference.py --device "$DEVICE" --models teacher,hydrahead-7:1,all-gdn)
 if [ "$DEVICE" = cuda ]; then
-    timeout 150 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tail -15 | tee "$OUT/cuda_tests.txt" || true
-    set -- --dtype bf16 --layers 4 --vocab 21760 --prefill 4096,8192,16384,65536,131072 --decode 16384,131072 \
-        --batch 1,8 --graphs --generate 16384,131072 --max-batch 131072 --repeats 2 "$@"
+    timeout 120 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tail -15 | tee "$OUT/cuda_tests.txt" || true
+    COMMON=(--dtype bf16 --layers 4 --vocab 21760 --repeats 2)
+    timeout 150 "${BENCH[@]}" "${COMMON[@]}" --sections ops,prefill --prefill 4096,8192,16384,65536,131072 \
+        --json "$OUT/prefill.json" "$@" 2>&1 | tee "$OUT/prefill.txt" || true
+    timeout 180 "${BENCH[@]}" "${COMMON[@]}" --sections decode,generate --decode 16384,131072 --batch 1,8 --graphs \
+        --generate 16384,131072 --json "$OUT/decode.json" "$@" 2>&1 | tee "$OUT/decode.txt" || true
+    timeout 60 "${BENCH[@]}" "${COMMON[@]}" --sections max-batch --max-batch 131072 \
+        --json "$OUT/max_batch.json" "$@" 2>&1 | tee "$OUT/max_batch.txt" || true
+else  # the CPU dry run: every section once, small
+    "${BENCH[@]}" --sections ops,prefill,decode,generate,max-batch --json "$OUT/inference.json" "$@" 2>&1 \
+        | tee "$OUT/inference.txt"
 fi
-timeout 420 "$PY" bench/inference.py --device "$DEVICE" --sections ops,prefill,decode,generate,max-batch \
-    --models teacher,hydrahead-7:1,all-gdn --json "$OUT/inference.json" "$@" 2>&1 | tee "$OUT/inference.txt"

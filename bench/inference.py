@@ -21,7 +21,8 @@ rotated order) in one process and reported as the ratio teacher time / model tim
             (`hydrahead.models.footprint`: K/V bytes per token x tokens + GDN state per sequence)
 
   ops       ATen ops (what launches a kernel: counted at torch's dispatcher, after autograd and composite
-            decomposition, views excluded) per decoder layer in one decode step and one prefill, hybrid
+            decomposition, views excluded; on CUDA fla's Triton launches are not ATen ops and go
+            uncounted) per decoder layer in one decode step and one prefill, hybrid
             vs teacher, on a narrow copy of the config with --ops-layers layers (counts do not depend on
             widths; the first layer also works out what every layer of a forward shares, so the figure is
             the mean over the layers of a model as deep as Qwen3-1.7B)
@@ -204,8 +205,8 @@ def filled_cache(model, kind: str, context: int, batch: int, room: int):
     D, L = config.head_dim, config.num_hidden_layers
     gen = torch.Generator(device=device).manual_seed(1)
 
-    def rand(*shape, dtype=dtype):  # made on the device: filling 128K tokens of K/V on the host takes minutes
-        return (0.1 * torch.randn(*shape, generator=gen, device=device)).to(dtype)
+    def rand(*shape, dtype=dtype):  # made on the device (128K tokens of K/V from the host take minutes), in place
+        return torch.randn(*shape, generator=gen, device=device, dtype=dtype).mul_(0.1)
 
     plan = getattr(model, "hydrahead_plan", None)
     if plan is None:
@@ -382,6 +383,7 @@ def graph_step(device: torch.device):
     return torch.compile(eager_step, mode=mode, fullgraph=False, dynamic=False)
 
 
+@torch.no_grad()
 def max_batch(model, context: int, max_tries: int = 6) -> dict:
     """The largest batch whose static cache of `context` (+ 1) tokens fits next to the weights: the free memory
     over the cache's bytes per sequence, checked by filling that cache and decoding one token (halved on OOM)."""
@@ -404,7 +406,9 @@ def max_batch(model, context: int, max_tries: int = 6) -> dict:
             sync(device)
             checked = True
             break
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, RuntimeError) as err:  # cuBLAS / Triton allocation failures too
+            if not isinstance(err, torch.OutOfMemoryError) and "out of memory" not in str(err).lower():
+                raise
             batch //= 2
         finally:
             cache = None
@@ -477,6 +481,7 @@ def main() -> None:
     }
     if "ops" in sections:
         result["ops"] = op_counts(args)
+        save(result, args)
     timed = [x for x in sections if x != "ops"]
     if not timed:
         return finish(result, args)
@@ -512,6 +517,7 @@ def main() -> None:
             result["prefill"].append(row)
             print(f"prefill {T:>6} {name:<14} {best[name]:8.3f} s  x{row['ratio']:.2f}  floor {floor:7.3f} s "
                   f"({best[name] / floor:.2f}x floor)", flush=True)
+            save(result, args)
 
     kinds = ["dynamic", "static"]
     for batch in [int(x) for x in args.batch.split(",") if x] if "decode" in sections else []:
@@ -543,6 +549,7 @@ def main() -> None:
                 detail = " ".join(f"{k} {v:.2f}" for k, v in row["ms_per_token"].items())
                 print(f"decode B{batch} {T:>6} {name:<14} {row['ms']:8.2f} ms ({eager[name][1]})  x{row['ratio']:.2f}  "
                       f"floor {row['floor_ms']:.2f} ms ({row['ms'] / row['floor_ms']:.2f}x)  [{detail}]", flush=True)
+                save(result, args)
 
     for T in [int(x) for x in args.generate.split(",") if x] if "generate" in sections else []:
         for name in names:
@@ -553,6 +560,7 @@ def main() -> None:
             row["ratio"] = result["generate"][-len(names)]["ms"] / row["ms"]
             print(f"generate {T:>6} {row['model']:<14} {row['ms']:8.2f} ms/token  x{row['ratio']:.2f}  "
                   f"first call +{row['first_s']:.1f} s", flush=True)
+            save(result, args)
 
     if "max-batch" in sections and device.type == "cuda":
         for T in [int(x) for x in args.max_batch.split(",") if x]:
@@ -561,12 +569,18 @@ def main() -> None:
                 result["max_batch"].append(row)
                 print(f"max batch at {T}: {name:<14} {row['batch']} ({row['bytes_per_sequence'] / 2**30:.2f} GiB "
                       f"per sequence, checked: {row['checked']})", flush=True)
+                save(result, args)
     finish(result, args)
+
+
+def save(result: dict, args) -> None:
+    """Write what is measured so far (a long GPU run killed by its time limit keeps its finished sections)."""
+    Path(args.json).write_text(json.dumps(result, indent=1))
 
 
 def finish(result: dict, args) -> None:
     result["load_after"] = os.getloadavg()[0]
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    save(result, args)
     print_tables(result)
     if args.plot and result["prefill"]:
         plot(result, args.plot)

@@ -5,14 +5,15 @@ cache, `LinearAttentionAndStaticFullAttentionLayer` for the static one), so `gen
 offloading and `cache_implementation="static"` keep working.
 
 The layers of a hybrid talk to their cache layer through one small protocol, defined here and nowhere
-else (`HybridStateMixin`): `conv_window` (the short conv's left context), `recurrent_state` /
+else (`HybridStateMixin`): `conv_window` / `conv_prefix` (the short conv's left context), `recurrent_state` /
 `store_recurrent_state` (the GDN state) and `advance` (count the tokens of a forward). Each layer counts
 its own tokens because a layer may have no FA heads, so no keys to measure the length by, while
 transformers derives positions and mask sizes from layer 0's length.
 
 The static cache preallocates every buffer once and only ever writes into it in place (K/V by
 `index_copy_`, states by `copy_`, the token counter by `add_`), so a decode step reads and writes fixed
-addresses: what `torch.compile` and CUDA graphs need.
+addresses: what `torch.compile` and CUDA graphs need. The dynamic cache instead lets the conv state become
+a view of the last window (one copy fewer per layer and step).
 """
 
 from __future__ import annotations
@@ -41,28 +42,25 @@ class HybridStateMixin:
         keep = kernel_size - 1
         if not self.has_previous_state[0]:
             window = F.pad(x, (0, 0, keep, 0))
-            self._keep_conv_inputs(window[:, window.shape[1] - keep :], kernel_size)
+            self.keep_conv_inputs(window[:, window.shape[1] - keep :], kernel_size)
             return window
         window = torch.cat([self.conv_states[0], x], dim=1)
-        if self.static_addresses:
+        if self.static_addresses or x.shape[1] > 1:  # (a view would keep a long window alive)
             self.conv_states[0].copy_(window[:, window.shape[1] - keep :])
-        else:  # no copy: the state becomes a view of the window (what a captured graph could not replay)
+        else:  # a decode step, no copy: the state becomes a view of the window (a captured graph could not)
             self.conv_states[0] = window[:, window.shape[1] - keep :]
         return window
 
-    def conv_prefix(self, x: torch.Tensor, kernel_size: int) -> torch.Tensor:
-        """The kernel_size - 1 conv inputs before x (zeros before the first token): (B, kernel_size - 1, C),
-        for a caller that convolves x in pieces (`conv_window` without the copy of all of x). Keeps the last
-        kernel_size - 1 inputs."""
-        keep = kernel_size - 1
+    def conv_prefix(self, like: torch.Tensor, kernel_size: int) -> torch.Tensor:
+        """The kernel_size - 1 conv inputs seen last (zeros before the first token): (B, kernel_size - 1, C)
+        like `like` (B, *, C); for a caller that convolves its inputs in pieces and then hands the last
+        kernel_size - 1 to `keep_conv_inputs` (`conv_window` without a copy of all of them)."""
         if self.has_previous_state[0]:
-            prefix = self.conv_states[0].clone()
-        else:
-            prefix = x.new_zeros(x.shape[0], keep, x.shape[2])
-        self._keep_conv_inputs(torch.cat([prefix, x[:, -keep:]], dim=1)[:, -keep:], kernel_size)
-        return prefix
+            return self.conv_states[0].clone()
+        return like.new_zeros(like.shape[0], kernel_size - 1, like.shape[2])
 
-    def _keep_conv_inputs(self, last: torch.Tensor, kernel_size: int) -> None:
+    def keep_conv_inputs(self, last: torch.Tensor, kernel_size: int) -> None:
+        """Keep `last` (B, kernel_size - 1, C) as the conv inputs seen last."""
         if not self.is_conv_states_initialized[0]:
             self.conv_states[0] = self._static_buffer(last)
             self.conv_kernel_size[0] = kernel_size
@@ -132,7 +130,8 @@ class HybridHeadStaticLayer(HybridStateMixin, LinearAttentionAndStaticFullAttent
 
     `cumulative_length` (a 0-dim tensor with a static address) counts the tokens of every forward, FA heads
     or not; `update` writes K/V at that offset without moving it, `advance` moves it once per forward.
-    `tokens` counts the same on the host, so the overflow check needs no device sync.
+    `tokens` counts the same on the host, so the overflow check needs no device sync; compiled steps cannot
+    count on the host, so after them the first eager write reads the device counter once.
     """
 
     static_addresses = True
@@ -140,11 +139,14 @@ class HybridHeadStaticLayer(HybridStateMixin, LinearAttentionAndStaticFullAttent
     def __init__(self, max_cache_len: int) -> None:
         super().__init__(max_cache_len, number_of_states=1)
         self.tokens = 0
+        self.tokens_stale = False  # True after compiled steps: `tokens` missed them
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         length = key_states.shape[-2]
+        if not is_torchdynamo_compiling() and self.tokens_stale:
+            self.tokens, self.tokens_stale = int(self.cumulative_length), False
         if not is_torchdynamo_compiling() and self.tokens + length > self.max_cache_len:
             raise CacheError(
                 f"the static cache holds {self.max_cache_len} tokens; writing {length} more after "
@@ -157,12 +159,14 @@ class HybridHeadStaticLayer(HybridStateMixin, LinearAttentionAndStaticFullAttent
 
     def advance(self, num_tokens: int) -> None:
         self.cumulative_length.add_(num_tokens)
-        if not is_torchdynamo_compiling():
+        if is_torchdynamo_compiling():
+            self.tokens_stale = True
+        else:
             self.tokens += num_tokens
 
     def reset(self) -> None:
         super().reset()
-        self.tokens = 0
+        self.tokens, self.tokens_stale = 0, False
 
     def get_seq_length(self) -> torch.Tensor:
         return self.cumulative_length

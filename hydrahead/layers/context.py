@@ -6,6 +6,8 @@ position ids it was given; every later layer reuses it:
 
   documents     where packed rows' documents start (`cu_seqlens` and per-token offsets): the GDN heads
                 restart their state there; one host sync per forward, not one per layer
+  padding       the (B, T) padding mask of this forward's tokens, or None when a prompt has none (one host
+                sync per prefill, so that unpadded prompts take the unmasked, fused kernels)
   rotary        the RoPE tables of `rotary` (cos, and sin with its first half negated)
   query_scale   the FA log-length query scale max(1, log(t + 1) / log(L_train)) per position, (B or 1, T)
 
@@ -36,6 +38,19 @@ class ForwardContext:
         self._documents: tuple[Documents | None] | None = None
         self._query_scale: dict[int, torch.Tensor] = {}
         self._rotary: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._padding: tuple[torch.Tensor | None] | None = None
+
+    def padding(self, mask: torch.Tensor | None, seq_len: int) -> torch.Tensor | None:
+        """The last `seq_len` columns of the 2D mask (past + current tokens), or None when they are all real
+        tokens (checked for prompts, not for one-token steps, which are never padding, nor while compiling)."""
+        if mask is None:
+            return None
+        if self._padding is None:
+            padding = mask[:, -seq_len:]
+            if seq_len > 1 and not torch.compiler.is_compiling() and bool(padding.all()):
+                padding = None
+            self._padding = (padding,)
+        return self._padding[0]
 
     def rotary(self, position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """`rotary_tables(cos, sin)` of this forward's position embeddings (the same tensors in every layer)."""

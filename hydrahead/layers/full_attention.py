@@ -7,7 +7,8 @@ number of FA query heads (e.g. whole GQA groups) the call stays GQA; otherwise K
 query head.
 
 One GEMM, `qkv_proj`, gives q | k | v; the q and k heads are normalised (teacher's q/k norms) and rotated
-in one call each, as one (B, T, H + Hkv, D) tensor: the teacher's arithmetic, elementwise, so the same values.
+in one call each, as one (B, T, H + Hkv, D) tensor: the teacher's arithmetic, elementwise (RoPE with one fused
+multiply-add: equal up to its rounding).
 """
 
 from __future__ import annotations

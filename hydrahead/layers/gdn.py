@@ -12,8 +12,9 @@ five is an odd width (H * (3 D) + 2 H rows) that runs 37% slower per FLOP in tor
 aligned q | k | v one (measured at 8K tokens, hidden 2048, 14 heads). The teacher's q/k RMSNorm
 is kept as its weight only: its normalisation is redundant before the L2 norm, which is scale-invariant
 (L2(w * x / rms(x)) = L2(w * x), up to the two epsilons), and RoPE, a rotation, commutes with both. On
-CUDA with fla installed the L2 norm, the gate and beta are computed inside fla's kernels (as fla's own
-GatedDeltaNet layer does); elsewhere by the PyTorch ops in `hydrahead.ops`.
+CUDA with fla installed, for prompts without padding and eager decode steps, the L2 norm, the gate and
+beta are computed inside fla's kernels (as fla's own GatedDeltaNet layer does); elsewhere (padded prompts,
+compiled decode, the CPU) by the PyTorch ops in `hydrahead.ops`.
 """
 
 from __future__ import annotations
@@ -91,21 +92,26 @@ class GatedDeltaNetBranch(nn.Module):
             padding_mask = None  # a generated token is never padding (left padding lives in the prompt)
         context = context if context is not None else ForwardContext()
         tables = context.rotary(position_embeddings) if self.rope else None
-        qkv = self.qkv_proj(x)  # (B, T, q | k | v)
-        a, b = self.ab_proj(x).chunk(2, dim=-1)  # (B, T, H) each
-        if padding_mask is not None:
-            # Padding must not leak into the conv window (zero it after the projection, whose bias would
-            # otherwise survive) nor into the recurrent state (beta = g = 0 below).
-            qkv = qkv * padding_mask[..., None].to(qkv.dtype)
         block = self.block_tokens(x)
         if T > block and documents is None and not x.is_cuda and not torch.is_grad_enabled():
-            return self._prefill_in_blocks(qkv, a, b, tables, cache_layer, padding_mask, state, block)
+            return self._prefill_in_blocks(x, tables, cache_layer, padding_mask, state, block)
+        qkv, a, b = self._project(x, padding_mask)
         if self.conv is not None:
             qkv = self.conv(qkv, cache_layer, documents.offsets if documents is not None else None)
         o, final_state = self._rule(qkv, a, b, tables, padding_mask, state, decode, cache_layer is not None, documents)
         if cache_layer is not None and final_state is not None:
             cache_layer.store_recurrent_state(final_state)
         return o  # (B, T, H, D)
+
+    def _project(self, x: torch.Tensor, padding_mask: torch.Tensor | None):
+        """x (B, T, hidden) -> the conv's input q | k | v (B, T, C) and the gate inputs a, b (B, T, H)."""
+        qkv = self.qkv_proj(x)  # (B, T, q | k | v)
+        a, b = self.ab_proj(x).chunk(2, dim=-1)  # (B, T, H) each
+        if padding_mask is not None:
+            # Padding must not leak into the conv window (zero it after the projection, whose bias would
+            # otherwise survive) nor into the recurrent state (beta = g = 0 below).
+            qkv = qkv * padding_mask[..., None].to(qkv.dtype)
+        return qkv, a, b
 
     def block_tokens(self, x: torch.Tensor) -> int:
         """Tokens per block of an inference prefill on the CPU: about 16 MiB per (B, block, H, D) fp32 temporary,
@@ -114,27 +120,30 @@ class GatedDeltaNetBranch(nn.Module):
         per_token = x.shape[0] * self.num_heads * self.head_dim * 4
         return max(64, (16 << 20) // per_token // 64 * 64)
 
-    def _prefill_in_blocks(self, qkv, a, b, tables, cache_layer, padding_mask, state, block: int) -> torch.Tensor:
-        """The prefill of `forward` one block of tokens at a time (conv window and state carried over),
-        writing into one output: the same values, with block-sized temporaries."""
-        B, T, _ = qkv.shape
-        out = qkv.new_empty(B, T, self.num_heads, self.head_dim)
+    def _prefill_in_blocks(self, x, tables, cache_layer, padding_mask, state, block: int) -> torch.Tensor:
+        """The prefill of `forward` one block of tokens at a time, projections included (conv inputs and state
+        carried from block to block), writing into one output: the same values, block-sized temporaries."""
+        B, T, _ = x.shape
+        out = x.new_empty(B, T, self.num_heads, self.head_dim)
         K = self.conv.kernel_size if self.conv is not None else 1
-        if self.conv is not None:
-            prefix = (cache_layer.conv_prefix(qkv, K) if cache_layer is not None
-                      else qkv.new_zeros(B, K - 1, qkv.shape[2]))
+        prefix = None
         for start in range(0, T, block):
             end = min(T, start + block)
-            piece = qkv[:, start:end]
+            mask = padding_mask[:, start:end] if padding_mask is not None else None
+            qkv, a, b = self._project(x[:, start:end], mask)
             if self.conv is not None:
-                window = torch.cat([prefix, qkv[:, :end]], dim=1) if start == 0 else qkv[:, start - K + 1 : end]
-                piece = self.conv.convolve(window)
-            o, state = self._rule(piece, a[:, start:end], b[:, start:end],
-                                  tuple(t[:, start:end] for t in tables) if tables is not None else None,
-                                  padding_mask[:, start:end] if padding_mask is not None else None, state,
-                                  False, True, None)
+                if prefix is None:
+                    prefix = (cache_layer.conv_prefix(qkv, K) if cache_layer is not None
+                              else qkv.new_zeros(B, K - 1, qkv.shape[2]))
+                window = torch.cat([prefix, qkv], dim=1)  # (B, K - 1 + block, C)
+                prefix = window[:, window.shape[1] - (K - 1) :]
+                qkv = self.conv.convolve(window)
+            o, state = self._rule(qkv, a, b, tuple(t[:, start:end] for t in tables) if tables is not None else None,
+                                  mask, state, False, True, None)
             out[:, start:end] = o
         if cache_layer is not None:
+            if self.conv is not None:
+                cache_layer.keep_conv_inputs(prefix, K)
             cache_layer.store_recurrent_state(state)
         return out
 
@@ -149,7 +158,7 @@ class GatedDeltaNetBranch(nn.Module):
             qk = qk * head_table((self.q_norm.weight, H), (self.k_norm.weight, Hkv)).to(qk.dtype)
         if tables is not None:
             qk = rotary(qk, tables)
-        fused = padding_mask is None and fla_applies(qk) and not (decode and torch.compiler.is_compiling())
+        fused = padding_mask is None and not (decode and torch.compiler.is_compiling()) and fla_applies(qk)
         if not fused:
             qk = l2norm(qk)  # q and k heads in one call
         q, k = qk.split([H, Hkv], dim=2)

@@ -103,9 +103,7 @@ class HybridAttention(nn.Module):
                     f"a hydrahead model needs a HybridHeadCache, got {type(past_key_values).__name__}; "
                     "pass past_key_values=None (one is made for you) or hydrahead.HybridHeadCache(model.config)"
                 )
-        padding = None
-        if linear_attention_mask is not None:
-            padding = linear_attention_mask[:, -T:]  # (B, T): the 2D mask covers past + current tokens
+        padding = context.padding(linear_attention_mask, T)  # (B, T) or None: no padded token
 
         outputs, norms = [], []
         if self.fa is not None:
@@ -115,7 +113,8 @@ class HybridAttention(nn.Module):
         if self.gdn is not None:
             # packed rows (position_ids restarting, no cache, no padding mask): transformers gives the FA heads
             # a block-diagonal mask from the same position_ids; the GDN heads restart per document
-            documents = context.documents(position_ids, B, T) if cache_layer is None and padding is None else None
+            documents = (context.documents(position_ids, B, T) if cache_layer is None and linear_attention_mask is None
+                         else None)
             outputs.append(self.gdn(hidden_states, position_embeddings, cache_layer, padding, documents, context))
             norms.append(self.gdn_norm)
         if cache_layer is not None:

@@ -141,7 +141,9 @@ def graph_decode_applies(model, kwargs: dict) -> bool:
         return False
     if kwargs.get("disable_compile", getattr(config, "disable_compile", False)):
         return False
-    if kwargs.get("num_beams", getattr(config, "num_beams", 1) or 1) > 1 or kwargs.get("assistant_model") is not None:
+    if (kwargs.get("num_beams") or getattr(config, "num_beams", 1) or 1) > 1 or kwargs.get("use_cache") is False:
+        return False
+    if kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens") is not None:
         return False
     return not any(model.family.sliding_window(model.config, i) for i in range(model.config.num_hidden_layers))
 

@@ -161,6 +161,20 @@ def test_static_cache_overflow_is_a_clear_error():
             model(torch.ones(1, 3, dtype=torch.long), past_key_values=cache, use_cache=True)
 
 
+def test_static_cache_overflow_is_caught_after_compiled_steps():
+    """Compiled steps move only the device counter (no host sync in a step); the next eager write reads it
+    once, so the overflow is still a clear error, not an out-of-bounds write."""
+    model = hybrid()
+    cache = hydrahead.HybridHeadCache(model.config, max_cache_len=8)
+    with torch.no_grad():
+        model(torch.ones(1, 6, dtype=torch.long), past_key_values=cache, use_cache=True)
+        for layer in cache.layers:  # what two compiled one-token steps leave behind
+            layer.cumulative_length.add_(2)
+            layer.tokens_stale = True
+        with pytest.raises(hydrahead.CacheError, match="writing 1 more after 8"):
+            model(torch.ones(1, 1, dtype=torch.long), past_key_values=cache, use_cache=True)
+
+
 def test_static_cache_refuses_sliding_window_layers():
     teacher = make_teacher("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=1)
     assert any(t == "sliding_attention" for t in teacher.config.layer_types)

@@ -134,7 +134,10 @@ _SCALARS: dict[tuple[float, torch.device, torch.dtype], torch.Tensor] = {}
 
 
 def scalar_constant(value: float, like: torch.Tensor) -> torch.Tensor:
-    """A 0-dim tensor of `value` on `like`'s device and dtype, made once (not in every call)."""
+    """A 0-dim tensor of `value` on `like`'s device and dtype, made once (not in every call); inside a compiled
+    region a fresh one (a cached tensor made there would be a graph's output)."""
+    if torch.compiler.is_compiling():
+        return torch.full((), value, device=like.device, dtype=like.dtype)
     key = (value, like.device, like.dtype)
     if key not in _SCALARS:
         _SCALARS[key] = torch.full((), value, device=like.device, dtype=like.dtype)
