@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hydrahead.layers.norm import RMSNorm, head_table
-from hydrahead.ops.gated_delta import scalar_constant
+from hydrahead.ops.gated_delta import l2_length
 
 
 class BranchNorm(nn.Module):
@@ -22,26 +22,25 @@ class BranchNorm(nn.Module):
         self.norm = RMSNorm(head_dim, eps)
         self.gain = nn.Parameter(torch.ones(num_heads))
 
-    def forward(self, o: torch.Tensor) -> torch.Tensor:
-        """o: (B, T, H, D) -> (B, T, H, D)."""
-        return self.norm(o) * self.gain.to(o.dtype)[:, None]
+    def table(self, scale: float = 1.0) -> torch.Tensor:
+        """(H, D): what each head's RMS-normalised output is multiplied by, the norm's weight times the head's
+        gain (times `scale`)."""
+        return self.norm.weight * (self.gain[:, None].to(self.norm.weight.dtype) * scale)
 
 
 def fuse(outputs: list[torch.Tensor], norms: list[BranchNorm | None]) -> torch.Tensor:
     """The branches' outputs (B, T, H_i, D) side by side on the head axis, each normalised by its BranchNorm
-    when it has one: one normalisation over all heads with a per-head weight table (each branch's RMSNorm
-    weight times its gains), the values of each BranchNorm applied on its own. The RMS comes from one norm
+    when it has one: one normalisation over all heads with a per-head weight table (`BranchNorm.table`), the
+    values of RMSNorm then gain applied per branch (tests/layers/test_fusion.py). The RMS comes from one norm
     reduction (x / sqrt(mean(x^2) + eps) == x / (hypot(|x|, sqrt(D eps)) / sqrt(D))), and without autograd
     the scaling is in place: no temporary of the output's size."""
     out = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
     if all(norm is None for norm in norms):
         return out
     D = out.shape[-1]
-    table = head_table(*((norm.norm.weight * (norm.gain[:, None].to(norm.norm.weight.dtype) * D**0.5), o.shape[2])
-                         for norm, o in zip(norms, outputs)))
+    table = head_table(*((norm.table(D**0.5), o.shape[2]) for norm, o in zip(norms, outputs)))
     x32 = out.float()
-    eps = norms[0].norm.variance_epsilon
-    rms = torch.hypot(torch.linalg.vector_norm(x32, dim=-1, keepdim=True), scalar_constant((D * eps) ** 0.5, x32))
+    rms = l2_length(x32, D * norms[0].norm.variance_epsilon)  # sqrt(D) * RMS: the sqrt(D) is in the table
     if torch.is_grad_enabled() or len(outputs) == 1 or x32 is not out:  # out may be a branch's own tensor
         return (x32 / rms).to(out.dtype) * table.to(out.dtype)
     return out.div_(rms).mul_(table.to(out.dtype))

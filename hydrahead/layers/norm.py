@@ -1,9 +1,9 @@
 """RMSNorm with the same arithmetic as transformers' Llama/Qwen RMSNorm (fp32 statistics), so copies of
 the teacher's q/k norms reproduce it bit for bit; and the rotary embedding applied to one tensor.
 
-`rms_norm` takes any weight that broadcasts against x: a branch normalises its q and k heads (or the
-fusion normalises both branches' outputs) in one call with a per-head weight table, instead of one call
-per norm module (fewer kernels per layer, the same values).
+`rms_norm` takes any weight that broadcasts against x: the FA branch normalises its q and k heads in one
+call with a per-head weight table (`head_table`), instead of one call per norm module (fewer kernels per
+layer, the same values).
 """
 
 from __future__ import annotations

@@ -61,6 +61,7 @@ __all__ = [
     "fla_gated_delta_rule",
     "gated_delta_rule",
     "gated_delta_rule_step",
+    "l2_length",
     "l2norm",
     "recurrent_gated_delta_rule",
 ]
@@ -126,8 +127,12 @@ def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """x / sqrt(sum(x^2) + eps) over the last dim, in fp32 (fla's `l2norm`, up to rounding): the norm by one
     reduction and sqrt(norm^2 + eps) by one `hypot`, three kernels and no temporary of x's size."""
     x32 = x.float()
-    norm = torch.linalg.vector_norm(x32, dim=-1, keepdim=True)
-    return (x32 / torch.hypot(norm, scalar_constant(eps**0.5, norm))).to(x.dtype)
+    return (x32 / l2_length(x32, eps)).to(x.dtype)
+
+
+def l2_length(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """sqrt(sum(x^2) + eps) over the last dim, keepdim: one norm reduction and one `hypot`."""
+    return torch.hypot(torch.linalg.vector_norm(x, dim=-1, keepdim=True), scalar_constant(eps**0.5, x))
 
 
 _SCALARS: dict[tuple[float, torch.device, torch.dtype], torch.Tensor] = {}

@@ -76,21 +76,13 @@ def fla_gated_delta_net(
     """Gated delta rule from raw inputs, L2 norm, gate and beta in fla's kernels. q, k, v (B, T, H, D) before
     the L2 norm; a, b (B, T, H) the gate and beta projections; A_log, dt_bias (H,). With `cu_seqlens` the
     (B, T) rows are packed documents: flattened to one row for the kernel, restored in the output."""
-    chunk_kernel, recurrent_kernel = load_fla_kernels()
     B, T = q.shape[:2]
     if cu_seqlens is not None:
         q, k, v, a, b = (x.reshape(1, B * T, *x.shape[2:]) for x in (q, k, v, a, b))
-    if initial_state is not None:
-        initial_state = initial_state.to(torch.float32).contiguous()
-    common = dict(q=q, k=k, v=v, g=a, beta=b, initial_state=initial_state, output_final_state=output_final_state,
-                  use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
-                  A_log=A_log, dt_bias=dt_bias)
-    if cu_seqlens is not None:
-        common["cu_seqlens"] = cu_seqlens.to(torch.long)
-    o, final_state = (recurrent_kernel if T == 1 else chunk_kernel)(**common)
-    if final_state is not None:
-        final_state = final_state.to(torch.float32)
-    return o.to(v.dtype).view(B, T, *o.shape[2:]), final_state
+    o, final_state = _run_fla(q, k, v, a, b, initial_state, output_final_state, cu_seqlens,
+                              use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
+                              A_log=A_log, dt_bias=dt_bias)
+    return o.view(B, T, *o.shape[2:]), final_state
 
 
 def fla_gated_delta_rule(
@@ -106,22 +98,22 @@ def fla_gated_delta_rule(
     cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated delta rule with fla's kernels (see the module docstring for shapes and dtypes)."""
+    # the log decay is cumulated inside fla; keep it in fp32 as fla's layers do
+    return _run_fla(q, k, v, g.to(torch.float32), beta, initial_state, output_final_state, cu_seqlens, scale=scale)
+
+
+def _run_fla(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens, **options):
+    """fla's fused recurrent kernel for one token, its chunk kernel otherwise; the state in and out in fp32,
+    o in v's dtype. Keyword arguments only: the positional order of fla's signatures has changed between
+    releases."""
     chunk_kernel, recurrent_kernel = load_fla_kernels()
     kernel = recurrent_kernel if q.shape[1] == 1 else chunk_kernel
     if initial_state is not None:
         initial_state = initial_state.to(torch.float32).contiguous()
-    # Keyword arguments only: the positional order of fla's signatures has changed between releases.
-    o, final_state = kernel(
-        q=q,
-        k=k,
-        v=v,
-        g=g.to(torch.float32),  # the log decay is cumulated inside fla; keep it in fp32 as fla's layers do
-        beta=beta,
-        scale=scale,
-        initial_state=initial_state,
-        output_final_state=output_final_state,
-        **({"cu_seqlens": cu_seqlens.to(torch.long)} if cu_seqlens is not None else {}),
-    )
+    if cu_seqlens is not None:
+        options["cu_seqlens"] = cu_seqlens.to(torch.long)
+    o, final_state = kernel(q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state,
+                            output_final_state=output_final_state, **options)
     if final_state is not None:
         final_state = final_state.to(torch.float32)
     return o.to(v.dtype), final_state
