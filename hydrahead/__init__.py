@@ -16,6 +16,7 @@ from hydrahead.errors import (
     PlanError,
     RecipeError,
     ScoringError,
+    ServingError,
     UnsupportedModelError,
 )
 from hydrahead.cache import HybridHeadCache
@@ -25,6 +26,7 @@ from hydrahead.models.hybrid import is_hybrid  # importing registers the hybrid 
 from hydrahead.models.loading import from_pretrained, load_model, load_tokenizer, save_hybrid
 from hydrahead.options import HybridOptions
 from hydrahead.plan import HeadPlan
+from hydrahead.serving import serve
 from hydrahead.utils.memory import keep_freed_memory
 from hydrahead.scoring import (
     HeadScores,
@@ -68,6 +70,7 @@ __all__ = [
     "ProbeConfig",
     "RecipeError",
     "ScoringError",
+    "ServingError",
     "UnsupportedModelError",
     "ablate",
     "build_probes",
@@ -83,5 +86,6 @@ __all__ = [
     "layer_similarity",
     "save_hybrid",
     "score_heads",
+    "serve",
     "validate_scores",
 ]

@@ -38,6 +38,10 @@ class CacheError(HydraHeadError, TypeError):
     """A hybrid model was given a cache it cannot use."""
 
 
+class ServingError(HydraHeadError, RuntimeError):
+    """A server cannot start as asked: a port in use, the serving packages missing, an option a hybrid refuses."""
+
+
 class NeedleError(HydraHeadError, ValueError):
     """A needle or haystack cannot be built as asked: an unknown value type or haystack, unreadable files."""
 

@@ -22,6 +22,7 @@ COMMANDS = {
     "info": "info",
     "plan": "plan",
     "score": "score",
+    "serve": "serve",
     "validate-scores": "validate_scores",
 }
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="hydrahead",
         description="Turn a Hugging Face Transformer LLM into a head-level hybrid of softmax and Gated DeltaNet "
-        "attention: score heads -> plan -> convert -> distill -> evaluate -> generate.",
+        "attention: score heads -> plan -> convert -> distill -> evaluate -> generate -> serve.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():

@@ -35,6 +35,11 @@ def plan_and_options(config: Any) -> tuple[HeadPlan, HybridOptions]:
     return HeadPlan.from_dict(spec["plan"]), HybridOptions.from_dict(spec["options"])
 
 
+CONTINUOUS_BATCHING = (
+    "continuous batching (a paged KV cache) is not supported for hydrahead models: a GDN head's recurrent state "
+    "has no paged form; use generate() or serve without --continuous-batching (requests then run one at a time)")
+
+
 class HybridCausalLMMixin:
     """Shared behaviour of every hybrid causal-LM class (mixed in before the family's class)."""
 
@@ -96,6 +101,21 @@ class HybridCausalLMMixin:
         if graph_decode_applies(self, kwargs):
             kwargs["cache_implementation"] = "static"
         return super().generate(*args, **kwargs)
+
+    # Continuous batching keeps every request's K/V in one paged cache; a GDN head's state is a fixed-size matrix
+    # per sequence that has no paged form. Refused, never run on a cache that would compute something else.
+    # Without `init_continuous_batching` (hasattr is False), `transformers serve --continuous-batching` falls
+    # back to sequential generation with its own warning.
+    @property
+    def init_continuous_batching(self):
+        raise AttributeError(CONTINUOUS_BATCHING)
+
+    def generate_batch(self, *args, **kwargs):
+        """Refused: see CONTINUOUS_BATCHING (also what `generate(cache_implementation="paged")` calls)."""
+        raise CacheError(CONTINUOUS_BATCHING)
+
+    def continuous_batching_context_manager(self, *args, **kwargs):
+        raise CacheError(CONTINUOUS_BATCHING)
 
     def _own_cache(self, past_key_values) -> HybridHeadCache:
         """Our cache in place of an empty transformers one (None, DynamicCache, StaticCache keeps its size)."""
@@ -185,6 +205,24 @@ for _config_class, _model_class in HYBRID_CLASSES.values():
     AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
     AutoModelForCausalLM.register(_config_class, _model_class, exist_ok=True)
     register_checkpoint_conversion_mapping(_config_class.model_type, list(FUSED_PROJECTIONS), overwrite=True)
+
+
+def expose_in_transformers(*classes: type) -> None:
+    """Make hybrid classes attributes of the `transformers` module. `transformers serve` (5.17,
+    cli/serving/model_manager.py `_load_model`) finds a checkpoint's class as `getattr(transformers,
+    config.architectures[0])`, not through the Auto classes or `auto_map`; a saved hybrid's modeling code calls
+    this when it is loaded, and so does `hydrahead serve`. Names transformers has are never replaced.
+
+    transformers re-executes its own `__init__` (processing_utils' `direct_transformers_import`), so the module
+    object the model manager imported may no longer be `sys.modules["transformers"]`: both get the names."""
+    import sys
+
+    modules = [sys.modules.get("transformers"),
+               getattr(sys.modules.get("transformers.cli.serving.model_manager"), "transformers", None)]
+    for module in {id(m): m for m in modules if m is not None}.values():
+        for cls in classes:
+            if not hasattr(module, cls.__name__):
+                setattr(module, cls.__name__, cls)
 
 
 def is_hybrid(model: Any) -> bool:

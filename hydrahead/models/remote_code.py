@@ -108,9 +108,12 @@ installed its own classes are used; without, the copy bundled next to this file 
 """
 
 try:  # the installed package, when there is one: never a stale copy
-    from hydrahead.models.hybrid import {names}
+    from hydrahead.models.hybrid import {names}, expose_in_transformers
 except ImportError:
-    from .{flat} import {names}
+    from .{flat} import {names}, expose_in_transformers
+
+# `transformers serve --trust-remote-code` looks the class up by name on the transformers module
+expose_in_transformers({model_name})
 
 __all__ = [{quoted}]
 '''
@@ -139,6 +142,6 @@ def write_remote_code(directory: str | Path, model: Any) -> dict[str, str]:
             f"# bundled from {module} (hydrahead {__version__}) by hydrahead.models.remote_code\n" + source)
     config_name, model_name = type(model.config).__name__, type(model).__name__
     (directory / f"{ENTRY}.py").write_text(_ENTRY_TEMPLATE.format(
-        version=__version__, names=f"{config_name}, {model_name}", flat=flat_name(ROOT_MODULE),
+        version=__version__, names=f"{config_name}, {model_name}", model_name=model_name, flat=flat_name(ROOT_MODULE),
         quoted=f'"{config_name}", "{model_name}"'))
     return {"AutoConfig": f"{ENTRY}.{config_name}", "AutoModelForCausalLM": f"{ENTRY}.{model_name}"}

@@ -123,6 +123,16 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["demo", "--out", new, "--teacher", T, "--retrain-teacher"], "--teacher and --retrain-teacher exclude"),
         (["demo", "--out", new, "--teacher", G], "garbage.gguf is not a readable GGUF model"),
         (["demo", "--out", new, "--teacher", str(d / "gpt2")], "gpt2"),
+        # serve: refused before any model is loaded or a port is taken
+        (["serve", new], "model directory not found"),
+        (["serve", F], "a_file is a file, not a model directory"),
+        (["serve", str(d / "truncated")], "corrupt or truncated"),
+        (["serve", G], "served after `hydrahead export"),
+        (["serve", H, "--continuous-batching"], "continuous batching .*is not supported for hydrahead models"),
+        (["serve", H, "--chat-template", str(d / "nope.jinja")], "chat template file not found"),
+        (["serve", H, "--chat-template", str(d / "binary.txt")], "binary.txt is not UTF-8"),
+        (["serve", H, "--port", "70000"], "--port: must be a TCP port"),
+        (["serve", H, "--device", "banana"], "unknown device 'banana'"),
         (["score", "--model", T, "--out", f"{new}.json", "--context-length", "2q"], "--context-length: expected a length"),
         (["score", "--model", T, "--out", f"{new}.json", "--answer-lead", "-1"], "--answer-lead: must be >= 0"),
     ]

@@ -52,3 +52,17 @@ def test_sliding_window_models_stay_dynamic():
     teacher = make_teacher("mistral", sliding_window=8)
     model = hydrahead.convert(teacher, HeadPlan(((0,), (1,)), 4, 2))
     assert not graph_decode_applies(on(model, "cuda"), {})
+
+
+def test_continuous_batching_is_refused_in_one_line(model):
+    """A paged KV cache has no place for a GDN head's state: generate(cache_implementation="paged") and the
+    continuous-batching entry points raise CacheError; `init_continuous_batching` is absent, so transformers'
+    server falls back to sequential generation instead of computing something else."""
+    ids = torch.randint(0, model.config.vocab_size, (1, 5))
+    with pytest.raises(hydrahead.CacheError, match="continuous batching .*not supported for hydrahead models"):
+        model.generate(ids, max_new_tokens=2, cache_implementation="paged")
+    with pytest.raises(hydrahead.CacheError, match="continuous batching"):
+        model.generate_batch([[1, 2, 3]])
+    with pytest.raises(hydrahead.CacheError, match="continuous batching"):
+        model.continuous_batching_context_manager()
+    assert not hasattr(model, "init_continuous_batching")

@@ -1,0 +1,167 @@
+"""Serve a checkpoint over HTTP with an OpenAI-compatible API: transformers' own server (`transformers serve`:
+FastAPI + Uvicorn, `/v1/chat/completions` with streaming, `/v1/completions`, `/health`), run in
+this process with hydrahead's classes. Needs `pip install 'hydrahead[serving]'`.
+
+    serve("hybrid/", port=8000)       # blocks until Ctrl-C
+
+What hydrahead adds to `transformers serve`:
+- its classes where transformers' model manager looks for them (`expose_in_transformers`), so no remote code
+  has to be trusted (`transformers serve --trust-remote-code DIR` works too: the checkpoint's modeling code
+  does the same when it is loaded);
+- checks before any work (the directory, the tokenizer, the port), each failing in one line;
+- float32 on the CPU unless asked otherwise (a checkpoint saved in half precision would run in it);
+- a plain chat template for a checkpoint without one (the demo's teacher is a base model): the messages'
+  contents joined, so a chat request is the text itself;
+- a request's `temperature` > 0 samples (transformers' server keeps the checkpoint's `do_sample`, so a
+  checkpoint saved greedy, as most converted or trained-here ones are, would ignore it with a log warning);
+- continuous batching refused for a hybrid (`CONTINUOUS_BATCHING`): requests run one at a time through
+  `generate`, which on CUDA is the static cache and the graph-captured decode step.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from hydrahead.errors import CheckpointError, ServingError, one_line
+
+# A base model's "chat": the messages' contents, in order, as one text (no roles, nothing added).
+PLAIN_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+SERVING_EXTRA = "pip install 'hydrahead[serving]'"
+
+
+def describe(path: str | Path) -> str:
+    """One line on what a checkpoint directory holds: a hybrid's plan, or the plain model it is."""
+    from hydrahead.models.loading import hybrid_model_types, read_config
+    from hydrahead.plan import HeadPlan
+
+    config = read_config(path)
+    if config.get("model_type") not in hybrid_model_types():
+        return f"a {config.get('model_type')} model (not a hybrid)"
+    plan = HeadPlan.from_dict(config["hydrahead"]["plan"])
+    ratio = "all GDN" if plan.num_fa == 0 else f"LA:FA {plan.la_fa_ratio:.2f}:1"
+    return (f"a hydrahead {config['model_type'].removeprefix('hydrahead_')} hybrid ({plan.num_fa} FA heads, "
+            f"{plan.num_la} GDN heads, {ratio}; KV cache {100 * plan.kv_cache_fraction:.1f}% of the teacher's)")
+
+
+def check_port(host: str, port: int) -> None:
+    """ServingError unless `host:port` can be listened on now (so a taken port fails before the model loads)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        raise ServingError(f"cannot listen on {host}:{port}: unknown host ({err.strerror or err})") from err
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise ServingError(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port") from err
+
+
+def chat_template_of(path: str | Path, chat_template: str | Path | None) -> tuple[str | None, str]:
+    """(the template to pass with each request or None for the checkpoint's own, what it is in words)."""
+    from hydrahead.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(path)
+    if chat_template is not None:
+        file = Path(chat_template)
+        if not file.is_file():
+            raise ServingError(f"chat template file not found: {file}")
+        try:
+            return file.read_text(encoding="utf-8"), f"the chat template in {file}"
+        except UnicodeDecodeError as err:
+            raise ServingError(f"chat template file {file} is not UTF-8 text") from err
+    if getattr(tokenizer, "chat_template", None):
+        return None, "the checkpoint's chat template"
+    return PLAIN_CHAT_TEMPLATE, "no chat template in the checkpoint: chat messages are joined as plain text"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (for a server a script or test starts)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def wait_until_up(url: str, process=None, timeout: float = 180.0) -> None:
+    """Return once the server at `url` answers /health; ServingError if `process` (a subprocess.Popen running
+    it) exits first, or after `timeout` seconds."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServingError(f"the server for {url} exited with status {process.returncode} before answering")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise ServingError(f"the server for {url} did not answer /health within {timeout:.0f} s")
+
+
+def sample_when_asked() -> None:
+    """In this (server) process: a request with `temperature` > 0 samples, whatever the checkpoint's
+    generation config says; `temperature` 0 stays greedy (transformers sets that itself)."""
+    from transformers.cli.serving.utils import BaseHandler
+
+    build = BaseHandler._build_generation_config
+    if getattr(build, "hydrahead_samples", False):
+        return
+
+    def build_config(self, body, model_generation_config, use_cb=False):
+        config = build(self, body, model_generation_config, use_cb=use_cb)
+        if body.get("temperature") is not None and float(body["temperature"]) > 0:
+            config.do_sample = True
+        return config
+
+    build_config.hydrahead_samples = True
+    BaseHandler._build_generation_config = build_config
+
+
+def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto", dtype: str = "auto",
+          chat_template: str | Path | None = None, continuous_batching: bool = False,
+          log_level: str = "warning") -> None:
+    """Serve the checkpoint in `path` until interrupted. `dtype` "auto" is float32 on the CPU and the
+    checkpoint's own dtype on a GPU. The model name clients send is `path` as given (or none)."""
+    from hydrahead.models.hybrid import CONTINUOUS_BATCHING, HYBRID_CLASSES, expose_in_transformers
+    from hydrahead.models.loading import check_model_dirs, check_weights, find_gguf, resolve_device, torch_dtype
+
+    if find_gguf(Path(path)) is not None:
+        raise ServingError(f"{path}: a .gguf model is served after `hydrahead export {path} DIR`, as DIR")
+    check_model_dirs([path])
+    check_weights(Path(path))
+    what = describe(path)
+    if continuous_batching and what.startswith("a hydrahead"):
+        raise ServingError(CONTINUOUS_BATCHING)
+    target = resolve_device(device)
+    torch_dtype(dtype)  # a known name
+    dtype = "float32" if dtype == "auto" and target.type == "cpu" else dtype
+    template, template_note = chat_template_of(path, chat_template)
+    check_port(host, port)
+    try:
+        from transformers.utils.import_utils import is_serve_available
+    except ImportError:  # pragma: no cover - transformers always has it in the pinned range
+        is_serve_available = None
+    if is_serve_available is None or not is_serve_available():
+        raise ServingError(f"serving needs FastAPI, Uvicorn and openai: {SERVING_EXTRA}")
+    import transformers.cli.serving.model_manager  # noqa: F401 - the module object whose names serve reads
+    from transformers.cli.serve import Serve
+
+    expose_in_transformers(*(model_class for _, model_class in HYBRID_CLASSES.values()))
+    sample_when_asked()
+    print(f"serving {path}: {what}", flush=True)
+    print(f"  on {target} in {dtype}; {template_note}; requests run one at a time"
+          + ("" if not continuous_batching else " (continuous batching)"), flush=True)
+    print(f"  OpenAI API at http://{host}:{port}/v1 (model name: {str(path)!r}); Ctrl-C stops", flush=True)
+    try:
+        Serve(force_model=str(path), device=str(target), dtype=dtype, host=host, port=port,
+              continuous_batching=continuous_batching, log_level=log_level,
+              chat_template_kwargs=json.dumps({"chat_template": template}) if template else None)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # the model failed to load
+        raise CheckpointError(f"could not serve {path}: {one_line(err)}") from err

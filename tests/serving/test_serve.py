@@ -1,0 +1,198 @@
+"""A real server on 127.0.0.1 around a tiny hybrid, in a subprocess, spoken to over HTTP (httpx): chat (plain and
+streamed), a completion, concurrent clients, sampling, malformed requests; the greedy text is `generate`'s.
+`transformers serve --trust-remote-code` serves the same checkpoint without hydrahead (its bundled code)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+import hydrahead
+from hydrahead.serving import PLAIN_CHAT_TEMPLATE, free_port, wait_until_up
+from tests.eval.conftest import bpe_tokenizer, tiny_models
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+pytest.importorskip("openai")
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+TOKENS = 12
+PROMPTS = ("The key is 42. What is the key?", "Remember the word apple.")
+# transformers' own server, in a process where hydrahead cannot be imported: the checkpoint's bundled code
+TRANSFORMERS_SERVE = r"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "hydrahead" or name.startswith("hydrahead."):
+            raise ImportError(f"no module named {name!r}")
+sys.meta_path.insert(0, Block())
+from transformers.cli.transformers import main
+sys.argv = ["transformers", "serve", *sys.argv[1:]]
+main()
+"""
+
+
+def start(argv: list[str], port: int) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(argv, cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url, proc, timeout=180)
+    except hydrahead.ServingError as err:
+        raise AssertionError(f"{err}:\n{stop(proc)[-3000:]}") from err
+    return proc, url
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
+    try:
+        out, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    tokenizer = bpe_tokenizer()
+    path = tmp_path_factory.mktemp("serve") / "hybrid"
+    hydrahead.save_hybrid(tiny_models(tokenizer)["hybrid"], path, tokenizer)
+    return path
+
+
+@pytest.fixture(scope="module")
+def greedy(checkpoint):
+    """The text `generate` gives for a prompt, greedy, in this process (the reference)."""
+    model, tokenizer = hydrahead.load_model(checkpoint), hydrahead.load_tokenizer(checkpoint)
+
+    def text(prompt: str, chat: bool) -> str:
+        if chat:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], chat_template=PLAIN_CHAT_TEMPLATE,
+                                                add_generation_prompt=True, return_dict=True, return_tensors="pt")
+            ids = ids["input_ids"]
+        else:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=TOKENS, do_sample=False)
+        return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+    return text
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    port = free_port()
+    proc, url = start([sys.executable, "-m", "hydrahead", "serve", str(checkpoint), "--port", str(port)], port)
+    yield url, str(checkpoint)
+    log = stop(proc)
+    assert "Traceback" not in log, log[-3000:]
+
+
+def chat(url: str, prompt: str, **extra) -> httpx.Response:
+    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": TOKENS, "temperature": 0, **extra}
+    return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+
+
+def streamed(url: str, path: str, body: dict) -> str:
+    parts = []
+    with httpx.stream("POST", f"{url}{path}", json={**body, "stream": True}, timeout=120) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                event = json.loads(line[len("data: "):])
+                assert "error" not in event, event
+                choice = event["choices"][0]
+                parts.append(choice.get("delta", {}).get("content") or choice.get("text") or "")
+    return "".join(parts)
+
+
+def test_chat_plain_and_streamed_are_generates_greedy_text(server, greedy):
+    url, model_name = server
+    expected = greedy(PROMPTS[0], chat=True)
+    assert expected  # the tiny model writes something
+    response = chat(url, PROMPTS[0], model=model_name)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == expected
+    assert body["usage"]["completion_tokens"] == TOKENS and body["choices"][0]["finish_reason"] == "length"
+    messages = [{"role": "user", "content": PROMPTS[0]}]
+    assert streamed(url, "/v1/chat/completions", {"messages": messages, "max_tokens": TOKENS, "temperature": 0}) == expected
+
+
+def test_completion_is_generates_greedy_text(server, greedy):
+    url, _ = server
+    body = {"prompt": PROMPTS[1], "max_tokens": TOKENS, "temperature": 0}
+    response = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["text"] == greedy(PROMPTS[1], chat=False)
+    assert streamed(url, "/v1/completions", body) == greedy(PROMPTS[1], chat=False)
+
+
+def test_concurrent_clients_each_get_their_own_text(server, greedy):
+    url, _ = server
+    prompts = [PROMPTS[i % 2] for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(lambda p: chat(url, p), prompts))
+    assert [r.status_code for r in responses] == [200] * 4
+    assert [r.json()["choices"][0]["message"]["content"] for r in responses] == [greedy(p, chat=True) for p in prompts]
+
+
+def test_sampling_follows_the_seed(server):
+    url, _ = server
+    texts = [chat(url, PROMPTS[0], temperature=1.5, top_p=0.95, seed=seed).json()["choices"][0]["message"]["content"]
+             for seed in (3, 3, 4)]
+    assert texts[0] == texts[1]
+    assert len(set(texts)) == 2  # a random tiny model at temperature 1.5: another seed, another text
+
+
+def test_malformed_requests_get_http_errors_and_the_server_stays_up(server, greedy):
+    url, model_name = server
+    post = lambda body, path="/v1/chat/completions": httpx.post(f"{url}{path}", json=body, timeout=60)  # noqa: E731
+    assert httpx.post(f"{url}/v1/chat/completions", content=b"{not json", timeout=60,
+                      headers={"content-type": "application/json"}).status_code == 422
+    assert post({"messages": [{"role": "user", "content": "hi"}], "bogus_field": 1}).status_code == 422
+    assert post({"model": "another-model", "messages": [{"role": "user", "content": "hi"}]}).status_code == 400
+    assert post({"prompt": ["a", "list"]}, "/v1/completions").status_code == 400
+    assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+    assert chat(url, PROMPTS[0]).json()["choices"][0]["message"]["content"] == greedy(PROMPTS[0], chat=True)
+
+
+def test_transformers_serve_with_remote_code_and_no_hydrahead(checkpoint, greedy):
+    """`transformers serve --trust-remote-code DIR` as typed (hydrahead not importable): the checkpoint's code
+    names its class where transformers' model manager looks; continuous batching falls back to sequential
+    generation (a hybrid has no `init_continuous_batching`), so the text is still `generate`'s."""
+    port = free_port()
+    proc, url = start([sys.executable, "-c", TRANSFORMERS_SERVE, "--trust-remote-code", "--continuous-batching",
+                       "--port", str(port), str(checkpoint)], port)
+    try:
+        body = {"model": str(checkpoint), "prompt": PROMPTS[1], "max_tokens": TOKENS, "temperature": 0}
+        response = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["text"] == greedy(PROMPTS[1], chat=False)
+    finally:
+        log = stop(proc)
+    assert "does not support continuous batching. Falling back to sequential generation" in log, log[-3000:]
+
+
+def test_a_taken_port_is_one_line_before_loading(checkpoint):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "hydrahead", "serve", str(checkpoint), "--port", str(port)],
+                              capture_output=True, text=True, timeout=120, cwd="/")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"hydrahead serve: error: cannot listen on 127.0.0.1:{port}: Address already in use; choose another --port"]
