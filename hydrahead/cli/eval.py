@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import device, output_dir, positive_int
 import time
 from pathlib import Path
 
+from hydrahead.cli.args import device, output_dir, positive_int
+
 HELP = "evaluate models: RULER-style NIAH grid (niah) or perplexity by position (ppl)"
+
 
 def parse_length(text: str, flag: str = "length") -> int:
     """'8k' -> 8192, '1.5k' -> 1536, '4096' -> 4096 (k = 1024: hydrahead/utils/units.py)."""
@@ -85,13 +87,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ppl.add_argument("--max-docs", type=positive_int, default=None, help="score at most this many documents")
 
 
-def _models(args):
-    """(label, path) pairs, every directory and tokenizer checked before any model is loaded."""
+def _models(args, length: int, what: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(label, path) pairs, every directory and tokenizer checked before any model is loaded, and a note for
+    each model evaluated beyond the length it was built for. A model whose positions index a learned table
+    (GPT-2) cannot address more: refused here, in one line. A rotary one can: an extrapolation test, noted."""
     from hydrahead.eval.report import model_labels
-    from hydrahead.models.loading import check_model_dirs
+    from hydrahead.models.loading import check_model_dirs, read_config
+    from hydrahead.models.shape import check_positions, positions
 
     check_model_dirs(args.models)
-    return list(zip(model_labels(args.models), args.models))
+    models, notes = list(zip(model_labels(args.models), args.models)), []
+    for label, path in models:
+        config = read_config(path)
+        check_positions(config, length, what, str(path))
+        limit, _ = positions(config)
+        if limit is not None and length > limit:
+            notes.append(f"{label} was built for {limit} positions (max_position_embeddings); lengths above it "
+                         "test extrapolation")
+    return models, notes
 
 
 def run_niah(args: argparse.Namespace) -> list[Path]:
@@ -100,7 +113,7 @@ def run_niah(args: argparse.Namespace) -> list[Path]:
 
     lengths, depths, tasks = parse_lengths(args.lengths), parse_depths(args.depths), parse_tasks(args.tasks)
     haystack = Haystack.named(args.haystack, args.haystack_files, args.seed)
-    models = _models(args)
+    models, notes = _models(args, max(lengths), "--lengths")
     records, started = [], time.time()
     for label, path in models:
         tokenizer = load_tokenizer(path)
@@ -110,7 +123,7 @@ def run_niah(args: argparse.Namespace) -> list[Path]:
         del model
     meta = {"command": "niah", "models": dict(models), "lengths": lengths, "depths": depths,
             "tasks": [t.name for t in tasks], "samples": args.samples, "seed": args.seed, "haystack": haystack.name,
-            "seconds": round(time.time() - started, 1)}
+            "seconds": round(time.time() - started, 1), "notes": notes}
     return write_report(args.out, niah=records, meta=meta)
 
 
@@ -121,8 +134,8 @@ def run_ppl(args: argparse.Namespace) -> list[Path]:
     length = parse_length(args.length, "--length")
     bucket = parse_length(args.bucket, "--bucket") if args.bucket else None
     chunk = parse_length(args.chunk, "--chunk") if args.chunk else None
+    models, notes = _models(args, length, "--length")
     documents = load_documents(args.data)
-    models = _models(args)
     results, started = [], time.time()
     for label, path in models:
         model = load_model(path, args.dtype, args.device)
@@ -130,7 +143,7 @@ def run_ppl(args: argparse.Namespace) -> list[Path]:
                                            args.max_docs, label, not args.no_progress))
         del model
     meta = {"command": "ppl", "models": dict(models), "data": [str(p) for p in args.data], "length": length,
-            "chunk": chunk, "seconds": round(time.time() - started, 1)}
+            "chunk": chunk, "seconds": round(time.time() - started, 1), "notes": notes}
     return write_report(args.out, perplexity=results, meta=meta)
 
 

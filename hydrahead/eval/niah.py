@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from hydrahead.errors import EvalError
 from hydrahead.eval.answers import exact, score
 from hydrahead.eval.tasks import Example, Haystack, TaskSpec, make_examples, parse_tasks
+from hydrahead.models.shape import check_positions
 
 DEFAULT_BATCH_TOKENS = 32768
 
@@ -98,7 +99,11 @@ def evaluate_niah(
     batch_tokens: int = DEFAULT_BATCH_TOKENS,
     progress: bool = True,
 ) -> list[NiahRecord]:
-    """Generate and score every example with one model; records come back in the order of `examples`."""
+    """Generate and score every example with one model; records come back in the order of `examples`.
+    UnsupportedModelError before any work when an example needs more positions than a learned table has."""
+    if examples:
+        check_positions(model.config, max(len(e.input_ids) + e.max_new_tokens for e in examples), "a prompt of",
+                        label)
     tokenizer = prepare_tokenizer(tokenizer)
     predictions: list[str | None] = [None] * len(examples)
     with tqdm(total=len(examples), desc=f"niah {label}", unit="prompt", disable=not progress) as bar:

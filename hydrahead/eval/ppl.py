@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from hydrahead.errors import EvalError
 from hydrahead.utils.io import read_text
+from hydrahead.models.shape import check_positions
 
 TEXT_SUFFIXES = (".txt", ".md")
 
@@ -133,6 +134,7 @@ def evaluate_perplexity(
     """NLL by position bucket of one model on the first `length` tokens of each long-enough document."""
     if length < 2:
         raise EvalError(f"length must be at least 2 tokens, got {length}")
+    check_positions(model.config, length, "length", label)
     bucket = bucket or default_bucket(length)
     n_buckets = (length - 1) // bucket + 1  # predicted positions are 1 .. length-1
     index = torch.div(torch.arange(1, length), bucket, rounding_mode="floor")  # (length-1,) bucket of each

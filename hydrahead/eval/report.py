@@ -168,10 +168,15 @@ def write_niah_report(out_dir: Path, records: Sequence[NiahRecord], meta: dict[s
     paths = [out_dir / "niah.json", out_dir / "niah.md", out_dir / "niah_accuracy.png", out_dir / "niah_heatmap.png"]
     payload = {"meta": meta, "summary": summary, "records": [asdict(r) for r in records]}
     write_json(paths[0], payload)
-    atomic_write_text(paths[1], niah_markdown(records, summary))
+    atomic_write_text(paths[1], niah_markdown(records, summary) + _notes(meta))
     plot_niah_accuracy(records, summary, paths[2])
     plot_niah_heatmaps(records, summary, paths[3])
     return paths
+
+
+def _notes(meta: dict[str, Any]) -> str:
+    """meta["notes"] (what a reader must know to read the figures) as markdown lines after the tables."""
+    return "".join(f"\nNote: {note}\n" for note in meta.get("notes", []))
 
 
 # ------------------------------------------------------------------------------------------ perplexity
@@ -223,7 +228,7 @@ def write_ppl_report(out_dir: Path, results: Sequence[PerplexityResult], meta: d
         "results": [{**asdict(r), "buckets": r.buckets, "ppl": r.ppl, "overall_ppl": r.overall_ppl} for r in results],
     }
     write_json(paths[0], payload)
-    atomic_write_text(paths[1], ppl_markdown(results))
+    atomic_write_text(paths[1], ppl_markdown(results) + _notes(meta))
     plot_ppl(results, paths[2])
     return paths
 

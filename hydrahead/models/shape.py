@@ -59,3 +59,32 @@ class ModelShape:
     def same_heads(self, other: ModelShape) -> bool:
         """Same layers, query heads and KV heads (head_dim aside: plans and scores do not record it)."""
         return (self.layers, self.heads, self.kv_heads) == (other.layers, other.heads, other.kv_heads)
+
+
+# Config keys of rotary position encodings: a model with one of them runs past its trained length (extrapolation).
+ROTARY_KEYS = ("rope_theta", "rope_parameters", "rope_scaling", "rotary_dim", "rotary_pct", "partial_rotary_factor")
+# Families whose positions index a learned table of `max_position_embeddings` rows (GPT-2's is `n_positions`).
+LEARNED_TABLE_TYPES = {"opt", "gpt_neo", "biogpt"}
+
+
+def positions(config: Any) -> tuple[int | None, bool]:
+    """(how many positions the model was built for, whether that is a hard limit). A hard limit is a learned
+    position table (GPT-2's `n_positions`, OPT's `max_position_embeddings`): a longer input indexes past it.
+    Rotary models have a soft one (`max_position_embeddings`): beyond it is an extrapolation test."""
+    get = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
+    if get("n_positions") is not None and not any(get(key) is not None for key in ROTARY_KEYS):
+        return int(get("n_positions")), True
+    limit = get("max_position_embeddings")
+    if limit is None:
+        return None, False
+    return int(limit), get("model_type") in LEARNED_TABLE_TYPES and not any(get(k) is not None for k in ROTARY_KEYS)
+
+
+def check_positions(config: Any, length: int, what: str, name: str = "the model") -> None:
+    """UnsupportedModelError when `length` tokens do not fit a learned position table (before any work)."""
+    limit, hard = positions(config)
+    if hard and limit is not None and length > limit:
+        get = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
+        raise UnsupportedModelError(
+            f"{name} (a {get('model_type')} model) has a learned position table of {limit} positions: "
+            f"{what} {length} is beyond it; use at most {limit}")

@@ -98,6 +98,10 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["eval", "ppl", "--models", H, "--data", str(d / "data.csv"), "--out", new], "unsupported type '.csv'"),
         (["eval", "ppl", "--models", H, "--data", str(d / "doc.txt"), "--bucket", "0", "--out", new],
          "--bucket: must be at least 1"),
+        (["eval", "niah", "--models", str(d / "gpt2"), "--lengths", "256", "--out", new],
+         "learned position table of 64 positions: --lengths 256 is beyond it"),
+        (["eval", "ppl", "--models", H, str(d / "gpt2"), "--data", str(d / "doc.txt"), "--length", "128", "--out", new],
+         "gpt2 \\(a gpt2 model\\) has a learned position table of 64 positions: --length 128"),
         (["info", F], "a_file is a file, not a model directory"),
         (["info", T], "not a hydrahead hybrid"),
         # GGUF models (--model and export)

@@ -79,3 +79,35 @@ def test_parsers():
 def test_labels_disambiguate_same_names(tmp_path):
     assert model_labels([tmp_path / "a" / "ckpt", tmp_path / "b" / "ckpt", tmp_path / "teacher"]) == [
         "a/ckpt", "b/ckpt", "teacher"]
+
+
+def test_a_length_beyond_a_learned_position_table_is_refused_and_rotary_ones_are_noted(model_dirs, tmp_path, capsys):
+    """GPT-2 indexes a learned table of n_positions rows: a longer prompt is an IndexError deep in its forward,
+    so it is refused before any work, naming the limit. A rotary model runs past max_position_embeddings:
+    evaluated, and the report says the length tests extrapolation."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import hydrahead
+    from hydrahead.eval import evaluate_niah, make_examples, parse_tasks
+    from hydrahead.eval.tasks import Haystack
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=400, n_positions=128)).eval()
+    tokenizer = hydrahead.load_tokenizer(model_dirs["teacher"])
+    examples = make_examples(tokenizer, parse_tasks("single_number"), [256], [0.5], 1, 0, Haystack.named("essay"))
+    with pytest.raises(hydrahead.UnsupportedModelError, match="learned position table of 128 positions"):
+        evaluate_niah(gpt2, tokenizer, examples, "gpt2", progress=False)
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    capsys.readouterr()
+    assert main(["eval", "niah", "--models", str(tmp_path / "gpt2"), "--lengths", "256", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"hydrahead eval: error: {tmp_path / 'gpt2'} (a gpt2 model) has a learned position table of 128 positions: "
+        "--lengths 256 is beyond it; use at most 128")
+    assert not (tmp_path / "r").exists()
+
+    config = json.loads((model_dirs["teacher"] / "config.json").read_text())  # a rotary model built for 512
+    out = tmp_path / "beyond"
+    assert main(["eval", "niah", "--models", str(model_dirs["teacher"]), "--lengths", str(config["max_position_embeddings"] + 64),
+                 "--depths", "0.5", "--tasks", "single_number", "--samples", "1", "--out", str(out), "--no-progress"]) == 0
+    assert "Note: teacher was built for 512 positions (max_position_embeddings); lengths above it test extrapolation" \
+        in (out / "niah.md").read_text()
