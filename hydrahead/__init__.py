@@ -19,38 +19,52 @@ from hydrahead.errors import (
     ServingError,
     UnsupportedModelError,
 )
-from hydrahead.cache import HybridHeadCache
-from hydrahead.models.convert import convert, hybrid_parameters
-from hydrahead.models.gguf import export_gguf
-from hydrahead.models.hybrid import is_hybrid  # importing registers the hybrid classes with the Auto classes
-from hydrahead.models.loading import from_pretrained, load_model, load_tokenizer, save_hybrid
-from hydrahead.options import HybridOptions
-from hydrahead.plan import HeadPlan
-from hydrahead.serving import serve
-from hydrahead.utils.memory import keep_freed_memory
-from hydrahead.scoring import (
-    HeadScores,
-    ProbeConfig,
-    ablate,
-    build_probes,
-    layer_similarity,
-    score_heads,
-    validate_scores,
-)
+import sys
 
 __version__ = "0.1.0"
 
-# Heavier subpackages load on first use (`hydrahead.distill.run(...)`, `hydrahead.eval.niah(...)`),
-# so `import hydrahead` and the CLI stay quick.
-_LAZY_MODULES = {"distill", "eval", "demo"}
+# The public API, imported on first use (PEP 562): `hydrahead.convert(...)`, `from hydrahead import HeadPlan`.
+_ATTRIBUTES = {
+    "HybridHeadCache": "hydrahead.cache",
+    "convert": "hydrahead.models.convert",
+    "hybrid_parameters": "hydrahead.models.convert",
+    "export_gguf": "hydrahead.models.gguf",
+    "is_hybrid": "hydrahead.models.hybrid",
+    "from_pretrained": "hydrahead.models.loading",
+    "load_model": "hydrahead.models.loading",
+    "load_tokenizer": "hydrahead.models.loading",
+    "save_hybrid": "hydrahead.models.loading",
+    "HybridOptions": "hydrahead.options",
+    "HeadPlan": "hydrahead.plan",
+    "serve": "hydrahead.serving",
+    "keep_freed_memory": "hydrahead.utils.memory",
+    **{name: "hydrahead.scoring" for name in ("HeadScores", "ProbeConfig", "ablate", "build_probes",
+                                              "layer_similarity", "score_heads", "validate_scores")},
+}
+_SUBPACKAGES = {"distill", "eval", "demo"}
+
+# `import hydrahead` registers the hybrid classes with transformers' Auto classes and its checkpoint conversion
+# mapping (importing hydrahead.models.hybrid does; torch and transformers come with it, seconds here). The
+# `hydrahead` command (hydrahead_command.py) defers that to the first subcommand that loads a model, so that
+# `hydrahead --help` and a one-line error need neither.
+if "hydrahead_command" not in sys.modules:
+    import hydrahead.models.hybrid  # noqa: F401
 
 
 def __getattr__(name: str):
     import importlib
 
-    if name in _LAZY_MODULES:
+    if name in _ATTRIBUTES:
+        value = getattr(importlib.import_module(_ATTRIBUTES[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBPACKAGES:
         return importlib.import_module(f"hydrahead.{name}")
     raise AttributeError(f"module 'hydrahead' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_ATTRIBUTES) | _SUBPACKAGES)
 
 
 __all__ = [
