@@ -35,3 +35,25 @@ def stdlib_texts(max_bytes: int) -> list[str]:
     if not texts:
         raise HydraHeadError(f"no Python standard-library sources found under {root}")
     return texts
+
+
+HELDOUT_FRACTION = 0.05  # standard-library files kept out of training, for held-out perplexity
+
+
+def code_split(code_bytes: int) -> tuple[list[str], list[str]]:
+    """Standard-library sources, split into (training, held-out) by a fixed shuffle."""
+    import random
+
+    texts = stdlib_texts(code_bytes)
+    random.Random(0).shuffle(texts)
+    held = max(4, int(len(texts) * HELDOUT_FRACTION))
+    return texts[held:], texts[:held]
+
+
+def write_jsonl(path: Path, texts: list[str]) -> None:
+    """One {"text": ...} line per text, written atomically."""
+    import json
+
+    from hydrahead.utils.io import atomic_write_text
+
+    atomic_write_text(path, "".join(json.dumps({"text": t}) + "\n" for t in texts))

@@ -15,33 +15,21 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from hydrahead.errors import ResumeError
+from hydrahead.demo.log import Log
 from hydrahead.demo.scale import PLAN_NAMES, DemoScale
 from hydrahead.plan import HeadPlan
 
 NEEDLE_TYPES = ("number", "word")  # the demo's probes; UUIDs take too many tokens at its short training length
 CORPUS_SEED = 1  # distillation documents: a seed the teacher's documents (seed 0) did not use
-
-
-@dataclass
-class Log:
-    """Progress lines with elapsed time; every step of the demo says what it is doing."""
-
-    start: float = field(default_factory=time.time)
-    quiet: bool = False
-
-    def __call__(self, message: str) -> None:
-        if not self.quiet:
-            print(f"[{time.time() - self.start:6.0f}s] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -61,16 +49,18 @@ def get_teacher(out: Path, retrain: bool, device: str, log: Log, source: str | P
     evaluation are built around (default: the shipped teacher's training length; for `source`, 1024 or
     its window if shorter)."""
     from hydrahead.demo import teacher as shipped
+    from hydrahead.demo.teacher_recipe import load_recipe, recipe_sha256
 
     if source is not None:
         return _pretrained_teacher(out, Path(source), length, device, log)
-    length = length or shipped.load_recipe()["pretrain"]["stage"]["seq_len"]
+    length = length or load_recipe().seq_len
     if retrain:
+        from hydrahead.demo.teacher_training import retrain as retrain_teacher
         from hydrahead.models.loading import load_model, load_tokenizer
 
-        final = shipped.retrain(out / "teacher_work", device=device, log=log)
+        final = retrain_teacher(out / "teacher_work", device=device, log=log)
         return Teacher(load_model(final, "float32"), load_tokenizer(final), final,
-                       {"recipe_sha256": shipped.recipe_sha256(), "retrained": str(final)}, length)
+                       {"recipe_sha256": recipe_sha256(), "retrained": str(final)}, length)
     manifest = shipped.check_teacher()
     model, tokenizer = shipped.load_teacher()
     log(f"teacher: the shipped demo teacher ({manifest['parameters'] / 1e6:.2f}M parameters, "
@@ -111,10 +101,11 @@ def _pretrained_teacher(out: Path, source: Path, length: int | None, device: str
 
 def build_corpus(out: Path, teacher: Teacher, scale: DemoScale, log: Log) -> None:
     """<out>/data/train.jsonl (distillation documents) and heldout.jsonl (sources the teacher never saw)."""
-    from hydrahead.demo.teacher import code_split, load_recipe, write_jsonl
+    from hydrahead.demo.corpus import code_split, write_jsonl
+    from hydrahead.demo.teacher_recipe import load_recipe
     from hydrahead.demo.teacher_data import teacher_documents
 
-    code, heldout = code_split(load_recipe()["corpus"]["code_bytes"])
+    code, heldout = code_split(load_recipe().corpus.code_bytes)
     counts = dict(scale.documents)
     docs = teacher_documents(teacher.tokenizer, code, counts=counts, niah_tasks=scale.tasks,
                              max_tokens=teacher.train_length, seed=CORPUS_SEED)

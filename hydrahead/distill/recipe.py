@@ -26,7 +26,7 @@ import yaml
 from hydrahead.errors import RecipeError
 from hydrahead.distill.example import EXAMPLE_RECIPE
 from hydrahead.distill.schema import FieldError, build, check, suggest
-from hydrahead.utils.io import read_text
+from hydrahead.utils.io import read_yaml_mapping
 from hydrahead.utils.units import parse_length, parse_tokens
 from hydrahead.errors import OptionsError
 from hydrahead.options import HybridOptions
@@ -259,13 +259,7 @@ class _RecipeFile:
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None):
         """Load a YAML recipe; `overrides` maps dotted keys ("stages.align.lr") to values set before validation."""
         path = Path(path)
-        text = read_text(path, RecipeError, "recipe file")
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise RecipeError(f"recipe {path} is not valid YAML: {err}") from err
-        if not isinstance(data, dict):
-            raise RecipeError(f"recipe {path} must be a mapping of keys to values, got {type(data).__name__}")
+        data = read_yaml_mapping(path, RecipeError, "recipe file")
         for key, value in (overrides or {}).items():
             set_dotted(data, key, value)
         return cls.from_dict(_resolve_paths(data, path.parent.resolve()))

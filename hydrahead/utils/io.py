@@ -127,3 +127,18 @@ def read_json(path: str | Path, error: type[Exception], what: str):
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise error(f"{what} {path} is not valid JSON: {err}") from err
+
+
+def read_yaml_mapping(path: str | Path, error: type[Exception], what: str) -> dict:
+    """Parse a YAML file that must hold a mapping (a recipe), raising `error` naming `what` and the path when
+    it is missing, not text, not YAML or not a mapping."""
+    import yaml
+
+    text = read_text(path, error, what)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise error(f"{what} {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise error(f"{what} {path} must be a mapping of keys to values, got {type(data).__name__}")
+    return data
