@@ -5,13 +5,19 @@ accuracy (`hydrahead.scoring.teacher_forced_accuracy`):
   1. each head mean-ablated alone (the heads that cost the most);
   2. the top-k patching-scored heads ablated, k = 1..4, against k random other heads (5 seeds);
   3. the teacher converted, with no training, under the exact and the paper presets: every head FA, and
-     the demo's hydrahead-7:1 plan (constrained global top-4 with one FA head per layer).
+     the demo's hydrahead-7:1 plan (constrained global top 1/8 of the heads, at least one FA head per layer).
 
-Usage: python bench/teacher_heads.py   (about a minute on 2 cores)
+It runs on whatever teacher the package ships. docs/history.md quotes it for the teachers shipped then:
+section 0 for teacher run v4 (4 x 8 heads: top-4 for 7:1, about a minute on 2 cores), section 0a for run v5
+(4 x 24 heads, commit cd8c07c). No doc quotes it for the teacher shipped now, run v6 (4 x 16 query heads,
+8 KV heads).
+
+Usage: python experiments/teacher_heads.py
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import random
 
@@ -19,6 +25,7 @@ import torch
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options; --help
     import hydrahead
     from hydrahead import HeadPlan, HybridOptions
     from hydrahead.demo.pipeline import NEEDLE_TYPES

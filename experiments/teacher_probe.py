@@ -1,7 +1,8 @@
 """Where is the demo teacher on the way to retrieval? Copying first, then the key match.
 
-Loads a model directory (e.g. <work>/run/final, or an exported teacher) or a training checkpoint
-(<work>/run/checkpoint.pt, with --tokenizer and the recipe's model config) and prints:
+Loads a model directory (a teacher run's <work>/run/<phase>/final, or an exported teacher) or a training
+checkpoint (<work>/run/<phase>/checkpoint.pt, with --tokenizer; its model config and the code identifiers
+come from --recipe, by default the package's, i.e. the shipped teacher's) and prints:
 - copying: next-token accuracy on the first and the second copy of random spans of needle words and
   digits, joined by four separators (the second copy is predictable only by copying; a model that copies
   after one separator only has learnt a marker, not induction);
@@ -11,30 +12,33 @@ Loads a model directory (e.g. <work>/run/final, or an exported teacher) or a tra
   answer tokens after a one-needle haystack (digits of a number value; the word of a word value), and a few
   greedy answers.
 
+The " | " separator is the one of the `repeat` documents that taught teacher run v1 its shortcut
+(docs/history.md section 1); every probe runs on any model with a tokenizer.
+
 Usage:
-  python bench/teacher_probe.py /work/teacher_work/run/final
-  python bench/teacher_probe.py /work/teacher_work/run/checkpoint.pt --tokenizer /work/teacher_work/tokenizer
+  python experiments/teacher_probe.py /work/teacher_work/run/retrieval/final
+  python experiments/teacher_probe.py /work/teacher_work/run/retrieval/checkpoint.pt --tokenizer /work/teacher_work/tokenizer
+  python experiments/teacher_probe.py CHECKPOINT.pt --tokenizer TOK --recipe experiments/teacher_runs/v3/teacher_recipe.yaml
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+from pathlib import Path
 
 import torch
 
 
-def load(path: str, tokenizer_dir: str | None):
+def load(path: str, tokenizer_dir: str | None, recipe: dict):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from hydrahead.models.loading import load_model, load_tokenizer
 
-    from hydrahead.demo.teacher import load_recipe
-
     if not path.endswith(".pt"):
         return load_model(path), load_tokenizer(tokenizer_dir or path)
     tokenizer = load_tokenizer(tokenizer_dir)
-    spec = dict(load_recipe()["pretrain"]["model"])
+    spec = dict(recipe["pretrain"]["model"])
     config = AutoConfig.for_model(spec.pop("model_type"), vocab_size=len(tokenizer), **spec)
     model = AutoModelForCausalLM.from_config(config)
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -65,8 +69,14 @@ def main() -> None:
     p.add_argument("model")
     p.add_argument("--tokenizer", default=None)
     p.add_argument("--samples", type=int, default=32)
+    p.add_argument("--recipe", type=Path, default=None, help="the run's teacher recipe (default: the package's)")
     a = p.parse_args()
-    model, tok = load(a.model, a.tokenizer)
+    import yaml
+
+    from hydrahead.demo.teacher_recipe import RECIPE
+
+    recipe = yaml.safe_load(Path(a.recipe or RECIPE).read_text())  # as a plain mapping: earlier runs' recipes too
+    model, tok = load(a.model, a.tokenizer, recipe)
     rng = random.Random(4242)
     words = vocabulary() + [str(d) for d in range(10)] * 4
     for separator in (" | ", " ", ". ", "\n"):  # " | " is the separator of the `repeat` training documents
@@ -74,10 +84,10 @@ def main() -> None:
                                                    for _ in range(a.samples)], separator)
         print(f"copying, spans joined by {separator!r}: next-token accuracy, first copy {first:.2f}, "
               f"second copy {second:.2f}")
-    from hydrahead.demo.teacher import code_split, load_recipe
+    from hydrahead.demo.corpus import code_split
     from hydrahead.demo.teacher_data import identifiers
 
-    names = identifiers(code_split(load_recipe()["corpus"]["code_bytes"])[0])
+    names = identifiers(code_split(recipe["corpus"]["code_bytes"])[0])
     first, second = copy_accuracy(model, tok, [" " + " ".join(rng.choice(names) for _ in range(16))
                                                for _ in range(a.samples)], "")
     print(f"copying, 16 code identifiers written twice: next-token accuracy, first copy {first:.2f}, "

@@ -4,9 +4,9 @@ Runs the default demo's steps for one teacher (corpus, patching scores, plans) i
 plan (--seed, default 0) with the demo's recipe, align and distill tokens multiplied by --budget, and prints greedy NIAH
 at the training length (the demo's tasks, depths and samples) for the student and the teacher.
 
-Usage: python bench/demo_budget.py --teacher DIR --plan hydrahead-7:1 --budget 2 --out /tmp/budget
+Usage: python experiments/demo_budget.py --teacher DIR --plan hydrahead-7:1 --budget 2 --out /tmp/budget
 (DIR: an ordinary checkpoint directory, e.g. from `hydrahead demo --export-teacher`; about 3 minutes at
---budget 2 on 2 cores for the 96-head teacher of docs/results.md section 0a)
+--budget 2 on 2 cores for the 96-head teacher of docs/history.md section 0a)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def main() -> None:
     import hydrahead.eval as ev
     from hydrahead.demo.pipeline import Log, Teacher, build_corpus, recipe_for, score_and_plan
     from hydrahead.demo.scale import get_scale
-    from hydrahead.demo.teacher import per_task
+    from hydrahead.demo.teacher_training import per_task
     from hydrahead.models.loading import load_model, load_tokenizer
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,13 +1,17 @@
 """Does sharing GDN k/v within a GQA group (`HybridOptions.gdn_shared_kv`) cost distillation quality?
 
 The speed side is `bench/inference.py` (the "+shared" models). This is the quality side, on the demo's
-own ground: the shipped demo teacher (4 layers x 8 query heads, 2 KV heads: 4 query heads per group),
-the default demo scale's corpus, recipe and token budget, its HydraHead 7:1 plan and all-GDN, each
+own ground: the shipped demo teacher (today 4 layers x 16 query heads, 8 KV heads: 2 query heads per
+group), the default demo scale's corpus, recipe and token budget, its HydraHead 7:1 plan and all-GDN, each
 distilled with per-head GDN k/v (the default) and with shared k/v, once per seed; then the demo's NIAH
 (generated answers, 1x-8x the training length) and held-out perplexity, and each run's last
 distillation-stage loss.
 
-Usage: python bench/shared_kv_quality.py [--out DIR] [--seeds 0,1]   (about 10 minutes on 2 cores)
+The table in docs/benchmarks.md ("Shared GDN k/v in quality") was measured on the teacher shipped then
+(teacher run v4: 4 layers x 8 query heads, 2 KV heads, 4 query heads per group), before the default scale's
+align and distill tokens were doubled (commit 3f4de44): a rerun today measures another teacher and budget.
+
+Usage: python experiments/shared_kv_quality.py [--out DIR] [--seeds 0,1]
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 `hydrahead validate-scores` uses for a scores file (its probe settings, seed + 1): which heads of a costly
 random set do the damage (docs/real_models.md section 4).
 
-Usage: python bench/ablate_heads.py --model smollm2/ --scores attr.json --samples 6 --heads "5,1" "17,4" "17,2+5,1"
+Usage: python experiments/ablate_heads.py --model smollm2/ --scores attr.json --samples 6 --heads "5,1" "17,4" "17,2+5,1"
 (a set is heads joined by +, each head layer,head)
 """
 

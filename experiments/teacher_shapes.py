@@ -1,10 +1,14 @@
 """Training throughput of candidate demo-teacher shapes (batch 16 x 256, AdamW, 2 threads), in interleaved rounds.
 
-Usage: python bench/teacher_shapes.py   (about 2 minutes on 2 cores; run it on a quiet machine)
+The shapes compared while choosing the teacher after run v5 (docs/history.md section 0a). The one shipped
+since, run v6, is 4 x 16 query heads with 8 KV heads, hidden 128: not among them ("4x16 h128" has 4 KV heads).
+
+Usage: python experiments/teacher_shapes.py   (about 2 minutes on 2 cores; run it on a quiet machine)
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -16,6 +20,7 @@ BATCH, LENGTH, STEPS, ROUNDS = 16, 256, 5, 3
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no options; --help
     torch.set_num_threads(2)
     models = {}
     for name, (hidden, intermediate, heads, kv) in SHAPES.items():

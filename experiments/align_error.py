@@ -1,7 +1,7 @@
 """Where a freshly converted student's align error lies: per layer (the align loss's normalised terms),
 and at chosen layers the share of the squared error held by the top positions and residual features.
 
-Usage: python bench/align_error.py --teacher smollm2/ --plan plans/kvgroup-7to1.json --data data/train.jsonl
+Usage: python experiments/align_error.py --teacher smollm2/ --plan plans/kvgroup-7to1.json --data data/train.jsonl
 (docs/real_models.md section 7: SmolLM2's error at layer 15 is 98.5% one massive-activation feature)
 """
 
