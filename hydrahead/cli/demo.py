@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default=None, choices=["exact", "paper"],
                         help="how the students' heads are built (default: exact: the FA heads stay the teacher's, "
                              "RoPE included; paper: NoPE + log scale + gate + fusion norm, which this teacher "
-                             "cannot re-learn within a CPU budget, docs/results.md)")
+                             "cannot re-learn within a CPU budget, docs/history.md section 0)")
     parser.add_argument("--retrain-teacher", action="store_true",
                         help="rebuild the teacher from its recipe in <out>/teacher_work (resumable) instead of "
                              "using the shipped one")

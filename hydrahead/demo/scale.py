@@ -1,7 +1,7 @@
 """Demo scales: how many probes, distillation tokens, seeds and evaluation prompts a run spends.
 
 The teacher is the same at every scale (the shipped one, `hydrahead.demo.teacher`). `default` is sized
-to finish within 20 minutes on a 2-core CPU; `tiny` is the smoke test (a minute); `gpu` is a larger run
+to finish within 20 minutes on a 2-core CPU; `tiny` is the smoke test; `gpu` is a larger run
 for a CUDA machine.
 """
 
@@ -39,7 +39,7 @@ class DemoScale:
     # how the students' heads are built (HybridOptions preset): "exact" keeps the teacher's FA heads as they
     # are (RoPE, no gate or fusion norm). The paper preset's NoPE FA heads break this RoPE-trained teacher's
     # retrieval before any training (a full-FA conversion scores 0), and no CPU budget re-learns it
-    # (docs/results.md section 2); `hydrahead demo --preset paper` runs it anyway.
+    # (docs/history.md section 0); `hydrahead demo --preset paper` runs it anyway.
     preset: str = "exact"
     # which plans are built and distilled (names of PLAN_NAMES; the teacher is always evaluated)
     plans: tuple[str, ...] = PLAN_NAMES

@@ -21,10 +21,10 @@ key across different wordings. The mix below is built for that order, from the s
 | code        | Python standard-library source (rows may cut it: it is longer than one)  | ordinary language model |
 
 On `induction` documents alone the teacher's shape forms an induction head after ~5M tokens and then
-copies needle-word spans it never saw as spans (docs/results.md section 1c); mixed among the other kinds,
+copies needle-word spans it never saw as spans (docs/history.md sections 0 and 1b); mixed among the other kinds,
 48M tokens did not form it. Hence the recipe's phases: induction first, then the retrieval mix.
 
-`repeat` alone taught the first shipped teacher a shortcut (docs/results.md): it replays what follows the
+`repeat` alone taught the first shipped teacher a shortcut (docs/history.md section 1): it replays what follows the
 " | " separator, copying at 84% after " | " and at chance after any other separator, and never inside a
 NIAH document. `recall` has no separator and no fixed distance between the copies.
 
