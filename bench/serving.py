@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from pathlib import Path
 import httpx
 
 from hydrahead.errors import ServingError
-from hydrahead.serving import free_port, wait_until_up
+from hydrahead.serving import free_port, stop_server, wait_until_up
 
 
 def start_server(model: str, threads: int) -> tuple[subprocess.Popen, str]:
@@ -45,7 +44,7 @@ def start_server(model: str, threads: int) -> tuple[subprocess.Popen, str]:
     try:
         wait_until_up(url, proc, timeout=300)
     except ServingError as err:
-        proc.kill()
+        stop_server(proc)
         raise SystemExit(f"{err}: run `hydrahead serve {model}` to see why") from err
     return proc, url
 
@@ -133,9 +132,11 @@ def main() -> None:
 
     meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.platform(), "cpus": os.cpu_count(),
             "load_before": os.getloadavg(), "args": {k: str(v) for k, v in vars(args).items()}}
-    servers = {m: start_server(m, args.threads) for m in args.models}
+    servers: dict[str, tuple[subprocess.Popen, str]] = {}
     runs: dict[str, list[dict]] = {}
     try:
+        for m in args.models:
+            servers[m] = start_server(m, args.threads)
         for model, (_, url) in servers.items():  # warm-up: first-call costs stay out of the figures
             for length in lengths:
                 request(url, model, prompts(model, length, 1)[0], args.max_tokens)
@@ -151,12 +152,7 @@ def main() -> None:
                               f"{result['rps']:.2f} req/s, TTFT {1000 * result['ttft_s']:.0f} ms", flush=True)
     finally:
         for proc, _ in servers.values():
-            proc.send_signal(signal.SIGINT)
-        for proc, _ in servers.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
 
     import torch
 

@@ -25,7 +25,7 @@ import torch
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="artifacts/shared_kv_quality")
+    parser.add_argument("--out", default="runs/shared_kv_quality")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--plans", default="hydrahead-7:1,all-gdn")
     args = parser.parse_args()

@@ -71,11 +71,11 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--recipe", type=Path, default=None, help="the run's teacher recipe (default: the package's)")
     a = p.parse_args()
-    import yaml
-
     from hydrahead.demo.teacher_recipe import RECIPE
+    from hydrahead.errors import TeacherError
+    from hydrahead.utils.io import read_yaml_mapping
 
-    recipe = yaml.safe_load(Path(a.recipe or RECIPE).read_text())  # as a plain mapping: earlier runs' recipes too
+    recipe = read_yaml_mapping(a.recipe or RECIPE, TeacherError, "teacher recipe")  # a plain mapping: old runs' too
     model, tok = load(a.model, a.tokenizer, recipe)
     rng = random.Random(4242)
     words = vocabulary() + [str(d) for d in range(10)] * 4

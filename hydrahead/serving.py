@@ -24,7 +24,7 @@ import json
 import socket
 from pathlib import Path
 
-from hydrahead.errors import CheckpointError, ServingError, one_line
+from hydrahead.errors import ServingError, one_line
 
 # A base model's "chat": the messages' contents, in order, as one text (no roles, nothing added).
 PLAIN_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
@@ -66,13 +66,9 @@ def chat_template_of(path: str | Path, chat_template: str | Path | None) -> tupl
 
     tokenizer = load_tokenizer(path)
     if chat_template is not None:
-        file = Path(chat_template)
-        if not file.is_file():
-            raise ServingError(f"chat template file not found: {file}")
-        try:
-            return file.read_text(encoding="utf-8"), f"the chat template in {file}"
-        except UnicodeDecodeError as err:
-            raise ServingError(f"chat template file {file} is not UTF-8 text") from err
+        from hydrahead.utils.io import read_text
+
+        return read_text(chat_template, ServingError, "chat template file"), f"the chat template in {chat_template}"
     if getattr(tokenizer, "chat_template", None):
         return None, "the checkpoint's chat template"
     return PLAIN_CHAT_TEMPLATE, "no chat template in the checkpoint: chat messages are joined as plain text"
@@ -105,18 +101,35 @@ def wait_until_up(url: str, process=None, timeout: float = 180.0) -> None:
     raise ServingError(f"the server for {url} did not answer /health within {timeout:.0f} s")
 
 
+def stop_server(process, timeout: float = 20.0) -> None:
+    """Stop a server subprocess as Ctrl-C would (uvicorn shuts down gracefully), killing it if it hangs."""
+    import signal
+    import subprocess
+
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def sample_when_asked() -> None:
     """In this (server) process: a request with `temperature` > 0 samples, whatever the checkpoint's
     generation config says; `temperature` 0 stays greedy (transformers sets that itself)."""
     from transformers.cli.serving.utils import BaseHandler
 
+    # A process-wide change to transformers' request handling (tested against the pinned transformers in
+    # tests/serving): made only by `serve`, whose process is the server.
     build = BaseHandler._build_generation_config
     if getattr(build, "hydrahead_samples", False):
         return
 
     def build_config(self, body, model_generation_config, use_cb=False):
         config = build(self, body, model_generation_config, use_cb=use_cb)
-        if body.get("temperature") is not None and float(body["temperature"]) > 0:
+        asked = body.get("temperature") is not None and float(body["temperature"]) > 0
+        if asked and body.get("generation_config") is None:  # a client's own generation config is kept as sent
             config.do_sample = True
         return config
 
@@ -130,14 +143,15 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: s
     """Serve the checkpoint in `path` until interrupted. `dtype` "auto" is float32 on the CPU and the
     checkpoint's own dtype on a GPU. The model name clients send is `path` as given (or none)."""
     from hydrahead.models.hybrid import CONTINUOUS_BATCHING, HYBRID_CLASSES, expose_in_transformers
-    from hydrahead.models.loading import check_model_dirs, check_weights, find_gguf, resolve_device, torch_dtype
+    from hydrahead.models.loading import (check_model_dirs, check_weights, find_gguf, hybrid_model_types, read_config,
+                                          resolve_device, torch_dtype)
 
     if find_gguf(Path(path)) is not None:
         raise ServingError(f"{path}: a .gguf model is served after `hydrahead export {path} DIR`, as DIR")
     check_model_dirs([path])
     check_weights(Path(path))
     what = describe(path)
-    if continuous_batching and what.startswith("a hydrahead"):
+    if continuous_batching and read_config(path).get("model_type") in hybrid_model_types():
         raise ServingError(CONTINUOUS_BATCHING)
     target = resolve_device(device)
     torch_dtype(dtype)  # a known name
@@ -156,12 +170,12 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: s
     expose_in_transformers(*(model_class for _, model_class in HYBRID_CLASSES.values()))
     sample_when_asked()
     print(f"serving {path}: {what}", flush=True)
-    print(f"  on {target} in {dtype}; {template_note}; requests run one at a time"
-          + ("" if not continuous_batching else " (continuous batching)"), flush=True)
+    batching = "continuous batching" if continuous_batching else "requests run one at a time"
+    print(f"  on {target} in {dtype}; {template_note}; {batching}", flush=True)
     print(f"  OpenAI API at http://{host}:{port}/v1 (model name: {str(path)!r}); Ctrl-C stops", flush=True)
     try:
         Serve(force_model=str(path), device=str(target), dtype=dtype, host=host, port=port,
               continuous_batching=continuous_batching, log_level=log_level,
               chat_template_kwargs=json.dumps({"chat_template": template}) if template else None)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:  # the model failed to load
-        raise CheckpointError(f"could not serve {path}: {one_line(err)}") from err
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # loading the model, or the server itself
+        raise ServingError(f"the server for {path} stopped: {one_line(err)}") from err

@@ -26,6 +26,7 @@ from hydrahead.utils.units import parse_tokens
 RECIPE = Path(__file__).parent / "assets" / "teacher_recipe.yaml"
 # what `retrain` fills in for every phase: present in `pretrain` only to be validated
 RUNTIME = {"tokenizer": "<work>/tokenizer", "output_dir": "<work>/run/<phase>"}
+RUNTIME_DATA = ("train_files", "eval_files")  # pretrain.data keys `retrain` sets per phase
 
 
 @dataclass(kw_only=True)
@@ -88,18 +89,20 @@ class TeacherRecipe:
         check(tokens is not None, "pretrain.stage.tokens", "is needed without phases")
         data = self.pretrain.get("data") or {}
         check(isinstance(data, dict), "pretrain.data", "must be a mapping")
-        for key in RUNTIME:
+        for key in (*RUNTIME, "init"):
             check(key not in self.pretrain, f"pretrain.{key}", "is filled in at run time; leave it out")
-        build(PretrainRecipe, {**self.pretrain, **RUNTIME, "stage": {**stage, "tokens": tokens},
-                               "data": {**data, "train_files": ["<work>/data/<phase>/train.jsonl"]}}, "pretrain")
+        for key in RUNTIME_DATA:
+            check(key not in data, f"pretrain.data.{key}", "is filled in at run time; leave it out")
+        self._pretrain = build(PretrainRecipe, {**self.pretrain, **RUNTIME, "stage": {**stage, "tokens": tokens},
+                                                "data": {**data, "train_files": ["<work>/data/<phase>/train.jsonl"]}},
+                               "pretrain")
         if not self.phases:
             check(bool(self.corpus.documents), "corpus.documents", "must name documents when there are no phases")
 
     @property
     def seq_len(self) -> int:
         """The training length (pretrain.stage.seq_len)."""
-        return PretrainRecipe.from_dict({**self.pretrain, **RUNTIME, "data": {"train_files": ["-"]},
-                                         "stage": {**self.pretrain["stage"], "tokens": 1}}).stage.seq_len
+        return self._pretrain.stage.seq_len
 
     def phase_list(self) -> list[tuple[str, dict[str, int], int]]:
         """The phases in order as (name, documents per kind, tokens)."""

@@ -26,7 +26,7 @@ from hydrahead.demo.corpus import code_split, write_jsonl
 from hydrahead.demo.log import Log
 from hydrahead.demo.teacher import MANIFEST, SHIPPED, WEIGHTS
 from hydrahead.demo.teacher_recipe import RECIPE, TeacherRecipe, load_recipe, recipe_sha256
-from hydrahead.errors import TeacherError
+from hydrahead.errors import HydraHeadError, TeacherError
 from hydrahead.utils.io import atomic_write_text, save_figure
 
 MONITOR_SEED = 9_999  # NIAH prompts watched during training: neither the evaluation's seeds nor training's
@@ -39,7 +39,6 @@ def build_tokenizer(corpus: Any, code: list[str]) -> Any:
     from hydrahead.needles import vocabulary
 
     return train_tokenizer(code + template_texts(corpus.seed), corpus.vocab_size, whole_words=vocabulary())
-
 
 
 def per_task(records: list, tasks: list[str]) -> dict[str, float]:
@@ -89,7 +88,7 @@ def run_dirs(work: str | Path, recipe: TeacherRecipe) -> list[Path]:
     return [Path(work) / "run" / name for name, _, _ in recipe.phase_list()]
 
 
-def retrain(work: str | Path, device: str = "auto", log: Log = Log(), recipe_path: Path = RECIPE) -> Path:
+def retrain(work: str | Path, device: str = "auto", log: Log | None = None, recipe_path: Path = RECIPE) -> Path:
     """Rebuild the teacher from its recipe in `work`, phase after phase; resumes a stopped run there.
     Returns the last phase's final model, <work>/run/<phase>/final."""
     from hydrahead.demo.teacher_data import teacher_documents
@@ -97,7 +96,7 @@ def retrain(work: str | Path, device: str = "auto", log: Log = Log(), recipe_pat
     from hydrahead.models.loading import load_tokenizer
     from hydrahead.distill.recipe import PretrainRecipe
 
-    work = Path(work)
+    work, log = Path(work), log or Log()
     recipe = load_recipe(recipe_path)
     corpus, base = recipe.corpus, dict(recipe.pretrain)
     tokenizer_dir, heldout = work / "tokenizer", work / "data" / "heldout.jsonl"
@@ -136,7 +135,7 @@ def retrain(work: str | Path, device: str = "auto", log: Log = Log(), recipe_pat
         log(f"pretraining the teacher, phase {name} ({pretrain_recipe.stage.tokens / 1e6:.1f}M tokens) in {run}"
             + (" (resuming)" if resume else ""))
         init = pretrain(pretrain_recipe, resume=resume, evaluators=[monitor])
-    assert init is not None  # phases() is never empty
+    assert init is not None  # phase_list() is never empty
     return init
 
 
@@ -211,7 +210,7 @@ def plot_training(records: list[dict[str, Any]], png: str | Path) -> None:
     save_figure(fig, png, dpi=110)
 
 
-def ship(work: str | Path, dest: Path = SHIPPED, recipe_path: Path = RECIPE, log: Log = Log(),
+def ship(work: str | Path, dest: Path = SHIPPED, recipe_path: Path = RECIPE, log: Log | None = None,
          seeds: tuple[int, ...] = EVALUATION_SEEDS) -> Path:
     """Write the teacher retrained in `work` (its last phase's final model) into `dest` (fp16 weights,
     tokenizer, manifest with NIAH over the evaluation `seeds`)."""
@@ -219,6 +218,7 @@ def ship(work: str | Path, dest: Path = SHIPPED, recipe_path: Path = RECIPE, log
 
     from hydrahead.models.loading import load_model, load_tokenizer, save_hybrid
 
+    log = log or Log()
     recipe = load_recipe(recipe_path)
     final = run_dirs(work, recipe)[-1] / "final"
     if not final.is_dir():
@@ -253,13 +253,17 @@ def ship(work: str | Path, dest: Path = SHIPPED, recipe_path: Path = RECIPE, log
     return dest
 
 
-def remeasure(path: Path = SHIPPED, recipe_path: Path = RECIPE, log: Log = Log(),
+def remeasure(path: Path = SHIPPED, recipe_path: Path = RECIPE, log: Log | None = None,
                seeds: tuple[int, ...] = EVALUATION_SEEDS) -> dict[str, Any]:
     """Measure a shipped teacher's NIAH again (as `ship` does) and rewrite that entry of its manifest; the
     weights and every other entry stay as they are."""
     from hydrahead.demo.teacher import check_teacher, load_teacher
 
+    log = log or Log()
     manifest = check_teacher(path)
+    if manifest.get("recipe_sha256") != recipe_sha256(recipe_path):
+        raise TeacherError(f"{recipe_path} is not the recipe the teacher in {path} was made by (its manifest names "
+                           "another recipe hash): measure it with the recipe it was trained from")
     model, tokenizer = load_teacher(path)
     recipe = load_recipe(recipe_path)
     log(f"measuring greedy NIAH at {recipe.seq_len} tokens over seeds {list(seeds)}")
@@ -280,6 +284,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="only measure the shipped teacher's NIAH again and rewrite it in its manifest")
     p.add_argument("--recipe", type=Path, default=RECIPE, help=f"the recipe (default: {RECIPE.name} in the package)")
     a = p.parse_args(argv)
+    try:
+        _run(p, a)
+    except HydraHeadError as err:
+        print(f"{p.prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _run(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.remeasure:
         print(json.dumps(remeasure(recipe_path=a.recipe), indent=1))
         return
@@ -287,8 +299,10 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--work is needed to retrain or ship")
     if not a.ship_only:
         retrain(a.work, a.device, recipe_path=a.recipe)
-    plot_training(training_metrics(a.work, load_recipe(a.recipe)), Path(a.work) / "training.png")
-    print(f"training curves: {Path(a.work) / 'training.png'}")
+    metrics = training_metrics(a.work, load_recipe(a.recipe))
+    if metrics:
+        plot_training(metrics, Path(a.work) / "training.png")
+        print(f"training curves: {Path(a.work) / 'training.png'}")
     if a.ship or a.ship_only:
         ship(a.work, recipe_path=a.recipe)
 

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hydrahead.errors import EvalError
-from hydrahead.utils.io import read_text
 from hydrahead.models.shape import check_positions
+from hydrahead.utils.io import read_text
 
 TEXT_SUFFIXES = (".txt", ".md")
 

@@ -67,24 +67,29 @@ ROTARY_KEYS = ("rope_theta", "rope_parameters", "rope_scaling", "rotary_dim", "r
 LEARNED_TABLE_TYPES = {"opt", "gpt_neo", "biogpt"}
 
 
+def _field(config: Any, key: str) -> Any:
+    """A field of a transformers config or of a config.json dict (None when absent)."""
+    return config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+
+
 def positions(config: Any) -> tuple[int | None, bool]:
     """(how many positions the model was built for, whether that is a hard limit). A hard limit is a learned
     position table (GPT-2's `n_positions`, OPT's `max_position_embeddings`): a longer input indexes past it.
-    Rotary models have a soft one (`max_position_embeddings`): beyond it is an extrapolation test."""
-    get = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
-    if get("n_positions") is not None and not any(get(key) is not None for key in ROTARY_KEYS):
-        return int(get("n_positions")), True
-    limit = get("max_position_embeddings")
+    Rotary models have a soft one (`max_position_embeddings`): beyond it is an extrapolation test. Families
+    not named here with a learned table count as soft (the check then lets the model's own error through)."""
+    rotary = any(_field(config, key) is not None for key in ROTARY_KEYS)
+    if _field(config, "n_positions") is not None and not rotary:
+        return int(_field(config, "n_positions")), True
+    limit = _field(config, "max_position_embeddings")
     if limit is None:
         return None, False
-    return int(limit), get("model_type") in LEARNED_TABLE_TYPES and not any(get(k) is not None for k in ROTARY_KEYS)
+    return int(limit), _field(config, "model_type") in LEARNED_TABLE_TYPES and not rotary
 
 
 def check_positions(config: Any, length: int, what: str, name: str = "the model") -> None:
     """UnsupportedModelError when `length` tokens do not fit a learned position table (before any work)."""
     limit, hard = positions(config)
     if hard and limit is not None and length > limit:
-        get = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
         raise UnsupportedModelError(
-            f"{name} (a {get('model_type')} model) has a learned position table of {limit} positions: "
+            f"{name} (a {_field(config, 'model_type')} model) has a learned position table of {limit} positions: "
             f"{what} {length} is beyond it; use at most {limit}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 import torch
 
 import hydrahead
-from hydrahead.serving import PLAIN_CHAT_TEMPLATE, free_port, wait_until_up
+from hydrahead.serving import PLAIN_CHAT_TEMPLATE, free_port, stop_server, wait_until_up
 from tests.eval.conftest import bpe_tokenizer, tiny_models
 
 httpx = pytest.importorskip("httpx")
@@ -43,25 +42,23 @@ main()
 """
 
 
-def start(argv: list[str], port: int) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(argv, cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(url, proc, timeout=180)
-    except hydrahead.ServingError as err:
-        raise AssertionError(f"{err}:\n{stop(proc)[-3000:]}") from err
-    return proc, url
+class Server:
+    """A server subprocess whose output goes to a file (a pipe nobody reads would fill and block it)."""
 
+    def __init__(self, argv: list[str], port: int, log: Path) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self.log = log
+        with open(log, "w") as out:
+            self.process = subprocess.Popen(argv, cwd="/", env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_up(self.url, self.process, timeout=180)
+        except hydrahead.ServingError as err:
+            raise AssertionError(f"{err}:\n{self.stop()[-3000:]}") from err
 
-def stop(proc: subprocess.Popen) -> str:
-    proc.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
-    try:
-        out, _ = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out
+    def stop(self) -> str:
+        stop_server(self.process)
+        return self.log.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +89,12 @@ def greedy(checkpoint):
 
 
 @pytest.fixture(scope="module")
-def server(checkpoint):
+def server(checkpoint, tmp_path_factory):
     port = free_port()
-    proc, url = start([sys.executable, "-m", "hydrahead", "serve", str(checkpoint), "--port", str(port)], port)
-    yield url, str(checkpoint)
-    log = stop(proc)
+    running = Server([sys.executable, "-m", "hydrahead", "serve", str(checkpoint), "--port", str(port)], port,
+                     tmp_path_factory.mktemp("log") / "server.log")
+    yield running.url, str(checkpoint)
+    log = running.stop()
     assert "Traceback" not in log, log[-3000:]
 
 
@@ -169,20 +167,21 @@ def test_malformed_requests_get_http_errors_and_the_server_stays_up(server, gree
     assert chat(url, PROMPTS[0]).json()["choices"][0]["message"]["content"] == greedy(PROMPTS[0], chat=True)
 
 
-def test_transformers_serve_with_remote_code_and_no_hydrahead(checkpoint, greedy):
+def test_transformers_serve_with_remote_code_and_no_hydrahead(checkpoint, greedy, tmp_path):
     """`transformers serve --trust-remote-code DIR` as typed (hydrahead not importable): the checkpoint's code
     names its class where transformers' model manager looks; continuous batching falls back to sequential
     generation (a hybrid has no `init_continuous_batching`), so the text is still `generate`'s."""
     port = free_port()
-    proc, url = start([sys.executable, "-c", TRANSFORMERS_SERVE, "--trust-remote-code", "--continuous-batching",
-                       "--port", str(port), str(checkpoint)], port)
+    running = Server([sys.executable, "-c", TRANSFORMERS_SERVE, "--trust-remote-code", "--continuous-batching",
+                      "--port", str(port), str(checkpoint)], port, tmp_path / "server.log")
+    url = running.url
     try:
         body = {"model": str(checkpoint), "prompt": PROMPTS[1], "max_tokens": TOKENS, "temperature": 0}
         response = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
         assert response.status_code == 200, response.text
         assert response.json()["choices"][0]["text"] == greedy(PROMPTS[1], chat=False)
     finally:
-        log = stop(proc)
+        log = running.stop()
     assert "does not support continuous batching. Falling back to sequential generation" in log, log[-3000:]
 
 
