@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     from hydrahead.errors import HydraHeadError, TrainingInterrupted
     from hydrahead.utils.memory import keep_freed_memory
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # --help (0), or an argument refused while reading (2): printed already
+        return exit.code if isinstance(exit.code, int) else 2
     keep_freed_memory()  # large CPU tensors reuse freed memory instead of page-faulting (utils/memory.py)
     try:
         return int(args._run(args) or 0)

@@ -68,6 +68,19 @@ def output_dir(text: str):
     return _output(text, "directory")
 
 
+def model_path(text: str) -> str:
+    """A model argument: a checkpoint directory (config.json that parses, weights that open) or a .gguf file,
+    checked from its files alone (hydrahead/models/files.py), so that a wrong path fails at once."""
+    from hydrahead.errors import CheckpointError
+    from hydrahead.models.files import check_model_path
+
+    try:
+        check_model_path(text)
+    except CheckpointError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def device(text: str) -> str:
     """A torch device this machine has ("auto", "cpu", "cuda", "cuda:1")."""
     from hydrahead.errors import DeviceError

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import output_dir
+from hydrahead.cli.args import model_path, output_dir
 
 HELP = "convert a teacher checkpoint with a head plan into a hybrid checkpoint"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="teacher: a checkpoint directory (config.json + weights) or a .gguf file")
+    parser.add_argument("--model", required=True, type=model_path, help="teacher: a checkpoint directory (config.json + weights) or a .gguf file")
     parser.add_argument("--plan", required=True, help="head plan JSON (from `hydrahead plan` or HeadPlan.to_json)")
     parser.add_argument("--out", required=True, type=output_dir, help="output directory for the hybrid checkpoint")
     parser.add_argument("--preset", default="paper", choices=["paper", "exact"], help="hybrid options preset")

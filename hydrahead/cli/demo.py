@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import device, length, output_dir
+from hydrahead.cli.args import device, length, model_path, output_dir
 
 HELP = "score -> plan -> distill -> evaluate on the shipped small teacher, over several seeds, and write a report"
 
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "using the shipped one")
     parser.add_argument("--export-teacher", metavar="DIR", default=None, type=output_dir,
                         help="write the shipped teacher to DIR as an ordinary Hugging Face checkpoint and stop")
-    parser.add_argument("--teacher", metavar="MODEL", default=None,
+    parser.add_argument("--teacher", metavar="MODEL", default=None, type=model_path,
                         help="run the comparison on this pretrained model (a checkpoint directory or a .gguf file) "
                              "instead of the shipped teacher")
     parser.add_argument("--length", type=length, default=None,

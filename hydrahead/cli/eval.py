@@ -18,7 +18,7 @@ import argparse
 import time
 from pathlib import Path
 
-from hydrahead.cli.args import device, output_dir, positive_int
+from hydrahead.cli.args import device, model_path, output_dir, positive_int
 
 HELP = "evaluate models: RULER-style NIAH grid (niah) or perplexity by position (ppl)"
 
@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ppl = sub.add_parser("ppl", help="perplexity by position bucket on long documents",
                          description="Per-token NLL on the first --length tokens of each document, by position.")
     for p in (niah, ppl):
-        p.add_argument("--models", nargs="+", required=True, metavar="DIR", help="model directories (with tokenizer)")
+        p.add_argument("--models", nargs="+", required=True, metavar="DIR", type=model_path, help="model directories (with tokenizer)")
         p.add_argument("--out", required=True, type=output_dir, help="report directory")
         p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
         p.add_argument("--device", default=None, type=device, help="torch device (default: cuda if available, else cpu)")

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import output_dir
+from hydrahead.cli.args import model_path, output_dir
 
 HELP = "write a .gguf model as a safetensors checkpoint directory with its tokenizer"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help=".gguf file, or a directory holding one")
+    parser.add_argument("model", type=model_path, help=".gguf file, or a directory holding one")
     parser.add_argument("out", type=output_dir, help="output checkpoint directory")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="dtype of the written weights (default float32, what dequantising gives)")

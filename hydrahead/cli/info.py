@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 
+from hydrahead.cli.args import model_path
+
 HELP = "show a hybrid checkpoint's plan, cache footprint and added parameters"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="hybrid checkpoint directory")
+    parser.add_argument("path", type=model_path, help="hybrid checkpoint directory")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import nonnegative_int, output_file, positive_int
+from hydrahead.cli.args import model_path, nonnegative_int, output_file, positive_int
 
 HELP = "choose full-attention heads from scores (or a layer-wise / random / per-layer baseline)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scores", default=None, help="head scores JSON (from `hydrahead score`)")
-    parser.add_argument("--model", default=None, help="teacher (a directory or a .gguf): its shape for baselines, and a check of --scores")
+    parser.add_argument("--model", default=None, type=model_path, help="teacher (a directory or a .gguf): its shape for baselines, and a check of --scores")
     parser.add_argument("--out", required=True, type=output_file, help="output plan JSON")
     parser.add_argument("--baseline", default="scores", choices=["scores", "layerwise", "random", "fixed-per-layer"],
                         help="scores: global top-k from --scores (default); the others are comparison baselines")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import device, length, nonnegative_int, output_file, positive_int
+from hydrahead.cli.args import device, length, model_path, nonnegative_int, output_file, positive_int
 
 HELP = "score attention heads (patching, attribution or retrieval) and save them as JSON"
 
@@ -73,7 +73,7 @@ def describe_leads(probes, tokenizer, config) -> str:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
+    parser.add_argument("--model", required=True, type=model_path,
                         help="teacher: a checkpoint directory (config.json, weights, tokenizer) or a .gguf file")
     parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --model)")
     parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import device, positive_int
+from hydrahead.cli.args import device, model_path, positive_int
 
 HELP = "serve a checkpoint with an OpenAI-compatible HTTP API (transformers' server)"
 
@@ -30,7 +30,7 @@ def port(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="checkpoint directory (a hybrid from `hydrahead convert`/`distill`, or any "
+    parser.add_argument("model", type=model_path, help="checkpoint directory (a hybrid from `hydrahead convert`/`distill`, or any "
                                       "transformers causal LM with its tokenizer)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
                                                               "machine only; 0.0.0.0 for every interface)")

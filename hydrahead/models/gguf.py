@@ -24,32 +24,12 @@ import torch
 from huggingface_hub.errors import StrictDataclassError
 
 from hydrahead.errors import CheckpointError, GgufNotInstalledError, one_line
+from hydrahead.models.files import find_gguf
 
-SUFFIX = ".gguf"
 # packages transformers needs to read a GGUF (the `gguf` extra in pyproject.toml)
 REQUIRED = ("gguf", "accelerate")
 # what transformers and the GGUF readers raise for a file they cannot read or a config they reject
 LOAD_ERRORS = (OSError, RuntimeError, KeyError, IndexError, ValueError, TypeError, struct.error, StrictDataclassError)
-
-
-def _is_gguf_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() == SUFFIX
-
-
-def find_gguf(path: str | Path) -> Path | None:
-    """The GGUF file `path` names: `path` itself when it is a .gguf file, or the one .gguf file in a directory
-    without a config.json. None for anything else (an ordinary checkpoint directory, a path that does not
-    exist); CheckpointError for a directory holding several, naming them."""
-    path = Path(path)
-    if path.is_file():
-        return path if _is_gguf_file(path) else None
-    if not path.is_dir() or (path / "config.json").exists():
-        return None
-    files = sorted(p for p in path.iterdir() if _is_gguf_file(p))
-    if len(files) > 1:
-        raise CheckpointError(f"{path} holds {len(files)} GGUF files ({', '.join(p.name for p in files)}); "
-                              "give the path of the one to use")
-    return files[0] if files else None
 
 
 def require_gguf() -> None:

@@ -28,17 +28,14 @@ from typing import Any
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
-from safetensors import safe_open
 
 from hydrahead.errors import CheckpointError, DeviceError, OutputError, one_line
 from hydrahead.models.families import family_of_config
-from hydrahead.models.gguf import SUFFIX, find_gguf, gguf_config, load_gguf_model, load_gguf_tokenizer
+from hydrahead.models.files import check_weights, config_json, find_gguf, locate, weight_files
+from hydrahead.models.gguf import gguf_config, load_gguf_model, load_gguf_tokenizer
 from hydrahead.models.hybrid import HYBRID_CLASSES, is_hybrid
 from hydrahead.utils.io import check_output, new_file_mode
 
-WEIGHTS = "model.safetensors"
-WEIGHTS_INDEX = "model.safetensors.index.json"
-PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 MODEL_CARD = "README.md"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # what transformers raises for a config it rejects (huggingface_hub's strict dataclasses validate configs, e.g.
@@ -49,59 +46,12 @@ CONFIG_ERRORS = (ValueError, TypeError, StrictDataclassError)
 def read_config(path: str | Path) -> dict[str, Any]:
     """config.json of a model directory (or the config a GGUF file states, see `find_gguf`), or
     CheckpointError naming what is missing or corrupt."""
-    path = Path(path)
-    if not path.exists():
-        what = "GGUF file" if path.suffix.lower() == SUFFIX else "model directory"
-        raise CheckpointError(f"{what} not found: {path}")
-    if (gguf := find_gguf(path)) is not None:
-        return gguf_config(gguf)
-    if not path.is_dir():
-        raise CheckpointError(f"{path} is a file, not a model directory (nor a .gguf file)")
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise CheckpointError(f"{path} has no config.json (nor a .gguf file); is it a model directory?")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{config_file} is corrupt (not valid JSON: {err})") from err
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{config_file} is corrupt (not a JSON object)")
-    return config
+    gguf = locate(path)
+    return gguf_config(gguf) if gguf is not None else config_json(path)
 
 
 def hybrid_model_types() -> list[str]:
     return sorted(config_class.model_type for config_class, _ in HYBRID_CLASSES.values())
-
-
-def weight_files(path: Path) -> list[Path]:
-    if (gguf := find_gguf(path)) is not None:
-        return [gguf]
-    if (path / WEIGHTS).is_file():
-        return [path / WEIGHTS]
-    if (path / WEIGHTS_INDEX).is_file():
-        try:
-            index = json.loads((path / WEIGHTS_INDEX).read_text())
-            names = sorted(set(index["weight_map"].values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
-            raise CheckpointError(f"{path / WEIGHTS_INDEX} is corrupt: {err!r}") from err
-        missing = [n for n in names if not (path / n).is_file()]
-        if missing:
-            raise CheckpointError(f"{path} is incomplete: missing weight shard(s) {missing}")
-        return [path / n for n in names]
-    if any((path / name).is_file() for name in PICKLED):
-        raise CheckpointError(f"{path} holds pickled weights ({PICKLED[0]}); hydrahead reads safetensors only "
-                              "(it never unpickles a file it is given): re-save the model with save_pretrained()")
-    raise CheckpointError(f"{path} has no weights ({WEIGHTS} or {WEIGHTS_INDEX})")
-
-
-def check_weights(path: Path) -> None:
-    """Open every safetensors file's header: catches truncated or overwritten files before loading."""
-    for file in weight_files(path):
-        try:
-            with safe_open(str(file), framework="pt") as f:
-                f.keys()
-        except Exception as err:  # safetensors raises its own error types for a bad header
-            raise CheckpointError(f"weights file {file} is corrupt or truncated: {err}") from err
 
 
 def torch_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
