@@ -19,6 +19,7 @@ Usage (the models of docs/benchmarks.md "Serving": the demo's teacher and its Hy
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -49,12 +50,18 @@ def start_server(model: str, threads: int) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
+@functools.lru_cache
+def tokenizer_of(model: str):
+    from hydrahead.models.loading import load_tokenizer
+
+    return load_tokenizer(model)
+
+
 def prompts(model: str, tokens: int, count: int) -> list[str]:
     """`count` different essay texts of `tokens` tokens under `model`'s tokenizer."""
-    from hydrahead.models.loading import load_tokenizer
     from hydrahead.needles import essay_sentences
 
-    tokenizer = load_tokenizer(model)
+    tokenizer = tokenizer_of(model)
     texts = []
     for seed in range(count):
         ids: list[int] = []
@@ -87,24 +94,28 @@ def request(url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, 
     return first if first is not None else float("nan"), time.perf_counter() - start, chunks
 
 
-def in_process(model: str, text: str, max_tokens: int, repeats: int = 3) -> tuple[float, float]:
-    """(seconds of the prefill alone, seconds of the whole generate) for `text` under `model`, medians."""
+def in_process(model: str, texts: dict[int, str], max_tokens: int, repeats: int = 3) -> dict[int, tuple[float, float]]:
+    """Per prompt length: (seconds of the prefill alone, seconds of the whole generate) for its text under `model`,
+    medians; the model loaded once."""
     import torch
 
-    from hydrahead.models.loading import load_model, load_tokenizer
+    from hydrahead.models.loading import load_model
 
-    net, tokenizer = load_model(model, dtype="float32"), load_tokenizer(model)
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
-    prefill, whole = [], []
-    with torch.no_grad():
-        for _ in range(repeats + 1):  # the first is a warm-up
-            start = time.perf_counter()
-            net(ids, use_cache=True, logits_to_keep=1)
-            prefill.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            net.generate(ids, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
-            whole.append(time.perf_counter() - start)
-    return statistics.median(prefill[1:]), statistics.median(whole[1:])
+    net, tokenizer = load_model(model, dtype="float32"), tokenizer_of(model)
+    out = {}
+    for length, text in texts.items():
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+        prefill, whole = [], []
+        with torch.no_grad():
+            for _ in range(repeats + 1):  # the first is a warm-up
+                start = time.perf_counter()
+                net(ids, use_cache=True, logits_to_keep=1)
+                prefill.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                net.generate(ids, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False)
+                whole.append(time.perf_counter() - start)
+        out[length] = statistics.median(prefill[1:]), statistics.median(whole[1:])
+    return out
 
 
 def run_clients(url: str, model: str, texts: list[str], clients: int, max_tokens: int) -> dict:
@@ -157,7 +168,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    direct = {(m, n): in_process(m, prompts(m, n, 1)[0], args.max_tokens) for m in args.models for n in lengths}
+    direct = {m: in_process(m, {n: prompts(m, n, 1)[0] for n in lengths}, args.max_tokens) for m in args.models}
     reference = args.models[0]
     rows = []
     for key, results in runs.items():
@@ -170,8 +181,8 @@ def main() -> None:
                      "ttft_vs_reference": statistics.median(b["ttft_s"] / r["ttft_s"] for r, b in zip(results, base)),
                      "chunks": statistics.median(r["chunks"] for r in results), "rounds": len(results),
                      "latency_ms": 1000 * statistics.median(r["latency_s"] for r in results),
-                     "in_process_prefill_ms": 1000 * direct[model, int(length)][0],
-                     "in_process_generate_ms": 1000 * direct[model, int(length)][1]})
+                     "in_process_prefill_ms": 1000 * direct[model][int(length)][0],
+                     "in_process_generate_ms": 1000 * direct[model][int(length)][1]})
     print("\n| model | prompt | clients | req/s | TTFT ms | req/s vs first | TTFT vs first (above 1: sooner) | "
           "latency ms | in-process prefill / generate ms |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

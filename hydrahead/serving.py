@@ -31,12 +31,11 @@ PLAIN_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% e
 SERVING_EXTRA = "pip install 'hydrahead[serving]'"
 
 
-def describe(path: str | Path) -> str:
-    """One line on what a checkpoint directory holds: a hybrid's plan, or the plain model it is."""
-    from hydrahead.models.loading import hybrid_model_types, read_config
+def describe(config: dict) -> str:
+    """One line on what a checkpoint holds, from its config.json: a hybrid's plan, or the plain model it is."""
+    from hydrahead.models.loading import hybrid_model_types
     from hydrahead.plan import HeadPlan
 
-    config = read_config(path)
     if config.get("model_type") not in hybrid_model_types():
         return f"a {config.get('model_type')} model (not a hybrid)"
     plan = HeadPlan.from_dict(config["hydrahead"]["plan"])
@@ -60,11 +59,8 @@ def check_port(host: str, port: int) -> None:
             raise ServingError(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port") from err
 
 
-def chat_template_of(path: str | Path, chat_template: str | Path | None) -> tuple[str | None, str]:
+def chat_template_of(tokenizer, chat_template: str | Path | None) -> tuple[str | None, str]:
     """(the template to pass with each request or None for the checkpoint's own, what it is in words)."""
-    from hydrahead.models.loading import load_tokenizer
-
-    tokenizer = load_tokenizer(path)
     if chat_template is not None:
         from hydrahead.utils.io import read_text
 
@@ -143,20 +139,20 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: s
     """Serve the checkpoint in `path` until interrupted. `dtype` "auto" is float32 on the CPU and the
     checkpoint's own dtype on a GPU. The model name clients send is `path` as given (or none)."""
     from hydrahead.models.hybrid import CONTINUOUS_BATCHING, HYBRID_CLASSES, expose_in_transformers
-    from hydrahead.models.loading import (check_model_dirs, check_weights, find_gguf, hybrid_model_types, read_config,
-                                          resolve_device, torch_dtype)
+    from hydrahead.models.files import check_model_path
+    from hydrahead.models.loading import (find_gguf, hybrid_model_types, load_tokenizer, read_config, resolve_device,
+                                          torch_dtype)
 
     if find_gguf(Path(path)) is not None:
         raise ServingError(f"{path}: a .gguf model is served after `hydrahead export {path} DIR`, as DIR")
-    check_model_dirs([path])
-    check_weights(Path(path))
-    what = describe(path)
-    if continuous_batching and read_config(path).get("model_type") in hybrid_model_types():
+    check_model_path(path)  # config.json and the weights' headers; the tokenizer is loaded below
+    config = read_config(path)
+    if continuous_batching and config.get("model_type") in hybrid_model_types():
         raise ServingError(CONTINUOUS_BATCHING)
     target = resolve_device(device)
     torch_dtype(dtype)  # a known name
     dtype = "float32" if dtype == "auto" and target.type == "cpu" else dtype
-    template, template_note = chat_template_of(path, chat_template)
+    template, template_note = chat_template_of(load_tokenizer(path), chat_template)
     check_port(host, port)
     try:
         from transformers.utils.import_utils import is_serve_available
@@ -169,7 +165,7 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: s
 
     expose_in_transformers(*(model_class for _, model_class in HYBRID_CLASSES.values()))
     sample_when_asked()
-    print(f"serving {path}: {what}", flush=True)
+    print(f"serving {path}: {describe(config)}", flush=True)
     batching = "continuous batching" if continuous_batching else "requests run one at a time"
     print(f"  on {target} in {dtype}; {template_note}; {batching}", flush=True)
     print(f"  OpenAI API at http://{host}:{port}/v1 (model name: {str(path)!r}); Ctrl-C stops", flush=True)

@@ -11,8 +11,6 @@ of the wrong type or range (`hydrahead/distill/schema.py`), as a distillation re
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 from hydrahead.distill.recipe import PretrainRecipe
 from hydrahead.distill.schema import FieldError, build, check
 from hydrahead.errors import RecipeError, TeacherError
-from hydrahead.utils.io import read_yaml_mapping
+from hydrahead.utils.io import json_sha256, read_yaml_mapping
 from hydrahead.utils.units import parse_tokens
 
 RECIPE = Path(__file__).parent / "assets" / "teacher_recipe.yaml"
@@ -107,7 +105,7 @@ class TeacherRecipe:
     def phase_list(self) -> list[tuple[str, dict[str, int], int]]:
         """The phases in order as (name, documents per kind, tokens)."""
         if not self.phases:
-            return [("main", dict(self.corpus.documents), parse_tokens(self.pretrain["stage"]["tokens"]))]
+            return [("main", dict(self.corpus.documents), self._pretrain.stage.tokens)]
         return [(name, dict(p.documents), p.tokens) for name, p in self.phases.items()]
 
 
@@ -121,4 +119,4 @@ def load_recipe(path: str | Path = RECIPE) -> TeacherRecipe:
 
 def recipe_sha256(path: str | Path = RECIPE) -> str:
     """SHA-256 of the recipe's data (its keys and values as canonical JSON): comments do not count."""
-    return hashlib.sha256(json.dumps(read_yaml_mapping(path, TeacherError, "teacher recipe"), sort_keys=True).encode()).hexdigest()
+    return json_sha256(read_yaml_mapping(path, TeacherError, "teacher recipe"))

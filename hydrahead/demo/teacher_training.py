@@ -27,7 +27,7 @@ from hydrahead.demo.log import Log
 from hydrahead.demo.teacher import MANIFEST, SHIPPED, WEIGHTS
 from hydrahead.demo.teacher_recipe import RECIPE, TeacherRecipe, load_recipe, recipe_sha256
 from hydrahead.errors import HydraHeadError, TeacherError
-from hydrahead.utils.io import atomic_write_text, save_figure
+from hydrahead.utils.io import atomic_write_text, json_sha256, save_figure
 
 MONITOR_SEED = 9_999  # NIAH prompts watched during training: neither the evaluation's seeds nor training's
 EVALUATION_SEEDS = tuple(range(1, 11))  # what the manifest reports: seeds neither training nor its monitor used
@@ -103,7 +103,7 @@ def retrain(work: str | Path, device: str = "auto", log: Log | None = None, reci
     # the tokenizer depends only on the corpus section (less its documents): other changes keep it
     source = {"code_bytes": corpus.code_bytes, "vocab_size": corpus.vocab_size, "niah_tasks": corpus.niah_tasks,
               "seed": corpus.seed}
-    digest = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()
+    digest = json_sha256(source)
     stamp = work / "tokenizer.json"
     code, held = code_split(corpus.code_bytes)
     if not (stamp.is_file() and json.loads(stamp.read_text()).get("sha256") == digest):
@@ -118,7 +118,7 @@ def retrain(work: str | Path, device: str = "auto", log: Log | None = None, reci
     for (name, counts, tokens), run in zip(recipe.phase_list(), run_dirs(work, recipe)):
         train = work / "data" / name / "train.jsonl"
         # a phase's documents depend on the tokenizer, its counts and the row length
-        docs_digest = hashlib.sha256(json.dumps([digest, counts, seq_len], sort_keys=True).encode()).hexdigest()
+        docs_digest = json_sha256([digest, counts, seq_len])
         docs_stamp = train.with_name("documents.json")
         if not (docs_stamp.is_file() and json.loads(docs_stamp.read_text()).get("sha256") == docs_digest):
             log(f"writing the {name} phase's training documents: {counts}")

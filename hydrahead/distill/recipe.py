@@ -14,7 +14,6 @@ trains the same way on one process or on many.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ import yaml
 from hydrahead.errors import RecipeError
 from hydrahead.distill.example import EXAMPLE_RECIPE
 from hydrahead.distill.schema import FieldError, build, check, suggest
-from hydrahead.utils.io import read_yaml_mapping
+from hydrahead.utils.io import json_sha256, read_yaml_mapping
 from hydrahead.utils.units import parse_length, parse_tokens
 from hydrahead.errors import OptionsError
 from hydrahead.options import HybridOptions
@@ -292,7 +291,7 @@ class _RecipeFile:
         return data
 
     def fingerprint(self, plan: dict[str, Any] | None = None) -> str:
-        return hashlib.sha256(json.dumps(self.identity(plan), sort_keys=True).encode()).hexdigest()[:16]
+        return json_sha256(self.identity(plan))[:16]
 
 
 @dataclass(kw_only=True)

@@ -11,6 +11,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hydrahead.errors import OutputError
 
@@ -142,3 +143,11 @@ def read_yaml_mapping(path: str | Path, error: type[Exception], what: str) -> di
     if not isinstance(data, dict):
         raise error(f"{what} {path} must be a mapping of keys to values, got {type(data).__name__}")
     return data
+
+
+def json_sha256(data: Any) -> str:
+    """SHA-256 (hex) of `data` as canonical JSON (sorted keys): the fingerprint of a recipe or of settings."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
