@@ -12,7 +12,9 @@ all converted with the paper preset; a name with "+shared" (e.g. hydrahead-7:1+s
 gdn_shared_kv=True (GDN heads share their GQA group's k/v projection, as the teacher's heads did). Every figure is timed interleaved (each repeat runs all models in a
 rotated order) in one process and reported as the ratio teacher time / model time (above 1: faster).
 
-  prefill   model(ids, use_cache=True, logits_to_keep=1) on a fresh cache: the prompt's forward pass
+  prefill   model(ids, use_cache=True, logits_to_keep=1) on a fresh cache: the prompt's forward pass;
+            with --prefill-chunk N, every model's prompt goes through its cache in pieces of N tokens, as
+            generate(prefill_chunk_size=N) runs it (smaller temporaries for every model)
   decode    ms per generated token over --steps one-token forwards, from a cache already holding the
             context (filled with random K/V and states: decode cost depends on the cache's size, not its
             values); the teacher on transformers' dynamic and static caches, hybrids on our dynamic
@@ -234,13 +236,29 @@ def filled_cache(model, kind: str, context: int, batch: int, room: int):
 
 
 @torch.no_grad()
-def time_prefill(model, ids: torch.Tensor) -> tuple[float, object]:
+def time_prefill(model, ids: torch.Tensor, chunk: int | None = None) -> tuple[float, object]:
+    """Seconds for the prompt's forward on a fresh cache; with `chunk`, in pieces of that many tokens through
+    the cache, as `generate(prefill_chunk_size=chunk)` runs it."""
     cache = HybridHeadCache(model.config) if hasattr(model, "hydrahead_plan") else DynamicCache(config=model.config)
     sync(ids.device)
     start = time.perf_counter()
-    model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    for piece in ids.split(chunk or ids.shape[1], dim=1):
+        model(piece, past_key_values=cache, use_cache=True, logits_to_keep=1)
     sync(ids.device)
     return time.perf_counter() - start, cache
+
+
+def profile_prefill(model, ids: torch.Tensor, chunk: int | None, rows: int = 12) -> list[dict]:
+    """The ops of one prefill that took the most time (self time, torch.profiler), after the timed ones."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ids.is_cuda else [])) as prof:
+        time_prefill(model, ids, chunk)
+    def self_ms(event) -> float:
+        return (event.self_device_time_total if ids.is_cuda else event.self_cpu_time_total) / 1e3
+
+    events = sorted(prof.key_averages(), key=self_ms, reverse=True)
+    return [{"name": e.key, "calls": e.count, "ms": self_ms(e)} for e in events[:rows]]
 
 
 @torch.no_grad()
@@ -439,6 +457,12 @@ def main() -> None:
     parser.add_argument("--sections", default="ops,prefill,decode",
                         help=f"comma-separated, from {SECTIONS} (default: ops,prefill,decode)")
     parser.add_argument("--prefill", default="1024,4096,8192,16384,32768", help="prompt lengths (comma-separated)")
+    parser.add_argument("--prefill-chunk", type=int, default=None,
+                        help="prefill every model in pieces of this many tokens through its cache, as "
+                             "generate(prefill_chunk_size=N) does (default: the whole prompt in one forward)")
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing each prompt length, profile one more prefill of each model "
+                             "(torch.profiler: the ops that took the most time, printed and in the JSON)")
     parser.add_argument("--decode", default="1024,4096,16384,32768", help="cached context lengths for decode")
     parser.add_argument("--batch", default="1,4", help="decode batch sizes (comma-separated)")
     parser.add_argument("--steps", type=int, default=8, help="timed decode steps per figure")
@@ -476,8 +500,9 @@ def main() -> None:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": args.dtype,
         "layers": args.layers, "vocab": args.vocab, "date": datetime.date.today().isoformat(),
-        "load_before": os.getloadavg()[0], "allocator": args.allocator, "heap_allocator": heap, "sections": sections,
-        "ops": [], "prefill": [], "decode": [], "generate": [], "max_batch": [], "cache": [],
+        "load_before": os.getloadavg()[0], "allocator": args.allocator, "heap_allocator": heap,
+        "prefill_chunk": args.prefill_chunk, "sections": sections,
+        "ops": [], "prefill": [], "profiles": [], "decode": [], "generate": [], "max_batch": [], "cache": [],
     }
     if "ops" in sections:
         result["ops"] = op_counts(args)
@@ -493,7 +518,8 @@ def main() -> None:
     result.update({"gemm_flops": rate, "copy_bytes_per_s": bandwidth, "matvec_bytes_per_s": gemv,
                    "parameters": {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()}})
     print(f"GEMM {rate / 1e9:.1f} GFLOP/s, copy {bandwidth / 1e9:.1f} GB/s, matvec {gemv / 1e9:.1f} GB/s, threads {torch.get_num_threads()}, "
-          f"load {result['load_before']:.2f}, allocator: {args.allocator}", flush=True)
+          f"load {result['load_before']:.2f}, allocator: {args.allocator}, prefill chunk: {args.prefill_chunk or 'none'}",
+          flush=True)
 
     vocab = models["teacher"].config.vocab_size
     for T in [int(x) for x in args.prefill.split(",") if x] if "prefill" in sections else []:
@@ -501,7 +527,7 @@ def main() -> None:
         best: dict[str, float] = {}
         for r in range(args.repeats):
             for name in rotated(names, r):
-                seconds, cache = time_prefill(models[name], ids)
+                seconds, cache = time_prefill(models[name], ids, args.prefill_chunk)
                 best[name] = min(best.get(name, float("inf")), seconds)
                 if r == 0 and name != "teacher":
                     held, plan = cache.nbytes(), footprint(models[name])
@@ -510,6 +536,13 @@ def main() -> None:
                     result["cache"].append({"model": name, "tokens": T, "bytes": actual, "expected": expected})
                 del cache
                 gc.collect()
+        if args.profile:
+            for name in names:
+                ops = profile_prefill(models[name], ids, args.prefill_chunk)
+                result["profiles"].append({"model": name, "tokens": T, "ops": ops})
+                print(f"profile of one prefill, {T} tokens, {name}:", flush=True)
+                for op in ops:
+                    print(f"  {op['name']:<44} {op['calls']:>6} calls {op['ms']:>10.1f} ms")
         for name in names:
             floor = prefill_flops(models[name], T) / rate
             row = {"model": name, "tokens": T, "seconds": best[name], "ratio": best["teacher"] / best[name],

@@ -132,6 +132,19 @@ def test_static_cache_generates_the_dynamic_caches_tokens_with_left_padding(plan
     assert int(cache.get_seq_length()) == ids.shape[1] + 6  # the last token is never fed back
 
 
+@pytest.mark.parametrize("cache_implementation", [None, "static"])
+def test_chunked_prefill_generates_the_one_piece_tokens_with_left_padding(cache_implementation):
+    """generate(prefill_chunk_size=N) feeds the prompt through the cache in pieces: the conv window, the GDN
+    state and the padding mask must carry across the pieces (5 + 5 + 2 tokens here; padding ends mid-piece)."""
+    model = hybrid()
+    ids, mask = left_padded(model)
+    whole = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                           cache_implementation=cache_implementation)
+    pieces = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                            cache_implementation=cache_implementation, prefill_chunk_size=5)
+    assert torch.equal(pieces, whole)
+
+
 def test_compiled_decode_step_gives_the_eager_tokens_in_one_graph():
     """fullgraph=True: the whole decode step is captured (no graph break), and one graph serves every
     step (no recompilation). The eager backend checks the capture without paying for code generation."""
