@@ -115,14 +115,17 @@ def sync(device: torch.device) -> None:
 
 
 def gemm_rate(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
-    """FLOP/s of a (4096 x 2048) @ (2048 x 6144) matmul, the shape of a prefill's MLP up-projection."""
+    """FLOP/s of a (4096 x 2048) @ (2048 x 6144) matmul, the shape of a prefill's MLP up-projection, into one
+    reused output: a fresh 100 MB output would add its page faults, which in a plain CPU process vary from
+    run to run (this probe read 107-197 GFLOP/s that way) and are not arithmetic."""
     a = torch.randn(4096, 2048, device=device, dtype=dtype)
     b = torch.randn(2048, 6144, device=device, dtype=dtype)
+    c = torch.empty(4096, 6144, device=device, dtype=dtype)
     times = []
     for _ in range(repeats + 1):
         sync(device)
         start = time.perf_counter()
-        a @ b
+        torch.mm(a, b, out=c)
         sync(device)
         times.append(time.perf_counter() - start)
     return 2 * 4096 * 2048 * 6144 / min(times[1:])

@@ -30,6 +30,7 @@ from hydrahead.layers.norm import RMSNorm, head_table, rotary
 from hydrahead.layers.short_conv import ShortConv
 from hydrahead.ops import gated_delta_rule, gated_delta_rule_step, l2norm
 from hydrahead.ops.gated_delta.fla import fla_applies, fla_gated_delta_net
+from hydrahead.utils.memory import piece_tokens
 
 
 class GatedDeltaNetBranch(nn.Module):
@@ -114,11 +115,10 @@ class GatedDeltaNetBranch(nn.Module):
         return qkv, a, b
 
     def block_tokens(self, x: torch.Tensor) -> int:
-        """Tokens per block of an inference prefill on the CPU: about 16 MiB per (B, block, H, D) fp32 temporary,
-        so that glibc serves them from its heap (reused) instead of fresh page-faulted mappings (> 32 MiB),
-        which cost a long prefill more than its arithmetic here. A multiple of the GDN chunk (64)."""
-        per_token = x.shape[0] * self.num_heads * self.head_dim * 4
-        return max(64, (16 << 20) // per_token // 64 * 64)
+        """Tokens per block of an inference prefill on the CPU: each (B, block, H, D) fp32 temporary within
+        `PIECE_BYTES`, so that glibc serves them from its heap (reused) instead of fresh page-faulted mappings
+        (> 32 MiB), which cost a long prefill more than its arithmetic here."""
+        return piece_tokens(x.shape[0] * self.num_heads * self.head_dim * 4)
 
     def _prefill_in_blocks(self, x, tables, cache_layer, padding_mask, state, block: int) -> torch.Tensor:
         """The prefill of `forward` one block of tokens at a time, projections included (conv inputs and state

@@ -10,8 +10,9 @@ by the process is not returned to the system until it exits.
 
 The `hydrahead` CLI calls `keep_freed_memory()` at start; a script may call `hydrahead.keep_freed_memory()`
 itself; a library import never does. bench/inference.py measures both ways (`--allocator plain|kept`).
-The hybrid does not depend on it: its long CPU prefill works in blocks of about 16 MiB temporaries, which
-glibc reuses from its heap anyway (hydrahead/layers/gdn.py).
+The hybrid does not depend on it: its long CPU prefill works in pieces whose temporaries stay under
+`PIECE_BYTES`, which glibc reuses from its heap anyway (`piece_tokens`: the GDN branch's blocks in
+hydrahead/layers/gdn.py, and a hybrid's `generate` prefilling a long prompt in pieces on the CPU).
 Set HYDRAHEAD_SYSTEM_MALLOC=1 to keep glibc's defaults.
 """
 
@@ -23,6 +24,16 @@ import os
 import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc <malloc.h>
+
+# Half of glibc's largest mmap threshold (32 MiB): a temporary this size or smaller is served from the heap
+# once the threshold has adapted, and reused instead of page-faulted in afresh.
+PIECE_BYTES = 16 << 20
+
+
+def piece_tokens(bytes_per_token: int, multiple: int = 64) -> int:
+    """Tokens per piece of a long CPU inference pass so that its largest temporary, `bytes_per_token` per
+    token, stays within PIECE_BYTES: a multiple of `multiple` (the GDN chunk), at least one multiple."""
+    return max(multiple, PIECE_BYTES // max(1, bytes_per_token) // multiple * multiple)
 
 
 def keep_freed_memory() -> bool:
