@@ -49,6 +49,7 @@ Usage:
   python bench/inference.py                               # CPU defaults: 2 layers, fp32, 1K-32K
   python bench/inference.py --sections ops                # the op counts alone (seconds)
   python bench/inference.py --prefill 1024,4096 --decode 1024,4096 --repeats 1   # a quick look
+  python bench/inference.py --teacher smollm2/ --plan plan.json --sections prefill,decode   # a real model
   python bench/inference.py --device cuda --dtype bf16 --layers 4 --prefill 4096,...,131072 --graphs \
       --sections ops,prefill,decode,generate,max-batch     # what bench/gpu.sh runs
 Writes --json (every number) and --plot (PNG), prints markdown tables.
@@ -80,6 +81,8 @@ SECTIONS = ("ops", "prefill", "decode", "generate", "max-batch")
 
 def build_models(args, layers: int | None = None, hidden: int = 2048, intermediate: int = 6144,
                  vocab: int | None = None) -> dict[str, torch.nn.Module]:
+    if getattr(args, "teacher", None):
+        return real_models(args)
     layers = args.layers if layers is None else layers
     config = Qwen3Config(
         vocab_size=args.vocab if vocab is None else vocab, hidden_size=hidden, intermediate_size=intermediate,
@@ -104,6 +107,26 @@ def build_models(args, layers: int | None = None, hidden: int = 2048, intermedia
             models[name] = convert(teacher, plans[base](), options).eval()
     dtype, device = DTYPES[args.dtype], torch.device(args.device)
     return {name: m.to(device, dtype) for name, m in models.items() if name in args.models}
+
+
+def real_models(args) -> dict[str, torch.nn.Module]:
+    """--teacher: a real checkpoint (or .gguf) and its hybrids: "plan" from --plan, "all-gdn", "layerwise-3:1"
+    (paper preset; speed does not depend on distilled weights, only on which heads are FA)."""
+    from hydrahead import load_model
+
+    teacher = load_model(args.teacher, dtype="float32")
+    plans = {"all-gdn": lambda: HeadPlan.none(teacher.config),
+             "layerwise-3:1": lambda: HeadPlan.layerwise(teacher.config, "3:1"),
+             "plan": lambda: HeadPlan.from_json(args.plan).validate(teacher.config)}
+    models = {"teacher": teacher}
+    for name in args.models:
+        if name != "teacher":
+            if name not in plans or (name == "plan" and not args.plan):
+                raise SystemExit(f"with --teacher the models are teacher, plan (needs --plan), all-gdn, layerwise-3:1; "
+                                 f"got {name!r}")
+            models[name] = convert(teacher, plans[name](), HybridOptions.preset("paper")).eval()
+    dtype, device = DTYPES[args.dtype], torch.device(args.device)
+    return {name: m.to(device, dtype) for name, m in models.items()}
 
 
 def sync(device: torch.device) -> None:
@@ -472,6 +495,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats per figure (the minimum counts)")
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {MODELS}; append '+shared' "
                         "to a hybrid for GDN k/v shared within a GQA group")
+    parser.add_argument("--teacher", default=None,
+                        help="a real checkpoint directory or .gguf instead of the random Qwen3 slice; its hybrids: "
+                             "plan (from --plan), all-gdn, layerwise-3:1 (then --models defaults to teacher,plan)")
+    parser.add_argument("--plan", default=None, help="with --teacher: the plan JSON of the model named 'plan'")
     parser.add_argument("--graphs", action="store_true",
                         help="also time decode compiled on static caches (CUDA: graph-captured, as generate does)")
     parser.add_argument("--generate", default="16384", help="prompt lengths for the generate section")
@@ -485,6 +512,8 @@ def main() -> None:
     parser.add_argument("--json", default="bench_inference.json")
     parser.add_argument("--plot", default=None, help="write the ratio plot to this PNG")
     args = parser.parse_args()
+    if args.teacher and args.models == ",".join(MODELS):
+        args.models = "teacher,plan" if args.plan else "teacher,all-gdn"
     args.models = [m for m in args.models.split(",") if m]
     if "teacher" not in args.models:
         args.models.insert(0, "teacher")
@@ -492,6 +521,8 @@ def main() -> None:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"unknown section(s) {unknown}; choose from {SECTIONS}")
+    if args.teacher and "ops" in sections:
+        raise SystemExit("the ops section counts a narrow random copy of the slice; with --teacher choose other sections")
     if args.threads:
         torch.set_num_threads(args.threads)
     heap = keep_freed_memory() if args.allocator == "kept" else False
@@ -502,7 +533,8 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "dtype": args.dtype,
-        "layers": args.layers, "vocab": args.vocab, "date": datetime.date.today().isoformat(),
+        "layers": args.layers, "vocab": args.vocab, "teacher": args.teacher, "plan": args.plan,
+        "date": datetime.date.today().isoformat(),
         "load_before": os.getloadavg()[0], "allocator": args.allocator, "heap_allocator": heap,
         "prefill_chunk": args.prefill_chunk, "sections": sections,
         "ops": [], "prefill": [], "profiles": [], "decode": [], "generate": [], "max_batch": [], "cache": [],

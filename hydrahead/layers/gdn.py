@@ -115,10 +115,11 @@ class GatedDeltaNetBranch(nn.Module):
         return qkv, a, b
 
     def block_tokens(self, x: torch.Tensor) -> int:
-        """Tokens per block of an inference prefill on the CPU: each (B, block, H, D) fp32 temporary within
-        `PIECE_BYTES`, so that glibc serves them from its heap (reused) instead of fresh page-faulted mappings
-        (> 32 MiB), which cost a long prefill more than its arithmetic here."""
-        return piece_tokens(x.shape[0] * self.num_heads * self.head_dim * 4)
+        """Tokens per block of an inference prefill on the CPU: the largest temporary, the projections' q | k | v
+        (B, block, sum(split)) in fp32, within `PIECE_BYTES`, so that glibc serves the block's temporaries from
+        its heap (reused) instead of fresh page-faulted mappings (> 32 MiB), which cost a long prefill more than
+        its arithmetic here."""
+        return piece_tokens(x.shape[0] * sum(self.split) * 4)
 
     def _prefill_in_blocks(self, x, tables, cache_layer, padding_mask, state, block: int) -> torch.Tensor:
         """The prefill of `forward` one block of tokens at a time, projections included (conv inputs and state

@@ -40,3 +40,17 @@ def test_blocks_give_the_same_logits_cache_and_next_step(model, monkeypatch, bef
     for la, lb in zip(whole[2].layers, blocks[2].layers):
         torch.testing.assert_close(lb.recurrent_states[0], la.recurrent_states[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(lb.conv_states[0], la.conv_states[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shared_kv", [False, True])
+def test_a_block_keeps_its_largest_temporary_within_the_piece_budget(shared_kv):
+    """The block's q | k | v projection (B, block, sum(split)) fp32 is its largest temporary: within PIECE_BYTES,
+    and the block as long as that allows (a multiple of the GDN chunk)."""
+    from hydrahead.utils.memory import PIECE_BYTES
+
+    branch = GatedDeltaNetBranch(2048, 14, 128, qkv_bias=False, qk_norm=True, eps=1e-6, conv_size=4, rope=False,
+                                 kv_of_head=tuple(h // 2 for h in range(14)) if shared_kv else None)
+    x = torch.empty(1, 1, 2048)
+    block = branch.block_tokens(x)
+    per_token = sum(branch.split) * 4
+    assert block % 64 == 0 and block * per_token <= PIECE_BYTES < (block + 64) * per_token
