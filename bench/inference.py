@@ -280,6 +280,7 @@ def profile_prefill(model, ids: torch.Tensor, chunk: int | None, rows: int = 12)
 
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if ids.is_cuda else [])) as prof:
         time_prefill(model, ids, chunk)
+
     def self_ms(event) -> float:
         return (event.self_device_time_total if ids.is_cuda else event.self_cpu_time_total) / 1e3
 
@@ -497,7 +498,8 @@ def main() -> None:
                         "to a hybrid for GDN k/v shared within a GQA group")
     parser.add_argument("--teacher", default=None,
                         help="a real checkpoint directory or .gguf instead of the random Qwen3 slice; its hybrids: "
-                             "plan (from --plan), all-gdn, layerwise-3:1 (then --models defaults to teacher,plan)")
+                             "plan (from --plan), all-gdn, layerwise-3:1 (then --models defaults to teacher,plan and "
+                             "--sections to prefill,decode)")
     parser.add_argument("--plan", default=None, help="with --teacher: the plan JSON of the model named 'plan'")
     parser.add_argument("--graphs", action="store_true",
                         help="also time decode compiled on static caches (CUDA: graph-captured, as generate does)")
@@ -514,6 +516,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.teacher and args.models == ",".join(MODELS):
         args.models = "teacher,plan" if args.plan else "teacher,all-gdn"
+    if args.teacher and args.sections == parser.get_default("sections"):
+        args.sections = "prefill,decode"  # the op counts are of the random slice
     args.models = [m for m in args.models.split(",") if m]
     if "teacher" not in args.models:
         args.models.insert(0, "teacher")
