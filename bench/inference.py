@@ -81,52 +81,41 @@ SECTIONS = ("ops", "prefill", "decode", "generate", "max-batch")
 
 def build_models(args, layers: int | None = None, hidden: int = 2048, intermediate: int = 6144,
                  vocab: int | None = None) -> dict[str, torch.nn.Module]:
+    """The teacher (the random Qwen3 slice, or --teacher's checkpoint) and the hybrids of args.models, converted
+    with the paper preset (speed depends on which heads are FA, not on distilled weights)."""
     if getattr(args, "teacher", None):
-        return real_models(args)
-    layers = args.layers if layers is None else layers
-    config = Qwen3Config(
-        vocab_size=args.vocab if vocab is None else vocab, hidden_size=hidden, intermediate_size=intermediate,
-        num_hidden_layers=layers, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-        max_position_embeddings=1 << 20, rms_norm_eps=1e-6, tie_word_embeddings=True, attn_implementation="sdpa",
-    )
-    torch.manual_seed(0)
-    teacher = Qwen3ForCausalLM(config).eval()
-    plans = {  # made only when asked for (a layer-wise 3:1 plan needs four layers)
+        from hydrahead import load_model
+
+        teacher = load_model(args.teacher, dtype="float32")
+        config = teacher.config
+        plans = {"plan": lambda: HeadPlan.from_json(args.plan).validate(config)} if args.plan else {}
+    else:
+        layers = args.layers if layers is None else layers
+        config = Qwen3Config(
+            vocab_size=args.vocab if vocab is None else vocab, hidden_size=hidden, intermediate_size=intermediate,
+            num_hidden_layers=layers, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+            max_position_embeddings=1 << 20, rms_norm_eps=1e-6, tie_word_embeddings=True, attn_implementation="sdpa",
+        )
+        torch.manual_seed(0)
+        teacher = Qwen3ForCausalLM(config).eval()
         # the same GQA group in every layer: where the plan puts the group does not change the cost
-        "hydrahead-7:1": lambda: HeadPlan(tuple((0, 1) for _ in range(layers)), 16, 8),
+        plans = {"hydrahead-7:1": lambda: HeadPlan(tuple((0, 1) for _ in range(layers)), 16, 8)}
+    plans.update({  # made only when asked for (a layer-wise 3:1 plan needs four layers)
         "layerwise-3:1": lambda: HeadPlan.layerwise(config, "3:1"),
         "all-gdn": lambda: HeadPlan.none(config),
-    }
+    })
     models = {"teacher": teacher}
     for name in args.models:
         if name != "teacher":
             base, _, variant = name.partition("+")
             if base not in plans or variant not in ("", "shared"):
-                raise SystemExit(f"unknown model {name!r}; choose from {MODELS}, each optionally with '+shared'")
+                needs = " ('plan' needs --plan)" if getattr(args, "teacher", None) and "plan" not in plans else ""
+                raise SystemExit(f"unknown model {name!r}; choose from teacher, {', '.join(plans)}{needs}, each "
+                                 "hybrid optionally with '+shared'")
             options = HybridOptions.preset("paper", gdn_shared_kv=variant == "shared")
             models[name] = convert(teacher, plans[base](), options).eval()
     dtype, device = DTYPES[args.dtype], torch.device(args.device)
     return {name: m.to(device, dtype) for name, m in models.items() if name in args.models}
-
-
-def real_models(args) -> dict[str, torch.nn.Module]:
-    """--teacher: a real checkpoint (or .gguf) and its hybrids: "plan" from --plan, "all-gdn", "layerwise-3:1"
-    (paper preset; speed does not depend on distilled weights, only on which heads are FA)."""
-    from hydrahead import load_model
-
-    teacher = load_model(args.teacher, dtype="float32")
-    plans = {"all-gdn": lambda: HeadPlan.none(teacher.config),
-             "layerwise-3:1": lambda: HeadPlan.layerwise(teacher.config, "3:1"),
-             "plan": lambda: HeadPlan.from_json(args.plan).validate(teacher.config)}
-    models = {"teacher": teacher}
-    for name in args.models:
-        if name != "teacher":
-            if name not in plans or (name == "plan" and not args.plan):
-                raise SystemExit(f"with --teacher the models are teacher, plan (needs --plan), all-gdn, layerwise-3:1; "
-                                 f"got {name!r}")
-            models[name] = convert(teacher, plans[name](), HybridOptions.preset("paper")).eval()
-    dtype, device = DTYPES[args.dtype], torch.device(args.device)
-    return {name: m.to(device, dtype) for name, m in models.items()}
 
 
 def sync(device: torch.device) -> None:
