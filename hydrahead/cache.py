@@ -5,7 +5,7 @@ cache, `LinearAttentionAndStaticFullAttentionLayer` for the static one), so `gen
 offloading and `cache_implementation="static"` keep working.
 
 The layers of a hybrid talk to their cache layer through one small protocol, defined here and nowhere
-else (`HybridStateMixin`): `conv_window` / `conv_prefix` (the short conv's left context), `recurrent_state` /
+else (`HybridStateMixin`): `conv_window` (the short conv's left context), `recurrent_state` /
 `store_recurrent_state` (the GDN state) and `advance` (count the tokens of a forward). Each layer counts
 its own tokens because a layer may have no FA heads, so no keys to measure the length by, while
 transformers derives positions and mask sizes from layer 0's length.
@@ -50,14 +50,6 @@ class HybridStateMixin:
         else:  # a decode step, no copy: the state becomes a view of the window (a captured graph could not)
             self.conv_states[0] = window[:, window.shape[1] - keep :]
         return window
-
-    def conv_prefix(self, like: torch.Tensor, kernel_size: int) -> torch.Tensor:
-        """The kernel_size - 1 conv inputs seen last (zeros before the first token): (B, kernel_size - 1, C)
-        like `like` (B, *, C); for a caller that convolves its inputs in pieces and then hands the last
-        kernel_size - 1 to `keep_conv_inputs` (`conv_window` without a copy of all of them)."""
-        if self.has_previous_state[0]:
-            return self.conv_states[0].clone()
-        return like.new_zeros(like.shape[0], kernel_size - 1, like.shape[2])
 
     def keep_conv_inputs(self, last: torch.Tensor, kernel_size: int) -> None:
         """Keep `last` (B, kernel_size - 1, C) as the conv inputs seen last."""

@@ -30,7 +30,6 @@ from hydrahead.layers.norm import RMSNorm, head_table, rotary
 from hydrahead.layers.short_conv import ShortConv
 from hydrahead.ops import gated_delta_rule, gated_delta_rule_step, l2norm
 from hydrahead.ops.gated_delta.fla import fla_applies, fla_gated_delta_net
-from hydrahead.utils.memory import piece_tokens
 
 
 class GatedDeltaNetBranch(nn.Module):
@@ -93,9 +92,6 @@ class GatedDeltaNetBranch(nn.Module):
             padding_mask = None  # a generated token is never padding (left padding lives in the prompt)
         context = context if context is not None else ForwardContext()
         tables = context.rotary(position_embeddings) if self.rope else None
-        block = self.block_tokens(x)
-        if T > block and documents is None and not x.is_cuda and not torch.is_grad_enabled():
-            return self._prefill_in_blocks(x, tables, cache_layer, padding_mask, state, block)
         qkv, a, b = self._project(x, padding_mask)
         if self.conv is not None:
             qkv = self.conv(qkv, cache_layer, documents.offsets if documents is not None else None)
@@ -113,40 +109,6 @@ class GatedDeltaNetBranch(nn.Module):
             # otherwise survive) nor into the recurrent state (beta = g = 0 below).
             qkv = qkv * padding_mask[..., None].to(qkv.dtype)
         return qkv, a, b
-
-    def block_tokens(self, x: torch.Tensor) -> int:
-        """Tokens per block of an inference prefill on the CPU: the largest temporary, the projections' q | k | v
-        (B, block, sum(split)) in fp32, within `PIECE_BYTES`, so that glibc serves the block's temporaries from
-        its heap (reused) instead of fresh page-faulted mappings (> 32 MiB), which cost a long prefill more than
-        its arithmetic here."""
-        return piece_tokens(x.shape[0] * sum(self.split) * 4)
-
-    def _prefill_in_blocks(self, x, tables, cache_layer, padding_mask, state, block: int) -> torch.Tensor:
-        """The prefill of `forward` one block of tokens at a time, projections included (conv inputs and state
-        carried from block to block), writing into one output: the same values, block-sized temporaries."""
-        B, T, _ = x.shape
-        out = x.new_empty(B, T, self.num_heads, self.head_dim)
-        K = self.conv.kernel_size if self.conv is not None else 1
-        prefix = None
-        for start in range(0, T, block):
-            end = min(T, start + block)
-            mask = padding_mask[:, start:end] if padding_mask is not None else None
-            qkv, a, b = self._project(x[:, start:end], mask)
-            if self.conv is not None:
-                if prefix is None:
-                    prefix = (cache_layer.conv_prefix(qkv, K) if cache_layer is not None
-                              else qkv.new_zeros(B, K - 1, qkv.shape[2]))
-                window = torch.cat([prefix, qkv], dim=1)  # (B, K - 1 + block, C)
-                prefix = window[:, window.shape[1] - (K - 1) :]
-                qkv = self.conv.convolve(window)
-            o, state = self._rule(qkv, a, b, tuple(t[:, start:end] for t in tables) if tables is not None else None,
-                                  mask, state, False, True, None)
-            out[:, start:end] = o
-        if cache_layer is not None:
-            if self.conv is not None:
-                cache_layer.keep_conv_inputs(prefix, K)
-            cache_layer.store_recurrent_state(state)
-        return out
 
     def _rule(self, qkv, a, b, tables, padding_mask, state, decode: bool, final: bool, documents):
         """From the conv's output (B, T, q | k | v) and the gate inputs a, b (B, T, H): the q/k norm weight,

@@ -16,7 +16,7 @@ from transformers.conversion_mapping import register_checkpoint_conversion_mappi
 from transformers.core_model_loading import Concatenate, WeightConverter
 
 from hydrahead.errors import CacheError, CheckpointError
-from hydrahead.layers.context import ForwardContext
+from hydrahead.layers.context import ForwardContext, packed_documents
 from hydrahead.layers.hybrid_attention import HybridAttention
 from hydrahead.cache import HybridHeadCache
 from hydrahead.models.families import FAMILIES, Family
@@ -79,6 +79,11 @@ class HybridCausalLMMixin:
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
                 linear_attention_mask=None, **kwargs):
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        piece = inference_piece(self, input_ids if input_ids is not None else kwargs.get("inputs_embeds"),
+                                attention_mask, position_ids, use_cache, kwargs)
+        if piece is not None:
+            return self._forward_in_pieces(piece, input_ids, attention_mask, position_ids, past_key_values, use_cache,
+                                           linear_attention_mask, kwargs)
         if use_cache and not isinstance(past_key_values, HybridHeadCache):
             past_key_values = self._own_cache(past_key_values)
         if linear_attention_mask is None and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
@@ -94,18 +99,56 @@ class HybridCausalLMMixin:
             **kwargs,
         )
 
+    def _forward_in_pieces(self, piece, input_ids, attention_mask, position_ids, past_key_values, use_cache,
+                           linear_attention_mask, kwargs):
+        """`forward` over a long prompt as consecutive forwards of `piece` tokens through the cache (as
+        transformers' chunked prefill runs them; see `inference_piece`): the outputs of one forward, up to
+        rounding, with piece-sized temporaries. Logits (those `logits_to_keep` keeps), hidden states and the
+        loss are put together from the pieces; the cache is returned when `use_cache` asked for it."""
+        cache = past_key_values if isinstance(past_key_values, HybridHeadCache) else self._own_cache(past_key_values)
+        kwargs.pop("hydrahead_context", None)  # each piece works out its own
+        return_dict = kwargs.pop("return_dict", None)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        embeds, keep = kwargs.pop("inputs_embeds", None), kwargs.pop("logits_to_keep", 0)
+        labels, cache_position = kwargs.pop("labels", None), kwargs.pop("cache_position", None)
+        T = (input_ids if input_ids is not None else embeds).shape[1]
+        keep = T if keep == 0 else min(keep, T)
+
+        def upto(mask, end):  # a 2D mask's columns (past + T) up to this piece's end
+            return mask[:, : mask.shape[1] - T + end] if mask is not None else None
+
+        outs = []
+        for start in range(0, T, piece):
+            end = min(T, start + piece)
+            kept = max(0, end - max(start, T - keep))  # this piece's share of the last `keep` tokens
+            outs.append(self.forward(
+                input_ids=input_ids[:, start:end] if input_ids is not None else None,
+                inputs_embeds=embeds[:, start:end] if embeds is not None else None,
+                attention_mask=upto(attention_mask, end), linear_attention_mask=upto(linear_attention_mask, end),
+                position_ids=position_ids[..., start:end] if position_ids is not None else None,
+                cache_position=cache_position[start:end] if cache_position is not None else None,
+                past_key_values=cache, use_cache=True,
+                logits_to_keep=kept if kept else torch.empty(0, dtype=torch.long), return_dict=True, **kwargs))
+        logits = torch.cat([o.logits for o in outs], dim=1)
+        hidden = outs[0].hidden_states
+        if hidden is not None:
+            hidden = tuple(torch.cat(layer, dim=1) for layer in zip(*(o.hidden_states for o in outs)))
+        loss = None
+        if labels is not None:
+            loss_kwargs = {k: kwargs[k] for k in ("num_items_in_batch", "ignore_index", "shift_labels") if k in kwargs}
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
+        out = type(outs[0])(loss=loss, logits=logits, past_key_values=cache if use_cache else None,
+                            hidden_states=hidden)
+        return out if return_dict else out.to_tuple()
+
     def generate(self, *args, **kwargs):
         """transformers' generate; on CUDA, by default, on the static cache, whose fixed addresses let
         transformers compile the decode step and replay it as a CUDA graph (its auto-compile: a plain eager
         step launches every small kernel from Python). Passing a cache, `cache_implementation`, or
         `disable_compile=True` keeps the caller's choice; beam search and assisted decoding stay dynamic.
-        On the CPU a long prompt is prefilled in pieces (transformers' `prefill_chunk_size`, see
-        `prefill_pieces`) unless the caller passes `prefill_chunk_size` (None: one piece)."""
+        (On the CPU a long prompt's prefill runs in pieces inside `forward`, see `inference_piece`.)"""
         if graph_decode_applies(self, kwargs):
             kwargs["cache_implementation"] = "static"
-        piece = prefill_pieces(self, args[0] if args else kwargs.get("input_ids", kwargs.get("inputs")), kwargs)
-        if piece is not None:
-            kwargs["prefill_chunk_size"] = piece
         return super().generate(*args, **kwargs)
 
     # Continuous batching keeps every request's K/V in one paged cache; a GDN head's state is a fixed-size matrix
@@ -170,28 +213,31 @@ def graph_decode_applies(model, kwargs: dict) -> bool:
     return not any(model.family.sliding_window(model.config, i) for i in range(model.config.num_hidden_layers))
 
 
-def prefill_pieces(model, input_ids, kwargs: dict) -> int | None:
-    """The `prefill_chunk_size` a hybrid's `generate(input_ids, **kwargs)` defaults to: on the CPU, for a prompt
-    longer than one piece, pieces whose largest temporary (the MLP's, B x piece x intermediate) stays within
-    `utils.memory.PIECE_BYTES`, so glibc reuses them instead of page-faulting fresh mappings (the same tokens;
-    a 16K prefill of a Qwen3-1.7B-shaped hybrid ~20% faster, docs/benchmarks.md). None: one piece, as
-    transformers does: another device, the caller's own `prefill_chunk_size` (None too), a cache or a cache
-    kind other than the dynamic one, beams or assistants, prompt hidden states or attentions asked for (they
-    would hold the last piece only), or an `inputs_embeds` prompt."""
-    config = generation_config_of(model, kwargs)
-    if model.device.type != "cpu" or not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+def inference_piece(model, x, attention_mask, position_ids, use_cache, kwargs: dict) -> int | None:
+    """Tokens per piece when `model.forward` runs a long input in pieces, else None (one forward).
+
+    On the CPU, in inference (no autograd), an input longer than one piece runs as forwards of `piece` tokens
+    through the cache, each piece's largest temporary (the MLP's, B x piece x intermediate) within
+    `utils.memory.PIECE_BYTES`, so that glibc serves it from its heap, reused, instead of a fresh mapping whose
+    pages fault in on first write (a cost larger than the arithmetic on the project machine: a 16K prefill of
+    a Qwen3-1.7B-shaped hybrid ~25 s in pieces, ~34 s in one forward; docs/benchmarks.md). `generate`'s prefill
+    gets it through `forward`. One forward instead: another device, autograd on, while compiling, attention
+    weights asked for, a 4D mask, `logits_to_keep` given as indices (or with labels), packed rows (position_ids
+    restarting, without a cache or a mask: the GDN heads restart per document only in one forward)."""
+    if x is None or x.device.type != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling():
         return None
-    if "prefill_chunk_size" in kwargs or getattr(config, "prefill_chunk_size", None) is not None:
+    B, T = x.shape[:2]
+    piece = piece_tokens(B * max(model.config.intermediate_size, model.config.hidden_size) * model.dtype.itemsize)
+    if T <= piece or kwargs.get("output_attentions"):
         return None
-    if kwargs.get("past_key_values") is not None or not plain_search(config, kwargs):
+    keep = kwargs.get("logits_to_keep", 0)
+    if not isinstance(keep, int) or (keep and kwargs.get("labels") is not None):
         return None
-    if kwargs.get("cache_implementation", getattr(config, "cache_implementation", None)) not in (None, "dynamic"):
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() != 2:
         return None
-    if any(kwargs.get(k, getattr(config, k, False)) for k in ("output_hidden_states", "output_attentions")):
+    if not use_cache and attention_mask is None and packed_documents(position_ids, B, T) is not None:
         return None
-    width = max(model.config.intermediate_size, model.config.hidden_size)
-    piece = piece_tokens(input_ids.shape[0] * width * model.dtype.itemsize)
-    return piece if input_ids.shape[1] > piece else None
+    return piece
 
 
 def generation_config_of(model, kwargs: dict):

@@ -10,9 +10,9 @@ by the process is not returned to the system until it exits.
 
 The `hydrahead` CLI calls `keep_freed_memory()` at start; a script may call `hydrahead.keep_freed_memory()`
 itself; a library import never does. bench/inference.py measures both ways (`--allocator plain|kept`).
-The hybrid does not depend on it: its long CPU prefill works in pieces whose temporaries stay under
-`PIECE_BYTES`, which glibc reuses from its heap anyway (`piece_tokens`: the GDN branch's blocks in
-hydrahead/layers/gdn.py, and a hybrid's `generate` prefilling a long prompt in pieces on the CPU).
+The hybrid does not depend on it: on the CPU its inference forward over a long input runs in pieces
+whose temporaries stay under `PIECE_BYTES`, which glibc reuses from its heap anyway (`piece_tokens`;
+`inference_piece` in hydrahead/models/hybrid.py).
 Set HYDRAHEAD_SYSTEM_MALLOC=1 to keep glibc's defaults.
 """
 

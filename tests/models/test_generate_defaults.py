@@ -1,7 +1,7 @@
 """What a plain `generate` defaults to: on CUDA the static cache (so transformers compiles the decode step and
 replays it as a CUDA graph), unless the caller chose otherwise or the search needs a dynamic cache; on the
-CPU, transformers' default cache, and a long prompt prefilled in pieces. The CUDA run itself is
-tests/models/test_cuda.py."""
+CPU, transformers' default cache (a long prompt's prefill in pieces: tests/models/test_forward_pieces.py).
+The CUDA run itself is tests/models/test_cuda.py."""
 
 from types import SimpleNamespace
 
@@ -11,8 +11,7 @@ from transformers import GenerationConfig
 
 import hydrahead
 from hydrahead import HeadPlan
-from hydrahead.models.hybrid import graph_decode_applies, prefill_pieces
-from hydrahead.utils import memory
+from hydrahead.models.hybrid import graph_decode_applies
 from tests.conftest import make_teacher
 
 
@@ -24,7 +23,7 @@ def model():
 def on(model, device: str, **config):
     """The model as graph_decode_applies sees it, on `device`, with generation-config fields `config`."""
     return SimpleNamespace(device=torch.device(device), generation_config=GenerationConfig(**config),
-                           family=model.family, config=model.config, dtype=model.dtype)
+                           family=model.family, config=model.config)
 
 
 def test_cuda_defaults_to_the_static_cache(model):
@@ -48,41 +47,6 @@ def test_the_cpu_keeps_transformers_default(model):
     assert not graph_decode_applies(on(model, "cpu"), {})
     out = model.generate(torch.ones(1, 4, dtype=torch.long), max_new_tokens=2, do_sample=False)
     assert out.shape == (1, 6)
-
-
-def test_a_long_prompt_on_the_cpu_is_prefilled_in_pieces(model, monkeypatch):
-    """Pieces of 64 tokens (PIECE_BYTES made small for the tiny model): a 150-token left-padded batch runs
-    three prefill forwards, and generates the tokens of one piece (`prefill_chunk_size=None`)."""
-    ids = torch.randint(1, model.config.vocab_size, (2, 150))
-    mask = torch.ones_like(ids)
-    mask[1, :9] = 0
-    width = model.config.intermediate_size * 2 * model.dtype.itemsize  # bytes per token of the batch's MLP
-    monkeypatch.setattr(memory, "PIECE_BYTES", 64 * width)
-    assert prefill_pieces(model, ids, {}) == 64
-    widths = []
-    hook = model.model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]),
-                                                 with_kwargs=True)
-    try:
-        pieces = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
-    finally:
-        hook.remove()
-    one = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0,
-                         prefill_chunk_size=None)
-    assert widths == [64, 64, 22, 1, 1, 1]
-    assert torch.equal(pieces, one)
-
-
-@pytest.mark.parametrize("kwargs", [{"prefill_chunk_size": None}, {"prefill_chunk_size": 32}, {"num_beams": 2},
-                                    {"past_key_values": object()}, {"cache_implementation": "static"},
-                                    {"use_cache": False}, {"output_hidden_states": True},
-                                    {"generation_config": GenerationConfig(output_attentions=True)}])
-def test_pieces_keep_the_callers_choice(model, monkeypatch, kwargs):
-    monkeypatch.setattr(memory, "PIECE_BYTES", 1)
-    ids = torch.ones(1, 200, dtype=torch.long)
-    assert prefill_pieces(on(model, "cpu"), ids, {}) == 64
-    assert prefill_pieces(on(model, "cpu"), ids, kwargs) is None
-    assert prefill_pieces(on(model, "cuda"), ids, {}) is None
-    assert prefill_pieces(on(model, "cpu"), ids[:, :64], {}) is None  # one piece
 
 
 def test_sliding_window_models_stay_dynamic():
