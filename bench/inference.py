@@ -14,7 +14,8 @@ rotated order) in one process and reported as the ratio teacher time / model tim
 
   prefill   model(ids, use_cache=True, logits_to_keep=1) on a fresh cache: the prompt's forward pass;
             with --prefill-chunk N, every model's prompt goes through its cache in pieces of N tokens, as
-            generate(prefill_chunk_size=N) runs it (smaller temporaries for every model)
+            generate(prefill_chunk_size=N) runs it (a hybrid on the CPU already runs a long forward in pieces
+            by itself, hydrahead.models.hybrid.inference_piece; this gives the teacher pieces too: like for like)
   decode    ms per generated token over --steps one-token forwards, from a cache already holding the
             context (filled with random K/V and states: decode cost depends on the cache's size, not its
             values); the teacher on transformers' dynamic and static caches, hybrids on our dynamic

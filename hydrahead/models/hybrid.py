@@ -220,7 +220,7 @@ def inference_piece(model, x, attention_mask, position_ids, use_cache, kwargs: d
     through the cache, each piece's largest temporary (the MLP's, B x piece x intermediate) within
     `utils.memory.PIECE_BYTES`, so that glibc serves it from its heap, reused, instead of a fresh mapping whose
     pages fault in on first write (a cost larger than the arithmetic on the project machine: a 16K prefill of
-    a Qwen3-1.7B-shaped hybrid ~25 s in pieces, ~34 s in one forward; docs/benchmarks.md). `generate`'s prefill
+    a Qwen3-1.7B-shaped hybrid 26-27 s in pieces, 30-34 s in one forward; docs/benchmarks.md). `generate`'s prefill
     gets it through `forward`. One forward instead: another device, autograd on, while compiling, attention
     weights asked for, a 4D mask, `logits_to_keep` given as indices (or with labels), packed rows (position_ids
     restarting, without a cache or a mask: the GDN heads restart per document only in one forward)."""
