@@ -74,13 +74,14 @@ class HybridCausalLMMixin:
         if kwargs.get("is_main_process", True):
             add_remote_code(save_directory, self)
 
-    # position_ids must stay a named parameter: generate() only derives padding-aware positions for
-    # models whose forward() declares it.
+    # position_ids and logits_to_keep must stay named parameters: generate() only derives padding-aware
+    # positions, and asks a prefill for the last position's logits only, for models whose forward() declares them.
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
-                linear_attention_mask=None, **kwargs):
+                linear_attention_mask=None, logits_to_keep=0, **kwargs):
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        kwargs["logits_to_keep"] = logits_to_keep
         piece = inference_piece(self, input_ids if input_ids is not None else kwargs.get("inputs_embeds"),
-                                attention_mask, position_ids, use_cache, kwargs)
+                                attention_mask, position_ids, past_key_values, use_cache, kwargs)
         if piece is not None:
             return self._forward_in_pieces(piece, input_ids, attention_mask, position_ids, past_key_values, use_cache,
                                            linear_attention_mask, kwargs)
@@ -117,28 +118,31 @@ class HybridCausalLMMixin:
         def upto(mask, end):  # a 2D mask's columns (past + T) up to this piece's end
             return mask[:, : mask.shape[1] - T + end] if mask is not None else None
 
-        outs = []
+        logits = hidden = out = None
         for start in range(0, T, piece):
             end = min(T, start + piece)
             kept = max(0, end - max(start, T - keep))  # this piece's share of the last `keep` tokens
-            outs.append(self.forward(
+            out = self.forward(
                 input_ids=input_ids[:, start:end] if input_ids is not None else None,
                 inputs_embeds=embeds[:, start:end] if embeds is not None else None,
                 attention_mask=upto(attention_mask, end), linear_attention_mask=upto(linear_attention_mask, end),
                 position_ids=position_ids[..., start:end] if position_ids is not None else None,
                 cache_position=cache_position[start:end] if cache_position is not None else None,
                 past_key_values=cache, use_cache=True,
-                logits_to_keep=kept if kept else torch.empty(0, dtype=torch.long), return_dict=True, **kwargs))
-        logits = torch.cat([o.logits for o in outs], dim=1)
-        hidden = outs[0].hidden_states
-        if hidden is not None:
-            hidden = tuple(torch.cat(layer, dim=1) for layer in zip(*(o.hidden_states for o in outs)))
+                logits_to_keep=kept if kept else torch.empty(0, dtype=torch.long), return_dict=True, **kwargs)
+            if logits is None:  # the outputs of one forward, filled piece by piece (no second copy)
+                logits = out.logits.new_empty(out.logits.shape[0], keep, out.logits.shape[-1])
+                if out.hidden_states is not None:
+                    hidden = tuple(h.new_empty(h.shape[0], T, *h.shape[2:]) for h in out.hidden_states)
+            if kept:
+                logits[:, end - kept - (T - keep) : end - (T - keep)] = out.logits
+            for whole, h in zip(hidden or (), out.hidden_states or ()):
+                whole[:, start:end] = h
         loss = None
         if labels is not None:
             loss_kwargs = {k: kwargs[k] for k in ("num_items_in_batch", "ignore_index", "shift_labels") if k in kwargs}
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **loss_kwargs)
-        out = type(outs[0])(loss=loss, logits=logits, past_key_values=cache if use_cache else None,
-                            hidden_states=hidden)
+        out = type(out)(loss=loss, logits=logits, past_key_values=cache if use_cache else None, hidden_states=hidden)
         return out if return_dict else out.to_tuple()
 
     def generate(self, *args, **kwargs):
@@ -213,7 +217,7 @@ def graph_decode_applies(model, kwargs: dict) -> bool:
     return not any(model.family.sliding_window(model.config, i) for i in range(model.config.num_hidden_layers))
 
 
-def inference_piece(model, x, attention_mask, position_ids, use_cache, kwargs: dict) -> int | None:
+def inference_piece(model, x, attention_mask, position_ids, past_key_values, use_cache, kwargs: dict) -> int | None:
     """Tokens per piece when `model.forward` runs a long input in pieces, else None (one forward).
 
     On the CPU, in inference (no autograd), an input longer than one piece runs as forwards of `piece` tokens
@@ -221,10 +225,15 @@ def inference_piece(model, x, attention_mask, position_ids, use_cache, kwargs: d
     `utils.memory.PIECE_BYTES`, so that glibc serves it from its heap, reused, instead of a fresh mapping whose
     pages fault in on first write (a cost larger than the arithmetic on the project machine: a 16K prefill of
     a Qwen3-1.7B-shaped hybrid 26-27 s in pieces, 30-34 s in one forward; docs/benchmarks.md). `generate`'s prefill
-    gets it through `forward`. One forward instead: another device, autograd on, while compiling, attention
-    weights asked for, a 4D mask, `logits_to_keep` given as indices (or with labels), packed rows (position_ids
-    restarting, without a cache or a mask: the GDN heads restart per document only in one forward)."""
-    if x is None or x.device.type != "cpu" or torch.is_grad_enabled() or torch.compiler.is_compiling():
+    gets it through `forward`. Pieces need a cache, so `use_cache=False` builds one and drops it. One forward
+    instead: another device, autograd on, while compiling, attention weights asked for, a mask other than a 2D
+    tensor (4D, or the per-layer-type dict transformers builds for a static cache), `logits_to_keep` given as
+    indices (or with labels), a cache other than ours with `use_cache=False` (one forward refuses it), packed
+    rows (position_ids restarting, without a cache or a mask: the GDN heads restart per document only in one
+    forward)."""
+    if x is None or x.device.type != "cpu" or model.device.type != "cpu" or torch.is_grad_enabled():
+        return None
+    if torch.compiler.is_compiling():
         return None
     B, T = x.shape[:2]
     piece = piece_tokens(B * max(model.config.intermediate_size, model.config.hidden_size) * model.dtype.itemsize)
@@ -233,7 +242,9 @@ def inference_piece(model, x, attention_mask, position_ids, use_cache, kwargs: d
     keep = kwargs.get("logits_to_keep", 0)
     if not isinstance(keep, int) or (keep and kwargs.get("labels") is not None):
         return None
-    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() != 2:
+    if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2):
+        return None
+    if not use_cache and past_key_values is not None and not isinstance(past_key_values, HybridHeadCache):
         return None
     if not use_cache and attention_mask is None and packed_documents(position_ids, B, T) is not None:
         return None

@@ -128,13 +128,13 @@ def test_generate_prefills_a_long_prompt_in_pieces(monkeypatch):
 
 
 @pytest.mark.parametrize("case", ["grad", "cuda", "short", "attentions", "keep indices", "keep with labels",
-                                  "4D mask", "packed rows"])
+                                  "4D mask", "mask dict", "packed rows"])
 def test_one_forward_where_pieces_do_not_apply(case, monkeypatch):
     model = hybrid()
     monkeypatch.setattr(memory, "PIECE_BYTES", PIECE)
     x, mask, position_ids, use_cache, kwargs = torch.ones(2, 150, dtype=torch.long), None, None, True, {}
     with torch.no_grad():
-        assert inference_piece(model, x, mask, position_ids, use_cache, kwargs) == 64
+        assert inference_piece(model, x, mask, position_ids, None, use_cache, kwargs) == 64
         if case == "cuda":
             x = torch.empty(2, 150, device="meta")
         elif case == "short":
@@ -147,7 +147,49 @@ def test_one_forward_where_pieces_do_not_apply(case, monkeypatch):
             kwargs = {"logits_to_keep": 1, "labels": x}
         elif case == "4D mask":
             mask = torch.ones(2, 1, 150, 150)
+        elif case == "mask dict":  # what transformers builds for a static cache of a model with layer types
+            mask = {"full_attention": torch.ones(2, 1, 150, 150)}
         elif case == "packed rows":  # two documents per row, no cache: the GDN heads restart at the second
             position_ids, use_cache = torch.cat([torch.arange(100), torch.arange(50)])[None], False
         with torch.enable_grad() if case == "grad" else torch.no_grad():
-            assert inference_piece(model, x, mask, position_ids, use_cache, kwargs) is None
+            assert inference_piece(model, x, mask, position_ids, None, use_cache, kwargs) is None
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama"])
+def test_a_static_cache_generate_with_a_long_prompt(family, monkeypatch):
+    """transformers builds a static cache's masks in generate (a per-layer-type dict for Qwen3, a 4D tensor for
+    Llama): such a prefill runs in one forward, with the tokens of one piece."""
+    model = hybrid(family)
+    model.generation_config.eos_token_id = None
+    ids, mask = padded_batch(model)
+    outs = []
+    for size in (PIECE, ONE):
+        monkeypatch.setattr(memory, "PIECE_BYTES", size)
+        outs.append(model.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0,
+                                   cache_implementation="static"))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_generate_keeps_only_the_last_logits_of_a_prefill(monkeypatch):
+    """forward declares logits_to_keep, so generate asks a prefill for one position's logits: pieces then
+    compute the last piece's last row only, not the whole prompt's logits."""
+    model = hybrid()
+    monkeypatch.setattr(memory, "PIECE_BYTES", PIECE)
+    shapes = []
+    hook = model.lm_head.register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape[:2])))
+    try:
+        model.generate(torch.ones(2, 150, dtype=torch.long), max_new_tokens=2, do_sample=False, pad_token_id=0)
+    finally:
+        hook.remove()
+    assert shapes == [(2, 0), (2, 0), (2, 1), (2, 1)]
+
+
+def test_use_cache_false_refuses_a_foreign_cache_as_one_forward_does(monkeypatch):
+    from transformers import DynamicCache
+
+    model = hybrid()
+    monkeypatch.setattr(memory, "PIECE_BYTES", PIECE)
+    for T in (50, 150):
+        with torch.no_grad(), pytest.raises(hydrahead.CacheError, match="needs a HybridHeadCache"):
+            model(torch.ones(2, T, dtype=torch.long), past_key_values=DynamicCache(config=model.config),
+                  use_cache=False)
