@@ -207,12 +207,19 @@ class HybridCausalLMMixin:
 
 def graph_decode_applies(model, kwargs: dict) -> bool:
     """Whether `generate(**kwargs)` on `model` defaults to the static cache (and so to compiled decode)."""
-    config = generation_config_of(model, kwargs)
+    config = kwargs["generation_config"] if kwargs.get("generation_config") is not None else model.generation_config
     if model.device.type != "cuda" or kwargs.get("past_key_values") is not None:
         return False
     if kwargs.get("cache_implementation") is not None or getattr(config, "cache_implementation", None) is not None:
         return False
-    if kwargs.get("disable_compile", getattr(config, "disable_compile", False)) or not plain_search(config, kwargs):
+    if kwargs.get("disable_compile", getattr(config, "disable_compile", False)):
+        return False
+    # greedy or sampled decoding on a cache: no beams, no assistant model or prompt lookup, use_cache on
+    if (kwargs.get("num_beams") or getattr(config, "num_beams", 1) or 1) > 1:
+        return False
+    if kwargs.get("use_cache", getattr(config, "use_cache", True)) is False:
+        return False
+    if kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens") is not None:
         return False
     return not any(model.family.sliding_window(model.config, i) for i in range(model.config.num_hidden_layers))
 
@@ -231,9 +238,8 @@ def inference_piece(model, x, attention_mask, position_ids, past_key_values, use
     indices (or with labels), a cache other than ours with `use_cache=False` (one forward refuses it), packed
     rows (position_ids restarting, without a cache or a mask: the GDN heads restart per document only in one
     forward)."""
-    if x is None or x.device.type != "cpu" or model.device.type != "cpu" or torch.is_grad_enabled():
-        return None
-    if torch.compiler.is_compiling():
+    if x is None or x.device.type != "cpu" or model.device.type != "cpu" or torch.is_grad_enabled() \
+            or torch.compiler.is_compiling():
         return None
     B, T = x.shape[:2]
     piece = piece_tokens(B * max(model.config.intermediate_size, model.config.hidden_size) * model.dtype.itemsize)
@@ -249,20 +255,6 @@ def inference_piece(model, x, attention_mask, position_ids, past_key_values, use
     if not use_cache and attention_mask is None and packed_documents(position_ids, B, T) is not None:
         return None
     return piece
-
-
-def generation_config_of(model, kwargs: dict):
-    """The generation config a `generate(**kwargs)` call starts from (the caller's, else the model's)."""
-    return kwargs["generation_config"] if kwargs.get("generation_config") is not None else model.generation_config
-
-
-def plain_search(config, kwargs: dict) -> bool:
-    """Greedy or sampled decoding on a cache: no beams, no assistant model or prompt lookup, use_cache on."""
-    if (kwargs.get("num_beams") or getattr(config, "num_beams", 1) or 1) > 1:
-        return False
-    if kwargs.get("use_cache", getattr(config, "use_cache", True)) is False:
-        return False
-    return kwargs.get("assistant_model") is None and kwargs.get("prompt_lookup_num_tokens") is None
 
 
 # Checkpoints written before the projections were fused (hydrahead 0.1) load into the fused layout: each
