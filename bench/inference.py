@@ -23,12 +23,13 @@ rotated order) in one process and reported as the ratio teacher time / model tim
   cache     bytes the hybrid's cache holds after a real prefill, against the plan's figure
             (`hydrahead.models.footprint`: K/V bytes per token x tokens + GDN state per sequence)
 
-  ops       ATen ops (what launches a kernel: counted at torch's dispatcher, after autograd and composite
-            decomposition, views excluded; on CUDA fla's Triton launches are not ATen ops and go
-            uncounted) per decoder layer in one decode step and one prefill, hybrid
-            vs teacher, on a narrow copy of the config with --ops-layers layers (counts do not depend on
+  ops       kernels launched (ATen ops counted at torch's dispatcher, after autograd and composite
+            decomposition, views excluded, plus fla's Triton kernels where they run) per decoder layer in
+            one decode step and one prefill (each the second of two identical forwards), hybrid vs teacher, on a narrow copy of the config with --ops-layers layers (counts do not depend on
             widths; the first layer also works out what every layer of a forward shares, so the figure is
-            the mean over the layers of a model as deep as Qwen3-1.7B)
+            the mean over the layers of a model as deep as Qwen3-1.7B); with --fla-interpreted, on the CPU,
+            the hybrids' CUDA path: fla's kernels run in Triton's interpreter, so the count is what a CUDA
+            device would launch (set TRITON_INTERPRET=1; needs triton and fla-core; fp32; slow)
   generate  ms per generated token of a plain `model.generate(ids, max_new_tokens=N)`, as a user calls it
             (the hybrid's own default: on CUDA the static cache with its decode compiled and graph-
             captured; the teacher's: transformers' dynamic cache, eager), and the first call's extra time
@@ -49,6 +50,8 @@ column of docs/benchmarks.md.
 Usage:
   python bench/inference.py                               # CPU defaults: 2 layers, fp32, 1K-32K
   python bench/inference.py --sections ops                # the op counts alone (seconds)
+  TRITON_INTERPRET=1 python bench/inference.py --sections ops --fla-interpreted --ops-layers 2
+                                                          # the same, the hybrids' CUDA path (fla), no GPU
   python bench/inference.py --prefill 1024,4096 --decode 1024,4096 --repeats 1   # a quick look
   python bench/inference.py --teacher smollm2/ --plan plan.json --sections prefill,decode   # a real model
   python bench/inference.py --device cuda --dtype bf16 --layers 4 --prefill 4096,...,131072 --graphs \
@@ -323,25 +326,61 @@ def check_decode_caches_agree(models, batch: int = 1, context: int = 64) -> None
 
 
 class OpCounter(TorchDispatchMode):
-    """Counts the ATen ops that reach a kernel while `on`: seen at the dispatcher after autograd and composite
-    decomposition (so `linear` is its `mm`), views and metadata-only ops excluded."""
+    """Counts what launches a kernel while `on`: the ATen ops seen at the dispatcher after autograd and
+    composite decomposition (so `linear` is its `mm`), views and metadata-only ops excluded, and the Triton
+    kernels launched (fla's, on CUDA or in Triton's interpreter; `triton_launches` counts them apart)."""
 
     METADATA = {"_unsafe_view", "detach", "lift_fresh", "alias"}
 
     def __init__(self) -> None:
         super().__init__()
-        self.on, self.count = False, 0
+        self.on, self.count, self.triton_launches, self._patched = False, 0, 0, []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if self.on and not func.is_view and func.overloadpacket.__name__ not in self.METADATA:
             self.count += 1
         return func(*args, **(kwargs or {}))
 
+    def __enter__(self):
+        import sys
+
+        if "triton" in sys.modules:  # the innermost launch of a (possibly autotuned) Triton kernel
+            from triton.runtime.interpreter import InterpretedFunction
+            from triton.runtime.jit import JITFunction
+
+            for cls in (JITFunction, InterpretedFunction):
+                self._patched.append((cls, cls.run))
+                cls.run = self._launch(cls.run)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        for cls, run in self._patched:
+            cls.run = run
+        self._patched.clear()
+        return super().__exit__(*exc)
+
+    def _launch(self, run):
+        counter = self
+
+        def counted(*args, **kwargs):
+            on = counter.on
+            if on:
+                counter.count += 1
+                counter.triton_launches += 1
+            counter.on = False  # the interpreter's own tensor traffic is not the kernel's launches
+            try:
+                return run(*args, **kwargs)
+            finally:
+                counter.on = on
+
+        return counted
+
 
 @torch.no_grad()
-def layer_ops(model, tokens: int, context: int) -> list[int]:
+def layer_ops(model, tokens: int, context: int) -> tuple[list[int], int]:
     """Ops of each decoder layer in one forward of `tokens` tokens after `context` cached ones (0: a fresh
-    prefill), on the model's dynamic cache."""
+    prefill), on the model's dynamic cache, and the Triton launches among them (all layers). The same
+    forward runs once before, uncounted, so one-off work (fla's autotuning) is not counted."""
     counter = OpCounter()
     counts: list[int] = []
 
@@ -352,20 +391,27 @@ def layer_ops(model, tokens: int, context: int) -> list[int]:
         counter.on = False
         counts.append(counter.count)
 
-    hooks = [h for layer in model.model.layers
-             for h in (layer.register_forward_pre_hook(start), layer.register_forward_hook(stop))]
     vocab, device = model.config.vocab_size, model.device
-    cache = HybridHeadCache(model.config) if hasattr(model, "hydrahead_plan") else DynamicCache(config=model.config)
-    if context:
-        model(torch.randint(0, vocab, (1, context), device=device), past_key_values=cache, use_cache=True)
-    counts.clear()
-    try:
-        with counter:
-            model(torch.randint(0, vocab, (1, tokens), device=device), past_key_values=cache, use_cache=True)
-    finally:
-        for h in hooks:
-            h.remove()
-    return counts
+    ids = torch.randint(0, vocab, (1, context + tokens), device=device)
+
+    def forward() -> None:
+        cache = HybridHeadCache(model.config) if hasattr(model, "hydrahead_plan") else DynamicCache(config=model.config)
+        if context:
+            model(ids[:, :context], past_key_values=cache, use_cache=True)
+        counts.clear()
+        counter.triton_launches = 0
+        hooks = [h for layer in model.model.layers
+                 for h in (layer.register_forward_pre_hook(start), layer.register_forward_hook(stop))]
+        try:
+            model(ids[:, context:], past_key_values=cache, use_cache=True)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    forward()
+    with counter:
+        forward()
+    return counts, counter.triton_launches
 
 
 def op_counts(args) -> list[dict]:
@@ -375,16 +421,19 @@ def op_counts(args) -> list[dict]:
     rows = []
     for name, model in models.items():
         model.to(torch.device(args.device), DTYPES[args.dtype])
-        decode, prefill = layer_ops(model, 1, 64), layer_ops(model, 1024, 0)
+        (decode, decode_triton), (prefill, prefill_triton) = layer_ops(model, 1, 64), layer_ops(model, 1024, 0)
         rows.append({"model": name, "layers": len(decode), "decode_mean": sum(decode) / len(decode),
-                     "decode_layer": decode, "prefill_mean": sum(prefill) / len(prefill), "prefill_layer": prefill})
+                     "decode_layer": decode, "prefill_mean": sum(prefill) / len(prefill), "prefill_layer": prefill,
+                     "decode_triton": decode_triton, "prefill_triton": prefill_triton,
+                     "fla": "interpreted" if args.fla_interpreted else None})
     teacher = rows[0]
     for row in rows:
         row["decode_ratio"] = row["decode_mean"] / teacher["decode_mean"]
         row["prefill_ratio"] = row["prefill_mean"] / teacher["prefill_mean"]
         print(f"ops {row['model']:<14} decode {row['decode_mean']:6.1f} per layer (x{row['decode_ratio']:.2f}; "
               f"first layer {row['decode_layer'][0]}, others {sorted(set(row['decode_layer'][1:]))})  prefill "
-              f"{row['prefill_mean']:7.1f} (x{row['prefill_ratio']:.2f})", flush=True)
+              f"{row['prefill_mean']:7.1f} (x{row['prefill_ratio']:.2f}); Triton launches in all layers: decode "
+              f"{row['decode_triton']}, prefill {row['prefill_triton']}", flush=True)
     return rows
 
 
@@ -497,6 +546,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens per timed generate call")
     parser.add_argument("--max-batch", default="131072", help="context lengths for the max-batch section (CUDA)")
     parser.add_argument("--ops-layers", type=int, default=28, help="layers of the narrow op-count model (default 28)")
+    parser.add_argument("--fla-interpreted", action="store_true",
+                        help="ops section on the CPU: count the hybrids' CUDA path, fla's kernels run in Triton's "
+                             "interpreter (start with TRITON_INTERPRET=1; needs triton and fla-core)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--allocator", choices=("plain", "kept"), default="plain",
                         help="plain: glibc's defaults, as in a user's process (default); kept: call "
@@ -517,6 +569,16 @@ def main() -> None:
         raise SystemExit(f"unknown section(s) {unknown}; choose from {SECTIONS}")
     if args.teacher and "ops" in sections:
         raise SystemExit("the ops section counts a narrow random copy of the slice; with --teacher choose other sections")
+    if args.fla_interpreted:
+        if sections != ["ops"] or args.device != "cpu" or args.dtype != "fp32":
+            raise SystemExit("--fla-interpreted counts ops on the CPU in fp32: use it with --sections ops alone")
+        from hydrahead.errors import FlaNotInstalledError
+        from hydrahead.ops.gated_delta.interpret import interpret_fla_on_cpu
+
+        try:
+            interpret_fla_on_cpu()
+        except (FlaNotInstalledError, RuntimeError) as err:
+            raise SystemExit(f"--fla-interpreted: {err}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     heap = keep_freed_memory() if args.allocator == "kept" else False

@@ -1,15 +1,16 @@
 """The hybrid's CUDA code path (fla's Triton kernels with the L2 norm, gate and beta inside them) run on the CPU
 through Triton's interpreter, in fp32, against the PyTorch reference path of the same model: prefill, decode
-steps, packed documents (cu_seqlens), the backward (fla's in-kernel gate gradients for A_log and dt_bias) and
-generate. What a GPU run would catch in our calls (argument names, layouts, initial and final states, the
-state handed from the prompt to the steps) is caught here without one; bf16 numerics and speed are not.
+steps, packed documents (cu_seqlens), the backward (fla's in-kernel gate gradients for A_log and dt_bias),
+generate, and bench/inference.py's count of fla's launches. What a GPU run would catch in our calls
+(argument names, layouts, initial and final states, the state handed from the prompt to the steps) is caught
+here without one; bf16 numerics and speed are not.
 
 Needs `triton` and `fla-core` (not test dependencies: skipped without them). To run it:
-    pip install triton numpy fla-core==0.6.0 flash-linear-attention==0.6.0 einops
+    pip install -e ".[dev,gpu]" triton
     pytest tests/ops/test_fla_interpreted.py
-Each check runs in its own process with TRITON_INTERPRET=1 (Triton reads it when fla's kernels are
-decorated), two small adjustments for the interpreter (`interpreter_adjustments`), and hydrahead's fla
-dispatch opened to CPU fp32 tensors.
+Each check runs in its own process, started with TRITON_INTERPRET=1 (Triton reads it at its import), after
+`hydrahead.ops.gated_delta.interpret.interpret_fla_on_cpu()`, which opens hydrahead's fla dispatch to CPU
+tensors; the checks switch it off for the reference.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from hydrahead.ops.gated_delta import fla
+
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ["prefill_and_decode", "fla_prompt_pytorch_steps", "shared_kv_qwen2", "packed_documents", "backward",
-          "generate", "generate_static"]
+          "generate", "generate_static", "bench_counts_fla_launches"]
 TOL = 1e-4  # fp32 on both sides; fla's chunk kernel vs ours differ by ~1e-6 at the op
 
 
@@ -44,40 +47,26 @@ def test_fla_path_matches_the_pytorch_path(check):
 # ---- run in the child process -----------------------------------------------------------------------------
 
 
-def interpreter_adjustments() -> None:
-    """Triton's interpreter runs fla's kernels on CPU tensors with two gaps, closed here for fla only: its
-    autotuner times configs through a GPU driver (none here: report equal times, so the first config runs),
-    and a kernel's `for i in range(n)` gives Python ints where compiled Triton gives tensors (fla calls
-    `i.to(tl.int64)`)."""
-    import builtins
-
-    import fla.ops.gated_delta_rule  # noqa: F401  (loads every module whose kernels we run)
-    import triton.runtime.autotuner as autotuner
-
-    autotuner.Autotuner.do_bench = lambda self, fn, quantiles=None: [1.0, 1.0, 1.0]
-
-    class Index(int):
-        def to(self, *args, **kwargs):
-            return self
-
-    def kernel_range(*args):
-        return map(Index, builtins.range(*args))
-
-    for name, module in list(sys.modules.items()):
-        if name.startswith("fla.") and module is not None:
-            module.range = kernel_range
-
-
 class FlaSwitch:
-    """hydrahead's dispatch to fla opened to CPU fp32 tensors while `on`; counts the fla calls so that a
-    check fails if the path it means to test was never taken."""
+    """hydrahead's dispatch to fla (in Triton's interpreter) open to CPU tensors while `on`; counts the fla
+    calls so that a check fails if the path it means to test was never taken."""
 
     def __init__(self):
         import hydrahead.layers.gdn as gdn
+        from hydrahead.ops.gated_delta.interpret import interpret_fla_on_cpu
 
-        self.on, self.calls, self._call = False, 0, gdn.fla_gated_delta_net
-        gdn.fla_applies = lambda x: self.on
+        interpret_fla_on_cpu()
+        self.calls, self._call = 0, gdn.fla_gated_delta_net
         gdn.fla_gated_delta_net = self._counted
+        self.on = False
+
+    @property
+    def on(self) -> bool:
+        return fla.CPU_INTERPRETED
+
+    @on.setter
+    def on(self, value: bool) -> None:
+        fla.CPU_INTERPRETED = value
 
     def _counted(self, *args, **kwargs):
         self.calls += 1
@@ -197,10 +186,26 @@ def check_generate_static(switch):
     assert torch.equal(got, ref)
 
 
+def check_bench_counts_fla_launches(switch):
+    """bench/inference.py's op count (`--fla-interpreted`) sees fla's Triton launches: one fused recurrent kernel
+    per GDN layer in a decode step, and counts them among the layer's kernels."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from inference import layer_ops
+
+    model = hybrid()
+    with torch.no_grad():
+        switch.on = False
+        plain, plain_launches = layer_ops(model, 1, 16)
+        switch.on = True
+        fused, launches = layer_ops(model, 1, 16)
+        _, prefill_launches = layer_ops(model, 64, 0)
+    assert plain_launches == 0 and launches == len(model.model.layers) and prefill_launches > launches
+    assert all(f < p for f, p in zip(fused, plain))  # the L2 norm, gate and step in one kernel
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    interpreter_adjustments()
     name = sys.argv[1]
     globals()[f"check_{name}"](FlaSwitch())
     print(f"ok {name}")

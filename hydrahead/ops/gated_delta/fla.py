@@ -31,6 +31,8 @@ from hydrahead.errors import FlaNotInstalledError
 
 FLA_INSTALL_HINT = "pip install 'hydrahead[gpu]'"
 FLA_DTYPES = (torch.bfloat16, torch.float16)
+# Set by `interpret.interpret_fla_on_cpu()`: fla's kernels run in Triton's interpreter, CPU tensors take them.
+CPU_INTERPRETED = False
 
 
 def load_fla_kernels() -> tuple[Callable[..., tuple[torch.Tensor, torch.Tensor | None]], ...]:
@@ -56,7 +58,10 @@ def fla_is_available() -> bool:
 
 
 def fla_applies(x: torch.Tensor) -> bool:
-    """Whether fla's kernels run for x: a CUDA tensor in bf16/fp16, with fla installed."""
+    """Whether fla's kernels run for x: a CUDA tensor in bf16/fp16, with fla installed (or, for checks without
+    a GPU, a CPU tensor once `interpret_fla_on_cpu()` has run)."""
+    if CPU_INTERPRETED and x.device.type == "cpu":
+        return True
     return x.is_cuda and x.dtype in FLA_DTYPES and fla_is_available()
 
 

@@ -1,0 +1,55 @@
+"""fla's Triton kernels on the CPU, in Triton's interpreter: a hybrid's CUDA path (the GDN branch calling fla
+with the L2 norm, gate and beta inside the kernels) run and counted without a GPU. For checks only: fp32
+(the interpreter's bf16 dot products are wrong, not fla's), seconds per kernel call.
+
+    from hydrahead.ops.gated_delta.interpret import interpret_fla_on_cpu
+    interpret_fla_on_cpu()          # in a process started with TRITON_INTERPRET=1; needs triton and fla-core
+    model(ids)                      # a CPU model's GDN branches now take fla's path (`fla_applies`)
+
+Used by tests/ops/test_fla_interpreted.py (the CUDA path against the PyTorch path) and by
+`bench/inference.py --sections ops --fla-interpreted` (kernels per layer as the CUDA path launches them).
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import sys
+
+from hydrahead.errors import FlaNotInstalledError
+from hydrahead.ops.gated_delta import fla
+
+
+def interpret_fla_on_cpu() -> None:
+    """Run fla's kernels on CPU tensors from here on, through Triton's interpreter, and let the hybrid's GDN
+    branches dispatch CPU tensors to them. Raises FlaNotInstalledError without triton or fla-core, and
+    RuntimeError if triton was imported without the interpreter: Triton reads TRITON_INTERPRET when a
+    kernel is decorated, its own library's at its import, and `import torch._dynamo` (so `import hydrahead`)
+    imports triton wherever it is installed; so the variable must be set when the process starts."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        if "triton" in sys.modules:
+            raise RuntimeError("fla's kernels on the CPU need Triton's interpreter, chosen when triton is first "
+                               "imported (torch imports it): start Python with TRITON_INTERPRET=1 in the environment")
+        os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton.runtime.autotuner as autotuner
+    except ImportError as err:
+        raise FlaNotInstalledError(f"Triton's interpreter needs triton ({err}): pip install triton") from err
+    fla.load_fla_kernels()  # imports every module whose kernels the hybrid runs (or FlaNotInstalledError)
+
+    # Two gaps of the interpreter, closed for fla only. Its autotuner times configs through a GPU driver (none
+    # here): report equal times, so the first config runs. A kernel's `for i in range(n)` gives Python ints
+    # where compiled Triton gives tensors, and fla calls `i.to(tl.int64)`.
+    autotuner.Autotuner.do_bench = lambda self, fn, quantiles=None: [1.0, 1.0, 1.0]
+
+    class Index(int):
+        def to(self, *args, **kwargs):
+            return self
+
+    def kernel_range(*args):
+        return map(Index, builtins.range(*args))
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("fla.") and module is not None:
+            module.range = kernel_range
+    fla.CPU_INTERPRETED = True
