@@ -19,7 +19,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from hydrahead.layers.context import ForwardContext, HeadIndex
-from hydrahead.layers.norm import RMSNorm, head_table, rms_norm, rotary
+from hydrahead.layers.norm import RMSNorm, head_table, rms_norm, rotary, weight_table
 from hydrahead.options import HybridOptions
 
 
@@ -90,7 +90,8 @@ class FullAttentionBranch(nn.Module):
         qk = projected[..., : (H + Hkv) * D].unflatten(-1, (H + Hkv, D))  # q heads then k heads
         v = projected[..., (H + Hkv) * D :].unflatten(-1, (Hkv, D)).transpose(1, 2)  # (B, Hkv, T, D)
         if self.q_norm is not None:
-            table = head_table((self.q_norm.weight, H), (self.k_norm.weight, Hkv))
+            table = weight_table(self, "qk_norm", lambda: head_table((self.q_norm.weight, H), (self.k_norm.weight, Hkv)),
+                                 self.q_norm.weight, self.k_norm.weight)
             qk = rms_norm(qk, table, self.q_norm.variance_epsilon)
         context = context if context is not None else ForwardContext()
         if self.rope:

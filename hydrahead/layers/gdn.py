@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hydrahead.layers.context import Documents, ForwardContext, HeadIndex
-from hydrahead.layers.norm import RMSNorm, head_table, rotary
+from hydrahead.layers.norm import RMSNorm, head_table, rotary, weight_table
 from hydrahead.layers.short_conv import ShortConv
 from hydrahead.ops import gated_delta_rule, gated_delta_rule_step, l2norm
 from hydrahead.ops.gated_delta.fla import fla_applies, fla_gated_delta_net
@@ -118,7 +118,9 @@ class GatedDeltaNetBranch(nn.Module):
         qk = qkv[..., : (H + Hkv) * D].unflatten(-1, (H + Hkv, D))  # q heads then k heads
         v = qkv[..., (H + Hkv) * D :].unflatten(-1, (Hkv, D))
         if self.q_norm is not None:
-            qk = qk * head_table((self.q_norm.weight, H), (self.k_norm.weight, Hkv)).to(qk.dtype)
+            qk = qk * weight_table(self, f"qk_norm {qk.dtype}",
+                                   lambda: head_table((self.q_norm.weight, H), (self.k_norm.weight, Hkv)).to(qk.dtype),
+                                   self.q_norm.weight, self.k_norm.weight)
         if tables is not None:
             qk = rotary(qk, tables)
         fused = padding_mask is None and not (decode and torch.compiler.is_compiling()) and fla_applies(qk)
@@ -134,7 +136,9 @@ class GatedDeltaNetBranch(nn.Module):
                                        output_final_state=final,
                                        cu_seqlens=documents.cu_seqlens if documents is not None else None)
         beta = torch.sigmoid(b.float())  # (B, T, H)
-        g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias.float())  # (B, T, H)
+        decay, dt_bias = weight_table(self, "gate", lambda: (-self.A_log.float().exp(), self.dt_bias.float()),
+                                      self.A_log, self.dt_bias)
+        g = decay * F.softplus(a.float() + dt_bias)  # (B, T, H)
         if padding_mask is not None:
             keep = padding_mask.to(beta.dtype)[..., None]
             beta, g = beta * keep, g * keep  # pad step: no write, no decay -> state untouched

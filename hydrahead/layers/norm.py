@@ -3,13 +3,19 @@ the teacher's q/k norms reproduce it bit for bit; and the rotary embedding appli
 
 `rms_norm` takes any weight that broadcasts against x: the FA branch normalises its q and k heads in one
 call with a per-head weight table (`head_table`), instead of one call per norm module (fewer kernels per
-layer, the same values).
+layer, the same values). `weight_table` keeps such a table, made from weights alone, between inference
+forwards, so a decode step launches no kernels for it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import torch
 from torch import nn
+
+T = TypeVar("T")
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -38,6 +44,21 @@ def head_table(*parts: tuple[torch.Tensor, int]) -> torch.Tensor:
     """(sum of heads, D): each (weight (D,) or (heads, D), heads) part repeated over its heads, stacked."""
     rows = [w.expand(heads, w.shape[-1]) for w, heads in parts if heads]
     return rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
+
+
+def weight_table(owner: nn.Module, name: str, build: Callable[[], T], *weights: torch.Tensor) -> T:
+    """build(): a tensor (or tuple of them) made from `weights` alone (a per-head table), kept on `owner` under `name` for
+    inference forwards while the weights stay the same tensors, unchanged (storage, dtype, device and
+    in-place version: an optimizer step, `load_state_dict` or `.to()` makes a new one). Built afresh with
+    autograd on (it belongs to the graph), under torch.compile (which fuses it into the step) and for weights
+    made in inference mode (they keep no version to check)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or any(w.is_inference() for w in weights):
+        return build()
+    key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
+    kept = owner.__dict__.setdefault("_weight_tables", {})
+    if name not in kept or kept[name][0] != key:
+        kept[name] = (key, build())
+    return kept[name][1]
 
 
 class RMSNorm(nn.Module):
