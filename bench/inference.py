@@ -25,7 +25,8 @@ rotated order) in one process and reported as the ratio teacher time / model tim
 
   ops       kernels launched (ATen ops counted at torch's dispatcher, after autograd and composite
             decomposition, views excluded, plus fla's Triton kernels where they run) per decoder layer in
-            one decode step and one prefill (each the second of two identical forwards), hybrid vs teacher, on a narrow copy of the config with --ops-layers layers (counts do not depend on
+            one decode step and one prefill (each the second of two identical forwards), hybrid vs
+            teacher, on a narrow copy of the config with --ops-layers layers (counts do not depend on
             widths; the first layer also works out what every layer of a forward shares, so the figure is
             the mean over the layers of a model as deep as Qwen3-1.7B); with --fla-interpreted, on the CPU,
             the hybrids' CUDA path: fla's kernels run in Triton's interpreter, so the count is what a CUDA
@@ -67,6 +68,7 @@ import gc
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -342,8 +344,6 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
     def __enter__(self):
-        import sys
-
         if "triton" in sys.modules:  # the innermost launch of a (possibly autotuned) Triton kernel
             from triton.runtime.interpreter import InterpretedFunction
             from triton.runtime.jit import JITFunction
@@ -354,7 +354,7 @@ class OpCounter(TorchDispatchMode):
         return super().__enter__()
 
     def __exit__(self, *exc):
-        for cls, run in self._patched:
+        for cls, run in reversed(self._patched):
             cls.run = run
         self._patched.clear()
         return super().__exit__(*exc)

@@ -90,8 +90,9 @@ class FullAttentionBranch(nn.Module):
         qk = projected[..., : (H + Hkv) * D].unflatten(-1, (H + Hkv, D))  # q heads then k heads
         v = projected[..., (H + Hkv) * D :].unflatten(-1, (Hkv, D)).transpose(1, 2)  # (B, Hkv, T, D)
         if self.q_norm is not None:
-            table = weight_table(self, "qk_norm", lambda: head_table((self.q_norm.weight, H), (self.k_norm.weight, Hkv)),
-                                 self.q_norm.weight, self.k_norm.weight)
+            store = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
+            table = weight_table(store, "fa qk_norm",
+                                 lambda: head_table((self.q_norm.weight, H), (self.k_norm.weight, Hkv)))
             qk = rms_norm(qk, table, self.q_norm.variance_epsilon)
         context = context if context is not None else ForwardContext()
         if self.rope:

@@ -28,13 +28,13 @@ class BranchNorm(nn.Module):
         return self.norm.weight * (self.gain[:, None].to(self.norm.weight.dtype) * scale)
 
 
-def fuse(outputs: list[torch.Tensor], norms: list[BranchNorm | None], owner: nn.Module | None = None) -> torch.Tensor:
+def fuse(outputs: list[torch.Tensor], norms: list[BranchNorm | None], store: object | None = None) -> torch.Tensor:
     """The branches' outputs (B, T, H_i, D) side by side on the head axis, each normalised by its BranchNorm
     when it has one: one normalisation over all heads with a per-head weight table (`BranchNorm.table`), the
     values of RMSNorm then gain applied per branch (tests/layers/test_fusion.py). The RMS comes from one norm
     reduction (x / sqrt(mean(x^2) + eps) == x / (hypot(|x|, sqrt(D eps)) / sqrt(D))), and without autograd
-    the scaling is in place: no temporary of the output's size. With `owner` (the layer), the weight table is
-    kept there between inference forwards (`weight_table`)."""
+    the scaling is in place: no temporary of the output's size. With `store` (the layer's cache layer), the
+    weight table is kept there for the generation (`weight_table`)."""
     out = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
     if all(norm is None for norm in norms):
         return out
@@ -43,8 +43,7 @@ def fuse(outputs: list[torch.Tensor], norms: list[BranchNorm | None], owner: nn.
     def build() -> torch.Tensor:
         return head_table(*((norm.table(D**0.5), o.shape[2]) for norm, o in zip(norms, outputs))).to(out.dtype)
 
-    weights = [w for norm in norms for w in (norm.norm.weight, norm.gain)]
-    table = build() if owner is None else weight_table(owner, f"fusion {out.dtype}", build, *weights)
+    table = weight_table(store, f"fusion {out.dtype}", build)
     x32 = out.float()
     rms = l2_length(x32, D * norms[0].norm.variance_epsilon)  # sqrt(D) * RMS: the sqrt(D) is in the table
     if torch.is_grad_enabled() or len(outputs) == 1 or x32 is not out:  # out may be a branch's own tensor

@@ -95,7 +95,7 @@ class GatedDeltaNetBranch(nn.Module):
         qkv, a, b = self._project(x, padding_mask)
         if self.conv is not None:
             qkv = self.conv(qkv, cache_layer, documents.offsets if documents is not None else None)
-        o, final_state = self._rule(qkv, a, b, tables, padding_mask, state, decode, cache_layer is not None, documents)
+        o, final_state = self._rule(qkv, a, b, tables, padding_mask, state, decode, cache_layer, documents)
         if cache_layer is not None and final_state is not None:
             cache_layer.store_recurrent_state(final_state)
         return o  # (B, T, H, D)
@@ -110,17 +110,18 @@ class GatedDeltaNetBranch(nn.Module):
             qkv = qkv * padding_mask[..., None].to(qkv.dtype)
         return qkv, a, b
 
-    def _rule(self, qkv, a, b, tables, padding_mask, state, decode: bool, final: bool, documents):
+    def _rule(self, qkv, a, b, tables, padding_mask, state, decode: bool, cache_layer, documents):
         """From the conv's output (B, T, q | k | v) and the gate inputs a, b (B, T, H): the q/k norm weight,
-        RoPE, L2 norm, gates and the gated delta rule. Returns (o (B, T, H, D), the final state or None)."""
+        RoPE, L2 norm, gates and the gated delta rule. Returns (o (B, T, H, D), the final state when there is a
+        cache, else None)."""
+        final = cache_layer is not None
         B, T, _ = qkv.shape
         H, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         qk = qkv[..., : (H + Hkv) * D].unflatten(-1, (H + Hkv, D))  # q heads then k heads
         v = qkv[..., (H + Hkv) * D :].unflatten(-1, (Hkv, D))
         if self.q_norm is not None:
-            qk = qk * weight_table(self, f"qk_norm {qk.dtype}",
-                                   lambda: head_table((self.q_norm.weight, H), (self.k_norm.weight, Hkv)).to(qk.dtype),
-                                   self.q_norm.weight, self.k_norm.weight)
+            qk = qk * weight_table(cache_layer, f"gdn qk_norm {qk.dtype}",
+                                   lambda: head_table((self.q_norm.weight, H), (self.k_norm.weight, Hkv)).to(qk.dtype))
         if tables is not None:
             qk = rotary(qk, tables)
         fused = padding_mask is None and not (decode and torch.compiler.is_compiling()) and fla_applies(qk)
@@ -136,8 +137,8 @@ class GatedDeltaNetBranch(nn.Module):
                                        output_final_state=final,
                                        cu_seqlens=documents.cu_seqlens if documents is not None else None)
         beta = torch.sigmoid(b.float())  # (B, T, H)
-        decay, dt_bias = weight_table(self, "gate", lambda: (-self.A_log.float().exp(), self.dt_bias.float()),
-                                      self.A_log, self.dt_bias)
+        decay, dt_bias = weight_table(cache_layer, "gdn gate",
+                                      lambda: (-self.A_log.float().exp(), self.dt_bias.float()))
         g = decay * F.softplus(a.float() + dt_bias)  # (B, T, H)
         if padding_mask is not None:
             keep = padding_mask.to(beta.dtype)[..., None]

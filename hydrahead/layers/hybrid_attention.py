@@ -119,5 +119,5 @@ class HybridAttention(nn.Module):
             norms.append(self.gdn_norm)
         if cache_layer is not None:
             cache_layer.advance(T)
-        out = fuse(outputs, norms, owner=self)  # (B, T, H, D) in head_order
+        out = fuse(outputs, norms, cache_layer)  # (B, T, H, D) in head_order
         return self.o_proj(out.reshape(B, T, -1)), None

@@ -3,8 +3,8 @@ the teacher's q/k norms reproduce it bit for bit; and the rotary embedding appli
 
 `rms_norm` takes any weight that broadcasts against x: the FA branch normalises its q and k heads in one
 call with a per-head weight table (`head_table`), instead of one call per norm module (fewer kernels per
-layer, the same values). `weight_table` keeps such a table, made from weights alone, between inference
-forwards, so a decode step launches no kernels for it.
+layer, the same values). `weight_table` keeps such a table, made from weights alone, in the cache for one
+generation, so a decode step launches no kernels for it.
 """
 
 from __future__ import annotations
@@ -46,19 +46,19 @@ def head_table(*parts: tuple[torch.Tensor, int]) -> torch.Tensor:
     return rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
 
 
-def weight_table(owner: nn.Module, name: str, build: Callable[[], T], *weights: torch.Tensor) -> T:
-    """build(): a tensor (or tuple of them) made from `weights` alone (a per-head table), kept on `owner` under `name` for
-    inference forwards while the weights stay the same tensors, unchanged (storage, dtype, device and
-    in-place version: an optimizer step, `load_state_dict` or `.to()` makes a new one). Built afresh with
-    autograd on (it belongs to the graph), under torch.compile (which fuses it into the step) and for weights
-    made in inference mode (they keep no version to check)."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling() or any(w.is_inference() for w in weights):
+def weight_table(store: object | None, name: str, build: Callable[[], T]) -> T:
+    """build(): a tensor (or tuple of them) made from weights alone (a per-head table), kept in `store`, the
+    layer's cache layer, under `name`: it lives for one generation, through which the weights do not change,
+    so a decode step launches no kernels for it. Built afresh without a cache, with autograd on (it belongs
+    to the graph), under torch.compile (which fuses it into the step) and while torch.jit traces (a kept
+    table would become a constant). Never kept on the module: an optimizer step (fused AdamW's among them),
+    a `.data` edit or a broadcast changes weights without a trace a key could check."""
+    if store is None or torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return build()
-    key = tuple((w.data_ptr(), w._version, w.dtype, w.device) for w in weights)
-    kept = owner.__dict__.setdefault("_weight_tables", {})
-    if name not in kept or kept[name][0] != key:
-        kept[name] = (key, build())
-    return kept[name][1]
+    tables = store.__dict__.setdefault("weight_tables", {})
+    if name not in tables:
+        tables[name] = build()
+    return tables[name]
 
 
 class RMSNorm(nn.Module):

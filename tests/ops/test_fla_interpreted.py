@@ -38,7 +38,8 @@ TOL = 1e-4  # fp32 on both sides; fla's chunk kernel vs ours differ by ~1e-6 at 
 def test_fla_path_matches_the_pytorch_path(check):
     if importlib.util.find_spec("triton") is None or importlib.util.find_spec("fla") is None:
         pytest.skip("needs triton and fla-core (see this module's docstring)")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
     run = subprocess.run([sys.executable, __file__, check], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert f"ok {check}" in run.stdout, run.stdout[-3000:]

@@ -47,7 +47,7 @@ def interpret_fla_on_cpu() -> None:
             return self
 
     def kernel_range(*args):
-        return map(Index, builtins.range(*args))
+        return [Index(i) for i in builtins.range(*args)]
 
     for name, module in list(sys.modules.items()):
         if name.startswith("fla.") and module is not None:
