@@ -15,7 +15,6 @@ tensors; the checks switch it off for the reference.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import os
 import subprocess
@@ -74,7 +73,7 @@ class FlaSwitch:
         return self._call(*args, **kwargs)
 
     def both(self, fn):
-        """fn() on the PyTorch path, then on the fla path: (reference, fla result, fla calls)."""
+        """fn() on the PyTorch path, then on the fla path: (reference, fla result)."""
         self.on, calls = False, self.calls
         ref = fn()
         assert self.calls == calls, "the reference took fla's path"
@@ -97,7 +96,7 @@ def hybrid(family="qwen3", shared_kv=False):
     from tests.conftest import make_teacher
 
     teacher = make_teacher(family, hidden_size=64, head_dim=32)
-    options = dataclasses.replace(HybridOptions.preset("paper"), gdn_shared_kv=shared_kv)
+    options = HybridOptions.preset("paper", gdn_shared_kv=shared_kv)
     return hydrahead.convert(teacher, HeadPlan(((0,), (3,)), 4, 2), options).eval()
 
 
@@ -169,22 +168,17 @@ def check_backward(switch):
         assert rel_err(got[name], ref[name]) < 10 * TOL, (name, rel_err(got[name], ref[name]))
 
 
-def check_generate(switch):
+def check_generate(switch, **kwargs):
     model = hybrid()
     model.generation_config.eos_token_id = None
     ids = torch.randint(1, model.config.vocab_size, (2, 70))
-    ref, got = switch.both(lambda: model.generate(ids, max_new_tokens=8, do_sample=False))
+    ref, got = switch.both(lambda: model.generate(ids, max_new_tokens=8, do_sample=False, **kwargs))
     assert torch.equal(got, ref)
 
 
 def check_generate_static(switch):
     """The cache a plain generate takes on CUDA (static; its decode step compiled there, eager here)."""
-    model = hybrid()
-    model.generation_config.eos_token_id = None
-    ids = torch.randint(1, model.config.vocab_size, (2, 70))
-    ref, got = switch.both(lambda: model.generate(ids, max_new_tokens=8, do_sample=False,
-                                                  cache_implementation="static"))
-    assert torch.equal(got, ref)
+    check_generate(switch, cache_implementation="static")
 
 
 def check_bench_counts_fla_launches(switch):
