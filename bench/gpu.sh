@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check of issue 28 in one device call of at most 9 minutes: the CUDA tests, then
 # bench/inference.py on the Qwen3-1.7B layer shape in bf16, in three runs with their own time limits and
-# JSON files (a run cut short keeps its finished sections): (1) op counts and prefill 4K-128K; (2) eager
+# JSON files (a run cut short keeps its finished sections): (1) op counts and prefill 4K-128K, with a
+# profile of one more prefill at 8K and 128K (where the time goes: the ops that took the most); (2) eager
 # decode and decode under CUDA graphs at 16K and 128K, batch 1 and 8, and a plain generate() at 16K and
 # 128K with the hybrid's first-call compile time; (3) the largest batch whose cache fits at 128K.
 #
@@ -14,7 +15,7 @@
 # On a CPU (what the test runs, tiny sizes):  DEVICE=cpu bench/gpu.sh out/ --layers 1 --prefill 256 ...
 set -euo pipefail
 if [ $# -lt 1 ]; then
-    sed -n '2,13p' "$0" >&2
+    sed -n '2,15p' "$0" >&2
     exit 2
 fi
 mkdir -p "$1"
@@ -40,12 +41,12 @@ if [ "$DEVICE" = cuda ]; then
     timeout 120 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tail -15 | tee "$OUT/cuda_tests.txt" || true
     COMMON=(--dtype bf16 --layers 4 --vocab 21760 --repeats 2)
     timeout 150 "${BENCH[@]}" "${COMMON[@]}" --sections ops,prefill --prefill 4096,8192,16384,65536,131072 \
-        --json "$OUT/prefill.json" "$@" 2>&1 | tee "$OUT/prefill.txt" || true
+        --profile 8192,131072 --json "$OUT/prefill.json" "$@" 2>&1 | tee "$OUT/prefill.txt" || true
     timeout 180 "${BENCH[@]}" "${COMMON[@]}" --sections decode,generate --decode 16384,131072 --batch 1,8 --graphs \
         --generate 16384,131072 --json "$OUT/decode.json" "$@" 2>&1 | tee "$OUT/decode.txt" || true
     timeout 60 "${BENCH[@]}" "${COMMON[@]}" --sections max-batch --max-batch 131072 \
         --json "$OUT/max_batch.json" "$@" 2>&1 | tee "$OUT/max_batch.txt" || true
 else  # the CPU dry run: every section once, small
-    "${BENCH[@]}" --sections ops,prefill,decode,generate,max-batch --json "$OUT/inference.json" "$@" 2>&1 \
-        | tee "$OUT/inference.txt"
+    "${BENCH[@]}" --sections ops,prefill,decode,generate,max-batch --profile --json "$OUT/inference.json" "$@" \
+        2>&1 | tee "$OUT/inference.txt"
 fi

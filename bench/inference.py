@@ -526,9 +526,10 @@ def main() -> None:
     parser.add_argument("--prefill-chunk", type=int, default=None,
                         help="prefill every model in pieces of this many tokens through its cache, as "
                              "generate(prefill_chunk_size=N) does (default: the whole prompt in one forward)")
-    parser.add_argument("--profile", action="store_true",
-                        help="after timing each prompt length, profile one more prefill of each model "
-                             "(torch.profiler: the ops that took the most time, printed and in the JSON)")
+    parser.add_argument("--profile", nargs="?", const="all", default=None, metavar="LENGTHS",
+                        help="after timing a prompt length, profile one more prefill of each model (torch.profiler: "
+                             "the ops that took the most time, printed and in the JSON); every length, or only the "
+                             "comma-separated LENGTHS given")
     parser.add_argument("--decode", default="1024,4096,16384,32768", help="cached context lengths for decode")
     parser.add_argument("--batch", default="1,4", help="decode batch sizes (comma-separated)")
     parser.add_argument("--steps", type=int, default=8, help="timed decode steps per figure")
@@ -627,7 +628,7 @@ def main() -> None:
                     result["cache"].append({"model": name, "tokens": T, "bytes": actual, "expected": expected})
                 del cache
                 gc.collect()
-        if args.profile:
+        if args.profile == "all" or args.profile and T in {int(x) for x in args.profile.split(",")}:
             for name in names:
                 ops = profile_prefill(models[name], ids, args.prefill_chunk)
                 result["profiles"].append({"model": name, "tokens": T, "ops": ops})

@@ -5,7 +5,7 @@ cache, `LinearAttentionAndStaticFullAttentionLayer` for the static one), so `gen
 offloading and `cache_implementation="static"` keep working.
 
 The layers of a hybrid talk to their cache layer through one small protocol, defined here and nowhere
-else (`HybridStateMixin`): `conv_window` (the short conv's left context), `recurrent_state` /
+else (`HybridStateMixin`): `conv_window` / `conv_inputs_before` (the short conv's left context), `recurrent_state` /
 `store_recurrent_state` (the GDN state) and `advance` (count the tokens of a forward). Each layer counts
 its own tokens because a layer may have no FA heads, so no keys to measure the length by, while
 transformers derives positions and mask sizes from layer 0's length.
@@ -50,6 +50,20 @@ class HybridStateMixin:
         else:  # a decode step, no copy: the state becomes a view of the window (a captured graph could not)
             self.conv_states[0] = window[:, window.shape[1] - keep :]
         return window
+
+    def conv_inputs_before(self, x: torch.Tensor, kernel_size: int) -> torch.Tensor | None:
+        """x: (B, T, C) new conv inputs -> the kernel_size - 1 inputs before them (B, kernel_size - 1, C), or None
+        before the first token (zeros), for a conv that takes its left context apart from x (fla's). Keeps the
+        last kernel_size - 1 inputs."""
+        keep = kernel_size - 1
+        previous = self.conv_states[0].clone() if self.has_previous_state[0] else None  # kept in place below
+        if x.shape[1] >= keep:
+            last = x[:, x.shape[1] - keep :]
+        else:
+            before = previous if previous is not None else x.new_zeros(x.shape[0], keep, x.shape[2])
+            last = torch.cat([before, x], dim=1)[:, x.shape[1] :]
+        self.keep_conv_inputs(last, kernel_size)
+        return previous
 
     def keep_conv_inputs(self, last: torch.Tensor, kernel_size: int) -> None:
         """Keep `last` (B, kernel_size - 1, C) as the conv inputs seen last."""

@@ -13,8 +13,9 @@ aligned q | k | v one (measured at 8K tokens, hidden 2048, 14 heads). The teache
 is kept as its weight only: its normalisation is redundant before the L2 norm, which is scale-invariant
 (L2(w * x / rms(x)) = L2(w * x), up to the two epsilons), and RoPE, a rotation, commutes with both. On
 CUDA with fla installed, for prompts without padding and eager decode steps, the L2 norm, the gate and
-beta are computed inside fla's kernels (as fla's own GatedDeltaNet layer does); elsewhere (padded prompts,
-compiled decode, the CPU) by the PyTorch ops in `hydrahead.ops`.
+beta are computed inside fla's kernels (as fla's own GatedDeltaNet layer does), and a prompt's short conv
+is fla's too (`ShortConv`); elsewhere (padded prompts, compiled decode, the CPU) by the PyTorch ops in
+`hydrahead.ops`.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class GatedDeltaNetBranch(nn.Module):
         tables = context.rotary(position_embeddings) if self.rope else None
         qkv, a, b = self._project(x, padding_mask)
         if self.conv is not None:
-            qkv = self.conv(qkv, cache_layer, documents.offsets if documents is not None else None)
+            qkv = self.conv(qkv, cache_layer, documents)
         o, final_state = self._rule(qkv, a, b, tables, padding_mask, state, decode, cache_layer, documents)
         if cache_layer is not None and final_state is not None:
             cache_layer.store_recurrent_state(final_state)

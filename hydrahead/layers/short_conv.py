@@ -8,6 +8,11 @@ over the K-wide window, as fla's `causal_conv1d_update` does, rather than a conv
 Everything stays in the projections' (B, T, C) layout: the convolution is K shifted multiply-adds over
 the window, which on CPU is about twice as fast as a depthwise `conv1d` (whose (B, C, T) layout needs
 two transposes) and allocates nothing beyond the window and the output.
+
+Where fla's kernels apply (CUDA, bf16/fp16, fla installed), a prompt (T > 1) runs instead through fla's
+causal conv1d, conv and SiLU in one kernel (forward and backward), the cached inputs handed to it as its
+initial state: one pass over the input where the multiply-adds take six. A decode step stays the
+multiply-add over the window (a few ops, which a compiled step fuses).
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hydrahead.layers.context import Documents
+from hydrahead.ops.gated_delta.fla import fla_applies, fla_short_conv
 
 
 class ShortConv(nn.Module):
@@ -25,15 +33,19 @@ class ShortConv(nn.Module):
         weight[:, -1] = 1.0  # identity: output_t = input_t
         self.weight = nn.Parameter(weight)  # (C, K)
 
-    def forward(self, x: torch.Tensor, cache_layer=None, offsets: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, T, C) -> silu(causal_conv(x)): (B, T, C). `offsets` (B, T), each token's index inside its
-        document (packed rows): a tap never reaches back into the previous document."""
+    def forward(self, x: torch.Tensor, cache_layer=None, documents: Documents | None = None) -> torch.Tensor:
+        """x: (B, T, C) -> silu(causal_conv(x)): (B, T, C). `documents`: packed rows, whose taps never reach
+        back into the previous document."""
         K = self.kernel_size
+        if x.shape[1] > 1 and fla_applies(x) and not (documents is not None and cache_layer is not None):
+            previous = cache_layer.conv_inputs_before(x, K) if cache_layer is not None else None
+            return fla_short_conv(x, self.weight, previous=previous,
+                                  cu_seqlens=documents.cu_seqlens if documents is not None else None)
         if cache_layer is None:
             window = F.pad(x, (0, 0, K - 1, 0))  # (B, K - 1 + T, C), zeros before the first token
         else:
             window = cache_layer.conv_window(x, K)  # (B, K - 1 + T, C)
-        return self.convolve(window, offsets)
+        return self.convolve(window, documents.offsets if documents is not None else None)
 
     def convolve(self, window: torch.Tensor, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """window: (B, K - 1 + T, C), the K - 1 inputs before the first token then the T tokens ->

@@ -27,6 +27,7 @@ def test_the_gpu_script_runs_on_a_cpu(tmp_path):
     for section in ("ops", "prefill", "decode", "generate"):
         assert [row["model"] for row in result[section]] == models, section
     assert result["max_batch"] == []  # CUDA only
+    assert [row["model"] for row in result["profiles"]] == models and all(row["ops"] for row in result["profiles"])
     ops = {row["model"]: row for row in result["ops"]}
     # issue 28's target, on a layer past the first (which also works out what every layer shares; the mean over
     # a 28-layer model is in docs/benchmarks.md)

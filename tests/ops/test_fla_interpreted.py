@@ -28,7 +28,7 @@ from hydrahead.ops.gated_delta import fla
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ["prefill_and_decode", "fla_prompt_pytorch_steps", "shared_kv_qwen2", "packed_documents", "backward",
-          "generate", "generate_static", "bench_counts_fla_launches"]
+          "generate", "generate_static", "bench_counts_fla_launches", "short_conv", "prompt_in_pieces"]
 TOL = 1e-4  # fp32 on both sides; fla's chunk kernel vs ours differ by ~1e-6 at the op
 
 
@@ -49,15 +49,19 @@ def test_fla_path_matches_the_pytorch_path(check):
 
 class FlaSwitch:
     """hydrahead's dispatch to fla (in Triton's interpreter) open to CPU tensors while `on`; counts the fla
-    calls so that a check fails if the path it means to test was never taken."""
+    calls (the gated delta rule's in `calls`, the short conv's in `conv_calls`) so that a check fails if the
+    path it means to test was never taken."""
 
     def __init__(self):
         import hydrahead.layers.gdn as gdn
+        import hydrahead.layers.short_conv as short_conv
         from hydrahead.ops.gated_delta.interpret import interpret_fla_on_cpu
 
         interpret_fla_on_cpu()
         self.calls, self._call = 0, gdn.fla_gated_delta_net
         gdn.fla_gated_delta_net = self._counted
+        self.conv_calls, self._conv = 0, short_conv.fla_short_conv
+        short_conv.fla_short_conv = self._counted_conv
         self.on = False
 
     @property
@@ -72,17 +76,21 @@ class FlaSwitch:
         self.calls += 1
         return self._call(*args, **kwargs)
 
+    def _counted_conv(self, *args, **kwargs):
+        self.conv_calls += 1
+        return self._conv(*args, **kwargs)
+
     def both(self, fn):
         """fn() on the PyTorch path, then on the fla path: (reference, fla result)."""
-        self.on, calls = False, self.calls
+        self.on, calls, conv_calls = False, self.calls, self.conv_calls
         ref = fn()
-        assert self.calls == calls, "the reference took fla's path"
+        assert (self.calls, self.conv_calls) == (calls, conv_calls), "the reference took fla's path"
         self.on = True
         try:
             got = fn()
         finally:
             self.on = False
-        assert self.calls > calls, "fla's path was never taken"
+        assert self.calls > calls or self.conv_calls > conv_calls, "fla's path was never taken"
         return ref, got
 
 
@@ -97,7 +105,12 @@ def hybrid(family="qwen3", shared_kv=False):
 
     teacher = make_teacher(family, hidden_size=64, head_dim=32)
     options = HybridOptions.preset("paper", gdn_shared_kv=shared_kv)
-    return hydrahead.convert(teacher, HeadPlan(((0,), (3,)), 4, 2), options).eval()
+    model = hydrahead.convert(teacher, HeadPlan(((0,), (3,)), 4, 2), options).eval()
+    with torch.no_grad():  # as after training: a conversion's conv is the identity and its gates input-blind
+        for name, p in model.named_parameters():
+            if name.endswith(("conv.weight", "ab_proj.weight")):
+                p.normal_(0, 0.5)
+    return model
 
 
 def prefill_then_steps(model, ids, prompt):
@@ -196,6 +209,64 @@ def check_bench_counts_fla_launches(switch):
         _, prefill_launches = layer_ops(model, 64, 0)
     assert plain_launches == 0 and launches == len(model.model.layers) and prefill_launches > launches
     assert all(f < p for f, p in zip(fused, plain))  # the L2 norm, gate and step in one kernel
+
+
+def check_short_conv(switch):
+    """The short conv alone: prompts longer and shorter than the kernel after cached inputs (fla's initial
+    state), without a cache, packed documents (cu_seqlens), the cache it leaves, and the gradients of its
+    input and weight."""
+    import hydrahead
+    from hydrahead.layers.context import packed_documents
+    from hydrahead.layers.short_conv import ShortConv
+    from tests.conftest import make_teacher
+
+    conv = ShortConv(48, 4)
+    with torch.no_grad():
+        conv.weight.normal_()
+    x = torch.randn(2, 150, 48)
+    config = make_teacher().config
+
+    def pieces(bounds):
+        cache = hydrahead.HybridHeadCache(config).layers[0]
+        out = torch.cat([conv(x[:, a:b], cache) for a, b in zip(bounds, bounds[1:])], dim=1)
+        return out, cache.conv_states[0].clone()
+
+    calls = switch.conv_calls
+    for bounds in ([0, 150], [0, 2, 70, 72, 73, 150], [0, 1, 3, 100, 150]):
+        (ref, ref_state), (got, got_state) = switch.both(lambda: pieces(bounds))
+        assert rel_err(got, ref) < TOL and torch.equal(got_state, ref_state), bounds
+    assert switch.conv_calls - calls == 1 + 4 + 3  # every piece of more than one token
+    documents = packed_documents(torch.cat([torch.arange(50), torch.arange(100)])[None], 2, 150)
+    for docs in (None, documents):
+        x.requires_grad_(True)
+
+        def run():
+            conv.zero_grad()
+            x.grad = None
+            y = conv(x, None, docs)
+            y.backward(torch.cos(y.detach() * 3))
+            return y.detach(), x.grad.clone(), conv.weight.grad.clone()
+
+        for a, b in zip(*switch.both(run)):
+            assert rel_err(b, a) < TOL, (docs is not None, rel_err(b, a))
+
+
+def check_prompt_in_pieces(switch):
+    """A prompt run as several forwards through one cache (a chat's later turns, chunked prefill): fla's conv
+    and chunk kernel start from the conv inputs and the state the earlier pieces left."""
+    model = hybrid()
+    ids = torch.randint(0, model.config.vocab_size, (2, 140))
+
+    def pieces():
+        import hydrahead
+
+        cache = hydrahead.HybridHeadCache(model.config)
+        return torch.cat([model(ids[:, a:b], past_key_values=cache, use_cache=True).logits
+                          for a, b in ((0, 60), (60, 62), (62, 140))], dim=1)
+
+    with torch.no_grad():
+        ref, got = switch.both(pieces)
+    assert rel_err(got, ref) < TOL, rel_err(got, ref)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Gated delta rule on CUDA through fla's Triton kernels (package `fla-core`, an optional dependency).
+"""Gated delta rule on CUDA through fla's Triton kernels (package `fla-core`, an optional dependency), and the
+short causal conv in front of it (`fla_short_conv`).
 
 fla is imported lazily, inside the functions here, so that `import hydrahead` works without it.
 fla uses the same (B, T, H, D) layout and the same `scale`, `initial_state`, `output_final_state`
@@ -18,6 +19,9 @@ forward only: fla has no backward for it).
 q, k (L2-normalised in the kernel), the raw gate input `a` with `A_log` and `dt_bias` (the log decay
 g = -exp(A_log) * softplus(a + dt_bias) computed in the kernel, in fp32, with its backward) and the raw
 beta input `b` (sigmoid in the kernel): no separate launches for them.
+
+`fla_short_conv` is a GDN branch's depthwise causal conv + SiLU over a prompt in one fla kernel (forward and
+backward), where the PyTorch form takes six passes over its input (pad, K multiply-adds, SiLU).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import functools
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from hydrahead.errors import FlaNotInstalledError
 
@@ -45,6 +50,18 @@ def load_fla_kernels() -> tuple[Callable[..., tuple[torch.Tensor, torch.Tensor |
             f"(flash-linear-attention), which could not be imported ({err}); install it with: {FLA_INSTALL_HINT}"
         ) from err
     return chunk_gated_delta_rule, fused_recurrent_gated_delta_rule
+
+
+def load_fla_conv() -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
+    """Import fla's causal conv1d (Triton), or raise FlaNotInstalledError."""
+    try:
+        from fla.modules.causal_conv1d import causal_conv1d
+    except ImportError as err:
+        raise FlaNotInstalledError(
+            f"the short conv on fla's kernel needs the optional package fla-core, which could not be imported "
+            f"({err}); install it with: {FLA_INSTALL_HINT}"
+        ) from err
+    return causal_conv1d
 
 
 @functools.cache
@@ -88,6 +105,27 @@ def fla_gated_delta_net(
                               use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
                               A_log=A_log, dt_bias=dt_bias)
     return o.view(B, T, *o.shape[2:]), final_state
+
+
+def fla_short_conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    previous: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """silu(depthwise causal conv) of x (B, T, C) with `weight` (C, K), the tap on the current token last (the
+    layout of `ShortConv`), in fla's kernel. `previous` (B, K - 1, C): the inputs before x (zeros when None);
+    with `cu_seqlens` the (B, T) rows are packed documents, each starting from zeros."""
+    B, T, C = x.shape
+    initial_state = None
+    if previous is not None:  # fla's state (B, C, K): oldest first, its first slot never read
+        initial_state = F.pad(previous.transpose(1, 2), (1, 0))
+    if cu_seqlens is not None:
+        x = x.reshape(1, B * T, C)
+        cu_seqlens = cu_seqlens.to(torch.long)
+    y, _ = load_fla_conv()(x=x, weight=weight, initial_state=initial_state, activation="silu", cu_seqlens=cu_seqlens)
+    return y.view(B, T, C)
 
 
 def fla_gated_delta_rule(

@@ -1,6 +1,6 @@
 """fla's Triton kernels on the CPU, in Triton's interpreter: a hybrid's CUDA path (the GDN branch calling fla
-with the L2 norm, gate and beta inside the kernels) run and counted without a GPU. For checks only: fp32
-(the interpreter's bf16 dot products are wrong, not fla's), seconds per kernel call.
+with the L2 norm, gate and beta inside the kernels, and fla's short conv) run and counted without a GPU. For
+checks only: fp32 (the interpreter's bf16 dot products are wrong, not fla's), seconds per kernel call.
 
     from hydrahead.ops.gated_delta.interpret import interpret_fla_on_cpu
     interpret_fla_on_cpu()          # in a process started with TRITON_INTERPRET=1; needs triton and fla-core
@@ -35,7 +35,7 @@ def interpret_fla_on_cpu() -> None:
         import triton.runtime.autotuner as autotuner
     except ImportError as err:
         raise FlaNotInstalledError(f"Triton's interpreter needs triton ({err}): pip install triton") from err
-    fla.load_fla_kernels()  # imports every module whose kernels the hybrid runs (or FlaNotInstalledError)
+    fla.load_fla_kernels(), fla.load_fla_conv()  # every module whose kernels the hybrid runs (or FlaNotInstalledError)
 
     # Two gaps of the interpreter, closed for fla only. Its autotuner times configs through a GPU driver (none
     # here): report equal times, so the first config runs. A kernel's `for i in range(n)` gives Python ints
