@@ -4,7 +4,8 @@
 # JSON files (a run cut short keeps its finished sections): (1) op counts and prefill 4K-128K, with a
 # profile of one more prefill at 8K and 128K (where the time goes: the ops that took the most); (2) eager
 # decode and decode under CUDA graphs at 16K and 128K, batch 1 and 8, and a plain generate() at 16K and
-# 128K with the hybrid's first-call compile time; (3) the largest batch whose cache fits at 128K.
+# 128K with the hybrid's first-call compile time; (3) the largest batch whose cache fits at 128K; (4) the
+# host's time per eager decode step at widths too narrow to count (what bounds eager decode on a GPU).
 #
 # Usage:  bench/gpu.sh OUT [extra bench/inference.py options]
 # On the device (torch 2.11, transformers 5.17, triton, no fla, no network), with fla's two wheels carried:
@@ -15,7 +16,7 @@
 # On a CPU (what the test runs, tiny sizes):  DEVICE=cpu bench/gpu.sh out/ --layers 1 --prefill 256 ...
 set -euo pipefail
 if [ $# -lt 1 ]; then
-    sed -n '2,15p' "$0" >&2
+    sed -n '2,16p' "$0" >&2
     exit 2
 fi
 mkdir -p "$1"
@@ -46,7 +47,9 @@ if [ "$DEVICE" = cuda ]; then
         --generate 16384,131072 --json "$OUT/decode.json" "$@" 2>&1 | tee "$OUT/decode.txt" || true
     timeout 60 "${BENCH[@]}" "${COMMON[@]}" --sections max-batch --max-batch 131072 \
         --json "$OUT/max_batch.json" "$@" 2>&1 | tee "$OUT/max_batch.txt" || true
+    timeout 30 "${BENCH[@]}" "${COMMON[@]}" --sections host --ops-layers 4 \
+        --json "$OUT/host.json" "$@" 2>&1 | tee "$OUT/host.txt" || true
 else  # the CPU dry run: every section once, small
-    "${BENCH[@]}" --sections ops,prefill,decode,generate,max-batch --profile --json "$OUT/inference.json" "$@" \
-        2>&1 | tee "$OUT/inference.txt"
+    "${BENCH[@]}" --sections ops,host,prefill,decode,generate,max-batch --profile --json "$OUT/inference.json" \
+        "$@" 2>&1 | tee "$OUT/inference.txt"
 fi

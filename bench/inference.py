@@ -31,6 +31,10 @@ rotated order) in one process and reported as the ratio teacher time / model tim
             the mean over the layers of a model as deep as Qwen3-1.7B); with --fla-interpreted, on the CPU,
             the hybrids' CUDA path: fla's kernels run in Triton's interpreter, so the count is what a CUDA
             device would launch (set TRITON_INTERPRET=1; needs triton and fla-core; fp32; slow)
+  host      microseconds per eager decode step (64 tokens cached, batch 1, dynamic cache) of a copy of the
+            config too narrow for its arithmetic to count (hidden 64, head_dim 16, intermediate 128, the
+            head layout and --ops-layers layers kept): the time the host takes to issue a step (Python,
+            dispatch, per-op overhead), which is what bounds an eager decode step on a GPU
   generate  ms per generated token of a plain `model.generate(ids, max_new_tokens=N)`, as a user calls it
             (the hybrid's own default: on CUDA the static cache with its decode compiled and graph-
             captured; the teacher's: transformers' dynamic cache, eager), and the first call's extra time
@@ -82,11 +86,11 @@ from hydrahead.models.footprint import footprint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODELS = ("teacher", "hydrahead-7:1", "layerwise-3:1", "all-gdn")
-SECTIONS = ("ops", "prefill", "decode", "generate", "max-batch")
+SECTIONS = ("ops", "host", "prefill", "decode", "generate", "max-batch")
 
 
 def build_models(args, layers: int | None = None, hidden: int = 2048, intermediate: int = 6144,
-                 vocab: int | None = None) -> dict[str, torch.nn.Module]:
+                 vocab: int | None = None, head_dim: int = 128) -> dict[str, torch.nn.Module]:
     """The teacher (the random Qwen3 slice, or --teacher's checkpoint) and the hybrids of args.models, converted
     with the paper preset (speed depends on which heads are FA, not on distilled weights)."""
     if getattr(args, "teacher", None):
@@ -99,7 +103,7 @@ def build_models(args, layers: int | None = None, hidden: int = 2048, intermedia
         layers = args.layers if layers is None else layers
         config = Qwen3Config(
             vocab_size=args.vocab if vocab is None else vocab, hidden_size=hidden, intermediate_size=intermediate,
-            num_hidden_layers=layers, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+            num_hidden_layers=layers, num_attention_heads=16, num_key_value_heads=8, head_dim=head_dim,
             max_position_embeddings=1 << 20, rms_norm_eps=1e-6, tie_word_embeddings=True, attn_implementation="sdpa",
         )
         torch.manual_seed(0)
@@ -437,6 +441,25 @@ def op_counts(args) -> list[dict]:
     return rows
 
 
+def host_times(args, steps: int = 100) -> list[dict]:
+    """Per model: microseconds per eager decode step on a copy of the config too narrow for its arithmetic to
+    count, the minimum over max(--repeats, 5) interleaved rounds of `steps` steps."""
+    models = build_models(args, layers=args.ops_layers, hidden=64, intermediate=128, vocab=512, head_dim=16)
+    names, best = list(models), {}
+    for r in range(max(args.repeats, 5)):
+        for name in rotated(names, r):
+            seconds = time_decode(models[name], "dynamic", 64, 1, steps, eager_step)
+            best[name] = min(best.get(name, float("inf")), seconds)
+    rows = []
+    for name in names:
+        us, layers = best[name] * 1e6, models[name].config.num_hidden_layers
+        rows.append({"model": name, "layers": layers, "step_us": us, "layer_us": us / layers,
+                     "ratio": best["teacher"] / best[name]})
+        print(f"host {name:<14} {us:8.0f} us per eager decode step, {us / layers:6.1f} per layer "
+              f"(teacher / model x{rows[-1]['ratio']:.2f})", flush=True)
+    return rows
+
+
 # ---- generate, graphs, max batch ----------------------------------------------------------------------
 
 
@@ -546,7 +569,8 @@ def main() -> None:
     parser.add_argument("--generate", default="16384", help="prompt lengths for the generate section")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens per timed generate call")
     parser.add_argument("--max-batch", default="131072", help="context lengths for the max-batch section (CUDA)")
-    parser.add_argument("--ops-layers", type=int, default=28, help="layers of the narrow op-count model (default 28)")
+    parser.add_argument("--ops-layers", type=int, default=28,
+                        help="layers of the narrow models of the ops and host sections (default 28)")
     parser.add_argument("--fla-interpreted", action="store_true",
                         help="ops section on the CPU: count the hybrids' CUDA path, fla's kernels run in Triton's "
                              "interpreter (start with TRITON_INTERPRET=1; needs triton and fla-core)")
@@ -568,8 +592,9 @@ def main() -> None:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"unknown section(s) {unknown}; choose from {SECTIONS}")
-    if args.teacher and "ops" in sections:
-        raise SystemExit("the ops section counts a narrow random copy of the slice; with --teacher choose other sections")
+    if args.teacher and {"ops", "host"} & set(sections):
+        raise SystemExit("the ops and host sections time a narrow random copy of the slice; with --teacher choose "
+                         "other sections")
     if args.fla_interpreted:
         if sections != ["ops"] or args.device != "cpu" or args.dtype != "fp32":
             raise SystemExit("--fla-interpreted counts ops on the CPU in fp32: use it with --sections ops alone")
@@ -594,12 +619,16 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "load_before": os.getloadavg()[0], "allocator": args.allocator, "heap_allocator": heap,
         "prefill_chunk": args.prefill_chunk, "sections": sections,
-        "ops": [], "prefill": [], "profiles": [], "decode": [], "generate": [], "max_batch": [], "cache": [],
+        "ops": [], "host": [], "prefill": [], "profiles": [], "decode": [], "generate": [], "max_batch": [],
+        "cache": [],
     }
     if "ops" in sections:
         result["ops"] = op_counts(args)
         save(result, args)
-    timed = [x for x in sections if x != "ops"]
+    if "host" in sections:
+        result["host"] = host_times(args)
+        save(result, args)
+    timed = [x for x in sections if x not in ("ops", "host")]
     if not timed:
         return finish(result, args)
 
@@ -718,6 +747,10 @@ def print_tables(result: dict) -> None:
         for row in result["ops"]:
             print(f"| {row['model']} | {row['decode_mean']:.1f} | {row['decode_ratio']:.2f}x | "
                   f"{row['prefill_mean']:.1f} | {row['prefill_ratio']:.2f}x |")
+    if result["host"]:
+        print("\n| model | eager decode step, host us | per layer | teacher / model |\n|---|---:|---:|---:|")
+        for row in result["host"]:
+            print(f"| {row['model']} | {row['step_us']:.0f} | {row['layer_us']:.1f} | {row['ratio']:.2f}x |")
     if result["generate"]:
         print("\n| context | model | generate ms/token | vs teacher | first call extra s |\n|---:|---|---:|---:|---:|")
         for row in result["generate"]:

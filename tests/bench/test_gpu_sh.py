@@ -1,5 +1,5 @@
 """bench/gpu.sh, the one device call of the GPU benchmarks, runs end to end on a CPU at tiny sizes: every
-section of bench/inference.py it asks for (ops, prefill, eager decode, generate) writes its rows. What it
+section of bench/inference.py it asks for (ops, host, prefill, eager decode, generate) writes its rows. What it
 measures on a GPU is in docs/benchmarks.md."""
 
 import json
@@ -24,7 +24,7 @@ def test_the_gpu_script_runs_on_a_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "inference.json").read_text())
     models = ["teacher", "hydrahead-7:1", "all-gdn"]
-    for section in ("ops", "prefill", "decode", "generate"):
+    for section in ("ops", "host", "prefill", "decode", "generate"):
         assert [row["model"] for row in result[section]] == models, section
     assert result["max_batch"] == []  # CUDA only
     assert [row["model"] for row in result["profiles"]] == models and all(row["ops"] for row in result["profiles"])
