@@ -9,7 +9,8 @@ position ids it was given; every later layer reuses it:
   padding       the (B, T) padding mask of this forward's tokens, or None when a prompt has none (one host
                 sync per prefill, so that unpadded prompts take the unmasked, fused kernels)
   rotary        the RoPE tables of `rotary` (cos, and sin with its first half negated)
-  query_scale   the FA log-length query scale max(1, log(t + 1) / log(L_train)) per position, (B or 1, T)
+  query_scale   the FA log-length query scale max(1, log(t + 1) / log(L_train)) per position, shaped to
+                multiply (B, H, T, D) queries: (B or 1, 1, T, 1), in their dtype
 
 A layer called on its own (no context given) makes a private one: the same values, computed per layer.
 """
@@ -36,7 +37,7 @@ class Documents:
 class ForwardContext:
     def __init__(self) -> None:
         self._documents: tuple[Documents | None] | None = None
-        self._query_scale: dict[int, torch.Tensor] = {}
+        self._query_scale: dict[tuple[int, torch.dtype], torch.Tensor] = {}
         self._rotary: tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._padding: tuple[torch.Tensor | None] | None = None
 
@@ -67,12 +68,15 @@ class ForwardContext:
         return self._documents[0]
 
     def query_scale(self, position_ids: torch.Tensor | None, seq_len: int, device: torch.device,
-                    train_length: int) -> torch.Tensor:
-        """s_t = max(1, log(t + 1) / log(train_length)) at each position t: (B or 1, T), fp32."""
-        if train_length not in self._query_scale:
+                    train_length: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """s_t = max(1, log(t + 1) / log(train_length)) at each position t, computed in fp32, as (B or 1, 1, T, 1)
+        in `dtype`: ready to multiply (B, H, T, D) queries (every FA layer of a forward takes it as it is)."""
+        key = (train_length, dtype)
+        if key not in self._query_scale:
             pos = position_ids if position_ids is not None else torch.arange(seq_len, device=device)[None]
-            self._query_scale[train_length] = (torch.log1p(pos.float()) / math.log(train_length)).clamp(min=1.0)
-        return self._query_scale[train_length]
+            scale = (torch.log1p(pos.float()) / math.log(train_length)).clamp(min=1.0)
+            self._query_scale[key] = scale[:, None, :, None].to(dtype)
+        return self._query_scale[key]
 
 
 class HeadIndex:

@@ -100,8 +100,7 @@ class FullAttentionBranch(nn.Module):
         q, k = qk.transpose(1, 2).split([H, Hkv], dim=1)  # (B, H, T, D), (B, Hkv, T, D)
         if self.log_scale_length is not None:
             # s_t = max(1, log(t + 1) / log(L_train)): unchanged inside the training length, sharper beyond it.
-            s = context.query_scale(position_ids, T, x.device, self.log_scale_length)  # (B or 1, T)
-            q = q * s[:, None, :, None].to(q.dtype)
+            q = q * context.query_scale(position_ids, T, x.device, self.log_scale_length, q.dtype)  # (B|1, 1, T, 1)
 
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)  # only this branch's KV heads are cached
