@@ -34,7 +34,8 @@ rotated order) in one process and reported as the ratio teacher time / model tim
   host      microseconds per eager decode step (64 tokens cached, batch 1, dynamic cache) of a copy of the
             config too narrow for its arithmetic to count (hidden 64, head_dim 16, intermediate 128, the
             head layout and --ops-layers layers kept): the time the host takes to issue a step (Python,
-            dispatch, per-op overhead), which is what bounds an eager decode step on a GPU
+            dispatch, per-op overhead), which is what bounds an eager decode step on a GPU; with
+            --fla-interpreted, the hybrids' CUDA path, fla's kernels skipped (their Python wrappers timed)
   generate  ms per generated token of a plain `model.generate(ids, max_new_tokens=N)`, as a user calls it
             (the hybrid's own default: on CUDA the static cache with its decode compiled and graph-
             captured; the teacher's: transformers' dynamic cache, eager), and the first call's extra time
@@ -57,6 +58,8 @@ Usage:
   python bench/inference.py --sections ops                # the op counts alone (seconds)
   TRITON_INTERPRET=1 python bench/inference.py --sections ops --fla-interpreted --ops-layers 2
                                                           # the same, the hybrids' CUDA path (fla), no GPU
+  python bench/inference.py --sections host               # host time per eager decode step (30 s)
+  TRITON_INTERPRET=1 python bench/inference.py --sections host --fla-interpreted   # the same, the CUDA path
   python bench/inference.py --prefill 1024,4096 --decode 1024,4096 --repeats 1   # a quick look
   python bench/inference.py --teacher smollm2/ --plan plan.json --sections prefill,decode   # a real model
   python bench/inference.py --device cuda --dtype bf16 --layers 4 --prefill 4096,...,131072 --graphs \
@@ -67,6 +70,7 @@ Writes --json (every number) and --plot (PNG), prints markdown tables.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -380,6 +384,19 @@ class OpCounter(TorchDispatchMode):
         return counted
 
 
+@contextlib.contextmanager
+def kernels_skipped():
+    """Triton's interpreter launches nothing while open (outputs stay as allocated): host timing only."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    run = InterpretedFunction.run
+    InterpretedFunction.run = lambda self, *args, **kwargs: None
+    try:
+        yield
+    finally:
+        InterpretedFunction.run = run
+
+
 @torch.no_grad()
 def layer_ops(model, tokens: int, context: int) -> tuple[list[int], int]:
     """Ops of each decoder layer in one forward of `tokens` tokens after `context` cached ones (0: a fresh
@@ -443,13 +460,16 @@ def op_counts(args) -> list[dict]:
 
 def host_times(args, steps: int = 100) -> list[dict]:
     """Per model: microseconds per eager decode step on a copy of the config too narrow for its arithmetic to
-    count, the minimum over max(--repeats, 5) interleaved rounds of `steps` steps."""
+    count, the minimum over max(--repeats, 5) interleaved rounds of `steps` steps. With --fla-interpreted,
+    the hybrids' CUDA path with Triton's launches skipped (`kernels_skipped`): the host's side of it, fla's
+    Python wrappers included, its kernels' launch cost and outputs not."""
     models = build_models(args, layers=args.ops_layers, hidden=64, intermediate=128, vocab=512, head_dim=16)
     names, best = list(models), {}
-    for r in range(max(args.repeats, 5)):
-        for name in rotated(names, r):
-            seconds = time_decode(models[name], "dynamic", 64, 1, steps, eager_step)
-            best[name] = min(best.get(name, float("inf")), seconds)
+    with kernels_skipped() if args.fla_interpreted else contextlib.nullcontext():
+        for r in range(max(args.repeats, 5)):
+            for name in rotated(names, r):
+                seconds = time_decode(models[name], "dynamic", 64, 1, steps, eager_step)
+                best[name] = min(best.get(name, float("inf")), seconds)
     rows = []
     for name in names:
         us, layers = best[name] * 1e6, models[name].config.num_hidden_layers
@@ -572,8 +592,9 @@ def main() -> None:
     parser.add_argument("--ops-layers", type=int, default=28,
                         help="layers of the narrow models of the ops and host sections (default 28)")
     parser.add_argument("--fla-interpreted", action="store_true",
-                        help="ops section on the CPU: count the hybrids' CUDA path, fla's kernels run in Triton's "
-                             "interpreter (start with TRITON_INTERPRET=1; needs triton and fla-core)")
+                        help="ops and host sections on the CPU: the hybrids' CUDA path, fla's kernels run in Triton's "
+                             "interpreter (ops: counted; host: launches skipped, the host's side timed; start with "
+                             "TRITON_INTERPRET=1; needs triton and fla-core)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--allocator", choices=("plain", "kept"), default="plain",
                         help="plain: glibc's defaults, as in a user's process (default); kept: call "
@@ -596,8 +617,8 @@ def main() -> None:
         raise SystemExit("the ops and host sections time a narrow random copy of the slice; with --teacher choose "
                          "other sections")
     if args.fla_interpreted:
-        if sections != ["ops"] or args.device != "cpu" or args.dtype != "fp32":
-            raise SystemExit("--fla-interpreted counts ops on the CPU in fp32: use it with --sections ops alone")
+        if not set(sections) <= {"ops", "host"} or args.device != "cpu" or args.dtype != "fp32":
+            raise SystemExit("--fla-interpreted runs on the CPU in fp32: use it with the ops and host sections alone")
         from hydrahead.errors import FlaNotInstalledError
         from hydrahead.ops.gated_delta.interpret import interpret_fla_on_cpu
 
