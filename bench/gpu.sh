@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check of issue 28 in one device call of at most 9 minutes: the CUDA tests, then
-# bench/inference.py on the Qwen3-1.7B layer shape in bf16, in three runs with their own time limits and
+# bench/inference.py on the Qwen3-1.7B layer shape in bf16, in four runs with their own time limits and
 # JSON files (a run cut short keeps its finished sections): (1) op counts and prefill 4K-128K, with a
 # profile of one more prefill at 8K and 128K (where the time goes: the ops that took the most); (2) eager
 # decode and decode under CUDA graphs at 16K and 128K, batch 1 and 8, and a plain generate() at 16K and
@@ -31,7 +31,7 @@ if compgen -G ".whl/wheels/*.whl" > /dev/null && ! "$PY" -c "import fla" 2> /dev
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 if [ "$DEVICE" = cuda ]; then  # without fla the hybrid runs its PyTorch path: say so, do not measure it silently
-    "$PY" -c "import fla.ops.gated_delta_rule, importlib.metadata as m; print('fla-core', m.version('fla-core'))" \
+    "$PY" -c "import fla.ops.gated_delta_rule, fla.modules.causal_conv1d, importlib.metadata as m; print('fla-core', m.version('fla-core'))" \
         | tee "$OUT/fla.txt" || { echo "fla does not import: carry its wheels (see the top of this file)" >&2; exit 1; }
 fi
 "$PY" -c "import torch, transformers, platform; print('torch', torch.__version__, 'transformers', transformers.__version__, \
@@ -41,13 +41,13 @@ BENCH=("$PY" bench/inference.py --device "$DEVICE" --models teacher,hydrahead-7:
 if [ "$DEVICE" = cuda ]; then
     timeout 120 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tail -15 | tee "$OUT/cuda_tests.txt" || true
     COMMON=(--dtype bf16 --layers 4 --vocab 21760 --repeats 2)
-    timeout 150 "${BENCH[@]}" "${COMMON[@]}" --sections ops,prefill --prefill 4096,8192,16384,65536,131072 \
+    timeout 165 "${BENCH[@]}" "${COMMON[@]}" --sections ops,prefill --prefill 4096,8192,16384,65536,131072 \
         --profile 8192,131072 --json "$OUT/prefill.json" "$@" 2>&1 | tee "$OUT/prefill.txt" || true
     timeout 180 "${BENCH[@]}" "${COMMON[@]}" --sections decode,generate --decode 16384,131072 --batch 1,8 --graphs \
         --generate 16384,131072 --json "$OUT/decode.json" "$@" 2>&1 | tee "$OUT/decode.txt" || true
-    timeout 60 "${BENCH[@]}" "${COMMON[@]}" --sections max-batch --max-batch 131072 \
+    timeout 45 "${BENCH[@]}" "${COMMON[@]}" --sections max-batch --max-batch 131072 \
         --json "$OUT/max_batch.json" "$@" 2>&1 | tee "$OUT/max_batch.txt" || true
-    timeout 30 "${BENCH[@]}" "${COMMON[@]}" --sections host --ops-layers 4 \
+    timeout 20 "${BENCH[@]}" "${COMMON[@]}" --sections host --ops-layers 4 \
         --json "$OUT/host.json" "$@" 2>&1 | tee "$OUT/host.txt" || true
 else  # the CPU dry run: every section once, small
     "${BENCH[@]}" --sections ops,host,prefill,decode,generate,max-batch --profile --json "$OUT/inference.json" \

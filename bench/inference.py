@@ -613,6 +613,13 @@ def main() -> None:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"unknown section(s) {unknown}; choose from {SECTIONS}")
+    if args.profile not in (None, "all"):
+        try:
+            profiled = {int(x) for x in args.profile.split(",") if x}
+        except ValueError:
+            raise SystemExit(f"--profile takes comma-separated prompt lengths, got {args.profile!r}") from None
+        if not profiled <= {int(x) for x in args.prefill.split(",") if x}:
+            raise SystemExit(f"--profile {args.profile}: profile only lengths that --prefill times ({args.prefill})")
     if args.teacher and {"ops", "host"} & set(sections):
         raise SystemExit("the ops and host sections time a narrow random copy of the slice; with --teacher choose "
                          "other sections")

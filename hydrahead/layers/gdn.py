@@ -13,9 +13,9 @@ aligned q | k | v one (measured at 8K tokens, hidden 2048, 14 heads). The teache
 is kept as its weight only: its normalisation is redundant before the L2 norm, which is scale-invariant
 (L2(w * x / rms(x)) = L2(w * x), up to the two epsilons), and RoPE, a rotation, commutes with both. On
 CUDA with fla installed, for prompts without padding and eager decode steps, the L2 norm, the gate and
-beta are computed inside fla's kernels (as fla's own GatedDeltaNet layer does), and a prompt's short conv
-is fla's too (`ShortConv`); elsewhere (padded prompts, compiled decode, the CPU) by the PyTorch ops in
-`hydrahead.ops`.
+beta are computed inside fla's kernels (as fla's own GatedDeltaNet layer does); elsewhere (padded prompts,
+compiled decode, the CPU) by the PyTorch ops in `hydrahead.ops`. On CUDA a prompt's short conv is fla's,
+padded or not (`ShortConv`).
 """
 
 from __future__ import annotations

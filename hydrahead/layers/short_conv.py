@@ -12,7 +12,8 @@ two transposes) and allocates nothing beyond the window and the output.
 Where fla's kernels apply (CUDA, bf16/fp16, fla installed), a prompt (T > 1) runs instead through fla's
 causal conv1d, conv and SiLU in one kernel (forward and backward), the cached inputs handed to it as its
 initial state: one pass over the input where the multiply-adds take six. A decode step stays the
-multiply-add over the window (a few ops, which a compiled step fuses).
+multiply-add over the window (a few ops, which a compiled step fuses), and so do packed documents with a
+cache (rare: fla's conv restarts documents by `cu_seqlens` over a cache-less batch).
 """
 
 from __future__ import annotations

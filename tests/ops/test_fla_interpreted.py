@@ -1,6 +1,7 @@
-"""The hybrid's CUDA code path (fla's Triton kernels with the L2 norm, gate and beta inside them) run on the CPU
-through Triton's interpreter, in fp32, against the PyTorch reference path of the same model: prefill, decode
-steps, packed documents (cu_seqlens), the backward (fla's in-kernel gate gradients for A_log and dt_bias),
+"""The hybrid's CUDA code path (fla's Triton kernels with the L2 norm, gate and beta inside them, and fla's short
+conv for prompts) run on the CPU through Triton's interpreter, in fp32, against the PyTorch reference path of
+the same model: prefill, a prompt in pieces through one cache, decode steps, packed documents (cu_seqlens),
+the backward (fla's in-kernel gate gradients for A_log and dt_bias, the conv's), the short conv alone,
 generate, and bench/inference.py's count of fla's launches. What a GPU run would catch in our calls
 (argument names, layouts, initial and final states, the state handed from the prompt to the steps) is caught
 here without one; bf16 numerics and speed are not.
@@ -80,17 +81,19 @@ class FlaSwitch:
         self.conv_calls += 1
         return self._conv(*args, **kwargs)
 
-    def both(self, fn):
-        """fn() on the PyTorch path, then on the fla path: (reference, fla result)."""
-        self.on, calls, conv_calls = False, self.calls, self.conv_calls
+    def both(self, fn, need=("calls", "conv_calls")):
+        """fn() on the PyTorch path, then on the fla path: (reference, fla result). Each fla call counter named
+        in `need` must have moved on the fla path (the gated delta rule's, the short conv's)."""
+        self.on, before = False, {name: getattr(self, name) for name in ("calls", "conv_calls")}
         ref = fn()
-        assert (self.calls, self.conv_calls) == (calls, conv_calls), "the reference took fla's path"
+        assert all(getattr(self, name) == count for name, count in before.items()), "the reference took fla's path"
         self.on = True
         try:
             got = fn()
         finally:
             self.on = False
-        assert self.calls > calls or self.conv_calls > conv_calls, "fla's path was never taken"
+        for name in need:
+            assert getattr(self, name) > before[name], f"fla's path was never taken ({name})"
         return ref, got
 
 
@@ -233,22 +236,27 @@ def check_short_conv(switch):
 
     calls = switch.conv_calls
     for bounds in ([0, 150], [0, 2, 70, 72, 73, 150], [0, 1, 3, 100, 150]):
-        (ref, ref_state), (got, got_state) = switch.both(lambda: pieces(bounds))
+        (ref, ref_state), (got, got_state) = switch.both(lambda: pieces(bounds), need=("conv_calls",))
         assert rel_err(got, ref) < TOL and torch.equal(got_state, ref_state), bounds
     assert switch.conv_calls - calls == 1 + 4 + 3  # every piece of more than one token
     documents = packed_documents(torch.cat([torch.arange(50), torch.arange(100)])[None], 2, 150)
-    for docs in (None, documents):
-        x.requires_grad_(True)
+    x.requires_grad_(True)
+    for docs, start in ((None, 0), (documents, 0), (None, 70)):  # start > 0: after cached inputs (fla's state)
 
         def run():
             conv.zero_grad()
             x.grad = None
-            y = conv(x, None, docs)
+            cache = None
+            if start:
+                cache = hydrahead.HybridHeadCache(config).layers[0]
+                with torch.no_grad():
+                    conv(x[:, :start], cache)
+            y = conv(x[:, start:], cache, docs)
             y.backward(torch.cos(y.detach() * 3))
             return y.detach(), x.grad.clone(), conv.weight.grad.clone()
 
-        for a, b in zip(*switch.both(run)):
-            assert rel_err(b, a) < TOL, (docs is not None, rel_err(b, a))
+        for a, b in zip(*switch.both(run, need=("conv_calls",))):
+            assert rel_err(b, a) < TOL, (docs is not None, start, rel_err(b, a))
 
 
 def check_prompt_in_pieces(switch):

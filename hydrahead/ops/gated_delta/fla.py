@@ -66,9 +66,11 @@ def load_fla_conv() -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
 
 @functools.cache
 def fla_is_available() -> bool:
-    """Whether fla's kernels import; cached, so "auto" dispatch pays for the import attempt once."""
+    """Whether fla's kernels (the gated delta rule's and the conv's) import; cached, so "auto" dispatch pays for
+    the import attempt once."""
     try:
         load_fla_kernels()
+        load_fla_conv()
     except FlaNotInstalledError:
         return False
     return True

@@ -32,15 +32,37 @@ def interpret_fla_on_cpu() -> None:
                                "imported (torch imports it): start Python with TRITON_INTERPRET=1 in the environment")
         os.environ["TRITON_INTERPRET"] = "1"
     try:
+        import numpy as np
         import triton.runtime.autotuner as autotuner
+        import triton.runtime.interpreter as interpreter
     except ImportError as err:
         raise FlaNotInstalledError(f"Triton's interpreter needs triton ({err}): pip install triton") from err
-    fla.load_fla_kernels(), fla.load_fla_conv()  # every module whose kernels the hybrid runs (or FlaNotInstalledError)
+    fla.load_fla_kernels()  # every module whose kernels the hybrid runs (or FlaNotInstalledError)
+    fla.load_fla_conv()
 
-    # Two gaps of the interpreter, closed for fla only. Its autotuner times configs through a GPU driver (none
-    # here): report equal times, so the first config runs. A kernel's `for i in range(n)` gives Python ints
-    # where compiled Triton gives tensors, and fla calls `i.to(tl.int64)`.
+    # Three gaps of the interpreter. Its autotuner times configs through a GPU driver (none here): report
+    # equal times, so the first config runs. A kernel's `for i in range(n)` gives Python ints where compiled
+    # Triton gives tensors, and fla calls `i.to(tl.int64)` (closed for fla's modules only). A mask made from a
+    # Python comparison and a block mask (`(t < T) & m`, in fla's conv backward from an initial state) comes
+    # out int32, which its loads and stores refuse: compiled Triton reads a mask as true where nonzero.
     autotuner.Autotuner.do_bench = lambda self, fn, quantiles=None: [1.0, 1.0, 1.0]
+    builder = interpreter.InterpreterBuilder
+    if not getattr(builder, "masks_as_bool", False):
+        load, store = builder.create_masked_load, builder.create_masked_store
+
+        def as_bool(mask):
+            if mask.data.dtype == np.bool_:
+                return mask
+            return interpreter.TensorHandle(mask.data.astype(np.bool_), interpreter.tl.int1)
+
+        def masked_load(self, ptrs, mask, other, *args):
+            return load(self, ptrs, as_bool(mask), other, *args)
+
+        def masked_store(self, ptrs, value, mask, *args):
+            return store(self, ptrs, value, as_bool(mask), *args)
+
+        builder.create_masked_load, builder.create_masked_store = masked_load, masked_store
+        builder.masks_as_bool = True
 
     class Index(int):
         def to(self, *args, **kwargs):
