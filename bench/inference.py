@@ -613,12 +613,14 @@ def main() -> None:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"unknown section(s) {unknown}; choose from {SECTIONS}")
+    prefill_lengths = [int(x) for x in args.prefill.split(",") if x]
+    profiled = set(prefill_lengths) if args.profile == "all" else set()  # the prompt lengths profiled
     if args.profile not in (None, "all"):
         try:
             profiled = {int(x) for x in args.profile.split(",") if x}
         except ValueError:
             raise SystemExit(f"--profile takes comma-separated prompt lengths, got {args.profile!r}") from None
-        if not profiled <= {int(x) for x in args.prefill.split(",") if x}:
+        if not profiled <= set(prefill_lengths):
             raise SystemExit(f"--profile {args.profile}: profile only lengths that --prefill times ({args.prefill})")
     if args.teacher and {"ops", "host"} & set(sections):
         raise SystemExit("the ops and host sections time a narrow random copy of the slice; with --teacher choose "
@@ -671,7 +673,7 @@ def main() -> None:
           flush=True)
 
     vocab = models["teacher"].config.vocab_size
-    for T in [int(x) for x in args.prefill.split(",") if x] if "prefill" in sections else []:
+    for T in prefill_lengths if "prefill" in sections else []:
         ids = torch.randint(0, vocab, (1, T), device=device)
         best: dict[str, float] = {}
         for r in range(args.repeats):
@@ -685,7 +687,7 @@ def main() -> None:
                     result["cache"].append({"model": name, "tokens": T, "bytes": actual, "expected": expected})
                 del cache
                 gc.collect()
-        if args.profile == "all" or args.profile and T in {int(x) for x in args.profile.split(",")}:
+        if T in profiled:
             for name in names:
                 ops = profile_prefill(models[name], ids, args.prefill_chunk)
                 result["profiles"].append({"model": name, "tokens": T, "ops": ops})
