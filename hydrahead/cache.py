@@ -80,12 +80,19 @@ class HybridStateMixin:
         return self.recurrent_states[0] if self.is_recurrent_states_initialized[0] else None
 
     def store_recurrent_state(self, state: torch.Tensor) -> None:
-        """Keep `state` as the GDN state; a no-op when it already is the cached tensor (updated in place)."""
+        """Keep `state` as the GDN state; a no-op when it already is the cached tensor (updated in place). A
+        dynamic cache outside autograd keeps a new state tensor of the same layout itself instead of copying it
+        (a kernel's fresh output: one launch fewer per layer and step); a static cache copies, its address fixed."""
         if not self.is_recurrent_states_initialized[0]:
             self.recurrent_states[0] = self._static_buffer(state)
             self.is_recurrent_states_initialized[0] = True
         elif state is not self.recurrent_states[0]:
-            self.recurrent_states[0].copy_(state)
+            kept = self.recurrent_states[0]
+            if (not self.static_addresses and not torch.is_grad_enabled() and state.dtype == kept.dtype
+                    and state.device == kept.device and state.is_contiguous()):
+                self.recurrent_states[0] = state
+            else:
+                kept.copy_(state)
 
     @staticmethod
     def _static_buffer(x: torch.Tensor) -> torch.Tensor:

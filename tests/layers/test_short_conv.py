@@ -1,7 +1,6 @@
 """The short conv: its decode step (one token over the cached window) equals the convolution of the whole
-sequence, and the cache hands a prompt its left context (what fla's conv takes on CUDA)."""
+sequence (the cache's side of it, the left context handed to fla's conv: tests/test_cache.py)."""
 
-import pytest
 import torch
 
 import hydrahead
@@ -47,22 +46,3 @@ def test_matches_a_depthwise_conv1d_with_gradients():
     reference_grads = torch.autograd.grad(reference, (x, conv.weight), grad)
     for a, b in zip(ours_grads, reference_grads):
         torch.testing.assert_close(a, b)
-
-
-@pytest.mark.parametrize("max_cache_len", [None, 64])
-def test_conv_inputs_before_hands_over_the_left_context(max_cache_len):
-    """What fla's conv is given on CUDA (`conv_inputs_before`): the K - 1 inputs before each piece (None at the
-    start), the same last inputs kept as `conv_window` keeps, for pieces longer and shorter than the kernel."""
-    x = torch.randn(2, 40, 6)
-    config = make_teacher().config
-    window_cache = hydrahead.HybridHeadCache(config, max_cache_len=max_cache_len).layers[0]
-    inputs_cache = hydrahead.HybridHeadCache(config, max_cache_len=max_cache_len).layers[0]
-    bounds = [0, 2, 20, 21, 23, 40]
-    for a, b in zip(bounds, bounds[1:]):
-        window = window_cache.conv_window(x[:, a:b], 4)  # (B, 3 + T, C), zeros before the first token
-        before = inputs_cache.conv_inputs_before(x[:, a:b], 4)
-        if a == 0:
-            assert before is None
-        else:
-            torch.testing.assert_close(before, window[:, :3], rtol=0, atol=0)
-        torch.testing.assert_close(inputs_cache.conv_states[0], window_cache.conv_states[0], rtol=0, atol=0)
