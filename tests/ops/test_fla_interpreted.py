@@ -50,8 +50,9 @@ def test_fla_path_matches_the_pytorch_path(check):
 
 class FlaSwitch:
     """hydrahead's dispatch to fla (in Triton's interpreter) open to CPU tensors while `on`; counts the fla
-    calls (the gated delta rule's in `calls`, the short conv's in `conv_calls`) so that a check fails if the
-    path it means to test was never taken."""
+    calls (the gated delta rule's in `calls`, the short conv's in `conv_calls`, inference decode steps through
+    fla's forward function in `decode_calls`) so that a check fails if the path it means to test was never
+    taken."""
 
     def __init__(self):
         import hydrahead.layers.gdn as gdn
@@ -63,6 +64,8 @@ class FlaSwitch:
         gdn.fla_gated_delta_net = self._counted
         self.conv_calls, self._conv = 0, short_conv.fla_short_conv
         short_conv.fla_short_conv = self._counted_conv
+        self.decode_calls, self._decode = 0, fla._decode_forward
+        fla._decode_forward = self._counted_decode
         self.on = False
 
     @property
@@ -81,10 +84,14 @@ class FlaSwitch:
         self.conv_calls += 1
         return self._conv(*args, **kwargs)
 
+    def _counted_decode(self, *args, **kwargs):
+        self.decode_calls += 1
+        return self._decode(*args, **kwargs)
+
     def both(self, fn, need=("calls", "conv_calls")):
         """fn() on the PyTorch path, then on the fla path: (reference, fla result). Each fla call counter named
         in `need` must have moved on the fla path (the gated delta rule's, the short conv's)."""
-        self.on, before = False, {name: getattr(self, name) for name in ("calls", "conv_calls")}
+        self.on, before = False, {name: getattr(self, name) for name in ("calls", "conv_calls", "decode_calls")}
         ref = fn()
         assert all(getattr(self, name) == count for name, count in before.items()), "the reference took fla's path"
         self.on = True
@@ -130,7 +137,8 @@ def check_prefill_and_decode(switch, family="qwen3", shared_kv=False):
     model = hybrid(family, shared_kv)
     ids = torch.randint(0, model.config.vocab_size, (2, 140))
     with torch.no_grad():
-        (ref, ref_cache), (got, got_cache) = switch.both(lambda: prefill_then_steps(model, ids, 136))
+        (ref, ref_cache), (got, got_cache) = switch.both(lambda: prefill_then_steps(model, ids, 136),
+                                                         need=("calls", "conv_calls", "decode_calls"))
     assert rel_err(got, ref) < TOL, rel_err(got, ref)
     for layer, (a, b) in enumerate(zip(ref_cache.layers, got_cache.layers)):
         assert rel_err(b.recurrent_state(), a.recurrent_state()) < TOL, layer

@@ -289,6 +289,41 @@ def test_missing_fla_raises_with_install_hint(monkeypatch: pytest.MonkeyPatch) -
         fla_is_available.cache_clear()
 
 
+def test_decode_calls_flas_forward_function_only_where_it_takes_our_arguments(monkeypatch: pytest.MonkeyPatch):
+    """An inference decode step calls fla's internal forward function (no autograd Function, no input guard)
+    only where that function takes exactly what we pass; another fla release's signature falls back to
+    fla's public function instead of failing mid-generation."""
+    import types
+
+    from hydrahead.ops.gated_delta.fla import load_fla_decode_forward
+
+    def ours(q, k, v, g=None, gk=None, gv=None, beta=None, A_log=None, dt_bias=None, scale=None, initial_state=None,
+             output_final_state=False, use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=False,
+             allow_neg_eigval=False, state_v_first=False, cu_seqlens=None):
+        pass
+
+    def renamed(q, k, v, g=None, beta=None, gate_log=None, dt_bias=None, scale=None, initial_state=None,
+                output_final_state=False, use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=False):
+        pass
+
+    def needs_more(q, k, v, g, beta, A_log, dt_bias, scale, initial_state, output_final_state,
+                   use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, state_layout):
+        pass
+
+    module = types.ModuleType("fla.ops.gated_delta_rule.fused_recurrent")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    try:
+        for forward, taken in ((ours, True), (renamed, False), (needs_more, False)):
+            module.fused_recurrent_gated_delta_rule_fwd = forward
+            load_fla_decode_forward.cache_clear()
+            assert (load_fla_decode_forward() is forward) == taken, forward.__name__
+        monkeypatch.setitem(sys.modules, module.__name__, None)  # no such module
+        load_fla_decode_forward.cache_clear()
+        assert load_fla_decode_forward() is None
+    finally:
+        load_fla_decode_forward.cache_clear()
+
+
 # ---- fla on CUDA (bf16) against the fp32 reference ----------------------------------------------------------
 
 

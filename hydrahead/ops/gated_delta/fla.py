@@ -13,7 +13,10 @@ arguments as the rest of `hydrahead.ops`:
     final_state     (B, H, Dk, Dv)     fp32
 
 T > 1 uses the chunked kernel (prefill, training); T == 1 uses the fused recurrent kernel (decode,
-forward only: fla has no backward for it).
+forward only: fla has no backward for it). An inference decode step (autograd off) calls that kernel's
+forward function itself, without the autograd Function and input guard around it: an eager decode step
+is bound by the host's time per call, and those wrappers cost about 7% of a hybrid layer's
+(docs/benchmarks.md, host time per eager decode step).
 
 `fla_gated_delta_net` is the call of a Gated DeltaNet layer, as fla's own `GatedDeltaNet` makes it: raw
 q, k (L2-normalised in the kernel), the raw gate input `a` with `A_log` and `dt_bias` (the log decay
@@ -27,6 +30,7 @@ backward), where the PyTorch form takes six passes over its input (pad, K multip
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -62,6 +66,27 @@ def load_fla_conv() -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
             f"({err}); install it with: {FLA_INSTALL_HINT}"
         ) from err
     return causal_conv1d
+
+
+# what `_decode_forward` passes to fla's forward function (it takes the gate in the kernel from A_log being given)
+_DECODE_FORWARD_ARGUMENTS = frozenset({"q", "k", "v", "g", "beta", "A_log", "dt_bias", "scale", "initial_state",
+                                       "output_final_state", "use_qk_l2norm_in_kernel", "use_beta_sigmoid_in_kernel"})
+
+
+@functools.cache
+def load_fla_decode_forward() -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]] | None:
+    """fla's forward function of the fused recurrent kernel (what its autograd Function calls), or None where
+    this fla has no such function taking the arguments we pass (an internal of fla: another release may rename
+    it); an inference decode step calls it directly (`_run_fla`), else fla's public function."""
+    try:
+        from fla.ops.gated_delta_rule.fused_recurrent import fused_recurrent_gated_delta_rule_fwd as forward
+    except ImportError:
+        return None
+    parameters = inspect.signature(forward).parameters
+    required = {name for name, p in parameters.items() if p.default is inspect.Parameter.empty}
+    if not _DECODE_FORWARD_ARGUMENTS <= parameters.keys() or not required <= _DECODE_FORWARD_ARGUMENTS:
+        return None
+    return forward
 
 
 @functools.cache
@@ -152,13 +177,39 @@ def _run_fla(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens, **
     o in v's dtype. Keyword arguments only: the positional order of fla's signatures has changed between
     releases."""
     chunk_kernel, recurrent_kernel = load_fla_kernels()
-    kernel = recurrent_kernel if q.shape[1] == 1 else chunk_kernel
     if initial_state is not None:
         initial_state = initial_state.to(torch.float32).contiguous()
-    if cu_seqlens is not None:
-        options["cu_seqlens"] = cu_seqlens.to(torch.long)
-    o, final_state = kernel(q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state,
-                            output_final_state=output_final_state, **options)
+    if q.shape[1] == 1 and cu_seqlens is None and _decode_forward_applies(q):
+        o, final_state = _decode_forward(q, k, v, g, beta, initial_state, output_final_state, **options)
+    else:
+        if cu_seqlens is not None:
+            options["cu_seqlens"] = cu_seqlens.to(torch.long)
+        kernel = recurrent_kernel if q.shape[1] == 1 else chunk_kernel
+        o, final_state = kernel(q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state,
+                                output_final_state=output_final_state, **options)
     if final_state is not None:
         final_state = final_state.to(torch.float32)
     return o.to(v.dtype), final_state
+
+
+def _decode_forward_applies(q: torch.Tensor) -> bool:
+    """Whether an inference decode step may call fla's forward function itself: no autograd (the kernel has no
+    backward), the function present, and q on the current CUDA device (fla's wrapper would switch to it)."""
+    return (not torch.is_grad_enabled() and load_fla_decode_forward() is not None
+            and (not q.is_cuda or q.device.index == torch.cuda.current_device()))
+
+
+def _decode_forward(q, k, v, g, beta, initial_state, output_final_state, *, scale=None, use_gate_in_kernel=False,
+                    **options):
+    """One decode step through fla's forward function: what `fused_recurrent_gated_delta_rule` runs, without
+    its autograd Function and its input guard (an eager decode step is bound by the host's time per call:
+    about 7% of a HydraHead 7:1 layer's, docs/benchmarks.md). The guard's work done here: contiguous inputs
+    (a batch's rows of a projection are strided). fla's forward takes the gate in the kernel from `A_log`
+    being given, not from a flag."""
+    if not use_gate_in_kernel:
+        options.pop("A_log", None)
+        options.pop("dt_bias", None)
+    q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return load_fla_decode_forward()(q=q, k=k, v=v, g=g, beta=beta, scale=scale, initial_state=initial_state,
+                                     output_final_state=output_final_state, **options)
