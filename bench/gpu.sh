@@ -50,6 +50,6 @@ if [ "$DEVICE" = cuda ]; then
     timeout 20 "${BENCH[@]}" "${COMMON[@]}" --sections host --ops-layers 4 \
         --json "$OUT/host.json" "$@" 2>&1 | tee "$OUT/host.txt" || true
 else  # the CPU dry run: every section once, small
-    "${BENCH[@]}" --sections ops,host,prefill,decode,generate,max-batch --profile --json "$OUT/inference.json" \
+    "${BENCH[@]}" --sections ops,host,floors,prefill,decode,generate,max-batch --profile --json "$OUT/inference.json" \
         "$@" 2>&1 | tee "$OUT/inference.txt"
 fi

@@ -36,6 +36,10 @@ rotated order) in one process and reported as the ratio teacher time / model tim
             head layout and --ops-layers layers kept): the time the host takes to issue a step (Python,
             dispatch, per-op overhead), which is what bounds an eager decode step on a GPU; with
             --fla-interpreted, the hybrids' CUDA path, fla's kernels skipped (their Python wrappers timed)
+  floors    no timing: what the arithmetic allows, each model's floor against the teacher's (the teacher's
+            prefill FLOPs / the model's at the --prefill lengths, decode bytes at --decode x --batch; see
+            Floors below): the ratio a model would reach if it and the teacher ran equally close to
+            their floors, on any device (seconds on the CPU, at the full --layers shape)
   generate  ms per generated token of a plain `model.generate(ids, max_new_tokens=N)`, as a user calls it
             (the hybrid's own default: on CUDA the static cache with its decode compiled and graph-
             captured; the teacher's: transformers' dynamic cache, eager), and the first call's extra time
@@ -60,6 +64,8 @@ Usage:
                                                           # the same, the hybrids' CUDA path (fla), no GPU
   python bench/inference.py --sections host               # host time per eager decode step (30 s)
   TRITON_INTERPRET=1 python bench/inference.py --sections host --fla-interpreted   # the same, the CUDA path
+  python bench/inference.py --sections floors --layers 4 --vocab 21760 --prefill 4096,8192,16384,65536,131072 \
+      --decode 16384,131072 --batch 1,8                   # what the GPU run's shape allows, no timing
   python bench/inference.py --prefill 1024,4096 --decode 1024,4096 --repeats 1   # a quick look
   python bench/inference.py --teacher smollm2/ --plan plan.json --sections prefill,decode   # a real model
   python bench/inference.py --device cuda --dtype bf16 --layers 4 --prefill 4096,...,131072 --graphs \
@@ -90,7 +96,7 @@ from hydrahead.models.footprint import footprint
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODELS = ("teacher", "hydrahead-7:1", "layerwise-3:1", "all-gdn")
-SECTIONS = ("ops", "host", "prefill", "decode", "generate", "max-batch")
+SECTIONS = ("ops", "host", "floors", "prefill", "decode", "generate", "max-batch")
 
 
 def build_models(args, layers: int | None = None, hidden: int = 2048, intermediate: int = 6144,
@@ -225,6 +231,27 @@ def decode_bytes(model, context: int, batch: int) -> float:
     _, gdn = fa_and_gdn_heads(model)
     state = 2 * batch * sum(gdn) * config.head_dim * config.head_dim * 4
     return weights + kv + state
+
+
+def floor_ratios(models: dict, prefill_lengths: list[int], decode_lengths: list[int],
+                 batches: list[int]) -> list[dict]:
+    """Per hybrid: the teacher's floor over the model's, prefill FLOPs at each prompt length and decode bytes at
+    each context and batch: the speed-up the arithmetic allows, before any kernel's efficiency."""
+    teacher, rows = models["teacher"], []
+    for name, model in models.items():
+        if name == "teacher":
+            continue
+        for T in prefill_lengths:
+            rows.append({"model": name, "kind": "prefill", "tokens": T, "batch": 1,
+                         "ratio": prefill_flops(teacher, T) / prefill_flops(model, T)})
+        for batch in batches:
+            for T in decode_lengths:
+                rows.append({"model": name, "kind": "decode", "tokens": T, "batch": batch,
+                             "ratio": decode_bytes(teacher, T, batch) / decode_bytes(model, T, batch)})
+    for row in rows:
+        print(f"floor {row['kind']:<7} {row['tokens']:>6} tokens, batch {row['batch']}, {row['model']:<20} "
+              f"teacher's floor / model's x{row['ratio']:.2f}", flush=True)
+    return rows
 
 
 # ---- caches ---------------------------------------------------------------------------------------------
@@ -649,7 +676,8 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "load_before": os.getloadavg()[0], "allocator": args.allocator, "heap_allocator": heap,
         "prefill_chunk": args.prefill_chunk, "sections": sections,
-        "ops": [], "host": [], "prefill": [], "profiles": [], "decode": [], "generate": [], "max_batch": [],
+        "ops": [], "host": [], "floors": [], "prefill": [], "profiles": [], "decode": [], "generate": [],
+        "max_batch": [],
         "cache": [],
     }
     if "ops" in sections:
@@ -658,11 +686,17 @@ def main() -> None:
     if "host" in sections:
         result["host"] = host_times(args)
         save(result, args)
-    timed = [x for x in sections if x not in ("ops", "host")]
-    if not timed:
+    timed = [x for x in sections if x not in ("ops", "host", "floors")]
+    if not timed and "floors" not in sections:
         return finish(result, args)
 
     models = build_models(args)
+    if "floors" in sections:
+        decode_lengths, batches = ([int(x) for x in a.split(",") if x] for a in (args.decode, args.batch))
+        result["floors"] = floor_ratios(models, prefill_lengths, decode_lengths, batches)
+        save(result, args)
+    if not timed:
+        return finish(result, args)
     names = list(models)
     check_decode_caches_agree(models)
     rate, bandwidth, gemv = gemm_rate(device, dtype), copy_bandwidth(device), matvec_bandwidth(device, dtype)
@@ -697,7 +731,7 @@ def main() -> None:
         for name in names:
             floor = prefill_flops(models[name], T) / rate
             row = {"model": name, "tokens": T, "seconds": best[name], "ratio": best["teacher"] / best[name],
-                   "floor_seconds": floor}
+                   "floor_seconds": floor, "floor_ratio": prefill_flops(models["teacher"], T) / (floor * rate)}
             result["prefill"].append(row)
             print(f"prefill {T:>6} {name:<14} {best[name]:8.3f} s  x{row['ratio']:.2f}  floor {floor:7.3f} s "
                   f"({best[name] / floor:.2f}x floor)", flush=True)
@@ -790,12 +824,17 @@ def print_tables(result: dict) -> None:
         for row in result["max_batch"]:
             print(f"| {row['context']} | {row['model']} | {row['batch']} | {row['bytes_per_sequence'] / 2**30:.3f} | "
                   f"{row['checked']} |")
+    if result["floors"]:
+        print("\n| what | context | batch | model | teacher's floor / model's |\n|---|---:|---:|---|---:|")
+        for row in result["floors"]:
+            print(f"| {row['kind']} | {row['tokens']} | {row['batch']} | {row['model']} | {row['ratio']:.2f}x |")
     if not result["prefill"] and not result["decode"]:
         return
-    print("\n| context | model | prefill s | vs teacher | vs floor |\n|---:|---|---:|---:|---:|")
+    print("\n| context | model | prefill s | vs teacher | the floors allow | vs floor |\n"
+          "|---:|---|---:|---:|---:|---:|")
     for row in result["prefill"]:
         print(f"| {row['tokens']} | {row['model']} | {row['seconds']:.3f} | {row['ratio']:.2f}x | "
-              f"{row['seconds'] / row['floor_seconds']:.2f}x |")
+              f"{row['floor_ratio']:.2f}x | {row['seconds'] / row['floor_seconds']:.2f}x |")
     print("\n| batch | context | model | cache | ms/token | vs teacher | vs copy floor | vs matvec floor | graphs ms | "
           "graphs vs teacher | graphs vs copy floor |\n|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for row in result["decode"]:

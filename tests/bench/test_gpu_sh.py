@@ -1,5 +1,5 @@
 """bench/gpu.sh, the one device call of the GPU benchmarks, runs end to end on a CPU at tiny sizes: every
-section of bench/inference.py it asks for (ops, host, prefill, eager decode, generate) writes its rows. What it
+section of bench/inference.py it asks for (ops, host, floors, prefill, eager decode, generate) writes its rows. What it
 measures on a GPU is in docs/benchmarks.md."""
 
 import json
@@ -27,6 +27,13 @@ def test_the_gpu_script_runs_on_a_cpu(tmp_path):
     for section in ("ops", "host", "prefill", "decode", "generate"):
         assert [row["model"] for row in result[section]] == models, section
     assert result["max_batch"] == []  # CUDA only
+    # the floors (no timing): each hybrid's, against the teacher's, the same figure the prefill table carries
+    assert [(row["model"], row["kind"]) for row in result["floors"]] == [
+        (model, kind) for model in models[1:] for kind in ("prefill", "decode")]
+    for row in result["floors"]:
+        if row["kind"] == "prefill":
+            timed = next(r for r in result["prefill"] if r["model"] == row["model"] and r["tokens"] == row["tokens"])
+            assert row["ratio"] == pytest.approx(timed["floor_ratio"])
     assert [row["model"] for row in result["profiles"]] == models and all(row["ops"] for row in result["profiles"])
     ops = {row["model"]: row for row in result["ops"]}
     # issue 28's target, on a layer past the first (which also works out what every layer shares; the mean over
