@@ -64,8 +64,8 @@ Usage:
                                                           # the same, the hybrids' CUDA path (fla), no GPU
   python bench/inference.py --sections host               # host time per eager decode step (30 s)
   TRITON_INTERPRET=1 python bench/inference.py --sections host --fla-interpreted   # the same, the CUDA path
-  python bench/inference.py --sections floors --layers 4 --vocab 21760 --prefill 4096,8192,16384,65536,131072 \
-      --decode 16384,131072 --batch 1,8                   # what the GPU run's shape allows, no timing
+  python bench/inference.py --sections floors --dtype bf16 --layers 4 --vocab 21760 \
+      --prefill 4096,8192,16384,65536,131072 --decode 16384,131072 --batch 1,8   # what the GPU run allows, no timing
   python bench/inference.py --prefill 1024,4096 --decode 1024,4096 --repeats 1   # a quick look
   python bench/inference.py --teacher smollm2/ --plan plan.json --sections prefill,decode   # a real model
   python bench/inference.py --device cuda --dtype bf16 --layers 4 --prefill 4096,...,131072 --graphs \
@@ -731,7 +731,8 @@ def main() -> None:
         for name in names:
             floor = prefill_flops(models[name], T) / rate
             row = {"model": name, "tokens": T, "seconds": best[name], "ratio": best["teacher"] / best[name],
-                   "floor_seconds": floor, "floor_ratio": prefill_flops(models["teacher"], T) / (floor * rate)}
+                   "floor_seconds": floor,
+                   "floor_ratio": prefill_flops(models["teacher"], T) / prefill_flops(models[name], T)}
             result["prefill"].append(row)
             print(f"prefill {T:>6} {name:<14} {best[name]:8.3f} s  x{row['ratio']:.2f}  floor {floor:7.3f} s "
                   f"({best[name] / floor:.2f}x floor)", flush=True)

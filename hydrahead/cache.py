@@ -13,7 +13,8 @@ transformers derives positions and mask sizes from layer 0's length.
 The static cache preallocates every buffer once and only ever writes into it in place (K/V by
 `index_copy_`, states by `copy_`, the token counter by `add_`), so a decode step reads and writes fixed
 addresses: what `torch.compile` and CUDA graphs need. The dynamic cache instead lets the conv state become
-a view of the last window (one copy fewer per layer and step).
+a view of the last window, and keeps a kernel's new GDN state tensor rather than copying it (one copy
+fewer per layer and step each).
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ class HybridStateMixin:
             self.is_recurrent_states_initialized[0] = True
         elif state is not self.recurrent_states[0]:
             kept = self.recurrent_states[0]
-            if (not self.static_addresses and not torch.is_grad_enabled() and state.dtype == kept.dtype
-                    and state.device == kept.device and state.is_contiguous()):
+            if (not self.static_addresses and not torch.is_grad_enabled() and state.shape == kept.shape
+                    and state.dtype == kept.dtype and state.device == kept.device and state.is_contiguous()):
                 self.recurrent_states[0] = state
             else:
                 kept.copy_(state)

@@ -43,3 +43,9 @@ def test_store_recurrent_state_keeps_a_new_state_or_copies_into_a_fixed_address(
     layer.store_recurrent_state(newer)  # autograd on: copied in place
     assert layer.recurrent_state() is kept and (max_cache_len is None or kept is first)
     torch.testing.assert_close(layer.recurrent_state(), newer, rtol=0, atol=0)
+    # a state of another layout or dtype is copied (converted) into the kept one, never kept itself
+    for other in (torch.randn(2, 3, 4, 4).transpose(-1, -2), torch.randn(2, 3, 4, 4, dtype=torch.float64)):
+        with torch.no_grad():
+            layer.store_recurrent_state(other)
+        assert layer.recurrent_state() is kept and kept.dtype == torch.float32 and kept.is_contiguous()
+        torch.testing.assert_close(kept, other.float(), rtol=0, atol=0)

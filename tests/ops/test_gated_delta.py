@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+import types
 from dataclasses import dataclass
 
 import pytest
@@ -14,7 +15,7 @@ from transformers.models.qwen3_next import modeling_qwen3_next
 from hydrahead.ops import FlaNotInstalledError, GatedDeltaRuleError, gated_delta_rule, gated_delta_rule_step
 from hydrahead.ops import gated_delta
 from hydrahead.ops.gated_delta.chunk import chunk_gated_delta_rule
-from hydrahead.ops.gated_delta.fla import fla_is_available, load_fla_kernels
+from hydrahead.ops.gated_delta.fla import fla_is_available, load_fla_decode_forward, load_fla_kernels
 from hydrahead.ops.gated_delta.naive import recurrent_gated_delta_rule
 
 # transformers swaps these for fla's kernels when fla is installed; unwrap to always get the PyTorch code.
@@ -291,12 +292,9 @@ def test_missing_fla_raises_with_install_hint(monkeypatch: pytest.MonkeyPatch) -
 
 def test_decode_calls_flas_forward_function_only_where_it_takes_our_arguments(monkeypatch: pytest.MonkeyPatch):
     """An inference decode step calls fla's internal forward function (no autograd Function, no input guard)
-    only where that function takes exactly what we pass; another fla release's signature falls back to
-    fla's public function instead of failing mid-generation."""
-    import types
-
-    from hydrahead.ops.gated_delta.fla import load_fla_decode_forward
-
+    only where that function has fla 0.6's parameters; another release's signature (renamed, extended by a flag
+    that could change what our arguments mean, or needing more) falls back to fla's public function instead of
+    failing mid-generation or computing something else."""
     def ours(q, k, v, g=None, gk=None, gv=None, beta=None, A_log=None, dt_bias=None, scale=None, initial_state=None,
              output_final_state=False, use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=False,
              allow_neg_eigval=False, state_v_first=False, cu_seqlens=None):
@@ -310,10 +308,16 @@ def test_decode_calls_flas_forward_function_only_where_it_takes_our_arguments(mo
                    use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, state_layout):
         pass
 
+    def extended(q, k, v, g=None, gk=None, gv=None, beta=None, A_log=None, dt_bias=None, scale=None,
+                 initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False,
+                 use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False, state_v_first=False, cu_seqlens=None,
+                 use_gate_in_kernel=False):
+        pass
+
     module = types.ModuleType("fla.ops.gated_delta_rule.fused_recurrent")
     monkeypatch.setitem(sys.modules, module.__name__, module)
     try:
-        for forward, taken in ((ours, True), (renamed, False), (needs_more, False)):
+        for forward, taken in ((ours, True), (renamed, False), (needs_more, False), (extended, False)):
             module.fused_recurrent_gated_delta_rule_fwd = forward
             load_fla_decode_forward.cache_clear()
             assert (load_fla_decode_forward() is forward) == taken, forward.__name__

@@ -15,8 +15,8 @@ arguments as the rest of `hydrahead.ops`:
 T > 1 uses the chunked kernel (prefill, training); T == 1 uses the fused recurrent kernel (decode,
 forward only: fla has no backward for it). An inference decode step (autograd off) calls that kernel's
 forward function itself, without the autograd Function and input guard around it: an eager decode step
-is bound by the host's time per call, and those wrappers cost about 7% of a hybrid layer's
-(docs/benchmarks.md, host time per eager decode step).
+is bound by the host's time per call (docs/benchmarks.md, host time per eager decode step: this and the
+dynamic cache keeping the new state took HydraHead 7:1 from 0.62-0.64x the teacher's to 0.66-0.70x).
 
 `fla_gated_delta_net` is the call of a Gated DeltaNet layer, as fla's own `GatedDeltaNet` makes it: raw
 q, k (L2-normalised in the kernel), the raw gate input `a` with `A_log` and `dt_bias` (the log decay
@@ -68,23 +68,23 @@ def load_fla_conv() -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
     return causal_conv1d
 
 
-# what `_decode_forward` passes to fla's forward function (it takes the gate in the kernel from A_log being given)
-_DECODE_FORWARD_ARGUMENTS = frozenset({"q", "k", "v", "g", "beta", "A_log", "dt_bias", "scale", "initial_state",
-                                       "output_final_state", "use_qk_l2norm_in_kernel", "use_beta_sigmoid_in_kernel"})
+# The parameters of fla 0.6's forward function (it takes the gate in the kernel from A_log being given): any
+# other set (a new flag could change what our arguments mean) falls back to fla's public function.
+_DECODE_FORWARD_PARAMETERS = frozenset({
+    "q", "k", "v", "g", "gk", "gv", "beta", "A_log", "dt_bias", "scale", "initial_state", "output_final_state",
+    "use_qk_l2norm_in_kernel", "use_beta_sigmoid_in_kernel", "allow_neg_eigval", "state_v_first", "cu_seqlens"})
 
 
 @functools.cache
 def load_fla_decode_forward() -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]] | None:
     """fla's forward function of the fused recurrent kernel (what its autograd Function calls), or None where
-    this fla has no such function taking the arguments we pass (an internal of fla: another release may rename
-    it); an inference decode step calls it directly (`_run_fla`), else fla's public function."""
+    this fla has no such function with fla 0.6's parameters (an internal of fla: another release may rename or
+    extend it); an inference decode step calls it directly (`_run_fla`), else fla's public function."""
     try:
         from fla.ops.gated_delta_rule.fused_recurrent import fused_recurrent_gated_delta_rule_fwd as forward
     except ImportError:
         return None
-    parameters = inspect.signature(forward).parameters
-    required = {name for name, p in parameters.items() if p.default is inspect.Parameter.empty}
-    if not _DECODE_FORWARD_ARGUMENTS <= parameters.keys() or not required <= _DECODE_FORWARD_ARGUMENTS:
+    if inspect.signature(forward).parameters.keys() != _DECODE_FORWARD_PARAMETERS:
         return None
     return forward
 
@@ -202,10 +202,10 @@ def _decode_forward_applies(q: torch.Tensor) -> bool:
 def _decode_forward(q, k, v, g, beta, initial_state, output_final_state, *, scale=None, use_gate_in_kernel=False,
                     **options):
     """One decode step through fla's forward function: what `fused_recurrent_gated_delta_rule` runs, without
-    its autograd Function and its input guard (an eager decode step is bound by the host's time per call:
-    about 7% of a HydraHead 7:1 layer's, docs/benchmarks.md). The guard's work done here: contiguous inputs
-    (a batch's rows of a projection are strided). fla's forward takes the gate in the kernel from `A_log`
-    being given, not from a flag."""
+    its autograd Function and its input guard (an eager decode step is bound by the host's time per call,
+    docs/benchmarks.md). The guard's work done here: contiguous inputs (a batch's rows of a projection are
+    strided); its device switch is why `_decode_forward_applies` wants q on the current device. fla's forward
+    takes the gate in the kernel from `A_log` being given, not from a flag."""
     if not use_gate_in_kernel:
         options.pop("A_log", None)
         options.pop("dt_bias", None)
