@@ -176,7 +176,6 @@ def _run_fla(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens, **
     """fla's fused recurrent kernel for one token, its chunk kernel otherwise; the state in and out in fp32,
     o in v's dtype. Keyword arguments only: the positional order of fla's signatures has changed between
     releases."""
-    chunk_kernel, recurrent_kernel = load_fla_kernels()
     if initial_state is not None:
         initial_state = initial_state.to(torch.float32).contiguous()
     if q.shape[1] == 1 and cu_seqlens is None and _decode_forward_applies(q):
@@ -184,6 +183,7 @@ def _run_fla(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens, **
     else:
         if cu_seqlens is not None:
             options["cu_seqlens"] = cu_seqlens.to(torch.long)
+        chunk_kernel, recurrent_kernel = load_fla_kernels()
         kernel = recurrent_kernel if q.shape[1] == 1 else chunk_kernel
         o, final_state = kernel(q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state,
                                 output_final_state=output_final_state, **options)
