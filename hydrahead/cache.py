@@ -14,7 +14,14 @@ The static cache preallocates every buffer once and only ever writes into it in 
 `index_copy_`, states by `copy_`, the token counter by `add_`), so a decode step reads and writes fixed
 addresses: what `torch.compile` and CUDA graphs need. The dynamic cache instead lets the conv state become
 a view of the last window, and keeps a kernel's new GDN state tensor rather than copying it (one copy
-fewer per layer and step each).
+fewer per layer and step each); with autograd on it always keeps the new tensors, as transformers'
+`DynamicCache` concatenates K/V: a later forward's gradient flows back through the states into the earlier
+ones, and no tensor autograd saved is overwritten.
+
+A hybrid cache cannot be rolled back: the GDN state after n tokens does not give the state after n - k
+(transformers' linear-attention layers can roll back only a conv state). So `crop`, which assisted and
+prompt-lookup decoding call to drop rejected draft tokens, raises `CacheError`; the hybrid model refuses
+those modes before generating (`HybridCausalLMMixin._validate_generation_mode`).
 """
 
 from __future__ import annotations
@@ -30,12 +37,25 @@ from transformers.cache_utils import (
 from transformers.utils import is_torchdynamo_compiling
 
 from hydrahead.errors import CacheError
+from hydrahead.layers.norm import forget_weight_tables
+
+NO_ROLLBACK = (
+    "a hybrid cache cannot be rolled back: assisted / prompt-lookup decoding is not supported (a GDN head's state "
+    "cannot drop rejected draft tokens); generate without assistant_model or prompt_lookup_num_tokens, and do not "
+    "make a hydrahead model another model's assistant")
 
 
 class HybridStateMixin:
     """The cache protocol of a hybrid layer (mixed into both cache layer kinds)."""
 
     static_addresses = False  # True: states are written in place, never replaced (torch.compile, CUDA graphs)
+    is_croppable = False  # see `crop`
+
+    def replaces_states(self, kept: torch.Tensor | None) -> bool:
+        """Whether a new state replaces the `kept` one instead of being copied into it: in a dynamic cache with
+        autograd on, or while `kept` belongs to a graph. Copying into it would detach the new state from the
+        earlier forwards' graph and overwrite a tensor autograd saved ("modified by an inplace operation")."""
+        return not self.static_addresses and (torch.is_grad_enabled() or (kept is not None and kept.requires_grad))
 
     def conv_window(self, x: torch.Tensor, kernel_size: int) -> torch.Tensor:
         """x: (B, T, C) new conv inputs -> (B, kernel_size - 1 + T, C): the inputs the causal conv sees,
@@ -46,10 +66,11 @@ class HybridStateMixin:
             self.keep_conv_inputs(window[:, window.shape[1] - keep :], kernel_size)
             return window
         window = torch.cat([self.conv_states[0], x], dim=1)
-        if self.static_addresses or x.shape[1] > 1:  # (a view would keep a long window alive)
-            self.conv_states[0].copy_(window[:, window.shape[1] - keep :])
-        else:  # a decode step, no copy: the state becomes a view of the window (a captured graph could not)
-            self.conv_states[0] = window[:, window.shape[1] - keep :]
+        last = window[:, window.shape[1] - keep :]
+        if x.shape[1] == 1 and not self.static_addresses:
+            self.conv_states[0] = last  # a decode step, no copy: a view of the window (a captured graph could not)
+        else:  # (a view would keep a long window alive)
+            self.keep_conv_inputs(last, kernel_size)
         return window
 
     def conv_inputs_before(self, x: torch.Tensor, kernel_size: int) -> torch.Tensor | None:
@@ -67,13 +88,15 @@ class HybridStateMixin:
         return previous
 
     def keep_conv_inputs(self, last: torch.Tensor, kernel_size: int) -> None:
-        """Keep `last` (B, kernel_size - 1, C) as the conv inputs seen last."""
-        if not self.is_conv_states_initialized[0]:
-            self.conv_states[0] = self._static_buffer(last)
+        """Keep `last` (B, kernel_size - 1, C) as the conv inputs seen last: copied into the kept tensor, or a copy
+        of it kept (`replaces_states`; a copy, since `last` is a view of the whole input and would keep it alive)."""
+        kept = self.conv_states[0] if self.is_conv_states_initialized[0] else None
+        if kept is not None and not self.replaces_states(kept):
+            kept.copy_(last)
+        else:
+            self.conv_states[0] = last.clone() if self.replaces_states(kept) else self._static_buffer(last)
             self.conv_kernel_size[0] = kernel_size
             self.is_conv_states_initialized[0] = True
-        else:
-            self.conv_states[0].copy_(last)
         self.has_previous_state[0] = True
 
     def recurrent_state(self) -> torch.Tensor | None:
@@ -82,18 +105,22 @@ class HybridStateMixin:
 
     def store_recurrent_state(self, state: torch.Tensor) -> None:
         """Keep `state` as the GDN state; a no-op when it already is the cached tensor (updated in place). A
-        dynamic cache outside autograd keeps a new state tensor of the same layout itself instead of copying it
-        (a kernel's fresh output: one launch fewer per layer and step); a static cache copies, its address fixed."""
-        if not self.is_recurrent_states_initialized[0]:
+        dynamic cache keeps a new state tensor itself: with autograd on, always (`replaces_states`); outside it,
+        one of the same layout instead of copying it (a kernel's fresh output: one launch fewer per layer and
+        step). A static cache copies, its address fixed."""
+        kept = self.recurrent_states[0] if self.is_recurrent_states_initialized[0] else None
+        if state is kept:
+            return
+        if self.replaces_states(kept):
+            self.recurrent_states[0] = state
+        elif kept is None:
             self.recurrent_states[0] = self._static_buffer(state)
-            self.is_recurrent_states_initialized[0] = True
-        elif state is not self.recurrent_states[0]:
-            kept = self.recurrent_states[0]
-            if (not self.static_addresses and not torch.is_grad_enabled() and state.shape == kept.shape
-                    and state.dtype == kept.dtype and state.device == kept.device and state.is_contiguous()):
-                self.recurrent_states[0] = state
-            else:
-                kept.copy_(state)
+        elif (not self.static_addresses and state.shape == kept.shape and state.dtype == kept.dtype
+              and state.device == kept.device and state.is_contiguous()):
+            self.recurrent_states[0] = state
+        else:
+            kept.copy_(state)
+        self.is_recurrent_states_initialized[0] = True
 
     @staticmethod
     def _static_buffer(x: torch.Tensor) -> torch.Tensor:
@@ -102,12 +129,30 @@ class HybridStateMixin:
             torch._dynamo.mark_static_address(buffer)
         return buffer
 
-    def _map_states(self, fn) -> None:
+    def map_batch(self, fn) -> None:
+        """Apply `fn`, an op on the batch axis (dim 0), to the K/V, where this layer has them (a layer without FA
+        heads has none), and to every state. transformers' own methods test for K/V by the sequence length, which
+        a hybrid layer counts with or without them. A static layer writes the results in place, its addresses
+        fixed (so `fn` must keep the batch size)."""
+        def apply(t: torch.Tensor) -> torch.Tensor:
+            return t.copy_(fn(t)) if self.static_addresses else fn(t)
+
+        if self.is_initialized:
+            self.keys, self.values = apply(self.keys), apply(self.values)
         for i in range(self.number_of_states):
             if self.is_conv_states_initialized[i]:
-                self.conv_states[i] = fn(self.conv_states[i])
+                self.conv_states[i] = apply(self.conv_states[i])
             if self.is_recurrent_states_initialized[i]:
-                self.recurrent_states[i] = fn(self.recurrent_states[i])
+                self.recurrent_states[i] = apply(self.recurrent_states[i])
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Beam search: keep the beams `beam_idx` (B,) picked, in the K/V and the states alike."""
+        self.map_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def crop(self, tokens_to_remove: int) -> None:
+        """Refused (`NO_ROLLBACK`): the GDN state cannot drop tokens it has absorbed, and transformers' crop
+        would cut the conv state along the wrong axis (its layout is (B, C, K), ours (B, K - 1, C))."""
+        raise CacheError(NO_ROLLBACK)
 
 
 class HybridHeadLayer(HybridStateMixin, LinearAttentionAndFullAttentionLayer):
@@ -127,16 +172,22 @@ class HybridHeadLayer(HybridStateMixin, LinearAttentionAndFullAttentionLayer):
         return self.seen_tokens + query_length, 0
 
     def reset(self) -> None:
-        super().reset()
+        """Back to a fresh layer: no K/V, no states, no weight tables. (transformers' reset zeroes K/V but keeps
+        their length, so the next forward would attend to zeroed keys after them.)"""
+        self.keys = self.values = None
+        self.is_initialized = False
+        for i in range(self.number_of_states):
+            self.conv_states[i] = self.recurrent_states[i] = None
+            self.is_conv_states_initialized[i] = self.is_recurrent_states_initialized[i] = False
+            self.has_previous_state[i] = False
         self.seen_tokens = 0
+        forget_weight_tables(self)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        super().batch_repeat_interleave(repeats)
-        self._map_states(lambda t: t.repeat_interleave(repeats, dim=0))
+        self.map_batch(lambda t: t.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        super().batch_select_indices(indices)
-        self._map_states(lambda t: t[indices])
+        self.map_batch(lambda t: t[indices])
 
 
 class HybridHeadStaticLayer(HybridStateMixin, LinearAttentionAndStaticFullAttentionLayer):
@@ -179,8 +230,11 @@ class HybridHeadStaticLayer(HybridStateMixin, LinearAttentionAndStaticFullAttent
             self.tokens += num_tokens
 
     def reset(self) -> None:
+        """Zero every buffer in place (addresses kept), count from 0, and drop the weight tables (the weights
+        may change before the next generation)."""
         super().reset()
         self.tokens, self.tokens_stale = 0, False
+        forget_weight_tables(self)
 
     def get_seq_length(self) -> torch.Tensor:
         return self.cumulative_length

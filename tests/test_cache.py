@@ -29,23 +29,78 @@ def test_conv_inputs_before_hands_over_the_left_context(max_cache_len):
 
 @pytest.mark.parametrize("max_cache_len", [None, 64])
 def test_store_recurrent_state_keeps_a_new_state_or_copies_into_a_fixed_address(max_cache_len):
-    """A dynamic cache keeps a kernel's fresh state tensor itself (no copy, outside autograd); a static cache
-    copies it into the buffer whose address a captured graph reads; with autograd on, both copy."""
+    """A dynamic cache keeps a kernel's fresh state tensor itself (no copy; with autograd on, always, so the
+    gradient flows back through it); a static cache copies it into the buffer whose address a captured graph
+    reads."""
     layer = hydrahead.HybridHeadCache(make_teacher().config, max_cache_len=max_cache_len).layers[0]
-    layer.store_recurrent_state(torch.randn(2, 3, 4, 4))
+    with torch.no_grad():
+        layer.store_recurrent_state(torch.randn(2, 3, 4, 4))
     first = layer.recurrent_state()
     new = torch.randn(2, 3, 4, 4)
     with torch.no_grad():
         layer.store_recurrent_state(new)
     assert (layer.recurrent_state() is new) == (max_cache_len is None)
     torch.testing.assert_close(layer.recurrent_state(), new, rtol=0, atol=0)
-    kept, newer = layer.recurrent_state(), torch.randn(2, 3, 4, 4)
-    layer.store_recurrent_state(newer)  # autograd on: copied in place
-    assert layer.recurrent_state() is kept and (max_cache_len is None or kept is first)
+    newer = torch.randn(2, 3, 4, 4).transpose(-1, -2)  # autograd on: a dynamic cache keeps any layout
+    layer.store_recurrent_state(newer)
+    assert (layer.recurrent_state() is newer) == (max_cache_len is None)
+    assert max_cache_len is None or layer.recurrent_state() is first
     torch.testing.assert_close(layer.recurrent_state(), newer, rtol=0, atol=0)
+    with torch.no_grad():
+        layer.store_recurrent_state(torch.randn(2, 3, 4, 4))
+    kept = layer.recurrent_state()
     # a state of another layout or dtype is copied (converted) into the kept one, never kept itself
     for other in (torch.randn(2, 3, 4, 4).transpose(-1, -2), torch.randn(2, 3, 4, 4, dtype=torch.float64)):
         with torch.no_grad():
             layer.store_recurrent_state(other)
         assert layer.recurrent_state() is kept and kept.dtype == torch.float32 and kept.is_contiguous()
         torch.testing.assert_close(kept, other.float(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("max_cache_len", [None, 64])
+def test_states_from_a_forward_with_autograd_stay_in_its_graph(max_cache_len):
+    """With autograd on, a dynamic cache keeps the new conv inputs and GDN state themselves (the gradient of a
+    later forward reaches the earlier one through them, and nothing autograd saved is overwritten); a static
+    cache copies them into its fixed buffers, detached."""
+    layer = hydrahead.HybridHeadCache(make_teacher().config, max_cache_len=max_cache_len).layers[0]
+    x = torch.randn(2, 5, 6, requires_grad=True)
+    layer.conv_window(x, 4)
+    layer.store_recurrent_state(x[:, :4, :4, None].expand(2, 4, 4, 4) * 2)
+    for state in (layer.conv_states[0], layer.recurrent_state()):
+        assert state.requires_grad == (max_cache_len is None)
+        assert state._base is None  # never a view of the whole input (which it would keep alive)
+    window = layer.conv_window(torch.randn(2, 3, 6), 4)
+    if max_cache_len is None:
+        (window.sum() + layer.recurrent_state().sum()).backward()
+        assert x.grad is not None and x.grad[:, 2:].abs().sum() > 0
+
+
+@pytest.mark.parametrize("op", ["reorder_cache", "batch_repeat_interleave", "batch_select_indices"])
+def test_batch_ops_reach_states_and_kv_of_layers_with_and_without_fa_heads(op):
+    """Beam search and transformers' batch edits act on every state, and on K/V where a layer has them: layer 0
+    here has no FA heads, so no K/V (transformers' own methods would index its missing keys)."""
+    from hydrahead import HeadPlan, HybridOptions
+
+    teacher = make_teacher()
+    model = hydrahead.convert(teacher, HeadPlan(((), (1, 2)), 4, 2), HybridOptions.preset("paper")).eval()
+    ids = torch.randint(0, model.config.vocab_size, (3, 7))
+    rows, arg = {"reorder_cache": ([2, 0, 0], torch.tensor([2, 0, 0])),
+                 "batch_repeat_interleave": ([0, 0, 1, 1, 2, 2], 2),
+                 "batch_select_indices": ([2, 1], torch.tensor([2, 1]))}[op]
+    with torch.no_grad():
+        cache = hydrahead.HybridHeadCache(model.config)
+        model(ids[:, :6], past_key_values=cache, use_cache=True)
+        assert cache.layers[0].keys is None and cache.layers[1].keys is not None
+        getattr(cache, op)(arg)
+        got = model(ids[rows, 6:], past_key_values=cache, use_cache=True).logits
+        expected = model(ids[rows], use_cache=False).logits[:, 6:]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_a_hybrid_cache_refuses_to_roll_back():
+    """`crop` (what assisted and prompt-lookup decoding call) cannot undo a GDN state: a CacheError, and the
+    cache says it is not croppable."""
+    cache = hydrahead.HybridHeadCache(make_teacher().config)
+    assert not cache.is_croppable
+    with pytest.raises(hydrahead.CacheError, match="cannot be rolled back"):
+        cache.crop(-1)

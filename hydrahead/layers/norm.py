@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 T = TypeVar("T")
+WEIGHT_TABLES = "weight_tables"  # the attribute of a cache layer that holds its tables
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -49,16 +50,23 @@ def head_table(*parts: tuple[torch.Tensor, int]) -> torch.Tensor:
 def weight_table(store: object | None, name: str, build: Callable[[], T]) -> T:
     """build(): a tensor (or tuple of them) made from weights alone (a per-head table), kept in `store`, the
     layer's cache layer, under `name`: it lives for one generation, through which the weights do not change,
-    so a decode step launches no kernels for it. Built afresh without a cache, with autograd on (it belongs
-    to the graph), under torch.compile (which fuses it into the step) and while torch.jit traces (a kept
-    table would become a constant). Never kept on the module: an optimizer step (fused AdamW's among them),
-    a `.data` edit or a broadcast changes weights without a trace a key could check."""
+    so a decode step launches no kernels for it; the cache's `reset` drops it (`forget_weight_tables`). `name`
+    ends with the dtype the table depends on, so a model cast between two forwards on one cache builds new
+    tables. Built afresh without a cache, with autograd on (it belongs to the graph), under torch.compile
+    (which fuses it into the step) and while torch.jit traces (a kept table would become a constant). Never
+    kept on the module: an optimizer step (fused AdamW's among them), a `.data` edit or a broadcast changes
+    weights without a trace a key could check."""
     if store is None or torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return build()
-    tables = store.__dict__.setdefault("weight_tables", {})
+    tables = store.__dict__.setdefault(WEIGHT_TABLES, {})
     if name not in tables:
         tables[name] = build()
     return tables[name]
+
+
+def forget_weight_tables(store: object) -> None:
+    """Drop the tables `weight_table` keeps in `store` (a cache layer being reset for another generation)."""
+    store.__dict__.pop(WEIGHT_TABLES, None)
 
 
 class RMSNorm(nn.Module):

@@ -14,11 +14,12 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, StaticCache
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import Concatenate, WeightConverter
+from transformers.generation import GenerationMode
 
 from hydrahead.errors import CacheError, CheckpointError
 from hydrahead.layers.context import ForwardContext, packed_documents
 from hydrahead.layers.hybrid_attention import HybridAttention
-from hydrahead.cache import HybridHeadCache
+from hydrahead.cache import NO_ROLLBACK, HybridHeadCache
 from hydrahead.models.families import FAMILIES, Family
 from hydrahead.models.shape import head_dim
 from hydrahead.options import HybridOptions
@@ -60,18 +61,18 @@ class HybridCausalLMMixin:
             )
         self.hydrahead_plan, self.hydrahead_options = plan, options
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
         """transformers' save_pretrained, plus the modeling code that `trust_remote_code=True` loads
-        without hydrahead (models/remote_code.py) and its `auto_map` in config.json. Always in the current
-        layout: transformers would otherwise "revert" the fused projections into the old names (splitting
-        them into equal parts, which they are not)."""
+        without hydrahead (models/remote_code.py) and its `auto_map` in config.json, written by the rank that
+        transformers lets write the checkpoint. Always in the current layout: transformers would otherwise
+        "revert" the fused projections into the old names (splitting them into equal parts, which they are not)."""
         kwargs["save_original_format"] = False
-        super().save_pretrained(save_directory, *args, **kwargs)
+        super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
         try:
             from hydrahead.models.remote_code import add_remote_code
         except ImportError:  # running from a checkpoint's bundled copy: transformers copies its files itself
             return
-        if kwargs.get("is_main_process", True):
+        if self.should_save_on_this_rank(is_main_process):
             add_remote_code(save_directory, self)
 
     # position_ids and logits_to_keep must stay named parameters: generate() only derives padding-aware
@@ -169,6 +170,14 @@ class HybridCausalLMMixin:
 
     def continuous_batching_context_manager(self, *args, **kwargs):
         raise CacheError(CONTINUOUS_BATCHING)
+
+    def _validate_generation_mode(self, generation_mode, generation_config, generation_mode_kwargs):
+        """As transformers', and refuses assisted decoding (an assistant model, prompt lookup, MTP) and serving as
+        another model's assistant before anything runs: both roll the cache back after rejected draft tokens, which
+        a hybrid cache cannot (NO_ROLLBACK; its `crop` refuses too, the last line of defence)."""
+        super()._validate_generation_mode(generation_mode, generation_config, generation_mode_kwargs)
+        if generation_mode == GenerationMode.ASSISTED_GENERATION or generation_config.is_assistant:
+            raise CacheError(NO_ROLLBACK)
 
     def _own_cache(self, past_key_values) -> HybridHeadCache:
         """Our cache in place of an empty transformers one (None, DynamicCache, StaticCache keeps its size)."""

@@ -37,3 +37,32 @@ def test_scaled_queries_equal_a_sharper_softmax_per_position():
             torch.testing.assert_close(got[:, t], fa(x, embeddings, None, position_ids=position_ids)[:, t])
         fa.scaling = base
         assert not torch.allclose(got[:, 11], fa(x, embeddings, None, position_ids=position_ids)[:, 11])
+
+
+def test_the_attention_function_gets_position_ids_as_the_teachers_does():
+    """transformers' flash attention separates packed documents by `position_ids`, which it reads from the
+    attention function's keyword arguments: the FA branch passes them on, as the teacher's attention does."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    seen = []
+
+    def probe(module, query, key, value, attention_mask, **kwargs):
+        seen.append(kwargs.get("position_ids"))
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    teacher = make_teacher()
+    hybrid = hydrahead.convert(teacher, HeadPlan(((0, 3), (2,)), 4, 2), HybridOptions.preset("paper", train_length=8))
+    ids = torch.randint(0, teacher.config.vocab_size, (1, 8))
+    position_ids = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3]])  # two packed documents
+    AttentionInterface.register("hydrahead_test_probe", probe)
+    try:
+        for model in (teacher, hybrid):
+            model.config._attn_implementation = "hydrahead_test_probe"
+            seen.clear()
+            with torch.no_grad():
+                model(ids, position_ids=position_ids, use_cache=False)
+            assert len(seen) == model.config.num_hidden_layers
+            assert all(p is not None and torch.equal(p, position_ids) for p in seen)
+    finally:
+        AttentionInterface._global_mapping.pop("hydrahead_test_probe", None)

@@ -39,8 +39,8 @@ def test_tables_live_in_the_cache_for_one_generation():
     with torch.no_grad():
         model(ids[:, :10], past_key_values=cache, use_cache=True)
         first = tables(cache)
-        assert {name for _, name in first} == {"fa qk_norm", "gdn qk_norm torch.float32", "fusion torch.float32",
-                                               "gdn gate"}
+        assert {name for _, name in first} == {"fa qk_norm torch.float32", "gdn qk_norm torch.float32",
+                                               "fusion torch.float32", "gdn gate torch.float32"}
         model(ids[:, 10:11], past_key_values=cache, use_cache=True)
     assert tables(cache).keys() == first.keys()
     assert all(tables(cache)[k] is t for k, t in first.items())  # a step reuses them
@@ -83,3 +83,26 @@ def test_a_new_generation_sees_changed_weights(change):
     after, _ = prefill_and_steps(model, ids, grad=False)
     assert not torch.allclose(after, before)
     torch.testing.assert_close(after, prefill_and_steps(model, ids, grad=True)[0])
+
+
+@pytest.mark.parametrize("max_cache_len", [None, 32])
+def test_a_reset_cache_drops_its_tables(max_cache_len):
+    """A cache reused for another generation (reset) sees weights changed in between, and a dtype cast (the
+    dynamic cache, whose buffers are made afresh): it gives what a fresh cache gives."""
+    model = hybrid()
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    cache = hydrahead.HybridHeadCache(model.config, max_cache_len=max_cache_len)
+    with torch.no_grad():
+        model(ids, past_key_values=cache, use_cache=True)
+        assert tables(cache)
+        cache.reset()
+        assert tables(cache) == {}
+        for name, p in model.named_parameters():
+            if name.endswith(("gain", "norm.weight", "A_log", "dt_bias")):
+                p.mul_(torch.rand_like(p) + 0.5)
+        if max_cache_len is None:
+            model.to(torch.float64)
+        got = model(ids, past_key_values=cache, use_cache=True).logits
+        fresh = model(ids, past_key_values=hydrahead.HybridHeadCache(model.config, max_cache_len=max_cache_len),
+                      use_cache=True).logits
+    torch.testing.assert_close(got, fresh, rtol=0, atol=0)

@@ -211,3 +211,75 @@ def test_cache_bytes_are_what_the_footprint_says(max_cache_len, shared_kv):
     held = cache.nbytes()
     assert held["kv"] == B * (max_cache_len or T) * expected["kv_bytes_per_token"]
     assert held["recurrent"] + held["conv"] == B * expected["state_bytes_per_sequence"]
+
+
+@pytest.mark.parametrize("cache_implementation", [None, "static"])
+@pytest.mark.parametrize("plan", ["mixed", "no-fa-in-layer0"])
+def test_beam_search_equals_beam_search_without_a_cache(plan, cache_implementation):
+    """Beam search reorders every cache layer's states and, where the layer has them, its K/V ("mixed" has FA
+    heads in every layer, "no-fa-in-layer0" none in layer 0); a static cache reorders them in place."""
+    model = hybrid(plan=plan)
+    ids = torch.randint(0, model.config.vocab_size, (2, 7))
+    out = model.generate(ids, max_new_tokens=6, num_beams=3, do_sample=False,
+                         cache_implementation=cache_implementation)
+    assert torch.equal(out, model.generate(ids, max_new_tokens=6, num_beams=3, do_sample=False, use_cache=False))
+
+
+@pytest.mark.parametrize("max_cache_len", [None, 32])
+def test_a_reset_cache_runs_as_a_fresh_one(max_cache_len):
+    """reset() puts the cache back to a fresh one: the next tokens see nothing of the earlier ones (transformers'
+    dynamic reset zeroes K/V but keeps their length)."""
+    model = hybrid()
+    first, second = torch.randint(0, model.config.vocab_size, (2, 9)), torch.randint(0, model.config.vocab_size, (2, 5))
+    with torch.no_grad():
+        cache = hydrahead.HybridHeadCache(model.config, max_cache_len=max_cache_len)
+        model(first, past_key_values=cache, use_cache=True)
+        cache.reset()
+        assert int(cache.get_seq_length()) == 0
+        got = [model(second, past_key_values=cache, use_cache=True).logits,
+               model(first[:, :1], past_key_values=cache, use_cache=True).logits]
+        fresh = hydrahead.HybridHeadCache(model.config, max_cache_len=max_cache_len)
+        expected = [model(second, past_key_values=fresh, use_cache=True).logits,
+                    model(first[:, :1], past_key_values=fresh, use_cache=True).logits]
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("plan", ["mixed", "no-fa-in-layer0"])
+def test_gradients_through_a_cache_equal_one_forwards(plan):
+    """Training on consecutive segments through one dynamic cache (as with transformers' DynamicCache): the
+    gradient of every weight equals that of one forward over the whole sequence, the later segments' reaching
+    the earlier ones through K/V, the conv inputs and the GDN state (a decode-sized segment among them)."""
+    model = hybrid(plan=plan).train()  # the tiny config has no dropout
+    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    weights = torch.randn(2, 16, model.config.vocab_size)  # a loss that weighs every logit differently
+
+    def gradients(logits):
+        model.zero_grad()
+        (logits * weights).sum().backward()
+        return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    whole = gradients(model(ids, use_cache=False).logits)
+    cache = hydrahead.HybridHeadCache(model.config)
+    pieces = gradients(torch.cat([model(ids[:, a:b], past_key_values=cache, use_cache=True).logits
+                                  for a, b in ((0, 8), (8, 9), (9, 16))], dim=1))
+    assert pieces.keys() == whole.keys()
+    for name, grad in whole.items():
+        torch.testing.assert_close(pieces[name], grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_assisted_and_prompt_lookup_decoding_are_refused_in_one_line():
+    """Both roll the cache back after rejected draft tokens, which a GDN state cannot: refused before anything
+    runs, as the main model or as another model's assistant."""
+    model = hybrid()
+    teacher = make_teacher()
+    ids = torch.randint(0, model.config.vocab_size, (1, 6)).repeat(1, 3)
+    calls = [lambda: model.generate(ids, max_new_tokens=4, do_sample=False, prompt_lookup_num_tokens=3),
+             lambda: model.generate(ids, max_new_tokens=4, do_sample=False, prompt_lookup_num_tokens=3,
+                                    past_key_values=hydrahead.HybridHeadCache(model.config)),
+             lambda: model.generate(ids, max_new_tokens=4, do_sample=False, assistant_model=teacher),
+             lambda: teacher.generate(ids, max_new_tokens=4, do_sample=False, assistant_model=model,
+                                      pad_token_id=0)]
+    for call in calls:
+        with pytest.raises(hydrahead.CacheError, match="cannot be rolled back: assisted / prompt-lookup decoding"):
+            call()

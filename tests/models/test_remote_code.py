@@ -93,3 +93,20 @@ def test_config_names_the_code_and_the_copy_imports_nothing_of_hydrahead(saved):
             stripped = line.strip()
             if stripped.startswith(("from hydrahead", "import hydrahead")):
                 assert "remote_code" in stripped, (file.name, line)  # only the guarded re-save hook
+
+
+def test_only_the_rank_transformers_saves_on_writes_the_code(tmp_path, monkeypatch):
+    """Under torch.distributed, transformers writes a checkpoint from rank 0 only (should_save_on_this_rank),
+    whatever `is_main_process` says; the modeling code follows the same decision."""
+    import transformers.distributed.mixin as mixin
+
+    model = hydrahead.convert(make_teacher("qwen3"), HeadPlan(((0,), (3,)), 4, 2))
+    monkeypatch.setattr(mixin, "_is_torch_distributed_initialized", lambda: True)
+    monkeypatch.setattr(mixin, "_get_torch_distributed_rank", lambda: 1)
+    model.save_pretrained(tmp_path / "rank1")
+    assert not list((tmp_path / "rank1").glob("*.py"))
+    monkeypatch.setattr(mixin, "_get_torch_distributed_rank", lambda: 0)
+    model.save_pretrained(tmp_path / "rank0", False)  # is_main_process=False, positionally
+    assert not list((tmp_path / "rank0").glob("*.py"))
+    model.save_pretrained(tmp_path / "rank0")
+    assert (tmp_path / "rank0" / "modeling_hydrahead.py").is_file()
