@@ -51,7 +51,9 @@ CONFIGS = {"align": AlignStageConfig, "distill": DistillStageConfig, "long_conte
 
 
 class RandomTokens:
-    """A SequenceSource of uniformly random token ids (deterministic)."""
+    """A SequenceSource of uniformly random token ids (deterministic), every sequence full."""
+
+    pad_id = None
 
     def __init__(self, vocab: int, seq_len: int) -> None:
         self.vocab, self.seq_len = vocab, seq_len

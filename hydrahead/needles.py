@@ -4,10 +4,12 @@ Head-scoring probes (`scoring.probes`), evaluation tasks (`eval.tasks`) and the 
 documents (`demo.teacher_data`) all build their text from this module, so what heads are scored on, what
 models are evaluated on and what the teacher is trained on is the same prompt. It owns:
 - the text sources: haystack sentences, needle keys and needle values (below);
+- `distinct` and `draw_keys`: draws of keys and values that never repeat one another, so a prompt holds
+  the asked value in its asked needle only (and a word value is never a word of a key);
 - the templates (RULER's, Hsieh et al. 2024): the needle sentence, the question and its answer prefix;
-- `place`, which inserts needles into filler at their depths.
-Probes keep only the same-token-length counterfactual pairing; tasks keep only the RULER task specs and
-length fitting.
+- `place`, which inserts needles into filler at their depths (`arrangement`: the order it joins them in).
+Probes keep only the same-token-length counterfactual pairing and the token-level split of the prompt;
+tasks keep only the RULER task specs and length fitting.
 
 Haystacks (RULER's two kinds, without downloads):
 - "noise": RULER's repeated filler ("The grass is green. The sky is blue. ...").
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hydrahead.errors import NeedleError
@@ -113,6 +115,31 @@ def needle_value(kind: str, rng: random.Random) -> str:
     raise NeedleError(f"needle type must be one of {NEEDLE_TYPES}, got {kind!r}")
 
 
+def distinct(rng: random.Random, make: Callable[[random.Random], str], n: int, taken: set[str],
+             redraws: int = 10_000) -> list[str]:
+    """`n` draws of `make(rng)` that differ from each other and from everything in `taken` (redrawn until
+    they do); each is added to `taken`, so later draws avoid it too. NeedleError after `redraws` draws that
+    were taken (fewer possible values than needles)."""
+    out: list[str] = []
+    while len(out) < n:
+        item = make(rng)
+        if item not in taken:
+            taken.add(item)
+            out.append(item)
+        elif (redraws := redraws - 1) < 0:
+            raise NeedleError(f"could not draw {n} distinct values ({len(out)} drawn, the rest already taken): "
+                              "ask for fewer needles")
+    return out
+
+
+def draw_keys(rng: random.Random, n: int, taken: set[str]) -> list[str]:
+    """`n` distinct needle keys; `taken` gets the keys and their words, so no value drawn against it
+    afterwards (`distinct`) is a word of a key (echoing the question's key then never answers it)."""
+    keys = distinct(rng, needle_key, n, taken)
+    taken.update(word for key in keys for word in key.split("-"))
+    return keys
+
+
 # ----------------------------------------------------------------------------------------------- templates
 KIND = {"number": "numbers", "word": "words", "uuid": "uuids"}  # how the templates name a value type
 NEEDLE = "One of the special magic {kind} for {key} is: {value}."
@@ -148,14 +175,22 @@ def question(form: str, value_type: str, query: str, value: str) -> str:
     return QUESTION_FORMS[form].format(kind=KIND[value_type], query=query, value=value)
 
 
+def arrangement(filler: int, depths: Sequence[float]) -> list[int]:
+    """The order `place` joins `filler` sentences and one needle per depth in: indices 0..filler-1 are the
+    sentences, filler + i is needle i, inserted at the sentence boundary nearest its depth (0 = before the
+    first sentence, 1 = after the last); needles at one boundary keep their order."""
+    slots = sorted((round(d * filler), i) for i, d in enumerate(depths))
+    order, start = [], 0
+    for slot, i in slots:
+        order.extend(range(start, slot))
+        order.append(filler + i)
+        start = max(start, slot)
+    order.extend(range(start, filler))
+    return order
+
+
 def place(filler: Sequence[str], needles: Sequence[str], depths: Sequence[float]) -> str:
     """Filler sentences with each needle inserted at the sentence boundary nearest its depth (0 = before
     the first sentence, 1 = after the last), joined by spaces; needles at one boundary keep their order."""
-    slots = sorted((round(d * len(filler)), i) for i, d in enumerate(depths))
-    parts, start = [], 0
-    for slot, i in slots:
-        parts.extend(filler[start:slot])
-        parts.append(needles[i])
-        start = slot
-    parts.extend(filler[start:])
-    return " ".join(parts)
+    pieces = [*filler, *needles]
+    return " ".join(pieces[j] for j in arrangement(len(filler), depths))

@@ -1,6 +1,7 @@
 """The training checkpoint: one file, written atomically, holding everything a resumed run needs.
 
-Contents: model (full state dict, whatever the sharding), optimizer and scheduler (mid-stage only), the
+Contents: model (full state dict, whatever the sharding), optimizer and scheduler (mid-stage, and at the
+end of a stage a finished run may extend: `Stage.extendable`), the
 RNG states of every process, the data position, the stage, its step and tokens, and the recipe's
 identity (the keys that decide what is computed, with the plan's contents) and its fingerprint, digests
 of the run's inputs (teacher weights, tokenizer and data files: their contents, not only their paths) and
@@ -10,11 +11,13 @@ edited in place since the checkpoint, a damaged or incomplete file, a tensor tha
 The state dicts go through `torch.distributed.checkpoint.state_dict`, so one code path serves a plain
 module, DDP and FSDP2: every process takes part in gathering, the main process writes. The file is
 written to a temporary name and renamed (hydrahead.utils.io.atomic_write): a run killed while saving
-leaves the previous checkpoint intact.
+leaves the previous checkpoint intact. A write that fails (a full disk, a file-size limit) raises
+OutputError on the main process and DistillError on the others (`distributed.on_main`): no process hangs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 from collections.abc import Callable, Iterator
@@ -35,7 +38,7 @@ from torch.distributed.checkpoint.state_dict import (
 from hydrahead.distill import distributed
 from hydrahead.distill.data import DataPosition
 from hydrahead.distill.distributed import DistEnv
-from hydrahead.errors import ResumeError
+from hydrahead.errors import HydraHeadError, OutputError, ResumeError, one_line
 from hydrahead.distill.recipe import diff_identities
 from hydrahead.utils.io import atomic_write
 
@@ -168,6 +171,20 @@ def tensor_digests(model: dict[str, Any], optimizer: dict[str, Any] | None) -> d
 
 
 # ----------------------------------------------------------------------------------------------- save / load
+@contextlib.contextmanager
+def writing(path: Path):
+    """Inside: a write of `path`. atomic_write types the OSErrors it knows (OutputError); torch.save reports a
+    full disk or a file-size limit as a RuntimeError from its C++ writer ("unexpected pos ..."), and an
+    OSError may carry another errno: those become OutputError too, naming the file."""
+    try:
+        yield
+    except HydraHeadError:
+        raise
+    except (OSError, RuntimeError) as err:
+        raise OutputError(f"cannot write {path}: {one_line(err)} (a full disk or a file-size limit?); free space, "
+                          "then continue with --resume from the last checkpoint") from err
+
+
 def save(
     path: Path,
     env: DistEnv,
@@ -198,7 +215,8 @@ def save(
             "inputs": inputs or {},
             "digests": tensor_digests(model, optim),
         }
-        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+        with writing(path):
+            atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
     distributed.on_main(env, write)
 

@@ -6,7 +6,7 @@ boundary); the stream is cut into sequences of the stage's length. Attention is 
 boundaries (standard packed pre-training); the EOS token marks them.
 
 Two sources of sequences, one protocol (`iter_from(start)` yields the global sequence order from index
-`start`):
+`start`, each sequence its real tokens only, at most `seq_len` of them):
   PackedCorpus    (data.streaming = false) the token stream is written once to a cache file and memory
                   mapped; epoch e visits all sequences in a permutation seeded by (seed, stage, e), so
                   any position is reached by arithmetic.
@@ -14,8 +14,10 @@ Two sources of sequences, one protocol (`iter_from(start)` yields the global seq
                   on the fly; a resumed run re-reads and skips the consumed prefix (exact, but it costs
                   the tokenisation of that prefix).
 `BatchLoader` takes `batch_size` global sequences per micro-step and keeps this rank's slice of them,
-so N processes together see exactly the batches one process would; `DataPosition` is what a checkpoint
-stores to resume the stream.
+so N processes together see exactly the batches one process would, as a `Batch`: token ids padded to
+`seq_len` (with the tokenizer's pad token) and each row's real length, the one record of where padding is
+(never the token value: a pad token may be the EOS). `DataPosition` is what a checkpoint stores to resume
+the stream.
 """
 
 from __future__ import annotations
@@ -27,12 +29,13 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
 from hydrahead.errors import DataError
+from hydrahead.distill.losses import real_positions
 from hydrahead.distill.recipe import DataConfig
 from hydrahead.utils.io import atomic_write
 
@@ -164,9 +167,11 @@ def load_tokens(path: Path) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- sources
 class SequenceSource(Protocol):
     seq_len: int
+    pad_id: int | None  # what pads a sequence shorter than seq_len; None: every sequence is full
 
     def iter_from(self, start: int) -> Iterator[np.ndarray]:
-        """Global sequences (each (seq_len,) int) in training order, beginning at global index `start`."""
+        """Global sequences (each (n,) int, 1 <= n <= seq_len: its real tokens) in training order, beginning
+        at global index `start`."""
         ...
 
 
@@ -196,8 +201,9 @@ def document_rows(tokens: np.ndarray, seq_len: int, eos_id: int) -> np.ndarray:
 class PackedCorpus:
     """A memory-mapped token stream cut into sequences of `seq_len`; epoch e is a seeded permutation.
 
-    With `rows` ((N, 2) spans from `document_rows`), sequence i is span i padded with `pad_id` instead of
-    the i-th slice of `seq_len` tokens."""
+    With `rows` ((N, 2) spans from `document_rows`), sequence i is span i (shorter than `seq_len` when the
+    next document did not fit; `BatchLoader` pads it with `pad_id`) instead of the i-th slice of `seq_len`
+    tokens."""
 
     def __init__(self, tokens: np.ndarray, seq_len: int, seed: tuple[int, ...], shuffle: bool = True,
                  rows: np.ndarray | None = None, pad_id: int | None = None) -> None:
@@ -222,9 +228,7 @@ class PackedCorpus:
         if self.rows is None:
             return np.asarray(self.tokens[j * self.seq_len : (j + 1) * self.seq_len], dtype=np.int64)
         start, end = self.rows[j]
-        row = np.full(self.seq_len, self.pad_id, dtype=np.int64)
-        row[: end - start] = self.tokens[start:end]
-        return row
+        return np.asarray(self.tokens[start:end], dtype=np.int64)
 
     def iter_from(self, start: int) -> Iterator[np.ndarray]:
         for index in itertools.count(start):
@@ -233,6 +237,8 @@ class PackedCorpus:
 
 class StreamingPacked:
     """Documents through datasets' shuffle buffer (reseeded every epoch), packed on the fly."""
+
+    pad_id = None  # every sequence is full
 
     def __init__(self, files: list[Path], config: DataConfig, tokenize: Tokenize, seq_len: int, seed: int,
                  cache_dir: Path) -> None:
@@ -273,9 +279,41 @@ class DataPosition:
         return cls(sequences=int(state["sequences"]))
 
 
+class Batch(NamedTuple):
+    """One micro-step's sequences on one process."""
+
+    input_ids: torch.Tensor  # (B, T) int64; position t >= lengths[b] is padding
+    lengths: torch.Tensor  # (B,) int64: how many leading positions of each row are real tokens
+
+    @classmethod
+    def full(cls, input_ids: torch.Tensor) -> Batch:
+        """Rows without padding."""
+        B, T = input_ids.shape
+        return cls(input_ids, torch.full((B,), T, dtype=torch.long, device=input_ids.device))
+
+    @classmethod
+    def pad(cls, rows: list[np.ndarray], seq_len: int, pad_id: int | None) -> Batch:
+        """Rows of real tokens, each padded to `seq_len` with `pad_id`."""
+        lengths = [len(row) for row in rows]
+        if any(n < 1 or n > seq_len for n in lengths) or (pad_id is None and any(n < seq_len for n in lengths)):
+            raise ValueError(f"sequence lengths {lengths} do not fit seq_len {seq_len} (pad_id {pad_id})")
+        ids = np.full((len(rows), seq_len), 0 if pad_id is None else pad_id, dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+        return cls(torch.from_numpy(ids), torch.tensor(lengths, dtype=torch.long))
+
+    def real(self) -> torch.Tensor:
+        """(B, T) bool: True at real tokens, False at padding."""
+        return real_positions(self.lengths, self.input_ids.shape[1])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        return Batch(self.input_ids.to(device, non_blocking=non_blocking),
+                     self.lengths.to(device, non_blocking=non_blocking))
+
+
 class BatchLoader:
     """Per micro-step: the next `batch_size` global sequences, of which this rank keeps its contiguous
-    share (batch_size / world_size); returns (local_batch, seq_len) int64 token ids."""
+    share (batch_size / world_size), as a `Batch` of (local_batch, seq_len) token ids and their lengths."""
 
     def __init__(self, source: SequenceSource, batch_size: int, rank: int = 0, world_size: int = 1,
                  position: DataPosition | None = None) -> None:
@@ -287,10 +325,10 @@ class BatchLoader:
         self.position = DataPosition(position.sequences if position else 0)
         self._iter = source.iter_from(self.position.sequences)
 
-    def next(self) -> torch.Tensor:
+    def next(self) -> Batch:
         batch = list(itertools.islice(self._iter, self.batch_size))
         self.position.sequences += self.batch_size
-        return torch.from_numpy(np.stack(batch[self.offset : self.offset + self.local]))
+        return Batch.pad(batch[self.offset : self.offset + self.local], self.source.seq_len, self.source.pad_id)
 
 
 # ----------------------------------------------------------------------------------------------- preparation

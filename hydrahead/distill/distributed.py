@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hydrahead.errors import DistillError, HydraHeadError
+from hydrahead.errors import DistillError
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,14 @@ def barrier(env: DistEnv) -> None:
         dist.barrier()
 
 
+def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Sum of a tensor over processes (a copy; the input is unchanged)."""
+    value = value.detach().clone()
+    if env.distributed:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
 def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     """Mean of a tensor over processes (a copy; the input is unchanged)."""
     value = value.detach().clone()
@@ -87,12 +95,14 @@ def any_rank(flag: bool, env: DistEnv) -> bool:
 
 def on_main(env: DistEnv, work) -> None:
     """`work()` on the main process, then every process learns whether it failed: the main one re-raises
-    its error, the others raise DistillError, so that no process waits in a barrier for one that is gone."""
-    error = None
+    its error, the others raise DistillError, so that no process waits in a collective for one that is gone.
+    Any failure counts, not only ours (a RuntimeError from torch.save, a KeyboardInterrupt): every process
+    stops together. Typing a write failure (OutputError) is the caller's part (`checkpoint.writing`)."""
+    error: BaseException | None = None
     if env.is_main:
         try:
             work()
-        except HydraHeadError as err:
+        except BaseException as err:  # noqa: BLE001 - re-raised below, after the other processes know
             error = err
     if any_rank(error is not None, env):
         if error is not None:

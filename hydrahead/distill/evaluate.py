@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hydrahead.distill.data import Batch
 from hydrahead.distill.distributed import DistEnv
 
 
@@ -36,7 +37,9 @@ Evaluator = Callable[[EvalContext], dict[str, float]]
 
 class HeldoutPerplexity:
     """Next-token loss and perplexity of the student on fixed held-out sequences (the same on every
-    process, so no reduction is needed and every process runs the same forwards)."""
+    process, so no reduction is needed and every process runs the same forwards): the mean over every
+    target of every sequence (each batch's mean weighted by its target count, which the stage's labels
+    decide: fewer than B * (T - 1) with isolated documents)."""
 
     def __init__(self, sequences: torch.Tensor, batch_size: int) -> None:
         self.sequences, self.batch_size = sequences, max(1, batch_size)
@@ -45,11 +48,11 @@ class HeldoutPerplexity:
     def __call__(self, ctx: EvalContext) -> dict[str, float]:
         total, count = 0.0, 0
         for start in range(0, len(self.sequences), self.batch_size):
-            ids = self.sequences[start : start + self.batch_size].to(ctx.env.device)
+            batch = Batch.full(self.sequences[start : start + self.batch_size]).to(ctx.env.device)
             with ctx.autocast():
-                loss, _ = ctx.module(ids, ctx.stage, evaluate=True)
-            targets = ids.shape[0] * (ids.shape[1] - 1)
+                loss, _ = ctx.module(batch, ctx.stage, evaluate=True)
+            targets = ctx.stage.counts(batch).targets.item()
             total += loss.float().item() * targets
             count += targets
-        loss = total / count
+        loss = total / max(count, 1)
         return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}

@@ -10,8 +10,19 @@ Shapes:
     student[l], teacher[l]   (B, T, d)        layer l's output (stage 1); the loss is a mean over layers
     hidden, teacher_hidden   (B, T, d)        final hidden states (after the model's last norm)
     labels                   (B, T)           next-token targets, IGNORE where there is none
-    KL term                  mean over all B*T positions of  tau^2 * KL(softmax(z_t/tau) || softmax(z_s/tau))
+    positions                (B, T) bool      the positions that count: a row's real tokens, not its padding
+    KL term                  mean over `positions` of  tau^2 * KL(softmax(z_t/tau) || softmax(z_s/tau))
     CE term                  mean over positions whose label is not IGNORE
+
+Padding is found by position (a row's real tokens come first; `lengths` (B,) counts them), never by token
+value: a tokenizer whose pad token is its EOS (SmolLM2, Qwen3-Base) would otherwise lose every EOS.
+
+Normalisation. Every loss is a sum over what counts (targets, positions, or sequences for the per-sequence
+align terms) divided by a count. By default the count is the batch's own (a plain mean). In training the
+trainer passes `StepCounts`: the counts of the whole optimiser step (every micro-step, every process) over
+the number of processes, which DDP and FSDP average gradients over. Each micro-batch's loss is then its
+share of the step's mean, and the step's gradient is that of one mean over all its targets, however the
+global batch is split over micro-steps and processes (HF Trainer's `num_items_in_batch`).
 """
 
 from __future__ import annotations
@@ -29,20 +40,42 @@ from hydrahead.layers.context import document_offsets
 IGNORE = -100
 
 
+class StepCounts(NamedTuple):
+    """What summed loss terms are divided by: sequences (the align loss, a mean of per-sequence terms),
+    real (non-padding) positions (KL) and next-token targets (CE). Scalars: numbers or 0-d tensors."""
+
+    rows: torch.Tensor | float
+    positions: torch.Tensor | float
+    targets: torch.Tensor | float
+
+
+def step_counts(labels: torch.Tensor, positions: torch.Tensor) -> StepCounts:
+    """The counts of one batch: (B, T) labels and (B, T) bool positions -> float 0-d tensors."""
+    return StepCounts(torch.tensor(float(labels.shape[0]), device=labels.device), positions.sum().float(),
+                      (labels != IGNORE).sum().float())
+
+
 class KDLoss(NamedTuple):
     loss: torch.Tensor  # kl_weight * kl + ce_weight * ce, the value to minimise
     kl: torch.Tensor
     ce: torch.Tensor
 
 
-def next_token_labels(input_ids: torch.Tensor, pad_id: int | None = None, eos_id: int | None = None) -> torch.Tensor:
+def real_positions(lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """(B,) real-token counts -> (B, seq_len) bool: True at each row's first lengths[b] positions."""
+    return torch.arange(seq_len, device=lengths.device) < lengths[:, None]
+
+
+def next_token_labels(input_ids: torch.Tensor, *, lengths: torch.Tensor | None = None,
+                      eos_id: int | None = None) -> torch.Tensor:
     """(B, T) -> (B, T): labels[:, t] = input_ids[:, t + 1]; the last position has no target, nor has a
-    position whose next token is `pad_id` (the padding of document-packed rows), nor (`eos_id`, isolated
-    documents) an EOS, whose next token starts another document."""
+    position whose next position is padding (t + 1 >= lengths[b], `lengths` (B,): document-packed rows),
+    nor (`eos_id`, isolated documents) an EOS, whose next token starts another document. Padding is known
+    by position only, so a pad token equal to EOS leaves every EOS a target."""
     labels = torch.full_like(input_ids, IGNORE)
     labels[:, :-1] = input_ids[:, 1:]
-    if pad_id is not None:
-        labels = labels.masked_fill(labels == pad_id, IGNORE)
+    if lengths is not None:
+        labels = labels.masked_fill(~real_positions(lengths - 1, input_ids.shape[1]), IGNORE)
     if eos_id is not None:
         labels = labels.masked_fill(input_ids == eos_id, IGNORE)
     return labels
@@ -72,12 +105,13 @@ def sequence_variance(teacher: torch.Tensor, weight: torch.Tensor) -> torch.Tens
 
 
 def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], kind: AlignLoss = "nmse",
-                      eps: float = 1e-8, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      eps: float = 1e-8, positions: torch.Tensor | None = None,
+                      rows: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Paper Eq. 15, per layer, averaged over layers (the paper sums; the mean only rescales). Returns
     (loss, per-layer terms detached, (L,)).
 
-        mse:   term_l = mean_b  mean_{t,k} (s - t)^2
-        nmse:  term_l = mean_b [mean_{t,k} (s - t)^2 / max(var_b(t), eps)],
+        mse:   term_l = sum_b  mean_{t,k} (s - t)^2                        / rows
+        nmse:  term_l = sum_b [mean_{t,k} (s - t)^2 / max(var_b(t), eps)] / rows,
                var_b(t) = mean_k mean_t (t - mean_t t)^2   (sequence b's teacher variance; detached)
 
     Why nmse: hidden-state norms grow by orders of magnitude with depth and a few residual features carry
@@ -89,7 +123,9 @@ def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.T
     otherwise inflate the denominator and hide errors in what varies. Per sequence rather than per batch:
     the loss is then a mean over sequences, the same however the global batch is split over processes
     and micro-steps (a recipe trains the same on 1 or N processes). `positions` (B, T) bool: the positions
-    that count, in both terms (the padding of document-packed rows does not); default all.
+    that count, in both terms (the padding of document-packed rows does not); default all. `rows`: what the
+    per-sequence terms' sum is divided by, default B (the mean over sequences; training passes the step's
+    sequence count, `StepCounts.rows`).
     """
     if len(student) != len(teacher):
         raise ValueError(f"{len(student)} student hidden states vs {len(teacher)} teacher hidden states")
@@ -102,7 +138,7 @@ def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.T
         per_sequence = _position_mean((s.float() - t.float()).pow(2), weight).mean(-1)  # (B,)
         if kind == "nmse":
             per_sequence = per_sequence / sequence_variance(t, weight).detach().clamp(min=eps)
-        terms.append(per_sequence.mean())
+        terms.append(per_sequence.sum() / (per_sequence.shape[0] if rows is None else rows))
     per_layer = torch.stack(terms)  # (L,)
     return per_layer.mean(), per_layer.detach()
 
@@ -135,13 +171,16 @@ def kd_loss_reference(
     temperature: float = 1.0,
     kl_weight: float = 1.0,
     ce_weight: float = 1.0,
+    positions: torch.Tensor | None = None,
+    counts: StepCounts | None = None,
 ) -> KDLoss:
     """Unchunked KL + CE on full (B, T, V) logits: the spec of `chunked_kd_loss`."""
-    positions = labels.numel()
-    targets = (labels != IGNORE).sum().clamp(min=1)
+    weight = None if positions is None else positions.to(_up(student_logits).dtype)
+    kl_count = (labels.numel() if positions is None else positions.sum().clamp(min=1)) if counts is None else counts.positions
+    ce_count = (labels != IGNORE).sum().clamp(min=1) if counts is None else counts.targets
     zero = _up(student_logits).new_zeros(())
-    kl = _kl_sum(student_logits, teacher_logits, temperature) / positions if teacher_logits is not None else zero
-    ce = _ce_sum(student_logits, labels) / targets
+    kl = _kl_sum(student_logits, teacher_logits, temperature, weight) / kl_count if teacher_logits is not None else zero
+    ce = _ce_sum(student_logits, labels) / ce_count
     return KDLoss(kl_weight * kl + ce_weight * ce, kl, ce)
 
 
@@ -169,13 +208,16 @@ def chunked_kd_loss(
     ce_weight: float = 1.0,
     chunk: int = 1024,
     kl_positions: torch.Tensor | None = None,
+    counts: StepCounts | None = None,
 ) -> KDLoss:
     """KL(teacher || student) + CE from final hidden states, `chunk` sequence positions at a time.
-    KL is the mean over every position, or over `kl_positions` ((B, T) bool) when given (isolated
-    documents: not over padding).
+    KL is the mean over every position, or over `kl_positions` ((B, T) bool: a row's real tokens, not its
+    padding) when given; CE the mean over targets. With `counts`, the sums are divided by
+    `counts.positions` and `counts.targets` instead (the optimiser step's counts: module docstring).
 
-    Without `kl_positions`, equal to `kd_loss_reference(head(hidden), teacher_head(teacher_hidden), labels,
-    ...)` in value and gradient. Without a teacher (teacher_hidden None, or kl_weight 0) it is the chunked next-token CE.
+    Equal to `kd_loss_reference(head(hidden), teacher_head(teacher_hidden), labels, ..., kl_positions,
+    counts)` in value and gradient. Without a teacher (teacher_hidden None, or kl_weight 0) it is the
+    chunked next-token CE.
     """
     with_kl = teacher_hidden is not None and kl_weight > 0
     if with_kl and teacher_head is None:
@@ -194,7 +236,10 @@ def chunked_kd_loss(
         else:
             kl, ce = _chunk_sums(*args)
         kl_total, ce_total = kl_total + kl, ce_total + ce
-    kl = kl_total / (B * T if kl_positions is None else kl_positions.sum().clamp(min=1))
-    ce = ce_total / (labels != IGNORE).sum().clamp(min=1)
+    if counts is None:
+        kl = kl_total / (B * T if kl_positions is None else kl_positions.sum().clamp(min=1))
+        ce = ce_total / (labels != IGNORE).sum().clamp(min=1)
+    else:
+        kl, ce = kl_total / counts.positions, ce_total / counts.targets
     loss = (kl_weight * kl if with_kl else 0.0) + (ce_weight * ce if with_kl else ce)
     return KDLoss(loss, kl.detach(), ce.detach())

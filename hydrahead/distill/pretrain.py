@@ -53,7 +53,10 @@ def model_config(recipe: PretrainRecipe, tokenizer: Any):
 def extends(old: dict[str, Any], recipe: PretrainRecipe, step: int) -> bool:
     """Whether `recipe` differs from the checkpoint's recipe identity `old` only by a larger stage token
     budget, with a constant schedule whose warm-up both budgets have finished by `step`: continuing is then
-    the same training, longer."""
+    the same training, longer. The continued run restores the optimiser (AdamW's moments and step count)
+    and the scheduler's step, also from a finished run's checkpoint; the lr is the schedule over the new
+    total at that step (no second warm-up; constant: the peak). A finished run's checkpoint written before
+    they kept the optimiser goes on with fresh AdamW moments, its schedule still at its step."""
     new = recipe.identity()
     rest = {k: v for k, v in old.items() if k != "stage"} == {k: v for k, v in new.items() if k != "stage"}
     stage = {k: v for k, v in old.get("stage", {}).items() if k != "tokens"} == {
@@ -122,13 +125,12 @@ def pretrain(
                                    accept=lambda old, step: extends(old, recipe, step), inputs=inputs,
                                    is_main=env.is_main, barrier=lambda: distributed.barrier(env))
         if checkpoint is not None and checkpoint.state.done and checkpoint.state.tokens < recipe.stage.tokens:
-            checkpoint.state.done = False  # a longer budget: the finished stage goes on
+            checkpoint.state.done = False  # a longer budget: the finished stage goes on, optimiser state and all
 
         cache_dir = Path(recipe.data.cache_dir) if recipe.data.cache_dir else output_dir / "cache"
         corpora = Corpora(recipe.data, Tokenize(tokenizer, eos), cache_dir, env.is_main,
                           lambda: distributed.barrier(env), pad_id=tokenizer.pad_token_id)
-        pad = corpora.pad_id
-        stage = PretrainStage(recipe.stage, 0, pad_id=pad)
+        stage = PretrainStage(recipe.stage, 0)
         source = corpora.train_source(files, recipe.stage.seq_len, recipe.seed, 0, "data.train_files")
         heldout = corpora.eval_batches(eval_files, recipe.stage.seq_len, recipe.data.eval_sequences)
         builtin = [HeldoutPerplexity(heldout, recipe.stage.batch_size // env.world_size)] if heldout is not None else []

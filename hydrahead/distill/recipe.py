@@ -7,8 +7,9 @@ missing required key, a value of the wrong type and an out-of-range value. Relat
 recipe are relative to the recipe file, so a recipe and its data can move together.
 
 Batch sizes are global: `batch_size` sequences per micro-step over all processes together (each of N
-processes takes batch_size / N), `grad_accum` micro-steps per optimiser step. The same recipe therefore
-trains the same way on one process or on many.
+processes takes batch_size / N), `grad_accum` micro-steps per optimiser step, and every loss is divided by
+the counts (targets, real positions, sequences) of the whole optimiser step, not of a micro-batch. The same
+recipe therefore trains the same way on one process or on many, with padded rows too.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class DataConfig:
     packing: Literal["concat", "documents"] = "concat"
     """How documents fill training rows. concat: one stream cut every seq_len tokens (documents run across
     rows). documents: a document that fits in a row is never cut; it starts a new row when it does not fit
-    in what is left, the rest of the row is padding with no loss (longer documents are cut into full rows).
+    in what is left, the rest of the row is padding with no loss in any term (found by position, so a pad
+token equal to EOS is fine; longer documents are cut into full rows).
     For retrieval data, where a cut separates a needle from its question. Needs streaming: false."""
     isolate_documents: bool = False
     """With packing: documents, each document of a row sees only itself, as if run alone: position ids

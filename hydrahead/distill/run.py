@@ -157,7 +157,6 @@ def load_inputs(run_: DistillRun, evaluators: Sequence[Evaluator], teacher: torc
     corpora = Corpora(recipe.data, Tokenize(run_.tokenizer, eos), cache_dir,
                       env.is_main, lambda: distributed.barrier(env), pad_id=run_.tokenizer.pad_token_id)
     for stage in run_.stages:
-        stage.pad_id = corpora.pad_id  # document-packed rows: no loss on their padding
         stage.eos_id = eos if recipe.data.isolate_documents else None
     for stage in run_.remaining:
         files, key = run_.train_files[stage.name]

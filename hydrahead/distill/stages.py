@@ -9,6 +9,11 @@
 
 `TrainModule` wraps the student so that a whole training forward, loss included, is one module call:
 that is what DDP and FSDP hook into, and it lets the chunked loss use the student's lm_head inside it.
+
+A stage sees a `Batch` (token ids and each row's real length): padding carries no loss in any stage, found
+by position. In training, `loss` gets the optimiser step's `StepCounts` (losses.py): each micro-batch's loss
+is its share of the step's mean (KL over real positions, CE over targets, align over sequences), so the
+step's gradient does not depend on how the global batch is split over micro-steps and processes.
 """
 
 from __future__ import annotations
@@ -19,12 +24,20 @@ import torch
 from torch import nn
 
 from hydrahead.errors import RecipeError
-from hydrahead.distill.losses import chunked_kd_loss, document_positions, hidden_state_loss, next_token_labels
+from hydrahead.distill.data import Batch
+from hydrahead.distill.losses import (
+    StepCounts,
+    chunked_kd_loss,
+    document_positions,
+    hidden_state_loss,
+    next_token_labels,
+    step_counts,
+)
 from hydrahead.distill.recipe import AlignStageConfig, DistillStageConfig, StageConfig
 from hydrahead.models.convert import hybrid_parameters
 
-# Per micro-step: a scalar, or a vector (e.g. one value per layer), averaged over micro-steps and processes;
-# metrics.jsonl holds a vector as a list.
+# Per micro-step: a scalar, or a vector (e.g. one value per layer), normalised like the loss (by the step's
+# counts), so summed over micro-steps and averaged over processes; metrics.jsonl holds a vector as a list.
 Metrics = dict[str, torch.Tensor]
 
 
@@ -33,18 +46,25 @@ class Stage:
 
     name = "stage"
     needs_teacher = False
+    extendable = False  # a finished run may go on with a larger token budget: its last checkpoint keeps the optimiser
 
-    def __init__(self, config: StageConfig, index: int, pad_id: int | None = None) -> None:
+    def __init__(self, config: StageConfig, index: int) -> None:
         self.config, self.index = config, index
-        self.pad_id = pad_id  # targets equal to it carry no loss (document-packed rows); None: every target
         self.eos_id: int | None = None  # set: documents of a row are isolated (data.isolate_documents)
 
-    def labels(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return next_token_labels(input_ids, self.pad_id, self.eos_id)
+    def labels(self, batch: Batch) -> torch.Tensor:
+        """(B, T) next-token targets: none into padding, none across an EOS of isolated documents."""
+        return next_token_labels(batch.input_ids, lengths=batch.lengths, eos_id=self.eos_id)
 
-    def inputs(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    def counts(self, batch: Batch) -> StepCounts:
+        """This batch's sequences, real positions and targets (the trainer sums them over the step)."""
+        return step_counts(self.labels(batch), batch.real())
+
+    def inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         """What a teacher or student forward gets besides the ids: restarting position ids when documents
-        are isolated (transformers masks FA across them, hydrahead's GDN heads restart at them)."""
+        are isolated (transformers masks FA across them, hydrahead's GDN heads restart at them). Padding
+        needs no mask: it follows a row's real tokens, which causal attention keeps from seeing it."""
+        input_ids = batch.input_ids
         if self.eos_id is None:
             return {"input_ids": input_ids}
         return {"input_ids": input_ids, "position_ids": document_positions(input_ids, self.eos_id)}
@@ -56,23 +76,27 @@ class Stage:
     def finish(self, student: nn.Module) -> None:
         """Undo stage-only structure at the end of the stage (merge LoRA)."""
 
-    def teacher_targets(self, teacher: nn.Module, input_ids: torch.Tensor) -> Any:
+    def teacher_targets(self, teacher: nn.Module, batch: Batch) -> Any:
         """What the loss needs from the teacher for this batch (computed without gradients)."""
         return None
 
-    def loss(self, student: nn.Module, input_ids: torch.Tensor, targets: Any) -> tuple[torch.Tensor, Metrics]:
-        """The training loss; the base stage's (and stage 3's) is next-token cross-entropy."""
-        return self.heldout_loss(student, input_ids)
+    def loss(self, student: nn.Module, batch: Batch, targets: Any,
+             counts: StepCounts | None = None) -> tuple[torch.Tensor, Metrics]:
+        """The training loss, divided by `counts` (the step's) or by this batch's own counts; the base
+        stage's (and stage 3's) is next-token cross-entropy."""
+        return self.heldout_loss(student, batch, counts)
 
     def progress_fields(self, metrics: dict[str, Any]) -> dict[str, str]:
         """A few of the step's (reduced) metrics for the progress line, formatted; loss and lr are always there."""
         return {}
 
-    def heldout_loss(self, student: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, Metrics]:
-        """Next-token cross-entropy, what held-out evaluation reports whatever the stage trains on."""
-        hidden = student.model(**self.inputs(input_ids), use_cache=False).last_hidden_state
-        out = chunked_kd_loss(hidden, student.lm_head, self.labels(input_ids),
-                              chunk=getattr(self.config, "loss_chunk", 1024))
+    def heldout_loss(self, student: nn.Module, batch: Batch,
+                     counts: StepCounts | None = None) -> tuple[torch.Tensor, Metrics]:
+        """Next-token cross-entropy (the mean over this batch's targets unless `counts`), what held-out
+        evaluation reports whatever the stage trains on."""
+        hidden = student.model(**self.inputs(batch), use_cache=False).last_hidden_state
+        out = chunked_kd_loss(hidden, student.lm_head, self.labels(batch),
+                              chunk=getattr(self.config, "loss_chunk", 1024), counts=counts)
         return out.loss, {"ce": out.ce}
 
 
@@ -90,14 +114,17 @@ class AlignStage(Stage):
             p.requires_grad_(True)
 
     @torch.no_grad()
-    def teacher_targets(self, teacher: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = teacher.model(**self.inputs(input_ids), use_cache=False, output_hidden_states=True)
+    def teacher_targets(self, teacher: nn.Module, batch: Batch) -> tuple[torch.Tensor, ...]:
+        out = teacher.model(**self.inputs(batch), use_cache=False, output_hidden_states=True)
         return tuple(h.detach() for h in out.hidden_states[1:])  # each decoder layer's output; last is post-norm
 
-    def loss(self, student, input_ids, targets):
-        out = student.model(**self.inputs(input_ids), use_cache=False, output_hidden_states=True)
-        positions = None if self.pad_id is None else input_ids != self.pad_id  # padding carries no loss
-        loss, per_layer = hidden_state_loss(out.hidden_states[1:], targets, self.config.loss, positions=positions)
+    def loss(self, student, batch, targets, counts=None):
+        """Per sequence, each layer's (n)MSE over the sequence's real positions; summed over sequences and
+        divided by the step's sequence count (`counts.rows`): a per-sequence loss, so the step's sequences
+        weigh the same however it is split."""
+        out = student.model(**self.inputs(batch), use_cache=False, output_hidden_states=True)
+        loss, per_layer = hidden_state_loss(out.hidden_states[1:], targets, self.config.loss, positions=batch.real(),
+                                            rows=None if counts is None else counts.rows)
         return loss, {"layer_loss": per_layer}
 
     def progress_fields(self, metrics: dict[str, Any]) -> dict[str, str]:
@@ -111,8 +138,8 @@ class DistillStage(Stage):
     needs_teacher = True
     config: DistillStageConfig
 
-    def __init__(self, config: DistillStageConfig, index: int, pad_id: int | None = None) -> None:
-        super().__init__(config, index, pad_id)
+    def __init__(self, config: DistillStageConfig, index: int) -> None:
+        super().__init__(config, index)
         self._peft_model = None
 
     def prepare(self, student: nn.Module) -> None:
@@ -137,18 +164,18 @@ class DistillStage(Stage):
         student.requires_grad_(True)
 
     @torch.no_grad()
-    def teacher_targets(self, teacher: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
-        hidden = teacher.model(**self.inputs(input_ids), use_cache=False).last_hidden_state
+    def teacher_targets(self, teacher: nn.Module, batch: Batch) -> tuple[torch.Tensor, nn.Module]:
+        hidden = teacher.model(**self.inputs(batch), use_cache=False).last_hidden_state
         return hidden.detach(), teacher.lm_head
 
-    def loss(self, student, input_ids, targets):
+    def loss(self, student, batch, targets, counts=None):
+        """KL over the real positions (never the padding), CE over the targets."""
         teacher_hidden, teacher_head = targets
-        hidden = student.model(**self.inputs(input_ids), use_cache=False).last_hidden_state
+        hidden = student.model(**self.inputs(batch), use_cache=False).last_hidden_state
         c = self.config
-        isolated = self.eos_id is not None and self.pad_id is not None  # KL over the documents, not their padding
-        out = chunked_kd_loss(hidden, student.lm_head, self.labels(input_ids), teacher_hidden, teacher_head,
+        out = chunked_kd_loss(hidden, student.lm_head, self.labels(batch), teacher_hidden, teacher_head,
                               temperature=c.temperature, kl_weight=c.kl_weight, ce_weight=c.ce_weight, chunk=c.loss_chunk,
-                              kl_positions=input_ids != self.pad_id if isolated else None)
+                              kl_positions=batch.real(), counts=counts)
         return out.loss, {"kl": out.kl, "ce": out.ce}
 
 
@@ -157,9 +184,11 @@ class LongContextStage(Stage):
 
 
 class PretrainStage(Stage):
-    """Training from scratch (`distill.pretrain`, the demo teacher): next-token loss, no teacher."""
+    """Training from scratch (`distill.pretrain`, the demo teacher): next-token loss, no teacher. A finished
+    run can be extended (`pretrain.extends`), so its last checkpoint keeps the optimiser and schedule."""
 
     name = "pretrain"
+    extendable = True
 
 
 STAGES: dict[str, type[Stage]] = {"align": AlignStage, "distill": DistillStage, "long_context": LongContextStage}
@@ -195,8 +224,8 @@ class TrainModule(nn.Module):
         super().__init__()
         self.student = student
 
-    def forward(self, input_ids: torch.Tensor, stage: Stage, targets: Any = None,
+    def forward(self, batch: Batch, stage: Stage, targets: Any = None, counts: StepCounts | None = None,
                 evaluate: bool = False) -> tuple[torch.Tensor, Metrics]:
         if evaluate:  # held-out next-token loss, whatever the stage
-            return stage.heldout_loss(self.student, input_ids)
-        return stage.loss(self.student, input_ids, targets)
+            return stage.heldout_loss(self.student, batch)
+        return stage.loss(self.student, batch, targets, counts)

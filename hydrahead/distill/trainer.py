@@ -1,16 +1,27 @@
 """The training engine: one stage at a time, from its first step or from a checkpoint.
 
-Per optimiser step: `grad_accum` micro-steps (gradients synchronised on the last one only), each taking
-the next global batch from the data stream; the teacher's targets under no_grad; the stage's loss in one
-call of the wrapped `TrainModule` (plain, DDP or FSDP2); backward of loss / grad_accum. Then the loss is
-averaged over micro-steps and processes and checked: NaN or inf stops the run before the optimiser step,
-so no checkpoint is ever written from a bad state. Then gradient clipping, AdamW, the warm-up + decay
-schedule, and on their cadences: a metrics line, the evaluators, a checkpoint, the step callbacks.
+Per optimiser step: the step's `grad_accum` global batches are read first and their counts (sequences,
+real positions, targets) summed over micro-steps and processes; then `grad_accum` micro-steps (gradients
+synchronised on the last one only), each with the teacher's targets under no_grad and the stage's loss in
+one call of the wrapped `TrainModule` (plain, DDP or FSDP2), divided by the step's counts over the
+process count, then backward. The gradient is then that of one mean over all the step's targets (padding
+and uneven rows included), the same on 1 or N processes with any grad_accum, as HF Trainer does with
+`num_items_in_batch`. The loss (the sum of the micro-steps' shares, averaged over processes: the step's
+mean) is checked: NaN or inf stops the run before the optimiser step, so no checkpoint is ever written
+from a bad state. Then gradient clipping, AdamW, the warm-up + decay schedule, and on their cadences: a
+metrics line, the evaluators, a checkpoint, the step callbacks.
 SIGTERM or SIGINT during a stage is noted and acted on at the next step boundary: a checkpoint is
 written, then `TrainingInterrupted` is raised (a second signal acts at once, as usual).
 
 AdamW: weight decay on matrices only; fused on CUDA. Precision: fp32 parameters, bf16 autocast on CUDA
 (by default). A stage ends after ceil(tokens / tokens_per_step) steps, i.e. on its token budget.
+
+Extending a finished stage (`Stage.extendable`: pretrain, whose `extends()` accepts a larger token budget
+with a constant schedule): its final checkpoint keeps the optimiser and scheduler, and the resumed stage
+restores them, so AdamW's moments and step count go on. The schedule is `lr_factor` over the new total,
+continued at the checkpoint's step: no second warm-up (`extends` requires the step to be past the warm-up
+of both budgets), and a constant schedule stays at its peak. (A finished run's checkpoint from before
+finished runs kept them has no optimiser state: AdamW starts afresh, the schedule still at its step.)
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from torch import nn
 from hydrahead.distill import checkpoint as ckpt
 from hydrahead.distill import distributed
 from hydrahead.distill.data import BatchLoader, DataPosition, SequenceSource
+from hydrahead.distill.losses import StepCounts
 from hydrahead.distill.distributed import DistEnv
 from hydrahead.errors import NonFiniteLossError, TrainingInterrupted
 from hydrahead.distill.evaluate import EvalContext, Evaluator
@@ -59,7 +71,9 @@ StepCallback = Callable[[StepInfo], None]
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: float) -> float:
     """Multiplier of the peak lr for the optimiser step with index `step` (0-based): linear warm-up from
-    0 over `warmup` steps, then cosine / linear decay to `min_ratio` at the last step, or constant."""
+    0 over `warmup` steps, then cosine / linear decay to `min_ratio` at the last step, or constant.
+    A pure function of the step: a stage resumed with a larger `total` (an extension) follows the
+    schedule of the new total from its step on."""
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
@@ -105,6 +119,17 @@ def make_optimizer(params: list[nn.Parameter], config: StageConfig, device: torc
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas,
                              fused=device.type == "cuda")
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: StageConfig,
+                   start: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """`lr_factor` over the stage's steps, at the optimiser step with index `start` (0: a fresh stage)."""
+    if start:
+        for group in optimizer.param_groups:  # what LambdaLR needs to begin past step 0
+            group.setdefault("initial_lr", config.lr)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+        lr_factor, warmup=config.warmup_steps, total=config.total_steps, schedule=config.schedule,
+        min_ratio=config.min_lr_ratio), last_epoch=start - 1)
 
 
 class Trainer:
@@ -171,24 +196,33 @@ class Trainer:
         return results
 
     # ------------------------------------------------------------------------------------------- one step
+    def _step_counts(self, stage: Stage, batches) -> StepCounts:
+        """What each micro-batch's summed loss terms are divided by: the counts of the whole optimiser step
+        (every micro-step, every process; at least 1) over the number of processes, because DDP and FSDP
+        average gradients over processes."""
+        local = torch.stack([torch.stack(list(stage.counts(b))) for b in batches]).sum(0)  # (3,)
+        total = distributed.all_reduce_sum(local, self.env).clamp(min=1)
+        return StepCounts(*(total / self.env.world_size).unbind())
+
     def _step(self, module, stage: Stage, loader: BatchLoader, params, optimizer) -> tuple[float, dict, float]:
         config = stage.config
         accum = config.grad_accum
+        batches = [loader.next().to(self.env.device, non_blocking=True) for _ in range(accum)]
+        counts = self._step_counts(stage, batches)
         loss_sum = torch.zeros((), device=self.env.device)
         metric_sums: dict[str, torch.Tensor] = {}
-        for micro in range(accum):
-            ids = loader.next().to(self.env.device, non_blocking=True)
+        for micro, batch in enumerate(batches):
             with self.autocast():
-                targets = stage.teacher_targets(self.teacher, ids) if stage.needs_teacher else None
+                targets = stage.teacher_targets(self.teacher, batch) if stage.needs_teacher else None
             with distributed.no_sync(module, skip_sync=micro < accum - 1):
                 with self.autocast():
-                    loss, metrics = module(ids, stage, targets)
-                (loss / accum).backward()
+                    loss, metrics = module(batch, stage, targets, counts)  # this micro-batch's share of the step's mean
+                loss.backward()
             loss_sum += loss.detach().float()
             for key, value in metrics.items():
                 metric_sums[key] = metric_sums.get(key, 0) + value.detach().float()
-        loss = distributed.all_reduce_mean(loss_sum / accum, self.env).item()
-        metrics = {k: distributed.all_reduce_mean(v / accum, self.env).tolist() for k, v in metric_sums.items()}
+        loss = distributed.all_reduce_mean(loss_sum, self.env).item()
+        metrics = {k: distributed.all_reduce_mean(v, self.env).tolist() for k, v in metric_sums.items()}
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf"))
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2
             grad_norm = grad_norm.full_tensor()
@@ -215,9 +249,10 @@ class Trainer:
         module = self._wrap()
         params = [p for p in self.student.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, config, env.device)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
-            lr_factor, warmup=config.warmup_steps, total=config.total_steps, schedule=config.schedule,
-            min_ratio=config.min_lr_ratio))
+        # A finished run's checkpoint written before they kept the schedule (an extension): its step is
+        # where the schedule goes on; AdamW's moments were not saved, so they start again.
+        unscheduled = resume is not None and resume.scheduler is None
+        scheduler = make_scheduler(optimizer, config, start=resume.state.step if unscheduled else 0)
         state = ckpt.TrainState(stage.name, stage.index)
         if resume is not None:
             ckpt.restore_training(self.student, optimizer, scheduler, resume, env)
@@ -270,7 +305,10 @@ class Trainer:
         self._log_eval(module, stage, state, evaluators)
         stage.finish(self.student)
         state.done = True
-        self.save(state)
+        if stage.extendable:  # an extension restores them and goes on (module docstring)
+            self.save(state, optimizer, scheduler)
+        else:
+            self.save(state)
 
     def _log_eval(self, module, stage: Stage, state: ckpt.TrainState, evaluators: Sequence[Evaluator]) -> None:
         results = self.evaluate(module, stage, state.step, evaluators)

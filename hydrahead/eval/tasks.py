@@ -31,14 +31,14 @@ so echoing the question cannot score.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydrahead.errors import HydraHeadError
 from hydrahead.errors import EvalError
-from hydrahead.needles import KIND, PROMPT, haystack_sentences, needle_key, needle_sentence, needle_value, place
+from hydrahead.needles import KIND, PROMPT, distinct, draw_keys, haystack_sentences, needle_sentence, needle_value, place
 
 VT_TEMPLATE = (
     "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
@@ -149,16 +149,6 @@ def parse_tasks(names: str | Iterable[str]) -> list[TaskSpec]:
     return [TASKS[n] for n in names]
 
 
-def _distinct(rng: random.Random, make: Callable[[random.Random], str], n: int, taken: set[str]) -> list[str]:
-    out = []
-    while len(out) < n:
-        item = make(rng)
-        if item not in taken:
-            taken.add(item)
-            out.append(item)
-    return out
-
-
 def _and_join(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + ", and " + items[-1]
 
@@ -169,13 +159,12 @@ def _needles(spec: TaskSpec, seed: int, sample: int) -> tuple[list[str], tuple[s
     taken: set[str] = set()
     if spec.hops:
         value = str(rng.randint(10_000, 99_999))
-        names = _distinct(rng, lambda r: "".join(r.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ", k=5)), spec.hops + 1, taken)
+        names = distinct(rng, lambda r: "".join(r.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ", k=5)), spec.hops + 1, taken)
         needles = [f"VAR {names[0]} = {value}."] + [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:])]
         return needles, tuple(names), {"value": value, "count": len(names)}
     kind = KIND[spec.value_type]
-    keys = _distinct(rng, needle_key, spec.keys, taken)
-    taken.update(word for key in keys for word in key.split("-"))  # a word value must not be part of a key
-    values = [_distinct(rng, lambda r: needle_value(spec.value_type, r), spec.values_per_key, taken) for _ in keys]
+    keys = draw_keys(rng, spec.keys, taken)  # a word value is never part of a key
+    values = [distinct(rng, lambda r: needle_value(spec.value_type, r), spec.values_per_key, taken) for _ in keys]
     needles = [needle_sentence(spec.value_type, k, v) for k, vs in zip(keys, values) for v in vs]
     answers = tuple(v for vs in values[: spec.queries] for v in vs)
     return needles, answers, {"kind": kind, "query": _and_join(keys[: spec.queries])}

@@ -9,15 +9,19 @@ the corrupted run is forced with). Answer positions where a+ and a- share a toke
 of a character tokenizer) add zero to the readout.
 
 Templates:
-- "niah": the evaluation's RULER prompt (`hydrahead.needles`: the same intro, needle sentence, question
-  and answer prefix), a haystack (essay, noise or user files) with one needle ("single_key") or
-  `num_keys` needles of different keys ("multi_key"). Needle values: number, word or uuid.
+- "niah": the evaluation's RULER prompt, built by the evaluation's builder (`hydrahead.needles.prompt`
+  around `needles.place`: the same text, character for character, for the same filler, needles and
+  depths), a haystack (essay, noise or user files) with one needle ("single_key") or `num_keys` needles
+  of different keys ("multi_key"). Needle values: number, word or uuid. Keys and values are drawn as the
+  evaluation draws them (`needles.draw_keys`, `needles.distinct`): no value repeats and none is a word of
+  a key, so the corrupted prompt holds the answer nowhere, nor the clean one the distractor.
 - "kv_recall": for tiny models with tiny vocabularies: filler words `f<i>` with key-value pairs
-  `k<i> v<j>` inserted, then the query `k<i> ->` answered by `v<j>`. The pieces are whole words, so a
-  `word_tokenizer(kv_recall_words(config))` gives one token per piece.
+  `k<i> v<j>` inserted (`needles.place`), then the query `k<i> ->` answered by `v<j>`; values distinct.
+  The pieces are whole words, so a `word_tokenizer(kv_recall_words(config))` gives one token per piece.
 
-Segments are tokenized one by one (`tokenizer(text, add_special_tokens=False)`) and concatenated, so a
-needle value has the same ids in the context and in the answer whatever the tokenizer merges.
+The prompt text is tokenized in three segments (`tokenizer(text, add_special_tokens=False)`): before the
+queried value, the value (with its leading space), after it; so the value has the same ids in the context
+and in the answer whatever the tokenizer merges, and the distractor takes exactly its place.
 Sub-probes (the unit of kappa in Eq. 11) are (capability, needle type) pairs with `samples` pairs each.
 """
 
@@ -32,17 +36,18 @@ import torch
 
 from hydrahead.errors import ProbeError
 from hydrahead.errors import NeedleError
+from hydrahead.models.shape import positions
 from hydrahead.needles import (
-    ANSWER_PREFIX,
     HAYSTACKS,
-    INTRO,
-    KIND,
-    NEEDLE,
     NEEDLE_TYPES,
-    QUESTION,
+    arrangement,
+    distinct,
+    draw_keys,
     haystack_sentences,
-    needle_key,
+    needle_sentence,
     needle_value,
+    place,
+    prompt,
 )
 
 CAPABILITIES = ("single_key", "multi_key")
@@ -92,8 +97,10 @@ class ProbeConfig:
             raise ProbeError(f"need samples >= 1 and context_length >= 8, got {self.samples} and {self.context_length}")
         if self.num_keys < 2 and "multi_key" in self.capabilities:
             raise ProbeError(f"multi_key probes need num_keys >= 2, got {self.num_keys}")
-        if self.template == "kv_recall" and (self.kv_keys < self.num_keys or self.kv_values < 2 or self.kv_filler < 1):
-            raise ProbeError("kv_recall needs kv_keys >= num_keys, kv_values >= 2 and kv_filler >= 1")
+        pairs = self.num_keys if "multi_key" in self.capabilities else 1
+        if self.template == "kv_recall" and (self.kv_keys < pairs or self.kv_values < pairs + 1 or self.kv_filler < 1):
+            raise ProbeError("kv_recall needs kv_keys >= num_keys, kv_values > num_keys (every pair's value and the "
+                             "distractor distinct) and kv_filler >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -141,7 +148,7 @@ class Probe:
 def default_context_length(model_config: Any) -> int:
     """ProbeConfig's default prompt length, or the model's `max_position_embeddings` if that is shorter:
     probes inside the window the model was trained for (a model answers nothing far beyond it)."""
-    window = getattr(model_config, "max_position_embeddings", None)
+    window = positions(model_config)[0]  # a transformers config or a config.json dict
     default = ProbeConfig.__dataclass_fields__["context_length"].default
     return min(default, window) if isinstance(window, int) and window >= 8 else default
 
@@ -153,7 +160,8 @@ def kv_recall_words(config: ProbeConfig) -> list[str]:
 
 
 class _Encoder:
-    """`tokenizer(text, add_special_tokens=False)` with a cache (haystack sentences repeat)."""
+    """`tokenizer(text, add_special_tokens=False)` with a cache (haystack sentences and values repeat; a
+    whole prompt does not: `cache=False`)."""
 
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
@@ -162,18 +170,25 @@ class _Encoder:
         with_special = tokenizer("", add_special_tokens=True)["input_ids"]
         self.prefix = [bos] if bos is not None and with_special[:1] == [bos] else []
 
-    def __call__(self, text: str) -> list[int]:
+    def __call__(self, text: str, cache: bool = True) -> list[int]:
+        if not cache:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         if text not in self.cache:
             self.cache[text] = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         return self.cache[text]
 
 
-def _value_pair(encode: _Encoder, make_value, rng: random.Random, tries: int, what: str) -> tuple[str, list[int], list[int]]:
-    """A value and a distractor whose token ids have the same length (and differ)."""
+def _value_pair(encode: _Encoder, make_value, rng: random.Random, tries: int, what: str,
+                taken: set[str]) -> tuple[str, list[int], list[int]]:
+    """A value and a distractor, both new to `taken` (then added to it), whose token ids have the same
+    length and differ: (value, its ids, the distractor's ids)."""
     for _ in range(tries):
         value, other = make_value(rng), make_value(rng)
+        if value in taken or other in taken or value == other:
+            continue
         a, b = encode(f" {value}"), encode(f" {other}")
-        if value != other and len(a) == len(b) and a != b:
+        if len(a) == len(b) and a != b:
+            taken.update((value, other))
             return value, a, b
     raise ProbeError(
         f"could not find a {what} distractor with the same token length in "
@@ -181,43 +196,54 @@ def _value_pair(encode: _Encoder, make_value, rng: random.Random, tries: int, wh
     )
 
 
-def _assemble(encode: _Encoder, sentences: list[str], start: int, budget: int, needles: list[tuple[float, list[list[int]]]],
-              rng: random.Random) -> tuple[list[int], tuple[int, int]]:
-    """Haystack sentences from `start` (cycling) up to `budget` tokens, with needles inserted at their depths.
+def _fit(encode: _Encoder, config: ProbeConfig, text, pool: list[str], value: list[int],
+         what: str) -> tuple[list[int], list[int]]:
+    """The prompt around the queried value, (ids before it, ids after it), with the most filler sentences
+    of `pool` whose tokens fit `config.context_length`. `text(filler)` -> the prompt's text before and after
+    the value with these filler sentences; the sentences' own token counts give the first guess."""
+    def ids(n: int) -> tuple[list[int], list[int]]:
+        return _ids(encode, text(pool[:n]))
 
-    needles: (depth, [before, value, after] ids); the first one is the queried needle. Returns the ids and the
-    queried value's [start, end) span.
-    """
-    chunks: list[list[int]] = []
-    used, i = 0, start
-    while True:
-        ids = encode(f" {sentences[i % len(sentences)]}")
-        if used + len(ids) > budget or i - start > 100 * len(sentences) + budget:
-            break
-        chunks.append(ids)
-        used += len(ids)
-        i += 1
-    slots: dict[int, list[int]] = {}
-    for n, (depth, _) in enumerate(needles):
-        slots.setdefault(round(depth * len(chunks)), []).append(n)
-    out: list[int] = []
-    span = (0, 0)
-    for index in range(len(chunks) + 1):
-        order = slots.get(index, [])
-        rng.shuffle(order)
-        for n in order:
-            before, value, after = needles[n][1]
-            out += before
-            if n == 0:
-                span = (len(out), len(out) + len(value))
-            out += value + after
-        if index < len(chunks):
-            out += chunks[index]
-    return out, span
+    def fits(parts: tuple[list[int], list[int]]) -> bool:
+        return len(parts[0]) + len(value) + len(parts[1]) <= config.context_length
+
+    best = ids(0)
+    if not fits(best):
+        raise ProbeError(f"context_length={config.context_length} is too short for {what} (needles and question "
+                         f"alone take {len(best[0]) + len(value) + len(best[1])} tokens)")
+    n, used = 0, len(best[0]) + len(value) + len(best[1])
+    while n < len(pool) and used + len(encode(f" {pool[n]}")) <= config.context_length:
+        used += len(encode(f" {pool[n]}"))
+        n += 1
+    while n > 0 and not fits(candidate := ids(n)):  # joined text may take a token more than its pieces
+        n -= 1
+    if n:
+        best = candidate
+    while n < len(pool) and fits(candidate := ids(n + 1)):  # or fewer
+        best, n = candidate, n + 1
+    return best
 
 
-def _make_probe(prompt: list[int], span: tuple[int, int], answer: list[int], distractor: list[int],
+def _ids(encode: _Encoder, text: tuple[str, str]) -> tuple[list[int], list[int]]:
+    """The ids of the prompt's text before and after the queried value."""
+    return encode.prefix + encode(text[0], cache=False), encode(text[1], cache=False)
+
+
+def _split(filler: list[str], needles: list[str], depths: list[float], value: str) -> tuple[str, str]:
+    """`place(filler, needles, depths)` cut around the queried value (the last " value" of needle 0):
+    the text before it and after it."""
+    order = arrangement(len(filler), depths)
+    pieces = [*filler, *needles]
+    at = order.index(len(filler))  # needle 0's place in the joined pieces
+    start = sum(len(pieces[j]) + 1 for j in order[:at]) + needles[0].rindex(f" {value}")
+    context = place(filler, needles, depths)
+    return context[:start], context[start + len(value) + 1:]
+
+
+def _make_probe(before: list[int], after: list[int], answer: list[int], distractor: list[int],
                 capability: str, subprobe: str, depth: float) -> Probe:
+    prompt = before + answer + after
+    span = (len(before), len(before) + len(answer))
     clean = prompt + answer[:-1]
     corrupt = list(clean)
     corrupt[span[0]:span[1]] = distractor
@@ -227,61 +253,64 @@ def _make_probe(prompt: list[int], span: tuple[int, int], answer: list[int], dis
 
 def _niah_probe(encode: _Encoder, config: ProbeConfig, sentences: list[str], capability: str, kind: str,
                 depth: float, rng: random.Random) -> Probe:
-    plural = KIND[kind]
+    """The evaluation's prompt (`needles.prompt` around `needles.place`), keys and values drawn as the
+    evaluation draws them (`needles.draw_keys` / `distinct`: no value repeats, none is a word of a key), so
+    the corrupted prompt holds the answer nowhere and the clean one the distractor nowhere."""
     n_needles = 1 if capability == "single_key" else config.num_keys
-    keys: list[str] = []
-    while len(keys) < n_needles:
-        key = needle_key(rng)
-        if key not in keys:
-            keys.append(key)
-    value, answer, distractor = _value_pair(encode, lambda r: needle_value(kind, r), rng, config.max_resample, kind)
-    values = [answer] + [encode(f" {needle_value(kind, rng)}") for _ in keys[1:]]
-    before, after = NEEDLE.split("{value}")  # the shared needle sentence, its value tokenised on its own
-    needles = [
-        (depth if n == 0 else rng.random(),
-         [encode(" " + before.format(kind=plural, key=key).rstrip()), ids, encode(after)])
-        for n, (key, ids) in enumerate(zip(keys, values))
-    ]
-    intro = encode(INTRO.format(kind=plural) + "\n")
-    question = encode("\n" + QUESTION.format(kind=plural, query=keys[0]) + " "
-                      + ANSWER_PREFIX.format(kind=plural, query=keys[0]))
-    fixed = len(encode.prefix) + len(intro) + len(question) + sum(len(p) for _, parts in needles for p in parts)
-    budget = config.context_length - fixed
-    if budget < 0:
-        raise ProbeError(f"context_length={config.context_length} is too short for a {capability} {kind} probe "
-                         f"(needles and question alone take {fixed} tokens)")
-    body, span = _assemble(encode, sentences, rng.randrange(len(sentences)), budget, needles, rng)
-    offset = len(encode.prefix) + len(intro)
-    prompt = encode.prefix + intro + body + question
-    return _make_probe(prompt, (span[0] + offset, span[1] + offset), answer, distractor, capability,
-                       f"{capability}/{kind}", depth)
+    taken: set[str] = set()
+    keys = draw_keys(rng, n_needles, taken)
+    value, answer, distractor = _value_pair(encode, lambda r: needle_value(kind, r), rng, config.max_resample,
+                                            kind, taken)
+    values = [value, *distinct(rng, lambda r: needle_value(kind, r), n_needles - 1, taken)]
+    needles = [needle_sentence(kind, key, v) for key, v in zip(keys, values)]
+    depths = [depth] + [rng.random() for _ in keys[1:]]
+    start = rng.randrange(len(sentences))
+    pool = [sentences[(start + i) % len(sentences)] for i in range(config.context_length)]  # each >= 1 token
+
+    head, tail = prompt(kind, keys[0], "\0").split("\0")  # the template around the context
+
+    def text(filler: list[str]) -> tuple[str, str]:
+        before, after = _split(filler, needles, depths, value)
+        return head + before, after + tail
+
+    before, after = _fit(encode, config, text, pool, answer, f"a {capability} {kind} probe")
+    return _make_probe(before, after, answer, distractor, capability, f"{capability}/{kind}", depth)
 
 
 def _kv_probe(encode: _Encoder, config: ProbeConfig, capability: str, depth: float, rng: random.Random) -> Probe:
+    """Pairs "k<i> v<j>" placed among filler words (`needles.place`), then "k<i> ->": keys and values
+    distinct (`needles.distinct`), the distractor a value of no pair (drawn as before the values were
+    distinct: a single-pair probe is unchanged, and with it the tests' trained recall model)."""
     n_pairs = 1 if capability == "single_key" else config.num_keys
     keys = rng.sample(range(config.kv_keys), n_pairs)
-    values = [rng.randrange(config.kv_values) for _ in keys]
-    unused = [v for v in range(config.kv_values) if v not in values] or [v for v in range(config.kv_values) if v != values[0]]
-    answer, distractor = encode(f" v{values[0]}"), encode(f" v{rng.choice(unused)}")
+    taken: set[str] = set()
+
+    def make_value(r: random.Random) -> str:
+        return f"v{r.randrange(config.kv_values)}"
+
+    values = distinct(rng, make_value, n_pairs, taken)
+    answer = encode(f" {values[0]}")
+    unused = [f"v{v}" for v in range(config.kv_values) if f"v{v}" not in taken]
+    distractor = encode(f" {rng.choice(unused)}")
     if len(answer) != len(distractor) or answer == distractor:
         # another distractor of the same length (e.g. v3 vs v12 with a character tokenizer)
-        same = [v for v in unused if len(encode(f" v{v}")) == len(answer) and encode(f" v{v}") != answer]
+        same = [encode(f" {v}") for v in unused if len(encode(f" {v}")) == len(answer) and encode(f" {v}") != answer]
         if not same:
             raise ProbeError("kv_recall: no distractor value with the same token length; use word_tokenizer(kv_recall_words(config))")
-        distractor = encode(f" v{rng.choice(same)}")
-    needles = [(depth if n == 0 else rng.random(), [encode(f" k{k}"), encode(f" v{v}") if n else answer, []])
-               for n, (k, v) in enumerate(zip(keys, values))]
-    question = encode(f" k{keys[0]} ->")
-    fixed = len(encode.prefix) + len(question) + sum(len(p) for _, parts in needles for p in parts)
-    budget = config.context_length - fixed
-    if budget < 0:
-        raise ProbeError(f"context_length={config.context_length} is too short for {n_pairs} key-value pairs")
-    filler = [f"f{rng.randrange(config.kv_filler)}" for _ in range(budget)]
-    body, span = _assemble(encode, filler, 0, budget, needles, rng)
-    offset = len(encode.prefix)
-    prompt = encode.prefix + body + question
-    return _make_probe(prompt, (span[0] + offset, span[1] + offset), answer, distractor, capability,
-                       f"{capability}/kv", depth)
+        distractor = rng.choice(same)
+    needles = [f"k{k} {v}" for k, v in zip(keys, values)]
+    depths = [depth] + [rng.random() for _ in keys[1:]]
+
+    def text(filler: list[str]) -> tuple[str, str]:
+        before, after = _split(filler, needles, depths, values[0])
+        return before, after + f" k{keys[0]} ->"
+
+    empty = _ids(encode, text([]))  # filler words are one token each: draw as many as fit
+    pool = [f"f{rng.randrange(config.kv_filler)}"
+            for _ in range(config.context_length - len(empty[0]) - len(answer) - len(empty[1]))]
+
+    before, after = _fit(encode, config, text, pool, answer, f"{n_pairs} key-value pairs")
+    return _make_probe(before, after, answer, distractor, capability, f"{capability}/kv", depth)
 
 
 def build_probes(tokenizer: Any, config: ProbeConfig | None = None, *, model: Any = None, progress: bool = False,
@@ -306,10 +335,13 @@ def build_probes(tokenizer: Any, config: ProbeConfig | None = None, *, model: An
             for sample in range(config.samples):
                 depths = config.depths
                 depth = depths[sample % len(depths)] if depths else (sample + 0.5) / config.samples
-                if config.template == "niah":
-                    probes.append(_niah_probe(encode, config, sentences, capability, kind, depth, rng))
-                else:
-                    probes.append(_kv_probe(encode, config, capability, depth, rng))
+                try:
+                    if config.template == "niah":
+                        probes.append(_niah_probe(encode, config, sentences, capability, kind, depth, rng))
+                    else:
+                        probes.append(_kv_probe(encode, config, capability, depth, rng))
+                except NeedleError as err:  # too few distinct values for the needles asked for
+                    raise ProbeError(f"{capability} {kind} probes: {err}") from err
     if model is not None and config.answer_lead:
         from hydrahead.scoring.answer_format import follow_answer_format
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from hydrahead.distill import DataError
-from hydrahead.distill.data import BatchLoader, Corpora, DataPosition, Tokenize, resolve_files
+from hydrahead.distill.data import Batch, BatchLoader, Corpora, DataPosition, Tokenize, resolve_files
 from hydrahead.distill.recipe import DataConfig
 from tests.distill.conftest import make_documents, make_tokenizer, write_corpus
 
@@ -64,11 +64,13 @@ def test_ranks_split_the_global_batch_and_resume_continues(tmp_path, streaming):
     ranks = [BatchLoader(source, batch_size=4, rank=r, world_size=2) for r in range(2)]
     for _ in range(3):
         batch = single.next()
-        assert torch.equal(torch.cat([r.next() for r in ranks]), batch)
+        parts = [r.next() for r in ranks]
+        assert torch.equal(torch.cat([p.input_ids for p in parts]), batch.input_ids)
+        assert torch.equal(torch.cat([p.lengths for p in parts]), batch.lengths)
     assert single.position == DataPosition(12)
     resumed = BatchLoader(source, batch_size=4, position=DataPosition.from_state_dict(single.position.state_dict()))
     for _ in range(5):  # past the end of the first epoch
-        assert torch.equal(resumed.next(), single.next())
+        assert torch.equal(resumed.next().input_ids, single.next().input_ids)
 
 
 def test_streaming_is_deterministic(tmp_path):
@@ -121,10 +123,30 @@ def test_document_rows_never_cut_a_document_that_fits():
     corpus = PackedCorpus(tokens, 8, seed=(0,), shuffle=False, rows=document_rows(tokens, 8, eos), pad_id=pad)
     rows = [corpus.sequence(i).tolist() for i in range(corpus.num_sequences)]
     assert rows == [
-        [5, 5, 5, 0, pad, pad, pad, pad],  # the next document does not fit: it starts a new row
+        [5, 5, 5, 0],  # the next document does not fit: it starts a new row
         [6, 6, 6, 6, 0, 7, 7, 0],
-        [8] * 8, [8, 8, 8, 0, pad, pad, pad, pad],  # longer than a row: cut, its tail padded
+        [8] * 8, [8, 8, 8, 0],  # longer than a row: cut, its tail starts a row
     ]
+    batch = BatchLoader(corpus, batch_size=4).next()  # padded to the row length, lengths kept
+    assert batch.input_ids.tolist() == [r + [pad] * (8 - len(r)) for r in rows]
+    assert batch.lengths.tolist() == [4, 8, 8, 4]
+
+
+def test_padding_is_known_by_position_when_the_pad_token_is_eos():
+    """A tokenizer that pads with its EOS (SmolLM2, Qwen3-Base): the batch still says where padding is,
+    and every EOS of a document stays a target."""
+    from hydrahead.distill.data import PackedCorpus, document_rows
+    from hydrahead.distill.losses import IGNORE
+    from hydrahead.distill.stages import PretrainStage
+
+    eos = pad = 2
+    tokens = np.array([5, 6, 7, eos, 8, 9, eos, 10, 11, 12, 13, eos], dtype=np.uint32)
+    corpus = PackedCorpus(tokens, 8, seed=(0, 0), shuffle=False, rows=document_rows(tokens, 8, eos), pad_id=pad)
+    batch = BatchLoader(corpus, batch_size=2).next()
+    assert batch.input_ids.tolist() == [[5, 6, 7, eos, 8, 9, eos, pad], [10, 11, 12, 13, eos, pad, pad, pad]]
+    assert batch.lengths.tolist() == [7, 5]
+    labels = PretrainStage(None, 0).labels(batch)
+    assert labels.tolist() == [[6, 7, eos, 8, 9, eos, IGNORE, IGNORE], [11, 12, 13, eos] + [IGNORE] * 4]
 
 
 def test_document_packing_keeps_every_document_whole_and_pads_carry_no_loss(tmp_path):
@@ -141,15 +163,16 @@ def test_document_packing_keeps_every_document_whole_and_pads_carry_no_loss(tmp_
     fitting = {d for d in docs if len(d) <= 24}
     seen = set()
     for row in [source.sequence(i) for i in range(source.num_sequences)]:
-        row = row.tolist()
-        body = row[: len(row) - next((i for i, t in enumerate(reversed(row)) if t != c.pad_id), 0)]
+        body = row.tolist()  # a row's real tokens; BatchLoader pads them
         start = 0
         for end in [i + 1 for i, t in enumerate(body) if t == tokenize.eos_id]:
             seen.add(tuple(body[start:end]))
             start = end
     assert fitting <= seen  # every document that fits appears whole in some row
-    stage = PretrainStage(None, 0, pad_id=c.pad_id)
-    batch = torch.tensor([[3, 4, tokenize.eos_id, c.pad_id, c.pad_id]])
+    batch = BatchLoader(source, batch_size=4).next()
+    assert batch.lengths.max() <= 24 and bool((batch.input_ids[~batch.real()] == c.pad_id).all())
+    stage = PretrainStage(None, 0)
+    batch = Batch(torch.tensor([[3, 4, tokenize.eos_id, c.pad_id, c.pad_id]]), torch.tensor([3]))
     assert stage.labels(batch).tolist() == [[4, tokenize.eos_id, IGNORE, IGNORE, IGNORE]]
 
 

@@ -67,6 +67,40 @@ def test_a_constant_schedule_run_can_be_extended_but_nothing_else_changes(worksp
         pretrain({**run, "stage": tiny_stage(tokens=12 * 4 * 32, schedule="cosine")}, resume=True)
 
 
+def test_extending_a_finished_run_continues_its_optimizer(workspace, tmp_path):
+    """A finished 6-step run extended to 8 steps trains exactly like a run of 8 steps: AdamW's moments and
+    step count and the schedule's step go on (they were reset, which redoes Adam's bias-corrected start)."""
+    straight = pretrain({**recipe(workspace, tmp_path / "straight"), "stage": tiny_stage(tokens=8 * 4 * 32)})
+    run = recipe(workspace, tmp_path / "run")
+    pretrain(run)  # finished at step 6
+    extended = pretrain({**run, "stage": tiny_stage(tokens=8 * 4 * 32)}, resume=True)
+    curve = {name: [(m["step"], m["loss"], m["lr"]) for m in read_metrics(tmp_path / name) if "loss" in m]
+             for name in ("straight", "run")}
+    assert [c[0] for c in curve["run"]] == list(range(1, 9))
+    for a, b in zip(curve["straight"], curve["run"]):
+        assert b == pytest.approx(a, rel=1e-5), (a, b)
+    a = AutoModelForCausalLM.from_pretrained(straight).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(extended).state_dict()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_extending_an_older_finished_checkpoint_does_not_warm_up_again(workspace, tmp_path):
+    """A finished run's checkpoint written before they kept the optimiser (none in it): the extension's
+    schedule goes on at the checkpoint's step, past the warm-up, instead of warming up from 0 again."""
+    from hydrahead.distill.checkpoint import FILENAME, tensor_digests
+
+    run = {**recipe(workspace, tmp_path / "run"), "stage": tiny_stage(tokens=6 * 4 * 32, warmup_fraction=0.25)}
+    pretrain(run)  # 6 steps, 2 of warm-up
+    path = tmp_path / "run" / FILENAME
+    payload = torch.load(path, weights_only=True)
+    payload.update(optimizer=None, scheduler=None, digests=tensor_digests(payload["model"], None))
+    torch.save(payload, path)
+    pretrain({**run, "stage": {**run["stage"], "tokens": 8 * 4 * 32}}, resume=True)  # warm-up 2 of 8 steps
+    lrs = [m["lr"] for m in read_metrics(tmp_path / "run") if "loss" in m]
+    assert lrs[:2] == pytest.approx([1.5e-3, 3.0e-3]) and lrs[2:] == pytest.approx([3.0e-3] * 6)
+
+
 def test_init_starts_from_a_previous_runs_weights(workspace, tmp_path):
     first = pretrain(recipe(workspace, tmp_path / "first"))
     pretrain({**recipe(workspace, tmp_path / "second"), "init": str(first)})

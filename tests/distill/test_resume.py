@@ -83,8 +83,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(workspace, tmp_path
     original = DistillStage.loss
     calls = []
 
-    def poisoned(self, student, input_ids, targets):
-        loss, metrics = original(self, student, input_ids, targets)
+    def poisoned(self, student, batch, targets, counts=None):
+        loss, metrics = original(self, student, batch, targets, counts)
         calls.append(1)
         return (loss * float("nan") if len(calls) == 3 else loss), metrics
 

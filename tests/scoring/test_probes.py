@@ -92,6 +92,57 @@ def test_kv_recall_template():
         assert tok.convert_ids_to_tokens(list(p.distractor))[0] not in words  # the distractor is a fresh value
 
 
+def test_corrupted_prompts_never_hold_the_answer():
+    """Over many seeds: the answer value appears in no corrupted prompt, the distractor in no clean one,
+    and neither is a word of a key (other needles' values were drawn without a distinctness check: ~7% of
+    multi_key and ~18% of kv_recall corrupted prompts still held the answer)."""
+    import re
+
+    tok = char_tokenizer()
+    for seed in range(30):
+        for p in build_probes(tok, context_length=700, samples=3, needle_types=("word", "number"), seed=seed):
+            answer, distractor = tok.decode(p.answer).strip(), tok.decode(p.distractor).strip()
+            clean, corrupt = (tok.decode(ids[: p.prompt_length]) for ids in (p.clean_ids, p.corrupt_ids))
+            word = r"(?<![\w-]){}(?![\w-])"
+            assert not re.search(word.format(answer), corrupt), (seed, p.subprobe, answer)
+            assert not re.search(word.format(distractor), clean), (seed, p.subprobe, distractor)
+            key_words = {w for key in re.findall(r"for (\S+) is:", clean) for w in key.split("-")}
+            assert len(key_words) >= 2 and not {answer, distractor} & key_words, (seed, p.subprobe)
+    config = ProbeConfig(template="kv_recall", context_length=24, samples=4, num_keys=4)
+    words = word_tokenizer(kv_recall_words(config))
+    for seed in range(50):
+        for p in build_probes(words, config, seed=seed):
+            clean, corrupt = (words.convert_ids_to_tokens(list(ids[: p.prompt_length])) for ids in (p.clean_ids, p.corrupt_ids))
+            values = [w for w in clean if w.startswith("v")]
+            assert len(set(values)) == len(values) == (1 if p.capability == "single_key" else 4)
+            assert words.convert_ids_to_tokens(list(p.answer))[0] not in corrupt, seed
+            assert words.convert_ids_to_tokens(list(p.distractor))[0] not in clean, seed
+
+
+def test_niah_probe_prompts_are_the_evaluations_text():
+    """A probe's prompt is `needles.prompt(kind, key, needles.place(filler, needles, depths))` for its own
+    filler sentences and needles: the evaluation's builder, character for character (it was assembled apart,
+    with a space after the intro's newline)."""
+    import re
+
+    from hydrahead.needles import needle_sentence, prompt
+
+    tok = char_tokenizer()
+    for p in build_probes(tok, context_length=700, samples=2, haystack="noise", needle_types=("number", "word")):
+        text = tok.decode(p.clean_ids[: p.prompt_length])
+        kind = p.subprobe.split("/")[1]
+        needles = re.findall(rf"One of the special magic {kind}s for \S+ is: \S+\.", text)
+        key = re.search(rf"What are all the special magic {kind}s for (\S+) mentioned", text).group(1)
+        context = text.split("\n")[1]
+        pieces = re.split(r"(?<=[.!?]) ", context)
+        assert [x for x in pieces if x in needles] == needles and all(
+            x in needles or x in ("The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
+                                  "There and back again.") for x in pieces)
+        assert text == prompt(kind, key, " ".join(pieces))
+        value = tok.decode(p.answer).strip()
+        assert needle_sentence(kind, key, value) in needles  # the queried needle holds the answer
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(context_length=100), "too short"),
     (dict(needle_types=("date",)), "needle_types"),
@@ -99,6 +150,7 @@ def test_kv_recall_template():
     (dict(depths=(1.5,)), "depths"),
     (dict(template="qa"), "template"),
     (dict(haystack="files"), "needs at least one text file"),
+    (dict(template="kv_recall", num_keys=4, kv_values=4), "kv_values > num_keys"),
 ])
 def test_bad_probe_settings(kwargs, match):
     with pytest.raises(ProbeError, match=match):
