@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from hydrahead.errors import OptionsError
+from hydrahead.utils.units import parse_length
 
 FA_ROPE = ("keep", "none")
 FUSIONS = ("scale_norm", "none")
@@ -25,7 +26,8 @@ class HybridOptions:
     fa_log_scale: bool = False
     """Scale FA queries by max(1, log(t+1) / log(train_length)) at position t (length extrapolation)."""
     train_length: int | None = None
-    """Sequence length the hybrid is trained at; needed by `fa_log_scale`."""
+    """Sequence length the hybrid is trained at; needed by `fa_log_scale`. A length string ("16k" = 16384,
+    utils/units.py) is read as that many tokens."""
     fa_gate: bool = False
     """Elementwise output gate sigmoid(x W_g + b) on FA heads (W_g = 0, b = 1 at init)."""
     gdn_rope: bool = True
@@ -39,19 +41,29 @@ class HybridOptions:
     """"scale_norm": per-branch RMSNorm then a learnable gain per head (paper Eq. 13-14); "none": plain concat."""
 
     def __post_init__(self) -> None:
-        if self.fa_rope not in FA_ROPE:
-            raise OptionsError(f"fa_rope must be one of {FA_ROPE}, got {self.fa_rope!r}")
-        if self.fusion not in FUSIONS:
-            raise OptionsError(f"fusion must be one of {FUSIONS}, got {self.fusion!r}")
-        if self.conv_size < 0 or self.conv_size == 1:
-            raise OptionsError(f"conv_size must be 0 (off) or >= 2, got {self.conv_size}")
-        if self.fa_log_scale and (self.train_length is None or self.train_length < 2):
+        # Types are checked, not coerced: the string "False" is truthy and would build the feature it names.
+        # The one conversion: train_length takes a length with a suffix ("16k" = 16384), as every length does.
+        _choice("fa_rope", self.fa_rope, FA_ROPE)
+        _choice("fusion", self.fusion, FUSIONS)
+        for name in ("fa_log_scale", "fa_gate", "gdn_rope", "gdn_shared_kv"):
+            if not isinstance(getattr(self, name), bool):
+                raise OptionsError(f"{name} must be true or false, got {_shown(getattr(self, name))}")
+        conv = self.conv_size
+        if isinstance(conv, bool) or not isinstance(conv, int) or conv < 0 or conv == 1:
+            raise OptionsError(f"conv_size must be an integer, 0 (off) or >= 2, got {_shown(self.conv_size)}")
+        if self.train_length is not None:
+            try:
+                length = parse_length(self.train_length)
+            except ValueError as err:
+                raise OptionsError(f"train_length: {err} (or null for none)") from err
+            if length < 2:
+                raise OptionsError(f"train_length must be >= 2, got {length}")
+            object.__setattr__(self, "train_length", length)  # frozen: set once, here
+        if self.fa_log_scale and self.train_length is None:
             raise OptionsError(
                 "fa_log_scale=True needs train_length >= 2 (the length the log scale is normalised by); "
                 f"got train_length={self.train_length}"
             )
-        if self.train_length is not None and self.train_length < 2:
-            raise OptionsError(f"train_length must be >= 2, got {self.train_length}")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> HybridOptions:
@@ -63,10 +75,8 @@ class HybridOptions:
             base = cls()
         else:
             raise OptionsError(f"unknown preset {name!r}; choose 'paper' or 'exact'")
-        try:
-            return replace(base, **overrides)
-        except TypeError as err:
-            raise OptionsError(f"unknown option in {sorted(overrides)}; options are {cls.field_names()}") from err
+        cls._check_names(overrides)
+        return replace(base, **overrides)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -74,10 +84,28 @@ class HybridOptions:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HybridOptions:
-        unknown = sorted(set(data) - set(cls.field_names()))
+        cls._check_names(data)
+        return cls(**data)
+
+    @classmethod
+    def _check_names(cls, data: dict[str, Any]) -> None:
+        if not isinstance(data, dict):
+            raise OptionsError(f"hybrid options must be a mapping of option to value, got {_shown(data)}")
+        unknown = sorted(set(data) - set(cls.field_names()), key=str)
         if unknown:
             raise OptionsError(f"unknown hybrid option(s) {unknown}; options are {cls.field_names()}")
-        return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise OptionsError(f"{name} must be one of {choices}, got {_shown(value)}")
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it, with its type when the repr alone could hide it ('False' vs False)."""
+    if isinstance(value, (bool, int, type(None))):
+        return repr(value)
+    return f"{value!r} (a {'string' if isinstance(value, str) else type(value).__name__})"

@@ -33,12 +33,15 @@ SERVING_EXTRA = "pip install 'hydrahead[serving]'"
 
 def describe(config: dict) -> str:
     """One line on what a checkpoint holds, from its config.json: a hybrid's plan, or the plain model it is."""
+    from types import SimpleNamespace
+
+    from hydrahead.models.hybrid import plan_and_options
     from hydrahead.models.loading import hybrid_model_types
-    from hydrahead.plan import HeadPlan
 
     if config.get("model_type") not in hybrid_model_types():
         return f"a {config.get('model_type')} model (not a hybrid)"
-    plan = HeadPlan.from_dict(config["hydrahead"]["plan"])
+    # what the model's constructor will read, checked the same way (CheckpointError when the entry is absent)
+    plan, _ = plan_and_options(SimpleNamespace(model_type=config["model_type"], hydrahead=config.get("hydrahead")))
     ratio = "all GDN" if plan.num_fa == 0 else f"LA:FA {plan.la_fa_ratio:.2f}:1"
     return (f"a hydrahead {config['model_type'].removeprefix('hydrahead_')} hybrid ({plan.num_fa} FA heads, "
             f"{plan.num_la} GDN heads, {ratio}; KV cache {100 * plan.kv_cache_fraction:.1f}% of the teacher's)")
@@ -147,6 +150,7 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: s
         raise ServingError(f"{path}: a .gguf model is served after `hydrahead export {path} DIR`, as DIR")
     check_model_path(path)  # config.json and the weights' headers; the tokenizer is loaded below
     config = read_config(path)
+    summary = describe(config)  # a hybrid's plan and options, checked
     if continuous_batching and config.get("model_type") in hybrid_model_types():
         raise ServingError(CONTINUOUS_BATCHING)
     target = resolve_device(device)
@@ -165,7 +169,7 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: s
 
     expose_in_transformers(*(model_class for _, model_class in HYBRID_CLASSES.values()))
     sample_when_asked()
-    print(f"serving {path}: {describe(config)}", flush=True)
+    print(f"serving {path}: {summary}", flush=True)
     batching = "continuous batching" if continuous_batching else "requests run one at a time"
     print(f"  on {target} in {dtype}; {template_note}; {batching}", flush=True)
     print(f"  OpenAI API at http://{host}:{port}/v1 (model name: {str(path)!r}); Ctrl-C stops", flush=True)

@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hydrahead {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a file the user may not read or write, a full disk: the system's own words name it
+        print(f"hydrahead {args.command}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

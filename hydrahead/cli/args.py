@@ -8,6 +8,7 @@ is read, before any work, in one line that names the argument.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 class Parser(argparse.ArgumentParser):
@@ -71,13 +72,19 @@ def output_dir(text: str):
 def model_path(text: str) -> str:
     """A model argument: a checkpoint directory (config.json that parses, weights that open) or a .gguf file,
     checked from its files alone (hydrahead/models/files.py), so that a wrong path fails at once."""
-    from hydrahead.errors import CheckpointError
     from hydrahead.models.files import check_model_path
 
     try:
         check_model_path(text)
-    except CheckpointError as err:
+    except OSError as err:  # CheckpointError, or a file the user may not read
         raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def tokenizer_path(text: str) -> str:
+    """A tokenizer directory (or .gguf file) that exists: checked at once, and never taken for a Hub name."""
+    if not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"tokenizer directory not found: {text}")
     return text
 
 

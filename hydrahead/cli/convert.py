@@ -2,7 +2,7 @@
 
 Example:
   hydrahead convert --model path/to/Qwen3-1.7B --plan plan.json --out hybrid/
-  hydrahead convert --model teacher/ --plan plan.json --preset paper --option train_length=16384 --out hybrid/
+  hydrahead convert --model teacher/ --plan plan.json --preset paper --option train_length=16k --out hybrid/
 """
 
 from __future__ import annotations
@@ -20,12 +20,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=output_dir, help="output directory for the hybrid checkpoint")
     parser.add_argument("--preset", default="paper", choices=["paper", "exact"], help="hybrid options preset")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one hybrid option, e.g. conv_size=0 or train_length=16384 (repeatable)")
+                        help="override one hybrid option (repeatable), e.g. conv_size=0, train_length=16k, "
+                             "fa_gate=false; VALUE true/false/yes/no/on/off (any case) is a boolean, a number or "
+                             "null is read as JSON, anything else is a string (fa_rope=none)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="dtype to load the teacher in (default: the checkpoint's)")
 
 
+BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
 def parse_overrides(items: list[str]) -> dict:
+    """--option KEY=VALUE items as HybridOptions keywords: VALUE a boolean word (`BOOLEANS`, any case), else
+    JSON (numbers, null), else the text itself. HybridOptions checks each value's type and range."""
     import json
 
     from hydrahead.errors import OptionsError
@@ -33,12 +40,16 @@ def parse_overrides(items: list[str]) -> dict:
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise OptionsError(f"--option expects KEY=VALUE, got {item!r}")
+        key = key.strip()
+        if value.strip().lower() in BOOLEANS:
+            overrides[key] = BOOLEANS[value.strip().lower()]
+            continue
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
-            overrides[key] = value  # plain strings such as fa_rope=none
+            overrides[key] = value  # plain strings such as fa_rope=none, lengths such as train_length=16k
     return overrides
 
 

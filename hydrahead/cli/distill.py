@@ -38,7 +38,12 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise RecipeError(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = yaml.safe_load(value)
+        try:
+            overrides[key] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or "not valid YAML"
+            raise RecipeError(f"--set {key}: cannot read {value!r} as a YAML value ({problem}); quote strings, "
+                              "e.g. --set 'teacher=\"my model\"'") from None
     return overrides
 
 

@@ -38,7 +38,12 @@ def parse_length(text: str, flag: str = "length") -> int:
 
 
 def parse_lengths(text: str, flag: str = "--lengths") -> list[int]:
-    return [parse_length(t, flag) for t in text.split(",") if t.strip()]
+    from hydrahead.errors import EvalError
+
+    lengths = [parse_length(t, flag) for t in text.split(",") if t.strip()]
+    if not lengths:
+        raise EvalError(f"{flag}: no length in {text!r}; give comma-separated tokens such as 1k,4k")
+    return lengths
 
 
 def parse_depths(text: str) -> list[float]:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import device, length, model_path, nonnegative_int, output_file, positive_int
+from hydrahead.cli.args import (
+    device, length, model_path, nonnegative_int, output_file, positive_int, tokenizer_path,
+)
 
 HELP = "score attention heads (patching, attribution or retrieval) and save them as JSON"
 
@@ -40,6 +42,10 @@ def probe_config_from(args: argparse.Namespace, base=None, model_config=None):
     options given on the command line."""
     from hydrahead.scoring import ProbeConfig, default_context_length
 
+    from hydrahead.errors import ProbeError
+
+    if args.probes_file and args.haystack:
+        raise ProbeError(f"--probes-file gives the haystack; --haystack {args.haystack} would ignore it: give one")
     overrides = {}
     if base is None and model_config is not None:
         overrides["context_length"] = default_context_length(model_config)
@@ -75,7 +81,7 @@ def describe_leads(probes, tokenizer, config) -> str:
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=model_path,
                         help="teacher: a checkpoint directory (config.json, weights, tokenizer) or a .gguf file")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer directory (default: --model)")
+    parser.add_argument("--tokenizer", default=None, type=tokenizer_path, help="tokenizer directory (default: --model)")
     parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
                         help="dtype to load the teacher in (default float32)")
     parser.add_argument("--device", default="cpu", type=device, help="torch device, e.g. cpu or cuda (default cpu)")
@@ -100,10 +106,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hydrahead.models.loading import read_config
     from hydrahead.scoring import build_probes, score_heads
 
+    config = probe_config_from(args, model_config=read_config(args.model))  # checked before the (slow) load
     model, tokenizer = load_model_and_tokenizer(args)
-    config = probe_config_from(args, model_config=model.config)
     probes = build_probes(tokenizer, config, model=model, progress=True)
     print(f"{len(probes)} probes of {config.context_length} tokens ({describe_leads(probes, tokenizer, config)})",
           flush=True)

@@ -36,23 +36,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_probe_arguments(parser)
 
 
+def probe_config_of(saved, path: str):
+    """The probe settings a score file records, or ScoringError naming the file when they are unreadable."""
+    from hydrahead.errors import ProbeError, ScoringError
+    from hydrahead.scoring import ProbeConfig
+
+    try:
+        return ProbeConfig.from_dict(saved)
+    except (ProbeError, TypeError, ValueError, AttributeError) as err:
+        raise ScoringError(f"{path}: its probe settings (metadata.probe_config) are unreadable: {err}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from hydrahead.cli.score import describe_leads, load_model_and_tokenizer, probe_config_from
+    from hydrahead.models.loading import read_config
     from hydrahead.scoring import (
         METHODS, HeadScores, ProbeConfig, build_probes, layer_similarity, score_heads, validate_scores,
     )
 
-    scores = HeadScores.from_json(args.scores)
-    model, tokenizer = load_model_and_tokenizer(args)
-    scores.check_config(model.config)
+    # every file and setting is checked against the model's config before the (slow) load
+    model_config = read_config(args.model)
+    scores = HeadScores.from_json(args.scores).check_config(model_config)
+    compare = {s.method: s.check_config(model_config) for s in (HeadScores.from_json(path) for path in args.compare)}
     saved = scores.metadata.get("probe_config")
-    base = ProbeConfig.from_dict(saved) if saved else None
-    scoring_config = probe_config_from(args, base, model_config=model.config)
+    base = probe_config_of(saved, args.scores) if saved else None
+    scoring_config = probe_config_from(args, base, model_config=model_config)
     if args.probe_seed is None:  # ablate on probes the scores have not seen
         validation_config = ProbeConfig.from_dict({**scoring_config.to_dict(), "seed": scoring_config.seed + 1})
     else:
         validation_config = scoring_config
-    compare = {s.method: s for s in (HeadScores.from_json(path) for path in args.compare)}
+    model, tokenizer = load_model_and_tokenizer(args)
     if not args.no_agreement:
         missing = [m for m in METHODS if m != scores.method and m not in compare]
         probes = build_probes(tokenizer, scoring_config, model=model, progress=True) if missing else []

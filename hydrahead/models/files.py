@@ -63,6 +63,8 @@ def config_json(path: str | Path) -> dict[str, Any]:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{config_file} is corrupt (not valid JSON: {err})") from err
+    except OSError as err:
+        raise CheckpointError(f"{config_file} cannot be read: {err.strerror or err}") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_file} is corrupt (not a JSON object)")
     return config

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from huggingface_hub.errors import StrictDataclassError
 
-from hydrahead.errors import CheckpointError, DeviceError, OutputError, one_line
+from hydrahead.errors import CheckpointError, DeviceError, HydraHeadError, OutputError, one_line
 from hydrahead.models.families import family_of_config
 from hydrahead.models.files import check_weights, config_json, find_gguf, locate, weight_files
 from hydrahead.models.gguf import gguf_config, load_gguf_model, load_gguf_tokenizer
@@ -122,11 +122,27 @@ def from_pretrained(path: str | Path, **kwargs: Any):
 
 
 def _hybrid(path: Path, config: dict[str, Any], **kwargs: Any):
+    """The hybrid in `path`, every parameter from its weights: transformers only logs a tensor the checkpoint
+    lacks (and leaves it randomly initialised), so a missing or unexpected tensor is a CheckpointError here.
+    Tied weights and the renames of older layouts are already resolved in transformers' loading info."""
     model_class = {c.model_type: m for c, m in HYBRID_CLASSES.values()}[config["model_type"]]
+    wants_info = kwargs.pop("output_loading_info", False)
     try:
-        return model_class.from_pretrained(str(path), **kwargs)
+        model, info = model_class.from_pretrained(str(path), output_loading_info=True, **kwargs)
     except (OSError, RuntimeError, KeyError, *CONFIG_ERRORS) as err:
         raise CheckpointError(f"could not load {path}: {one_line(err)}") from err
+    wrong = [f"{what} {_some(info[key])}" for key, what in (("missing_keys", "missing tensor(s)"),
+                                                             ("unexpected_keys", "unexpected tensor(s)"))
+             if info[key]]
+    if wrong:
+        raise CheckpointError(f"{path} does not match its config ({'; '.join(wrong)}): the weights are incomplete "
+                              "or from another model; save the checkpoint again (save_hybrid or save_pretrained)")
+    return (model, info) if wants_info else model
+
+
+def _some(names: Any, shown: int = 4) -> str:
+    names = sorted(names)
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 _SAVE_ONE = "save the tokenizer next to the weights (`hydrahead convert` copies the teacher's)"
@@ -135,13 +151,15 @@ _SAVE_ONE = "save the tokenizer next to the weights (`hydrahead convert` copies 
 def load_tokenizer(path: str | Path) -> Any:
     """The tokenizer saved in a model directory (or a GGUF file), or CheckpointError when there is none that
     encodes text."""
+    if not Path(path).exists():  # transformers would take the name for a Hub repository and try to download it
+        raise CheckpointError(f"tokenizer directory not found: {path}")
     if (gguf := find_gguf(path)) is not None:
         tokenizer = load_gguf_tokenizer(gguf)
     else:
         from transformers import AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError, TypeError, KeyError) as err:
             raise CheckpointError(f"no usable tokenizer in {path}: {err}; {_SAVE_ONE}") from err
     # transformers builds an empty tokenizer from config.json alone when no tokenizer files are there
@@ -173,12 +191,24 @@ _CHECKPOINT_FILE = re.compile(
     r"(config|generation_config|tokenizer|tokenizer_config|special_tokens_map|added_tokens|vocab|chat_template)"
     r"\.(json|txt|jinja)|merges\.txt|tokenizer\.model|README\.md|modeling_hydrahead\.py|hydrahead_\w+\.py|"
     r"model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json|demo_teacher_manifest\.json|manifest\.json")
+_WEIGHTS_FILE = re.compile(r"model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json")
+# folders a checkpoint has, with the files in them (a tokenizer with several chat templates writes the others here)
+_CHECKPOINT_FOLDER = {"additional_chat_templates": re.compile(r"[^/]+\.jinja")}
+
+
+def _checkpoint_entry(entry: Path) -> bool:
+    if entry.is_file():
+        return _CHECKPOINT_FILE.fullmatch(entry.name) is not None
+    files = _CHECKPOINT_FOLDER.get(entry.name)
+    return (files is not None and entry.is_dir() and not entry.is_symlink()
+            and all(p.is_file() and files.fullmatch(p.name) for p in entry.iterdir()))
 
 
 def check_output_dir(path: str | Path, keep: Sequence[str | Path] = ()) -> Path:
     """A directory a checkpoint may be written to: absent, empty, or an earlier checkpoint (which is
-    replaced): a directory holding only the files a checkpoint has. Anything else, and any directory in
-    `keep` (the model being converted), is refused before any work starts: nothing a user keeps is deleted."""
+    replaced): a config.json and weights, and nothing but the files a checkpoint has. Anything else, and any
+    directory in `keep` (the model being converted), is refused before any work starts: nothing a user keeps
+    is deleted."""
     path = Path(path)
     try:  # a file in the way, a parent that is a file, no permission: the one check every output gets
         check_output(path, "directory")
@@ -188,12 +218,17 @@ def check_output_dir(path: str | Path, keep: Sequence[str | Path] = ()) -> Path:
         if path.exists() and Path(other).exists() and path.resolve() == Path(other).resolve():
             raise CheckpointError(f"cannot save a checkpoint to {path}: it is the input model's directory; "
                                   "choose another output directory")
-    if path.is_dir():
-        foreign = [p.name for p in path.iterdir() if not (p.is_file() and _CHECKPOINT_FILE.fullmatch(p.name))]
+    if path.is_dir() and (entries := list(path.iterdir())):
+        names = sorted(p.name for p in entries)
+        foreign = [p.name for p in entries if not _checkpoint_entry(p)]
         if foreign:
             raise CheckpointError(f"cannot save a checkpoint to {path}: the directory holds other files "
-                                  f"({', '.join(sorted(foreign)[:3])}{' ...' if len(foreign) > 3 else ''}), "
-                                  "not only an earlier checkpoint; choose a new or empty directory")
+                                  f"({_some(foreign, 3)}), not only an earlier checkpoint; "
+                                  "choose a new or empty directory")
+        if "config.json" not in names or not any(_WEIGHTS_FILE.fullmatch(name) for name in names):
+            raise CheckpointError(f"cannot save a checkpoint to {path}: the directory holds other files "
+                                  f"({_some(names, 3)}) and no earlier checkpoint (config.json and weights) to "
+                                  "replace; choose a new or empty directory")
     return path
 
 
@@ -210,9 +245,10 @@ def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: t
     path = check_output_dir(Path(path).absolute())
     state = state_dict if state_dict is not None else model.state_dict()
     if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    tmp = path.with_name(f".{path.name}.tmp")
+        state = _cast(state, dtype)
+    tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
+    moved_aside = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(tmp, state_dict=state)
@@ -230,16 +266,40 @@ def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: t
         for file in tmp.iterdir():
             if file.is_file():
                 file.chmod(mode)
-        old = path.with_name(f".{path.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():  # the earlier checkpoint stays whole until the new one is in place
             path.rename(old)
+            moved_aside = True
         tmp.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+    except HydraHeadError:
+        raise
     except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(f"cannot save a checkpoint to {path}: {err}") from err
+    except Exception as err:  # transformers' checks on save (a generation config it rejects, say), a tokenizer's
+        raise CheckpointError(f"cannot save a checkpoint to {path}: {type(err).__name__}: {one_line(err)}") from err
+    finally:  # also on Ctrl-C: no temporary left behind, and the earlier checkpoint back if it was moved aside
+        shutil.rmtree(tmp, ignore_errors=True)
+        if moved_aside and not path.exists():
+            old.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def _cast(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Floating-point tensors in `dtype`, each storage cast once: tensors that shared one (tied embeddings)
+    share the cast, so save_pretrained still sees them as tied and writes one copy."""
+    cast: dict[tuple, torch.Tensor] = {}
+    out = {}
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            out[name] = tensor
+            continue
+        key = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+               tensor.stride(), tensor.dtype)
+        if key not in cast:
+            cast[key] = tensor.to(dtype)
+        out[name] = cast[key]
+    return out
 
 
 def _model_card(model: Any) -> str:

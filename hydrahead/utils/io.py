@@ -110,7 +110,10 @@ def read_text(path: str | Path, error: type[Exception], what: str) -> str:
         raise error(f"{what} {path} is a directory, not a file")
     if not path.is_file():
         raise error(f"{what} not found: {path}")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:  # permissions, a file that vanished
+        raise error(f"{what} {path} cannot be read: {err.strerror or err}") from None
     if b"\x00" in data:
         raise error(f"{what} {path} is a binary file, not text")
     try:

@@ -43,10 +43,24 @@ def files(tmp_path_factory):
     for name in ("a.gguf", "b.gguf"):
         (d / "two_ggufs" / name).write_bytes(b"GGUF")
     (d / "a_dir").mkdir()
+    (d / "notes").mkdir()  # file names a checkpoint has, but no checkpoint: the user's, never replaced
+    (d / "notes" / "README.md").write_text("my notes")
+    (d / "notes" / "manifest.json").write_text("{}")
+    (d / "no_plan").mkdir()  # a hybrid's model_type without the plan and options
+    for file in (d / "hybrid").iterdir():
+        if file.is_file():
+            (d / "no_plan" / file.name).write_bytes(file.read_bytes())
+    config = json.loads((d / "no_plan" / "config.json").read_text())
+    del config["hydrahead"]
+    (d / "no_plan" / "config.json").write_text(json.dumps(config))
     (d / "binary.txt").write_bytes(bytes(range(256)) * 8)
     (d / "latin1.json").write_bytes('{"fa_heads": [[0], [3]], "meta": "caf\xe9"}'.encode("latin-1"))
     (d / "data.csv").write_text("text\nhello\n")
     (d / "doc.txt").write_text("The grass is green. " * 40)
+    bad_probes = HeadScores([[0.1, 0.9, 0.2, 0.3], [0.4, 0.5, 0.6, 0.7]], "patching", 2)
+    bad_probes.metadata["probe_config"] = {"samples": "4"}
+    bad_probes.to_json(d / "bad_probe_scores.json")
+    HeadScores([[0.1, 0.9, 0.2, 0.3]] * 3, "attribution", 2).to_json(d / "three_layer_scores.json")
     (d / "float_plan.json").write_text('{"fa_heads": [[0.5], [1]], "num_heads": 4, "num_kv_heads": 2}')
     (d / "four_plan.json").write_text('{"fa_heads": [[0], [1]], "num_heads": "four", "num_kv_heads": 2}')
     (d / "latin1.yaml").write_bytes("teacher: caf\xe9\n".encode("latin-1"))
@@ -71,6 +85,18 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["convert", "--model", T, "--plan", str(d / "latin1.json"), "--out", new], "latin1.json is not UTF-8"),
         (["convert", "--model", str(d / "truncated"), "--plan", P, "--out", new], "truncated.*corrupt or truncated"),
         (["convert", "--model", str(d / "gpt2"), "--plan", P, "--out", new], "gpt2 is a 'gpt2' model"),
+        (["convert", "--model", T, "--plan", P, "--out", str(d / "notes")],
+         r"holds other files \(README.md, manifest.json\) and no earlier checkpoint"),
+        (["convert", "--model", T, "--plan", P, "--out", new, "--option", "conv_size=2.5"],
+         r"conv_size must be an integer, 0 \(off\) or >= 2, got 2.5"),
+        (["convert", "--model", T, "--plan", P, "--out", new, "--option", "conv_size=abc"],
+         r"conv_size must be an integer.*got 'abc'"),
+        (["convert", "--model", T, "--plan", P, "--out", new, "--option", "train_length=16q"],
+         r"train_length: expected a length in tokens .*got '16q'"),
+        (["convert", "--model", T, "--plan", P, "--out", new, "--option", "fa_gate=maybe"],
+         r"fa_gate must be true or false, got 'maybe'"),
+        (["convert", "--model", T, "--plan", P, "--out", new, "--option", "fa_gates=false"],
+         r"unknown hybrid option\(s\) \['fa_gates'\]"),
         # score and validate-scores
         (["score", "--model", T, "--out", str(d / "a_dir")], "a_dir is a directory"),
         (["score", "--model", T, "--out", f"{new}.json", "--batch-size", "0"], "--batch-size: must be >= 1"),
@@ -82,6 +108,15 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["validate-scores", "--model", T, "--scores", S, "--seeds", "0"], "--seeds: must be >= 1"),
         (["validate-scores", "--model", T, "--scores", S, "--out", str(d / "a_dir")], "a_dir is a directory"),
         (["validate-scores", "--model", T, "--scores", str(d / "latin1.json")], "latin1.json is not UTF-8"),
+        (["validate-scores", "--model", T, "--scores", str(d / "bad_probe_scores.json")],
+         "bad_probe_scores.json: its probe settings .* are unreadable"),
+        (["validate-scores", "--model", T, "--scores", S, "--compare", str(d / "three_layer_scores.json")],
+         "scores are for a model with 3 layers"),
+        (["score", "--model", T, "--out", f"{new}.json", "--probes-file", str(d / "doc.txt"), "--haystack", "noise"],
+         "--probes-file gives the haystack; --haystack noise would ignore it"),
+        (["score", "--model", T, "--out", f"{new}.json", "--needle-types", "numbr"], "needle_types must be"),
+        (["score", "--model", T, "--tokenizer", str(d / "no_such_tokenizer"), "--out", f"{new}.json"],
+         "tokenizer directory not found: .*no_such_tokenizer"),
         # plan
         (["plan", "--scores", str(d / "latin1.json"), "--out", f"{new}.json"], "latin1.json is not UTF-8"),
         (["plan", "--baseline", "layerwise", "--model", T, "--layers", "abc", "--out", f"{new}.json"], "--layers expects"),
@@ -94,6 +129,7 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["eval", "niah", "--models", H, "--haystack", "files", "--haystack-files", str(d / "binary.txt"), "--out", new],
          "binary.txt is a binary file"),
         (["eval", "niah", "--models", H, "--device", "cuda:7", "--out", new], "'cuda:7' is not available"),
+        (["eval", "niah", "--models", H, "--lengths", ",", "--out", new], "--lengths: no length in ','"),
         (["eval", "ppl", "--models", H, "--data", str(d / "binary.txt"), "--out", new], "binary.txt is a binary file"),
         (["eval", "ppl", "--models", H, "--data", str(d / "data.csv"), "--out", new], "unsupported type '.csv'"),
         (["eval", "ppl", "--models", H, "--data", str(d / "doc.txt"), "--bucket", "0", "--out", new],
@@ -119,6 +155,7 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["distill", str(d / "gpt2_recipe.yaml")], "teacher .*gpt2 is a 'gpt2' model"),
         (["distill", str(d / "file_out_recipe.yaml")], "a_file is a file, not a directory"),
         (["distill", str(d / "nope.yaml")], "recipe file not found"),
+        (["distill", str(d / "gpt2_recipe.yaml"), "--set", "stages.align.lr=["], "--set stages.align.lr: cannot read"),
         (["demo", "--out", F], "a_file is a file"),
         (["demo", "--device", "banana"], "unknown device 'banana'"),
         (["demo", "--export-teacher", F], "a_file is a file"),
@@ -137,6 +174,7 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["serve", H, "--chat-template", str(d / "binary.txt")], "binary.txt is a binary file"),
         (["serve", H, "--port", "70000"], "--port: must be a TCP port"),
         (["serve", H, "--device", "banana"], "unknown device 'banana'"),
+        (["serve", str(d / "no_plan")], "has no valid 'hydrahead' entry"),
         (["score", "--model", T, "--out", f"{new}.json", "--context-length", "2q"], "--context-length: expected a length"),
         (["score", "--model", T, "--out", f"{new}.json", "--answer-lead", "-1"], "--answer-lead: must be >= 0"),
     ]
@@ -163,3 +201,4 @@ def test_every_bad_input_is_one_clear_line(files, tmp_path):
     assert not failures, "\n".join(failures)
     assert sorted(p.name for p in files.iterdir()) == before  # nothing was written next to the inputs
     assert (files / "a_file").read_text() == "not a directory"
+    assert sorted(p.name for p in (files / "notes").iterdir()) == ["README.md", "manifest.json"]

@@ -33,6 +33,19 @@ def test_convert_then_info(teacher_dir, capsys):
     assert "KV cache per token" in capsys.readouterr().out
 
 
+def test_convert_options_take_boolean_words_and_lengths(teacher_dir):
+    """--option fa_gate=False once built the gate (the string "False" is truthy) and saved "False"."""
+    out = teacher_dir / "hybrid"
+    assert main(["convert", "--model", str(teacher_dir / "teacher"), "--plan", str(teacher_dir / "plan.json"),
+                 "--out", str(out), "--option", "fa_gate=False", "--option", "gdn_rope=No",
+                 "--option", "gdn_shared_kv=TRUE", "--option", "train_length=1k", "--option", "fa_rope=none"]) == 0
+    options = hydrahead.from_pretrained(out).hydrahead_options
+    assert options == hydrahead.HybridOptions.preset("paper", fa_gate=False, gdn_rope=False, gdn_shared_kv=True,
+                                                     train_length=1024)
+    saved = json.loads((out / "config.json").read_text())["hydrahead"]["options"]
+    assert (saved["fa_gate"], saved["gdn_rope"], saved["train_length"]) == (False, False, 1024)
+
+
 def test_cli_errors_are_one_line(teacher_dir, capsys):
     code = main(["convert", "--model", str(teacher_dir / "missing"), "--plan", str(teacher_dir / "plan.json"),
                  "--out", str(teacher_dir / "x")])

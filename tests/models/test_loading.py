@@ -211,3 +211,80 @@ def test_save_hybrid_never_replaces_an_input_or_a_directory_with_other_files(sav
     with pytest.raises(hydrahead.CheckpointError, match=r"holds other files \(notes.txt\)"):
         hydrahead.save_hybrid(model, path)
     assert (path / "notes.txt").read_text() == "mine" and (path / "config.json").is_file()
+
+
+def test_save_hybrid_replaces_only_a_directory_with_a_checkpoint_in_it(saved, tmp_path):
+    """README.md and manifest.json are names a checkpoint has, but without config.json and weights the
+    directory is the user's, not an earlier checkpoint: refused, nothing deleted."""
+    model, _ = saved
+    for i, files in enumerate(({"README.md": "my notes", "manifest.json": "{}"}, {"config.json": "{}"})):
+        notes = tmp_path / f"notes{i}"
+        notes.mkdir()
+        for name, text in files.items():
+            (notes / name).write_text(text)
+        with pytest.raises(hydrahead.CheckpointError, match="no earlier checkpoint .config.json and weights"):
+            hydrahead.save_hybrid(model, notes)
+        assert {p.name: p.read_text() for p in notes.iterdir()} == files
+
+
+def test_a_hybrid_with_a_tensor_missing_does_not_load(saved):
+    """transformers would initialise the missing tensor at random and only log it."""
+    from safetensors.torch import load_file, save_file
+
+    _, path = saved
+    weights = load_file(path / "model.safetensors")
+    weights.pop("model.layers.0.self_attn.gdn.qkv_proj.weight")
+    weights["model.layers.0.self_attn.gdn.stray"] = torch.zeros(2)
+    save_file(weights, path / "model.safetensors", metadata={"format": "pt"})
+    for load in (hydrahead.load_model, hydrahead.from_pretrained):
+        with pytest.raises(hydrahead.CheckpointError, match=r"missing tensor\(s\) model.layers.0.self_attn.gdn"
+                                                            r".qkv_proj.weight; unexpected tensor\(s\) model.layers"
+                                                            r".0.self_attn.gdn.stray"):
+            load(path)
+
+
+def test_tied_embeddings_are_saved_once_in_any_dtype_and_load(tmp_path):
+    teacher = make_teacher("llama", tie_word_embeddings=True)
+    model = hydrahead.convert(teacher, HeadPlan(((0, 1), (3,)), 4, 2)).eval()
+    keys = {}
+    for dtype in (None, torch.float16):
+        out = hydrahead.save_hybrid(model, tmp_path / str(dtype), dtype=dtype)
+        with safe_open(out / "model.safetensors", "pt") as f:
+            keys[dtype] = set(f.keys())
+        again, info = hydrahead.from_pretrained(out, output_loading_info=True)  # lm_head is tied, not missing
+        assert not info["missing_keys"] and again.lm_head.weight is again.model.embed_tokens.weight
+    assert keys[torch.float16] == keys[None] and "lm_head.weight" not in keys[None]
+
+
+def test_a_failed_save_leaves_the_earlier_checkpoint_and_no_temporary(saved, tmp_path):
+    model, _ = saved
+    out = hydrahead.save_hybrid(model, tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    model.generation_config.pad_token_id = -1  # transformers refuses to save this generation config (ValueError)
+    with pytest.raises(hydrahead.CheckpointError, match=r"cannot save a checkpoint to .*out: .*pad_token_id"):
+        hydrahead.save_hybrid(model, out)
+    model.generation_config.pad_token_id = None
+
+    def interrupt(_):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        hydrahead.save_hybrid(model, out, finish=interrupt)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_tokenizer_with_several_chat_templates_saves_twice(saved, tmp_path):
+    from tests.toy_tokenizer import char_tokenizer
+
+    model, _ = saved
+    tokenizer = char_tokenizer()
+    tokenizer.chat_template = {"default": "{% for m in messages %}{{ m['content'] }}{% endfor %}",
+                               "tool_use": "{{ messages }}"}
+    out = hydrahead.save_hybrid(model, tmp_path / "out", tokenizer)
+    assert (out / "additional_chat_templates").is_dir()
+    hydrahead.save_hybrid(model, out, tokenizer)  # an earlier checkpoint, chat templates folder and all
+    assert set(hydrahead.load_tokenizer(out).chat_template) == {"default", "tool_use"}
+    (out / "additional_chat_templates" / "notes.txt").write_text("mine")
+    with pytest.raises(hydrahead.CheckpointError, match=r"holds other files \(additional_chat_templates\)"):
+        hydrahead.save_hybrid(model, out, tokenizer)

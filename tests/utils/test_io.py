@@ -29,6 +29,19 @@ def test_read_json_names_the_file(tmp_path):
         read_json(tmp_path / "bad.json", PlanError, "plan")
 
 
+def test_an_unreadable_file_is_named(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    (tmp_path / "plan.json").write_text("{}")
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)  # (chmod 000 does not stop root, who may run the tests)
+    with pytest.raises(PlanError, match="plan .*plan.json cannot be read: Permission denied"):
+        read_json(tmp_path / "plan.json", PlanError, "plan")
+
+
 def test_save_figure_writes_a_png(tmp_path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
