@@ -145,7 +145,9 @@ def verdicts(results: dict[str, PlanResult], validation: Any = None) -> list[str
             clear = f"larger than the seed spread of {100 * noise:.1f}"
         else:
             clear = f"within the seed spread of {100 * noise:.1f}: not a clear difference"
-        word = "beats" if diff > 0 else "does not beat" if diff < 0 else "ties"
+        # a difference inside the seeds' spread is no win or loss: said as a tie, the sign in the figures
+        within = seeds >= 2 and abs(diff) <= noise
+        word = "ties" if diff == 0 or within else "beats" if diff > 0 else "does not beat"
         lines.append(f"- HydraHead 7:1 **{word}** {name}: NIAH {100 * ours.mean:.1f} vs {100 * other.mean:.1f} "
                      f"({100 * diff:+.1f} points, {clear}); held-out ppl {_mean(ours.ppl):.2f} vs {_mean(other.ppl):.2f}.")
     return lines

@@ -44,7 +44,9 @@ def test_verdicts_compare_with_the_seed_spread():
     assert "teacher scores 100.0" in text
     assert "Best student on NIAH (mean over lengths, tasks and 2 seeds): **all-gdn**" in text
     assert "**beats** random-7:1" in text and "larger than the seed spread" in text
-    assert "**does not beat** all-gdn" in text and "within the seed spread" in text
+    assert "**ties** all-gdn" in text and "-5.0 points, within the seed spread" in text  # inside the spread: a tie
+    results["all-gdn"] = _result("all-gdn", {256: [0.95, 0.95], 512: [0.9, 0.9]})
+    assert "**does not beat** all-gdn" in "\n".join(verdicts(results))
 
 
 def test_verdicts_warn_when_the_teacher_cannot_retrieve():
