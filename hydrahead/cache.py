@@ -97,7 +97,8 @@ class HybridStateMixin:
             self.conv_states[0] = last.clone() if self.replaces_states(kept) else self._static_buffer(last)
             self.conv_kernel_size[0] = kernel_size
             self.is_conv_states_initialized[0] = True
-        self.has_previous_state[0] = True
+        if not self.has_previous_state[0]:  # set once: a compiled step then replays no Python-side write
+            self.has_previous_state[0] = True
 
     def recurrent_state(self) -> torch.Tensor | None:
         """The GDN state (B, H, Dk, Dv) after the tokens seen so far, or None before the first."""

@@ -91,7 +91,7 @@ class FullAttentionBranch(nn.Module):
         v = projected[..., (H + Hkv) * D :].unflatten(-1, (Hkv, D)).transpose(1, 2)  # (B, Hkv, T, D)
         if self.q_norm is not None:
             store = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
-            table = weight_table(store, f"fa qk_norm {self.q_norm.weight.dtype}",
+            table = weight_table(store, f"fa qk_norm {qk.dtype}",  # a model cast between generations: a new table
                                  lambda: head_table((self.q_norm.weight, H), (self.k_norm.weight, Hkv)))
             qk = rms_norm(qk, table, self.q_norm.variance_epsilon)
         context = context if context is not None else ForwardContext()
@@ -118,7 +118,9 @@ class FullAttentionBranch(nn.Module):
             dropout=self.attention_dropout if self.training else 0.0,
             scaling=self.scaling,
             sliding_window=self.sliding_window,
-            position_ids=position_ids,  # as the teacher's attention gets it: flash attention finds packed rows by it
+            # packed rows (no cache): flash attention finds their documents by position_ids, as for the teacher;
+            # with a cache there are none, and flash attention's check would sync the host every step
+            position_ids=position_ids if past_key_values is None else None,
             **kwargs,
         )  # (B, T, H, D)
         if self.gate_proj is not None:

@@ -138,7 +138,7 @@ class GatedDeltaNetBranch(nn.Module):
                                        output_final_state=final,
                                        cu_seqlens=documents.cu_seqlens if documents is not None else None)
         beta = torch.sigmoid(b.float())  # (B, T, H)
-        decay, dt_bias = weight_table(cache_layer, f"gdn gate {self.A_log.dtype}",
+        decay, dt_bias = weight_table(cache_layer, "gdn gate",  # fp32 whatever the weights' dtype
                                       lambda: (-self.A_log.float().exp(), self.dt_bias.float()))
         g = decay * F.softplus(a.float() + dt_bias)  # (B, T, H)
         if padding_mask is not None:

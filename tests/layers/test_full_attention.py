@@ -41,7 +41,9 @@ def test_scaled_queries_equal_a_sharper_softmax_per_position():
 
 def test_the_attention_function_gets_position_ids_as_the_teachers_does():
     """transformers' flash attention separates packed documents by `position_ids`, which it reads from the
-    attention function's keyword arguments: the FA branch passes them on, as the teacher's attention does."""
+    attention function's keyword arguments: the FA branch passes them on, as the teacher's attention does,
+    where rows can be packed (no cache); with a cache it does not (flash attention's packed-rows check would
+    sync the host in every decode step)."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -64,5 +66,10 @@ def test_the_attention_function_gets_position_ids_as_the_teachers_does():
                 model(ids, position_ids=position_ids, use_cache=False)
             assert len(seen) == model.config.num_hidden_layers
             assert all(p is not None and torch.equal(p, position_ids) for p in seen)
+        hybrid.config._attn_implementation = "hydrahead_test_probe"
+        seen.clear()
+        with torch.no_grad():
+            hybrid(ids, use_cache=True)
+        assert seen == [None] * hybrid.config.num_hidden_layers
     finally:
         AttentionInterface._global_mapping.pop("hydrahead_test_probe", None)
