@@ -91,10 +91,11 @@ class HybridStateMixin:
         """Keep `last` (B, kernel_size - 1, C) as the conv inputs seen last: copied into the kept tensor, or a copy
         of it kept (`replaces_states`; a copy, since `last` is a view of the whole input and would keep it alive)."""
         kept = self.conv_states[0] if self.is_conv_states_initialized[0] else None
-        if kept is not None and not self.replaces_states(kept):
+        replace = self.replaces_states(kept)
+        if kept is not None and not replace:
             kept.copy_(last)
         else:
-            self.conv_states[0] = last.clone() if self.replaces_states(kept) else self._static_buffer(last)
+            self.conv_states[0] = last.clone() if replace else self._static_buffer(last)
             self.conv_kernel_size[0] = kernel_size
             self.is_conv_states_initialized[0] = True
         if not self.has_previous_state[0]:  # set once: a compiled step then replays no Python-side write

@@ -77,9 +77,8 @@ def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
 
 def all_reduce_mean(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
     """Mean of a tensor over processes (a copy; the input is unchanged)."""
-    value = value.detach().clone()
+    value = all_reduce_sum(value, env)
     if env.distributed:
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= env.world_size
     return value
 
