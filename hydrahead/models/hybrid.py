@@ -75,6 +75,18 @@ class HybridCausalLMMixin:
         if self.should_save_on_this_rank(is_main_process):
             add_remote_code(save_directory, self)
 
+    def _upload_modified_files(self, working_dir, *args, **kwargs):
+        """transformers' upload to the Hub (`push_to_hub`, `save_pretrained(push_to_hub=True)`), with the remote
+        code and `auto_map` written first: `save_pretrained` uploads before it returns, so without this a pushed
+        hybrid would lack the code that loads it without hydrahead."""
+        try:
+            from hydrahead.models.remote_code import add_remote_code
+        except ImportError:
+            pass
+        else:
+            add_remote_code(working_dir, self)
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
+
     # position_ids and logits_to_keep must stay named parameters: generate() only derives padding-aware
     # positions, and asks a prefill for the last position's logits only, for models whose forward() declares them.
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,

@@ -110,3 +110,37 @@ def test_only_the_rank_transformers_saves_on_writes_the_code(tmp_path, monkeypat
     assert not list((tmp_path / "rank0").glob("*.py"))
     model.save_pretrained(tmp_path / "rank0")
     assert (tmp_path / "rank0" / "modeling_hydrahead.py").is_file()
+
+
+@pytest.mark.parametrize("how", ["save_pretrained", "push_to_hub"])
+def test_an_upload_to_the_hub_carries_the_code(tmp_path, monkeypatch, how):
+    """transformers uploads inside save_pretrained(push_to_hub=True), before it returns; what reaches the Hub
+    must already hold the modeling code and config.json's auto_map (the Hub is stood in for: no network)."""
+    import transformers.modeling_utils as modeling_utils
+    from transformers.utils.hub import PushToHubMixin
+
+    class Api:
+        def create_repo(self, repo_id, **kwargs):
+            return type("Repo", (), {"repo_id": repo_id})()
+
+    class Card:
+        def save(self, path):
+            Path(path).write_text("card\n")
+
+    uploaded = {}
+
+    def upload(self, working_dir, repo_id, files_timestamps, **kwargs):
+        uploaded.update({f.name: f.read_bytes() for f in Path(working_dir).iterdir() if f.is_file()
+                         and f.name not in files_timestamps})
+
+    monkeypatch.setattr(modeling_utils, "hf_api", lambda: Api())
+    monkeypatch.setattr(modeling_utils, "create_and_tag_model_card", lambda *a, **k: Card())
+    monkeypatch.setattr("transformers.utils.hub.hf_api", lambda: Api(), raising=False)
+    monkeypatch.setattr(PushToHubMixin, "_upload_modified_files", upload)
+    model = hydrahead.convert(make_teacher("qwen3"), HeadPlan(((0,), (3,)), 4, 2))
+    if how == "save_pretrained":
+        model.save_pretrained(tmp_path / "hybrid", push_to_hub=True, repo_id="me/hybrid")
+    else:
+        model.push_to_hub("me/hybrid")
+    assert "modeling_hydrahead.py" in uploaded and "model.safetensors" in uploaded
+    assert "auto_map" in json.loads(uploaded["config.json"])
