@@ -31,7 +31,7 @@ from huggingface_hub.errors import StrictDataclassError
 
 from hydrahead.errors import CheckpointError, DeviceError, HydraHeadError, OutputError, one_line
 from hydrahead.models.families import family_of_config
-from hydrahead.models.files import check_weights, config_json, find_gguf, locate, weight_files
+from hydrahead.models.files import check_weights, config_json, find_gguf, locate
 from hydrahead.models.gguf import gguf_config, load_gguf_model, load_gguf_tokenizer
 from hydrahead.models.hybrid import HYBRID_CLASSES, is_hybrid
 from hydrahead.utils.io import check_output, new_file_mode
@@ -101,10 +101,8 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str 
     else:
         from transformers import AutoModelForCausalLM
 
-        try:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(dtype), use_safetensors=True)
-        except (OSError, RuntimeError, KeyError, *CONFIG_ERRORS) as err:
-            raise CheckpointError(f"could not load the model in {path}: {one_line(err)}") from err
+        model, _ = _checked(AutoModelForCausalLM, path, ("missing_keys",), dtype=torch_dtype(dtype),
+                            use_safetensors=True)
     return model.to(target).eval()
 
 
@@ -122,22 +120,29 @@ def from_pretrained(path: str | Path, **kwargs: Any):
 
 
 def _hybrid(path: Path, config: dict[str, Any], **kwargs: Any):
-    """The hybrid in `path`, every parameter from its weights: transformers only logs a tensor the checkpoint
-    lacks (and leaves it randomly initialised), so a missing or unexpected tensor is a CheckpointError here.
-    Tied weights and the renames of older layouts are already resolved in transformers' loading info."""
+    """The hybrid in `path`, every parameter from its weights, and no tensor it does not have (`_checked`)."""
     model_class = {c.model_type: m for c, m in HYBRID_CLASSES.values()}[config["model_type"]]
     wants_info = kwargs.pop("output_loading_info", False)
+    model, info = _checked(model_class, path, ("missing_keys", "unexpected_keys"), **kwargs)
+    return (model, info) if wants_info else model
+
+
+def _checked(model_class: Any, path: Path, refused: Sequence[str], **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """`model_class.from_pretrained(path)` and its loading info; CheckpointError when transformers fails, or
+    when the loading info lists tensors of a kind in `refused`: transformers only logs a tensor the checkpoint
+    lacks and leaves it randomly initialised (a model that runs and answers garbage). A teacher may hold
+    tensors its class does not use (they are dropped); a hybrid holds exactly its own. Tied weights and the
+    renames of older layouts are already resolved in the loading info."""
     try:
         model, info = model_class.from_pretrained(str(path), output_loading_info=True, **kwargs)
     except (OSError, RuntimeError, KeyError, *CONFIG_ERRORS) as err:
-        raise CheckpointError(f"could not load {path}: {one_line(err)}") from err
-    wrong = [f"{what} {_some(info[key])}" for key, what in (("missing_keys", "missing tensor(s)"),
-                                                             ("unexpected_keys", "unexpected tensor(s)"))
-             if info[key]]
+        raise CheckpointError(f"could not load the model in {path}: {one_line(err)}") from err
+    what = {"missing_keys": "missing tensor(s)", "unexpected_keys": "unexpected tensor(s)"}
+    wrong = [f"{what[key]} {_some(info[key])}" for key in refused if info.get(key)]
     if wrong:
         raise CheckpointError(f"{path} does not match its config ({'; '.join(wrong)}): the weights are incomplete "
                               "or from another model; save the checkpoint again (save_hybrid or save_pretrained)")
-    return (model, info) if wants_info else model
+    return model, info
 
 
 def _some(names: Any, shown: int = 4) -> str:
@@ -177,8 +182,9 @@ def check_model_dirs(paths: list[str | Path] | tuple[str | Path, ...]) -> None:
     bad = []
     for path in paths:
         try:
-            read_config(path)
-            weight_files(Path(path))
+            read_config(path)  # a GGUF file's header with it
+            if find_gguf(path) is None:
+                check_weights(Path(path))  # every safetensors header opens
         except CheckpointError as err:
             bad.append(str(err))
     if bad:

@@ -243,6 +243,34 @@ def test_a_hybrid_with_a_tensor_missing_does_not_load(saved):
             load(path)
 
 
+def test_a_teacher_with_a_tensor_missing_does_not_load_but_extra_tensors_are_dropped(tmp_path):
+    """A teacher missing a tensor would run with it random (transformers only logs it); a tensor the class
+    does not use (a checkpoint with more in it than the family's class reads) is dropped, as transformers does."""
+    from safetensors.torch import load_file, save_file
+
+    teacher = make_teacher("qwen3")
+    teacher.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights["model.extra.weight"] = torch.zeros(2)
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    assert not hydrahead.is_hybrid(hydrahead.load_model(tmp_path))
+    weights.pop("model.layers.1.mlp.up_proj.weight")
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(hydrahead.CheckpointError, match=r"missing tensor\(s\) model.layers.1.mlp.up_proj.weight\)"):
+        hydrahead.load_model(tmp_path)
+
+
+def test_check_model_dirs_opens_the_weights(saved):
+    """eval checks every --models directory before loading any: a truncated weight file fails there."""
+    from hydrahead.models.loading import check_model_dirs
+
+    _, path = saved
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(hydrahead.CheckpointError, match="unusable: weights file .* corrupt or truncated"):
+        check_model_dirs([path])
+
+
 def test_tied_embeddings_are_saved_once_in_any_dtype_and_load(tmp_path):
     teacher = make_teacher("llama", tie_word_embeddings=True)
     model = hydrahead.convert(teacher, HeadPlan(((0, 1), (3,)), 4, 2)).eval()
