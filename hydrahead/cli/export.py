@@ -29,7 +29,7 @@ def stored_parameters(path) -> int:
 
     from safetensors import safe_open
 
-    from hydrahead.models.loading import weight_files
+    from hydrahead.models.files import weight_files
 
     total = 0
     for file in weight_files(path):

@@ -129,7 +129,7 @@ def input_digests(files: list[Path], model_dir: str | Path | None = None, label:
     `model_dir` (the teacher; for `pretrain`, the tokenizer directory)."""
     out: dict[str, str] = {}
     if model_dir is not None:
-        from hydrahead.models.loading import weight_files
+        from hydrahead.models.files import weight_files
 
         model_dir = Path(model_dir)
         names = ["config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
