@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydrahead.errors import RecipeError
+from hydrahead.errors import OutputError, RecipeError
 from hydrahead.utils.io import atomic_write_text
 
 FILENAME = "metrics.jsonl"
@@ -25,6 +25,7 @@ class MetricsLog:
         self.path = output_dir / FILENAME
         self.enabled = enabled
         self._writer = None
+        self.error: OutputError | None = None
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -52,11 +53,20 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(f"{line}\n" for line in kept))
 
     def log(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
+        """Append one record. A write that fails (a full disk) does not raise here, on the main process alone,
+        where the other processes would wait for it in their next collective: it is kept in `error`, no later
+        record is written, and `check()` raises it where every process stops together (the trainer asks at
+        every step and before every checkpoint)."""
+        if not self.enabled or self.error is not None:
             return
         record = {k: _plain(v) for k, v in record.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as err:
+            self.error = OutputError(f"cannot write {self.path}: {err.strerror or err} (a full disk?); free space, "
+                                     "then continue with --resume from the last checkpoint")
+            return
         if self._writer is not None:
             global_step = record.get("global_step", record["step"])
             for key, value in record.items():
@@ -66,6 +76,11 @@ class MetricsLog:
                     for i, element in enumerate(value):
                         if isinstance(element, (int, float)):
                             self._writer.add_scalar(f"{record['stage']}/{key}/{i:02d}", element, global_step)
+
+    def check(self) -> None:
+        """Raise the OutputError of a record that could not be written, if any (`log`)."""
+        if self.error is not None:
+            raise self.error
 
     def close(self) -> None:
         if self._writer is not None:

@@ -176,6 +176,9 @@ class Trainer:
         return distributed.wrap(self.train_module, self.student.model.layers, self.env, self.strategy)
 
     def save(self, state: ckpt.TrainState, optimizer=None, scheduler=None) -> None:
+        """A checkpoint, after every process learns whether the main one failed to write a metrics record: then
+        they all stop (OutputError on the main one) at the checkpoint before, whose resume rewrites the records."""
+        distributed.on_main(self.env, self.metrics.check)
         ckpt.save(self.checkpoint_path, self.env, student=self.student, state=state, identity=self.identity,
                   fingerprint=self.fingerprint, optimizer=optimizer, scheduler=scheduler, inputs=self.inputs)
         self.last_checkpoint = f"{self.checkpoint_path} (stage {state.stage}, step {state.step}" + (
@@ -293,7 +296,7 @@ class Trainer:
                     for callback in self.callbacks:
                         callback(StepInfo(stage.name, state.step, config.total_steps, state.tokens, loss, lr,
                                           grad_norm, self.student))
-                    if distributed.any_rank(stop.received is not None, env):
+                    if distributed.any_rank(stop.received is not None or self.metrics.error is not None, env):
                         self.save(state, optimizer, scheduler)
                         name = signal.Signals(stop.received).name if stop.received else "a signal on another process"
                         raise TrainingInterrupted(

@@ -246,3 +246,34 @@ def test_a_signalled_cli_run_resumes_exactly(workspace, tmp_path, kill):
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
     assert [m["step"] for m in read_metrics(tmp_path / "run") if "loss" in m] == list(range(1, 151))
+
+
+def test_a_metrics_write_that_fails_stops_at_the_checkpoint_before_and_resumes_exactly(workspace, tmp_path):
+    """A failed metrics.jsonl write (a full disk) is kept, not raised on the main process alone (other processes
+    would wait for it in a collective); every process stops at the next step with OutputError, before another
+    checkpoint, and --resume rewrites the records from that checkpoint on."""
+    from hydrahead.errors import OutputError
+
+    reference = run(tiny_recipe(workspace, tmp_path / "ref", STAGES))
+    out = tmp_path / "run"
+    recipe = tiny_recipe(workspace, out, STAGES, training={"checkpoint_every": 2})
+    metrics = out / "metrics.jsonl"
+
+    def fill_the_disk(info):
+        if info.stage == "distill" and info.step == 3:
+            metrics.rename(out / "kept.jsonl")
+            metrics.mkdir()  # appending to it fails with an OSError, as a full disk's write does
+
+    with pytest.raises(OutputError, match=r"cannot write .*metrics.jsonl.*--resume"):
+        run(recipe, callbacks=[fill_the_disk])
+    saved = torch.load(out / FILENAME, weights_only=True)["state"]
+    assert (saved["stage"], saved["step"]) == ("distill", 2)
+    metrics.rmdir()
+    (out / "kept.jsonl").rename(metrics)
+    resumed = run(recipe, resume=True)
+    expected, actual = state(reference), state(resumed)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    a, b = curve(tmp_path / "ref"), curve(out)
+    assert [x[:2] for x in a] == [x[:2] for x in b]
+    torch.testing.assert_close([x[2] for x in b], [x[2] for x in a], rtol=1e-5, atol=1e-6)
