@@ -4,10 +4,19 @@ transformers, a file reader) into such a message."""
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def one_line(err: BaseException) -> str:
     """An exception's message on one line (transformers' validation errors span several)."""
     return " ".join(str(err).split())
+
+
+def shown(value: Any) -> str:
+    """A value as a message shows it, with its type when the repr alone could hide it ('False' vs False)."""
+    if isinstance(value, (bool, int, type(None))):
+        return repr(value)
+    return f"{value!r} (a {'string' if isinstance(value, str) else type(value).__name__})"
 
 
 class HydraHeadError(Exception):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from hydrahead.errors import OptionsError
+from hydrahead.errors import OptionsError, shown
 from hydrahead.utils.units import parse_length
 
 FA_ROPE = ("keep", "none")
@@ -47,10 +47,10 @@ class HybridOptions:
         _choice("fusion", self.fusion, FUSIONS)
         for name in ("fa_log_scale", "fa_gate", "gdn_rope", "gdn_shared_kv"):
             if not isinstance(getattr(self, name), bool):
-                raise OptionsError(f"{name} must be true or false, got {_shown(getattr(self, name))}")
+                raise OptionsError(f"{name} must be true or false, got {shown(getattr(self, name))}")
         conv = self.conv_size
         if isinstance(conv, bool) or not isinstance(conv, int) or conv < 0 or conv == 1:
-            raise OptionsError(f"conv_size must be an integer, 0 (off) or >= 2, got {_shown(self.conv_size)}")
+            raise OptionsError(f"conv_size must be an integer, 0 (off) or >= 2, got {shown(self.conv_size)}")
         if self.train_length is not None:
             try:
                 length = parse_length(self.train_length)
@@ -90,7 +90,7 @@ class HybridOptions:
     @classmethod
     def _check_names(cls, data: dict[str, Any]) -> None:
         if not isinstance(data, dict):
-            raise OptionsError(f"hybrid options must be a mapping of option to value, got {_shown(data)}")
+            raise OptionsError(f"hybrid options must be a mapping of option to value, got {shown(data)}")
         unknown = sorted(set(data) - set(cls.field_names()), key=str)
         if unknown:
             raise OptionsError(f"unknown hybrid option(s) {unknown}; options are {cls.field_names()}")
@@ -101,11 +101,4 @@ class HybridOptions:
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in choices:
-        raise OptionsError(f"{name} must be one of {choices}, got {_shown(value)}")
-
-
-def _shown(value: Any) -> str:
-    """A value as a message shows it, with its type when the repr alone could hide it ('False' vs False)."""
-    if isinstance(value, (bool, int, type(None))):
-        return repr(value)
-    return f"{value!r} (a {'string' if isinstance(value, str) else type(value).__name__})"
+        raise OptionsError(f"{name} must be one of {choices}, got {shown(value)}")

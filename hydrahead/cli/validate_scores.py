@@ -43,7 +43,7 @@ def probe_config_of(saved, path: str):
 
     try:
         return ProbeConfig.from_dict(saved)
-    except (ProbeError, TypeError, ValueError, AttributeError) as err:
+    except ProbeError as err:  # its types and values are checked there
         raise ScoringError(f"{path}: its probe settings (metadata.probe_config) are unreadable: {err}") from None
 
 

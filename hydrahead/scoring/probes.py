@@ -34,8 +34,7 @@ from typing import Any
 
 import torch
 
-from hydrahead.errors import ProbeError
-from hydrahead.errors import NeedleError
+from hydrahead.errors import NeedleError, ProbeError, shown
 from hydrahead.models.shape import positions
 from hydrahead.needles import (
     HAYSTACKS,
@@ -75,9 +74,25 @@ class ProbeConfig:
     answer_lead: int = 4  # with a model: formatting tokens it may write before the answer (answer_format.py); 0 = off
 
     def __post_init__(self) -> None:
+        # Types are checked before values (a score file or a caller's dict may hold anything): a string where a
+        # list belongs would be split into characters, a float count would fail deep inside the probe builder.
+        for name in ("template", "haystack"):
+            if not isinstance(getattr(self, name), str):
+                raise ProbeError(f"{name} must be a string, got {shown(getattr(self, name))}")
+        for name in ("samples", "context_length", "num_keys", "seed", "max_resample", "kv_keys", "kv_values",
+                     "kv_filler", "answer_lead"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ProbeError(f"{name} must be an integer, got {shown(value)}")
         for name in ("capabilities", "needle_types", "haystack_files"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ProbeError(f"{name} must be a list of strings, got {shown(value)}")
+            object.__setattr__(self, name, tuple(value))
         if self.depths is not None:
+            if not isinstance(self.depths, (list, tuple)) or any(isinstance(d, bool) or not isinstance(d, (int, float))
+                                                                  for d in self.depths):
+                raise ProbeError(f"depths must be a list of fractions in [0, 1], got {shown(self.depths)}")
             object.__setattr__(self, "depths", tuple(float(d) for d in self.depths))
             if not self.depths or any(not 0.0 <= d <= 1.0 for d in self.depths):
                 raise ProbeError(f"depths must be fractions in [0, 1], got {list(self.depths)}")
@@ -107,6 +122,9 @@ class ProbeConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProbeConfig:
+        """The config `to_dict` wrote (keys it does not know are ignored); ProbeError for anything else."""
+        if not isinstance(data, dict):
+            raise ProbeError(f"probe settings must be a mapping of field to value, got {shown(data)}")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in known.items()})
 

@@ -157,6 +157,22 @@ def test_bad_probe_settings(kwargs, match):
         build_probes(char_tokenizer(), **{**SMALL, **kwargs})
 
 
+@pytest.mark.parametrize("data, match", [
+    ({"samples": 6.0}, r"samples must be an integer, got 6.0 \(a float\)"),
+    ({"answer_lead": True}, "answer_lead must be an integer, got True"),
+    ({"capabilities": "single_key"}, r"capabilities must be a list of strings, got 'single_key' \(a string\)"),
+    ({"depths": ["0.5"]}, "depths must be a list of fractions"),
+    ({"template": None}, "template must be a string, got None"),
+    (["niah"], r"probe settings must be a mapping .* \(a list\)"),
+])
+def test_saved_probe_settings_of_the_wrong_type_are_named(data, match):
+    """A score file's probe settings (or a caller's dict) with a value of the wrong type: one ProbeError naming
+    the field, not a TypeError from inside the probe builder, nor a string split into characters."""
+    with pytest.raises(ProbeError, match=match):
+        ProbeConfig.from_dict(data)
+    assert ProbeConfig.from_dict(ProbeConfig(samples=3).to_dict()) == ProbeConfig(samples=3)
+
+
 def test_tokenizer_that_cannot_make_distractors():
     words = word_tokenizer("the magic number for is".split())  # every value is <unk>
     with pytest.raises(ProbeError, match="same token length"):
