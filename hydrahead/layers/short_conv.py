@@ -12,8 +12,8 @@ two transposes) and allocates nothing beyond the window and the output.
 Where fla's kernels apply (CUDA, bf16/fp16, fla installed), a prompt (T > 1) runs instead through fla's
 causal conv1d, conv and SiLU in one kernel (forward and backward), the cached inputs handed to it as its
 initial state: one pass over the input where the multiply-adds take six. A decode step stays the
-multiply-add over the window (a few ops, which a compiled step fuses), and so do packed documents with a
-cache (rare: fla's conv restarts documents by `cu_seqlens` over a cache-less batch).
+multiply-add over the window (a few ops, which a compiled step fuses). Packed documents come without a
+cache (the GDN branch finds them only then); fla's conv restarts them by `cu_seqlens`.
 """
 
 from __future__ import annotations
@@ -35,10 +35,10 @@ class ShortConv(nn.Module):
         self.weight = nn.Parameter(weight)  # (C, K)
 
     def forward(self, x: torch.Tensor, cache_layer=None, documents: Documents | None = None) -> torch.Tensor:
-        """x: (B, T, C) -> silu(causal_conv(x)): (B, T, C). `documents`: packed rows, whose taps never reach
-        back into the previous document."""
+        """x: (B, T, C) -> silu(causal_conv(x)): (B, T, C). `documents`: packed rows (without a cache), whose
+        taps never reach back into the previous document."""
         K = self.kernel_size
-        if x.shape[1] > 1 and fla_applies(x) and not (documents is not None and cache_layer is not None):
+        if x.shape[1] > 1 and fla_applies(x):
             previous = cache_layer.conv_inputs_before(x, K) if cache_layer is not None else None
             return fla_short_conv(x, self.weight, previous=previous,
                                   cu_seqlens=documents.cu_seqlens if documents is not None else None)

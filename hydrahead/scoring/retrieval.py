@@ -8,8 +8,8 @@ generating it (the "predicted token" is the argmax at each teacher-forced step),
 gives every head's score; we count copy events per answer position rather than the set of distinct
 tokens copied. Only clean prompts are used: the score needs no counterfactual.
 
-Reported per query head (`values`) and per KV group (`components["kv_group"]`, the max over the group's
-query heads: the group's KV cache is kept as soon as one of its heads is).
+Reported per query head; per KV group, `HeadScores.kv_group_values()` takes the max over the group's query
+heads (the group's KV cache is kept as soon as one of its heads is).
 """
 
 from __future__ import annotations
@@ -42,7 +42,4 @@ def retrieval_effects(runner: Runner, probe: Probe) -> np.ndarray:
 def retrieval_scores(runner: Runner, probes: Sequence[Probe], *, progress: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     """Retrieval scores over `probes`: (per query head (L, H), components, metadata)."""
     per_probe = np.stack([retrieval_effects(runner, p) for p in tqdm(probes, desc="retrieval", disable=not progress)])
-    scores = per_probe.mean(0)
-    G = runner.num_heads // runner.num_kv_heads
-    kv_group = scores.reshape(runner.num_layers, runner.num_kv_heads, G).max(-1)  # (L, KV)
-    return scores, {"kv_group": kv_group}, {"probes_used": len(probes)}
+    return per_probe.mean(0), {}, {"probes_used": len(probes)}

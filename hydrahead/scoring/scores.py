@@ -27,7 +27,7 @@ class HeadScores:
 
     method:       "patching", "attribution" or "retrieval" (or any name, for scores made elsewhere)
     num_kv_heads: KV heads per layer of the scored model (query head h is in group h // group_size)
-    components:   named arrays behind `values` (receiver/sender/kappa per capability, per-KV-group scores)
+    components:   named arrays behind `values` (receiver/sender/kappa per capability)
     metadata:     probes, model shape, timings, convergence: plain JSON values
     """
 
