@@ -11,7 +11,7 @@ models are evaluated on and what the teacher is trained on is the same prompt. I
 Probes keep only the same-token-length counterfactual pairing and the token-level split of the prompt;
 tasks keep only the RULER task specs and length fitting.
 
-Haystacks (RULER's two kinds, without downloads):
+Haystacks (RULER's two kinds, without downloads; the essay's seeds, one range per use: `PROBE_SEED_OFFSET`):
 - "noise": RULER's repeated filler ("The grass is green. The sky is blue. ...").
 - "essay": prose-like sentences generated from small word lists with a seeded generator (our stand-in for
   RULER's Paul Graham essays, which we cannot ship).
@@ -32,6 +32,10 @@ from hydrahead.utils.io import read_text
 
 NEEDLE_TYPES = ("number", "word", "uuid")
 HAYSTACKS = ("essay", "noise", "files")
+# Essay filler seeds, one range per use, so that heads are never chosen on the text they are evaluated on:
+# the evaluation draws from its `seed` (small numbers), head-scoring probes from PROBE_SEED_OFFSET + their seed,
+# the demo teacher's training documents from demo.teacher_data.TRAIN_SEED_OFFSET + theirs.
+PROBE_SEED_OFFSET = 2_000_003
 
 NOISE = ["The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.", "There and back again."]
 

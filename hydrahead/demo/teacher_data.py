@@ -53,7 +53,7 @@ from hydrahead.needles import (
     vocabulary,
 )
 
-TRAIN_SEED_OFFSET = 1_000_003  # evaluation and probes use small seeds; training documents seeds from here on
+TRAIN_SEED_OFFSET = 1_000_003  # training documents draw seeds from here on (needles.PROBE_SEED_OFFSET: the seed ranges)
 KINDS = ("niah", "multiquery", "repeat", "recall", "copy", "induction", "code")
 IDENTIFIER = re.compile(r"\b[A-Za-z][A-Za-z_]{2,14}\b")
 FORMS = list(QUESTION_FORMS)

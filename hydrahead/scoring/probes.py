@@ -39,6 +39,7 @@ from hydrahead.models.shape import positions
 from hydrahead.needles import (
     HAYSTACKS,
     NEEDLE_TYPES,
+    PROBE_SEED_OFFSET,
     arrangement,
     distinct,
     draw_keys,
@@ -343,7 +344,8 @@ def build_probes(tokenizer: Any, config: ProbeConfig | None = None, *, model: An
     encode = _Encoder(tokenizer)
     rng = random.Random(config.seed)
     try:
-        sentences = haystack_sentences(config.haystack, config.haystack_files, seed=config.seed)
+        # essay filler from the probes' own seeds, never the evaluation's (needles.PROBE_SEED_OFFSET)
+        sentences = haystack_sentences(config.haystack, config.haystack_files, seed=PROBE_SEED_OFFSET + config.seed)
     except NeedleError as err:
         raise ProbeError(str(err)) from err
     kinds: Sequence[str] = config.needle_types if config.template == "niah" else ("kv",)

@@ -11,7 +11,7 @@ from hydrahead.scoring import HeadScores
 from tests.toy_tokenizer import char_tokenizer
 from tests.conftest import make_teacher
 
-PROBES = ["--context-length", "500", "--samples", "1", "--needle-types", "word", "--capabilities", "single_key"]
+PROBES = ["--context-length", "500", "--samples", "2", "--needle-types", "word", "--capabilities", "single_key"]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def test_score_plan_validate(teacher_dir, capsys):
     assert main(["score", "--model", model, "--method", "patching", "--out", str(out / "scores.json"),
                  "--plot", str(out / "heads.png"), *PROBES]) == 0
     printed = capsys.readouterr().out
-    assert "patching scores of 2 layers x 4 heads on 1 probes" in printed and "top 8 heads" in printed
+    assert "patching scores of 2 layers x 4 heads on 2 probes" in printed and "top 8 heads" in printed
     scores = HeadScores.from_json(out / "scores.json")
     assert scores.values.shape == (2, 4) and scores.metadata["probe_config"]["context_length"] == 500
     assert (out / "heads.png").read_bytes()[:4] == b"\x89PNG"

@@ -143,6 +143,25 @@ def test_niah_probe_prompts_are_the_evaluations_text():
         assert needle_sentence(kind, key, value) in needles  # the queried needle holds the answer
 
 
+def test_probes_never_share_the_evaluations_filler():
+    """Heads are chosen on probes and judged by the evaluation: the essay filler of the two comes from disjoint
+    seeds (needles.PROBE_SEED_OFFSET), so no head is chosen on the text it is evaluated on. Before, both cut
+    their filler from one pool, essay_sentences(4096, 0): the evaluation from its start, a probe from a random
+    sentence on (the same text wherever the two ranges met)."""
+    from hydrahead.needles import PROBE_SEED_OFFSET
+
+    tok = char_tokenizer()
+    evaluation = set(essay_sentences(4096, 0))  # every sentence the evaluation's default haystack can hold
+    for seed in (0, 1):
+        texts = [tok.decode(p.clean_ids) for p in build_probes(tok, ProbeConfig(**SMALL, seed=seed))]
+        # the filler sentences ("The quiet river follows ..."; no template or needle sentence starts so)
+        sentences = [s + "." for text in texts for s in text.replace("\n", " ").split(". ")[1:-1]
+                     if s.startswith("The ")]
+        own = set(essay_sentences(4096, PROBE_SEED_OFFSET + seed))
+        assert len(sentences) > 40 and all(s in own for s in sentences)
+        assert not own & evaluation and not any(s in evaluation for s in sentences)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(context_length=100), "too short"),
     (dict(needle_types=("date",)), "needle_types"),
