@@ -26,7 +26,7 @@ class MetricsLog:
         self.enabled = enabled
         self._writer = None
         self.error: OutputError | None = None
-        if enabled and tensorboard:
+        if tensorboard:  # checked on every process, so that none goes on to wait for one that stopped
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:
@@ -34,7 +34,8 @@ class MetricsLog:
                     "training.tensorboard is true but the tensorboard package is not installed "
                     "(pip install tensorboard), or set it to false"
                 ) from err
-            self._writer = SummaryWriter(str(output_dir / "tensorboard"))
+            if enabled:
+                self._writer = SummaryWriter(str(output_dir / "tensorboard"))
 
     def truncate_after(self, stage_order: list[str], stage: str, step: int) -> None:
         """Keep only the records up to (stage, step): what the checkpoint being resumed had seen."""
@@ -60,22 +61,26 @@ class MetricsLog:
         if not self.enabled or self.error is not None:
             return
         record = {k: _plain(v) for k, v in record.items()}
+        path = self.path
         try:
-            with open(self.path, "a") as f:
+            with open(path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            path = self.path.parent / "tensorboard"
+            if self._writer is not None:
+                self._tensorboard(record)
         except OSError as err:
-            self.error = OutputError(f"cannot write {self.path}: {err.strerror or err} (a full disk?); free space, "
+            self.error = OutputError(f"cannot write {path}: {err.strerror or err} (a full disk?); free space, "
                                      "then continue with --resume from the last checkpoint")
-            return
-        if self._writer is not None:
-            global_step = record.get("global_step", record["step"])
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key not in ("step", "global_step"):
-                    self._writer.add_scalar(f"{record['stage']}/{key}", value, global_step)
-                elif isinstance(value, list):
-                    for i, element in enumerate(value):
-                        if isinstance(element, (int, float)):
-                            self._writer.add_scalar(f"{record['stage']}/{key}/{i:02d}", element, global_step)
+
+    def _tensorboard(self, record: dict[str, Any]) -> None:
+        global_step = record.get("global_step", record["step"])
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key not in ("step", "global_step"):
+                self._writer.add_scalar(f"{record['stage']}/{key}", value, global_step)
+            elif isinstance(value, list):
+                for i, element in enumerate(value):
+                    if isinstance(element, (int, float)):
+                        self._writer.add_scalar(f"{record['stage']}/{key}/{i:02d}", element, global_step)
 
     def check(self) -> None:
         """Raise the OutputError of a record that could not be written, if any (`log`)."""

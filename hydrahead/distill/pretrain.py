@@ -145,7 +145,8 @@ def pretrain(
         metrics = MetricsLog(output_dir, env.is_main, recipe.training.tensorboard)
         output_dir.mkdir(parents=True, exist_ok=True)
         if checkpoint is not None:
-            metrics.truncate_after([stage.name], checkpoint.state.stage, checkpoint.state.step)
+            distributed.on_main(env, lambda: metrics.truncate_after([stage.name], checkpoint.state.stage,
+                                                                    checkpoint.state.step))
         trainer = Trainer(student=model, teacher=None, tokenizer=tokenizer, training=recipe.training, env=env,
                           output_dir=output_dir, identity=identity, fingerprint=fingerprint, metrics=metrics,
                           callbacks=callbacks, inputs=inputs)

@@ -198,7 +198,9 @@ def train(run_: DistillRun, student: torch.nn.Module, callbacks: Sequence[StepCa
     metrics = MetricsLog(output_dir, env.is_main, recipe.training.tensorboard)
     output_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint is not None:
-        metrics.truncate_after(list(STAGE_NAMES), checkpoint.state.stage, checkpoint.state.step)
+        # on the main process, every process learning whether it failed (none left waiting in a collective)
+        distributed.on_main(env, lambda: metrics.truncate_after(list(STAGE_NAMES), checkpoint.state.stage,
+                                                                checkpoint.state.step))
     trainer = Trainer(student=student, teacher=run_.teacher, tokenizer=run_.tokenizer, training=recipe.training,
                       env=env, output_dir=output_dir, identity=run_.identity, fingerprint=run_.fingerprint,
                       metrics=metrics, callbacks=callbacks, inputs=run_.inputs)

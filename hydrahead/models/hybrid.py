@@ -8,6 +8,7 @@ the plan and the options, with model_type `hydrahead_<family>`, registered with 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,7 +85,10 @@ class HybridCausalLMMixin:
         except ImportError:
             pass
         else:
-            add_remote_code(working_dir, self)
+            # only where transformers saved the checkpoint (`push_to_hub` called on every process under
+            # torch.distributed saves config.json on one of them)
+            if (Path(working_dir) / "config.json").is_file():
+                add_remote_code(working_dir, self)
         return super()._upload_modified_files(working_dir, *args, **kwargs)
 
     # position_ids and logits_to_keep must stay named parameters: generate() only derives padding-aware

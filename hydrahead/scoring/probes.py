@@ -27,8 +27,10 @@ Sub-probes (the unit of kappa in Eq. 11) are (capability, needle type) pairs wit
 
 from __future__ import annotations
 
+import numbers
+import os
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -77,24 +79,29 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         # Types are checked before values (a score file or a caller's dict may hold anything): a string where a
         # list belongs would be split into characters, a float count would fail deep inside the probe builder.
+        # Integers and reals of any kind (numpy's too), any iterable for a list, paths for file names.
         for name in ("template", "haystack"):
             if not isinstance(getattr(self, name), str):
                 raise ProbeError(f"{name} must be a string, got {shown(getattr(self, name))}")
         for name in ("samples", "context_length", "num_keys", "seed", "max_resample", "kv_keys", "kv_values",
                      "kv_filler", "answer_lead"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ProbeError(f"{name} must be an integer, got {shown(value)}")
-        for name in ("capabilities", "needle_types", "haystack_files"):
+            object.__setattr__(self, name, int(value))
+        for name, kinds, what in (("capabilities", str, "names"), ("needle_types", str, "names"),
+                                  ("haystack_files", (str, os.PathLike), "file names")):
             value = getattr(self, name)
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                raise ProbeError(f"{name} must be a list of strings, got {shown(value)}")
-            object.__setattr__(self, name, tuple(value))
+            items = tuple(value) if isinstance(value, Iterable) and not isinstance(value, (str, bytes)) else None
+            if items is None or not all(isinstance(v, kinds) for v in items):
+                raise ProbeError(f"{name} must be a list of {what}, got {shown(value)}")
+            object.__setattr__(self, name, tuple(os.fspath(v) for v in items))
         if self.depths is not None:
-            if not isinstance(self.depths, (list, tuple)) or any(isinstance(d, bool) or not isinstance(d, (int, float))
-                                                                  for d in self.depths):
-                raise ProbeError(f"depths must be a list of fractions in [0, 1], got {shown(self.depths)}")
-            object.__setattr__(self, "depths", tuple(float(d) for d in self.depths))
+            value = self.depths
+            items = tuple(value) if isinstance(value, Iterable) and not isinstance(value, (str, bytes)) else None
+            if items is None or any(isinstance(d, bool) or not isinstance(d, numbers.Real) for d in items):
+                raise ProbeError(f"depths must be a list of fractions in [0, 1], got {shown(value)}")
+            object.__setattr__(self, "depths", tuple(float(d) for d in items))
             if not self.depths or any(not 0.0 <= d <= 1.0 for d in self.depths):
                 raise ProbeError(f"depths must be fractions in [0, 1], got {list(self.depths)}")
         if self.template not in TEMPLATES:

@@ -20,3 +20,18 @@ def test_a_vector_metric_is_a_list_in_jsonl_and_one_scalar_per_element_in_tensor
              "layer_loss": torch.tensor([0.25, 0.75, float("nan")])})
     assert read_metrics(tmp_path) == [{"stage": "align", "step": 3, "loss": 0.5, "layer_loss": [0.25, 0.75, "nan"]}]
     assert log._writer.scalars == {"align/loss": 0.5, "align/layer_loss/00": 0.25, "align/layer_loss/01": 0.75}
+
+
+def test_a_missing_tensorboard_stops_every_process_not_only_the_main_one(tmp_path, monkeypatch):
+    """Checked where the log is made, on the main process and the others alike: a process that went on would
+    wait in its first collective for the main one."""
+    import sys
+
+    import pytest
+
+    from hydrahead.errors import RecipeError
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails: not installed
+    for main in (True, False):
+        with pytest.raises(RecipeError, match="pip install tensorboard"):
+            MetricsLog(tmp_path, enabled=main, tensorboard=True)

@@ -135,7 +135,8 @@ def test_an_upload_to_the_hub_carries_the_code(tmp_path, monkeypatch, how):
 
     monkeypatch.setattr(modeling_utils, "hf_api", lambda: Api())
     monkeypatch.setattr(modeling_utils, "create_and_tag_model_card", lambda *a, **k: Card())
-    monkeypatch.setattr("transformers.utils.hub.hf_api", lambda: Api(), raising=False)
+    monkeypatch.setattr("transformers.utils.hub.hf_api", lambda: Api())
+    monkeypatch.setattr("transformers.utils.hub.create_and_tag_model_card", lambda *a, **k: Card())
     monkeypatch.setattr(PushToHubMixin, "_upload_modified_files", upload)
     model = hydrahead.convert(make_teacher("qwen3"), HeadPlan(((0,), (3,)), 4, 2))
     if how == "save_pretrained":
@@ -144,3 +145,8 @@ def test_an_upload_to_the_hub_carries_the_code(tmp_path, monkeypatch, how):
         model.push_to_hub("me/hybrid")
     assert "modeling_hydrahead.py" in uploaded and "model.safetensors" in uploaded
     assert "auto_map" in json.loads(uploaded["config.json"])
+    if how == "push_to_hub":  # under torch.distributed, on a process transformers does not save on: no code
+        uploaded.clear()
+        model.should_save_on_this_rank = lambda is_main_process: False
+        model.push_to_hub("me/hybrid")
+        assert "modeling_hydrahead.py" not in uploaded

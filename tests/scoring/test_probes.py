@@ -179,7 +179,8 @@ def test_bad_probe_settings(kwargs, match):
 @pytest.mark.parametrize("data, match", [
     ({"samples": 6.0}, r"samples must be an integer, got 6.0 \(a float\)"),
     ({"answer_lead": True}, "answer_lead must be an integer, got True"),
-    ({"capabilities": "single_key"}, r"capabilities must be a list of strings, got 'single_key' \(a string\)"),
+    ({"capabilities": "single_key"}, r"capabilities must be a list of names, got 'single_key' \(a string\)"),
+    ({"haystack_files": [3]}, "haystack_files must be a list of file names"),
     ({"depths": ["0.5"]}, "depths must be a list of fractions"),
     ({"template": None}, "template must be a string, got None"),
     (["niah"], r"probe settings must be a mapping .* \(a list\)"),
@@ -190,6 +191,18 @@ def test_saved_probe_settings_of_the_wrong_type_are_named(data, match):
     with pytest.raises(ProbeError, match=match):
         ProbeConfig.from_dict(data)
     assert ProbeConfig.from_dict(ProbeConfig(samples=3).to_dict()) == ProbeConfig(samples=3)
+
+
+def test_probe_settings_take_numpy_numbers_any_iterable_and_paths():
+    from pathlib import Path
+
+    import numpy as np
+
+    config = ProbeConfig(samples=np.int64(4), depths=np.linspace(0.0, 1.0, 3), capabilities={"single_key"},
+                         haystack="files", haystack_files=[Path("a.txt")])
+    assert config == ProbeConfig(samples=4, depths=(0.0, 0.5, 1.0), capabilities=("single_key",), haystack="files",
+                                 haystack_files=("a.txt",))
+    assert type(config.samples) is int and ProbeConfig.from_dict(config.to_dict()) == config
 
 
 def test_tokenizer_that_cannot_make_distractors():
