@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
-from hydrahead.errors import OutputError, RecipeError
+from hydrahead.errors import OutputError, RecipeError, one_line
 from hydrahead.utils.io import atomic_write_text
 
 FILENAME = "metrics.jsonl"
@@ -35,7 +36,10 @@ class MetricsLog:
                     "(pip install tensorboard), or set it to false"
                 ) from err
             if enabled:
-                self._writer = SummaryWriter(str(output_dir / "tensorboard"))
+                try:  # it opens its event file here: a failure is kept (`log`)
+                    self._writer = SummaryWriter(str(output_dir / "tensorboard"))
+                except Exception as err:  # noqa: BLE001 - TensorFlow's own file errors are not OSErrors
+                    self.error = _cannot_write(output_dir / "tensorboard", err)
 
     def truncate_after(self, stage_order: list[str], stage: str, step: int) -> None:
         """Keep only the records up to (stage, step): what the checkpoint being resumed had seen."""
@@ -61,16 +65,17 @@ class MetricsLog:
         if not self.enabled or self.error is not None:
             return
         record = {k: _plain(v) for k, v in record.items()}
-        path = self.path
         try:
-            with open(path, "a") as f:
+            with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            path = self.path.parent / "tensorboard"
-            if self._writer is not None:
-                self._tensorboard(record)
         except OSError as err:
-            self.error = OutputError(f"cannot write {path}: {err.strerror or err} (a full disk?); free space, "
-                                     "then continue with --resume from the last checkpoint")
+            self.error = _cannot_write(self.path, err)
+            return
+        if self._writer is not None:
+            try:  # its writer thread's error comes back here, a call later
+                self._tensorboard(record)
+            except Exception as err:  # noqa: BLE001 - TensorFlow's own file errors are not OSErrors
+                self.error = _cannot_write(self.path.parent / "tensorboard", err)
 
     def _tensorboard(self, record: dict[str, Any]) -> None:
         global_step = record.get("global_step", record["step"])
@@ -88,8 +93,20 @@ class MetricsLog:
             raise self.error
 
     def close(self) -> None:
+        """Flush TensorBoard's events. Never raises (it runs on the main process alone, where the others may be
+        waiting, and after an error it must not replace): a failure is a warning, metrics.jsonl is complete."""
         if self._writer is not None:
-            self._writer.close()
+            try:
+                self._writer.close()
+            except Exception as err:  # noqa: BLE001
+                warnings.warn(f"{_cannot_write(self.path.parent / 'tensorboard', err)} (metrics.jsonl is complete)",
+                              stacklevel=2)
+            self._writer = None
+
+
+def _cannot_write(path: Path, err: BaseException) -> OutputError:
+    return OutputError(f"cannot write {path}: {getattr(err, 'strerror', None) or one_line(err)} (a full disk?); "
+                       "free space, then continue with --resume from the last checkpoint")
 
 
 def _plain(value: Any) -> Any:

@@ -27,7 +27,7 @@ Sub-probes (the unit of kappa in Eq. 11) are (capability, needle type) pairs wit
 
 from __future__ import annotations
 
-import numbers
+import operator
 import os
 import random
 from collections.abc import Iterable, Sequence
@@ -79,29 +79,25 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         # Types are checked before values (a score file or a caller's dict may hold anything): a string where a
         # list belongs would be split into characters, a float count would fail deep inside the probe builder.
-        # Integers and reals of any kind (numpy's too), any iterable for a list, paths for file names.
+        # Integers and reals of any kind (numpy's, 0-d tensors), any iterable for a list, paths for file names.
         for name in ("template", "haystack"):
             if not isinstance(getattr(self, name), str):
                 raise ProbeError(f"{name} must be a string, got {shown(getattr(self, name))}")
         for name in ("samples", "context_length", "num_keys", "seed", "max_resample", "kv_keys", "kv_values",
                      "kv_filler", "answer_lead"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise ProbeError(f"{name} must be an integer, got {shown(value)}")
-            object.__setattr__(self, name, int(value))
+            object.__setattr__(self, name, _integer(name, getattr(self, name)))
         for name, kinds, what in (("capabilities", str, "names"), ("needle_types", str, "names"),
                                   ("haystack_files", (str, os.PathLike), "file names")):
-            value = getattr(self, name)
-            items = tuple(value) if isinstance(value, Iterable) and not isinstance(value, (str, bytes)) else None
+            items = _items(getattr(self, name))
             if items is None or not all(isinstance(v, kinds) for v in items):
-                raise ProbeError(f"{name} must be a list of {what}, got {shown(value)}")
+                raise ProbeError(f"{name} must be a list of {what}, got {shown(getattr(self, name))}")
             object.__setattr__(self, name, tuple(os.fspath(v) for v in items))
         if self.depths is not None:
-            value = self.depths
-            items = tuple(value) if isinstance(value, Iterable) and not isinstance(value, (str, bytes)) else None
-            if items is None or any(isinstance(d, bool) or not isinstance(d, numbers.Real) for d in items):
-                raise ProbeError(f"depths must be a list of fractions in [0, 1], got {shown(value)}")
-            object.__setattr__(self, "depths", tuple(float(d) for d in items))
+            items = _items(self.depths)
+            depths = None if items is None else [_real(d) for d in items]
+            if depths is None or None in depths:
+                raise ProbeError(f"depths must be a list of fractions in [0, 1], got {shown(self.depths)}")
+            object.__setattr__(self, "depths", tuple(depths))
             if not self.depths or any(not 0.0 <= d <= 1.0 for d in self.depths):
                 raise ProbeError(f"depths must be fractions in [0, 1], got {list(self.depths)}")
         if self.template not in TEMPLATES:
@@ -135,6 +131,33 @@ class ProbeConfig:
             raise ProbeError(f"probe settings must be a mapping of field to value, got {shown(data)}")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in known.items()})
+
+
+def _items(value: Any) -> tuple | None:
+    """A list-like setting's items, or None when it is not one (a string, a scalar, a 0-d array)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) or getattr(value, "ndim", 1) == 0:
+        return None
+    return tuple(value)
+
+
+def _integer(name: str, value: Any) -> int:
+    """An integer setting as an int (numpy's integers and 0-d integer tensors too); ProbeError otherwise."""
+    try:
+        if not isinstance(value, (bool, str, bytes, float)):
+            return operator.index(value)
+    except TypeError:
+        pass
+    raise ProbeError(f"{name} must be an integer, got {shown(value)}")
+
+
+def _real(value: Any) -> float | None:
+    """A number as a float (numpy's, 0-d tensors), or None for anything else (a string, a bool, a list)."""
+    if isinstance(value, (bool, str, bytes)) or not hasattr(value, "__float__") or getattr(value, "ndim", 0):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 @dataclass(frozen=True)

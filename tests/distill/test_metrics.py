@@ -35,3 +35,29 @@ def test_a_missing_tensorboard_stops_every_process_not_only_the_main_one(tmp_pat
     for main in (True, False):
         with pytest.raises(RecipeError, match="pip install tensorboard"):
             MetricsLog(tmp_path, enabled=main, tensorboard=True)
+
+
+def test_tensorboard_failures_are_kept_or_warned_never_raised_on_the_main_process_alone(tmp_path):
+    """With TensorFlow installed a full disk raises its own error type (not an OSError) from add_scalar; closing
+    flushes events and can fail too. The first is kept for the trainer's next check (every process stops
+    together); the second, at the end, is a warning: metrics.jsonl is complete."""
+    import pytest
+
+    from hydrahead.errors import OutputError
+
+    class FullDisk(FakeWriter):
+        def add_scalar(self, tag, value, step):
+            raise RuntimeError("tf.errors.ResourceExhaustedError: no space left")
+
+        def close(self):
+            raise OSError(28, "No space left on device")
+
+    log = MetricsLog(tmp_path, enabled=True)
+    log._writer = FullDisk()
+    log.log({"stage": "align", "step": 1, "loss": 0.5})
+    log.log({"stage": "align", "step": 2, "loss": 0.4})  # not written: the run stops at its next check
+    assert read_metrics(tmp_path) == [{"stage": "align", "step": 1, "loss": 0.5}]
+    with pytest.raises(OutputError, match=r"cannot write .*tensorboard: .*no space left.*--resume"):
+        log.check()
+    with pytest.warns(UserWarning, match="No space left on device.*metrics.jsonl is complete"):
+        log.close()

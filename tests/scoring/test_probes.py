@@ -203,6 +203,13 @@ def test_probe_settings_take_numpy_numbers_any_iterable_and_paths():
     assert config == ProbeConfig(samples=4, depths=(0.0, 0.5, 1.0), capabilities=("single_key",), haystack="files",
                                  haystack_files=("a.txt",))
     assert type(config.samples) is int and ProbeConfig.from_dict(config.to_dict()) == config
+    import torch
+
+    assert ProbeConfig(samples=torch.tensor(3), depths=torch.tensor([0.0, 0.5])) == ProbeConfig(samples=3,
+                                                                                             depths=(0.0, 0.5))
+    for bad in (dict(depths=np.array(0.5)), dict(depths=[10**400]), dict(samples=np.float64(4.0))):
+        with pytest.raises(ProbeError, match="must be"):  # a 0-d array is no list, a huge int no fraction
+            ProbeConfig(**bad)
 
 
 def test_tokenizer_that_cannot_make_distractors():
