@@ -181,8 +181,13 @@ def writing(path: Path):
     except HydraHeadError:
         raise
     except (OSError, RuntimeError) as err:
-        raise OutputError(f"cannot write {path}: {one_line(err)} (a full disk or a file-size limit?); free space, "
-                          "then continue with --resume from the last checkpoint") from err
+        raise cannot_write(path, err) from err
+
+
+def cannot_write(path: Path, err: BaseException) -> OutputError:
+    """The OutputError of a run's write that failed (a checkpoint, a metrics record), saying how to go on."""
+    return OutputError(f"cannot write {path}: {one_line(err)} (a full disk or a file-size limit?); free space, "
+                       "then continue with --resume from the last checkpoint")
 
 
 def save(

@@ -15,7 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from hydrahead.errors import OutputError, RecipeError, one_line
+from hydrahead.distill.checkpoint import cannot_write
+from hydrahead.errors import OutputError, RecipeError
 from hydrahead.utils.io import atomic_write_text
 
 FILENAME = "metrics.jsonl"
@@ -39,7 +40,7 @@ class MetricsLog:
                 try:  # it opens its event file here: a failure is kept (`log`)
                     self._writer = SummaryWriter(str(output_dir / "tensorboard"))
                 except Exception as err:  # noqa: BLE001 - TensorFlow's own file errors are not OSErrors
-                    self.error = _cannot_write(output_dir / "tensorboard", err)
+                    self.error = cannot_write(output_dir / "tensorboard", err)
 
     def truncate_after(self, stage_order: list[str], stage: str, step: int) -> None:
         """Keep only the records up to (stage, step): what the checkpoint being resumed had seen."""
@@ -69,13 +70,13 @@ class MetricsLog:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
         except OSError as err:
-            self.error = _cannot_write(self.path, err)
+            self.error = cannot_write(self.path, err)
             return
         if self._writer is not None:
             try:  # its writer thread's error comes back here, a call later
                 self._tensorboard(record)
             except Exception as err:  # noqa: BLE001 - TensorFlow's own file errors are not OSErrors
-                self.error = _cannot_write(self.path.parent / "tensorboard", err)
+                self.error = cannot_write(self.path.parent / "tensorboard", err)
 
     def _tensorboard(self, record: dict[str, Any]) -> None:
         global_step = record.get("global_step", record["step"])
@@ -99,14 +100,9 @@ class MetricsLog:
             try:
                 self._writer.close()
             except Exception as err:  # noqa: BLE001
-                warnings.warn(f"{_cannot_write(self.path.parent / 'tensorboard', err)} (metrics.jsonl is complete)",
+                warnings.warn(f"{cannot_write(self.path.parent / 'tensorboard', err)} (metrics.jsonl is complete)",
                               stacklevel=2)
             self._writer = None
-
-
-def _cannot_write(path: Path, err: BaseException) -> OutputError:
-    return OutputError(f"cannot write {path}: {getattr(err, 'strerror', None) or one_line(err)} (a full disk?); "
-                       "free space, then continue with --resume from the last checkpoint")
 
 
 def _plain(value: Any) -> Any:

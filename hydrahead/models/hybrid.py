@@ -69,27 +69,25 @@ class HybridCausalLMMixin:
         "revert" the fused projections into the old names (splitting them into equal parts, which they are not)."""
         kwargs["save_original_format"] = False
         super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
-        try:
-            from hydrahead.models.remote_code import add_remote_code
-        except ImportError:  # running from a checkpoint's bundled copy: transformers copies its files itself
-            return
         if self.should_save_on_this_rank(is_main_process):
-            add_remote_code(save_directory, self)
+            self._add_remote_code(save_directory)
 
     def _upload_modified_files(self, working_dir, *args, **kwargs):
         """transformers' upload to the Hub (`push_to_hub`, `save_pretrained(push_to_hub=True)`), with the remote
         code and `auto_map` written first: `save_pretrained` uploads before it returns, so without this a pushed
         hybrid would lack the code that loads it without hydrahead."""
+        # only where transformers saved the checkpoint (`push_to_hub` called on every process under
+        # torch.distributed saves config.json on one of them)
+        if (Path(working_dir) / "config.json").is_file():
+            self._add_remote_code(working_dir)
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
+
+    def _add_remote_code(self, directory) -> None:
         try:
             from hydrahead.models.remote_code import add_remote_code
-        except ImportError:
-            pass
-        else:
-            # only where transformers saved the checkpoint (`push_to_hub` called on every process under
-            # torch.distributed saves config.json on one of them)
-            if (Path(working_dir) / "config.json").is_file():
-                add_remote_code(working_dir, self)
-        return super()._upload_modified_files(working_dir, *args, **kwargs)
+        except ImportError:  # running from a checkpoint's bundled copy: transformers copies its files itself
+            return
+        add_remote_code(directory, self)
 
     # position_ids and logits_to_keep must stay named parameters: generate() only derives padding-aware
     # positions, and asks a prefill for the last position's logits only, for models whose forward() declares them.

@@ -129,8 +129,7 @@ class ProbeConfig:
         """The config `to_dict` wrote (keys it does not know are ignored); ProbeError for anything else."""
         if not isinstance(data, dict):
             raise ProbeError(f"probe settings must be a mapping of field to value, got {shown(data)}")
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in known.items()})
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})  # lists become tuples there
 
 
 def _items(value: Any) -> tuple | None:

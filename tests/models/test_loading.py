@@ -76,11 +76,16 @@ def test_missing_weights(saved):
 
 
 def test_truncated_weights(saved):
+    """Loading fails on it, and so does eval's check of every --models directory before any is loaded."""
+    from hydrahead.models.loading import check_model_dirs
+
     _, path = saved
     data = (path / "model.safetensors").read_bytes()
     (path / "model.safetensors").write_bytes(data[: len(data) // 3])
     with pytest.raises(hydrahead.CheckpointError, match="corrupt or truncated"):
         hydrahead.from_pretrained(path)
+    with pytest.raises(hydrahead.CheckpointError, match="unusable: weights file .* corrupt or truncated"):
+        check_model_dirs([path])
 
 
 def test_garbage_weights(saved):
@@ -258,17 +263,6 @@ def test_a_teacher_with_a_tensor_missing_does_not_load_but_extra_tensors_are_dro
     save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(hydrahead.CheckpointError, match=r"missing tensor\(s\) model.layers.1.mlp.up_proj.weight\)"):
         hydrahead.load_model(tmp_path)
-
-
-def test_check_model_dirs_opens_the_weights(saved):
-    """eval checks every --models directory before loading any: a truncated weight file fails there."""
-    from hydrahead.models.loading import check_model_dirs
-
-    _, path = saved
-    data = (path / "model.safetensors").read_bytes()
-    (path / "model.safetensors").write_bytes(data[: len(data) // 3])
-    with pytest.raises(hydrahead.CheckpointError, match="unusable: weights file .* corrupt or truncated"):
-        check_model_dirs([path])
 
 
 def test_tied_embeddings_are_saved_once_in_any_dtype_and_load(tmp_path):
