@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 T = TypeVar("T")
@@ -20,11 +21,12 @@ WEIGHT_TABLES = "weight_tables"  # the attribute of a cache layer that holds its
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """weight * x / sqrt(mean(x^2) + eps) over the last dim, statistics in fp32 (transformers' order)."""
-    dtype = x.dtype
-    x = x.to(torch.float32)
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x.to(dtype)
+    """weight * x / sqrt(mean(x^2) + eps) over the last dim, statistics in fp32, then cast to x's dtype and
+    weighted (transformers' order), through torch's rms_norm: one kernel on CUDA, fewer Python calls on the
+    CPU, bit-equal to transformers' RMSNorm there (tests/layers/test_norm.py)."""
+    if x.dtype == torch.float64:  # transformers takes fp32 statistics of fp64 input too; torch's would be fp64
+        return weight * F.rms_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
+    return weight * F.rms_norm(x, x.shape[-1:], eps=eps)
 
 
 def rotary_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
