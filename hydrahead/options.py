@@ -2,9 +2,11 @@
 
 A plain, serialisable dataclass. Two presets:
   "paper": the paper's defaults: NoPE + log-length query scale + output gate on FA heads, RoPE on
-           GDN heads, short conv 4, scale-normalised fusion.
+           GDN heads, short conv 4, scale-normalised fusion; and GDN heads starting from the teacher
+           heads' mean output (ours).
   "exact": FA heads compute exactly what the teacher computed (RoPE kept, no scale, no gate, no
-           fusion norm), so a plan with every head FA reproduces the teacher's logits.
+           fusion norm), so a plan with every head FA reproduces the teacher's logits; GDN heads start
+           from the teacher heads' mean output.
 """
 
 from __future__ import annotations
@@ -39,13 +41,20 @@ class HybridOptions:
     parameters and projection FLOPs); False: every GDN head gets its own copy of its group's k/v rows."""
     fusion: str = "none"
     """"scale_norm": per-branch RMSNorm then a learnable gain per head (paper Eq. 13-14); "none": plain concat."""
+    gdn_mean_output: bool = False
+    """GDN heads start from the teacher heads' mean output (ours): a layer with GDN heads gets an o_proj bias,
+    W_o[:, GDN heads] times each head's mean output on the calibration batch, trained from the first stage;
+    with scale_norm fusion the GDN gains then start at the heads' RMS around that mean. A GDN head cannot
+    return the constant a head attending to the first token (the attention sink) writes; without it a real
+    model's residual stream leaves its range at conversion (docs/real_models.md section 7). False in
+    checkpoints converted before it existed (they have no such bias); on in both presets."""
 
     def __post_init__(self) -> None:
         # Types are checked, not coerced: the string "False" is truthy and would build the feature it names.
         # The one conversion: train_length takes a length with a suffix ("16k" = 16384), as every length does.
         _choice("fa_rope", self.fa_rope, FA_ROPE)
         _choice("fusion", self.fusion, FUSIONS)
-        for name in ("fa_log_scale", "fa_gate", "gdn_rope", "gdn_shared_kv"):
+        for name in ("fa_log_scale", "fa_gate", "gdn_rope", "gdn_shared_kv", "gdn_mean_output"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionsError(f"{name} must be true or false, got {shown(getattr(self, name))}")
         conv = self.conv_size
@@ -70,9 +79,10 @@ class HybridOptions:
         """`"paper"` (the paper's choices, docs/method.md section 2.1; train_length 4096 unless given) or
         `"exact"`; keywords override fields."""
         if name == "paper":
-            base = cls(fa_rope="none", fa_log_scale=True, train_length=4096, fa_gate=True, fusion="scale_norm")
+            base = cls(fa_rope="none", fa_log_scale=True, train_length=4096, fa_gate=True, fusion="scale_norm",
+                       gdn_mean_output=True)
         elif name == "exact":
-            base = cls()
+            base = cls(gdn_mean_output=True)
         else:
             raise OptionsError(f"unknown preset {name!r}; choose 'paper' or 'exact'")
         cls._check_names(overrides)

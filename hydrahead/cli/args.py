@@ -81,6 +81,19 @@ def model_path(text: str) -> str:
     return text
 
 
+def text_file(text: str) -> str:
+    """A UTF-8 text file with some text in it: checked at once, its contents returned."""
+    try:
+        contents = Path(text).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise argparse.ArgumentTypeError(f"text file not found: {text}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise argparse.ArgumentTypeError(f"cannot read {text} as UTF-8 text: {err}") from None
+    if not contents.strip():
+        raise argparse.ArgumentTypeError(f"{text} holds no text")
+    return contents
+
+
 def tokenizer_path(text: str) -> str:
     """A tokenizer directory (or .gguf file) that exists: checked at once, and never taken for a Hub name."""
     if not Path(text).exists():

@@ -3,13 +3,14 @@
 Example:
   hydrahead convert --model path/to/Qwen3-1.7B --plan plan.json --out hybrid/
   hydrahead convert --model teacher/ --plan plan.json --preset paper --option train_length=16k --out hybrid/
+  hydrahead convert --model teacher/ --plan plan.json --calibration sample.txt --out hybrid/
 """
 
 from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import model_path, output_dir
+from hydrahead.cli.args import model_path, output_dir, text_file
 
 HELP = "convert a teacher checkpoint with a head plan into a hybrid checkpoint"
 
@@ -23,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override one hybrid option (repeatable), e.g. conv_size=0, train_length=16k, "
                              "fa_gate=false; VALUE true/false/yes/no/on/off (any case) is a boolean, a number or "
                              "null is read as JSON, anything else is a string (fa_rope=none)")
+    parser.add_argument("--calibration", type=text_file, default=None, metavar="TEXT_FILE",
+                        help="a UTF-8 text file like what the hybrid will be trained on: its first 2 x 512 tokens set "
+                             "the fusion gains and the GDN heads' mean output (docs/method.md section 2); without "
+                             "it the gains come from random tokens and the mean output starts at zero (`hydrahead "
+                             "distill` calibrates on its own training data)")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="dtype to load the teacher in (default: the checkpoint's)")
 
@@ -56,16 +62,22 @@ def parse_overrides(items: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from hydrahead import HeadPlan, HybridOptions, convert
     from hydrahead.errors import CheckpointError
+    from hydrahead.models.convert import calibration_rows
     from hydrahead.models.loading import check_output_dir, load_model, load_tokenizer, save_hybrid
 
     out = check_output_dir(args.out, keep=[args.model])  # before any work
     plan = HeadPlan.from_json(args.plan)
     options = HybridOptions.preset(args.preset, **parse_overrides(args.option))
-    model = convert(load_model(args.model, args.dtype, supported=True), plan, options)
     try:  # keep the teacher's tokenizer next to the weights when it has one
         tokenizer = load_tokenizer(args.model)
-    except CheckpointError:
+    except CheckpointError as err:
+        if args.calibration is not None:
+            raise CheckpointError(f"--calibration is tokenised with the teacher's tokenizer: {err}") from err
         tokenizer = None
+    calibration = None
+    if args.calibration is not None:
+        calibration = calibration_rows(tokenizer(args.calibration)["input_ids"])
+    model = convert(load_model(args.model, args.dtype, supported=True), plan, options, calibration=calibration)
     save_hybrid(model, out, tokenizer)
     print(plan.summary())
     print(f"saved hybrid to {out}" + ("" if tokenizer else " (the teacher has no tokenizer to copy)"))

@@ -37,6 +37,7 @@ import torch
 from hydrahead.errors import DataError
 from hydrahead.distill.losses import real_positions
 from hydrahead.distill.recipe import DataConfig
+from hydrahead.models.convert import calibration_rows
 from hydrahead.utils.io import atomic_write
 
 BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -173,6 +174,15 @@ class SequenceSource(Protocol):
         """Global sequences (each (n,) int, 1 <= n <= seq_len: its real tokens) in training order, beginning
         at global index `start`."""
         ...
+
+
+def calibration_ids(source: SequenceSource, rows: int = 2, length: int = 512) -> torch.Tensor:
+    """(rows, min(length, source.seq_len)) token ids: the source's first sequences in training order, joined
+    (padding never enters) and cut into rows (`convert.calibration_rows`). Conversion's calibration batch: the
+    heads' mean output and RMS on text like the training data, not on random tokens. A source repeats its
+    sequences, epoch after epoch, so a small corpus still fills the rows."""
+    tokens = itertools.chain.from_iterable(sequence.tolist() for sequence in source.iter_from(0))
+    return calibration_rows(tokens, rows, min(length, source.seq_len))
 
 
 def document_rows(tokens: np.ndarray, seq_len: int, eos_id: int) -> np.ndarray:

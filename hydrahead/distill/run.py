@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from hydrahead.distill import checkpoint as ckpt
 from hydrahead.distill import distributed
-from hydrahead.distill.data import Corpora, Tokenize, document_eos, resolve_files
+from hydrahead.distill.data import Corpora, Tokenize, calibration_ids, document_eos, resolve_files
 from hydrahead.distill.distributed import DistEnv
 from hydrahead.errors import DataError, RecipeError
 from hydrahead.distill.evaluate import Evaluator, HeldoutPerplexity
@@ -167,11 +167,13 @@ def load_inputs(run_: DistillRun, evaluators: Sequence[Evaluator], teacher: torc
 
 
 def build_student(run_: DistillRun) -> torch.nn.Module:
-    """The seeded conversion of the teacher with the plan, on the training device; the teacher joins it
-    there in its training dtype when a remaining stage needs it (and is dropped otherwise)."""
+    """The seeded conversion of the teacher with the plan, calibrated on the first remaining stage's first
+    training rows (`calibration_ids`), on the training device; the teacher joins it there in its training
+    dtype when a remaining stage needs it (and is dropped otherwise)."""
     recipe, env = run_.recipe, run_.env
     torch.manual_seed(recipe.seed)
-    student = convert(run_.teacher, run_.plan, recipe.hybrid_options()).to(env.device)
+    calibration = calibration_ids(run_.sources[run_.remaining[0].name]) if run_.remaining else None
+    student = convert(run_.teacher, run_.plan, recipe.hybrid_options(), calibration=calibration).to(env.device)
     student.config.use_cache = False
     if recipe.training.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

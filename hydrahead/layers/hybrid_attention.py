@@ -64,7 +64,9 @@ class HybridAttention(nn.Module):
         scale_norm = options.fusion == "scale_norm"
         self.fa_norm = BranchNorm(len(self.fa_heads), D, eps) if scale_norm and self.fa_heads else None
         self.gdn_norm = BranchNorm(len(self.gdn_heads), D, eps) if scale_norm and self.gdn_heads else None
-        self.o_proj = nn.Linear(H * D, config.hidden_size, bias=o_bias)
+        # gdn_mean_output: the GDN heads' mean output, through o_proj, as its bias (set at conversion)
+        self.mean_bias = options.gdn_mean_output and bool(self.gdn_heads)
+        self.o_proj = nn.Linear(H * D, config.hidden_size, bias=o_bias or self.mean_bias)
 
     def gdn_kv_of_head(self, group_size: int) -> tuple[int, ...]:
         """For each GDN head, its index among the GDN branch's shared KV heads (its GQA groups, sorted)."""
@@ -77,9 +79,11 @@ class HybridAttention(nn.Module):
         return self.fa_heads + self.gdn_heads
 
     def hybrid_parameters(self) -> list[nn.Parameter]:
-        """Parameters the teacher did not have: the GDN branch, the FA gate, the fusion norms and gains."""
+        """Parameters the teacher did not have: the GDN branch, the FA gate, the fusion norms and gains, and
+        o_proj's bias where it carries the GDN heads' mean output."""
         modules = [self.gdn, self.fa.gate_proj if self.fa is not None else None, self.fa_norm, self.gdn_norm]
-        return [p for m in modules if m is not None for p in m.parameters()]
+        mean = [self.o_proj.bias] if self.mean_bias else []
+        return [p for m in modules if m is not None for p in m.parameters()] + mean
 
     def forward(
         self,

@@ -4,12 +4,18 @@ The teacher is not modified (it is still needed as the distillation teacher). Ev
 self-attention is copied as is. Inside each layer, the FA branch takes the teacher's q/k/v rows of its
 heads, the GDN branch reuses the teacher's q rows of its heads and the k/v rows of their KV groups
 (parameter reuse, docs/method.md section 2), `o_proj`'s columns are permuted into execution order, and the
-fusion gains start at the teacher's per-head output RMS measured on a short calibration batch.
+fusion gains start at the teacher's per-head output RMS measured on a short calibration batch; with
+`gdn_mean_output`, o_proj's bias carries the GDN heads' mean output on that batch (and their gains the RMS
+around it). The calibration batch should be text like the training data (distillation takes its first rows):
+a head's mean output on random tokens is not its mean on text, so without a batch the bias starts at zero.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,14 +30,39 @@ from hydrahead.plan import HeadPlan
 CALIBRATION_SHAPE = (2, 128)  # random tokens used when no calibration batch is given
 
 
+def calibration_rows(tokens: Iterable[int], rows: int = 2, length: int = 512) -> torch.Tensor:
+    """A calibration batch for `convert` from a token stream (text like the training data, tokenised; read only
+    as far as needed): `rows` rows of `length` tokens, fewer when the stream ends sooner, and one shorter row
+    when it holds less than `length` tokens."""
+    taken = list(itertools.islice(tokens, rows * length))
+    if len(taken) < length:
+        return torch.tensor([taken], dtype=torch.long)
+    full = len(taken) // length
+    return torch.tensor(taken[: full * length], dtype=torch.long).view(full, length)
+
+
+@dataclass(frozen=True)
+class HeadStatistics:
+    """Per layer and head, the teacher's attention output (the input of o_proj) on a calibration batch:
+    `rms` (layers, heads), `mean` (layers, heads, head_dim) over every token, and `centred_rms` (layers, heads),
+    the RMS around that mean."""
+
+    rms: torch.Tensor
+    mean: torch.Tensor
+    centred_rms: torch.Tensor
+
+
 @torch.no_grad()
-def teacher_head_rms(teacher: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """Per-layer, per-head RMS of the teacher's attention output (the input of o_proj): (layers, heads)."""
+def teacher_head_statistics(teacher: nn.Module, input_ids: torch.Tensor) -> HeadStatistics:
+    """`HeadStatistics` of the teacher's heads on `input_ids` (B, T)."""
     with HeadHooks(teacher) as hooks:
         hooks.capture = {}
         teacher(input_ids=input_ids.to(teacher.device), use_cache=False)
-        return torch.stack([hooks.capture[i].float().pow(2).mean(dim=(0, 1, 3)).sqrt().cpu()
-                            for i in range(len(hooks.attn))])
+        outputs = [hooks.capture[i].float() for i in range(len(hooks.attn))]  # (B, T, H, D) each
+    mean = torch.stack([o.mean(dim=(0, 1)) for o in outputs])  # (layers, H, D)
+    rms = torch.stack([o.pow(2).mean(dim=(0, 1, 3)).sqrt() for o in outputs])
+    centred = torch.stack([(o - m).pow(2).mean(dim=(0, 1, 3)).sqrt() for o, m in zip(outputs, mean)])
+    return HeadStatistics(rms.cpu(), mean.cpu(), centred.cpu())
 
 
 def _rows(weight: torch.Tensor | None, heads: list[int], D: int) -> torch.Tensor | None:
@@ -51,7 +82,8 @@ def _load_rows(dst: nn.Linear, start: int, src: nn.Linear, heads: list[int], D: 
 
 
 @torch.no_grad()
-def _load_layer(dst: HybridAttention, src: nn.Module, head_rms: torch.Tensor, group_size: int) -> None:
+def _load_layer(dst: HybridAttention, src: nn.Module, statistics: HeadStatistics | None, layer: int,
+                group_size: int, text: bool) -> None:
     D = dst.head_dim
     branches = [(dst.fa, list(dst.fa_heads)), (dst.gdn, list(dst.gdn_heads))]
     for branch, heads in branches:
@@ -67,11 +99,21 @@ def _load_layer(dst: HybridAttention, src: nn.Module, head_rms: torch.Tensor, gr
             branch.k_norm.load_state_dict(src.k_norm.state_dict())
     order = list(dst.head_order)
     dst.o_proj.weight.copy_(_rows(src.o_proj.weight.T, order, D).T)  # permute input columns
-    if dst.o_proj.bias is not None:
-        dst.o_proj.bias.copy_(src.o_proj.bias)
-    for norm, heads in ((dst.fa_norm, dst.fa_heads), (dst.gdn_norm, dst.gdn_heads)):
+    if dst.o_proj.bias is not None:  # the teacher's bias, or zeros for the GDN heads' mean output below
+        if src.o_proj.bias is not None:
+            dst.o_proj.bias.copy_(src.o_proj.bias)
+        else:
+            dst.o_proj.bias.zero_()
+    if statistics is None:  # no fusion norms, no mean output
+        return
+    gdn_gains = statistics.rms
+    if dst.mean_bias and text:  # the GDN heads' mean output through their o_proj columns (after the FA heads')
+        mean = statistics.mean[layer, list(dst.gdn_heads)].reshape(-1).to(dst.o_proj.weight)
+        dst.o_proj.bias.add_(dst.o_proj.weight[:, len(dst.fa_heads) * D :] @ mean)
+        gdn_gains = statistics.centred_rms  # the GDN branch supplies what varies around the mean
+    for norm, heads, gains in ((dst.fa_norm, dst.fa_heads, statistics.rms), (dst.gdn_norm, dst.gdn_heads, gdn_gains)):
         if norm is not None:
-            norm.gain.copy_(head_rms[list(heads)])
+            norm.gain.copy_(gains[layer, list(heads)])
 
 
 def convert(
@@ -83,9 +125,11 @@ def convert(
     """Return a hybrid copy of `model` (a transformers Qwen3/Qwen2/Llama/Mistral causal LM).
 
     options:     defaults to `HybridOptions.preset("paper")`.
-    calibration: (B, T) token ids for the fusion-gain statistics; random tokens of shape
-                 CALIBRATION_SHAPE from a fixed seed when omitted (only used with fusion="scale_norm").
-    """
+    calibration: (B, T) token ids of text like the training data, for the heads' output statistics (fusion
+                 gains, the GDN heads' mean output). When omitted, the gains come from random tokens of shape
+                 CALIBRATION_SHAPE from a fixed seed and the GDN heads' mean-output bias starts at zero: a
+                 head's mean over random tokens is not its mean over text, and starting from it was measured
+                 to do harm (docs/real_models.md section 7)."""
     family = family_of(model)
     options = options if options is not None else HybridOptions.preset("paper")
     plan.validate(model.config)
@@ -102,12 +146,12 @@ def convert(
     config._attn_implementation = teacher_config._attn_implementation
 
     H = teacher_config.num_attention_heads
-    head_rms = torch.ones(teacher_config.num_hidden_layers, H)
-    if options.fusion == "scale_norm":
+    statistics, calibration_given = None, calibration is not None
+    if options.fusion == "scale_norm" or (options.gdn_mean_output and calibration_given):
         if calibration is None:
             generator = torch.Generator().manual_seed(0)
             calibration = torch.randint(0, teacher_config.vocab_size, CALIBRATION_SHAPE, generator=generator)
-        head_rms = teacher_head_rms(model, calibration)
+        statistics = teacher_head_statistics(model, calibration)
 
     with torch.device(param.device):
         student = model_class(config)
@@ -118,13 +162,14 @@ def convert(
     missing, unexpected = student.load_state_dict(shared, strict=False)
     assert not unexpected, unexpected
     group_size = H // teacher_config.num_key_value_heads
-    for dst_layer, src_layer, rms in zip(student.model.layers, model.model.layers, head_rms):
-        _load_layer(dst_layer.self_attn, src_layer.self_attn, rms, group_size)
+    for i, (dst_layer, src_layer) in enumerate(zip(student.model.layers, model.model.layers)):
+        _load_layer(dst_layer.self_attn, src_layer.self_attn, statistics, i, group_size, text=calibration_given)
     student.generation_config = copy.deepcopy(model.generation_config)
     student.train(model.training)
     return student
 
 
 def hybrid_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters conversion added (GDN branches, FA gates, fusion norms and gains), for stage 1."""
+    """The parameters conversion added (GDN branches, FA gates, fusion norms and gains, o_proj's bias where it
+    carries the GDN heads' mean output), for stage 1."""
     return [p for m in model.modules() if isinstance(m, HybridAttention) for p in m.hybrid_parameters()]

@@ -2,7 +2,7 @@
 
 A head's output is its slice of o_proj's input, (B, T, H*D) viewed as (B, T, H, D): the value-weighted
 sum the head writes before the output projection mixes heads. `HeadHooks` is the one hook every user of
-head outputs goes through: conversion's calibration (`convert.teacher_head_rms`), patching and
+head outputs goes through: conversion's calibration (`convert.teacher_head_statistics`), patching and
 attribution (`scoring`), ablation (`scoring.ablate`).
 """
 

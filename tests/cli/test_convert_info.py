@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 import hydrahead
 from hydrahead import HeadPlan
@@ -58,3 +59,28 @@ def test_cli_errors_are_one_line(teacher_dir, capsys):
     code = main(["convert", "--model", str(teacher_dir / "teacher"), "--plan", str(teacher_dir / "plan.json"),
                  "--out", str(teacher_dir / "x"), "--option", "fa_rope=alibi"])
     assert code == 2 and "fa_rope must be one of" in capsys.readouterr().err
+
+
+def test_convert_calibrates_on_a_text_file(teacher_dir, capsys):
+    """--calibration: the text, in the teacher's tokenizer, sets the gains and the GDN heads' mean output."""
+    from hydrahead.models.convert import calibration_rows
+    from tests.distill.conftest import make_documents, make_tokenizer
+
+    text = teacher_dir / "sample.txt"
+    text.write_text(" ".join(make_documents(80, seed=0)))
+    args = ["convert", "--model", str(teacher_dir / "teacher"), "--plan", str(teacher_dir / "plan.json"),
+            "--calibration", str(text)]
+    assert main([*args, "--out", str(teacher_dir / "x")]) == 2  # the teacher has no tokenizer yet
+    assert "tokenised with the teacher's tokenizer" in capsys.readouterr().err
+    tokenizer = make_tokenizer()
+    tokenizer.save_pretrained(teacher_dir / "teacher")
+    assert main([*args, "--out", str(teacher_dir / "hybrid")]) == 0
+    got = hydrahead.from_pretrained(teacher_dir / "hybrid")
+    calibration = calibration_rows(tokenizer(text.read_text())["input_ids"])
+    assert calibration.shape == (2, 512)
+    teacher = hydrahead.load_model(teacher_dir / "teacher", "float32")
+    expected = hydrahead.convert(teacher, HeadPlan.from_json(teacher_dir / "plan.json"), calibration=calibration)
+    for a, b in zip(got.parameters(), expected.parameters()):
+        assert torch.equal(a, b)
+    assert main([*args[:-1], str(teacher_dir / "none.txt"), "--out", str(teacher_dir / "y")]) == 2
+    assert "text file not found" in capsys.readouterr().err

@@ -132,6 +132,17 @@ def test_document_rows_never_cut_a_document_that_fits():
     assert batch.lengths.tolist() == [4, 8, 8, 4]
 
 
+def test_calibration_rows_join_the_first_sequences_without_padding_and_repeat_a_small_corpus():
+    from hydrahead.distill.data import PackedCorpus, calibration_ids, document_rows
+
+    eos, pad = 0, 1
+    tokens = np.array([5, 5, 5, eos, 6, 6, 6, 6, eos, 7, 7, eos], dtype=np.uint32)
+    corpus = PackedCorpus(tokens, 8, seed=(0,), shuffle=False, rows=document_rows(tokens, 8, eos), pad_id=pad)
+    stream = [5, 5, 5, 0, 6, 6, 6, 6, 0, 7, 7, 0]  # the rows in training order, no pad between them
+    assert calibration_ids(corpus, rows=3, length=6).tolist() == [stream[:6], stream[6:12], stream[:6]]
+    assert calibration_ids(corpus, rows=1, length=100).shape == (1, 8)  # at most a training row's length
+
+
 def test_padding_is_known_by_position_when_the_pad_token_is_eos():
     """A tokenizer that pads with its EOS (SmolLM2, Qwen3-Base): the batch still says where padding is,
     and every EOS of a document stays a target."""

@@ -113,3 +113,25 @@ def test_isolated_documents_train_end_to_end(workspace, tmp_path):
     recipe["output_dir"] = str(tmp_path / "other")
     with pytest.raises(RecipeError, match="data.isolate_documents needs packing: documents"):
         run(recipe)
+
+
+def test_the_student_is_calibrated_on_the_first_training_rows(workspace, tmp_path):
+    """The run converts with the heads' statistics on its first training rows (text like what it trains on),
+    not on conversion's random tokens: the GDN heads' mean output in o_proj's bias and the gains come from them."""
+    from hydrahead.distill import Recipe, distributed
+    from hydrahead.distill.data import calibration_ids
+    from hydrahead.distill.run import build_student, load_inputs, prepare
+
+    recipe = Recipe.load(tiny_recipe(workspace, tmp_path / "run"))
+    run_ = prepare(recipe, distributed.init(recipe.training.device), False, None)
+    load_inputs(run_, ())
+    student = build_student(run_)
+    calibration = calibration_ids(run_.sources["align"])
+    assert calibration.shape == (2, 32) and calibration.max() < len(run_.tokenizer)  # words, no random ids
+    torch.manual_seed(0)
+    teacher = hydrahead.load_model(workspace / "teacher", "float32")
+    options = HybridOptions.preset("paper", train_length=64)
+    expected = convert(teacher, HeadPlan.from_json(workspace / "plan.json"), options, calibration=calibration)
+    for got, want in zip(student.parameters(), expected.parameters()):
+        assert torch.equal(got, want)
+    assert not torch.equal(student.model.layers[0].self_attn.o_proj.bias, converted(workspace).model.layers[0].self_attn.o_proj.bias)

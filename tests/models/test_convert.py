@@ -3,6 +3,7 @@ import torch
 
 import hydrahead
 from hydrahead import HeadPlan, HybridOptions
+from hydrahead.models.heads import HeadHooks
 from tests.conftest import make_teacher
 
 MIXED = ((0, 3), (2,))  # layer 0: heads 0 and 3 (KV groups 0 and 1); layer 1: head 2 only
@@ -15,6 +16,7 @@ def mixed_plan(config) -> HeadPlan:
 def test_full_plan_exact_preset_reproduces_teacher(family):
     teacher = make_teacher(family)
     model = hydrahead.convert(teacher, HeadPlan.full(teacher.config), HybridOptions.preset("exact"))
+    assert not any(layer.self_attn.mean_bias for layer in model.model.layers)  # no GDN heads: o_proj as the teacher's
     ids = torch.randint(0, teacher.config.vocab_size, (2, 37))
     with torch.no_grad():
         expected = teacher(ids).logits
@@ -54,14 +56,60 @@ def test_parameter_reuse_and_o_proj_permutation():
     torch.testing.assert_close(dst.o_proj.weight[:, 2 * D : 3 * D], src.o_proj.weight[:, D : 2 * D], rtol=0, atol=0)
 
 
-def test_fusion_gains_start_at_teacher_head_rms():
+@pytest.mark.parametrize("mean_output", [False, True])
+def test_fusion_gains_start_at_teacher_head_rms(mean_output):
+    """FA gains: the heads' RMS; GDN gains: their RMS, or with the mean output in o_proj's bias, the RMS around it."""
     teacher = make_teacher("llama")
     calib = torch.randint(0, teacher.config.vocab_size, (2, 16))
-    model = hydrahead.convert(teacher, mixed_plan(teacher.config), HybridOptions.preset("paper"), calibration=calib)
-    rms = hydrahead.models.convert.teacher_head_rms(teacher, calib)
+    options = HybridOptions.preset("paper", gdn_mean_output=mean_output)
+    model = hydrahead.convert(teacher, mixed_plan(teacher.config), options, calibration=calib)
+    statistics = hydrahead.models.convert.teacher_head_statistics(teacher, calib)
     attn = model.model.layers[1].self_attn
-    torch.testing.assert_close(attn.fa_norm.gain.detach(), rms[1, [2]])
-    torch.testing.assert_close(attn.gdn_norm.gain.detach(), rms[1, [0, 1, 3]])
+    torch.testing.assert_close(attn.fa_norm.gain.detach(), statistics.rms[1, [2]])
+    gdn = statistics.centred_rms if mean_output else statistics.rms
+    torch.testing.assert_close(attn.gdn_norm.gain.detach(), gdn[1, [0, 1, 3]])
+
+
+def test_without_a_calibration_batch_the_mean_output_starts_at_zero():
+    """Random tokens give the gains, not a head's mean (its mean over random tokens is not its mean on text)."""
+    teacher = make_teacher("llama")
+    model = hydrahead.convert(teacher, mixed_plan(teacher.config), HybridOptions.preset("paper"))
+    random_tokens = torch.randint(0, teacher.config.vocab_size, hydrahead.models.convert.CALIBRATION_SHAPE,
+                                  generator=torch.Generator().manual_seed(0))
+    statistics = hydrahead.models.convert.teacher_head_statistics(teacher, random_tokens)
+    attn = model.model.layers[1].self_attn
+    assert attn.mean_bias and torch.equal(attn.o_proj.bias, teacher.model.layers[1].self_attn.o_proj.bias)
+    torch.testing.assert_close(attn.gdn_norm.gain.detach(), statistics.rms[1, [0, 1, 3]])
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_gdn_heads_start_from_the_teacher_heads_mean_output(family):
+    """With the GDN branches' output taken away, the converted model is the teacher with its GDN heads
+    mean-ablated (each writes its calibration mean at every position: the ablation's own hook); without
+    the mean output it is the teacher with them zeroed."""
+    teacher = make_teacher(family)
+    plan = mixed_plan(teacher.config)
+    calib = torch.randint(0, teacher.config.vocab_size, (2, 16))
+    statistics = hydrahead.models.convert.teacher_head_statistics(teacher, calib)
+    ids = torch.randint(0, teacher.config.vocab_size, (2, 11))
+    for mean_output in (True, False):
+        model = hydrahead.convert(teacher, plan, HybridOptions.preset("exact", gdn_mean_output=mean_output),
+                                  calibration=calib).eval()
+        for layer in model.model.layers:
+            if layer.self_attn.gdn is not None:
+                layer.self_attn.gdn.register_forward_hook(lambda module, args, out: torch.zeros_like(out))
+        with HeadHooks(teacher) as hooks, torch.no_grad():
+            for i, heads in enumerate(plan.fa_heads):
+                gdn = [h for h in range(teacher.config.num_attention_heads) if h not in heads]
+                if gdn:
+                    values = statistics.mean[i, gdn] if mean_output else torch.zeros(len(gdn), statistics.mean.shape[-1])
+                    hooks.overwrites[i] = (gdn, values)
+            expected = teacher(ids).logits
+            got = model(ids).logits
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        layer = model.model.layers[1].self_attn
+        assert layer.mean_bias == mean_output
+        assert any(p is layer.o_proj.bias for p in hydrahead.hybrid_parameters(model)) == mean_output
 
 
 @pytest.mark.parametrize("preset", ["paper", "exact"])
@@ -86,7 +134,7 @@ def test_gradients_reach_every_hybrid_parameter():
     no_grad = [names[id(p)] for p in params if p.grad is None or not torch.any(p.grad != 0)]
     assert not no_grad, no_grad
     kinds = {names[id(p)].split("self_attn.")[1] for p in params}
-    for expected in ("gdn.A_log", "gdn.dt_bias", "gdn.conv.weight", "fa.gate_proj.weight", "fa_norm.gain"):
+    for expected in ("gdn.A_log", "gdn.dt_bias", "gdn.conv.weight", "fa.gate_proj.weight", "fa_norm.gain", "o_proj.bias"):
         assert expected in kinds
 
 
@@ -94,7 +142,9 @@ def test_hybrid_parameters_are_exactly_the_new_ones():
     teacher = make_teacher("qwen3")
     model = hydrahead.convert(teacher, mixed_plan(teacher.config), HybridOptions.preset("paper"))
     params = {id(p) for p in hydrahead.hybrid_parameters(model)}
-    new_parts = ("self_attn.gdn.", "self_attn.fa.gate_proj.", "self_attn.fa_norm.", "self_attn.gdn_norm.")
+    # o_proj's bias: the GDN heads' mean output (every layer of the plan has GDN heads)
+    new_parts = ("self_attn.gdn.", "self_attn.fa.gate_proj.", "self_attn.fa_norm.", "self_attn.gdn_norm.",
+                 "self_attn.o_proj.bias")
     for name, p in model.named_parameters():
         assert (id(p) in params) == any(part in name for part in new_parts), name
 
@@ -102,7 +152,8 @@ def test_hybrid_parameters_are_exactly_the_new_ones():
 def test_permuted_layout_equals_teacher_head_order():
     """The execution layout (FA heads first) with permuted o_proj computes what the teacher-order layout would."""
     teacher = make_teacher("qwen2")
-    model = hydrahead.convert(teacher, mixed_plan(teacher.config), HybridOptions.preset("paper")).eval()
+    options = HybridOptions.preset("paper", gdn_mean_output=False)  # o_proj's bias as the teacher's
+    model = hydrahead.convert(teacher, mixed_plan(teacher.config), options).eval()
     attn, teacher_o = model.model.layers[0].self_attn, teacher.model.layers[0].self_attn.o_proj
     heads_in = {}
     handle = attn.o_proj.register_forward_pre_hook(lambda m, args: heads_in.setdefault("x", args[0]))

@@ -21,7 +21,8 @@ def hybrid(family="qwen3", plan="mixed", preset="paper", **options):
                               HybridOptions.preset(preset, train_length=8, **options)).eval()
     # Random weights emit any token; an EOS would end generation early and hide the comparison.
     model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = 0
+    model.generation_config.pad_token_id = 0  # prompts are drawn from 1 on: generate reads a 0 as padding
+
     return model
 
 
@@ -37,14 +38,14 @@ def greedy_by_recomputation(model, ids, steps):
 def test_generate_equals_recomputation(plan):
     # train_length=8 puts the log-length scale to work inside this short test.
     model = hybrid(plan=plan)
-    ids = torch.randint(0, model.config.vocab_size, (1, 11))
+    ids = torch.randint(1, model.config.vocab_size, (1, 11))
     out = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert torch.equal(out, greedy_by_recomputation(model, ids, 8))
 
 
 def test_generate_equals_recomputation_each_family(family):
     model = hybrid(family=family)
-    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    ids = torch.randint(1, model.config.vocab_size, (2, 9))
     out = model.generate(ids, max_new_tokens=6, do_sample=False)
     assert torch.equal(out, greedy_by_recomputation(model, ids, 6))
 
@@ -52,7 +53,7 @@ def test_generate_equals_recomputation_each_family(family):
 def test_cached_logits_match_full_forward():
     """Prefill + one-token steps with the cache give the logits of a single full forward."""
     model = hybrid()
-    ids = torch.randint(0, model.config.vocab_size, (2, 14))
+    ids = torch.randint(1, model.config.vocab_size, (2, 14))
     with torch.no_grad():
         full = model(ids, use_cache=False).logits
         cache = hydrahead.HybridHeadCache(model.config)
@@ -80,7 +81,7 @@ def test_batched_left_padding_equals_one_by_one():
 
 def test_cache_holds_only_fa_kv_heads():
     model = hybrid()
-    ids = torch.randint(0, model.config.vocab_size, (2, 10))
+    ids = torch.randint(1, model.config.vocab_size, (2, 10))
     with torch.no_grad():
         cache = model(ids, use_cache=True).past_key_values
     assert isinstance(cache, hydrahead.HybridHeadCache)
@@ -114,7 +115,7 @@ def left_padded(model, lengths=(5, 12, 8)):
 
 def test_shared_kv_generation_equals_recomputation():
     model = hybrid(gdn_shared_kv=True)
-    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    ids = torch.randint(1, model.config.vocab_size, (2, 9))
     out = model.generate(ids, max_new_tokens=6, do_sample=False, cache_implementation="static")
     assert torch.equal(out, greedy_by_recomputation(model, ids, 6))
 
@@ -206,7 +207,7 @@ def test_cache_bytes_are_what_the_footprint_says(max_cache_len, shared_kv):
     B, T = 3, 10
     cache = hydrahead.HybridHeadCache(model.config, max_cache_len=max_cache_len)
     with torch.no_grad():
-        model(torch.randint(0, model.config.vocab_size, (B, T)), past_key_values=cache, use_cache=True)
+        model(torch.randint(1, model.config.vocab_size, (B, T)), past_key_values=cache, use_cache=True)
     expected = footprint(model)
     held = cache.nbytes()
     assert held["kv"] == B * (max_cache_len or T) * expected["kv_bytes_per_token"]
@@ -219,7 +220,7 @@ def test_beam_search_equals_beam_search_without_a_cache(plan, cache_implementati
     """Beam search reorders every cache layer's states and, where the layer has them, its K/V ("mixed" has FA
     heads in every layer, "no-fa-in-layer0" none in layer 0); a static cache reorders them in place."""
     model = hybrid(plan=plan)
-    ids = torch.randint(0, model.config.vocab_size, (2, 7))
+    ids = torch.randint(1, model.config.vocab_size, (2, 7))
     out = model.generate(ids, max_new_tokens=6, num_beams=3, do_sample=False,
                          cache_implementation=cache_implementation)
     assert torch.equal(out, model.generate(ids, max_new_tokens=6, num_beams=3, do_sample=False, use_cache=False))
@@ -230,7 +231,7 @@ def test_a_reset_cache_runs_as_a_fresh_one(max_cache_len):
     """reset() puts the cache back to a fresh one: the next tokens see nothing of the earlier ones (transformers'
     dynamic reset zeroes K/V but keeps their length)."""
     model = hybrid()
-    first, second = torch.randint(0, model.config.vocab_size, (2, 9)), torch.randint(0, model.config.vocab_size, (2, 5))
+    first, second = torch.randint(1, model.config.vocab_size, (2, 9)), torch.randint(1, model.config.vocab_size, (2, 5))
     with torch.no_grad():
         cache = hydrahead.HybridHeadCache(model.config, max_cache_len=max_cache_len)
         model(first, past_key_values=cache, use_cache=True)
@@ -251,7 +252,7 @@ def test_gradients_through_a_cache_equal_one_forwards(plan):
     gradient of every weight equals that of one forward over the whole sequence, the later segments' reaching
     the earlier ones through K/V, the conv inputs and the GDN state (a decode-sized segment among them)."""
     model = hybrid(plan=plan).train()  # the tiny config has no dropout
-    ids = torch.randint(0, model.config.vocab_size, (2, 16))
+    ids = torch.randint(1, model.config.vocab_size, (2, 16))
     weights = torch.randn(2, 16, model.config.vocab_size)  # a loss that weighs every logit differently
 
     def gradients(logits):
@@ -273,7 +274,7 @@ def test_assisted_and_prompt_lookup_decoding_are_refused_in_one_line():
     runs, as the main model or as another model's assistant."""
     model = hybrid()
     teacher = make_teacher()
-    ids = torch.randint(0, model.config.vocab_size, (1, 6)).repeat(1, 3)
+    ids = torch.randint(1, model.config.vocab_size, (1, 6)).repeat(1, 3)
     calls = [lambda: model.generate(ids, max_new_tokens=4, do_sample=False, prompt_lookup_num_tokens=3),
              lambda: model.generate(ids, max_new_tokens=4, do_sample=False, prompt_lookup_num_tokens=3,
                                     past_key_values=hydrahead.HybridHeadCache(model.config)),

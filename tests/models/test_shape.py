@@ -6,7 +6,7 @@ from transformers import GPT2Config
 
 from hydrahead import HeadPlan, UnsupportedModelError
 from hydrahead.models.heads import HeadHooks
-from hydrahead.models.convert import teacher_head_rms
+from hydrahead.models.convert import teacher_head_statistics
 from hydrahead.models.shape import ModelShape
 from tests.conftest import make_teacher
 
@@ -39,7 +39,7 @@ def test_model_shape_rejects_what_is_not_a_decoder_shape(config):
         ModelShape.from_config(config)
 
 
-def test_head_rms_and_overwrites_go_through_the_one_hook():
+def test_head_statistics_and_overwrites_go_through_the_one_hook():
     model = make_teacher("llama")
     ids = torch.randint(0, 97, (2, 9))
     shape = ModelShape.from_config(model.config)
@@ -47,9 +47,12 @@ def test_head_rms_and_overwrites_go_through_the_one_hook():
         hooks.capture = {}
         base = model(input_ids=ids).logits
         heads = dict(hooks.capture)
-    rms = teacher_head_rms(model, ids)
-    assert rms.shape == (shape.layers, shape.heads)
-    torch.testing.assert_close(rms[1], heads[1].pow(2).mean(dim=(0, 1, 3)).sqrt())
+    statistics = teacher_head_statistics(model, ids)
+    assert statistics.rms.shape == statistics.centred_rms.shape == (shape.layers, shape.heads)
+    assert statistics.mean.shape == (shape.layers, shape.heads, shape.head_dim)
+    torch.testing.assert_close(statistics.rms[1], heads[1].pow(2).mean(dim=(0, 1, 3)).sqrt())
+    torch.testing.assert_close(statistics.mean[1], heads[1].mean(dim=(0, 1)))
+    torch.testing.assert_close(statistics.centred_rms[1], heads[1].std(dim=(0, 1), correction=0).pow(2).mean(-1).sqrt())
     value = torch.full((1, shape.head_dim), 0.5)
     with HeadHooks(model) as hooks, torch.no_grad():
         hooks.overwrites[0] = ([1], value)

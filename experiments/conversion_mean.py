@@ -1,0 +1,94 @@
+"""How far a freshly converted student starts from its teacher, with and without the GDN heads' mean output
+(`HybridOptions.gdn_mean_output`), and with the heads' statistics taken on text or on random tokens.
+
+Text, offline everywhere: Python's own standard library (its LICENSE.txt, English prose, and two modules'
+source). The calibration batch and the evaluation batch are disjoint: calibration = textwrap.py and the
+first part of LICENSE.txt, evaluation = argparse.py and a later part of LICENSE.txt (from token 2000; 2 rows of --length).
+Reported per model: next-token cross-entropy on the evaluation rows, and the normalised error of the
+residual stream against the teacher's (MSE over the teacher's variance) at three depths. Reference rows:
+the teacher with its GDN-to-be heads mean-ablated (each writes its calibration mean at every position) and
+zero-ablated, through the one head hook (`HeadHooks.overwrites`).
+
+Usage: python experiments/conversion_mean.py --teacher smollm2/ --plan kv71.json
+(docs/real_models.md section 7 and docs/method.md section 2 cite it; the plan there is
+`hydrahead plan --baseline random --model smollm2/ --ratio 7:1 --granularity kv_group --min-per-layer 0 --seed 0`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sysconfig
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def main() -> None:
+    from hydrahead import HeadPlan, HybridOptions, convert, load_model, load_tokenizer
+    from hydrahead.models.convert import teacher_head_statistics
+    from hydrahead.models.heads import HeadHooks
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--plan", required=True)
+    p.add_argument("--length", type=int, default=512)
+    args = p.parse_args()
+    torch.set_grad_enabled(False)
+    teacher, tok = load_model(args.teacher, "float32").eval(), load_tokenizer(args.teacher)
+    plan = HeadPlan.from_json(args.plan).validate(teacher.config)
+    stdlib, T = Path(sysconfig.get_paths()["stdlib"]), args.length
+
+    def ids(name: str, start: int) -> list[int]:
+        tokens = tok((stdlib / name).read_text())["input_ids"][start : start + T]
+        assert len(tokens) == T, f"{name} holds fewer than {start + T} tokens"
+        return tokens
+
+    calibrations = {
+        "text": torch.tensor([ids("textwrap.py", 0), ids("LICENSE.txt", 0)]),
+        "random tokens": torch.randint(0, teacher.config.vocab_size, (2, T), generator=torch.Generator().manual_seed(0)),
+    }
+    evaluation = torch.tensor([ids("argparse.py", 2000), ids("LICENSE.txt", 2000)])
+
+    def measure(model, hooks_setup=None):
+        with HeadHooks(teacher) as hooks:
+            if hooks_setup is not None:
+                hooks_setup(hooks)
+            out = model(input_ids=evaluation, output_hidden_states=True, use_cache=False)
+        ce = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), evaluation[:, 1:].flatten()).item()
+        return ce, out.hidden_states[1:]
+
+    ce_teacher, reference = measure(teacher)
+    layers = len(reference)
+    depths = (layers // 6, layers // 2, layers - 1)
+
+    def row(name: str, ce: float, hidden) -> None:
+        errors = [((hidden[i] - reference[i]).pow(2).mean() / reference[i].var()).item() for i in depths]
+        print(f"| {name} | {ce:.2f} | " + " | ".join(f"{e:.3g}" for e in errors) + " |", flush=True)
+
+    print(f"teacher {args.teacher}, plan {args.plan} ({sum(map(len, plan.fa_heads))} FA heads), "
+          f"{T}-token rows; cross-entropy of the teacher itself {ce_teacher:.2f}\n")
+    print("| model | cross-entropy | " + " | ".join(f"error, layer {i}" for i in depths) + " |")
+    print("|---|---:|" + "---:|" * len(depths))
+    H = teacher.config.num_attention_heads
+    gdn = {i: [h for h in range(H) if h not in heads] for i, heads in enumerate(plan.fa_heads)}
+    for calibration_name, calibration in calibrations.items():
+        mean = teacher_head_statistics(teacher, calibration).mean
+
+        def ablate(values):
+            return lambda hooks: hooks.overwrites.update({i: (h, values(i, h)) for i, h in gdn.items() if h})
+
+        if calibration_name == "text":
+            row("teacher, those heads zeroed", *measure(teacher, ablate(lambda i, h: torch.zeros(len(h), mean.shape[-1]))))
+        row(f"teacher, those heads mean-ablated ({calibration_name})", *measure(teacher, ablate(lambda i, h: mean[i, h])))
+        for preset in ("exact", "paper"):
+            for on in (False, True):
+                options = HybridOptions.preset(preset, gdn_mean_output=on)
+                student = convert(copy.deepcopy(teacher), plan, options, calibration=calibration).eval()
+                name = f"student, {preset}, {'with' if on else 'without'} the mean output ({calibration_name})"
+                row(name, *measure(student))
+
+
+if __name__ == "__main__":
+    main()
