@@ -47,7 +47,8 @@ class HybridOptions:
     with scale_norm fusion the GDN gains then start at the heads' RMS around that mean. A GDN head cannot
     return the constant a head attending to the first token (the attention sink) writes; without it a real
     model's residual stream leaves its range at conversion (docs/real_models.md section 7). False in
-    checkpoints converted before it existed (they have no such bias); on in both presets."""
+    checkpoints converted before it existed (they have no such bias), and what a distillation run started
+    before it needs to resume (`gdn_mean_output: false` in its recipe's `hybrid:`); on in both presets."""
 
     def __post_init__(self) -> None:
         # Types are checked, not coerced: the string "False" is truthy and would build the feature it names.

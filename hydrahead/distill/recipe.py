@@ -331,6 +331,8 @@ class Recipe(_RecipeFile):
         """The run's identity with the resolved hybrid options and the plan's contents in."""
         data = super().identity()
         data["hybrid"] = self.hybrid_options().to_dict()
+        if not data["hybrid"]["gdn_mean_output"]:  # what a run from before the option computed: it resumes
+            del data["hybrid"]["gdn_mean_output"]
         if plan is not None:
             data["plan"] = plan
         return data

@@ -1,9 +1,12 @@
+import json
+
 import pytest
 import yaml
 
 from hydrahead.cli import main
 from hydrahead.distill import EXAMPLE_RECIPE, Recipe, RecipeError
 from hydrahead.distill.recipe import diff_identities, parse_tokens
+from hydrahead.utils.io import json_sha256
 
 
 def minimal(**stages):
@@ -84,6 +87,18 @@ def test_round_trip_and_identity():
     changed = Recipe.from_dict(data)
     assert changed.fingerprint() != recipe.fingerprint()
     assert diff_identities(recipe.identity(), changed.identity()) == ["stages.align.lr: 0.001 -> 0.002"]
+
+
+def test_a_run_from_before_the_mean_output_resumes_with_it_off():
+    """Identities written before `gdn_mean_output` existed have no such key: with the option off, a recipe's
+    identity is theirs (so the run resumes); on (the presets' default), the difference is named."""
+    data = minimal()
+    data["hybrid"] = {"preset": "exact", "gdn_mean_output": False}
+    off = Recipe.from_dict(data)
+    old_identity = json.loads(json.dumps(off.identity()))
+    assert "gdn_mean_output" not in old_identity["hybrid"] and off.fingerprint() == json_sha256(old_identity)[:16]
+    data["hybrid"] = {"preset": "exact"}
+    assert diff_identities(old_identity, Recipe.from_dict(data).identity()) == ["hybrid.gdn_mean_output: null -> true"]
 
 
 def test_cli_set_overrides(tmp_path):

@@ -63,6 +63,25 @@ def test_checkpoints_written_before_the_fused_projections_load(family, loader, t
     assert keys == set(model.state_dict()) - {"lm_head.weight"} or keys == set(model.state_dict())
 
 
+@pytest.mark.parametrize("loader", ["hydrahead", "auto"])
+def test_checkpoints_written_before_the_mean_output_load(loader, tmp_path):
+    """A config written before `gdn_mean_output` existed has no such option (and o_proj no mean bias): it loads
+    with the option off and gives the logits it gave."""
+    teacher = make_teacher("llama")
+    model = hydrahead.convert(teacher, HeadPlan(((0, 1), (3,)), 4, 2),
+                              HybridOptions.preset("paper", gdn_mean_output=False)).eval()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["hydrahead"]["options"]["gdn_mean_output"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    again = (hydrahead.from_pretrained(tmp_path) if loader == "hydrahead"
+             else AutoModelForCausalLM.from_pretrained(tmp_path)).eval()
+    assert again.hydrahead_options.gdn_mean_output is False
+    ids = torch.randint(0, model.config.vocab_size, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, model(ids).logits)
+
+
 def test_missing_directory(tmp_path):
     with pytest.raises(hydrahead.CheckpointError, match="not found"):
         hydrahead.from_pretrained(tmp_path / "nope")
