@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dtype to load the teacher in (default: the checkpoint's)")
 
 
+CALIBRATION_CHARACTERS = 200_000  # what --calibration tokenises of its file: far more than its 2 x 512 tokens
+MIN_CALIBRATION_TOKENS = 64
+
 BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
 
@@ -61,7 +64,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from hydrahead import HeadPlan, HybridOptions, convert
-    from hydrahead.errors import CheckpointError
+    from hydrahead.errors import CheckpointError, OptionsError
     from hydrahead.models.convert import calibration_rows
     from hydrahead.models.loading import check_output_dir, load_model, load_tokenizer, save_hybrid
 
@@ -75,9 +78,16 @@ def run(args: argparse.Namespace) -> int:
             raise CheckpointError(f"--calibration is tokenised with the teacher's tokenizer: {err}") from err
         tokenizer = None
     calibration = None
-    if args.calibration is not None:
-        calibration = calibration_rows(tokenizer(args.calibration)["input_ids"])
-    model = convert(load_model(args.model, args.dtype, supported=True), plan, options, calibration=calibration)
+    if args.calibration is not None:  # 2 x 512 tokens take far fewer characters than this
+        calibration = calibration_rows(tokenizer(args.calibration[:CALIBRATION_CHARACTERS])["input_ids"])
+        if calibration.numel() < MIN_CALIBRATION_TOKENS:
+            raise OptionsError(f"--calibration holds {calibration.numel()} tokens in the teacher's tokenizer; give "
+                               f"at least {MIN_CALIBRATION_TOKENS} (it takes 2 x 512 tokens of text like the training data)")
+    teacher = load_model(args.model, args.dtype, supported=True)
+    if calibration is not None and int(calibration.max()) >= teacher.config.vocab_size:
+        raise CheckpointError(f"the tokenizer of {args.model} gives token id {int(calibration.max())} but the model "
+                              f"has {teacher.config.vocab_size} tokens")
+    model = convert(teacher, plan, options, calibration=calibration)
     save_hybrid(model, out, tokenizer)
     print(plan.summary())
     print(f"saved hybrid to {out}" + ("" if tokenizer else " (the teacher has no tokenizer to copy)"))

@@ -79,8 +79,9 @@ class HybridAttention(nn.Module):
         return self.fa_heads + self.gdn_heads
 
     def hybrid_parameters(self) -> list[nn.Parameter]:
-        """Parameters the teacher did not have: the GDN branch, the FA gate, the fusion norms and gains, and
-        o_proj's bias where it carries the GDN heads' mean output."""
+        """Parameters the teacher did not have: the GDN branch, the FA gate, the fusion norms and gains; and
+        o_proj's bias where it carries the GDN heads' mean output (new, or the teacher's own bias where its
+        o_proj had one, which then holds the mean too)."""
         modules = [self.gdn, self.fa.gate_proj if self.fa is not None else None, self.fa_norm, self.gdn_norm]
         mean = [self.o_proj.bias] if self.mean_bias else []
         return [p for m in modules if m is not None for p in m.parameters()] + mean

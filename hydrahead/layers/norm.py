@@ -22,8 +22,10 @@ WEIGHT_TABLES = "weight_tables"  # the attribute of a cache layer that holds its
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """weight * x / sqrt(mean(x^2) + eps) over the last dim, statistics in fp32, then cast to x's dtype and
-    weighted (transformers' order), through torch's rms_norm: one kernel on CUDA, fewer Python calls on the
-    CPU, bit-equal to transformers' RMSNorm there (tests/layers/test_norm.py)."""
+    weighted (transformers' order), through torch's rms_norm: fewer Python calls than the ops it stands for,
+    bit-equal to transformers' RMSNorm on the CPU (tests/layers/test_norm.py). Under CUDA autocast torch runs
+    rms_norm in fp32 (its autocast list), so there the normalised value is not rounded to bf16 before the
+    weight multiply as transformers' is: a difference of rounding only."""
     if x.dtype == torch.float64:  # transformers takes fp32 statistics of fp64 input too; torch's would be fp64
         return weight * F.rms_norm(x.float(), x.shape[-1:], eps=eps).to(x.dtype)
     return weight * F.rms_norm(x, x.shape[-1:], eps=eps)

@@ -84,3 +84,19 @@ def test_convert_calibrates_on_a_text_file(teacher_dir, capsys):
         assert torch.equal(a, b)
     assert main([*args[:-1], str(teacher_dir / "none.txt"), "--out", str(teacher_dir / "y")]) == 2
     assert "text file not found" in capsys.readouterr().err
+    (teacher_dir / "short.txt").write_text("the cat sees the ball .")
+    assert main([*args[:-1], str(teacher_dir / "short.txt"), "--out", str(teacher_dir / "y")]) == 2
+    assert "--calibration holds 6 tokens" in capsys.readouterr().err
+
+
+def test_calibration_text_beyond_the_model_vocabulary_is_one_line(tmp_path, capsys):
+    from tests.distill.conftest import make_documents, make_tokenizer
+
+    make_teacher("qwen3", vocab_size=20).save_pretrained(tmp_path / "teacher")
+    make_tokenizer().save_pretrained(tmp_path / "teacher")  # ids up to 32
+    HeadPlan(((0, 1), (3,)), 4, 2).to_json(tmp_path / "plan.json")
+    (tmp_path / "sample.txt").write_text(" ".join(make_documents(40, seed=0)))
+    code = main(["convert", "--model", str(tmp_path / "teacher"), "--plan", str(tmp_path / "plan.json"),
+                 "--calibration", str(tmp_path / "sample.txt"), "--out", str(tmp_path / "hybrid")])
+    err = capsys.readouterr().err
+    assert code == 2 and "but the model has 20 tokens" in err and "Traceback" not in err

@@ -70,15 +70,18 @@ def test_fusion_gains_start_at_teacher_head_rms(mean_output):
     torch.testing.assert_close(attn.gdn_norm.gain.detach(), gdn[1, [0, 1, 3]])
 
 
-def test_without_a_calibration_batch_the_mean_output_starts_at_zero():
-    """Random tokens give the gains, not a head's mean (its mean over random tokens is not its mean on text)."""
-    teacher = make_teacher("llama")
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_without_a_calibration_batch_the_mean_output_starts_at_zero(family):
+    """Random tokens give the gains, not a head's mean (its mean over random tokens is not its mean on text):
+    o_proj's bias is zero, or the teacher's where its o_proj has one (this llama's; qwen2's has none)."""
+    teacher = make_teacher(family)
     model = hydrahead.convert(teacher, mixed_plan(teacher.config), HybridOptions.preset("paper"))
     random_tokens = torch.randint(0, teacher.config.vocab_size, hydrahead.models.convert.CALIBRATION_SHAPE,
                                   generator=torch.Generator().manual_seed(0))
     statistics = hydrahead.models.convert.teacher_head_statistics(teacher, random_tokens)
-    attn = model.model.layers[1].self_attn
-    assert attn.mean_bias and torch.equal(attn.o_proj.bias, teacher.model.layers[1].self_attn.o_proj.bias)
+    attn, teacher_bias = model.model.layers[1].self_attn, teacher.model.layers[1].self_attn.o_proj.bias
+    assert attn.mean_bias
+    assert torch.equal(attn.o_proj.bias, teacher_bias if teacher_bias is not None else torch.zeros_like(attn.o_proj.bias))
     torch.testing.assert_close(attn.gdn_norm.gain.detach(), statistics.rms[1, [0, 1, 3]])
 
 
