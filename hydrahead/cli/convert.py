@@ -33,7 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dtype to load the teacher in (default: the checkpoint's)")
 
 
-CALIBRATION_CHARACTERS = 200_000  # what --calibration tokenises of its file: far more than its 2 x 512 tokens
 MIN_CALIBRATION_TOKENS = 64
 
 BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
@@ -78,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
             raise CheckpointError(f"--calibration is tokenised with the teacher's tokenizer: {err}") from err
         tokenizer = None
     calibration = None
-    if args.calibration is not None:  # 2 x 512 tokens take far fewer characters than this
-        calibration = calibration_rows(tokenizer(args.calibration[:CALIBRATION_CHARACTERS])["input_ids"])
+    if args.calibration is not None:  # the file's first characters (`text_file`)
+        calibration = calibration_rows(tokenizer(args.calibration)["input_ids"])
         if calibration.numel() < MIN_CALIBRATION_TOKENS:
             raise OptionsError(f"--calibration holds {calibration.numel()} tokens in the teacher's tokenizer; give "
                                f"at least {MIN_CALIBRATION_TOKENS} (it takes 2 x 512 tokens of text like the training data)")
