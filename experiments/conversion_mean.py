@@ -11,9 +11,10 @@ zero-ablated, through the one head hook (`HeadHooks.overwrites`). One variant th
 the bias less the converted GDN branch's own mean output (each GDN head then starts with exactly the
 teacher head's mean).
 
-Usage: python experiments/conversion_mean.py --teacher smollm2/ --plan kv71.json
-(docs/real_models.md section 7 and docs/method.md section 2 cite it; the plan there is
-`hydrahead plan --baseline random --model smollm2/ --ratio 7:1 --granularity kv_group --min-per-layer 0 --seed 0`)
+Usage: python experiments/conversion_mean.py --teacher smollm2/ --plan plans/kvgroup-7to1.json
+(docs/real_models.md section 7 and docs/method.md section 2 cite it; the plan there is the scored kv_group 7:1
+plan of docs/real_models.md section 6, `hydrahead plan --scores attr.json --ratio 7:1 --granularity kv_group
+--min-per-layer 0`: rerun from fresh attribution scores on 2026-12-05, it gives that section's table to the digit)
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import torch.nn.functional as F
 def main() -> None:
     from hydrahead import HeadPlan, HybridOptions, convert, load_model, load_tokenizer
     from hydrahead.models.convert import teacher_head_statistics
-    from hydrahead.models.heads import HeadHooks
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", required=True)
@@ -40,39 +40,16 @@ def main() -> None:
     torch.set_grad_enabled(False)
     teacher, tok = load_model(args.teacher, "float32").eval(), load_tokenizer(args.teacher)
     plan = HeadPlan.from_json(args.plan).validate(teacher.config)
-    stdlib, T = Path(sysconfig.get_paths()["stdlib"]), args.length
-
-    def ids(name: str, start: int) -> list[int]:
-        tokens = tok((stdlib / name).read_text())["input_ids"][start : start + T]
-        assert len(tokens) == T, f"{name} holds fewer than {start + T} tokens"
-        return tokens
-
+    T = args.length
     calibrations = {
-        "text": torch.tensor([ids("textwrap.py", 0), ids("LICENSE.txt", 0)]),
+        "text": torch.tensor([stdlib_ids(tok, "textwrap.py", 0, T), stdlib_ids(tok, "LICENSE.txt", 0, T)]),
         "random tokens": torch.randint(0, teacher.config.vocab_size, (2, T), generator=torch.Generator().manual_seed(0)),
     }
-    evaluation = torch.tensor([ids("argparse.py", 2000), ids("LICENSE.txt", 2000)])
-
-    def measure(model, hooks_setup=None):
-        with HeadHooks(teacher) as hooks:
-            if hooks_setup is not None:
-                hooks_setup(hooks)
-            out = model(input_ids=evaluation, output_hidden_states=True, use_cache=False)
-        ce = F.cross_entropy(out.logits[:, :-1].flatten(0, 1), evaluation[:, 1:].flatten()).item()
-        return ce, out.hidden_states[1:]
-
-    ce_teacher, reference = measure(teacher)
-    layers = len(reference)
-    depths = (layers // 6, layers // 2, layers - 1)
-
-    def row(name: str, ce: float, hidden) -> None:
-        errors = [((hidden[i] - reference[i]).pow(2).mean() / reference[i].var()).item() for i in depths]
-        print(f"| {name} | {ce:.2f} | " + " | ".join(f"{e:.3g}" for e in errors) + " |", flush=True)
-
+    compare = Comparison(teacher, evaluation_rows(tok, T))
+    measure, row = compare.measure, compare.row
     print(f"teacher {args.teacher}, plan {args.plan} ({sum(map(len, plan.fa_heads))} FA heads), "
-          f"{T}-token rows; cross-entropy of the teacher itself {ce_teacher:.2f}\n")
-    print("| model | cross-entropy | " + " | ".join(f"error, layer {i}" for i in depths) + " |")
-    print("|---|---:|" + "---:|" * len(depths))
+          f"{T}-token rows; cross-entropy of the teacher itself {compare.ce_teacher:.2f}\n")
+    compare.header()
     H = teacher.config.num_attention_heads
     gdn = {i: [h for h in range(H) if h not in heads] for i, heads in enumerate(plan.fa_heads)}
     for calibration_name, calibration in calibrations.items():
@@ -93,6 +70,48 @@ def main() -> None:
             if calibration_name == "text":  # a variant the library does not make (yet)
                 take_out_branch_mean(student, calibration)
                 row(f"student, {preset}, with the mean output less the GDN branch's own mean (text)", *measure(student))
+
+
+def stdlib_ids(tok, name: str, start: int, T: int) -> list[int]:
+    """T token ids of a file of Python's standard library, from token `start` on."""
+    tokens = tok((Path(sysconfig.get_paths()["stdlib"]) / name).read_text())["input_ids"][start : start + T]
+    assert len(tokens) == T, f"{name} holds fewer than {start + T} tokens"
+    return tokens
+
+
+def evaluation_rows(tok, T: int) -> torch.Tensor:
+    """The evaluation batch (2, T), disjoint from every calibration batch here."""
+    return torch.tensor([stdlib_ids(tok, "argparse.py", 2000, T), stdlib_ids(tok, "LICENSE.txt", 2000, T)])
+
+
+class Comparison:
+    """A model against the teacher on the evaluation rows: cross-entropy, and the residual stream's MSE over the
+    teacher's variance at three depths, printed as a markdown table row."""
+
+    def __init__(self, teacher, evaluation: torch.Tensor) -> None:
+        self.teacher, self.evaluation = teacher, evaluation
+        self.ce_teacher, self.reference = self.measure(teacher)
+        layers = len(self.reference)
+        self.depths = (layers // 6, layers // 2, layers - 1)
+
+    def measure(self, model, hooks_setup=None):
+        from hydrahead.models.heads import HeadHooks
+
+        with HeadHooks(self.teacher) as hooks:
+            if hooks_setup is not None:
+                hooks_setup(hooks)
+            out = model(input_ids=self.evaluation, output_hidden_states=True, use_cache=False)
+        logits, ids = out.logits[:, :-1].flatten(0, 1), self.evaluation[:, 1:].flatten()
+        return F.cross_entropy(logits, ids).item(), out.hidden_states[1:]
+
+    def header(self) -> None:
+        print("| model | cross-entropy | " + " | ".join(f"error, layer {i}" for i in self.depths) + " |")
+        print("|---|---:|" + "---:|" * len(self.depths))
+
+    def row(self, name: str, ce: float, hidden) -> None:
+        reference = self.reference
+        errors = [((hidden[i] - reference[i]).pow(2).mean() / reference[i].var()).item() for i in self.depths]
+        print(f"| {name} | {ce:.2f} | " + " | ".join(f"{e:.3g}" for e in errors) + " |", flush=True)
 
 
 def take_out_branch_mean(student, calibration: torch.Tensor) -> None:
