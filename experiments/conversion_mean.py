@@ -14,7 +14,7 @@ teacher head's mean).
 Usage: python experiments/conversion_mean.py --teacher smollm2/ --plan plans/kvgroup-7to1.json
 (docs/real_models.md section 7 and docs/method.md section 2 cite it; the plan there is the scored kv_group 7:1
 plan of docs/real_models.md section 6, `hydrahead plan --scores attr.json --ratio 7:1 --granularity kv_group
---min-per-layer 0`: rerun from fresh attribution scores on 2026-12-05, it gives that section's table to the digit)
+--min-per-layer 0`: rerun from fresh attribution scores on 2026-12-05, it gives section 7's table to the digit)
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def main() -> None:
         student = copy.deepcopy(base)
         fit = fold_sequential(student, calibration, head_out, mean, args.ridge)
         compare.row(f"{preset}, mean output + full readout fitted layer by layer on the student's own stream "
-                    f"(calibration R^2 {fit:.3f})", *compare.measure(student))
+                    f"(calibration R^2, mean over layers, {fit:.3f})", *compare.measure(student))
 
 
 def gdn_outputs(student, inputs) -> dict[int, torch.Tensor]:
@@ -100,7 +100,8 @@ def gdn_outputs(student, inputs) -> dict[int, torch.Tensor]:
 
 def fold_sequential(student, calibration, head_out, mean, ridge: float) -> float:
     """`fold`'s full readout, one layer at a time from the first, each fitted on the GDN outputs the student
-    computes on its own residual stream with the layers before it already fitted."""
+    computes on its own residual stream with the layers before it already fitted. Returns the mean of the
+    layers' calibration R^2 (`fold` pools its heads)."""
     fits = []
     for i, layer in enumerate(student.model.layers):
         attention = layer.self_attn

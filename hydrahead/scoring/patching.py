@@ -61,10 +61,11 @@ def _patches(triples: list[tuple[int, int, int, torch.Tensor]]) -> dict[int, Hea
     return {layer: HeadPatch.from_triples(t) for layer, t in by_layer.items()}
 
 
-def receiver_effects(runner: Runner, probe: Probe, clean: RunRecord, corrupt: RunRecord, batch_size: int = 16) -> np.ndarray:
-    """IE_recv of every head for one probe: (L, H)."""
+def receiver_effects(runner: Runner, probe: Probe, clean: RunRecord, corrupt: RunRecord, batch_size: int = 16,
+                     heads: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+    """IE_recv of every head for one probe, or of `heads` only (the rest 0): (L, H)."""
     L, H = runner.num_layers, runner.num_heads
-    heads = [(l, h) for l in range(L) for h in range(H)]
+    heads = [(l, h) for l in range(L) for h in range(H)] if heads is None else list(heads)
     ie = np.zeros((L, H))
     for chunk in _chunks(heads, batch_size):
         patches = _patches([(row, l, h, corrupt.heads[l][0, :, h]) for row, (l, h) in enumerate(chunk)])
@@ -76,14 +77,17 @@ def receiver_effects(runner: Runner, probe: Probe, clean: RunRecord, corrupt: Ru
 
 
 def sender_effects(runner: Runner, probe: Probe, clean: RunRecord, corrupt: RunRecord,
-                   receivers: Sequence[tuple[int, int]], batch_size: int = 16) -> np.ndarray:
-    """IE_send of every head for one probe, by one-step path patching to `receivers`: (L, H).
+                   receivers: Sequence[tuple[int, int]], batch_size: int = 16,
+                   heads: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
+    """IE_send of every head for one probe, or of `heads` only (the rest 0), by one-step path patching to
+    `receivers`: (L, H).
 
     Heads with no receiver in a later layer get 0.
     """
     L, H, D = runner.num_layers, runner.num_heads, runner.head_dim
     receiver_layers = sorted({l for l, _ in receivers})
-    senders = [(l, h) for l in range(L) for h in range(H) if any(r > l for r in receiver_layers)]
+    candidates = [(l, h) for l in range(L) for h in range(H)] if heads is None else list(heads)
+    senders = [(l, h) for l, h in candidates if any(r > l for r in receiver_layers)]
     ie = np.zeros((L, H))
     for chunk in _chunks(senders, batch_size):
         # the sender's change as the residual stream sees it: (O_s(x') - O_s(x)) W_O[:, s]^T, (n, T, d)

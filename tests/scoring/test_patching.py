@@ -82,6 +82,29 @@ def test_batching_does_not_mix_rows(probes):
     np.testing.assert_allclose(one, many, rtol=1e-4, atol=1e-4)
 
 
+def test_a_subset_of_heads_scores_as_in_the_full_pass(probes):
+    """`heads=` scores those heads exactly as the full pass does, leaves the rest 0, and runs only their layers."""
+    model = make_teacher("qwen3", num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2)
+    probe = probes[0]
+    subset = [(2, 1), (2, 6), (3, 0)]
+    with Runner(model) as runner:
+        clean, corrupt = runner.record(probe), runner.record(probe, corrupted=True)
+        full = receiver_effects(runner, probe, clean, corrupt)
+        calls = runner.stats.forward_calls
+        part = receiver_effects(runner, probe, clean, corrupt, heads=subset)
+        assert runner.stats.forward_calls - calls == 2  # layers 2 and 3 only
+        receivers = [(3, h) for h in range(8)]
+        full_send = sender_effects(runner, probe, clean, corrupt, receivers)
+        part_send = sender_effects(runner, probe, clean, corrupt, receivers, heads=subset)
+    rows, cols = zip(*subset)
+    np.testing.assert_allclose(part[rows, cols], full[rows, cols], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(part_send[rows, cols], full_send[rows, cols], rtol=1e-4, atol=1e-4)
+    others = np.ones_like(full, dtype=bool)
+    others[rows, cols] = False
+    assert not part[others].any() and not part_send[others].any()
+    assert full[rows, cols].any() and full_send[2, [1, 6]].any()  # the compared values are not all zero
+
+
 def test_sender_effect_matches_a_hand_made_path_patch(family, probes):
     """One-step path patching, sender (0, h) -> every head of layer 1, against a plain forward in which
     only layer 1's attention input gets the sender's change (hook on input_layernorm)."""
