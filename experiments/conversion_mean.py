@@ -117,20 +117,32 @@ class Comparison:
 def take_out_branch_mean(student, calibration: torch.Tensor) -> None:
     """Subtract, through o_proj, the converted GDN branch's own mean output on the calibration batch from the
     mean-output bias, so that each GDN head's output starts with the teacher head's mean exactly."""
-    means, handles = {}, []
+    outputs = gdn_branch_outputs(student, lambda: student(input_ids=calibration, use_cache=False))
+    for i, heads in outputs.items():
+        attention = student.model.layers[i].self_attn
+        mean = heads.mean(dim=(0, 1)).reshape(-1)
+        attention.o_proj.bias.sub_(attention.o_proj.weight[:, len(attention.fa_heads) * attention.head_dim :] @ mean)
+
+
+def gdn_branch_outputs(student, run, layers=None) -> dict[int, torch.Tensor]:
+    """What each layer's GDN heads hand o_proj (the columns of its input after the FA heads'), (B, T, H_gdn, D)
+    in fp32, captured while `run()` runs the student; `layers`: only these layers."""
+    out, handles = {}, []
     for i, layer in enumerate(student.model.layers):
         attention = layer.self_attn
-        if attention.mean_bias:
-            def hook(module, args, i=i, attention=attention):
-                heads = args[0].unflatten(-1, (-1, attention.head_dim))[..., len(attention.fa_heads) :, :]
-                means[i] = heads.float().mean(dim=(0, 1)).reshape(-1)
-            handles.append(attention.o_proj.register_forward_pre_hook(hook))
-    student(input_ids=calibration, use_cache=False)
-    for handle in handles:
-        handle.remove()
-    for i, mean in means.items():
-        attention = student.model.layers[i].self_attn
-        attention.o_proj.bias.sub_(attention.o_proj.weight[:, len(attention.fa_heads) * attention.head_dim :] @ mean)
+        if attention.gdn is None or (layers is not None and i not in layers):
+            continue
+
+        def hook(module, args, i=i, attention=attention):
+            out[i] = args[0].unflatten(-1, (-1, attention.head_dim))[..., len(attention.fa_heads) :, :].float()
+
+        handles.append(attention.o_proj.register_forward_pre_hook(hook))
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out
 
 
 if __name__ == "__main__":

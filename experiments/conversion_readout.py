@@ -23,7 +23,7 @@ import argparse
 import copy
 
 import torch
-from conversion_mean import Comparison, evaluation_rows, stdlib_ids  # this folder is on sys.path when run as a script
+from conversion_mean import Comparison, evaluation_rows, gdn_branch_outputs, stdlib_ids  # this folder is on sys.path when run as a script
 
 
 def main() -> None:
@@ -81,21 +81,12 @@ def main() -> None:
 
 def gdn_outputs(student, inputs) -> dict[int, torch.Tensor]:
     """Per layer with GDN heads: what the GDN heads hand o_proj, (N, H_gdn, D), on the teacher's layer inputs."""
-    out, handles = {}, []
-    for i, layer in enumerate(student.model.layers):
-        attention = layer.self_attn
-        if getattr(attention, "gdn", None) is None:
-            continue
-        def hook(module, a, i=i, attention=attention):
-            heads = a[0].unflatten(-1, (-1, attention.head_dim))[..., len(attention.fa_heads) :, :]
-            out[i] = heads.float().flatten(0, 1)
-        handles.append(attention.o_proj.register_forward_pre_hook(hook))
-        kw = dict(inputs[i])
-        kw.pop("past_key_values", None)
-        attention(**kw)
-    for h in handles:
-        h.remove()
-    return out
+    def run():
+        for i, layer in enumerate(student.model.layers):
+            if layer.self_attn.gdn is not None:
+                layer.self_attn(**{k: v for k, v in inputs[i].items() if k != "past_key_values"})
+
+    return {i: heads.flatten(0, 1) for i, heads in gdn_branch_outputs(student, run).items()}
 
 
 def fold_sequential(student, calibration, head_out, mean, ridge: float) -> float:
@@ -104,17 +95,11 @@ def fold_sequential(student, calibration, head_out, mean, ridge: float) -> float
     layers' calibration R^2 (`fold` pools its heads)."""
     fits = []
     for i, layer in enumerate(student.model.layers):
-        attention = layer.self_attn
-        if getattr(attention, "gdn", None) is None:
+        if layer.self_attn.gdn is None:
             continue
-        captured = {}
-        def hook(module, a, attention=attention):
-            heads = a[0].unflatten(-1, (-1, attention.head_dim))[..., len(attention.fa_heads) :, :]
-            captured["x"] = heads.float().flatten(0, 1)
-        handle = attention.o_proj.register_forward_pre_hook(hook)
-        student.model(input_ids=calibration, use_cache=False)  # no lm head needed
-        handle.remove()
-        fits.append(fold(student, {i: captured["x"]}, head_out, mean, "full", ridge))
+        run = lambda: student.model(input_ids=calibration, use_cache=False)  # noqa: E731 (no lm head needed)
+        heads = gdn_branch_outputs(student, run, layers={i})[i]
+        fits.append(fold(student, {i: heads.flatten(0, 1)}, head_out, mean, "full", ridge))
     return sum(fits) / len(fits)
 
 
