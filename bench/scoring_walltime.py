@@ -8,7 +8,7 @@ the embeddings would cost more). Prints a markdown table: forward calls, sequenc
 (full-depth sequence equivalents), backward passes, wall seconds.
 
     python bench/scoring_walltime.py
-    python bench/scoring_walltime.py --layers 4 --heads 8 --kv-heads 2 --hidden 256 --context 512 --probes 4
+    python bench/scoring_walltime.py --layers 4 --heads 8 --kv-heads 2 --hidden 256 --context 1024 --probes 4
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--kv-heads", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--context", type=int, default=512, help="prompt tokens per probe")
+    parser.add_argument("--context", type=int, default=1024,
+                        help="prompt tokens per probe (a multi-key probe's needles and question alone take 559 with this tokenizer)")
     parser.add_argument("--probes", type=int, default=4, help="probes (half single-key, half multi-key; numbers)")
     parser.add_argument("--batch-size", type=int, default=32, help="patched heads per forward")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -53,7 +54,8 @@ def main() -> None:
     probe_config = ProbeConfig(context_length=args.context, samples=max(1, args.probes // 2), needle_types=("number",))
     probes = build_probes(tokenizer, probe_config)[: args.probes]
     runs = [("patching", dict(batch_size=args.batch_size)), ("patching", dict(batch_size=1)),
-            ("patching", dict(batch_size=args.batch_size, receiver_fraction=0.25)), ("attribution", {}), ("retrieval", {})]
+            ("patching", dict(batch_size=args.batch_size, receiver_fraction=0.25)), ("attribution", dict(senders=False)),
+            ("attribution", {}), ("attribution", dict(receiver_fraction=0.25)), ("retrieval", {})]
     score_heads(model, method="patching", probes=probes[:1], batch_size=args.batch_size, min_delta=1e-12, max_rounds=1)  # warm-up
 
     print(f"Qwen3 {args.layers} layers x {args.heads} heads ({args.kv_heads} KV heads), hidden {args.hidden}, "
@@ -74,9 +76,10 @@ def main() -> None:
         wall = time.perf_counter() - start
         meta = scores.metadata
         described = ", ".join(f"{k}={v}" for k, v in options.items())
-        if method == "patching":
+        if "receiver_sets" in meta:  # a sender term: patching, attribution with senders
             receivers = meta["receiver_sets"][-1]
-            described += f"; {len(receivers)} receivers in layers {sorted({l for l, _ in receivers})}, {meta['rounds']} sender round(s)"
+            rounds = f"{len(receivers)} receivers in layers {sorted({l for l, _ in receivers})}, {meta['rounds']} sender round(s)"
+            described = f"{described}; {rounds}" if described else rounds
         print(f"| {method} | {described or '-'} | {meta['forward_calls']} | {meta['sequence_forwards']:.1f} | "
               f"{meta['backwards']} | {wall:.1f} | {wall / len(probes):.2f} |")
     heads = args.layers * args.heads

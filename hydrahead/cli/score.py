@@ -1,7 +1,8 @@
 """Score every attention head of a teacher for retrieval, on counterfactual needle-in-a-haystack probes.
 
-Methods: patching (the paper's receiver + sender activation patching, Eq. 9-12), attribution (gradient x
-activation difference, one backward per probe), retrieval (Wu et al. 2024 copy-paste score).
+Methods: patching (the paper's receiver + sender activation patching, Eq. 9-12), attribution (the same two
+scores to first order, from gradients: about three backward passes per probe and round instead of a forward per
+head), retrieval (Wu et al. 2024 copy-paste score).
 
 Example:
   hydrahead score --model path/to/Qwen3-1.7B --method patching --out scores.json --plot heads.png
@@ -101,21 +102,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=output_file, help="output JSON for the scores")
     parser.add_argument("--plot", default=None, metavar="PNG", type=output_file, help="also save a layers x heads heatmap")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="patched heads per forward (patching)")
+    parser.add_argument("--no-senders", action="store_true",
+                        help="patching, attribution: the receiver score alone (faster, but blind to heads that act "
+                             "through later heads' queries and keys)")
     parser.add_argument("--top", type=nonnegative_int, default=10, help="how many top heads to print")
     add_probe_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from hydrahead.models.loading import read_config
-    from hydrahead.scoring import build_probes, score_heads
+    from hydrahead.scoring import ScoringError, build_probes, score_heads
 
+    if args.no_senders and args.method == "retrieval":
+        raise ScoringError("--no-senders applies to patching and attribution; the retrieval score has no sender term")
     config = probe_config_from(args, model_config=read_config(args.model))  # checked before the (slow) load
     model, tokenizer = load_model_and_tokenizer(args)
     probes = build_probes(tokenizer, config, model=model, progress=True)
     print(f"{len(probes)} probes of {config.context_length} tokens ({describe_leads(probes, tokenizer, config)})",
           flush=True)
+    options = {"patching": {"max_rounds": 0}, "attribution": {"senders": False}}.get(args.method, {}) if args.no_senders else {}
     scores = score_heads(model, tokenizer, args.method, probes, probe_config=config, batch_size=args.batch_size,
-                         progress=True)
+                         progress=True, **options)
     scores.to_json(args.out)
     if args.plot:
         scores.plot(args.plot, mark_top=args.top)

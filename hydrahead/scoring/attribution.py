@@ -1,16 +1,22 @@
-"""`attribution`: attribution patching, the first-order approximation of the receiver score.
+"""`attribution`: attribution patching, the first-order approximation of the paper's receiver and sender scores.
 
-IE_attr(l, h) = -(dm/dO_lh(x)) . (O_lh(x') - O_lh(x)) / (m(x) - m(x')),
+Receiver term. IE_attr(l, h) = -(dm/dO_lh(x)) . (O_lh(x') - O_lh(x)) / (m(x) - m(x')),
 summed over positions and head dimensions: the change activation patching would make to m, predicted
 from the gradient. All heads come from one corrupted forward and one clean forward + backward per probe,
 instead of one patched sequence per head. With `freeze_attention` (default) q and k are cut from the
 graph, so the gradient flows only where the frozen-attention receiver score lets a patch flow (values,
 residual stream, MLPs): attribution is then the exact linearisation of IE_recv, and equals it when the
-readout is linear in the patched activation (the test builds such a model). The paper names activation
-patching's cost as a limitation and did not validate this shortcut; `validate-scores` measures how well
-it agrees with `patching`.
+readout is linear in the patched activation (the test builds such a model).
 
-Per-probe effects are aggregated like the receiver score (Eq. 11-12, without a sender term).
+Sender term (ours). That gradient cannot see a head that matters by steering later heads' queries and keys,
+the paper's sender role: on SmolLM2-135M the receiver term scores 0 a head whose ablation alone costs 42 NIAH
+points (docs/real_models.md section 4). `sender_attribution_effects` linearises the one-step path patch of
+`patching.sender_effects` instead, two backward passes per probe for every head, and `attribution_scores`
+iterates the receiver set and combines the two terms as `patching_scores` does (`patching.sender_rounds`,
+Eq. 11-12). On that model it ranks the 73 senders that patching scored with Spearman 0.994 against patching.
+
+The paper names activation patching's cost as a limitation and did not validate this shortcut;
+`validate-scores` measures how well it agrees with `patching`.
 """
 
 from __future__ import annotations
@@ -24,9 +30,10 @@ from tqdm.auto import tqdm
 from hydrahead.scoring.attention import AttentionControl
 from hydrahead.scoring.combine import THRESHOLD, capability_scores, combine
 from hydrahead.errors import ScoringError
-from hydrahead.scoring.patching import MIN_DELTA
+from hydrahead.scoring.patching import MIN_DELTA, sender_rounds
 from hydrahead.scoring.probes import Probe
-from hydrahead.scoring.runner import Runner
+from hydrahead.models.heads import HeadPatch
+from hydrahead.scoring.runner import RunRecord, Runner
 
 
 def attribution_effects(runner: Runner, probe: Probe, freeze_attention: bool = True) -> tuple[np.ndarray, float, float]:
@@ -52,21 +59,85 @@ def attribution_effects(runner: Runner, probe: Probe, freeze_attention: bool = T
     return ie, m_clean, corrupt.readout
 
 
+@torch.no_grad()
+def sender_attribution_effects(runner: Runner, probe: Probe, receivers: Sequence[tuple[int, int]],
+                               records: tuple[RunRecord, RunRecord] | None = None) -> np.ndarray:
+    """IE_send (L, H) of every head for one probe to first order: the linearisation of `patching.sender_effects`
+    (one-step path patching to `receivers`) at the clean run, from one clean backward plus one per receiver layer
+    instead of one patched run per sender.
+
+    The patched run changes m by sum over receivers r of dm/dO_r . (O_r(x_r + delta_s) - O_r(x_r)), where x_r is
+    the clean input of r's layer and delta_s the sender's change through o_proj. To first order that is
+    delta_s . g_s, g_s = sum over receiver layers after s of J^T (dm/dO_r): dm/dO_r comes from one clean
+    backward with attention detached (the patched run's frozen attention) and the receivers' outputs cut from
+    their inputs (the patched run overwrites them), and J^T from one backward through each receiver layer's
+    attention with its pattern free (the path a sender acts through: r's queries, keys and values).
+    `records`: the probe's (clean, corrupted) runs, when the caller has them.
+    """
+    L, H, D = runner.num_layers, runner.num_heads, runner.head_dim
+    clean, corrupt = records if records is not None else (runner.record(probe), runner.record(probe, corrupted=True))
+    by_layer: dict[int, list[int]] = {}
+    for l, h in receivers:
+        by_layer.setdefault(l, []).append(h)
+    hooks = runner.hooks
+    # dm/dO_r for every receiver, the receivers' outputs held at their clean values (cut from what feeds them)
+    hooks.patches = {l: HeadPatch.from_triples((0, h, clean.heads[l][0, :, h]) for h in hs) for l, hs in by_layer.items()}
+    hooks.grad = True
+    try:
+        with torch.enable_grad():
+            out = runner.run_layers(runner.embed(probe.input_ids()), 0, AttentionControl("detach"))
+            m = runner.margin(runner.logits(out, probe), probe)[0]
+            layers = sorted(by_layer)
+            grads = dict(zip(layers, torch.autograd.grad(m, [hooks.leaves[l] for l in layers])))  # (1, T, H, D)
+    finally:
+        hooks.patches, hooks.grad, hooks.leaves = {}, False, {}
+    runner.stats.backwards += 1
+    # g at each receiver layer's input: the receivers' gradients back through that layer's attention, pattern free
+    toward = torch.zeros_like(clean.hidden[0][0])  # (T, d): summed over the receiver layers above the sender
+    ie = np.zeros((L, H))
+    for l in range(max(layers) - 1, -1, -1):
+        if l + 1 in by_layer:
+            x = clean.hidden[l + 1].detach().requires_grad_(True)
+            with torch.enable_grad():
+                heads = runner.attention_heads(l + 1, x, grad=True)[0]  # (T, H, D)
+                hs = by_layer[l + 1]
+                f = (heads[:, hs] * grads[l + 1][0][:, hs]).sum()
+                toward = toward + torch.autograd.grad(f, x)[0][0]
+            runner.stats.backwards += 1
+        weight = runner.layers[l].self_attn.o_proj.weight  # (d, H * D)
+        per_head = (toward @ weight.to(toward.dtype)).view(-1, H, D)  # (T, H, D): g through o_proj, per head
+        change = (per_head * (corrupt.heads[l][0] - clean.heads[l][0])).sum(dim=(0, 2))  # (H,)
+        ie[l] = (-change / (clean.readout - corrupt.readout)).double().cpu().numpy()
+    return ie
+
+
 def attribution_scores(runner: Runner, probes: Sequence[Probe], *, freeze_attention: bool = True,
+                       senders: bool = True, receiver_fraction: float = 0.05, max_rounds: int = 3,
                        threshold: float = THRESHOLD, min_delta: float = MIN_DELTA,
                        progress: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
-    """Attribution scores over `probes`: (combined (L, H), components, metadata)."""
+    """Attribution scores over `probes`: (combined (L, H), components, metadata). The receiver score's
+    linearisation, and with `senders` the sender score's (`sender_attribution_effects`), iterated over receiver
+    sets and combined as `patching_scores` does (Eq. 11-12); without, the receiver term alone."""
     P, L, H = len(probes), runner.num_layers, runner.num_heads
-    effects = np.full((P, L, H), np.nan)
+    recv = np.full((P, L, H), np.nan)
     for i, probe in enumerate(tqdm(probes, desc="attribution", disable=not progress)):
         ie, m_clean, m_corrupt = attribution_effects(runner, probe, freeze_attention)
         if abs(m_clean - m_corrupt) >= min_delta:
-            effects[i] = ie
-    used = int(np.isfinite(effects[:, 0, 0]).sum())
-    if used == 0:
+            recv[i] = ie
+    usable = [i for i in range(P) if np.isfinite(recv[i, 0, 0])]
+    if not usable:
         raise ScoringError(f"the model does not tell clean from corrupted probes apart (|m(x) - m(x')| < {min_delta} "
                            f"on all {P} probes): no indirect effect is defined; use probes the model can solve")
-    per_capability = capability_scores({"attribution": effects}, probes, threshold)
+    meta = {"probes_used": len(usable), "probes_skipped": P - len(usable), "threshold": threshold,
+            "freeze_attention": freeze_attention, "senders": senders}
+    if senders:
+        send = np.full((P, L, H), np.nan)
+        send[usable] = 0.0
+        per_capability, rounds = sender_rounds(
+            probes, usable, recv, send, lambda i, receivers: sender_attribution_effects(runner, probes[i], receivers),
+            receiver_fraction=receiver_fraction, max_rounds=max_rounds, threshold=threshold, progress=progress)
+        meta.update(rounds)
+    else:
+        per_capability = capability_scores({"receiver": recv}, probes, threshold)
     components = {f"{name}/{cap}": arr for cap, d in per_capability.items() for name, arr in d.items()}
-    meta = {"probes_used": used, "probes_skipped": P - used, "threshold": threshold, "freeze_attention": freeze_attention}
     return combine(per_capability), components, meta

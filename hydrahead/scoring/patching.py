@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -133,15 +133,34 @@ def patching_scores(runner: Runner, probes: Sequence[Probe], *, batch_size: int 
         raise ScoringError(f"the model does not tell clean from corrupted probes apart (|m(x) - m(x')| < {min_delta} "
                            f"on all {P} probes): no indirect effect is defined; use probes the model can solve")
     send[[i for i in range(P) if i not in usable]] = np.nan
+
+    def senders(i: int, receivers: list[tuple[int, int]]) -> np.ndarray:
+        clean, corrupt = _records(runner, probes[i], 0.0)
+        return sender_effects(runner, probes[i], clean, corrupt, receivers, batch_size)
+
+    per_capability, meta = sender_rounds(probes, usable, recv, send, senders, receiver_fraction=receiver_fraction,
+                                         max_rounds=max_rounds, threshold=threshold, progress=progress)
+    components = {f"{name}/{cap}": arr for cap, d in per_capability.items() for name, arr in d.items()}
+    meta.update({"probes_used": len(usable), "probes_skipped": P - len(usable), "threshold": threshold})
+    return combine(per_capability), components, meta
+
+
+def sender_rounds(probes: Sequence[Probe], usable: Sequence[int], recv: np.ndarray, send: np.ndarray,
+                  senders: Callable[[int, list[tuple[int, int]]], np.ndarray], *, receiver_fraction: float,
+                  max_rounds: int, threshold: float, progress: bool) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+    """The iteration both causal methods share: R starts as the top `receiver_fraction` of heads by receiver
+    score; each round fills send[i] = senders(i, R) for every usable probe, combines (Eq. 11-12) and takes the
+    new top heads as R, until R stops changing or after `max_rounds` (0: the receiver score alone).
+    recv, send: (P, L, H), send filled in place. Returns (per-capability scores, metadata of the rounds)."""
+    L, H = recv.shape[1:]
     k = max(1, math.floor(receiver_fraction * L * H + 0.5))
     receivers = top_heads(combine(capability_scores({"receiver": recv}, probes, threshold)), k)
     history, rounds, converged = [receivers], 0, False
-    per_capability = capability_scores({"receiver": recv, "sender": send}, probes, threshold)  # max_rounds=0: receiver only
+    per_capability = capability_scores({"receiver": recv, "sender": send}, probes, threshold)
     for _ in range(max_rounds):
         rounds += 1
         for i in tqdm(usable, desc=f"sender scores, round {rounds}", disable=not progress):
-            clean, corrupt = _records(runner, probes[i], 0.0)
-            send[i] = sender_effects(runner, probes[i], clean, corrupt, receivers, batch_size)
+            send[i] = senders(i, receivers)
         per_capability = capability_scores({"receiver": recv, "sender": send}, probes, threshold)
         new = top_heads(combine(per_capability), k)
         if sorted(new) == sorted(receivers):
@@ -149,14 +168,6 @@ def patching_scores(runner: Runner, probes: Sequence[Probe], *, batch_size: int 
             break
         receivers = new
         history.append(receivers)
-    components = {f"{name}/{cap}": arr for cap, d in per_capability.items() for name, arr in d.items()}
-    meta = {
-        "receiver_sets": [[list(h) for h in r] for r in history],
-        "rounds": rounds,
-        "converged": converged,
-        "probes_used": len(usable),
-        "probes_skipped": P - len(usable),
-        "threshold": threshold,
-        "receiver_fraction": receiver_fraction,
-    }
-    return combine(per_capability), components, meta
+    meta = {"receiver_sets": [[list(h) for h in r] for r in history], "rounds": rounds, "converged": converged,
+            "receiver_fraction": receiver_fraction}
+    return per_capability, meta

@@ -23,10 +23,10 @@ def readout_weights(n: int, lam: float = LAMBDA) -> torch.Tensor:
 
 def logit_margin(logits: torch.Tensor, answer: torch.Tensor, distractor: torch.Tensor, lam: float = LAMBDA) -> torch.Tensor:
     """m for each batch row. logits: (B, n, V) at the readout positions; answer, distractor: (n,) ids -> (B,)"""
-    z = logits.float()
+    z = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 at least: float64 stays float64
     idx = torch.arange(answer.shape[0], device=z.device)
     diff = z[:, idx, answer] - z[:, idx, distractor]  # (B, n)
-    return diff @ readout_weights(answer.shape[0], lam).to(z.device)
+    return diff @ readout_weights(answer.shape[0], lam).to(z.device, z.dtype)
 
 
 def exact_match(logits: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:

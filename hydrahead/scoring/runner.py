@@ -105,7 +105,8 @@ class Runner:
     def logits(self, hidden: torch.Tensor, probe: Probe) -> torch.Tensor:
         """(B, n, V) at the readout positions."""
         h = hidden[:, probe.readout_positions]
-        return self.model.lm_head(self.model.model.norm(h)).float()
+        logits = self.model.lm_head(self.model.model.norm(h))
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 at least: a float64 model stays so
 
     def margin(self, logits: torch.Tensor, probe: Probe) -> torch.Tensor:
         answer = torch.tensor(probe.answer, device=logits.device)
@@ -128,17 +129,18 @@ class Runner:
         logits = self.logits(out, probe)
         return RunRecord(hidden, heads, control, logits, float(self.margin(logits, probe)[0]))
 
-    @torch.no_grad()
-    def attention_heads(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
-        """Head outputs (B, T, H, D) of one layer's attention (free, not frozen) on residual input `hidden` (B, T, d)."""
+    def attention_heads(self, layer: int, hidden: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """Head outputs (B, T, H, D) of one layer's attention (free, not frozen) on residual input `hidden` (B, T, d);
+        with `grad`, differentiable with respect to `hidden`."""
         block = self.layers[layer]
-        self.hooks.capture = {}
+        self.hooks.capture, self.hooks.grad = {}, grad  # with grad the hook keeps the outputs in the graph
         try:
-            block.self_attn(hidden_states=block.input_layernorm(hidden), position_embeddings=self.rope(hidden),
-                            attention_mask=None, hydrahead_attention=AttentionControl("free"))
+            with torch.set_grad_enabled(grad):
+                block.self_attn(hidden_states=block.input_layernorm(hidden), position_embeddings=self.rope(hidden),
+                                attention_mask=None, hydrahead_attention=AttentionControl("free"))
             heads = self.hooks.capture[layer]
         finally:
-            self.hooks.capture = None
+            self.hooks.capture, self.hooks.grad, self.hooks.leaves = None, False, {}
         self.stats.sequence_forwards += hidden.shape[0] / (2 * self.num_layers)  # about half a layer per row
         return heads
 

@@ -100,6 +100,8 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         # score and validate-scores
         (["score", "--model", T, "--out", str(d / "a_dir")], "a_dir is a directory"),
         (["score", "--model", T, "--out", f"{new}.json", "--batch-size", "0"], "--batch-size: must be >= 1"),
+        (["score", "--model", T, "--out", f"{new}.json", "--method", "retrieval", "--no-senders"],
+         "the retrieval score has no sender term"),
         (["score", "--model", T, "--out", f"{new}.json", "--device", "banana"], "unknown device 'banana'"),
         (["score", "--model", T, "--out", f"{new}.json", "--device", "cuda:7"], "'cuda:7' is not available"),
         (["score", "--model", T, "--out", f"{new}.json", "--probes-file", str(d / "binary.txt")], "binary.txt is a binary file"),

@@ -48,6 +48,19 @@ def test_score_plan_validate(teacher_dir, capsys):
     assert (out / "layers.png").exists()
 
 
+def test_no_senders_scores_the_receiver_term_alone(teacher_dir, capsys):
+    model, out = str(teacher_dir / "teacher"), teacher_dir
+    for flags, name in (([], "with.json"), (["--no-senders"], "without.json")):
+        assert main(["score", "--model", model, "--method", "attribution", "--out", str(out / name), *flags, *PROBES]) == 0
+    capsys.readouterr()
+    with_senders, without = HeadScores.from_json(out / "with.json"), HeadScores.from_json(out / "without.json")
+    assert with_senders.metadata["senders"] and with_senders.metadata["rounds"] >= 1
+    assert not without.metadata["senders"] and "rounds" not in without.metadata
+    assert without.metadata["backwards"] == 2  # one per probe; the sender term adds two or more per probe and round
+    assert with_senders.metadata["backwards"] > without.metadata["backwards"]
+    assert "sender/single_key" in with_senders.components and "sender/single_key" not in without.components
+
+
 def test_baseline_plans(teacher_dir, capsys):
     model = str(teacher_dir / "teacher")
     assert main(["plan", "--baseline", "layerwise", "--model", model, "--ratio", "1:1", "--out", str(teacher_dir / "lw.json")]) == 0

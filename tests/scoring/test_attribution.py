@@ -1,12 +1,13 @@
-"""Attribution patching is the linearisation of the (frozen-attention) receiver score."""
+"""Attribution patching is the linearisation of the (frozen-attention) receiver score, and sender attribution
+that of the one-step path patch (the sender score)."""
 
 import numpy as np
 import pytest
 import torch
 
 from hydrahead.scoring import ProbeConfig, build_probes
-from hydrahead.scoring.attribution import attribution_effects
-from hydrahead.scoring.patching import receiver_effects
+from hydrahead.scoring.attribution import attribution_effects, sender_attribution_effects
+from hydrahead.scoring.patching import receiver_effects, sender_effects
 from hydrahead.scoring.runner import Runner
 from tests.toy_tokenizer import char_tokenizer
 from tests.conftest import make_teacher
@@ -55,3 +56,24 @@ def test_attribution_without_the_linear_readout_differs(probes):
         assert runner.stats.backwards == 1
     assert not np.allclose(attributed, patched, atol=1e-3)  # a first-order approximation, not an identity
     assert np.corrcoef(attributed.ravel(), patched.ravel())[0, 1] > 0.5  # but a good one on a tiny model
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama"])
+def test_sender_attribution_is_the_linearised_path_patch(family, probes):
+    """Receivers in two layers, so the patched run overwrites a receiver that an earlier receiver's change would
+    otherwise flow through: the gradient must hold the receivers' outputs fixed, as the patched run does. On
+    this tiny random model path patching is close to linear in the sender's change, so its full effect and the
+    first-order one agree to within 1% of the largest (without the cut the difference is 4-8%)."""
+    model = make_teacher(family, num_hidden_layers=3).double()
+    receivers = [(1, 0), (1, 2), (2, 1), (2, 3)]
+    for probe in probes:
+        with Runner(model) as runner:
+            clean, corrupt = runner.record(probe), runner.record(probe, corrupted=True)
+            patched = sender_effects(runner, probe, clean, corrupt, receivers)
+            backwards = runner.stats.backwards
+            attributed = sender_attribution_effects(runner, probe, receivers, (clean, corrupt))
+            assert runner.stats.backwards - backwards == 3  # the clean run's, and one per receiver layer
+        largest = np.abs(patched).max()
+        assert largest > 0.05
+        np.testing.assert_array_equal(attributed[2], 0.0)  # no receiver after the last layer
+        np.testing.assert_allclose(attributed, patched, rtol=0, atol=0.01 * largest)
