@@ -1,13 +1,13 @@
 """Sender attribution against the patching sender score, on a real model (docs/real_models.md section 4).
 
 `sender_attribution_effects` (hydrahead/scoring/attribution.py) linearises the paper's one-step path patching
-(`sender_effects`): every head's sender effect from two backward passes per probe instead of one patched run
-per head. This compares the two on the probes and the receiver set R of a saved `patching_subset.py` run: for
+(`sender_effects`): every head's sender effect from one clean backward plus one per receiver layer, per probe,
+instead of one patched run per head. This compares the two on the probes and the receiver set R of a saved `patching_subset.py` run: for
 each sender that run scored, the mean sender IE over the usable probes, patching against attribution (Pearson
 and Spearman over heads, the top heads of each), and the attribution ranks of every head of the model.
 
-Usage: python experiments/sender_attribution.py --model smollm2/ --scores attr.json \\
-    --patching patching_subset.json [--out sender_attribution.json]
+Usage: python experiments/sender_attribution.py --model smollm2/ --patching patching_subset.json \\
+    [--out sender_attribution.json]
 """
 
 from __future__ import annotations
@@ -32,14 +32,13 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main() -> None:
-    from hydrahead import HeadScores, load_model, load_tokenizer
+    from hydrahead import load_model, load_tokenizer
     from hydrahead.scoring import ProbeConfig, Runner, build_probes
     from hydrahead.scoring.attribution import sender_attribution_effects
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
-    p.add_argument("--scores", required=True, help="the score file patching_subset.py was run with (its probes)")
-    p.add_argument("--patching", required=True, help="patching_subset.py's saved result")
+    p.add_argument("--patching", required=True, help="patching_subset.py's saved result (its probes, R and scores)")
     p.add_argument("--out", help="save the per-probe attribution effects (JSON)")
     args = p.parse_args()
 

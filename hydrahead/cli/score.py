@@ -1,8 +1,9 @@
 """Score every attention head of a teacher for retrieval, on counterfactual needle-in-a-haystack probes.
 
 Methods: patching (the paper's receiver + sender activation patching, Eq. 9-12), attribution (the same two
-scores to first order, from gradients: about three backward passes per probe and round instead of a forward per
-head), retrieval (Wu et al. 2024 copy-paste score).
+scores to first order, from gradients: one backward per probe for the receiver term, then per probe and round one
+clean backward plus one per receiver layer for the sender term, instead of a forward per head), retrieval (Wu et
+al. 2024 copy-paste score).
 
 Example:
   hydrahead score --model path/to/Qwen3-1.7B --method patching --out scores.json --plot heads.png

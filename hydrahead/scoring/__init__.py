@@ -42,7 +42,8 @@ def score_heads(
     probes:         counterfactual probes; by default `build_probes(tokenizer, probe_config, model=model)`
     batch_size:     patched rows per forward (patching)
     method_options: patching: receiver_fraction, max_rounds, threshold, min_delta;
-                    attribution: freeze_attention, threshold, min_delta
+                    attribution: freeze_attention, senders (default True), receiver_fraction, max_rounds,
+                    threshold, min_delta
     """
     from hydrahead.scoring.attribution import attribution_scores
     from hydrahead.scoring.patching import patching_scores

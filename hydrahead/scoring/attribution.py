@@ -11,7 +11,8 @@ readout is linear in the patched activation (the test builds such a model).
 Sender term (ours). That gradient cannot see a head that matters by steering later heads' queries and keys,
 the paper's sender role: on SmolLM2-135M the receiver term scores 0 a head whose ablation alone costs 42 NIAH
 points (docs/real_models.md section 4). `sender_attribution_effects` linearises the one-step path patch of
-`patching.sender_effects` instead, two backward passes per probe for every head, and `attribution_scores`
+`patching.sender_effects` instead, every head from one clean backward plus one per receiver layer (per probe
+and round), and `attribution_scores`
 iterates the receiver set and combines the two terms as `patching_scores` does (`patching.sender_rounds`,
 Eq. 11-12). On that model it ranks the 73 senders that patching scored with Spearman 0.994 against patching.
 
@@ -75,10 +76,12 @@ def sender_attribution_effects(runner: Runner, probe: Probe, receivers: Sequence
     `records`: the probe's (clean, corrupted) runs, when the caller has them.
     """
     L, H, D = runner.num_layers, runner.num_heads, runner.head_dim
-    clean, corrupt = records if records is not None else (runner.record(probe), runner.record(probe, corrupted=True))
     by_layer: dict[int, list[int]] = {}
     for l, h in receivers:
         by_layer.setdefault(l, []).append(h)
+    if max(by_layer, default=0) == 0:
+        return np.zeros((L, H))  # every receiver in layer 0: no head comes before one
+    clean, corrupt = records if records is not None else (runner.record(probe), runner.record(probe, corrupted=True))
     hooks = runner.hooks
     # dm/dO_r for every receiver, the receivers' outputs held at their clean values (cut from what feeds them)
     hooks.patches = {l: HeadPatch.from_triples((0, h, clean.heads[l][0, :, h]) for h in hs) for l, hs in by_layer.items()}
@@ -93,7 +96,8 @@ def sender_attribution_effects(runner: Runner, probe: Probe, receivers: Sequence
         hooks.patches, hooks.grad, hooks.leaves = {}, False, {}
     runner.stats.backwards += 1
     # g at each receiver layer's input: the receivers' gradients back through that layer's attention, pattern free
-    toward = torch.zeros_like(clean.hidden[0][0])  # (T, d): summed over the receiver layers above the sender
+    acc = torch.promote_types(clean.hidden[0].dtype, torch.float32)  # sums in fp32 at least
+    toward = torch.zeros_like(clean.hidden[0][0], dtype=acc)  # (T, d): summed over the receiver layers above the sender
     ie = np.zeros((L, H))
     for l in range(max(layers) - 1, -1, -1):
         if l + 1 in by_layer:
@@ -102,11 +106,11 @@ def sender_attribution_effects(runner: Runner, probe: Probe, receivers: Sequence
                 heads = runner.attention_heads(l + 1, x, grad=True)[0]  # (T, H, D)
                 hs = by_layer[l + 1]
                 f = (heads[:, hs] * grads[l + 1][0][:, hs]).sum()
-                toward = toward + torch.autograd.grad(f, x)[0][0]
+                toward = toward + torch.autograd.grad(f, x)[0][0].to(acc)
             runner.stats.backwards += 1
         weight = runner.layers[l].self_attn.o_proj.weight  # (d, H * D)
-        per_head = (toward @ weight.to(toward.dtype)).view(-1, H, D)  # (T, H, D): g through o_proj, per head
-        change = (per_head * (corrupt.heads[l][0] - clean.heads[l][0])).sum(dim=(0, 2))  # (H,)
+        per_head = (toward @ weight.to(acc)).view(-1, H, D)  # (T, H, D): g through o_proj, per head
+        change = (per_head * (corrupt.heads[l][0].to(acc) - clean.heads[l][0].to(acc))).sum(dim=(0, 2))  # (H,)
         ie[l] = (-change / (clean.readout - corrupt.readout)).double().cpu().numpy()
     return ie
 
@@ -117,7 +121,9 @@ def attribution_scores(runner: Runner, probes: Sequence[Probe], *, freeze_attent
                        progress: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     """Attribution scores over `probes`: (combined (L, H), components, metadata). The receiver score's
     linearisation, and with `senders` the sender score's (`sender_attribution_effects`), iterated over receiver
-    sets and combined as `patching_scores` does (Eq. 11-12); without, the receiver term alone."""
+    sets and combined as `patching_scores` does (Eq. 11-12); without, the receiver term alone.
+    `freeze_attention` applies to the receiver term; the sender term always linearises the patched run, whose
+    downstream attention is frozen."""
     P, L, H = len(probes), runner.num_layers, runner.num_heads
     recv = np.full((P, L, H), np.nan)
     for i, probe in enumerate(tqdm(probes, desc="attribution", disable=not progress)):

@@ -141,7 +141,8 @@ def patching_scores(runner: Runner, probes: Sequence[Probe], *, batch_size: int 
     per_capability, meta = sender_rounds(probes, usable, recv, send, senders, receiver_fraction=receiver_fraction,
                                          max_rounds=max_rounds, threshold=threshold, progress=progress)
     components = {f"{name}/{cap}": arr for cap, d in per_capability.items() for name, arr in d.items()}
-    meta.update({"probes_used": len(usable), "probes_skipped": P - len(usable), "threshold": threshold})
+    meta.update({"probes_used": len(usable), "probes_skipped": P - len(usable), "threshold": threshold,
+                 "senders": max_rounds > 0})
     return combine(per_capability), components, meta
 
 
