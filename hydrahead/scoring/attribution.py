@@ -83,14 +83,15 @@ def sender_attribution_effects(runner: Runner, probe: Probe, receivers: Sequence
         return np.zeros((L, H))  # every receiver in layer 0: no head comes before one
     clean, corrupt = records if records is not None else (runner.record(probe), runner.record(probe, corrupted=True))
     hooks = runner.hooks
-    # dm/dO_r for every receiver, the receivers' outputs held at their clean values (cut from what feeds them)
+    # dm/dO_r for every receiver, the receivers' outputs held at their clean values (cut from what feeds them);
+    # from the clean residual stream at the lowest receiver layer: nothing below it is differentiated
+    layers = sorted(by_layer)
     hooks.patches = {l: HeadPatch.from_triples((0, h, clean.heads[l][0, :, h]) for h in hs) for l, hs in by_layer.items()}
     hooks.grad = True
     try:
         with torch.enable_grad():
-            out = runner.run_layers(runner.embed(probe.input_ids()), 0, AttentionControl("detach"))
+            out = runner.run_layers(clean.hidden[layers[0]], layers[0], AttentionControl("detach"))
             m = runner.margin(runner.logits(out, probe), probe)[0]
-            layers = sorted(by_layer)
             grads = dict(zip(layers, torch.autograd.grad(m, [hooks.leaves[l] for l in layers])))  # (1, T, H, D)
     finally:
         hooks.patches, hooks.grad, hooks.leaves = {}, False, {}
