@@ -12,9 +12,8 @@ Sender term (ours). That gradient cannot see a head that matters by steering lat
 the paper's sender role: on SmolLM2-135M the receiver term scores 0 a head whose ablation alone costs 42 NIAH
 points (docs/real_models.md section 4). `sender_attribution_effects` linearises the one-step path patch of
 `patching.sender_effects` instead, every head from one clean backward plus one per receiver layer (per probe
-and round), and `attribution_scores`
-iterates the receiver set and combines the two terms as `patching_scores` does (`patching.sender_rounds`,
-Eq. 11-12). On that model it ranks the 73 senders that patching scored with Spearman 0.994 against patching.
+and round), and `attribution_scores` iterates the receiver set and combines the two terms as `patching_scores`
+does (`patching.sender_rounds`, Eq. 11-12). On that model it ranks the 73 senders that patching scored with Spearman 0.994 against patching.
 
 The paper names activation patching's cost as a limitation and did not validate this shortcut;
 `validate-scores` measures how well it agrees with `patching`.
@@ -140,10 +139,10 @@ def attribution_scores(runner: Runner, probes: Sequence[Probe], *, freeze_attent
     if senders:
         send = np.full((P, L, H), np.nan)
         send[usable] = 0.0
-        per_capability, rounds = sender_rounds(
+        per_capability, rounds_meta = sender_rounds(
             probes, usable, recv, send, lambda i, receivers: sender_attribution_effects(runner, probes[i], receivers),
             receiver_fraction=receiver_fraction, max_rounds=max_rounds, threshold=threshold, progress=progress)
-        meta.update(rounds)
+        meta.update(rounds_meta)
     else:
         per_capability = capability_scores({"receiver": recv}, probes, threshold)
     components = {f"{name}/{cap}": arr for cap, d in per_capability.items() for name, arr in d.items()}
