@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     probes = build_probes(tokenizer, config, model=model, progress=True)
     print(f"{len(probes)} probes of {config.context_length} tokens ({describe_leads(probes, tokenizer, config)})",
           flush=True)
-    options = {"patching": {"max_rounds": 0}, "attribution": {"senders": False}}.get(args.method, {}) if args.no_senders else {}
+    options = {"max_rounds": 0} if args.no_senders else {}  # patching, attribution: the receiver term alone
     scores = score_heads(model, tokenizer, args.method, probes, probe_config=config, batch_size=args.batch_size,
                          progress=True, **options)
     scores.to_json(args.out)

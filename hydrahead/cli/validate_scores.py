@@ -3,7 +3,8 @@
 
 Ablation runs on fresh probes (the scores' probe settings with the seed + 1, unless --probe-seed);
 agreement compares methods on the scores' own probes. Methods not given with --compare are computed
-(patching is the slow one: a forward per batch of heads); --no-agreement skips this.
+(patching is the slow one: a forward per batch of heads), with the sender term where the --scores file has
+one (--senders / --no-senders choose); --no-agreement skips this.
 
 Example:
   hydrahead validate-scores --model teacher/ --scores scores.json --top-k 8 --out validation.json
@@ -30,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare", action="append", default=[], metavar="JSON",
                         help="scores of another method to compare with (repeatable)")
     parser.add_argument("--no-agreement", action="store_true", help="skip computing the methods not given")
+    parser.add_argument("--senders", action=argparse.BooleanOptionalAction, default=None,
+                        help="compute patching and attribution for the agreement table with their sender term, or "
+                             "(--no-senders) the receiver term alone (default: as the --scores file was made)")
     parser.add_argument("--layer-plot", default=None, metavar="PNG", type=output_file, help="also save the layer-output similarity matrix")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="patched heads per forward (patching)")
     parser.add_argument("--out", default=None, type=output_file, help="output JSON for the report")
@@ -69,10 +73,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_agreement:
         missing = [m for m in METHODS if m != scores.method and m not in compare]
         probes = build_probes(tokenizer, scoring_config, model=model, progress=True) if missing else []
+        senders = next(x for x in (args.senders, scores.senders, True) if x is not None)  # flag, else the file's
         for method in missing:
-            print(f"computing {method} scores on {len(probes)} probes for the agreement table ...", flush=True)
+            causal = method in ("patching", "attribution")
+            print(f"computing {method} scores on {len(probes)} probes for the agreement table"
+                  f"{(' (with senders)' if senders else ' (receiver term alone)') if causal else ''} ...", flush=True)
+            options = {"max_rounds": 0} if causal and not senders else {}
             compare[method] = score_heads(model, tokenizer, method, probes, probe_config=scoring_config,
-                                          batch_size=args.batch_size, progress=True)
+                                          batch_size=args.batch_size, progress=True, **options)
     probes = build_probes(tokenizer, validation_config, model=model, progress=True)
     print(f"ablating on {len(probes)} probes of {validation_config.context_length} tokens "
           f"({describe_leads(probes, tokenizer, validation_config)})", flush=True)

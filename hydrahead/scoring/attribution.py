@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hydrahead.scoring.attention import AttentionControl
-from hydrahead.scoring.combine import THRESHOLD, capability_scores, combine
+from hydrahead.scoring.combine import THRESHOLD, combine
 from hydrahead.errors import ScoringError
 from hydrahead.scoring.patching import MIN_DELTA, sender_rounds
 from hydrahead.scoring.probes import Probe
@@ -121,7 +121,7 @@ def attribution_scores(runner: Runner, probes: Sequence[Probe], *, freeze_attent
                        progress: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     """Attribution scores over `probes`: (combined (L, H), components, metadata). The receiver score's
     linearisation, and with `senders` the sender score's (`sender_attribution_effects`), iterated over receiver
-    sets and combined as `patching_scores` does (Eq. 11-12); without, the receiver term alone.
+    sets and combined as `patching_scores` does (Eq. 11-12); without (or with `max_rounds` 0), the receiver term alone.
     `freeze_attention` applies to the receiver term; the sender term always linearises the patched run, whose
     downstream attention is frozen."""
     P, L, H = len(probes), runner.num_layers, runner.num_heads
@@ -134,16 +134,14 @@ def attribution_scores(runner: Runner, probes: Sequence[Probe], *, freeze_attent
     if not usable:
         raise ScoringError(f"the model does not tell clean from corrupted probes apart (|m(x) - m(x')| < {min_delta} "
                            f"on all {P} probes): no indirect effect is defined; use probes the model can solve")
+    rounds = max_rounds if senders else 0
     meta = {"probes_used": len(usable), "probes_skipped": P - len(usable), "threshold": threshold,
-            "freeze_attention": freeze_attention, "senders": senders}
-    if senders:
-        send = np.full((P, L, H), np.nan)
-        send[usable] = 0.0
-        per_capability, rounds_meta = sender_rounds(
-            probes, usable, recv, send, lambda i, receivers: sender_attribution_effects(runner, probes[i], receivers),
-            receiver_fraction=receiver_fraction, max_rounds=max_rounds, threshold=threshold, progress=progress)
-        meta.update(rounds_meta)
-    else:
-        per_capability = capability_scores({"receiver": recv}, probes, threshold)
+            "freeze_attention": freeze_attention, "senders": rounds > 0}
+    send = np.full((P, L, H), np.nan)
+    send[usable] = 0.0
+    per_capability, rounds_meta = sender_rounds(
+        probes, usable, recv, send, lambda i, receivers: sender_attribution_effects(runner, probes[i], receivers),
+        receiver_fraction=receiver_fraction, max_rounds=rounds, threshold=threshold, progress=progress)
+    meta.update(rounds_meta)
     components = {f"{name}/{cap}": arr for cap, d in per_capability.items() for name, arr in d.items()}
     return combine(per_capability), components, meta

@@ -151,13 +151,15 @@ def sender_rounds(probes: Sequence[Probe], usable: Sequence[int], recv: np.ndarr
                   max_rounds: int, threshold: float, progress: bool) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
     """The iteration both causal methods share: R starts as the top `receiver_fraction` of heads by receiver
     score; each round fills send[i] = senders(i, R) for every usable probe, combines (Eq. 11-12) and takes the
-    new top heads as R, until R stops changing or after `max_rounds` (0: the receiver score alone).
+    new top heads as R, until R stops changing or after `max_rounds`. With `max_rounds` 0 the scores are the
+    receiver term's alone (Eq. 11 without a sender term: no sender components, negative means kept), the one
+    meaning of "receiver only" for both methods.
     recv, send: (P, L, H), send filled in place. Returns (per-capability scores, metadata of the rounds)."""
     L, H = recv.shape[1:]
     k = max(1, math.floor(receiver_fraction * L * H + 0.5))
-    receivers = top_heads(combine(capability_scores({"receiver": recv}, probes, threshold)), k)
+    per_capability = capability_scores({"receiver": recv}, probes, threshold)
+    receivers = top_heads(combine(per_capability), k)
     history, rounds, converged = [receivers], 0, False
-    per_capability = capability_scores({"receiver": recv, "sender": send}, probes, threshold)
     for _ in range(max_rounds):
         rounds += 1
         for i in tqdm(usable, desc=f"sender scores, round {rounds}", disable=not progress):

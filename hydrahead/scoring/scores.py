@@ -47,6 +47,18 @@ class HeadScores:
             raise ScoringError(f"{self.num_heads} query heads are not a multiple of num_kv_heads={self.num_kv_heads}")
         self.components = {k: np.asarray(v, dtype=np.float64) for k, v in self.components.items()}
 
+    @property
+    def senders(self) -> bool | None:
+        """Whether causal scores (patching, attribution) include the sender term (`--no-senders`: not): the
+        `senders` metadata, or whether sender rounds ran in files written before it was recorded; None where
+        that is unknown or has no meaning (retrieval)."""
+        meta = self.metadata
+        if self.method not in ("patching", "attribution"):
+            return None
+        if "senders" in meta:
+            return bool(meta["senders"])
+        return bool(meta["rounds"]) if "rounds" in meta else None
+
     # ------------------------------------------------------------------------------------ shape
     @property
     def num_layers(self) -> int:

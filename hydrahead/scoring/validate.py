@@ -90,7 +90,7 @@ class ValidationReport:
     random_heads: list[list[list[int]]]  # one set per seed
     accuracy_random: list[float]
     seeds: list[int]
-    agreement: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> spearman, jaccard, against
+    agreement: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> spearman, jaccard, against, senders (of each)
     layer_similarity: list[list[float]] | None = None
 
     @property
@@ -121,9 +121,13 @@ class ValidationReport:
                          "ablation check says little; use probes it can solve (shorter context, easier needles)"]
         if self.agreement:
             rows += ["", f"| method | vs | Spearman | top-{self.top_k} Jaccard |", "|---|---|---|---|"]
+            def label(name: str, senders: bool | None) -> str:
+                return f"{name} (receiver term alone)" if senders is False else name
+
             for name, a in self.agreement.items():
                 rho = "n/a" if a["spearman"] is None else f"{a['spearman']:.3f}"
-                rows.append(f"| {name} | {a['against']} | {rho} | {a['jaccard']:.3f} |")
+                rows.append(f"| {label(name, a.get('senders'))} | {label(a['against'], a.get('against_senders'))} "
+                            f"| {rho} | {a['jaccard']:.3f} |")
         return "\n".join(rows)
 
 
@@ -140,7 +144,8 @@ def agreement(scores: Mapping[str, HeadScores], k: int, reference: str = "patchi
         a, b = scores[name], scores[ref]
         if a.values.shape != b.values.shape:
             raise ScoringError(f"cannot compare {name} scores of shape {a.values.shape} with {ref} scores of shape {b.values.shape}")
-        out[name] = {"against": ref, "spearman": spearman(a.values, b.values), "jaccard": top_k_jaccard(a, b, k)}
+        out[name] = {"against": ref, "spearman": spearman(a.values, b.values), "jaccard": top_k_jaccard(a, b, k),
+                     "senders": a.senders, "against_senders": b.senders}
     return out
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,17 +49,37 @@ def test_score_plan_validate(teacher_dir, capsys):
     assert (out / "layers.png").exists()
 
 
-def test_no_senders_scores_the_receiver_term_alone(teacher_dir, capsys):
+@pytest.mark.parametrize("method", ["attribution", "patching"])
+def test_no_senders_scores_the_receiver_term_alone(teacher_dir, capsys, method):
     model, out = str(teacher_dir / "teacher"), teacher_dir
     for flags, name in (([], "with.json"), (["--no-senders"], "without.json")):
-        assert main(["score", "--model", model, "--method", "attribution", "--out", str(out / name), *flags, *PROBES]) == 0
+        assert main(["score", "--model", model, "--method", method, "--out", str(out / name), *flags, *PROBES]) == 0
     capsys.readouterr()
     with_senders, without = HeadScores.from_json(out / "with.json"), HeadScores.from_json(out / "without.json")
     assert with_senders.metadata["senders"] and with_senders.metadata["rounds"] >= 1
-    assert not without.metadata["senders"] and "rounds" not in without.metadata
-    assert without.metadata["backwards"] == 2  # one per probe
+    assert not without.metadata["senders"] and without.metadata["rounds"] == 0
+    assert without.metadata["backwards"] == (2 if method == "attribution" else 0)  # one per probe
     assert with_senders.metadata["receiver_sets"]
     assert "sender/single_key" in with_senders.components and "sender/single_key" not in without.components
+    # the receiver term is the same computation with or without the sender rounds
+    np.testing.assert_allclose(without.components["receiver/single_key"], with_senders.components["receiver/single_key"])
+
+
+def test_validate_scores_computes_the_methods_as_the_scores_were_made(teacher_dir, capsys):
+    """Receiver-only scores are compared with receiver-only patching; --senders overrides the file."""
+    model, out = str(teacher_dir / "teacher"), teacher_dir
+    assert main(["score", "--model", model, "--method", "attribution", "--no-senders", "--out", str(out / "recv.json"),
+                 *PROBES]) == 0
+    assert HeadScores.from_json(out / "recv.json").senders is False
+    for flags, senders in (([], False), (["--senders"], True)):
+        assert main(["validate-scores", "--model", model, "--scores", str(out / "recv.json"), "--top-k", "2",
+                     "--seeds", "1", "--out", str(out / "report.json"), *flags]) == 0
+        printed = capsys.readouterr().out
+        agreement = json.loads((out / "report.json").read_text())["agreement"]
+        assert agreement["attribution"]["senders"] is False and agreement["attribution"]["against_senders"] is senders
+        assert agreement["retrieval"]["senders"] is None
+        patching = "patching" if senders else "patching (receiver term alone)"
+        assert f"| attribution (receiver term alone) | {patching} |" in printed
 
 
 def test_baseline_plans(teacher_dir, capsys):
