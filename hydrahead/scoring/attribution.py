@@ -80,7 +80,8 @@ def sender_attribution_effects(runner: Runner, probe: Probe, receivers: Sequence
         by_layer.setdefault(l, []).append(h)
     if max(by_layer, default=0) == 0:
         return np.zeros((L, H))  # every receiver in layer 0: no head comes before one
-    clean, corrupt = records if records is not None else (runner.record(probe), runner.record(probe, corrupted=True))
+    clean, corrupt = records if records is not None else (runner.record(probe, keep_qk=False),
+                                                          runner.record(probe, corrupted=True))
     hooks = runner.hooks
     # dm/dO_r for every receiver, the receivers' outputs held at their clean values (cut from what feeds them);
     # from the clean residual stream at the lowest receiver layer: nothing below it is differentiated

@@ -58,7 +58,7 @@ def layer_similarity(model: nn.Module, probes: Sequence[Probe]) -> LayerSimilari
     total = None
     with Runner(model) as runner:
         for probe in probes:
-            record = runner.record(probe)
+            record = runner.record(probe, keep_qk=False)  # hidden states only
             outs = torch.cat(record.hidden[1:]).float()  # (L, T, d): what each layer writes out
             unit = torch.nn.functional.normalize(outs, dim=-1)
             sim = torch.einsum("itd,jtd->ij", unit, unit) / unit.shape[1]  # (L, L) mean over positions

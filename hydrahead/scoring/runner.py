@@ -115,9 +115,10 @@ class Runner:
 
     # ------------------------------------------------------------------------------------ runs
     @torch.no_grad()
-    def record(self, probe: Probe, corrupted: bool = False, probs_last: int = 0) -> RunRecord:
-        """An unpatched run; the clean run also records q and k so later runs can freeze attention to it."""
-        control = AttentionControl("free" if corrupted else "record", probs_last=probs_last)
+    def record(self, probe: Probe, corrupted: bool = False, probs_last: int = 0, keep_qk: bool = True) -> RunRecord:
+        """An unpatched run; the clean run also records q and k so later runs can freeze attention to it
+        (`keep_qk=False`: not, for callers that never freeze; at 2K tokens that is hundreds of MB per record)."""
+        control = AttentionControl("record" if keep_qk and not corrupted else "free", probs_last=probs_last)
         self.hooks.capture = {}
         try:
             hidden: list[torch.Tensor] = []
