@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=model_path, help="teacher: a checkpoint directory (config.json + weights) or a .gguf file")
     parser.add_argument("--plan", required=True, help="head plan JSON (from `hydrahead plan` or HeadPlan.to_json)")
     parser.add_argument("--out", required=True, type=output_dir, help="output directory for the hybrid checkpoint")
-    parser.add_argument("--preset", default="paper", choices=["paper", "exact"], help="hybrid options preset")
+    parser.add_argument("--preset", default="paper", choices=["paper", "exact"],
+                        help="hybrid options preset (default paper: NoPE, log-length scale and output gate on FA heads; "
+                             "exact: FA heads compute what the teacher's did, as the demo's students do)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="override one hybrid option (repeatable), e.g. conv_size=0, train_length=16k, "
                              "fa_gate=false; VALUE true/false/yes/no/on/off (any case) is a boolean, a number or "

@@ -1,16 +1,16 @@
 """Run the whole story at small scale, offline, on the small Llama teacher shipped with hydrahead (trained
 here from scratch by `hydrahead/demo/assets/teacher_recipe.yaml` in two phases, induction then retrieval;
-about an hour on 2 cores): score its heads, validate
+about 77 minutes on 2 cores): score its heads, validate
 the scores by ablation, build HydraHead 7:1 and the baseline plans (random 7:1, fixed per-layer 7:1,
 layer-wise 3:1 and 7:1, all-GDN), distil every plan with the same recipe and budget over several seeds,
 evaluate NIAH at 1x-8x the training length and held-out perplexity, and write <out>/report/index.md
 with the verdict, tables and plots.
 
 Examples:
-  hydrahead demo                                 # default scale: about 11 minutes on a 2-core CPU
+  hydrahead demo                                 # default scale: about 10-12 minutes on a 2-core CPU
   hydrahead demo --scale tiny --out /tmp/demo    # smoke test, about a minute
   hydrahead demo --export-teacher teacher/       # the shipped teacher as a Hugging Face checkpoint
-  hydrahead demo --retrain-teacher --out run/    # rebuild the teacher from its recipe (about an hour on
+  hydrahead demo --retrain-teacher --out run/    # rebuild the teacher from its recipe (about 77 minutes on
                                                  # 2 cores; rerun the same command to resume)
   hydrahead demo --teacher SmolLM2.gguf --length 1024 --scale study --device cuda --out study/
                                                  # the same comparison on a pretrained model (a checkpoint
