@@ -79,12 +79,10 @@ import argparse
 import contextlib
 import datetime
 import gc
-import json
 import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 from transformers import DynamicCache, Qwen3Config, Qwen3ForCausalLM, StaticCache
@@ -92,7 +90,8 @@ from transformers import DynamicCache, Qwen3Config, Qwen3ForCausalLM, StaticCach
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hydrahead import HeadPlan, HybridHeadCache, HybridOptions, convert, keep_freed_memory
-from hydrahead.models.footprint import footprint
+from hydrahead.models.footprint import footprint, kv_bytes_per_token
+from hydrahead.utils.io import write_json
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODELS = ("teacher", "hydrahead-7:1", "layerwise-3:1", "all-gdn")
@@ -227,7 +226,7 @@ def decode_bytes(model, context: int, batch: int) -> float:
     weights = (sum(p.numel() for p in model.model.layers.parameters()) + config.vocab_size * config.hidden_size) * item
     plan = getattr(model, "hydrahead_plan", None)
     kv_heads = sum(plan.fa_kv_heads_per_layer) if plan is not None else config.num_hidden_layers * config.num_key_value_heads
-    kv = batch * context * 2 * kv_heads * config.head_dim * item
+    kv = batch * context * kv_bytes_per_token(config, kv_heads, item)
     _, gdn = fa_and_gdn_heads(model)
     state = 2 * batch * sum(gdn) * config.head_dim * config.head_dim * 4
     return weights + kv + state
@@ -794,7 +793,7 @@ def main() -> None:
 
 def save(result: dict, args) -> None:
     """Write what is measured so far (a long GPU run killed by its time limit keeps its finished sections)."""
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    write_json(args.json, result)
 
 
 def finish(result: dict, args) -> None:

@@ -34,6 +34,7 @@ import httpx
 
 from hydrahead.errors import ServingError
 from hydrahead.serving import free_port, stop_server, wait_until_up
+from hydrahead.utils.io import write_json
 
 
 def start_server(model: str, threads: int) -> tuple[subprocess.Popen, str]:
@@ -191,7 +192,7 @@ def main() -> None:
               f"{r['rps_vs_reference']:.2f}x | {r['ttft_vs_reference']:.2f}x | {r['latency_ms']:.0f} | "
               f"{r['in_process_prefill_ms']:.0f} / {r['in_process_generate_ms']:.0f} |")
     if args.out:
-        args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        write_json(args.out, {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -17,24 +17,19 @@ import json
 import time
 
 import numpy as np
-import torch
 
 
 def ranks(values: np.ndarray) -> np.ndarray:
-    """Rank 1 = largest; ties share the best rank."""
+    """Rank 1 = largest; ties share the best rank (for the table; correlations use the package's `spearman`)."""
     flat = values.ravel()
     return np.array([1 + int((flat > v).sum()) for v in flat]).reshape(values.shape)
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra, rb = ranks(a).astype(float), ranks(b).astype(float)
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def main() -> None:
     from hydrahead import load_model, load_tokenizer
     from hydrahead.scoring import ProbeConfig, Runner, build_probes
     from hydrahead.scoring.attribution import sender_attribution_effects
+    from hydrahead.scoring.validate import spearman
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)

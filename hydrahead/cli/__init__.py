@@ -12,7 +12,8 @@ import sys
 
 from hydrahead.cli.args import Parser
 
-# subcommand name -> module in hydrahead.cli (imported only when that subcommand runs)
+# subcommand name -> module in hydrahead.cli (each is imported to build the parser, so each keeps its heavy
+# imports inside its `run`)
 COMMANDS = {
     "convert": "convert",
     "demo": "demo",

@@ -71,7 +71,7 @@ def get_teacher(out: Path, retrain: bool, device: str, log: Log, source: str | P
 def _pretrained_teacher(out: Path, source: Path, length: int | None, device: str, log: Log) -> Teacher:
     from hydrahead.models.gguf import export_gguf, find_gguf
     from hydrahead.models.loading import load_model, load_tokenizer
-    from hydrahead.utils.io import atomic_write_text
+    from hydrahead.utils.io import write_json
     from hydrahead.scoring import default_context_length
 
     path = source
@@ -87,7 +87,7 @@ def _pretrained_teacher(out: Path, source: Path, length: int | None, device: str
         else:
             log(f"teacher: exporting {source} to {path}")
             export_gguf(source, path)
-            atomic_write_text(note, json.dumps(origin) + "\n")
+            write_json(note, origin, indent=None)
     model, tokenizer = load_model(path, "float32", device, supported=True), load_tokenizer(path)
     if tokenizer.pad_token_id is None:  # document-packed distillation pads rows (labels skip the padding)
         tokenizer.pad_token = tokenizer.eos_token

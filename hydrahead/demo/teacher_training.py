@@ -27,7 +27,7 @@ from hydrahead.demo.log import Log
 from hydrahead.demo.teacher import MANIFEST, SHIPPED, WEIGHTS
 from hydrahead.demo.teacher_recipe import RECIPE, TeacherRecipe, load_recipe, recipe_sha256
 from hydrahead.errors import HydraHeadError, TeacherError
-from hydrahead.utils.io import atomic_write_text, json_sha256, save_figure
+from hydrahead.utils.io import json_sha256, save_figure, write_json
 
 MONITOR_SEED = 9_999  # NIAH prompts watched during training: neither the evaluation's seeds nor training's
 EVALUATION_SEEDS = tuple(range(1, 11))  # what the manifest reports: seeds neither training nor its monitor used
@@ -110,7 +110,7 @@ def retrain(work: str | Path, device: str = "auto", log: Log | None = None, reci
         log(f"training a {corpus.vocab_size}-token BPE tokenizer on {sum(map(len, code)) / 1e6:.1f} MB of sources")
         build_tokenizer(corpus, code).save_pretrained(tokenizer_dir)
         write_jsonl(heldout, held)
-        atomic_write_text(stamp, json.dumps({"sha256": digest}))
+        write_json(stamp, {"sha256": digest}, indent=None)
     tokenizer = load_tokenizer(tokenizer_dir)
     seq_len = recipe.seq_len
     monitor = NiahMonitor(tokenizer, seq_len, list(corpus.niah_tasks))
@@ -125,7 +125,7 @@ def retrain(work: str | Path, device: str = "auto", log: Log | None = None, reci
             docs = teacher_documents(tokenizer, code, counts=counts, niah_tasks=corpus.niah_tasks,
                                      max_tokens=seq_len, seed=corpus.seed)
             write_jsonl(train, docs)
-            atomic_write_text(docs_stamp, json.dumps({"sha256": docs_digest, "documents": len(docs)}))
+            write_json(docs_stamp, {"sha256": docs_digest, "documents": len(docs)}, indent=None)
         spec = {**base, "stage": {**base["stage"], "tokens": tokens}, "tokenizer": str(tokenizer_dir),
                 "output_dir": str(run), "init": None if init is None else str(init)}
         spec["data"] = {**base.get("data", {}), "train_files": [str(train)], "eval_files": [str(heldout)]}
@@ -245,7 +245,7 @@ def ship(work: str | Path, dest: Path = SHIPPED, recipe_path: Path = RECIPE, log
             "python": sys.version.split()[0],
             "torch": torch.__version__,
         }
-        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+        write_json(tmp / MANIFEST, manifest)
 
     save_hybrid(model, dest, tokenizer, dtype=torch.float16, finish=write_manifest)
     log(f"shipped the teacher to {dest}: " + ", ".join(f"{t} {100 * niah[t]['mean']:.1f} +- {100 * niah[t]['spread']:.1f}"
@@ -269,7 +269,7 @@ def remeasure(path: Path = SHIPPED, recipe_path: Path = RECIPE, log: Log | None 
     log(f"measuring greedy NIAH at {recipe.seq_len} tokens over seeds {list(seeds)}")
     manifest["niah_at_training_length"] = measure(model, tokenizer, recipe.seq_len, list(recipe.corpus.niah_tasks),
                                                   seeds=seeds)
-    atomic_write_text(Path(path) / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    write_json(Path(path) / MANIFEST, manifest)
     return manifest["niah_at_training_length"]
 
 

@@ -8,7 +8,6 @@ it so that claim can be checked on any teacher.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch import nn
 
 from hydrahead.scoring.probes import Probe
 from hydrahead.scoring.runner import Runner
-from hydrahead.utils.io import atomic_write_text, save_figure
+from hydrahead.utils.io import save_figure
 
 
 @dataclass
@@ -27,12 +26,6 @@ class LayerSimilarity:
     """matrix: (layers, layers) mean cosine similarity of layer outputs."""
 
     matrix: np.ndarray
-
-    def to_dict(self) -> dict:
-        return {"matrix": np.asarray(self.matrix).tolist()}
-
-    def to_json(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
 
     def plot(self, path: str | Path, title: str = "layer output cosine similarity") -> None:
         """Heatmap saved as PNG."""
