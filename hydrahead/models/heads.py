@@ -59,6 +59,8 @@ class HeadHooks:
     hooks.patches:    layer -> HeadPatch applied before o_proj (cleared by the caller)
     hooks.overwrites: layer -> (head indices (k,), values (k, D)): those heads output the constant value
                       at every row and position (ablation; any T, so also token by token with a cache)
+    hooks.cuts:       layer -> head indices whose outputs keep their values but are cut from the autograd
+                      graph (nothing below them is differentiated through them)
     hooks.grad:       when True, each layer's head outputs get a zero leaf added; hooks.leaves[layer] then
                       holds it, and d(readout)/d(leaf) is d(readout)/d(head outputs)
     """
@@ -70,6 +72,7 @@ class HeadHooks:
         self.capture: dict[int, torch.Tensor] | None = None
         self.patches: dict[int, HeadPatch] = {}
         self.overwrites: dict[int, tuple[list[int], torch.Tensor]] = {}
+        self.cuts: dict[int, list[int]] = {}
         self.grad = False
         self.leaves: dict[int, torch.Tensor] = {}
         self._handles: list[Any] = []
@@ -79,10 +82,12 @@ class HeadHooks:
             x = args[0]
             B, T, _ = x.shape
             heads = x.view(B, T, self.num_heads, self.head_dim)  # (B, T, H, D)
-            patch, overwrite = self.patches.get(layer), self.overwrites.get(layer)
-            changed = patch is not None or overwrite is not None
+            patch, overwrite, cut = self.patches.get(layer), self.overwrites.get(layer), self.cuts.get(layer)
+            changed = patch is not None or overwrite is not None or cut is not None
             if changed:
                 heads = heads.clone()
+            if cut is not None:
+                heads[:, :, cut] = heads[:, :, cut].detach()
             if overwrite is not None:
                 idx, values = overwrite
                 heads[:, :, idx] = values.to(heads.dtype)  # (k, D) broadcast over (B, T)
@@ -108,4 +113,4 @@ class HeadHooks:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        self.patches, self.overwrites, self.leaves, self.capture, self.grad = {}, {}, {}, None, False
+        self.patches, self.overwrites, self.cuts, self.leaves, self.capture, self.grad = {}, {}, {}, {}, None, False

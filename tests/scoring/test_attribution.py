@@ -79,10 +79,57 @@ def test_sender_attribution_is_the_linearised_path_patch(family, probes):
             backwards = runner.stats.backwards
             attributed = sender_attribution_effects(runner, probe, receivers)
             assert runner.stats.backwards - backwards == 3  # the clean run's, and one per receiver layer
-            assert runner.hooks.patches == {} and not runner.hooks.grad and runner.hooks.leaves == {}
+            assert runner.hooks.cuts == {} and not runner.hooks.grad and runner.hooks.leaves == {}
             only_layer_0 = sender_attribution_effects(runner, probe, [(0, 1)])
         largest = np.abs(patched).max()
         assert largest > 0.05
         np.testing.assert_array_equal(attributed[2], 0.0)  # no receiver after the last layer
         np.testing.assert_allclose(attributed, patched, rtol=0, atol=0.01 * largest)
         np.testing.assert_array_equal(only_layer_0, 0.0)  # nothing comes before layer 0
+
+
+def test_kept_sender_inputs_are_those_of_the_two_runs(probes):
+    """What the receiver pass keeps for the sender rounds (its clean residual stream and the heads' corrupted
+    minus clean outputs) equals what the two recorded runs give, and so do the sender effects from it."""
+    from hydrahead.scoring.attribution import SenderInputs, _receiver_pass
+
+    model = make_teacher("qwen3", num_hidden_layers=3).double()
+    receivers = [(1, 0), (1, 2), (2, 1), (2, 3)]
+    for probe in probes:
+        with Runner(model) as runner:
+            kept = _receiver_pass(runner, probe, True, keep=True)[3]
+            recorded = SenderInputs.from_runs(runner.record(probe), runner.record(probe, corrupted=True))
+            from_kept = sender_attribution_effects(runner, probe, receivers, kept)
+            from_runs = sender_attribution_effects(runner, probe, receivers)
+        assert len(kept.hidden) == len(kept.change) == 3
+        for a, b in zip(kept.hidden + kept.change, recorded.hidden + recorded.change):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+        assert (kept.clean, kept.corrupt) == pytest.approx((recorded.clean, recorded.corrupt), abs=1e-12)
+        assert np.abs(from_runs).max() > 1e-3
+        np.testing.assert_allclose(from_kept, from_runs, rtol=0, atol=1e-12)
+
+
+def test_attribution_scores_keep_sender_inputs_within_the_budget(probes):
+    """With none, one or all probes' inputs kept: the same scores, and the kept probes' runs not repeated."""
+    from hydrahead.scoring.attribution import _receiver_pass, attribution_scores
+
+    model = make_teacher("qwen3", num_hidden_layers=3).double()
+    with Runner(model) as runner:
+        one = _receiver_pass(runner, probes[0], True, keep=True)[3].nbytes  # room for exactly one probe
+    options = dict(receiver_fraction=0.25, max_rounds=2, min_delta=1e-7)
+    results = {}
+    for budget, kept in ((0, 0), (one, 1), (None, len(probes))):  # None: the default, half the free memory
+        with Runner(model) as runner:
+            values, components, meta = attribution_scores(runner, probes, keep_bytes=budget, **options)
+            results[kept] = values, components, meta, runner.stats.sequence_forwards
+        assert meta["probes_kept"] == kept
+    base_values, base_components, base_meta, base_forwards = results[0]
+    for kept in (1, len(probes)):
+        values, components, meta, forwards = results[kept]
+        np.testing.assert_allclose(values, base_values, rtol=0, atol=1e-12)
+        for name in base_components:
+            np.testing.assert_allclose(components[name], base_components[name], rtol=0, atol=1e-12)
+        assert meta["receiver_sets"] == base_meta["receiver_sets"]
+        # both runs, every round whose receivers are not all in layer 0 (those return zeros without a run)
+        runs = sum(max(l for l, _ in r) > 0 for r in base_meta["receiver_sets"][:base_meta["rounds"]])
+        assert runs >= 1 and base_forwards - forwards == pytest.approx(2 * kept * runs)
