@@ -80,7 +80,8 @@ def essay_sentences(count: int, seed: int) -> list[str]:
 def file_sentences(paths: Sequence[str | Path]) -> list[str]:
     """The sentences of text files, split after '.', '!' or '?' followed by whitespace."""
     if not paths:
-        raise NeedleError("haystack='files' needs at least one text file (haystack_files / --probes-file)")
+        raise NeedleError("haystack 'files' needs at least one text file (eval niah: --haystack-files; score: "
+                          "--probes-file; Python: haystack_files)")
     sentences: list[str] = []
     for path in paths:
         text = " ".join(read_text(path, NeedleError, "haystack file").split())

@@ -65,9 +65,17 @@ def check_port(host: str, port: int) -> None:
 def chat_template_of(tokenizer, chat_template: str | Path | None) -> tuple[str | None, str]:
     """(the template to pass with each request or None for the checkpoint's own, what it is in words)."""
     if chat_template is not None:
+        import jinja2
+
         from hydrahead.utils.io import read_text
 
-        return read_text(chat_template, ServingError, "chat template file"), f"the chat template in {chat_template}"
+        text = read_text(chat_template, ServingError, "chat template file")
+        try:  # a syntax error found now, not as an HTTP 500 on every chat request
+            jinja2.Environment().parse(text)
+        except jinja2.TemplateSyntaxError as err:
+            raise ServingError(f"chat template file {chat_template} is not a valid Jinja template: {err.message} "
+                               f"(line {err.lineno})") from None
+        return text, f"the chat template in {chat_template}"
     if getattr(tokenizer, "chat_template", None):
         return None, "the checkpoint's chat template"
     return PLAIN_CHAT_TEMPLATE, "no chat template in the checkpoint: chat messages are joined as plain text"

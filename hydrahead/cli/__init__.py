@@ -28,17 +28,31 @@ COMMANDS = {
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The command's docstring as written, and every option's default shown where its help does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or "default" in text or action.default in (None, False, [], argparse.SUPPRESS)
+                or isinstance(action, argparse.BooleanOptionalAction)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from hydrahead import __version__
+
     parser = Parser(
         prog="hydrahead",
         description="Turn a Hugging Face Transformer LLM into a head-level hybrid of softmax and Gated DeltaNet "
         "attention: score heads -> plan -> convert -> distill -> evaluate -> generate -> serve.",
     )
+    parser.add_argument("--version", action="version", version=f"hydrahead {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(f"hydrahead.cli.{module_name}")
         sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__,
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+                                    formatter_class=HelpFormatter)
         module.add_arguments(sub)
         sub.set_defaults(_run=module.run)
     return parser

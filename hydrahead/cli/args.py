@@ -42,8 +42,8 @@ def length(text: str) -> int:
 
     try:
         value = parse_length(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a length in tokens such as 2048 or 2k, got {text!r}") from None
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1 token, got {text!r}")
     return value
@@ -62,6 +62,21 @@ def _output(text: str, kind: str):
 def output_file(text: str):
     """A path a file can be written to (not a directory, not under a file, writable)."""
     return _output(text, "file")
+
+
+def not_an_input(out, **inputs) -> None:
+    """OutputError when the output path is one of the command's input files (flag name -> path): writing it
+    would destroy what the command reads, e.g. `plan --scores s.json --out s.json`."""
+    from pathlib import Path
+
+    from hydrahead.errors import OutputError
+
+    if out is None:
+        return
+    for flag, path in inputs.items():
+        for one in path if isinstance(path, (list, tuple)) else [path]:
+            if one is not None and Path(one).exists() and Path(out).resolve() == Path(one).resolve():
+                raise OutputError(f"output {out} is the --{flag.replace('_', '-')} file this command reads; choose another")
 
 
 def output_dir(text: str):

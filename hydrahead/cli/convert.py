@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from hydrahead.models.convert import calibration_rows
     from hydrahead.models.loading import check_output_dir, load_model, load_tokenizer, save_hybrid
 
-    out = check_output_dir(args.out, keep=[args.model])  # before any work
+    out = check_output_dir(args.out, keep=[args.model], hybrid=True)  # before any work
     plan = HeadPlan.from_json(args.plan)
     options = HybridOptions.preset(args.preset, **parse_overrides(args.option))
     try:  # keep the teacher's tokenizer next to the weights when it has one

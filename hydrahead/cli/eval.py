@@ -31,7 +31,7 @@ def parse_length(text: str, flag: str = "length") -> int:
     try:
         length = parse(text)
     except ValueError as err:
-        raise EvalError(f"{flag}: cannot read {text!r}; use tokens such as 4096, 4k or 1.5k (k = 1024)") from err
+        raise EvalError(f"{flag}: {err}") from None
     if length < 1:
         raise EvalError(f"{flag}: must be at least 1 token, got {text!r}")
     return length
@@ -61,17 +61,21 @@ def parse_depths(text: str) -> list[float]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="eval_command", metavar="{niah,ppl}", required=True)
-    niah = sub.add_parser("niah", help="RULER-style retrieval over a depth x length grid",
+    from hydrahead.cli import HelpFormatter
+
+    niah = sub.add_parser("niah", help="RULER-style retrieval over a depth x length grid", formatter_class=HelpFormatter,
                           description="Greedy answers to NIAH and variable-tracking prompts, scored by match.")
-    ppl = sub.add_parser("ppl", help="perplexity by position bucket on long documents",
+    ppl = sub.add_parser("ppl", help="perplexity by position bucket on long documents", formatter_class=HelpFormatter,
                          description="Per-token NLL on the first --length tokens of each document, by position.")
     for p in (niah, ppl):
-        p.add_argument("--models", nargs="+", required=True, metavar="DIR", type=model_path, help="model directories (with tokenizer)")
+        p.add_argument("--models", nargs="+", required=True, metavar="DIR", type=model_path,
+                       help="model directories (with tokenizer) or .gguf files, teachers and hybrids alike")
         p.add_argument("--out", required=True, type=output_dir, help="report directory")
-        p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+        p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                       help="dtype to run the models in (auto: each checkpoint's own)")
         p.add_argument("--device", default=None, type=device, help="torch device (default: cuda if available, else cpu)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    niah.add_argument("--lengths", default="1k,2k,4k,8k", help="context lengths in tokens, e.g. 1k,2k,4096")
+    niah.add_argument("--lengths", default="1k,2k,4k,8k", help="context lengths in tokens, e.g. 1k,2k,4096 (k = 1024)")
     niah.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="needle depths in [0, 1]")
     niah.add_argument("--tasks", default="all",
                       help="comma-separated (default all): single_number,single_word,single_uuid,multikey,"
@@ -83,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="text files whose sentences fill the haystack (with --haystack files)")
     niah.add_argument("--batch-tokens", type=positive_int, default=32768,
                       help="prompts per batch = batch_tokens // length (at least 1)")
-    niah.add_argument("--seed", type=int, default=0)
+    niah.add_argument("--seed", type=int, default=0, help="seed of the prompts (needles, filler, depths)")
     ppl.add_argument("--data", nargs="+", required=True, metavar="PATH",
                      help=".txt/.md files (one document each), .jsonl files ('text' per line) or directories")
     ppl.add_argument("--length", default="8k", help="tokens scored per document")

@@ -12,9 +12,16 @@ from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import model_path, nonnegative_int, output_file, positive_int
+from hydrahead.cli.args import model_path, nonnegative_int, not_an_input, output_file, positive_int
 
 HELP = "choose full-attention heads from scores (or a layer-wise / random / per-layer baseline)"
+
+
+# which --baseline each option applies to: an option given for another is refused, not silently ignored
+APPLIES = {"ratio": ("scores", "random", "layerwise"), "min_per_layer": ("scores", "random"),
+           "granularity": ("scores", "random"), "seed": ("random",), "k": ("fixed-per-layer",),
+           "layers": ("layerwise",)}
+DEFAULTS = {"ratio": None, "min_per_layer": 1, "granularity": "query_head", "seed": 0, "k": None, "layers": None}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,12 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=output_file, help="output plan JSON")
     parser.add_argument("--baseline", default="scores", choices=["scores", "layerwise", "random", "fixed-per-layer"],
                         help="scores: global top-k from --scores (default); the others are comparison baselines")
-    parser.add_argument("--ratio", default=None, help="LA:FA ratio (default 7:1; 3:1 for layerwise)")
-    parser.add_argument("--min-per-layer", type=nonnegative_int, default=1, help="FA heads every layer keeps (default 1)")
-    parser.add_argument("--granularity", default="query_head", choices=["query_head", "kv_group"])
-    parser.add_argument("--seed", type=int, default=0, help="random baseline seed")
-    parser.add_argument("--k", type=positive_int, default=None, help="fixed-per-layer: FA heads per layer")
-    parser.add_argument("--layers", default=None, help="layerwise: comma list of FA layers (default evenly spaced)")
+    parser.add_argument("--ratio", default=DEFAULTS["ratio"],
+                        help="LA:FA ratio, linear-attention (GDN) heads to full-attention heads (default 7:1; 3:1 "
+                             "for layerwise); scores, random, layerwise")
+    parser.add_argument("--min-per-layer", type=nonnegative_int, default=DEFAULTS["min_per_layer"],
+                        help="FA heads every layer keeps (default 1); scores, random")
+    parser.add_argument("--granularity", default=DEFAULTS["granularity"], choices=["query_head", "kv_group"],
+                        help="what is kept as FA: single query heads, or whole GQA groups (kv_group: the KV cache "
+                             "shrinks exactly by the plan; a group scores as its best head); scores, random")
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="random: the seed of the draw")
+    parser.add_argument("--k", type=positive_int, default=DEFAULTS["k"], help="fixed-per-layer: FA heads per layer (required)")
+    parser.add_argument("--layers", default=DEFAULTS["layers"], help="layerwise: comma list of FA layers (default evenly spaced)")
 
 
 def _shape_config(args: argparse.Namespace, scores):
@@ -61,6 +73,13 @@ def run(args: argparse.Namespace) -> int:
     from hydrahead.errors import PlanError
     from hydrahead.scoring import HeadScores
 
+    for name, baselines in APPLIES.items():
+        if getattr(args, name) != DEFAULTS[name] and args.baseline not in baselines:
+            raise PlanError(f"--{name.replace('_', '-')} applies to --baseline {' / '.join(baselines)}, "
+                            f"not {args.baseline}")
+    if args.layers is not None and args.ratio is not None:
+        raise PlanError("--baseline layerwise takes --ratio (evenly spaced FA layers) or --layers, not both")
+    not_an_input(args.out, scores=args.scores)
     scores = HeadScores.from_json(args.scores) if args.scores else None
     config = _shape_config(args, scores)
     if args.baseline in ("scores", "fixed-per-layer") and scores is None:

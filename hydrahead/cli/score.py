@@ -90,16 +90,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model_and_tokenizer(args: argparse.Namespace):
-    """The teacher named by --model (in --dtype, on --device) and the tokenizer of --tokenizer or --model."""
-    from hydrahead.models.loading import load_model, load_tokenizer
+    """The teacher named by --model (in --dtype, on --device) and the tokenizer of --tokenizer or --model, the
+    tokenizer loaded and checked against the model's vocabulary first (before the slow load)."""
+    from hydrahead.models.loading import check_vocabulary, load_model, load_tokenizer, read_config
 
-    return (load_model(args.model, args.dtype, args.device, supported=True),
-            load_tokenizer(args.tokenizer or args.model))
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    check_vocabulary(tokenizer, read_config(args.model), args.tokenizer or args.model)
+    return load_model(args.model, args.dtype, args.device, supported=True), tokenizer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument("--method", default="patching", choices=["patching", "attribution", "retrieval"])
+    parser.add_argument("--method", default="patching", choices=["patching", "attribution", "retrieval"],
+                        help="patching: the paper's causal score, a forward per batch of heads (a GPU's job); "
+                             "attribution: its first-order approximation from gradients (a CPU's); retrieval: "
+                             "Wu et al.'s copy-paste score")
     parser.add_argument("--out", required=True, type=output_file, help="output JSON for the scores")
     parser.add_argument("--plot", default=None, metavar="PNG", type=output_file, help="also save a layers x heads heatmap")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="patched heads per forward (patching)")

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import output_file, positive_int
+from hydrahead.cli.args import not_an_input, output_file, positive_int
 
 HELP = "ablate top-k vs random heads and compare scoring methods (table + JSON)"
 
@@ -55,13 +55,21 @@ def run(args: argparse.Namespace) -> int:
     from hydrahead.cli.score import describe_leads, load_model_and_tokenizer, probe_config_from
     from hydrahead.models.loading import read_config
     from hydrahead.scoring import (
-        METHODS, HeadScores, ProbeConfig, build_probes, layer_similarity, score_heads, validate_scores,
+        METHODS, HeadScores, ProbeConfig, ScoringError, build_probes, layer_similarity, score_heads, validate_scores,
     )
 
     # every file and setting is checked against the model's config before the (slow) load
+    not_an_input(args.out, scores=args.scores, compare=args.compare)
+    not_an_input(args.layer_plot, scores=args.scores, compare=args.compare)
     model_config = read_config(args.model)
     scores = HeadScores.from_json(args.scores).check_config(model_config)
-    compare = {s.method: s.check_config(model_config) for s in (HeadScores.from_json(path) for path in args.compare)}
+    compare, sources = {}, {scores.method: args.scores}  # method -> scores, and the file each came from
+    for path in args.compare:
+        other = HeadScores.from_json(path).check_config(model_config)
+        if other.method in sources:
+            raise ScoringError(f"{path} holds {other.method} scores, as {sources[other.method]} does: the agreement "
+                               "table has one row per method, so give one file per method")
+        compare[other.method], sources[other.method] = other, path
     saved = scores.metadata.get("probe_config")
     base = probe_config_of(saved, args.scores) if saved else None
     scoring_config = probe_config_from(args, base, model_config=model_config)
@@ -69,6 +77,10 @@ def run(args: argparse.Namespace) -> int:
         validation_config = ProbeConfig.from_dict({**scoring_config.to_dict(), "seed": scoring_config.seed + 1})
     else:
         validation_config = scoring_config
+    heads = scores.values.size
+    if args.top_k > heads // 2:
+        raise ScoringError(f"--top-k {args.top_k}: the model has {heads} heads, so at most {heads // 2} can be "
+                           "ablated with as many other heads left to draw the random sets from")
     model, tokenizer = load_model_and_tokenizer(args)
     if not args.no_agreement:
         missing = [m for m in METHODS if m != scores.method and m not in compare]

@@ -32,7 +32,7 @@ from hydrahead.distill.stages import STAGES, Stage
 from hydrahead.distill.trainer import StepCallback, Trainer
 from hydrahead.models.convert import convert
 from hydrahead.models.families import family_of_config
-from hydrahead.models.loading import load_model, load_tokenizer, read_config, save_hybrid
+from hydrahead.models.loading import check_vocabulary, load_model, load_tokenizer, read_config, save_hybrid
 from hydrahead.models.shape import ModelShape
 from hydrahead.plan import HeadPlan
 from hydrahead.utils.io import check_output
@@ -148,9 +148,7 @@ def load_inputs(run_: DistillRun, evaluators: Sequence[Evaluator], teacher: torc
     run_.teacher_given = teacher is not None
     run_.plan.validate(run_.teacher.config)
     run_.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(recipe.teacher)
-    vocab = run_.teacher.config.vocab_size
-    if len(run_.tokenizer) > vocab:
-        raise DataError(f"the tokenizer of {recipe.teacher} has {len(run_.tokenizer)} tokens but the model only {vocab}")
+    check_vocabulary(run_.tokenizer, run_.teacher.config, recipe.teacher, DataError)
     output_dir = Path(recipe.output_dir)
     cache_dir = Path(recipe.data.cache_dir) if recipe.data.cache_dir else output_dir / "cache"
     eos = document_eos(run_.tokenizer, recipe.teacher)

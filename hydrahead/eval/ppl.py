@@ -90,9 +90,12 @@ def load_documents(paths: Iterable[str | Path]) -> list[Document]:
             if not line.strip():
                 continue
             try:
-                docs.append(Document(f"{f.name}:{n + 1}", json.loads(line)["text"]))
+                text = json.loads(line)["text"]
             except (json.JSONDecodeError, KeyError, TypeError) as err:
                 raise EvalError(f"{f}:{n + 1}: expected a JSON object with a 'text' field ({err!r})") from err
+            if not isinstance(text, str):
+                raise EvalError(f"{f}:{n + 1}: 'text' must be a string, got {json.dumps(text)[:40]}")
+            docs.append(Document(f"{f.name}:{n + 1}", text))
     if not docs:
         raise EvalError(f"no documents in {', '.join(map(str, paths))} (expected .txt, .md or .jsonl files)")
     return docs

@@ -22,11 +22,18 @@ from hydrahead.utils.io import atomic_write_text, save_figure, write_json
 
 
 def model_labels(paths: Sequence[str | Path]) -> list[str]:
-    """Label each model by its directory name; where names collide, parent directories are added until they differ."""
-    parts = [Path(p).resolve().parts for p in paths]
+    """Label each model by its directory name; where names collide, parent directories are added until they
+    differ. EvalError when two paths are one model (a repeat, or a link to it): its results would merge."""
+    from hydrahead.errors import EvalError
+
+    resolved = [Path(p).resolve() for p in paths]
+    for i, path in enumerate(resolved):
+        if path in resolved[:i]:
+            raise EvalError(f"{paths[i]} is {paths[resolved.index(path)]} again: give each model once")
+    parts = [p.parts for p in resolved]
     depths = [1] * len(parts)
     while True:
-        labels = ["/".join(p[-d:]) for p, d in zip(parts, depths)]
+        labels = [Path(*p[-d:]).as_posix() for p, d in zip(parts, depths)]
         clashing = [i for i, label in enumerate(labels) if labels.count(label) > 1 and depths[i] < len(parts[i])]
         if not clashing:
             return labels

@@ -144,8 +144,10 @@ def parse_tasks(names: str | Iterable[str]) -> list[TaskSpec]:
     if names == ["all"]:
         return list(TASKS.values())
     unknown = [n for n in names if n not in TASKS]
-    if unknown or not names:
-        raise EvalError(f"unknown task(s) {unknown or names}; choose from {', '.join(TASKS)} (or 'all')")
+    if not names:
+        raise EvalError(f"no task named; choose from {', '.join(TASKS)} (or 'all')")
+    if unknown:
+        raise EvalError(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)} (or 'all')")
     return [TASKS[n] for n in names]
 
 

@@ -64,6 +64,9 @@ def family_of_config(config: Any, what: str = "the model") -> Family:
     made on the config before any weights are read."""
     model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
     key = str(model_type).removeprefix("hydrahead_")
+    if model_type is None:
+        raise UnsupportedModelError(f"{what} has no model_type in its config, so its architecture is unknown; "
+                                    "hydrahead works on Qwen3, Qwen2, Llama and Mistral decoder LLMs")
     if key not in FAMILIES:
         raise UnsupportedModelError(
             f"{what} is a {model_type!r} model; hydrahead works on Qwen3, Qwen2, Llama and Mistral decoder LLMs "
@@ -77,6 +80,9 @@ def family_of(model: Any) -> Family:
     for family in FAMILIES.values():
         if type(model) is family.causal_lm_class:
             return family
+    if getattr(model, "hydrahead_plan", None) is not None:
+        raise UnsupportedModelError(f"cannot convert {type(model).__name__}: it is already a hydrahead hybrid; "
+                                    "convert its teacher (the model it was made from) with the new plan")
     supported = ", ".join(f.causal_lm_class.__name__ for f in FAMILIES.values())
     raise UnsupportedModelError(
         f"cannot convert {type(model).__name__}: hydrahead supports {supported} "

@@ -166,11 +166,20 @@ def load_tokenizer(path: str | Path) -> Any:
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError, TypeError, KeyError) as err:
-            raise CheckpointError(f"no usable tokenizer in {path}: {err}; {_SAVE_ONE}") from err
+            raise CheckpointError(f"no usable tokenizer in {path}: {one_line(err)[:200]}; {_SAVE_ONE}") from err
     # transformers builds an empty tokenizer from config.json alone when no tokenizer files are there
     if len(tokenizer) < 2 or not tokenizer("The grass is green.", add_special_tokens=False)["input_ids"]:
         raise CheckpointError(f"no usable tokenizer in {path} (it encodes text to nothing); {_SAVE_ONE}")
     return tokenizer
+
+
+def check_vocabulary(tokenizer: Any, config: Any, tokenizer_path: str | Path,
+                     error: type[HydraHeadError] = CheckpointError) -> None:
+    """`error` when the tokenizer can give ids the model has no embedding for (another model's tokenizer)."""
+    vocab = config.get("vocab_size") if isinstance(config, dict) else config.vocab_size
+    if isinstance(vocab, int) and len(tokenizer) > vocab:
+        raise error(f"the tokenizer of {tokenizer_path} has {len(tokenizer)} tokens but the model only {vocab}: "
+                    "give the model's own tokenizer")
 
 
 def check_model_dirs(paths: list[str | Path] | tuple[str | Path, ...]) -> None:
@@ -210,11 +219,11 @@ def _checkpoint_entry(entry: Path) -> bool:
             and all(p.is_file() and files.fullmatch(p.name) for p in entry.iterdir()))
 
 
-def check_output_dir(path: str | Path, keep: Sequence[str | Path] = ()) -> Path:
+def check_output_dir(path: str | Path, keep: Sequence[str | Path] = (), hybrid: bool = False) -> Path:
     """A directory a checkpoint may be written to: absent, empty, or an earlier checkpoint (which is
-    replaced): a config.json and weights, and nothing but the files a checkpoint has. Anything else, and any
-    directory in `keep` (the model being converted), is refused before any work starts: nothing a user keeps
-    is deleted."""
+    replaced): a config.json and weights, and nothing but the files a checkpoint has; with `hybrid`, an
+    earlier hybrid only (a hybrid never replaces a teacher). Anything else, and any directory in `keep` (the
+    model being converted), is refused before any work starts: nothing a user keeps is deleted."""
     path = Path(path)
     try:  # a file in the way, a parent that is a file, no permission: the one check every output gets
         check_output(path, "directory")
@@ -235,6 +244,15 @@ def check_output_dir(path: str | Path, keep: Sequence[str | Path] = ()) -> Path:
             raise CheckpointError(f"cannot save a checkpoint to {path}: the directory holds other files "
                                   f"({_some(names, 3)}) and no earlier checkpoint (config.json and weights) to "
                                   "replace; choose a new or empty directory")
+        if hybrid:
+            try:
+                earlier = json.loads((path / "config.json").read_text())
+            except (OSError, ValueError):
+                earlier = None
+            if not isinstance(earlier, dict) or "hydrahead" not in earlier:
+                raise CheckpointError(f"cannot save a hybrid to {path}: it holds a model that is not a hydrahead "
+                                      "hybrid (a teacher?), which a hybrid never replaces; choose a new or empty "
+                                      "directory")
     return path
 
 
@@ -248,7 +266,7 @@ def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: t
     Written into a temporary sibling and renamed, so `path` is the complete checkpoint or the old one.
     `state_dict` replaces the model's own (a gathered FSDP state, say); `finish(tmp_dir)` may add files
     (a manifest) before the rename."""
-    path = check_output_dir(Path(path).absolute())
+    path = check_output_dir(Path(path).absolute(), hybrid=is_hybrid(model))
     state = state_dict if state_dict is not None else model.state_dict()
     if dtype is not None:
         state = _cast(state, dtype)

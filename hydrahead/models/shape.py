@@ -34,7 +34,8 @@ class ModelShape:
         model_type = get("model_type") or type(config).__name__
         try:
             layers, heads = int(get("num_hidden_layers")), int(get("num_attention_heads"))
-            kv_heads = int(get("num_key_value_heads") or heads)
+            kv = get("num_key_value_heads")
+            kv_heads = heads if kv is None else int(kv)  # absent: multi-head attention; 0 is refused below
             dim = get("head_dim") or (int(get("hidden_size")) // heads if get("hidden_size") else None)
         except (TypeError, ValueError) as err:
             raise UnsupportedModelError(

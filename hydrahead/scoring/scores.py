@@ -15,7 +15,7 @@ import numpy as np
 
 from hydrahead.models.shape import ModelShape
 from hydrahead.scoring.combine import top_heads
-from hydrahead.errors import ScoringError
+from hydrahead.errors import ScoringError, shown
 from hydrahead.utils.io import read_json, save_figure, write_json
 
 METHODS = ("patching", "attribution", "retrieval")
@@ -112,20 +112,36 @@ class HeadScores:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeadScores:
+        missing = [key for key in ("method", "values", "num_kv_heads") if not isinstance(data, dict) or key not in data]
+        if missing:
+            raise ScoringError(f"not a head-score file: expected a JSON object with keys 'method', 'values', "
+                               f"'num_kv_heads' (missing {', '.join(map(repr, missing))})")
+        kv = data["num_kv_heads"]
+        if isinstance(kv, bool) or not isinstance(kv, int):
+            raise ScoringError(f"num_kv_heads must be a whole number, got {shown(kv)}")
         try:
-            return cls(np.asarray(data["values"], dtype=np.float64), str(data["method"]), int(data["num_kv_heads"]),
-                       dict(data.get("components", {})), dict(data.get("metadata", {})))
-        except (KeyError, TypeError, ValueError) as err:
-            if isinstance(err, ScoringError):
-                raise
-            raise ScoringError(f"not a head-score file: expected keys 'method', 'values', 'num_kv_heads' ({err!r})") from err
+            values = np.asarray(data["values"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ScoringError("values must be a (layers, heads) table of numbers") from None
+        for key in ("components", "metadata"):
+            if not isinstance(data.get(key, {}), dict):
+                raise ScoringError(f"{key} must be a JSON object, got {shown(data[key])}")
+        try:
+            components = {name: np.asarray(v, dtype=np.float64) for name, v in data.get("components", {}).items()}
+        except (TypeError, ValueError):
+            raise ScoringError("components must map names to tables of numbers") from None
+        return cls(values, str(data["method"]), kv, components, dict(data.get("metadata", {})))
 
     def to_json(self, path: str | Path) -> None:
         write_json(path, self.to_dict())
 
     @classmethod
     def from_json(cls, path: str | Path) -> HeadScores:
-        return cls.from_dict(read_json(path, ScoringError, "score file"))
+        data = read_json(path, ScoringError, "score file")
+        try:
+            return cls.from_dict(data)
+        except ScoringError as err:
+            raise ScoringError(f"{path}: {err}") from None
 
     # ------------------------------------------------------------------------------------ picture
     def plot(self, path: str | Path, title: str | None = None, mark_top: int = 0) -> None:

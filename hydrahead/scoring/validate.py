@@ -162,7 +162,10 @@ def validate_scores(model: nn.Module, probes: Sequence[Probe], scores: HeadScore
         raise ScoringError("validation needs at least one probe")
     top = scores.top_k(top_k)
     others = [(l, h) for l in range(scores.num_layers) for h in range(scores.num_heads) if (l, h) not in set(top)]
-    randoms = [sorted(random.Random(seed).sample(others, min(top_k, len(others)))) for seed in seeds]
+    if len(others) < top_k:
+        raise ScoringError(f"top_k={top_k} of {scores.values.size} heads leaves {len(others)} others: too few to draw "
+                           f"random sets of {top_k} from (at most {scores.values.size // 2})")
+    randoms = [sorted(random.Random(seed).sample(others, top_k)) for seed in seeds]
     runs = 2 + len(randoms)  # nothing, top-k, each random set
     with tqdm(total=len(probes) * (runs + (mode == "mean")), desc="ablation", unit="probe", disable=not progress) as bar:
         means = head_means(model, probes) if mode == "mean" else None

@@ -22,6 +22,8 @@ _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EISDI
 def check_output(path: str | Path, kind: str = "file") -> Path:
     """`path` as somewhere a `kind` ("file" or "directory") can be written, checked before any work
     starts: OutputError when it is the other kind, sits under a file, or cannot be written."""
+    if kind == "file" and str(path).endswith(("/", os.sep)):  # Path() would drop the slash and write a file
+        raise OutputError(f"output {path} ends with a slash, which names a directory: give a file name")
     path = Path(path)
     other = "directory" if kind == "file" else "file"
     if path.exists():
@@ -142,7 +144,12 @@ def read_yaml_mapping(path: str | Path, error: type[Exception], what: str) -> di
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise error(f"{what} {path} is not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise error(f"{what} {path} is not valid YAML: {problem}{where}") from err
+    if data is None:
+        raise error(f"{what} {path} is empty: it must be a mapping of keys to values")
     if not isinstance(data, dict):
         raise error(f"{what} {path} must be a mapping of keys to values, got {type(data).__name__}")
     return data

@@ -38,9 +38,15 @@ def _parse(value: Any, units: dict[str, int], what: str, example: str) -> int:
     raise ValueError(f"expected {what} such as {example}, got {value!r}")
 
 
+MAX_LENGTH = 2**24  # 16m tokens: beyond any model's context; a typo (1e30, 4m for 4k) rather than a length
+
+
 def parse_length(value: Any) -> int:
-    """A sequence length: 4096, "4k" (= 4096), "1.5k", "16Ki"; ValueError otherwise (k = 1024)."""
-    return _parse(value, _LENGTH, "a length in tokens", "4096, 4k or 1.5k (k = 1024)")
+    """A sequence length: 4096, "4k" (= 4096), "1.5k", "16Ki", at most MAX_LENGTH; ValueError otherwise (k = 1024)."""
+    n = _parse(value, _LENGTH, "a length in tokens", "4096, 4k or 1.5k (k = 1024)")
+    if n > MAX_LENGTH:
+        raise ValueError(f"expected a length in tokens of at most 16m, got {value!r}")
+    return n
 
 
 def parse_tokens(value: Any) -> int:

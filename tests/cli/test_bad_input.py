@@ -68,6 +68,21 @@ def files(tmp_path_factory):
               "data": {"train_files": [str(d / "doc.txt")]}, "stages": {"align": {"tokens": 64, "seq_len": 16,
                                                                                  "batch_size": 1, "lr": 1e-3}}}
     (d / "gpt2_recipe.yaml").write_text(json.dumps(recipe))
+    (d / "number_text.jsonl").write_text('{"text": "fine"}\n{"text": 5}\n')
+    big = char_tokenizer()
+    big.add_tokens([f"extra{i}" for i in range(200)])
+    big.save_pretrained(d / "big_tokenizer")
+    (d / "unclosed.yaml").write_text("teacher: [unclosed\nplan: x\n")
+    (d / "empty.yaml").write_text("")
+    (d / "inf_recipe.yaml").write_text(json.dumps({**recipe, "teacher": str(d / "teacher"),
+                                                   "stages": {"align": {**recipe["stages"]["align"], "lr": "inf"}}}))
+    (d / "broken.jinja").write_text("{% for m in messages %}{{ m.content }")
+    (d / "teacher_copy").mkdir()
+    for file in (d / "teacher").iterdir():
+        (d / "teacher_copy" / file.name).write_bytes(file.read_bytes())
+    HeadScores([[0.1, 0.9, 0.2, 0.3], [0.4, 0.5, 0.6, 0.7]], "attribution", 2).to_json(d / "attr_a.json")
+    HeadScores([[0.3, 0.9, 0.2, 0.1], [0.4, 0.5, 0.6, 0.7]], "attribution", 2).to_json(d / "attr_b.json")
+    (d / "kv_float_scores.json").write_text('{"method": "patching", "values": [[0.1, 0.2]], "num_kv_heads": 1.5}')
     (d / "file_out_recipe.yaml").write_text(json.dumps({**recipe, "teacher": str(d / "teacher"),
                                                         "output_dir": str(d / "a_file")}))
     return d
@@ -178,6 +193,30 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["serve", H, "--device", "banana"], "unknown device 'banana'"),
         (["serve", str(d / "no_plan")], "has no valid 'hydrahead' entry"),
         (["score", "--model", T, "--out", f"{new}.json", "--context-length", "2q"], "--context-length: expected a length"),
+        # found by a review of bad inputs (2026-12-06)
+        (["eval", "ppl", "--models", H, "--data", str(d / "number_text.jsonl"), "--out", new],
+         "number_text.jsonl:2: 'text' must be a string, got 5"),
+        (["score", "--model", T, "--tokenizer", str(d / "big_tokenizer"), "--out", f"{new}.json"],
+         "big_tokenizer has 297 tokens but the model only 97"),
+        (["score", "--model", T, "--out", f"{new}.json", "--context-length", "1e30"], "--context-length: .*at most 16m"),
+        (["eval", "niah", "--models", H, "--lengths", "1024m", "--out", new], "at most 16m"),
+        (["validate-scores", "--model", T, "--scores", S, "--compare", str(d / "attr_a.json"), "--compare",
+          str(d / "attr_b.json")], "attr_b.json holds attribution scores, as .*attr_a.json does"),
+        (["validate-scores", "--model", T, "--scores", S, "--top-k", "5"], "--top-k 5: the model has 8 heads, so at most 4"),
+        (["eval", "ppl", "--models", H, H, "--data", str(d / "doc.txt"), "--out", new], "is .*hybrid again"),
+        (["distill", str(d / "inf_recipe.yaml")], "stages.align.lr must be a finite number"),
+        (["distill", str(d / "unclosed.yaml")], "unclosed.yaml is not valid YAML: .* at line 2, column 5"),
+        (["distill", str(d / "empty.yaml")], "empty.yaml is empty"),
+        (["convert", "--model", T, "--plan", P, "--out", str(d / "teacher_copy")],
+         "teacher_copy: it holds a model that is not a hydrahead hybrid"),
+        (["convert", "--model", H, "--plan", P, "--out", new], "already a hydrahead hybrid; convert its teacher"),
+        (["plan", "--scores", S, "--out", S], "is the --scores file this command reads"),
+        (["plan", "--scores", S, "--out", f"{new}/"], "ends with a slash"),
+        (["plan", "--scores", S, "--seed", "3", "--out", f"{new}.json"], "--seed applies to --baseline random, not scores"),
+        (["eval", "niah", "--models", H, "--tasks", ",", "--out", new], "no task named"),
+        (["plan", "--scores", str(d / "kv_float_scores.json"), "--out", f"{new}.json"],
+         "kv_float_scores.json: num_kv_heads must be a whole number, got 1.5"),
+        (["serve", H, "--chat-template", str(d / "broken.jinja")], "broken.jinja is not a valid Jinja template"),
         (["score", "--model", T, "--out", f"{new}.json", "--answer-lead", "-1"], "--answer-lead: must be >= 0"),
     ]
 

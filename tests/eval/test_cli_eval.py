@@ -51,7 +51,7 @@ def test_errors_are_one_line(model_dirs, tmp_path, capsys):
         (["--models", str(tmp_path / "nope"), str(model_dirs["hybrid"])], "--models: model directory not found: .*nope"),
         (["--models", str(no_tokenizer)], "no usable tokenizer in .*bare"),
         (["--models", str(model_dirs["hybrid"] / "config.json")], "--models: .*config.json is a file, not a model"),
-        (["--models", str(model_dirs["hybrid"]), "--lengths", "2x"], "--lengths: cannot read '2x'"),
+        (["--models", str(model_dirs["hybrid"]), "--lengths", "2x"], "--lengths: expected a length .*got '2x'"),
         (["--models", str(model_dirs["hybrid"]), "--lengths", "64", "--tasks", "single_number"],
          "length 64 is too short for task single_number"),
     ]
