@@ -113,6 +113,8 @@ def _models(args, length: int, what: str) -> tuple[list[tuple[str, str]], list[s
         if limit is not None and length > limit:
             notes.append(f"{label} was built for {limit} positions (max_position_embeddings); lengths above it "
                          "test extrapolation")
+    for note in notes:  # now, not only in the report: a long run shows at once what it is doing
+        print(f"note: {note}", flush=True)
     return models, notes
 
 
@@ -126,7 +128,8 @@ def run_niah(args: argparse.Namespace) -> list[Path]:
     records, started = [], time.time()
     for label, path in models:
         tokenizer = load_tokenizer(path)
-        examples = make_examples(tokenizer, tasks, lengths, depths, args.samples, args.seed, haystack)
+        examples = make_examples(tokenizer, tasks, lengths, depths, args.samples, args.seed, haystack,
+                                 progress=not args.no_progress)
         model = load_model(path, args.dtype, args.device)
         records += evaluate_niah(model, tokenizer, examples, label, args.batch_tokens, not args.no_progress)
         del model

@@ -243,14 +243,14 @@ def make_examples(
     samples: int = 4,
     seed: int = 0,
     haystack: Haystack | None = None,
+    progress: bool = False,
 ) -> list[Example]:
-    """The full grid: every task x length x depth x sample."""
+    """The full grid: every task x length x depth x sample (`progress`: a bar over the prompts built)."""
+    from tqdm.auto import tqdm
+
     specs = [t if isinstance(t, TaskSpec) else parse_tasks([t])[0] for t in tasks]
     haystack = haystack or Haystack.essay(seed)
-    return [
-        make_example(spec, tokenizer, length, depth, sample, seed, haystack)
-        for spec in specs
-        for length in lengths
-        for depth in depths
-        for sample in range(samples)
-    ]
+    grid = [(spec, length, depth, sample) for spec in specs for length in lengths for depth in depths
+            for sample in range(samples)]
+    return [make_example(spec, tokenizer, length, depth, sample, seed, haystack)
+            for spec, length, depth, sample in tqdm(grid, desc="building prompts", unit="prompt", disable=not progress)]
