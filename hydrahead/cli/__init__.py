@@ -33,8 +33,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (not action.option_strings or "default" in text or action.default in (None, False, [], argparse.SUPPRESS)
-                or isinstance(action, argparse.BooleanOptionalAction)):
+        unset = (action.default is None or action.default is False or action.default == []
+                 or action.default == argparse.SUPPRESS)
+        if not action.option_strings or "default" in text or unset or isinstance(action, argparse.BooleanOptionalAction):
             return text
         return f"{text} (default: %(default)s)"
 

@@ -30,7 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hydrahead.demo.scale import PLAN_NAMES, SCALES
 
     parser.add_argument("--out", default="demo_out", type=output_dir, help="output directory (default: demo_out)")
-    parser.add_argument("--scale", default="default", choices=list(SCALES), help="how big a run (default: default)")
+    parser.add_argument("--scale", default="default", choices=list(SCALES),
+                        help="how big a run: tiny (a smoke test, about a minute), default (10-12 minutes on a 2-core "
+                             "CPU), gpu (a larger run for one CUDA GPU), study (a pretrained --teacher on one GPU) "
+                             "(default: default)")
     parser.add_argument("--device", default="auto", type=device,
                         help="torch device: auto (CUDA if there is one), cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--preset", default=None, choices=["exact", "paper"],
@@ -49,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tokens the probes, the distillation rows and 1x of the evaluation use (default: the "
                              "shipped teacher's training length; with --teacher, 1024 or its window if shorter)")
     parser.add_argument("--budget", type=float, default=None,
-                        help="multiply the scale's align, distill and long-context tokens (e.g. 0.25 or 4)")
+                        help="multiply the scale's align, distill and long-context tokens (e.g. 0.25 or 4; "
+                             "default 1)")
     parser.add_argument("--plans", default=None,
                         help="comma-separated plans to distil (default: the scale's; " + ", ".join(PLAN_NAMES) + ")")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")

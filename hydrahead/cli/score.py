@@ -21,9 +21,10 @@ from hydrahead.cli.args import (
 HELP = "score attention heads (patching, attribution or retrieval) and save them as JSON"
 
 
-def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
-    """Probe options shared by `score` and `validate-scores` (unset ones keep their defaults)."""
-    group = parser.add_argument_group("probes")
+def add_probe_arguments(parser: argparse.ArgumentParser, description: str | None = None) -> None:
+    """Probe options shared by `score` and `validate-scores` (unset ones keep their defaults; `description`
+    says where those come from when not from the defaults in the help)."""
+    group = parser.add_argument_group("probes", description)
     group.add_argument("--probes-file", action="append", default=None, metavar="TXT",
                        help="haystack text file (repeatable); default: a built-in essay generator")
     group.add_argument("--haystack", choices=["essay", "noise"], default=None, help="built-in haystack kind")
@@ -33,7 +34,7 @@ def add_probe_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--needle-types", default=None, help="comma list of number,word,uuid (default all)")
     group.add_argument("--capabilities", default=None, help="comma list of single_key,multi_key (default both)")
     group.add_argument("--num-keys", type=positive_int, default=None, help="needles in a multi-key probe (default 4)")
-    group.add_argument("--probe-seed", type=int, default=None, help="probe generator seed")
+    group.add_argument("--probe-seed", type=int, default=None, help="probe generator seed (default 0)")
     group.add_argument("--answer-lead", type=nonnegative_int, default=None,
                        help="formatting tokens the model may write before the answer (\": \", a quote), found by "
                             "greedy decoding and kept in the probe (default 4; 0 = teacher-force the bare value)")

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer-plot", default=None, metavar="PNG", type=output_file, help="also save the layer-output similarity matrix")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="patched heads per forward (patching)")
     parser.add_argument("--out", default=None, type=output_file, help="output JSON for the report")
-    add_probe_arguments(parser)
+    add_probe_arguments(parser, "unset options take the --scores file's own probe settings (the defaults below\n"
+                                "apply only where it has none); ablation draws its probes with the seed + 1")
 
 
 def probe_config_of(saved, path: str):
