@@ -7,7 +7,7 @@ evaluate NIAH at 1x-8x the training length and held-out perplexity, and write <o
 with the verdict, tables and plots.
 
 Examples:
-  hydrahead demo                                 # default scale: about 10-12 minutes on a 2-core CPU
+  hydrahead demo                                 # default scale: 10-15 minutes on a 2-core CPU
   hydrahead demo --scale tiny --out /tmp/demo    # smoke test, about a minute
   hydrahead demo --export-teacher teacher/       # the shipped teacher as a Hugging Face checkpoint
   hydrahead demo --retrain-teacher --out run/    # rebuild the teacher from its recipe (about 77 minutes on
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--out", default="demo_out", type=output_dir, help="output directory (default: demo_out)")
     parser.add_argument("--scale", default="default", choices=list(SCALES),
-                        help="how big a run: tiny (a smoke test, about a minute), default (10-12 minutes on a 2-core "
+                        help="how big a run: tiny (a smoke test, about a minute), default (10-15 minutes on a 2-core "
                              "CPU), gpu (a larger run for one CUDA GPU), study (a pretrained --teacher on one GPU) "
                              "(default: default)")
     parser.add_argument("--device", default="auto", type=device,

@@ -7,7 +7,6 @@ advertisement.
 from __future__ import annotations
 
 import datetime
-import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,9 +230,10 @@ def write_demo_report(out: Path, *, scale: DemoScale, teacher: Any, models: dict
     if validation is not None:
         lines += [validation.table(), ""]
     if agree:
-        lines.append(f"Agreement of attribution patching with activation patching (top-{k} Jaccard, Spearman):")
+        lines.append(f"Agreement with activation patching over all heads and the top {k}:")
         for method, row in agree.items():
-            lines.append(f"- {method}: {json.dumps(row)}")
+            rho = "n/a" if row["spearman"] is None else f"{row['spearman']:.3f}"
+            lines.append(f"- {method} vs {row['against']}: Spearman {rho}, top-{k} Jaccard {row['jaccard']:.3f}")
         lines.append("")
     lines += ["## Plans", ""]
     for name, plan in plans.items():
