@@ -90,13 +90,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", type=device, help="torch device, e.g. cpu or cuda (default cpu)")
 
 
-def load_model_and_tokenizer(args: argparse.Namespace):
+def load_model_and_tokenizer(args: argparse.Namespace, model_config):
     """The teacher named by --model (in --dtype, on --device) and the tokenizer of --tokenizer or --model, the
-    tokenizer loaded and checked against the model's vocabulary first (before the slow load)."""
-    from hydrahead.models.loading import check_vocabulary, load_model, load_tokenizer, read_config
+    tokenizer loaded and checked against the model's vocabulary (`model_config`, its config.json) first,
+    before the slow load."""
+    from hydrahead.models.loading import check_vocabulary, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer or args.model)
-    check_vocabulary(tokenizer, read_config(args.model), args.tokenizer or args.model)
+    check_vocabulary(tokenizer, model_config, args.tokenizer or args.model)
     return load_model(args.model, args.dtype, args.device, supported=True), tokenizer
 
 
@@ -122,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.no_senders and args.method == "retrieval":
         raise ScoringError("--no-senders applies to patching and attribution; the retrieval score has no sender term")
-    config = probe_config_from(args, model_config=read_config(args.model))  # checked before the (slow) load
-    model, tokenizer = load_model_and_tokenizer(args)
+    model_config = read_config(args.model)
+    config = probe_config_from(args, model_config=model_config)  # checked before the (slow) load
+    model, tokenizer = load_model_and_tokenizer(args, model_config)
     probes = build_probes(tokenizer, config, model=model, progress=True)
     print(f"{len(probes)} probes of {config.context_length} tokens ({describe_leads(probes, tokenizer, config)})",
           flush=True)

@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from hydrahead.scoring import (
         METHODS, HeadScores, ProbeConfig, ScoringError, build_probes, layer_similarity, score_heads, validate_scores,
     )
+    from hydrahead.scoring.validate import check_top_k
 
     # every file and setting is checked against the model's config before the (slow) load
     not_an_input(args.out, scores=args.scores, compare=args.compare)
@@ -78,11 +79,8 @@ def run(args: argparse.Namespace) -> int:
         validation_config = ProbeConfig.from_dict({**scoring_config.to_dict(), "seed": scoring_config.seed + 1})
     else:
         validation_config = scoring_config
-    heads = scores.values.size
-    if args.top_k > heads // 2:
-        raise ScoringError(f"--top-k {args.top_k}: the model has {heads} heads, so at most {heads // 2} can be "
-                           "ablated with as many other heads left to draw the random sets from")
-    model, tokenizer = load_model_and_tokenizer(args)
+    check_top_k(args.top_k, scores.values.size, "--top-k")  # the library's check, before the load
+    model, tokenizer = load_model_and_tokenizer(args, model_config)
     if not args.no_agreement:
         missing = [m for m in METHODS if m != scores.method and m not in compare]
         probes = build_probes(tokenizer, scoring_config, model=model, progress=True) if missing else []

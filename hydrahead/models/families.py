@@ -80,7 +80,9 @@ def family_of(model: Any) -> Family:
     for family in FAMILIES.values():
         if type(model) is family.causal_lm_class:
             return family
-    if getattr(model, "hydrahead_plan", None) is not None:
+    from hydrahead.models.hybrid import is_hybrid  # hybrid imports this module
+
+    if is_hybrid(model):
         raise UnsupportedModelError(f"cannot convert {type(model).__name__}: it is already a hydrahead hybrid; "
                                     "convert its teacher (the model it was made from) with the new plan")
     supported = ", ".join(f.causal_lm_class.__name__ for f in FAMILIES.values())

@@ -55,9 +55,14 @@ class SenderInputs:
     corrupt: float
 
     @classmethod
+    def from_heads(cls, hidden: Sequence[torch.Tensor], clean_heads: Sequence[torch.Tensor],
+                   corrupt_heads: Sequence[torch.Tensor], clean: float, corrupt: float) -> SenderInputs:
+        """From the clean layer inputs and both runs' head outputs (per layer)."""
+        return cls([h.detach() for h in hidden], [c - x for c, x in zip(corrupt_heads, clean_heads)], clean, corrupt)
+
+    @classmethod
     def from_runs(cls, clean: RunRecord, corrupt: RunRecord) -> SenderInputs:
-        return cls(clean.hidden[:-1], [c - x for c, x in zip(corrupt.heads, clean.heads)], clean.readout,
-                   corrupt.readout)
+        return cls.from_heads(clean.hidden[:-1], clean.heads, corrupt.heads, clean.readout, corrupt.readout)
 
     @property
     def nbytes(self) -> int:
@@ -90,10 +95,8 @@ def _receiver_pass(runner: Runner, probe: Probe, freeze_attention: bool,
     change = torch.stack([(g[0] * (c[0] - x[0])).sum(dim=(0, 2))  # (H,): dm predicted from patching each head
                           for g, c, x in zip(grads, corrupt.heads, clean_heads)])
     ie = (-change / (m_clean - corrupt.readout)).double().cpu().numpy()
-    inputs = None
-    if hidden is not None:
-        inputs = SenderInputs([h.detach() for h in hidden], [c - x for c, x in zip(corrupt.heads, clean_heads)],
-                              m_clean, corrupt.readout)
+    inputs = (SenderInputs.from_heads(hidden, clean_heads, corrupt.heads, m_clean, corrupt.readout)
+              if hidden is not None else None)
     return ie, m_clean, corrupt.readout, inputs
 
 

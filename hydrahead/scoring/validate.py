@@ -149,6 +149,14 @@ def agreement(scores: Mapping[str, HeadScores], k: int, reference: str = "patchi
     return out
 
 
+def check_top_k(top_k: int, heads: int, name: str = "top_k") -> None:
+    """ScoringError unless `top_k` heads can be ablated with as many other heads left to draw each random set
+    from: at most half the model's `heads`."""
+    if top_k > heads // 2:
+        raise ScoringError(f"{name} {top_k}: the model has {heads} heads, so at most {heads // 2} can be ablated "
+                           "with as many other heads left to draw the random sets from")
+
+
 def validate_scores(model: nn.Module, probes: Sequence[Probe], scores: HeadScores, top_k: int = 8,
                     seeds: Sequence[int] = (0, 1, 2), mode: str = "mean",
                     compare: Mapping[str, HeadScores] | None = None, progress: bool = False) -> ValidationReport:
@@ -160,11 +168,9 @@ def validate_scores(model: nn.Module, probes: Sequence[Probe], scores: HeadScore
     scores.check_config(model.config)
     if not probes:
         raise ScoringError("validation needs at least one probe")
+    check_top_k(top_k, scores.values.size)
     top = scores.top_k(top_k)
     others = [(l, h) for l in range(scores.num_layers) for h in range(scores.num_heads) if (l, h) not in set(top)]
-    if len(others) < top_k:
-        raise ScoringError(f"top_k={top_k} of {scores.values.size} heads leaves {len(others)} others: too few to draw "
-                           f"random sets of {top_k} from (at most {scores.values.size // 2})")
     randoms = [sorted(random.Random(seed).sample(others, top_k)) for seed in seeds]
     runs = 2 + len(randoms)  # nothing, top-k, each random set
     with tqdm(total=len(probes) * (runs + (mode == "mean")), desc="ablation", unit="probe", disable=not progress) as bar:
