@@ -17,7 +17,6 @@ Usage: python experiments/shared_kv_quality.py [--out DIR] [--seeds 0,1]
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -36,6 +35,7 @@ def main() -> None:
     from hydrahead.demo.scale import get_scale
     from hydrahead.distill.metrics import read_metrics
     from hydrahead.models.loading import load_model
+    from hydrahead.utils.io import write_json
     from hydrahead.utils.memory import keep_freed_memory
 
     torch.set_num_threads(2)
@@ -82,7 +82,7 @@ def main() -> None:
               f"({', '.join(f'{v:.2f}' for v in res.overall)}) | {sum(res.ppl) / len(res.ppl):.2f} | {loss} |")
         summary[plan] = {"niah_per_length": res.per_length, "niah_per_seed": res.overall, "ppl": res.ppl,
                          "last_distill_loss": seed_losses, "parameters": params[label]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_json(out / "summary.json", summary)
 
 
 if __name__ == "__main__":

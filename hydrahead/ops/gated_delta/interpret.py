@@ -40,7 +40,7 @@ def interpret_fla_on_cpu() -> None:
     fla.load_fla_kernels()  # every module whose kernels the hybrid runs (or FlaNotInstalledError)
     fla.load_fla_conv()
 
-    # Three gaps of the interpreter. Its autotuner times configs through a GPU driver (none here): report
+    # Four gaps of the interpreter (the fourth further down). Its autotuner times configs through a GPU driver (none here): report
     # equal times, so the first config runs. A kernel's `for i in range(n)` gives Python ints where compiled
     # Triton gives tensors, and fla calls `i.to(tl.int64)` (closed for fla's modules only). A mask made from a
     # Python comparison and a block mask (`(t < T) & m`, in fla's conv backward from an initial state) comes
@@ -63,6 +63,17 @@ def interpret_fla_on_cpu() -> None:
 
         builder.create_masked_load, builder.create_masked_store = masked_load, masked_store
         builder.masks_as_bool = True
+
+    # Triton before 3.9 reads a scalar's index as int() of a one-element array, which numpy >= 2.4 refuses
+    # (torch 2.11's triton 3.6 with a current numpy); 3.9 squeezes it first, as here.
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch_tensor is not None and not getattr(patch_tensor, "squeezes_index", False):
+        def patch_lang_tensor(tensor, scope):
+            patch_tensor(tensor, scope)
+            scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+        patch_lang_tensor.squeezes_index = True
+        interpreter._patch_lang_tensor = patch_lang_tensor
 
     class Index(int):
         def to(self, *args, **kwargs):
