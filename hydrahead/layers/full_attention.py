@@ -91,7 +91,7 @@ class FullAttentionBranch(nn.Module):
         v = projected[..., (H + Hkv) * D :].unflatten(-1, (Hkv, D)).transpose(1, 2)  # (B, Hkv, T, D)
         if self.q_norm is not None:
             store = past_key_values.layers[self.layer_idx] if past_key_values is not None else None
-            table = weight_table(store, f"fa qk_norm {qk.dtype}",  # a model cast between generations: a new table
+            table = weight_table(store, ("fa qk_norm", qk.dtype),  # a model cast between generations: a new table
                                  lambda: head_table((self.q_norm.weight, H), (self.k_norm.weight, Hkv)))
             qk = rms_norm(qk, table, self.q_norm.variance_epsilon)
         context = context if context is not None else ForwardContext()

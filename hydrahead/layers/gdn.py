@@ -121,7 +121,7 @@ class GatedDeltaNetBranch(nn.Module):
         qk = qkv[..., : (H + Hkv) * D].unflatten(-1, (H + Hkv, D))  # q heads then k heads
         v = qkv[..., (H + Hkv) * D :].unflatten(-1, (Hkv, D))
         if self.q_norm is not None:
-            qk = qk * weight_table(cache_layer, f"gdn qk_norm {qk.dtype}",
+            qk = qk * weight_table(cache_layer, ("gdn qk_norm", qk.dtype),
                                    lambda: head_table((self.q_norm.weight, H), (self.k_norm.weight, Hkv)).to(qk.dtype))
         if tables is not None:
             qk = rotary(qk, tables)
@@ -138,7 +138,7 @@ class GatedDeltaNetBranch(nn.Module):
                                        output_final_state=final,
                                        cu_seqlens=documents.cu_seqlens if documents is not None else None)
         beta = torch.sigmoid(b.float())  # (B, T, H)
-        decay, dt_bias = weight_table(cache_layer, "gdn gate",  # fp32 whatever the weights' dtype
+        decay, dt_bias = weight_table(cache_layer, ("gdn gate",),  # fp32 whatever the weights' dtype
                                       lambda: (-self.A_log.float().exp(), self.dt_bias.float()))
         g = decay * F.softplus(a.float() + dt_bias)  # (B, T, H)
         if padding_mask is not None:

@@ -39,8 +39,8 @@ def test_tables_live_in_the_cache_for_one_generation():
     with torch.no_grad():
         model(ids[:, :10], past_key_values=cache, use_cache=True)
         first = tables(cache)
-        assert {name for _, name in first} == {"fa qk_norm torch.float32", "gdn qk_norm torch.float32",
-                                               "fusion torch.float32", "gdn gate"}
+        assert {name for _, name in first} == {("fa qk_norm", torch.float32), ("gdn qk_norm", torch.float32),
+                                               ("fusion", torch.float32), ("gdn gate",)}
         model(ids[:, 10:11], past_key_values=cache, use_cache=True)
     assert tables(cache).keys() == first.keys()
     assert all(tables(cache)[k] is t for k, t in first.items())  # a step reuses them
