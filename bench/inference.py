@@ -36,6 +36,13 @@ rotated order) in one process and reported as the ratio teacher time / model tim
             head layout and --ops-layers layers kept): the time the host takes to issue a step (Python,
             dispatch, per-op overhead), which is what bounds an eager decode step on a GPU; with
             --fla-interpreted, the hybrids' CUDA path, fla's kernels skipped (their Python wrappers timed)
+  instructions  the host section's step counted, not timed: machine instructions per eager decode step
+            under valgrind's callgrind (needs valgrind; about 2 minutes, about 4 with --fla-interpreted),
+            from the difference of 12 and 4 counted steps, so the counting's own start and stop cancel; one
+            thread (on a GPU one host thread issues the step).
+            Deterministic: a change of 1% shows on a loaded or throttled machine, where the host section's
+            timings move by 30% or more between runs (docs/benchmarks.md). Instructions are not time (Python's
+            dispatch and a kernel's arithmetic differ in instructions per cycle): for comparing two commits
   floors    no timing: what the arithmetic allows, each model's floor against the teacher's (the teacher's
             prefill FLOPs / the model's at the --prefill lengths, decode bytes at --decode x --batch; see
             Floors below): the ratio a model would reach if it and the teacher ran equally close to
@@ -64,6 +71,7 @@ Usage:
                                                           # the same, the hybrids' CUDA path (fla), no GPU
   python bench/inference.py --sections host               # host time per eager decode step (30 s)
   TRITON_INTERPRET=1 python bench/inference.py --sections host --fla-interpreted   # the same, the CUDA path
+  TRITON_INTERPRET=1 python bench/inference.py --sections instructions --fla-interpreted   # the same, counted
   python bench/inference.py --sections floors --dtype bf16 --layers 4 --vocab 21760 \
       --prefill 4096,8192,16384,65536,131072 --decode 16384,131072 --batch 1,8   # what the GPU run allows, no timing
   python bench/inference.py --prefill 1024,4096 --decode 1024,4096 --repeats 1   # a quick look
@@ -95,7 +103,7 @@ from hydrahead.utils.io import write_json
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODELS = ("teacher", "hydrahead-7:1", "layerwise-3:1", "all-gdn")
-SECTIONS = ("ops", "host", "floors", "prefill", "decode", "generate", "max-batch")
+SECTIONS = ("ops", "host", "instructions", "floors", "prefill", "decode", "generate", "max-batch")
 
 
 def build_models(args, layers: int | None = None, hidden: int = 2048, intermediate: int = 6144,
@@ -506,6 +514,75 @@ def host_times(args, steps: int = 100) -> list[dict]:
     return rows
 
 
+CALLGRIND_DIR = "HYDRAHEAD_CALLGRIND_DIR"  # set in the child process that callgrind runs
+
+
+def host_instructions(args, steps: int = 4) -> list[dict]:
+    """Per model: machine instructions per eager decode step of the host section's narrow models, counted by
+    callgrind: this process runs the same command again under valgrind with instrumentation off
+    (`--instr-atstart=no`); the child (`count_decode_instructions`) switches it on around `steps` and then
+    3 x `steps` decode steps of each model and dumps a profile after each; the difference of the two
+    dumps over 2 x `steps` is one step's count."""
+    import glob
+    import re
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("the instructions section needs valgrind (callgrind): apt install valgrind")
+    with tempfile.TemporaryDirectory() as out:
+        child = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/callgrind.out",
+             sys.executable, *sys.argv], env={**os.environ, CALLGRIND_DIR: out, "PYTHONHASHSEED": "0"},  # same dicts
+            capture_output=True, text=True)
+        if child.returncode != 0:
+            raise SystemExit(f"the instructions section's child failed:\n{child.stdout[-2000:]}{child.stderr[-2000:]}")
+        counts: dict[str, dict[int, int]] = {}
+        for path in glob.glob(f"{out}/callgrind.out.*"):
+            text = open(path).read()
+            name, total = re.search(r"desc: Trigger: dump (\S+) (\d+)", text), re.search(r"totals: (\d+)", text)
+            if name and total:
+                counts.setdefault(name.group(1), {})[int(name.group(2))] = int(total.group(1))
+    per_step = {name: (c[3 * steps] - c[steps]) / (2 * steps) for name, c in counts.items()}
+    rows = []
+    for name in args.models:
+        layers = args.ops_layers
+        rows.append({"model": name, "layers": layers, "step_instructions": per_step[name],
+                     "layer_instructions": per_step[name] / layers, "ratio": per_step["teacher"] / per_step[name]})
+        print(f"instructions {name:<14} {per_step[name] / 1e6:8.3f} M per eager decode step, "
+              f"{per_step[name] / layers / 1e3:7.1f} K per layer (teacher / model x{rows[-1]['ratio']:.3f})", flush=True)
+    return rows
+
+
+@torch.no_grad()
+def count_decode_instructions(args, steps: int = 4) -> None:
+    """The child of `host_instructions`, run by callgrind: per model, warm-up steps uncounted, then `steps` and
+    3 x `steps` counted steps, each count zeroed first and dumped after (named "model count")."""
+    import subprocess
+
+    def control(*flags: str) -> None:
+        subprocess.run(["callgrind_control", *flags, str(os.getpid())], check=True, stdout=subprocess.DEVNULL)
+
+    torch.set_num_threads(1)  # a second thread's spin-waits would be counted, and differ from run to run
+    models = build_models(args, layers=args.ops_layers, hidden=64, intermediate=128, vocab=512, head_dim=16)
+    with kernels_skipped() if args.fla_interpreted else contextlib.nullcontext():
+        for name, model in models.items():
+            cache = filled_cache(model, "dynamic", 64, 1, room=4 * steps + 4)
+            token = torch.ones(1, 1, dtype=torch.long)
+            position = torch.full((1, 1), 64, dtype=torch.long)
+            for count in (0, steps, 3 * steps):  # 0: warm-up, uncounted
+                if count:
+                    control("--zero")
+                    control("--instr=on")
+                for _ in range(count or 3):
+                    position += 1
+                    eager_step(model, token, position, cache)
+                if count:
+                    control("--instr=off")
+                    control(f"--dump={name} {count}")
+
+
 # ---- generate, graphs, max batch ----------------------------------------------------------------------
 
 
@@ -648,12 +725,16 @@ def main() -> None:
             raise SystemExit(f"--profile takes comma-separated prompt lengths, got {args.profile!r}") from None
         if not profiled <= set(prefill_lengths):
             raise SystemExit(f"--profile {args.profile}: profile only lengths that --prefill times ({args.prefill})")
-    if args.teacher and {"ops", "host"} & set(sections):
-        raise SystemExit("the ops and host sections time a narrow random copy of the slice; with --teacher choose "
+    if "instructions" in sections and (sections != ["instructions"] or args.device != "cpu" or args.dtype != "fp32"):
+        raise SystemExit("the instructions section runs alone, on the CPU in fp32 (the host section's models)")
+    if args.teacher and {"ops", "host", "instructions"} & set(sections):
+        raise SystemExit("the ops, host and instructions sections measure a narrow random copy of the slice; with "
+                         "--teacher choose "
                          "other sections")
     if args.fla_interpreted:
-        if not set(sections) <= {"ops", "host"} or args.device != "cpu" or args.dtype != "fp32":
-            raise SystemExit("--fla-interpreted runs on the CPU in fp32: use it with the ops and host sections alone")
+        if not set(sections) <= {"ops", "host", "instructions"} or args.device != "cpu" or args.dtype != "fp32":
+            raise SystemExit("--fla-interpreted runs on the CPU in fp32: use it with the ops, host and instructions "
+                             "sections alone")
         from hydrahead.errors import FlaNotInstalledError
         from hydrahead.ops.gated_delta.interpret import interpret_fla_on_cpu
 
@@ -675,7 +756,7 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "load_before": os.getloadavg()[0], "allocator": args.allocator, "heap_allocator": heap,
         "prefill_chunk": args.prefill_chunk, "sections": sections,
-        "ops": [], "host": [], "floors": [], "prefill": [], "profiles": [], "decode": [], "generate": [],
+        "ops": [], "host": [], "instructions": [], "floors": [], "prefill": [], "profiles": [], "decode": [], "generate": [],
         "max_batch": [],
         "cache": [],
     }
@@ -685,7 +766,12 @@ def main() -> None:
     if "host" in sections:
         result["host"] = host_times(args)
         save(result, args)
-    timed = [x for x in sections if x not in ("ops", "host", "floors")]
+    if "instructions" in sections:
+        if os.environ.get(CALLGRIND_DIR):
+            return count_decode_instructions(args)  # the child, under callgrind: its counts are in its dumps
+        result["instructions"] = host_instructions(args)
+        save(result, args)
+    timed = [x for x in sections if x not in ("ops", "host", "instructions", "floors")]
     if not timed and "floors" not in sections:
         return finish(result, args)
 
@@ -806,8 +892,8 @@ def finish(result: dict, args) -> None:
 
 def print_tables(result: dict) -> None:
     if result["ops"]:
-        print(f"\n| model | ops per layer, decode step | vs teacher | ops per layer, 1K prefill | vs teacher |\n"
-              f"|---|---:|---:|---:|---:|")
+        print("\n| model | ops per layer, decode step | vs teacher | ops per layer, 1K prefill | vs teacher |\n"
+              "|---|---:|---:|---:|---:|")
         for row in result["ops"]:
             print(f"| {row['model']} | {row['decode_mean']:.1f} | {row['decode_ratio']:.2f}x | "
                   f"{row['prefill_mean']:.1f} | {row['prefill_ratio']:.2f}x |")
@@ -815,6 +901,11 @@ def print_tables(result: dict) -> None:
         print("\n| model | eager decode step, host us | per layer | teacher / model |\n|---|---:|---:|---:|")
         for row in result["host"]:
             print(f"| {row['model']} | {row['step_us']:.0f} | {row['layer_us']:.1f} | {row['ratio']:.2f}x |")
+    if result["instructions"]:
+        print("\n| model | eager decode step, M instructions | K per layer | teacher / model |\n|---|---:|---:|---:|")
+        for row in result["instructions"]:
+            print(f"| {row['model']} | {row['step_instructions'] / 1e6:.3f} | {row['layer_instructions'] / 1e3:.1f} | "
+                  f"{row['ratio']:.3f}x |")
     if result["generate"]:
         print("\n| context | model | generate ms/token | vs teacher | first call extra s |\n|---:|---|---:|---:|---:|")
         for row in result["generate"]:
