@@ -37,12 +37,13 @@ rotated order) in one process and reported as the ratio teacher time / model tim
             dispatch, per-op overhead), which is what bounds an eager decode step on a GPU; with
             --fla-interpreted, the hybrids' CUDA path, fla's kernels skipped (their Python wrappers timed)
   instructions  the host section's step counted, not timed: machine instructions per eager decode step
-            under valgrind's callgrind (needs valgrind; about 2 minutes, about 4 with --fla-interpreted),
+            under valgrind's callgrind (needs valgrind; about 3.5 minutes, 4 with --fla-interpreted),
             from the difference of 12 and 4 counted steps, so the counting's own start and stop cancel; one
             thread (on a GPU one host thread issues the step).
             Deterministic: a change of 1% shows on a loaded or throttled machine, where the host section's
             timings move by 30% or more between runs (docs/benchmarks.md). Instructions are not time (Python's
-            dispatch and a kernel's arithmetic differ in instructions per cycle): for comparing two commits
+            and the dispatcher's instructions differ in cycles each): compare commits on one path with it; its
+            teacher / model ratio is not a time ratio
   floors    no timing: what the arithmetic allows, each model's floor against the teacher's (the teacher's
             prefill FLOPs / the model's at the --prefill lengths, decode bytes at --decode x --batch; see
             Floors below): the ratio a model would reach if it and the teacher ran equally close to
