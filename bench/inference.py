@@ -493,12 +493,18 @@ def op_counts(args) -> list[dict]:
     return rows
 
 
+def narrow_models(args) -> dict[str, torch.nn.Module]:
+    """The host and instructions sections' models: the head layout and --ops-layers layers of the slice, at
+    widths too narrow for their arithmetic to count."""
+    return build_models(args, layers=args.ops_layers, hidden=64, intermediate=128, vocab=512, head_dim=16)
+
+
 def host_times(args, steps: int = 100) -> list[dict]:
     """Per model: microseconds per eager decode step on a copy of the config too narrow for its arithmetic to
     count, the minimum over max(--repeats, 5) interleaved rounds of `steps` steps. With --fla-interpreted,
     the hybrids' CUDA path with Triton's launches skipped (`kernels_skipped`): the host's side of it, fla's
     Python wrappers included, its kernels' launch cost and outputs not."""
-    models = build_models(args, layers=args.ops_layers, hidden=64, intermediate=128, vocab=512, head_dim=16)
+    models = narrow_models(args)
     names, best = list(models), {}
     with kernels_skipped() if args.fla_interpreted else contextlib.nullcontext():
         for r in range(max(args.repeats, 5)):
@@ -524,11 +530,11 @@ def host_instructions(args, steps: int = 4) -> list[dict]:
     (`--instr-atstart=no`); the child (`count_decode_instructions`) switches it on around `steps` and then
     3 x `steps` decode steps of each model and dumps a profile after each; the difference of the two
     dumps over 2 x `steps` is one step's count."""
-    import glob
     import re
     import shutil
     import subprocess
     import tempfile
+    from pathlib import Path
 
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("the instructions section needs valgrind (callgrind): apt install valgrind")
@@ -538,21 +544,22 @@ def host_instructions(args, steps: int = 4) -> list[dict]:
              sys.executable, *sys.argv], env={**os.environ, CALLGRIND_DIR: out, "PYTHONHASHSEED": "0"},  # same dicts
             capture_output=True, text=True)
         if child.returncode != 0:
-            raise SystemExit(f"the instructions section's child failed:\n{child.stdout[-2000:]}{child.stderr[-2000:]}")
+            raise SystemExit("the instructions section's child failed:\n"
+                             f"{child.stdout[-2000:]}{child.stderr[-2000:]}")
         counts: dict[str, dict[int, int]] = {}
-        for path in glob.glob(f"{out}/callgrind.out.*"):
-            text = open(path).read()
+        for path in Path(out).glob("callgrind.out.*"):
+            text = path.read_text()
             name, total = re.search(r"desc: Trigger: dump (\S+) (\d+)", text), re.search(r"totals: (\d+)", text)
             if name and total:
                 counts.setdefault(name.group(1), {})[int(name.group(2))] = int(total.group(1))
     per_step = {name: (c[3 * steps] - c[steps]) / (2 * steps) for name, c in counts.items()}
-    rows = []
+    rows, layers = [], args.ops_layers
     for name in args.models:
-        layers = args.ops_layers
         rows.append({"model": name, "layers": layers, "step_instructions": per_step[name],
                      "layer_instructions": per_step[name] / layers, "ratio": per_step["teacher"] / per_step[name]})
         print(f"instructions {name:<14} {per_step[name] / 1e6:8.3f} M per eager decode step, "
-              f"{per_step[name] / layers / 1e3:7.1f} K per layer (teacher / model x{rows[-1]['ratio']:.3f})", flush=True)
+              f"{per_step[name] / layers / 1e3:7.1f} K per layer (teacher / model x{rows[-1]['ratio']:.3f})",
+              flush=True)
     return rows
 
 
@@ -566,7 +573,7 @@ def count_decode_instructions(args, steps: int = 4) -> None:
         subprocess.run(["callgrind_control", *flags, str(os.getpid())], check=True, stdout=subprocess.DEVNULL)
 
     torch.set_num_threads(1)  # a second thread's spin-waits would be counted, and differ from run to run
-    models = build_models(args, layers=args.ops_layers, hidden=64, intermediate=128, vocab=512, head_dim=16)
+    models = narrow_models(args)
     with kernels_skipped() if args.fla_interpreted else contextlib.nullcontext():
         for name, model in models.items():
             cache = filled_cache(model, "dynamic", 64, 1, room=4 * steps + 4)

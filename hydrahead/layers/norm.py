@@ -55,9 +55,10 @@ def weight_table(store: object | None, key: tuple, build: Callable[[], T]) -> T:
     """build(): a tensor (or tuple of them) made from weights alone (a per-head table), kept in `store`, the
     layer's cache layer, under `key`: it lives for one generation, through which the weights do not change,
     so a decode step launches no kernels for it; the cache's `reset` drops it (`forget_weight_tables`). `key`
-    is (what, the dtype the table depends on), so a model cast between two forwards on one cache builds new
-    tables (a tuple, not a formatted string: a decode step formats no text). Built afresh without a cache, with autograd on (it belongs to the graph), under torch.compile
-    (which fuses it into the step) and while torch.jit traces (a kept table would become a constant). Never
+    is a tuple (what, then the dtype the table depends on, if any; not a formatted string, so a decode step
+    formats no text): a model cast between two forwards on one cache builds new tables. Built afresh without a
+    cache, with autograd on (it belongs to the graph), under torch.compile (which fuses it into the step) and
+    while torch.jit traces (a kept table would become a constant). Never
     kept on the module: an optimizer step (fused AdamW's among them), a `.data` edit or a broadcast changes
     weights without a trace a key could check."""
     if store is None or torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():

@@ -40,11 +40,12 @@ def interpret_fla_on_cpu() -> None:
     fla.load_fla_kernels()  # every module whose kernels the hybrid runs (or FlaNotInstalledError)
     fla.load_fla_conv()
 
-    # Four gaps of the interpreter (the fourth further down). Its autotuner times configs through a GPU driver (none here): report
-    # equal times, so the first config runs. A kernel's `for i in range(n)` gives Python ints where compiled
-    # Triton gives tensors, and fla calls `i.to(tl.int64)` (closed for fla's modules only). A mask made from a
-    # Python comparison and a block mask (`(t < T) & m`, in fla's conv backward from an initial state) comes
-    # out int32, which its loads and stores refuse: compiled Triton reads a mask as true where nonzero.
+    # Four gaps of the interpreter (the fourth further down). Its autotuner times configs through a GPU driver
+    # (none here): report equal times, so the first config runs. A kernel's `for i in range(n)` gives Python
+    # ints where compiled Triton gives tensors, and fla calls `i.to(tl.int64)` (closed for fla's modules only).
+    # A mask made from a Python comparison and a block mask (`(t < T) & m`, in fla's conv backward from an
+    # initial state) comes out int32, which its loads and stores refuse: compiled Triton reads a mask as true
+    # where nonzero.
     autotuner.Autotuner.do_bench = lambda self, fn, quantiles=None: [1.0, 1.0, 1.0]
     builder = interpreter.InterpreterBuilder
     if not getattr(builder, "masks_as_bool", False):
