@@ -135,7 +135,7 @@ class GatedDeltaNetBranch(nn.Module):
 
         if fused:  # fla: L2 norm, gate and beta inside the kernels
             return fla_gated_delta_net(q, k, v, a, b, self.A_log, self.dt_bias, initial_state=state,
-                                       output_final_state=final,
+                                       output_final_state=final, state_in_place=decode,  # as the PyTorch step
                                        cu_seqlens=documents.cu_seqlens if documents is not None else None)
         beta = torch.sigmoid(b.float())  # (B, T, H)
         decay, dt_bias = weight_table(cache_layer, ("gdn gate",),  # fp32 whatever the weights' dtype

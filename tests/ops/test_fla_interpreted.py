@@ -51,7 +51,7 @@ def test_fla_path_matches_the_pytorch_path(check):
 class FlaSwitch:
     """hydrahead's dispatch to fla (in Triton's interpreter) open to CPU tensors while `on`; counts the fla
     calls (the gated delta rule's in `calls`, the short conv's in `conv_calls`, inference decode steps through
-    fla's forward function in `decode_calls`) so that a check fails if the path it means to test was never
+    fla's kernel launched directly in `decode_calls`) so that a check fails if the path it means to test was never
     taken."""
 
     def __init__(self):
@@ -142,6 +142,15 @@ def check_prefill_and_decode(switch, family="qwen3", shared_kv=False):
     assert rel_err(got, ref) < TOL, rel_err(got, ref)
     for layer, (a, b) in enumerate(zip(ref_cache.layers, got_cache.layers)):
         assert rel_err(b.recurrent_state(), a.recurrent_state()) < TOL, layer
+    states = [layer.recurrent_state() for layer in got_cache.layers]
+    switch.on = True
+    try:
+        with torch.no_grad():
+            model(ids[:, -1:], past_key_values=got_cache, use_cache=True)
+    finally:
+        switch.on = False
+    assert all(layer.recurrent_state() is state for layer, state in zip(got_cache.layers, states)), \
+        "a decode step through fla's kernel writes the cached state in place"
 
 
 def check_fla_prompt_pytorch_steps(switch):

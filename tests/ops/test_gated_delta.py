@@ -15,7 +15,7 @@ from transformers.models.qwen3_next import modeling_qwen3_next
 from hydrahead.ops import FlaNotInstalledError, GatedDeltaRuleError, gated_delta_rule, gated_delta_rule_step
 from hydrahead.ops import gated_delta
 from hydrahead.ops.gated_delta.chunk import chunk_gated_delta_rule
-from hydrahead.ops.gated_delta.fla import fla_is_available, load_fla_decode_forward, load_fla_kernels
+from hydrahead.ops.gated_delta.fla import fla_is_available, load_fla_decode_kernel, load_fla_kernels
 from hydrahead.ops.gated_delta.naive import recurrent_gated_delta_rule
 
 # transformers swaps these for fla's kernels when fla is installed; unwrap to always get the PyTorch code.
@@ -290,42 +290,34 @@ def test_missing_fla_raises_with_install_hint(monkeypatch: pytest.MonkeyPatch) -
         fla_is_available.cache_clear()
 
 
-def test_decode_calls_flas_forward_function_only_where_it_takes_our_arguments(monkeypatch: pytest.MonkeyPatch):
-    """An inference decode step calls fla's internal forward function (no autograd Function, no input guard)
-    only where that function has fla 0.6's parameters; another release's signature (renamed, extended by a flag
-    that could change what our arguments mean, or needing more) falls back to fla's public function instead of
-    failing mid-generation or computing something else."""
-    def ours(q, k, v, g=None, gk=None, gv=None, beta=None, A_log=None, dt_bias=None, scale=None, initial_state=None,
-             output_final_state=False, use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=False,
-             allow_neg_eigval=False, state_v_first=False, cu_seqlens=None):
-        pass
+def test_decode_launches_flas_kernel_only_where_it_takes_our_arguments(monkeypatch: pytest.MonkeyPatch):
+    """An inference decode step launches fla's fused recurrent kernel itself (no autograd Function, input guard,
+    forward function or heuristics) only where the kernel under the heuristics has fla 0.6's arguments; another
+    release's (renamed, extended by a flag that could change what ours mean, or without one we set) falls back to
+    fla's public function instead of failing mid-generation or computing something else."""
+    from hydrahead.ops.gated_delta.fla import _DECODE_KERNEL_ARGUMENTS
 
-    def renamed(q, k, v, g=None, beta=None, gate_log=None, dt_bias=None, scale=None, initial_state=None,
-                output_final_state=False, use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=False):
-        pass
+    class Heuristics:  # Triton's wrapper: the JIT function as `fn`, which lists its arguments in `arg_names`
+        def __init__(self, names):
+            self.fn = types.SimpleNamespace(arg_names=list(names))
 
-    def needs_more(q, k, v, g, beta, A_log, dt_bias, scale, initial_state, output_final_state,
-                   use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, state_layout):
-        pass
-
-    def extended(q, k, v, g=None, gk=None, gv=None, beta=None, A_log=None, dt_bias=None, scale=None,
-                 initial_state=None, output_final_state=False, use_qk_l2norm_in_kernel=False,
-                 use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False, state_v_first=False, cu_seqlens=None,
-                 use_gate_in_kernel=False):
-        pass
-
+    ours = Heuristics(sorted(_DECODE_KERNEL_ARGUMENTS))
+    renamed = Heuristics(sorted(_DECODE_KERNEL_ARGUMENTS - {"h0"} | {"initial_state"}))
+    extended = Heuristics(sorted(_DECODE_KERNEL_ARGUMENTS | {"USE_EXP2"}))
+    fewer = Heuristics(sorted(_DECODE_KERNEL_ARGUMENTS - {"ALLOW_NEG_EIGVAL"}))
+    no_heuristics = types.SimpleNamespace(arg_names=sorted(_DECODE_KERNEL_ARGUMENTS))  # no `fn`
     module = types.ModuleType("fla.ops.gated_delta_rule.fused_recurrent")
     monkeypatch.setitem(sys.modules, module.__name__, module)
     try:
-        for forward, taken in ((ours, True), (renamed, False), (needs_more, False), (extended, False)):
-            module.fused_recurrent_gated_delta_rule_fwd = forward
-            load_fla_decode_forward.cache_clear()
-            assert (load_fla_decode_forward() is forward) == taken, forward.__name__
+        for kernel, taken in ((ours, True), (renamed, False), (extended, False), (fewer, False), (no_heuristics, False)):
+            module.fused_recurrent_gated_delta_rule_fwd_kernel = kernel
+            load_fla_decode_kernel.cache_clear()
+            assert load_fla_decode_kernel() is (kernel.fn if taken else None)
         monkeypatch.setitem(sys.modules, module.__name__, None)  # no such module
-        load_fla_decode_forward.cache_clear()
-        assert load_fla_decode_forward() is None
+        load_fla_decode_kernel.cache_clear()
+        assert load_fla_decode_kernel() is None
     finally:
-        load_fla_decode_forward.cache_clear()
+        load_fla_decode_kernel.cache_clear()
 
 
 # ---- fla on CUDA (bf16) against the fp32 reference ----------------------------------------------------------

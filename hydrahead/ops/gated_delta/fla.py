@@ -13,10 +13,10 @@ arguments as the rest of `hydrahead.ops`:
     final_state     (B, H, Dk, Dv)     fp32
 
 T > 1 uses the chunked kernel (prefill, training); T == 1 uses the fused recurrent kernel (decode,
-forward only: fla has no backward for it). An inference decode step (autograd off) calls that kernel's
-forward function itself, without the autograd Function and input guard around it: an eager decode step
-is bound by the host's time per call (docs/benchmarks.md, host time per eager decode step: this and the
-dynamic cache keeping the new state took HydraHead 7:1 from 0.62-0.64x the teacher's to 0.66-0.70x).
+forward only: fla has no backward for it). An inference decode step (autograd off) launches that kernel
+itself, without the autograd Function, input guard, forward function and Triton heuristics around it, and
+writes the new state over the cached one: an eager decode step is bound by the host's time per call
+(docs/benchmarks.md, "Counted instead of timed").
 
 `fla_gated_delta_net` is the call of a Gated DeltaNet layer, as fla's own `GatedDeltaNet` makes it: raw
 q, k (L2-normalised in the kernel), the raw gate input `a` with `A_log` and `dt_bias` (the log decay
@@ -30,7 +30,6 @@ backward), where the PyTorch form takes six passes over its input (pad, K multip
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 
 import torch
@@ -68,25 +67,29 @@ def load_fla_conv() -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
     return causal_conv1d
 
 
-# The parameters of fla 0.6's forward function (it takes the gate in the kernel from A_log being given): any
-# other set (a new flag could change what our arguments mean) falls back to fla's public function.
-_DECODE_FORWARD_PARAMETERS = frozenset({
-    "q", "k", "v", "g", "gk", "gv", "beta", "A_log", "dt_bias", "scale", "initial_state", "output_final_state",
-    "use_qk_l2norm_in_kernel", "use_beta_sigmoid_in_kernel", "allow_neg_eigval", "state_v_first", "cu_seqlens"})
+# The arguments of fla 0.6's fused recurrent kernel: any other set (a new argument could change what ours mean)
+# falls back to fla's public function.
+_DECODE_KERNEL_ARGUMENTS = frozenset({
+    "q", "k", "v", "g", "gk", "gv", "beta", "A_log", "dt_bias", "o", "h0", "ht", "cu_seqlens", "scale", "T", "H",
+    "HV", "K", "V", "BK", "BV", "USE_G", "USE_GK", "USE_GV", "USE_QK_L2NORM_IN_KERNEL", "IS_BETA_HEADWISE",
+    "USE_INITIAL_STATE", "STORE_FINAL_STATE", "STATE_V_FIRST", "IS_VARLEN", "USE_GATE_IN_KERNEL", "HAS_DT_BIAS",
+    "APPLY_BETA_SIGMOID", "ALLOW_NEG_EIGVAL"})
 
 
 @functools.cache
-def load_fla_decode_forward() -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]] | None:
-    """fla's forward function of the fused recurrent kernel (what its autograd Function calls), or None where
-    this fla has no such function with fla 0.6's parameters (an internal of fla: another release may rename or
-    extend it); an inference decode step calls it directly (`_run_fla`), else fla's public function."""
+def load_fla_decode_kernel():
+    """fla's fused recurrent gated delta rule kernel without the `triton.heuristics` around it (the caller gives
+    the flags they would derive), or None where this fla's kernel takes other arguments (an internal of fla:
+    another release may rename or extend them); an inference decode step launches it directly (`_run_fla`),
+    else fla's public function."""
     try:
-        from fla.ops.gated_delta_rule.fused_recurrent import fused_recurrent_gated_delta_rule_fwd as forward
+        from fla.ops.gated_delta_rule.fused_recurrent import fused_recurrent_gated_delta_rule_fwd_kernel as kernel
     except ImportError:
         return None
-    if inspect.signature(forward).parameters.keys() != _DECODE_FORWARD_PARAMETERS:
+    jit = getattr(kernel, "fn", None)  # Triton's Heuristics wraps the JIT (or interpreted) function
+    if frozenset(getattr(jit, "arg_names", ())) != _DECODE_KERNEL_ARGUMENTS:
         return None
-    return forward
+    return jit
 
 
 @functools.cache
@@ -121,14 +124,16 @@ def fla_gated_delta_net(
     initial_state: torch.Tensor | None = None,
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
+    state_in_place: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated delta rule from raw inputs, L2 norm, gate and beta in fla's kernels. q, k, v (B, T, H, D) before
     the L2 norm; a, b (B, T, H) the gate and beta projections; A_log, dt_bias (H,). With `cu_seqlens` the
-    (B, T) rows are packed documents: flattened to one row for the kernel, restored in the output."""
+    (B, T) rows are packed documents: flattened to one row for the kernel, restored in the output. With
+    `state_in_place`, a decode step may write the final state over `initial_state` (and return it)."""
     B, T = q.shape[:2]
     if cu_seqlens is not None:
         q, k, v, a, b = (x.reshape(1, B * T, *x.shape[2:]) for x in (q, k, v, a, b))
-    o, final_state = _run_fla(q, k, v, a, b, initial_state, output_final_state, cu_seqlens,
+    o, final_state = _run_fla(q, k, v, a, b, initial_state, output_final_state, cu_seqlens, state_in_place,
                               use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
                               A_log=A_log, dt_bias=dt_bias)
     return o.view(B, T, *o.shape[2:]), final_state
@@ -172,44 +177,65 @@ def fla_gated_delta_rule(
     return _run_fla(q, k, v, g.to(torch.float32), beta, initial_state, output_final_state, cu_seqlens, scale=scale)
 
 
-def _run_fla(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens, **options):
+def _run_fla(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens, state_in_place=False, **options):
     """fla's fused recurrent kernel for one token, its chunk kernel otherwise; the state in and out in fp32,
-    o in v's dtype. Keyword arguments only: the positional order of fla's signatures has changed between
-    releases."""
+    o in v's dtype. `state_in_place`: the caller's `initial_state` may be overwritten by the final state (a decode
+    step's cached state, as the PyTorch step updates it; taken where the kernel is launched directly). Keyword
+    arguments only: the positional order of fla's signatures has changed between releases."""
+    if q.shape[1] == 1 and cu_seqlens is None and _decode_kernel_applies(q):
+        return _decode_forward(q, k, v, g, beta, initial_state, output_final_state, state_in_place, **options)
     if initial_state is not None:
         initial_state = initial_state.to(torch.float32).contiguous()
-    if q.shape[1] == 1 and cu_seqlens is None and _decode_forward_applies(q):
-        o, final_state = _decode_forward(q, k, v, g, beta, initial_state, output_final_state, **options)
-    else:
-        if cu_seqlens is not None:
-            options["cu_seqlens"] = cu_seqlens.to(torch.long)
-        chunk_kernel, recurrent_kernel = load_fla_kernels()
-        kernel = recurrent_kernel if q.shape[1] == 1 else chunk_kernel
-        o, final_state = kernel(q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state,
-                                output_final_state=output_final_state, **options)
+    if cu_seqlens is not None:
+        options["cu_seqlens"] = cu_seqlens.to(torch.long)
+    chunk_kernel, recurrent_kernel = load_fla_kernels()
+    kernel = recurrent_kernel if q.shape[1] == 1 else chunk_kernel
+    o, final_state = kernel(q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state,
+                            output_final_state=output_final_state, **options)
     if final_state is not None:
         final_state = final_state.to(torch.float32)
     return o.to(v.dtype), final_state
 
 
-def _decode_forward_applies(q: torch.Tensor) -> bool:
-    """Whether an inference decode step may call fla's forward function itself: no autograd (the kernel has no
-    backward), the function present, and q on the current CUDA device (fla's wrapper would switch to it)."""
-    return (not torch.is_grad_enabled() and load_fla_decode_forward() is not None
+def _decode_kernel_applies(q: torch.Tensor) -> bool:
+    """Whether an inference decode step may launch fla's kernel itself: no autograd (the kernel has no backward),
+    the kernel's arguments those of fla 0.6, and q on the current CUDA device (fla's wrapper would switch to it)."""
+    return (not torch.is_grad_enabled() and load_fla_decode_kernel() is not None
             and (not q.is_cuda or q.device.index == torch.cuda.current_device()))
 
 
-def _decode_forward(q, k, v, g, beta, initial_state, output_final_state, *, scale=None, use_gate_in_kernel=False,
-                    **options):
-    """One decode step through fla's forward function: what `fused_recurrent_gated_delta_rule` runs, without
-    its autograd Function and its input guard (an eager decode step is bound by the host's time per call,
-    docs/benchmarks.md). The guard's work done here: contiguous inputs (a batch's rows of a projection are
-    strided); its device switch is why `_decode_forward_applies` wants q on the current device. fla's forward
-    takes the gate in the kernel from `A_log` being given, not from a flag."""
+def _decode_forward(q, k, v, g, beta, initial_state, output_final_state, state_in_place=False, *, scale=None,
+                    use_gate_in_kernel=False, A_log=None, dt_bias=None, use_qk_l2norm_in_kernel=False,
+                    use_beta_sigmoid_in_kernel=False):
+    """One decode step, fla's fused recurrent kernel launched as its forward function launches it, without the
+    Python around the launch: the autograd Function, the input guard, the forward function and Triton's
+    heuristics (eight lambdas, each given a dict of all 34 arguments), whose flags are set here. An eager decode
+    step is bound by the host's time per call (docs/benchmarks.md). The guard's work done here: contiguous
+    inputs (a batch's rows of a projection are strided); its device switch is why `_decode_kernel_applies` wants
+    q on the current device. With `state_in_place` the final state is written over `initial_state` (each kernel
+    program reads its block of the state before it writes it), so no new state is allocated."""
+    B, _, H, K = k.shape
+    HV, V = v.shape[2], v.shape[3]
+    q, k, v, beta = q.contiguous(), k.contiguous(), v.contiguous(), beta.contiguous()
+    g = g.contiguous() if g is not None else None
+    if initial_state is not None and (initial_state.dtype != torch.float32 or not initial_state.is_contiguous()):
+        initial_state, state_in_place = initial_state.to(torch.float32).contiguous(), True  # our own copy
+    if not output_final_state:
+        final_state = None
+    elif state_in_place and initial_state is not None:
+        final_state = initial_state
+    else:
+        final_state = q.new_empty(B, HV, K, V, dtype=torch.float32)
     if not use_gate_in_kernel:
-        options.pop("A_log", None)
-        options.pop("dt_bias", None)
-    q, k, v, g, beta = (x.contiguous() for x in (q, k, v, g, beta))
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return load_fla_decode_forward()(q=q, k=k, v=v, g=g, beta=beta, scale=scale, initial_state=initial_state,
-                                     output_final_state=output_final_state, **options)
+        A_log = dt_bias = None
+    o = torch.empty_like(v)
+    block_v = min(8, 1 << (V - 1).bit_length())  # fla's: BK the next power of two of K, BV of V up to 8
+    load_fla_decode_kernel()[(-(-V // block_v) * B * HV,)](
+        q=q, k=k, v=v, g=g, gk=None, gv=None, beta=beta, A_log=A_log, dt_bias=dt_bias, o=o, h0=initial_state,
+        ht=final_state, cu_seqlens=None, scale=K**-0.5 if scale is None else scale, T=1, H=H, HV=HV, K=K, V=V,
+        BK=1 << (K - 1).bit_length(), BV=block_v, USE_G=g is not None, USE_GK=False, USE_GV=False,
+        USE_QK_L2NORM_IN_KERNEL=use_qk_l2norm_in_kernel, IS_BETA_HEADWISE=beta.ndim != v.ndim,
+        USE_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=final_state is not None,
+        STATE_V_FIRST=False, IS_VARLEN=False, USE_GATE_IN_KERNEL=A_log is not None, HAS_DT_BIAS=dt_bias is not None,
+        APPLY_BETA_SIGMOID=use_beta_sigmoid_in_kernel, ALLOW_NEG_EIGVAL=False, num_warps=1, num_stages=3)
+    return o, final_state
