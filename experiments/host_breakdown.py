@@ -7,8 +7,10 @@ slice at widths too narrow for arithmetic to count, 64 tokens cached, batch 1, d
 under valgrind's callgrind with collection off; the child wraps each zone's function in callgrind's
 collect toggle (a client request from a small C shim compiled here: needs gcc and valgrind's headers), runs
 --steps decode steps and dumps the count. A zone's figure includes everything its function calls, and a
-function wrapped in several modules is wrapped in each. docs/benchmarks.md, "Counted instead of timed",
-cites it.
+function wrapped in several modules is wrapped in each. Figures are per layer: work a hybrid does once per
+forward, in its first layer (the RoPE tables and the FA log scale, zones of their own), is spread over
+--layers (4) here and over 28 in Qwen3-1.7B, so a hybrid layer reads a little heavier here.
+docs/benchmarks.md, "Counted instead of timed", cites it.
 
 Usage:
   python experiments/host_breakdown.py                                        # the CPU path (6 minutes)
@@ -43,6 +45,7 @@ def zones(models: dict) -> dict[str, list[tuple[str, list, str]]]:
     measures the toggles' own cost."""
     import transformers.models.qwen3.modeling_qwen3 as qwen3
 
+    import hydrahead.layers.context as context
     import hydrahead.layers.full_attention as fa
     import hydrahead.layers.fusion as fusion
     import hydrahead.layers.gdn as gdn
@@ -58,7 +61,10 @@ def zones(models: dict) -> dict[str, list[tuple[str, list, str]]]:
                ("GDN short conv", [short_conv.ShortConv], "forward"),
                ("GDN rule (norm weight, RoPE, gates, step)", [gdn.GatedDeltaNetBranch], "_rule"),
                ("fla call (CUDA path)", [gdn], "fla_gated_delta_net"), ("fusion", [hybrid], "fuse"),
-               ("weight tables", [fa, gdn, fusion], "weight_table")]
+               ("weight tables", [fa, gdn, fusion], "weight_table"),
+               # made by the first layer for all (spread over --layers here, over 28 in Qwen3-1.7B)
+               ("RoPE tables, per forward", [context.ForwardContext], "rotary"),
+               ("FA log scale, per forward", [context.ForwardContext], "query_scale")]
     return {name: [("(toggles alone)", [], "")] + (teacher if name == "teacher" else hybrids) for name in models}
 
 
