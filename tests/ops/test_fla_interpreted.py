@@ -29,7 +29,8 @@ from hydrahead.ops.gated_delta import fla
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ["prefill_and_decode", "fla_prompt_pytorch_steps", "shared_kv_qwen2", "packed_documents", "backward",
-          "generate", "generate_static", "bench_counts_fla_launches", "short_conv", "prompt_in_pieces"]
+          "generate", "generate_static", "bench_counts_fla_launches", "short_conv", "prompt_in_pieces",
+          "op_decode_step"]
 TOL = 1e-4  # fp32 on both sides; fla's chunk kernel vs ours differ by ~1e-6 at the op
 
 
@@ -229,6 +230,28 @@ def check_bench_counts_fla_launches(switch):
         _, prefill_launches = layer_ops(model, 64, 0)
     assert plain_launches == 0 and launches == len(model.model.layers) and prefill_launches > launches
     assert all(f < p for f, p in zip(fused, plain))  # the L2 norm, gate and step in one kernel
+
+
+def check_op_decode_step(switch):
+    """`fla_gated_delta_rule` (the `fla` mode of `hydrahead.ops.gated_delta_rule`: the log decay and beta given,
+    no gate in the kernel) for one token after a state, through the directly launched decode kernel, against the
+    fp32 recurrent reference; the caller's state is read, not overwritten (only a hybrid's decode step hands
+    over its cached state to be updated in place)."""
+    import torch.nn.functional as F
+
+    from hydrahead.ops import gated_delta_rule
+
+    q, k = (F.normalize(torch.randn(2, 1, 3, 16), dim=-1) for _ in range(2))
+    v, g, beta, state = torch.randn(2, 1, 3, 16), -torch.rand(2, 1, 3), torch.rand(2, 1, 3), torch.randn(2, 3, 16, 16)
+    kept = state.clone()
+    with torch.no_grad():
+        ref, ref_state = gated_delta_rule(q, k, v, g, beta, initial_state=state, output_final_state=True,
+                                          mode="recurrent")
+        calls = switch.decode_calls
+        got, got_state = fla.fla_gated_delta_rule(q, k, v, g, beta, initial_state=state, output_final_state=True)
+    assert switch.decode_calls == calls + 1, "the direct decode launch was not taken"
+    assert rel_err(got, ref) < TOL and rel_err(got_state, ref_state) < TOL
+    assert torch.equal(state, kept) and got_state is not state
 
 
 def check_short_conv(switch):
