@@ -521,37 +521,52 @@ def host_times(args, steps: int = 100) -> list[dict]:
     return rows
 
 
-CALLGRIND_DIR = "HYDRAHEAD_CALLGRIND_DIR"  # set in the child process that callgrind runs
+CALLGRIND_CHILD = "HYDRAHEAD_CALLGRIND_CHILD"  # set in the child process that callgrind runs
 
 
-def host_instructions(args, steps: int = 4) -> list[dict]:
-    """Per model: machine instructions per eager decode step of the host section's narrow models, counted by
-    callgrind: this process runs the same command again under valgrind with instrumentation off
-    (`--instr-atstart=no`); the child (`count_decode_instructions`) switches it on around `steps` and then
-    3 x `steps` decode steps of each model and dumps a profile after each; the difference of the two
-    dumps over 2 x `steps` is one step's count."""
+def callgrind_totals(off_at_start: str, env: dict[str, str]) -> dict[str, int]:
+    """Run this same command again under valgrind's callgrind, `off_at_start` ("--instr-atstart=no" or
+    "--collect-atstart=no": the child switches counting on where it counts), with `env` added and PYTHONHASHSEED
+    fixed (the same dict layouts, so the same instructions, from run to run); return each profile the child
+    dumped as its total instructions, by its trigger (what callgrind's `desc: Trigger:` line names)."""
     import re
     import shutil
     import subprocess
     import tempfile
     from pathlib import Path
 
-    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
-        raise SystemExit("the instructions section needs valgrind (callgrind): apt install valgrind")
+    if shutil.which("valgrind") is None:
+        raise SystemExit("counting instructions needs valgrind (callgrind): apt install valgrind")
     with tempfile.TemporaryDirectory() as out:
         child = subprocess.run(
-            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}/callgrind.out",
-             sys.executable, *sys.argv], env={**os.environ, CALLGRIND_DIR: out, "PYTHONHASHSEED": "0"},  # same dicts
+            ["valgrind", "--tool=callgrind", off_at_start, f"--callgrind-out-file={out}/callgrind.out",
+             sys.executable, *sys.argv], env={**os.environ, **env, "PYTHONHASHSEED": "0"},
             capture_output=True, text=True)
         if child.returncode != 0:
-            raise SystemExit("the instructions section's child failed:\n"
-                             f"{child.stdout[-2000:]}{child.stderr[-2000:]}")
-        counts: dict[str, dict[int, int]] = {}
+            raise SystemExit(f"the child run under callgrind failed:\n{child.stdout[-2000:]}{child.stderr[-2000:]}")
+        totals = {}
         for path in Path(out).glob("callgrind.out.*"):
             text = path.read_text()
-            name, total = re.search(r"desc: Trigger: dump (\S+) (\d+)", text), re.search(r"totals: (\d+)", text)
-            if name and total:
-                counts.setdefault(name.group(1), {})[int(name.group(2))] = int(total.group(1))
+            trigger, total = re.search(r"desc: Trigger: (.+)", text), re.search(r"totals: (\d+)", text)
+            if trigger and total:
+                totals[trigger.group(1)] = int(total.group(1))
+    return totals
+
+
+def host_instructions(args, steps: int = 4) -> list[dict]:
+    """Per model: machine instructions per eager decode step of the host section's narrow models, counted by
+    callgrind (`callgrind_totals`, instrumentation off at the start); the child (`count_decode_instructions`)
+    switches it on around `steps` and then 3 x `steps` decode steps of each model and dumps a profile after
+    each; the difference of the two dumps over 2 x `steps` is one step's count."""
+    import shutil
+
+    if shutil.which("callgrind_control") is None:
+        raise SystemExit("the instructions section needs valgrind (callgrind): apt install valgrind")
+    counts: dict[str, dict[int, int]] = {}
+    for trigger, total in callgrind_totals("--instr-atstart=no", {CALLGRIND_CHILD: "1"}).items():
+        if trigger.startswith("dump "):  # "dump <model> <steps>"
+            _, name, count = trigger.split()
+            counts.setdefault(name, {})[int(count)] = total
     per_step = {name: (c[3 * steps] - c[steps]) / (2 * steps) for name, c in counts.items()}
     rows, layers = [], args.ops_layers
     for name in args.models:
@@ -775,7 +790,7 @@ def main() -> None:
         result["host"] = host_times(args)
         save(result, args)
     if "instructions" in sections:
-        if os.environ.get(CALLGRIND_DIR):
+        if os.environ.get(CALLGRIND_CHILD):
             return count_decode_instructions(args)  # the child, under callgrind: its counts are in its dumps
         result["instructions"] = host_instructions(args)
         save(result, args)

@@ -24,7 +24,6 @@ import contextlib
 import ctypes
 import functools
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -86,11 +85,12 @@ def child(args) -> None:
     shim = ctypes.CDLL(os.environ[CHILD])
     torch.set_num_threads(1)  # as the instructions section: a second thread's spin-waits would be counted
     models = bench.narrow_models(args)
+    named = zones(models)
     with bench.kernels_skipped() if args.fla_interpreted else contextlib.nullcontext():
         for name, model in models.items():
             cache = bench.filled_cache(model, "dynamic", 64, 1, room=64 * args.steps)
             token, position = torch.ones(1, 1, dtype=torch.long), torch.full((1, 1), 64, dtype=torch.long)
-            for zone, owners, attr in zones(models)[name]:
+            for zone, owners, attr in named[name]:
                 originals = [getattr(owner, attr) for owner in owners]
                 for owner, original in zip(owners, originals):
                     setattr(owner, attr, wrapped(original, shim))
@@ -126,28 +126,22 @@ def main() -> None:
         interpret_fla_on_cpu()
     if CHILD in os.environ:
         return child(args)
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out:  # the shim, for the child to load
         shim = f"{out}/shim.so"
         built = subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-x", "c", "-", "-o", shim], input=SHIM,
                                text=True, capture_output=True)
         if built.returncode != 0:
             raise SystemExit(f"could not build the callgrind shim (needs gcc and valgrind's headers):\n{built.stderr}")
-        run = subprocess.run(["valgrind", "--tool=callgrind", "--collect-atstart=no",
-                              f"--callgrind-out-file={out}/callgrind.out", sys.executable, *sys.argv],
-                             env={**os.environ, CHILD: shim, "PYTHONHASHSEED": "0"}, capture_output=True, text=True)
-        if run.returncode != 0:
-            raise SystemExit(f"the child failed:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
-        counts: dict[str, dict[str, int]] = {}
-        for path in Path(out).glob("callgrind.out.*"):
-            text = path.read_text()
-            zone, total = re.search(r"desc: Trigger: Client Request: (.+)", text), re.search(r"totals: (\d+)", text)
-            if zone and total:
-                name, _, label = zone.group(1).partition("|")
-                counts.setdefault(name, {})[label] = int(total.group(1))
-    per_layer = args.steps * args.layers
+        totals = bench.callgrind_totals("--collect-atstart=no", {CHILD: shim})
+    counts: dict[str, dict[str, int]] = {}
+    for trigger, total in totals.items():
+        if trigger.startswith("Client Request: "):  # "Client Request: <model>|<zone>"
+            name, _, label = trigger.removeprefix("Client Request: ").partition("|")
+            counts.setdefault(name, {})[label] = total
+    per_layer, named = args.steps * args.layers, zones(args.models)
     for name in args.models:
         print(f"\n{name}: K instructions per decoder layer and decode step (a zone includes what it calls)")
-        for zone, *_ in zones(args.models)[name]:
+        for zone, *_ in named[name]:
             print(f"  {zone:<44} {counts[name][zone] / per_layer / 1e3:8.1f}")
 
 
