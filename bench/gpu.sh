@@ -5,7 +5,8 @@
 # profile of one more prefill at 8K and 128K (where the time goes: the ops that took the most); (2) eager
 # decode and decode under CUDA graphs at 16K and 128K, batch 1 and 8, and a plain generate() at 16K and
 # 128K with the hybrid's first-call compile time; (3) the largest batch whose cache fits at 128K; (4) the
-# host's time per eager decode step at widths too narrow to count (what bounds eager decode on a GPU).
+# host's time per eager decode step and per 64-token prompt at widths too narrow to count (what bounds eager
+# decode on a GPU, and a prefill wherever its kernels take less).
 #
 # Usage:  bench/gpu.sh OUT [extra bench/inference.py options]
 # On the device (torch 2.11, transformers 5.17, triton, no fla, no network), with fla's two wheels carried:
@@ -16,7 +17,7 @@
 # On a CPU (what the test runs, tiny sizes):  DEVICE=cpu bench/gpu.sh out/ --layers 1 --prefill 256 ...
 set -euo pipefail
 if [ $# -lt 1 ]; then
-    sed -n '2,16p' "$0" >&2
+    sed -n '2,17p' "$0" >&2
     exit 2
 fi
 mkdir -p "$1"
@@ -45,9 +46,9 @@ if [ "$DEVICE" = cuda ]; then
         --profile 8192,131072 --json "$OUT/prefill.json" "$@" 2>&1 | tee "$OUT/prefill.txt" || true
     timeout 180 "${BENCH[@]}" "${COMMON[@]}" --sections decode,generate --decode 16384,131072 --batch 1,8 --graphs \
         --generate 16384,131072 --json "$OUT/decode.json" "$@" 2>&1 | tee "$OUT/decode.txt" || true
-    timeout 45 "${BENCH[@]}" "${COMMON[@]}" --sections max-batch --max-batch 131072 \
+    timeout 40 "${BENCH[@]}" "${COMMON[@]}" --sections max-batch --max-batch 131072 \
         --json "$OUT/max_batch.json" "$@" 2>&1 | tee "$OUT/max_batch.txt" || true
-    timeout 20 "${BENCH[@]}" "${COMMON[@]}" --sections host --ops-layers 4 \
+    timeout 30 "${BENCH[@]}" "${COMMON[@]}" --sections host --ops-layers 4 \
         --json "$OUT/host.json" "$@" 2>&1 | tee "$OUT/host.txt" || true
 else  # the CPU dry run: every section once, small
     "${BENCH[@]}" --sections ops,host,floors,prefill,decode,generate,max-batch --profile --json "$OUT/inference.json" \

@@ -34,7 +34,8 @@ rotated order) in one process and reported as the ratio teacher time / model tim
   host      microseconds per eager decode step (64 tokens cached, batch 1, dynamic cache) of a copy of the
             config too narrow for its arithmetic to count (hidden 64, head_dim 16, intermediate 128, the
             head layout and --ops-layers layers kept): the time the host takes to issue a step (Python,
-            dispatch, per-op overhead), which is what bounds an eager decode step on a GPU; with
+            dispatch, per-op overhead), which is what bounds an eager decode step on a GPU; and the same for a
+            64-token prompt's forward, which bounds a prefill on a GPU wherever its kernels take less; with
             --fla-interpreted, the hybrids' CUDA path, fla's kernels skipped (their Python wrappers timed)
   instructions  the host section's step counted, not timed: machine instructions per eager decode step
             under valgrind's callgrind (needs valgrind; about 3.5 minutes, 4 with --fla-interpreted),
@@ -70,7 +71,7 @@ Usage:
   python bench/inference.py --sections ops                # the op counts alone (seconds)
   TRITON_INTERPRET=1 python bench/inference.py --sections ops --fla-interpreted --ops-layers 2
                                                           # the same, the hybrids' CUDA path (fla), no GPU
-  python bench/inference.py --sections host               # host time per eager decode step (30 s)
+  python bench/inference.py --sections host               # host time per eager decode step and prompt (40 s)
   TRITON_INTERPRET=1 python bench/inference.py --sections host --fla-interpreted   # the same, the CUDA path
   TRITON_INTERPRET=1 python bench/inference.py --sections instructions --fla-interpreted   # the same, counted
   python bench/inference.py --sections floors --dtype bf16 --layers 4 --vocab 21760 \
@@ -499,25 +500,35 @@ def narrow_models(args) -> dict[str, torch.nn.Module]:
     return build_models(args, layers=args.ops_layers, hidden=64, intermediate=128, vocab=512, head_dim=16)
 
 
-def host_times(args, steps: int = 100) -> list[dict]:
-    """Per model: microseconds per eager decode step on a copy of the config too narrow for its arithmetic to
-    count, the minimum over max(--repeats, 5) interleaved rounds of `steps` steps. With --fla-interpreted,
-    the hybrids' CUDA path with Triton's launches skipped (`kernels_skipped`): the host's side of it, fla's
-    Python wrappers included, its kernels' launch cost and outputs not."""
+def host_times(args, steps: int = 100, prompts: int = 10, prompt_tokens: int = 64) -> list[dict]:
+    """Per model: microseconds per eager decode step, and per prompt's forward (`prompt_tokens` from an empty
+    cache, as a prefill), on a copy of the config too narrow for its arithmetic to count, the minimum over
+    max(--repeats, 5) interleaved rounds of `steps` steps and `prompts` prompts. With --fla-interpreted, the
+    hybrids' CUDA path with Triton's launches skipped (`kernels_skipped`): the host's side of it, fla's Python
+    wrappers included, its kernels' launch cost and outputs not. On a GPU a prompt's host time is what its
+    prefill takes wherever the kernels take less (short prompts, narrow models)."""
     models = narrow_models(args)
-    names, best = list(models), {}
-    with kernels_skipped() if args.fla_interpreted else contextlib.nullcontext():
+    names, best, best_prompt = list(models), {}, {}
+    device = next(iter(models.values())).device
+    prompt = torch.ones(1, prompt_tokens, dtype=torch.long, device=device)
+    with kernels_skipped() if args.fla_interpreted else contextlib.nullcontext(), torch.no_grad():
+        for model in models.values():  # warm-up: fla's autotuning for the prompt's shapes
+            time_prefill(model, prompt)
         for r in range(max(args.repeats, 5)):
             for name in rotated(names, r):
                 seconds = time_decode(models[name], "dynamic", 64, 1, steps, eager_step)
                 best[name] = min(best.get(name, float("inf")), seconds)
+                seconds = sum(time_prefill(models[name], prompt)[0] for _ in range(prompts)) / prompts
+                best_prompt[name] = min(best_prompt.get(name, float("inf")), seconds)
     rows = []
     for name in names:
-        us, layers = best[name] * 1e6, models[name].config.num_hidden_layers
+        us, layers, prompt_us = best[name] * 1e6, models[name].config.num_hidden_layers, best_prompt[name] * 1e6
         rows.append({"model": name, "layers": layers, "step_us": us, "layer_us": us / layers,
-                     "ratio": best["teacher"] / best[name]})
+                     "ratio": best["teacher"] / best[name], "prompt_tokens": prompt_tokens, "prompt_us": prompt_us,
+                     "prompt_layer_us": prompt_us / layers, "prompt_ratio": best_prompt["teacher"] / best_prompt[name]})
         print(f"host {name:<14} {us:8.0f} us per eager decode step, {us / layers:6.1f} per layer "
-              f"(teacher / model x{rows[-1]['ratio']:.2f})", flush=True)
+              f"(teacher / model x{rows[-1]['ratio']:.2f}); a {prompt_tokens}-token prompt {prompt_us:8.0f} us, "
+              f"{prompt_us / layers:6.1f} per layer (x{rows[-1]['prompt_ratio']:.2f})", flush=True)
     return rows
 
 
@@ -921,9 +932,12 @@ def print_tables(result: dict) -> None:
             print(f"| {row['model']} | {row['decode_mean']:.1f} | {row['decode_ratio']:.2f}x | "
                   f"{row['prefill_mean']:.1f} | {row['prefill_ratio']:.2f}x |")
     if result["host"]:
-        print("\n| model | eager decode step, host us | per layer | teacher / model |\n|---|---:|---:|---:|")
+        tokens = result["host"][0]["prompt_tokens"]
+        print(f"\n| model | eager decode step, host us | per layer | teacher / model | {tokens}-token prompt, host us | "
+              "per layer | teacher / model |\n|---|---:|---:|---:|---:|---:|---:|")
         for row in result["host"]:
-            print(f"| {row['model']} | {row['step_us']:.0f} | {row['layer_us']:.1f} | {row['ratio']:.2f}x |")
+            print(f"| {row['model']} | {row['step_us']:.0f} | {row['layer_us']:.1f} | {row['ratio']:.2f}x | "
+                  f"{row['prompt_us']:.0f} | {row['prompt_layer_us']:.1f} | {row['prompt_ratio']:.2f}x |")
     if result["instructions"]:
         print("\n| model | eager decode step, M instructions | K per layer | teacher / model |\n|---|---:|---:|---:|")
         for row in result["instructions"]:

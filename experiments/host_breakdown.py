@@ -1,4 +1,5 @@
-"""Where an eager decode step's host work goes: machine instructions inside named functions, per decoder layer.
+"""Where an eager decode step's (or a prompt's) host work goes: machine instructions inside named functions, per
+decoder layer.
 
 `bench/inference.py --sections instructions` counts a whole decode step; this study counts the instructions
 spent inside one function at a time (a "zone": the teacher's attention, the hybrid's FA branch, its GDN
@@ -9,12 +10,16 @@ collect toggle (a client request from a small C shim compiled here: needs gcc an
 --steps decode steps and dumps the count. A zone's figure includes everything its function calls, and a
 function wrapped in several modules is wrapped in each. Figures are per layer: work a hybrid does once per
 forward, in its first layer (the RoPE tables and the FA log scale, zones of their own), is spread over
---layers (4) here and over 28 in Qwen3-1.7B, so a hybrid layer reads a little heavier here.
+--layers (4) here and over 28 in Qwen3-1.7B, so a hybrid layer reads a little heavier here. With --prefill T,
+each counted forward is a prompt of T tokens from an empty cache instead of a decode step: on a GPU a prompt's
+host work is hidden behind its kernels only when it takes less time than they do, and on the CPU the count
+includes the arithmetic, so T is kept small (16).
 docs/benchmarks.md, "Counted instead of timed", cites it.
 
 Usage:
   python experiments/host_breakdown.py                                        # the CPU path (6 minutes)
   TRITON_INTERPRET=1 python experiments/host_breakdown.py --fla-interpreted   # the CUDA path (7 minutes)
+  TRITON_INTERPRET=1 python experiments/host_breakdown.py --fla-interpreted --prefill 16   # a prompt's forward
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ def zones(models: dict) -> dict[str, list[tuple[str, list, str]]]:
                ("GDN branch", [gdn.GatedDeltaNetBranch], "forward"),
                ("GDN projections", [gdn.GatedDeltaNetBranch], "_project"),
                ("GDN short conv", [short_conv.ShortConv], "forward"),
+               ("fla conv call (CUDA path, prompts)", [short_conv], "fla_short_conv"),
                ("GDN rule (norm weight, RoPE, gates, step)", [gdn.GatedDeltaNetBranch], "_rule"),
                ("fla call (CUDA path)", [gdn], "fla_gated_delta_net"), ("fusion", [hybrid], "fuse"),
                ("weight tables", [fa, gdn, fusion], "weight_table"),
@@ -81,7 +87,8 @@ def wrapped(fn, shim):
 
 @torch.no_grad()
 def child(args) -> None:
-    """Under callgrind: per model and zone, --steps counted decode steps after three uncounted ones."""
+    """Under callgrind: per model and zone, --steps counted decode steps (or prompts of --prefill tokens) after
+    three uncounted ones."""
     shim = ctypes.CDLL(os.environ[CHILD])
     torch.set_num_threads(1)  # as the instructions section: a second thread's spin-waits would be counted
     models = bench.narrow_models(args)
@@ -90,6 +97,7 @@ def child(args) -> None:
         for name, model in models.items():
             cache = bench.filled_cache(model, "dynamic", 64, 1, room=64 * args.steps)
             token, position = torch.ones(1, 1, dtype=torch.long), torch.full((1, 1), 64, dtype=torch.long)
+            prompt = torch.ones(1, args.prefill or 1, dtype=torch.long)
             for zone, owners, attr in named[name]:
                 originals = [getattr(owner, attr) for owner in owners]
                 for owner, original in zip(owners, originals):
@@ -101,7 +109,10 @@ def child(args) -> None:
                         position += 1
                         if not owners:
                             shim.toggle(), shim.toggle()
-                        bench.eager_step(model, token, position, cache)
+                        if args.prefill:
+                            bench.time_prefill(model, prompt)
+                        else:
+                            bench.eager_step(model, token, position, cache)
                 shim.dump(f"{name}|{zone}".encode())
                 for owner, original in zip(owners, originals):
                     setattr(owner, attr, original)
@@ -112,7 +123,9 @@ def main() -> None:
     parser.add_argument("--models", default="teacher,hydrahead-7:1",
                         help="comma-separated, as bench/inference.py's --models")
     parser.add_argument("--layers", type=int, default=4, help="decoder layers of the narrow models")
-    parser.add_argument("--steps", type=int, default=8, help="counted decode steps per zone")
+    parser.add_argument("--steps", type=int, default=8, help="counted decode steps (or prompts) per zone")
+    parser.add_argument("--prefill", type=int, default=0, metavar="T",
+                        help="count a prompt of T tokens from an empty cache instead of a decode step")
     parser.add_argument("--fla-interpreted", action="store_true",
                         help="the hybrids' CUDA path: fla's kernels in Triton's interpreter, their launches skipped "
                              "(set TRITON_INTERPRET=1)")
@@ -140,7 +153,8 @@ def main() -> None:
             counts.setdefault(name, {})[label] = total
     per_layer, named = args.steps * args.layers, zones(args.models)
     for name in args.models:
-        print(f"\n{name}: K instructions per decoder layer and decode step (a zone includes what it calls)")
+        what = f"prompt of {args.prefill} tokens" if args.prefill else "decode step"
+        print(f"\n{name}: K instructions per decoder layer and {what} (a zone includes what it calls)")
         for zone, *_ in named[name]:
             print(f"  {zone:<44} {counts[name][zone] / per_layer / 1e3:8.1f}")
 

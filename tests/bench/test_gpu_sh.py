@@ -27,6 +27,7 @@ def test_the_gpu_script_runs_on_a_cpu(tmp_path):
     for section in ("ops", "host", "prefill", "decode", "generate"):
         assert [row["model"] for row in result[section]] == models, section
     assert result["max_batch"] == []  # CUDA only
+    assert all(row["prompt_us"] > 0 and row["prompt_tokens"] == 64 for row in result["host"])
     # the floors (no timing): each hybrid's, against the teacher's, the same figure the prefill table carries
     assert [(row["model"], row["kind"]) for row in result["floors"]] == [
         (model, kind) for model in models[1:] for kind in ("prefill", "decode")]
