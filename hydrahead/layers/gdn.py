@@ -13,7 +13,8 @@ aligned q | k | v one (measured at 8K tokens, hidden 2048, 14 heads). The teache
 is kept as its weight only: its normalisation is redundant before the L2 norm, which is scale-invariant
 (L2(w * x / rms(x)) = L2(w * x), up to the two epsilons), and RoPE, a rotation, commutes with both. On
 CUDA with fla installed, for prompts without padding and eager decode steps, the L2 norm, the gate and
-beta are computed inside fla's kernels (as fla's own GatedDeltaNet layer does); elsewhere (padded prompts,
+beta are computed inside fla's kernels (as fla's own GatedDeltaNet layer does; an inference prompt normalises q
+and k heads in one launch of fla's L2 norm kernel before the call); elsewhere (padded prompts,
 compiled decode, the CPU) by the PyTorch ops in `hydrahead.ops`. On CUDA a prompt's short conv is fla's,
 padded or not (`ShortConv`).
 """
@@ -30,7 +31,7 @@ from hydrahead.layers.context import Documents, ForwardContext, HeadIndex
 from hydrahead.layers.norm import RMSNorm, head_table, rotary, weight_table
 from hydrahead.layers.short_conv import ShortConv
 from hydrahead.ops import gated_delta_rule, gated_delta_rule_step, l2norm
-from hydrahead.ops.gated_delta.fla import fla_applies, fla_gated_delta_net
+from hydrahead.ops.gated_delta.fla import fla_applies, fla_gated_delta_net, fla_l2norm
 
 
 class GatedDeltaNetBranch(nn.Module):
@@ -126,8 +127,11 @@ class GatedDeltaNetBranch(nn.Module):
         if tables is not None:
             qk = rotary(qk, tables)
         fused = padding_mask is None and not (decode and torch.compiler.is_compiling()) and fla_applies(qk)
+        normalized = False  # on fla's path: q and k L2-normalised already (else in fla's kernels)
         if not fused:
             qk = l2norm(qk)  # q and k heads in one call
+        elif T > 1 and (joint := fla_l2norm(qk)) is not None:  # an inference prompt: one fla launch, not two
+            qk, normalized = joint, True
         q, k = qk.split([H, Hkv], dim=2)
         if self.kv_of_head is not None:  # one k/v per GQA group -> one per head (each head has its own state)
             index = self.kv_index.on(qkv.device)
@@ -136,7 +140,8 @@ class GatedDeltaNetBranch(nn.Module):
         if fused:  # fla: L2 norm, gate and beta inside the kernels
             return fla_gated_delta_net(q, k, v, a, b, self.A_log, self.dt_bias, initial_state=state,
                                        output_final_state=final, state_in_place=decode,  # as the PyTorch step
-                                       cu_seqlens=documents.cu_seqlens if documents is not None else None)
+                                       cu_seqlens=documents.cu_seqlens if documents is not None else None,
+                                       normalized=normalized)
         beta = torch.sigmoid(b.float())  # (B, T, H)
         decay, dt_bias = weight_table(cache_layer, ("gdn gate",),  # fp32 whatever the weights' dtype
                                       lambda: (-self.A_log.float().exp(), self.dt_bias.float()))

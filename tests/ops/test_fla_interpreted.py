@@ -30,7 +30,7 @@ from hydrahead.ops.gated_delta import fla
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ["prefill_and_decode", "fla_prompt_pytorch_steps", "shared_kv_qwen2", "packed_documents", "backward",
           "generate", "generate_static", "bench_counts_fla_launches", "short_conv", "prompt_in_pieces",
-          "op_decode_step"]
+          "op_decode_step", "op_prompt"]
 TOL = 1e-4  # fp32 on both sides; fla's chunk kernel vs ours differ by ~1e-6 at the op
 
 
@@ -52,8 +52,8 @@ def test_fla_path_matches_the_pytorch_path(check):
 class FlaSwitch:
     """hydrahead's dispatch to fla (in Triton's interpreter) open to CPU tensors while `on`; counts the fla
     calls (the gated delta rule's in `calls`, the short conv's in `conv_calls`, inference decode steps through
-    fla's kernel launched directly in `decode_calls`) so that a check fails if the path it means to test was never
-    taken."""
+    fla's kernel launched directly in `decode_calls`, inference prompts through fla's forward function in
+    `prompt_calls`) so that a check fails if the path it means to test was never taken."""
 
     def __init__(self):
         import hydrahead.layers.gdn as gdn
@@ -67,6 +67,8 @@ class FlaSwitch:
         short_conv.fla_short_conv = self._counted_conv
         self.decode_calls, self._decode = 0, fla._decode_forward
         fla._decode_forward = self._counted_decode
+        self.prompt_calls, self._prompt = 0, fla._prompt_forward
+        fla._prompt_forward = self._counted_prompt
         self.on = False
 
     @property
@@ -89,10 +91,15 @@ class FlaSwitch:
         self.decode_calls += 1
         return self._decode(*args, **kwargs)
 
+    def _counted_prompt(self, *args, **kwargs):
+        self.prompt_calls += 1
+        return self._prompt(*args, **kwargs)
+
     def both(self, fn, need=("calls", "conv_calls")):
         """fn() on the PyTorch path, then on the fla path: (reference, fla result). Each fla call counter named
         in `need` must have moved on the fla path (the gated delta rule's, the short conv's)."""
-        self.on, before = False, {name: getattr(self, name) for name in ("calls", "conv_calls", "decode_calls")}
+        self.on, before = False, {name: getattr(self, name)
+                                  for name in ("calls", "conv_calls", "decode_calls", "prompt_calls")}
         ref = fn()
         assert all(getattr(self, name) == count for name, count in before.items()), "the reference took fla's path"
         self.on = True
@@ -139,7 +146,7 @@ def check_prefill_and_decode(switch, family="qwen3", shared_kv=False):
     ids = torch.randint(0, model.config.vocab_size, (2, 140))
     with torch.no_grad():
         (ref, ref_cache), (got, got_cache) = switch.both(lambda: prefill_then_steps(model, ids, 136),
-                                                         need=("calls", "conv_calls", "decode_calls"))
+                                                         need=("calls", "conv_calls", "decode_calls", "prompt_calls"))
     assert rel_err(got, ref) < TOL, rel_err(got, ref)
     for layer, (a, b) in enumerate(zip(ref_cache.layers, got_cache.layers)):
         assert rel_err(b.recurrent_state(), a.recurrent_state()) < TOL, layer
@@ -195,7 +202,9 @@ def check_backward(switch):
         model(ids, labels=ids, use_cache=False).loss.backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
+    prompts = switch.prompt_calls
     ref, got = switch.both(grads)
+    assert switch.prompt_calls == prompts, "with autograd on, fla's autograd Function (its backward) is needed"
     assert ref.keys() == got.keys()
     assert any(n.endswith("A_log") for n in got) and any(n.endswith("dt_bias") for n in got)
     for name in ref:
@@ -232,26 +241,70 @@ def check_bench_counts_fla_launches(switch):
     assert all(f < p for f, p in zip(fused, plain))  # the L2 norm, gate and step in one kernel
 
 
-def check_op_decode_step(switch):
-    """`fla_gated_delta_rule` (the `fla` mode of `hydrahead.ops.gated_delta_rule`: the log decay and beta given,
-    no gate in the kernel) for one token after a state, through the directly launched decode kernel, against the
-    fp32 recurrent reference; the caller's state is read, not overwritten (only a hybrid's decode step hands
-    over its cached state to be updated in place)."""
+def op_inputs(tokens: int):
+    """q, k (L2-normalised), v, the log decay g, beta and a state for the op-level checks."""
     import torch.nn.functional as F
 
+    q, k = (F.normalize(torch.randn(2, tokens, 3, 16), dim=-1) for _ in range(2))
+    return q, k, torch.randn(2, tokens, 3, 16), -torch.rand(2, tokens, 3), torch.rand(2, tokens, 3), torch.randn(2, 3, 16, 16)
+
+
+def op_matches_reference(switch, counter: str, inputs, initial, mode: str):
+    """`fla_gated_delta_rule` (the `fla` mode of `hydrahead.ops.gated_delta_rule`: the log decay and beta given,
+    no gate or norm in the kernels) from `initial` against the fp32 reference `mode`, through the direct path that
+    `counter` counts. Returns fla's final state."""
     from hydrahead.ops import gated_delta_rule
 
-    q, k = (F.normalize(torch.randn(2, 1, 3, 16), dim=-1) for _ in range(2))
-    v, g, beta, state = torch.randn(2, 1, 3, 16), -torch.rand(2, 1, 3), torch.rand(2, 1, 3), torch.randn(2, 3, 16, 16)
-    kept = state.clone()
+    q, k, v, g, beta, _ = inputs
     with torch.no_grad():
-        ref, ref_state = gated_delta_rule(q, k, v, g, beta, initial_state=state, output_final_state=True,
-                                          mode="recurrent")
-        calls = switch.decode_calls
-        got, got_state = fla.fla_gated_delta_rule(q, k, v, g, beta, initial_state=state, output_final_state=True)
-    assert switch.decode_calls == calls + 1, "the direct decode launch was not taken"
+        ref, ref_state = gated_delta_rule(q, k, v, g, beta, initial_state=initial, output_final_state=True, mode=mode)
+        calls = getattr(switch, counter)
+        got, got_state = fla.fla_gated_delta_rule(q, k, v, g, beta, initial_state=initial, output_final_state=True)
+    assert getattr(switch, counter) == calls + 1, f"the direct path was not taken ({counter})"
     assert rel_err(got, ref) < TOL and rel_err(got_state, ref_state) < TOL
-    assert torch.equal(state, kept) and got_state is not state
+    return got_state
+
+
+def check_op_decode_step(switch):
+    """One token after a state, through the directly launched decode kernel, against the fp32 recurrent
+    reference; the caller's state is read, not overwritten (only a hybrid's decode step hands over its cached
+    state to be updated in place)."""
+    inputs = op_inputs(1)
+    state = inputs[-1]
+    kept = state.clone()
+    assert op_matches_reference(switch, "decode_calls", inputs, state, "recurrent") is not state
+    assert torch.equal(state, kept)
+
+
+def check_op_prompt(switch):
+    """A prompt through fla's forward function called directly, without and after a state, against the fp32
+    chunked reference, the caller's state left alone; a hybrid's call with the L2 norm in fla's kernel or done
+    before it; and `fla_l2norm`, the one-launch L2 norm of a hybrid's q and k heads, against the PyTorch one."""
+    import torch.nn.functional as F
+
+    from hydrahead.ops import gated_delta_rule, l2norm
+
+    inputs = op_inputs(70)
+    v, state = inputs[2], inputs[-1]
+    kept = state.clone()
+    for initial in (None, state):
+        op_matches_reference(switch, "prompt_calls", inputs, initial, "chunk")
+    assert torch.equal(state, kept)
+    # a hybrid's call (raw q, k, gate and beta inputs), L2 norm in fla's kernel or done before (`normalized`)
+    q_raw, k_raw, a, b = torch.randn(2, 70, 3, 16), torch.randn(2, 70, 3, 16), torch.randn(2, 70, 3), torch.randn(2, 70, 3)
+    A_log, dt_bias = torch.rand(3), torch.rand(3) - 2
+    g = -A_log.exp() * F.softplus(a + dt_bias)
+    with torch.no_grad():
+        ref, _ = gated_delta_rule(l2norm(q_raw), l2norm(k_raw), v, g, b.sigmoid(), mode="chunk")
+        calls = switch.prompt_calls
+        for got, _ in (fla.fla_gated_delta_net(q_raw, k_raw, v, a, b, A_log, dt_bias),
+                       fla.fla_gated_delta_net(l2norm(q_raw), l2norm(k_raw), v, a, b, A_log, dt_bias, normalized=True)):
+            assert rel_err(got, ref) < TOL, rel_err(got, ref)
+        assert switch.prompt_calls == calls + 2
+    x = torch.randn(2, 70, 5, 16)[:, :, 1:]  # a view, as a projection's heads are
+    with torch.no_grad():
+        assert rel_err(fla.fla_l2norm(x), l2norm(x)) < TOL
+    assert fla.fla_l2norm(x.requires_grad_()) is None  # autograd on: fla's Function, which has the backward
 
 
 def check_short_conv(switch):

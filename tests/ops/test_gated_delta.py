@@ -15,7 +15,8 @@ from transformers.models.qwen3_next import modeling_qwen3_next
 from hydrahead.ops import FlaNotInstalledError, GatedDeltaRuleError, gated_delta_rule, gated_delta_rule_step
 from hydrahead.ops import gated_delta
 from hydrahead.ops.gated_delta.chunk import chunk_gated_delta_rule
-from hydrahead.ops.gated_delta.fla import fla_is_available, load_fla_decode_kernel, load_fla_kernels
+from hydrahead.ops.gated_delta.fla import (fla_is_available, load_fla_decode_kernel, load_fla_kernels,
+                                          load_fla_prompt_forward)
 from hydrahead.ops.gated_delta.naive import recurrent_gated_delta_rule
 
 # transformers swaps these for fla's kernels when fla is installed; unwrap to always get the PyTorch code.
@@ -318,6 +319,39 @@ def test_decode_launches_flas_kernel_only_where_it_takes_our_arguments(monkeypat
         assert load_fla_decode_kernel() is None
     finally:
         load_fla_decode_kernel.cache_clear()
+
+
+def test_prompt_calls_flas_forward_only_where_it_takes_our_parameters(monkeypatch: pytest.MonkeyPatch):
+    """An inference prompt calls fla's forward function of the chunked rule and its L2 norm directly only where
+    their parameters are fla 0.6's; another release's (renamed, extended, reduced) falls back to fla's public
+    function."""
+    from hydrahead.ops.gated_delta.fla import _L2NORM_PARAMETERS, _PROMPT_FORWARD_PARAMETERS
+
+    def function(names):
+        fn = lambda *args, **kwargs: None  # noqa: E731
+        fn.__signature__ = inspect.Signature([inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in names])
+        return fn
+
+    chunk = types.ModuleType("fla.ops.gated_delta_rule.chunk")
+    norm = types.ModuleType("fla.modules.norm.l2norm")
+    monkeypatch.setitem(sys.modules, chunk.__name__, chunk)
+    monkeypatch.setitem(sys.modules, norm.__name__, norm)
+    forward, l2norm_forward = function(sorted(_PROMPT_FORWARD_PARAMETERS)), function(sorted(_L2NORM_PARAMETERS))
+    cases = [(forward, l2norm_forward, True),
+             (function(sorted(_PROMPT_FORWARD_PARAMETERS - {"g"} | {"gk"})), l2norm_forward, False),
+             (function(sorted(_PROMPT_FORWARD_PARAMETERS | {"use_exp2"})), l2norm_forward, False),
+             (function(sorted(_PROMPT_FORWARD_PARAMETERS - {"dt_bias"})), l2norm_forward, False),
+             (forward, function(sorted(_L2NORM_PARAMETERS | {"residual"})), False)]
+    try:
+        for chunk.chunk_gated_delta_rule_fwd, norm.l2norm_fwd, taken in cases:
+            load_fla_prompt_forward.cache_clear()
+            got = load_fla_prompt_forward()
+            assert got == ((chunk.chunk_gated_delta_rule_fwd, norm.l2norm_fwd) if taken else None)
+        monkeypatch.setitem(sys.modules, chunk.__name__, None)  # no such module
+        load_fla_prompt_forward.cache_clear()
+        assert load_fla_prompt_forward() is None
+    finally:
+        load_fla_prompt_forward.cache_clear()
 
 
 # ---- fla on CUDA (bf16) against the fp32 reference ----------------------------------------------------------

@@ -16,7 +16,10 @@ T > 1 uses the chunked kernel (prefill, training); T == 1 uses the fused recurre
 forward only: fla has no backward for it). An inference decode step (autograd off) launches that kernel
 itself, without the autograd Function, input guard, forward function and Triton heuristics around it, and
 writes the new state over the cached one: an eager decode step is bound by the host's time per call
-(docs/benchmarks.md, "Counted instead of timed").
+(docs/benchmarks.md, "Counted instead of timed"). An inference prompt likewise calls the chunked rule's forward
+function (what fla's autograd Function calls) without the public function, Function and input guard around it,
+and a hybrid's GDN branch L2-normalises its q and k heads in one launch of fla's kernel (`fla_l2norm`) instead of
+one per tensor: a short prefill on a GPU is bound by the host's time too ("A prompt's host work").
 
 `fla_gated_delta_net` is the call of a Gated DeltaNet layer, as fla's own `GatedDeltaNet` makes it: raw
 q, k (L2-normalised in the kernel), the raw gate input `a` with `A_log` and `dt_bias` (the log decay
@@ -30,6 +33,7 @@ backward), where the PyTorch form takes six passes over its input (pad, K multip
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -125,17 +129,19 @@ def fla_gated_delta_net(
     output_final_state: bool = False,
     cu_seqlens: torch.Tensor | None = None,
     state_in_place: bool = False,
+    normalized: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated delta rule from raw inputs, L2 norm, gate and beta in fla's kernels. q, k, v (B, T, H, D) before
-    the L2 norm; a, b (B, T, H) the gate and beta projections; A_log, dt_bias (H,). With `cu_seqlens` the
-    (B, T) rows are packed documents: flattened to one row for the kernel, restored in the output. With
-    `state_in_place`, a decode step may write the final state over `initial_state` (and return it)."""
+    the L2 norm (after it with `normalized`: `fla_l2norm` made it); a, b (B, T, H) the gate and beta projections;
+    A_log, dt_bias (H,). With `cu_seqlens` the (B, T) rows are packed documents: flattened to one row for the
+    kernel, restored in the output. With `state_in_place`, a decode step may write the final state over
+    `initial_state` (and return it)."""
     B, T = q.shape[:2]
     if cu_seqlens is not None:
         q, k, v, a, b = (x.reshape(1, B * T, *x.shape[2:]) for x in (q, k, v, a, b))
     o, final_state = _run_fla(q, k, v, a, b, initial_state, output_final_state, cu_seqlens, state_in_place,
-                              use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
-                              A_log=A_log, dt_bias=dt_bias)
+                              use_qk_l2norm_in_kernel=not normalized, use_gate_in_kernel=True,
+                              use_beta_sigmoid_in_kernel=True, A_log=A_log, dt_bias=dt_bias)
     return o.view(B, T, *o.shape[2:]), final_state
 
 
@@ -184,6 +190,8 @@ def _run_fla(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens, st
     arguments only: the positional order of fla's signatures has changed between releases."""
     if q.shape[1] == 1 and cu_seqlens is None and _decode_kernel_applies(q):
         return _decode_forward(q, k, v, g, beta, initial_state, output_final_state, state_in_place, **options)
+    if q.shape[1] > 1 and cu_seqlens is None and _internals_apply(q, load_fla_prompt_forward):
+        return _prompt_forward(q, k, v, g, beta, initial_state, output_final_state, **options)
     if initial_state is not None:
         initial_state = initial_state.to(torch.float32).contiguous()
     if cu_seqlens is not None:
@@ -200,8 +208,15 @@ def _run_fla(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens, st
 def _decode_kernel_applies(q: torch.Tensor) -> bool:
     """Whether an inference decode step may launch fla's kernel itself: no autograd (the kernel has no backward),
     the kernel's arguments those of fla 0.6, and q on the current CUDA device (fla's wrapper would switch to it)."""
-    return (not torch.is_grad_enabled() and load_fla_decode_kernel() is not None
-            and (not q.is_cuda or q.device.index == torch.cuda.current_device()))
+    return _internals_apply(q, load_fla_decode_kernel)
+
+
+def _internals_apply(x: torch.Tensor, load: Callable) -> bool:
+    """Whether fla's internals that `load` gives may be called directly for x: no autograd (fla's backward is
+    its autograd Function's), the internals those of fla 0.6, and x on the current CUDA device (fla's input
+    guard would switch to it)."""
+    return (not torch.is_grad_enabled() and load() is not None
+            and (not x.is_cuda or x.device.index == torch.cuda.current_device()))
 
 
 def _decode_forward(q, k, v, g, beta, initial_state, output_final_state, state_in_place=False, *, scale=None,
@@ -239,3 +254,62 @@ def _decode_forward(q, k, v, g, beta, initial_state, output_final_state, state_i
         STATE_V_FIRST=False, IS_VARLEN=False, USE_GATE_IN_KERNEL=A_log is not None, HAS_DT_BIAS=dt_bias is not None,
         APPLY_BETA_SIGMOID=use_beta_sigmoid_in_kernel, ALLOW_NEG_EIGVAL=False, num_warps=1, num_stages=3)
     return o, final_state
+
+
+# The parameters of fla 0.6's forward function of the chunked rule and of its L2 norm: any other set (a new
+# parameter could change what ours mean) falls back to fla's public functions.
+_PROMPT_FORWARD_PARAMETERS = frozenset({
+    "q", "k", "v", "g", "beta", "scale", "initial_state", "output_final_state", "state_v_first", "cu_seqlens",
+    "cp_context", "chunk_indices", "use_gate_in_kernel", "A_log", "dt_bias", "chunk_size"})
+_L2NORM_PARAMETERS = frozenset({"x", "eps", "output_dtype"})
+
+
+@functools.cache
+def load_fla_prompt_forward():
+    """(fla's forward function of the chunked rule, its L2 norm's forward function), what fla's autograd Function
+    calls, or None where this fla's take other parameters (internals of fla: another release may rename or extend
+    them); an inference prompt calls them directly (`_prompt_forward`, `fla_l2norm`), else fla's public function."""
+    try:
+        from fla.modules.norm.l2norm import l2norm_fwd
+        from fla.ops.gated_delta_rule.chunk import chunk_gated_delta_rule_fwd
+    except ImportError:
+        return None
+    if (frozenset(inspect.signature(chunk_gated_delta_rule_fwd).parameters) != _PROMPT_FORWARD_PARAMETERS
+            or frozenset(inspect.signature(l2norm_fwd).parameters) != _L2NORM_PARAMETERS):
+        return None
+    return chunk_gated_delta_rule_fwd, l2norm_fwd
+
+
+def fla_l2norm(x: torch.Tensor) -> torch.Tensor | None:
+    """x / sqrt(sum(x^2) + 1e-6) over the last dim in one launch of fla's kernel (fp32 inside, x's dtype out: the
+    L2 norm fla's chunked rule applies with `use_qk_l2norm_in_kernel`), for an inference prompt: a hybrid's q and
+    k heads in one call. None where fla's internal is not the one known (`load_fla_prompt_forward`), with autograd
+    on, or x on another than the current device: the caller leaves the norm to fla's kernels then."""
+    if not _internals_apply(x, load_fla_prompt_forward):
+        return None
+    return load_fla_prompt_forward()[1](x.contiguous())[0]
+
+
+def _prompt_forward(q, k, v, g, beta, initial_state, output_final_state, *, scale=None, use_gate_in_kernel=False,
+                    A_log=None, dt_bias=None, use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=False):
+    """An inference prompt: fla's forward function of the chunked rule, as fla's autograd Function calls it,
+    without the Python around it (the public function, the Function, the input guard; about 0.4 M instructions
+    per call, docs/benchmarks.md). The guard's work done here: contiguous inputs (q, k, v are views of one
+    projection); its device switch is why `_internals_apply` wants q on the current device. The L2 norms as the
+    Function makes them; beta's sigmoid in fp32 by torch (fla's kernel for it is the same arithmetic, one launch
+    through its autotuner)."""
+    forward, l2norm_forward = load_fla_prompt_forward()
+    q, k, v, g, beta = q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous()
+    if use_qk_l2norm_in_kernel:
+        q, k = l2norm_forward(q)[0], l2norm_forward(k)[0]
+    if use_beta_sigmoid_in_kernel:
+        beta = torch.sigmoid(beta.float())
+    if initial_state is not None:
+        initial_state = initial_state.to(torch.float32).contiguous()
+    if not use_gate_in_kernel:
+        A_log = dt_bias = None
+    _, o, _, final_state, _, _ = forward(
+        q=q, k=k, v=v, g=g, beta=beta, scale=k.shape[-1] ** -0.5 if scale is None else scale,
+        initial_state=initial_state, output_final_state=output_final_state, use_gate_in_kernel=use_gate_in_kernel,
+        A_log=A_log, dt_bias=dt_bias)
+    return o.to(v.dtype), final_state
