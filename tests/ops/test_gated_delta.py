@@ -324,8 +324,8 @@ def test_decode_launches_flas_kernel_only_where_it_takes_our_arguments(monkeypat
 def test_prompt_calls_flas_forward_only_where_it_takes_our_parameters(monkeypatch: pytest.MonkeyPatch):
     """An inference prompt calls fla's forward function of the chunked rule and its L2 norm directly only where
     their parameters are fla 0.6's; another release's (renamed, extended, reduced) falls back to fla's public
-    function."""
-    from hydrahead.ops.gated_delta.fla import _L2NORM_PARAMETERS, _PROMPT_FORWARD_PARAMETERS
+    function, as does a prompt that torch.compile traces."""
+    from hydrahead.ops.gated_delta.fla import _L2NORM_PARAMETERS, _PROMPT_FORWARD_PARAMETERS, _internals_apply
 
     def function(names):
         fn = lambda *args, **kwargs: None  # noqa: E731
@@ -347,6 +347,13 @@ def test_prompt_calls_flas_forward_only_where_it_takes_our_parameters(monkeypatc
             load_fla_prompt_forward.cache_clear()
             got = load_fla_prompt_forward()
             assert got == ((chunk.chunk_gated_delta_rule_fwd, norm.l2norm_fwd) if taken else None)
+        chunk.chunk_gated_delta_rule_fwd, norm.l2norm_fwd = forward, l2norm_forward
+        load_fla_prompt_forward.cache_clear()
+        x = torch.zeros(1, 4, 2, 8)
+        with torch.no_grad():
+            assert _internals_apply(x, load_fla_prompt_forward)
+            monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # fla's public, compile-disabled call
+            assert not _internals_apply(x, load_fla_prompt_forward)
         monkeypatch.setitem(sys.modules, chunk.__name__, None)  # no such module
         load_fla_prompt_forward.cache_clear()
         assert load_fla_prompt_forward() is None

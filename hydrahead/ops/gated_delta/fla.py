@@ -213,9 +213,10 @@ def _decode_kernel_applies(q: torch.Tensor) -> bool:
 
 def _internals_apply(x: torch.Tensor, load: Callable) -> bool:
     """Whether fla's internals that `load` gives may be called directly for x: no autograd (fla's backward is
-    its autograd Function's), the internals those of fla 0.6, and x on the current CUDA device (fla's input
-    guard would switch to it)."""
-    return (not torch.is_grad_enabled() and load() is not None
+    its autograd Function's), not while torch.compile traces (fla's public functions keep it out of fla's
+    Python: `torch.compiler.disable`), the internals those of fla 0.6, and x on the current CUDA device (fla's
+    input guard would switch to it)."""
+    return (not torch.is_grad_enabled() and not torch.compiler.is_compiling() and load() is not None
             and (not x.is_cuda or x.device.index == torch.cuda.current_device()))
 
 
