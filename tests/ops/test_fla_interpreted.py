@@ -249,10 +249,10 @@ def op_inputs(tokens: int):
     return q, k, torch.randn(2, tokens, 3, 16), -torch.rand(2, tokens, 3), torch.rand(2, tokens, 3), torch.randn(2, 3, 16, 16)
 
 
-def op_matches_reference(switch, counter: str, inputs, initial, mode: str):
+def op_matches_reference(switch, counter: str, inputs, initial, mode: str, taken: bool = True):
     """`fla_gated_delta_rule` (the `fla` mode of `hydrahead.ops.gated_delta_rule`: the log decay and beta given,
-    no gate or norm in the kernels) from `initial` against the fp32 reference `mode`, through the direct path that
-    `counter` counts. Returns fla's final state."""
+    no gate or norm in the kernels) from `initial` against the fp32 reference `mode`; `taken`: through the direct
+    path that `counter` counts. Returns fla's final state."""
     from hydrahead.ops import gated_delta_rule
 
     q, k, v, g, beta, _ = inputs
@@ -260,7 +260,7 @@ def op_matches_reference(switch, counter: str, inputs, initial, mode: str):
         ref, ref_state = gated_delta_rule(q, k, v, g, beta, initial_state=initial, output_final_state=True, mode=mode)
         calls = getattr(switch, counter)
         got, got_state = fla.fla_gated_delta_rule(q, k, v, g, beta, initial_state=initial, output_final_state=True)
-    assert getattr(switch, counter) == calls + 1, f"the direct path was not taken ({counter})"
+    assert getattr(switch, counter) == calls + taken, f"the direct path was {'not ' if taken else ''}taken ({counter})"
     assert rel_err(got, ref) < TOL and rel_err(got_state, ref_state) < TOL
     return got_state
 
@@ -277,9 +277,11 @@ def check_op_decode_step(switch):
 
 
 def check_op_prompt(switch):
-    """A prompt through fla's forward function called directly, without and after a state, against the fp32
-    chunked reference, the caller's state left alone; a hybrid's call with the L2 norm in fla's kernel or done
-    before it; and `fla_l2norm`, the one-launch L2 norm of a hybrid's q and k heads, against the PyTorch one."""
+    """A hybrid's call for a prompt (raw q, k, gate and beta inputs; the L2 norm in fla's kernel or done before
+    it, `normalized`) through fla's forward function called directly, without and after a state, against the fp32
+    chunked reference, the caller's state left alone; the op with the log decay and beta given through fla's public
+    function (which may choose another of fla's backends for it); and `fla_l2norm`, the one-launch L2 norm of a
+    hybrid's q and k heads, against the PyTorch one."""
     import torch.nn.functional as F
 
     from hydrahead.ops import gated_delta_rule, l2norm
@@ -288,19 +290,23 @@ def check_op_prompt(switch):
     v, state = inputs[2], inputs[-1]
     kept = state.clone()
     for initial in (None, state):
-        op_matches_reference(switch, "prompt_calls", inputs, initial, "chunk")
-    assert torch.equal(state, kept)
-    # a hybrid's call (raw q, k, gate and beta inputs), L2 norm in fla's kernel or done before (`normalized`)
+        op_matches_reference(switch, "prompt_calls", inputs, initial, "chunk", taken=False)
     q_raw, k_raw, a, b = torch.randn(2, 70, 3, 16), torch.randn(2, 70, 3, 16), torch.randn(2, 70, 3), torch.randn(2, 70, 3)
     A_log, dt_bias = torch.rand(3), torch.rand(3) - 2
     g = -A_log.exp() * F.softplus(a + dt_bias)
     with torch.no_grad():
-        ref, _ = gated_delta_rule(l2norm(q_raw), l2norm(k_raw), v, g, b.sigmoid(), mode="chunk")
-        calls = switch.prompt_calls
-        for got, _ in (fla.fla_gated_delta_net(q_raw, k_raw, v, a, b, A_log, dt_bias),
-                       fla.fla_gated_delta_net(l2norm(q_raw), l2norm(k_raw), v, a, b, A_log, dt_bias, normalized=True)):
-            assert rel_err(got, ref) < TOL, rel_err(got, ref)
-        assert switch.prompt_calls == calls + 2
+        for initial in (None, state):
+            ref, ref_state = gated_delta_rule(l2norm(q_raw), l2norm(k_raw), v, g, b.sigmoid(), initial_state=initial,
+                                              output_final_state=True, mode="chunk")
+            calls = switch.prompt_calls
+            for got, got_state in (
+                    fla.fla_gated_delta_net(q_raw, k_raw, v, a, b, A_log, dt_bias, initial_state=initial,
+                                            output_final_state=True),
+                    fla.fla_gated_delta_net(l2norm(q_raw), l2norm(k_raw), v, a, b, A_log, dt_bias,
+                                            initial_state=initial, output_final_state=True, normalized=True)):
+                assert rel_err(got, ref) < TOL and rel_err(got_state, ref_state) < TOL
+            assert switch.prompt_calls == calls + 2, "fla's forward function was not called directly"
+    assert torch.equal(state, kept)
     x = torch.randn(2, 70, 5, 16)[:, :, 1:]  # a view, as a projection's heads are
     with torch.no_grad():
         assert rel_err(fla.fla_l2norm(x), l2norm(x)) < TOL

@@ -190,7 +190,8 @@ def _run_fla(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens, st
     arguments only: the positional order of fla's signatures has changed between releases."""
     if q.shape[1] == 1 and cu_seqlens is None and _decode_kernel_applies(q):
         return _decode_forward(q, k, v, g, beta, initial_state, output_final_state, state_in_place, **options)
-    if q.shape[1] > 1 and cu_seqlens is None and _internals_apply(q, load_fla_prompt_forward):
+    if (q.shape[1] > 1 and cu_seqlens is None and options.get("use_gate_in_kernel")
+            and _internals_apply(q, load_fla_prompt_forward)):  # a hybrid's call (see `_prompt_forward`)
         return _prompt_forward(q, k, v, g, beta, initial_state, output_final_state, **options)
     if initial_state is not None:
         initial_state = initial_state.to(torch.float32).contiguous()
@@ -297,8 +298,10 @@ def _prompt_forward(q, k, v, g, beta, initial_state, output_final_state, *, scal
     without the Python around it (the public function, the Function, the input guard; about 0.4 M instructions
     per call, docs/benchmarks.md). The guard's work done here: contiguous inputs (q, k, v are views of one
     projection); its device switch is why `_internals_apply` wants q on the current device. The L2 norms as the
-    Function makes them; beta's sigmoid in fp32 by torch (fla's kernel for it is the same arithmetic, one launch
-    through its autotuner)."""
+    Function makes them; beta's sigmoid in fp32 by torch (fla's kernel for it computes the same function in fp32,
+    up to the last bits of its exp, in a launch of its own). Taken for a hybrid's call only (the gate in the
+    kernel): the public function also chooses among fla's backends, and the one other than Triton that fla 0.6
+    has for CUDA (FlashQLA, where installed) takes only calls with the gate and beta given."""
     forward, l2norm_forward = load_fla_prompt_forward()
     q, k, v, g, beta = q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous()
     if use_qk_l2norm_in_kernel:
