@@ -190,11 +190,11 @@ def _run_fla(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens, st
     arguments only: the positional order of fla's signatures has changed between releases."""
     if q.shape[1] == 1 and cu_seqlens is None and _decode_kernel_applies(q):
         return _decode_forward(q, k, v, g, beta, initial_state, output_final_state, state_in_place, **options)
+    if initial_state is not None:
+        initial_state = initial_state.to(torch.float32).contiguous()
     if (q.shape[1] > 1 and cu_seqlens is None and options.get("use_gate_in_kernel")
             and _internals_apply(q, load_fla_prompt_forward)):  # a hybrid's call (see `_prompt_forward`)
         return _prompt_forward(q, k, v, g, beta, initial_state, output_final_state, **options)
-    if initial_state is not None:
-        initial_state = initial_state.to(torch.float32).contiguous()
     if cu_seqlens is not None:
         options["cu_seqlens"] = cu_seqlens.to(torch.long)
     chunk_kernel, recurrent_kernel = load_fla_kernels()
@@ -292,8 +292,8 @@ def fla_l2norm(x: torch.Tensor) -> torch.Tensor | None:
     return load_fla_prompt_forward()[1](x.contiguous())[0]
 
 
-def _prompt_forward(q, k, v, g, beta, initial_state, output_final_state, *, scale=None, use_gate_in_kernel=False,
-                    A_log=None, dt_bias=None, use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=False):
+def _prompt_forward(q, k, v, g, beta, initial_state, output_final_state, *, scale=None, use_gate_in_kernel,
+                    A_log, dt_bias, use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=False):
     """An inference prompt: fla's forward function of the chunked rule, as fla's autograd Function calls it,
     without the Python around it (the public function, the Function, the input guard; about 0.4 M instructions
     per call, docs/benchmarks.md). The guard's work done here: contiguous inputs (q, k, v are views of one
@@ -301,17 +301,14 @@ def _prompt_forward(q, k, v, g, beta, initial_state, output_final_state, *, scal
     Function makes them; beta's sigmoid in fp32 by torch (fla's kernel for it computes the same function in fp32,
     up to the last bits of its exp, in a launch of its own). Taken for a hybrid's call only (the gate in the
     kernel): the public function also chooses among fla's backends, and the one other than Triton that fla 0.6
-    has for CUDA (FlashQLA, where installed) takes only calls with the gate and beta given."""
+    has for CUDA (FlashQLA, where installed) takes only calls with the gate and beta given. `initial_state`
+    comes in fp32 and contiguous (`_run_fla`)."""
     forward, l2norm_forward = load_fla_prompt_forward()
     q, k, v, g, beta = q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), beta.contiguous()
     if use_qk_l2norm_in_kernel:
         q, k = l2norm_forward(q)[0], l2norm_forward(k)[0]
     if use_beta_sigmoid_in_kernel:
         beta = torch.sigmoid(beta.float())
-    if initial_state is not None:
-        initial_state = initial_state.to(torch.float32).contiguous()
-    if not use_gate_in_kernel:
-        A_log = dt_bias = None
     _, o, _, final_state, _, _ = forward(
         q=q, k=k, v=v, g=g, beta=beta, scale=k.shape[-1] ** -0.5 if scale is None else scale,
         initial_state=initial_state, output_final_state=output_final_state, use_gate_in_kernel=use_gate_in_kernel,
