@@ -100,6 +100,7 @@ from transformers import DynamicCache, Qwen3Config, Qwen3ForCausalLM, StaticCach
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from hydrahead import HeadPlan, HybridHeadCache, HybridOptions, convert, keep_freed_memory
+from hydrahead.cache import cache_nbytes
 from hydrahead.models.footprint import footprint, kv_bytes_per_token
 from hydrahead.utils.io import write_json
 
@@ -653,7 +654,7 @@ def max_batch(model, context: int, max_tries: int = 6) -> dict:
     over the cache's bytes per sequence, checked by filling that cache and decoding one token (halved on OOM)."""
     device = model.device
     one = filled_cache(model, "static", context, 1, room=1)
-    per_sequence = sum(t.nbytes for layer in one.layers for t in _cache_tensors(layer))
+    per_sequence = sum(cache_nbytes(one).values())  # K/V, and a hybrid's GDN states and conv windows
     del one
     gc.collect()
     torch.cuda.empty_cache()
@@ -679,17 +680,6 @@ def max_batch(model, context: int, max_tries: int = 6) -> dict:
             gc.collect()
             torch.cuda.empty_cache()
     return {"batch": batch if checked else 0, "bytes_per_sequence": per_sequence, "checked": checked}
-
-
-def _cache_tensors(layer):
-    for name in ("keys", "values"):
-        t = getattr(layer, name, None)
-        if isinstance(t, torch.Tensor):
-            yield t
-    for name in ("conv_states", "recurrent_states"):
-        for t in getattr(layer, name, None) or []:
-            if isinstance(t, torch.Tensor):
-                yield t
 
 
 def main() -> None:

@@ -292,3 +292,13 @@ class HybridHeadCache(DynamicCache):
                 if layer.is_conv_states_initialized[i]:
                     total["conv"] += layer.conv_states[i].nbytes
         return total
+
+
+def cache_nbytes(cache: Cache) -> dict[str, int]:
+    """Bytes a generation cache holds now: a HybridHeadCache's {'kv', 'recurrent', 'conv'} (`nbytes`), any other
+    transformers cache's K/V as {'kv': ...} (a static cache's at its full size)."""
+    if isinstance(cache, HybridHeadCache):
+        return cache.nbytes()
+    return {"kv": sum(t.nbytes for layer in cache.layers for t in (getattr(layer, "keys", None),
+                                                                      getattr(layer, "values", None))
+                      if isinstance(t, torch.Tensor))}

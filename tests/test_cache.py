@@ -104,3 +104,30 @@ def test_a_hybrid_cache_refuses_to_roll_back():
     assert not cache.is_croppable
     with pytest.raises(hydrahead.CacheError, match="cannot be rolled back"):
         cache.crop(-1)
+
+
+@pytest.mark.parametrize("max_cache_len", [None, 16])
+@pytest.mark.parametrize("fa_heads", [((), (1, 2)), ((), ())])
+def test_cache_nbytes_counts_the_states_and_kv_the_plan_implies(max_cache_len, fa_heads):
+    """`cache_nbytes` (what `generate_text` reports and bench/inference.py's max batch divides by) counts every GDN
+    state and conv window, a plan without FA heads included, and a plain cache's K/V."""
+    from transformers import DynamicCache, StaticCache
+
+    from hydrahead import HeadPlan, HybridOptions
+    from hydrahead.cache import cache_nbytes
+    from hydrahead.models.footprint import footprint
+
+    teacher = make_teacher()
+    model = hydrahead.convert(teacher, HeadPlan(fa_heads, 4, 2), HybridOptions.preset("paper")).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 7))
+    figures = footprint(model)
+    tokens = 7 if max_cache_len is None else max_cache_len
+    with torch.no_grad():
+        cache = hydrahead.HybridHeadCache(model.config, max_cache_len=max_cache_len)
+        model(ids, past_key_values=cache, use_cache=True)
+        plain = DynamicCache(config=teacher.config) if max_cache_len is None else StaticCache(teacher.config, 16)
+        teacher(ids, past_key_values=plain, use_cache=True)
+    held = cache_nbytes(cache)
+    assert held["recurrent"] > 0 and held["conv"] > 0
+    assert sum(held.values()) == figures["kv_bytes_per_token"] * tokens + figures["state_bytes_per_sequence"]
+    assert cache_nbytes(plain) == {"kv": figures["teacher_kv_bytes_per_token"] * tokens}
