@@ -51,6 +51,10 @@ class ServingError(HydraHeadError, RuntimeError):
     """A server cannot start as asked: a port in use, the serving packages missing, an option a hybrid refuses."""
 
 
+class GenerationError(HydraHeadError, ValueError):
+    """Text cannot be generated as asked: an empty prompt, a chat prompt for a model without a chat template."""
+
+
 class NeedleError(HydraHeadError, ValueError):
     """A needle or haystack cannot be built as asked: an unknown value type or haystack, unreadable files."""
 

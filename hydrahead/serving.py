@@ -151,8 +151,8 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: s
     checkpoint's own dtype on a GPU. The model name clients send is `path` as given (or none)."""
     from hydrahead.models.hybrid import CONTINUOUS_BATCHING, HYBRID_CLASSES, expose_in_transformers
     from hydrahead.models.files import check_model_path
-    from hydrahead.models.loading import (find_gguf, hybrid_model_types, load_tokenizer, read_config, resolve_device,
-                                          torch_dtype)
+    from hydrahead.models.loading import (find_gguf, hybrid_model_types, inference_dtype, load_tokenizer, read_config,
+                                          resolve_device)
 
     if find_gguf(Path(path)) is not None:
         raise ServingError(f"{path}: a .gguf model is served after `hydrahead export {path} DIR`, as DIR")
@@ -162,8 +162,7 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: s
     if continuous_batching and config.get("model_type") in hybrid_model_types():
         raise ServingError(CONTINUOUS_BATCHING)
     target = resolve_device(device)
-    torch_dtype(dtype)  # a known name
-    dtype = "float32" if dtype == "auto" and target.type == "cpu" else dtype
+    dtype = inference_dtype(dtype, target)
     template, template_note = chat_template_of(load_tokenizer(path), chat_template)
     check_port(host, port)
     try:

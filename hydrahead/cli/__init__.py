@@ -20,6 +20,7 @@ COMMANDS = {
     "distill": "distill",
     "eval": "eval",
     "export": "export",
+    "generate": "generate",
     "info": "info",
     "plan": "plan",
     "score": "score",

@@ -63,6 +63,14 @@ def torch_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
     return getattr(torch, dtype)
 
 
+def inference_dtype(dtype: str, device: torch.device) -> str:
+    """What "auto" means where a model only runs (generate, serve): float32 on the CPU, where a checkpoint saved
+    in half precision would run slowly and round more, and the checkpoint's own dtype on a GPU; another name as
+    given, once checked (CheckpointError)."""
+    torch_dtype(dtype)
+    return "float32" if dtype == "auto" and device.type == "cpu" else dtype
+
+
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """A torch device from "auto" (CUDA when there is one, else CPU), "cpu", "cuda", "cuda:N"; DeviceError
     naming the devices this machine has when the name is wrong or the device is absent."""

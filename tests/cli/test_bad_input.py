@@ -218,6 +218,21 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
          "kv_float_scores.json: num_kv_heads must be a whole number, got 1.5"),
         (["serve", H, "--chat-template", str(d / "broken.jinja")], "broken.jinja is not a valid Jinja template"),
         (["score", "--model", T, "--out", f"{new}.json", "--answer-lead", "-1"], "--answer-lead: must be >= 0"),
+        # generate: refused before the model loads (the prompt's length: before any token is generated)
+        (["generate", H], "give the prompt with --prompt .* or --prompt-file"),
+        (["generate", H, "-p", "x", "--prompt-file", str(d / "doc.txt")], "one of the two"),
+        (["generate", H, "--prompt-file", str(d / "nope.txt")], "prompt file not found: .*nope.txt"),
+        (["generate", H, "--prompt-file", str(d / "binary.txt")], "binary.txt is a binary file"),
+        (["generate", H, "-p", " \n "], "the prompt is empty"),
+        (["generate", H, "-p", "x", "--chat"], "has no chat template"),
+        (["generate", H, "-p", "x", "--temperature", "-1"], "--temperature: must be a finite number >= 0"),
+        (["generate", H, "-p", "x", "--top-p", "1.5"], r"--top-p: must be in \(0, 1\]"),
+        (["generate", H, "-p", "x", "--max-new-tokens", "0"], "--max-new-tokens: must be >= 1"),
+        (["generate", H, "-p", "x", "--json", str(d / "a_dir")], "a_dir is a directory"),
+        (["generate", H, "-p", "x", "--cache", "paged"], "--cache: invalid choice"),
+        (["generate", new, "-p", "x"], "model directory not found"),
+        (["generate", str(d / "gpt2"), "-p", "x" * 60, "--max-new-tokens", "10"],
+         "learned position table of 64 positions: 60 prompt tokens \\+ 10 new ones = 70 is beyond it"),
     ]
 
 

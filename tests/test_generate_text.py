@@ -1,0 +1,118 @@
+"""`hydrahead.generate_text` and `hydrahead generate`: the text is the model's own greedy `generate`, streamed as
+it comes; the cache's bytes are the plan's; sampling follows its seed; the chat template is used when there
+is one; bad input is refused before any work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import hydrahead
+from hydrahead.cli import main
+from tests.eval.conftest import bpe_tokenizer, tiny_models
+
+PROMPT = "The key is 7261. Remember it. The key is"
+CHAT = "{% for message in messages %}<chat>{{ message['content'] }}{% endfor %}"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return bpe_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def models(tokenizer):
+    return tiny_models(tokenizer)
+
+
+def reference(model, tokenizer, ids, max_new_tokens):
+    """The greedy text of a plain `generate` call."""
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True), out.shape[1] - ids.shape[1]
+
+
+@pytest.mark.parametrize("name", ["teacher", "hybrid"])
+def test_the_text_is_greedy_generate_streamed(models, tokenizer, name):
+    model, pieces = models[name], []
+    result = hydrahead.generate_text(model, tokenizer, PROMPT, max_new_tokens=12, stream=pieces.append)
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    text, new = reference(model, tokenizer, ids, 12)
+    assert result.text == text and "".join(pieces) == text
+    assert (result.prompt_tokens, result.new_tokens, result.chat) == (ids.shape[1], new, False)
+    assert result.first_token_s > 0 and result.decode_tokens_per_s > 0
+    assert result.stopped == "length" and new == 12
+    assert "prompt:" in result.summary() and json.dumps(result.to_dict())
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_the_cache_holds_the_plans_bytes(models, tokenizer, cache):
+    hybrid = hydrahead.generate_text(models["hybrid"], tokenizer, PROMPT, max_new_tokens=6, cache=cache)
+    teacher = hydrahead.generate_text(models["teacher"], tokenizer, PROMPT, max_new_tokens=6, cache=cache)
+    assert hybrid.cache.endswith(cache) and teacher.cache.endswith(cache)
+    assert set(hybrid.cache_bytes) == {"kv", "recurrent", "conv"} and hybrid.cache_bytes["recurrent"] > 0
+    assert sum(hybrid.cache_bytes.values()) == hybrid.plan_cache_bytes
+    assert "as the plan implies" in hybrid.summary()
+    # the teacher's K/V, measured in its own cache, per position, is what the hybrid's report compares with
+    config = models["teacher"].config
+    per_position = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4
+    assert teacher.cache_bytes == {"kv": per_position * teacher.cache_tokens}
+    assert hybrid.teacher_kv_bytes == per_position * hybrid.cache_tokens
+    if cache == "dynamic":  # the last new token is not in the cache
+        assert hybrid.cache_tokens == hybrid.prompt_tokens + hybrid.new_tokens - 1
+    else:
+        assert hybrid.cache_tokens >= hybrid.prompt_tokens + 6 - 1
+
+
+def test_sampling_follows_its_seed(models, tokenizer):
+    model = models["hybrid"]
+    first, again, other = (hydrahead.generate_text(model, tokenizer, PROMPT, max_new_tokens=12, temperature=5.0, seed=s)
+                           for s in (1, 1, 2))
+    greedy = hydrahead.generate_text(model, tokenizer, PROMPT, max_new_tokens=12)
+    assert first.text == again.text
+    assert len({first.text, other.text, greedy.text}) == 3  # 12 tokens of a nearly flat distribution
+
+
+def test_the_models_end_of_text_stops_it(models, tokenizer):
+    model = models["teacher"]
+    greedy = hydrahead.generate_text(model, tokenizer, PROMPT, max_new_tokens=4)
+    first = tokenizer(greedy.text, add_special_tokens=False).input_ids[0]
+    model.generation_config.eos_token_id = first
+    try:
+        result = hydrahead.generate_text(model, tokenizer, PROMPT, max_new_tokens=4)
+    finally:
+        model.generation_config.eos_token_id = None
+    assert (result.stopped, result.new_tokens, result.first_step_s, result.decode_tokens_per_s) == ("eos", 1, None, None)
+    assert "end of text" in result.summary()
+
+
+def test_the_chat_template_when_there_is_one(models):
+    plain, chat = bpe_tokenizer(), bpe_tokenizer()
+    chat.chat_template = CHAT
+    model = models["hybrid"]
+    result = hydrahead.generate_text(model, chat, PROMPT, max_new_tokens=3)
+    assert result.chat and result.prompt_tokens == len(chat("<chat>" + PROMPT).input_ids)
+    assert not hydrahead.generate_text(model, chat, PROMPT, max_new_tokens=3, chat=False).chat
+    with pytest.raises(hydrahead.GenerationError, match="no chat template"):
+        hydrahead.generate_text(model, plain, PROMPT, chat=True)
+    with pytest.raises(hydrahead.GenerationError, match="the prompt is empty"):
+        hydrahead.generate_text(model, plain, " \n")
+    with pytest.raises(hydrahead.GenerationError, match="unknown cache 'paged'"):
+        hydrahead.generate_text(model, plain, PROMPT, cache="paged")
+
+
+def test_the_command_prints_the_text_and_writes_the_figures(models, tokenizer, tmp_path, capsys):
+    hydrahead.save_hybrid(models["hybrid"], tmp_path / "hybrid", tokenizer)
+    (tmp_path / "prompt.txt").write_text(PROMPT + "\n")
+    out = tmp_path / "figures.json"
+    assert main(["generate", str(tmp_path / "hybrid"), "--prompt-file", str(tmp_path / "prompt.txt"),
+                 "--max-new-tokens", "5", "--json", str(out)]) == 0
+    printed = capsys.readouterr()
+    figures = json.loads(out.read_text())
+    assert printed.out == figures["text"] + "\n"
+    assert figures["prompt_tokens"] == len(tokenizer(PROMPT).input_ids)  # the file's final newline dropped
+    assert figures["new_tokens"] == 5 and figures["dtype"] == "float32"
+    assert "as the plan implies" in printed.err
