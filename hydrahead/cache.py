@@ -295,10 +295,17 @@ class HybridHeadCache(DynamicCache):
 
 
 def cache_nbytes(cache: Cache) -> dict[str, int]:
-    """Bytes a generation cache holds now: a HybridHeadCache's {'kv', 'recurrent', 'conv'} (`nbytes`), any other
-    transformers cache's K/V as {'kv': ...} (a static cache's at its full size)."""
+    """Bytes a generation cache holds now: a HybridHeadCache's {'kv', 'recurrent', 'conv'} (`nbytes`); any other
+    transformers cache's K/V as {'kv': ...} (a static cache's at its full size), with 'recurrent' and 'conv' where
+    its layers keep linear-attention states (transformers' own hybrids)."""
     if isinstance(cache, HybridHeadCache):
         return cache.nbytes()
-    return {"kv": sum(t.nbytes for layer in cache.layers for t in (getattr(layer, "keys", None),
-                                                                      getattr(layer, "values", None))
-                      if isinstance(t, torch.Tensor))}
+    total = {"kv": 0}
+    for layer in cache.layers:
+        total["kv"] += sum(t.nbytes for t in (getattr(layer, "keys", None), getattr(layer, "values", None))
+                           if isinstance(t, torch.Tensor))
+        for name, key in (("recurrent_states", "recurrent"), ("conv_states", "conv")):
+            states = getattr(layer, name, None)
+            if isinstance(states, dict):
+                total[key] = total.get(key, 0) + sum(t.nbytes for t in states.values() if isinstance(t, torch.Tensor))
+    return total

@@ -5,6 +5,7 @@ is one; bad input is refused before any work."""
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -59,12 +60,12 @@ def test_the_cache_holds_the_plans_bytes(models, tokenizer, cache):
     # the teacher's K/V, measured in its own cache, per position, is what the hybrid's report compares with
     config = models["teacher"].config
     per_position = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * 4
-    assert teacher.cache_bytes == {"kv": per_position * teacher.cache_tokens}
-    assert hybrid.teacher_kv_bytes == per_position * hybrid.cache_tokens
+    assert teacher.cache_bytes == {"kv": per_position * teacher.cache_positions}
+    assert hybrid.teacher_kv_bytes == per_position * hybrid.cache_positions
     if cache == "dynamic":  # the last new token is not in the cache
-        assert hybrid.cache_tokens == hybrid.prompt_tokens + hybrid.new_tokens - 1
+        assert hybrid.cache_positions == hybrid.prompt_tokens + hybrid.new_tokens - 1
     else:
-        assert hybrid.cache_tokens >= hybrid.prompt_tokens + 6 - 1
+        assert hybrid.cache_positions >= hybrid.prompt_tokens + 6 - 1
 
 
 def test_sampling_follows_its_seed(models, tokenizer):
@@ -116,3 +117,56 @@ def test_the_command_prints_the_text_and_writes_the_figures(models, tokenizer, t
     assert figures["prompt_tokens"] == len(tokenizer(PROMPT).input_ids)  # the file's final newline dropped
     assert figures["new_tokens"] == 5 and figures["dtype"] == "float32"
     assert "as the plan implies" in printed.err
+
+
+def test_every_eos_stops_it_and_times_are_one_per_token(models, tokenizer):
+    """The tokenizer's EOS stops it as well as the config's (an instruct tokenizer's end-of-turn token is often not
+    in the config); each new token has its arrival time, the decode rate is the median step after the first."""
+    model = models["teacher"]
+    greedy = hydrahead.generate_text(model, tokenizer, PROMPT, max_new_tokens=6)
+    assert len(greedy.token_times_s) == 6 and greedy.token_times_s == sorted(greedy.token_times_s)
+    gaps = [b - a for a, b in zip(greedy.token_times_s[1:], greedy.token_times_s[2:])]
+    assert greedy.decode_step_s == statistics.median(gaps)
+    sampled = dict(max_new_tokens=6, temperature=5.0, seed=0)  # varied tokens (greedy repeats one here)
+    new = hydrahead.generate_text(model, tokenizer, PROMPT, **sampled).token_ids
+    j = next(j for j in range(1, len(new)) if new[j] not in new[:j])  # a token first written at step j + 1
+    model.generation_config.eos_token_id = [new[j]]
+    try:
+        stops = hydrahead.generate_text(model, tokenizer, PROMPT, **sampled)
+        assert (stops.stopped, stops.token_ids) == ("eos", new[: j + 1])
+        assert hydrahead.generation.eos_ids(model, tokenizer) == sorted({new[j], tokenizer.eos_token_id})
+    finally:
+        model.generation_config.eos_token_id = None
+
+
+def test_decoding_is_what_was_asked(models, tokenizer):
+    """Sampling uses the top_p and top_k given (0: off), not the checkpoint's; they are refused without a temperature;
+    a warm-up run leaves the figures' text unchanged."""
+    model = models["hybrid"]
+    model.generation_config.top_k = 1  # a checkpoint's setting that would make sampling greedy
+    try:
+        sampled = {hydrahead.generate_text(model, tokenizer, PROMPT, max_new_tokens=8, temperature=5.0, seed=s).text
+                   for s in range(3)}
+        assert len(sampled) == 3
+        kept = hydrahead.generate_text(model, tokenizer, PROMPT, max_new_tokens=8, temperature=5.0, top_k=1, seed=0)
+        assert kept.text == hydrahead.generate_text(model, tokenizer, PROMPT, max_new_tokens=8).text
+        assert kept.decoding == {"do_sample": True, "temperature": 5.0, "top_p": 1.0, "top_k": 1}
+    finally:
+        model.generation_config.top_k = None
+    with pytest.raises(hydrahead.GenerationError, match="apply when sampling"):
+        hydrahead.generate_text(model, tokenizer, PROMPT, top_p=0.5)
+    warm = hydrahead.generate_text(model, tokenizer, PROMPT, max_new_tokens=4, warmup=True)
+    assert warm.warmed_up and "warm-up" in warm.summary()
+    assert warm.text == hydrahead.generate_text(model, tokenizer, PROMPT, max_new_tokens=4).text
+
+
+def test_standard_input_is_checked_as_a_file_is(models, tokenizer, tmp_path, monkeypatch, capsys):
+    import io
+    import sys
+
+    hydrahead.save_hybrid(models["hybrid"], tmp_path / "hybrid", tokenizer)
+    capsys.readouterr()  # the save's progress bar
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO("caf\xe9".encode("latin-1"))))
+    assert main(["generate", str(tmp_path / "hybrid"), "-p", "-"]) == 2
+    assert capsys.readouterr().err.strip() == ("hydrahead generate: error: standard input is not UTF-8 text "
+                                               "(byte 3: b'\\xe9')")

@@ -116,12 +116,18 @@ def read_text(path: str | Path, error: type[Exception], what: str) -> str:
         data = path.read_bytes()
     except OSError as err:  # permissions, a file that vanished
         raise error(f"{what} {path} cannot be read: {err.strerror or err}") from None
+    return decode_text(data, error, f"{what} {path}")
+
+
+def decode_text(data: bytes, error: type[Exception], what: str) -> str:
+    """Bytes a user gave us (a file's, standard input's) as UTF-8 text, or `error` naming `what` when they are
+    binary (NUL bytes) or not UTF-8."""
     if b"\x00" in data:
-        raise error(f"{what} {path} is a binary file, not text")
+        raise error(f"{what} is a binary file, not text")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise error(f"{what} {path} is not UTF-8 text (byte {err.start}: {data[err.start:err.start + 1]!r})") from err
+        raise error(f"{what} is not UTF-8 text (byte {err.start}: {data[err.start:err.start + 1]!r})") from err
 
 
 def read_json(path: str | Path, error: type[Exception], what: str):
