@@ -105,7 +105,8 @@ class GenerationResult:
             cache += (", as the plan implies" if held == self.plan_cache_bytes
                       else f"; the plan implies {_mb(self.plan_cache_bytes)}")
             if self.teacher_kv_bytes:
-                cache += f"; the teacher's K/V: {_mb(self.teacher_kv_bytes)} ({100 * held / self.teacher_kv_bytes:.1f}%)"
+                share = 100 * held / self.teacher_kv_bytes
+                cache += f"; the teacher's K/V: {_mb(self.teacher_kv_bytes)} ({share:.1f}%)"
         lines.append(cache)
         where = f"on {self.device} in {self.dtype}"
         if self.peak_memory_bytes is not None:
@@ -248,7 +249,8 @@ def generate_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: in
     positions = max(static) if static else int(held.get_seq_length())
     stopped = ("eos" if len(new) and int(new[-1]) in eos else "length" if len(new) == max_new_tokens else "other")
     result = GenerationResult(
-        text=tokenizer.decode(new, skip_special_tokens=True), token_ids=new.tolist(), prompt_tokens=ids.shape[1], new_tokens=len(new),
+        text=tokenizer.decode(new, skip_special_tokens=True), token_ids=new.tolist(), prompt_tokens=ids.shape[1],
+        new_tokens=len(new),
         stopped=stopped, chat=chat, decoding=decoding, token_times_s=[t - start for t in clock.times],
         device=str(device), dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
         cache=f"{type(held).__name__}, {'static' if static else 'dynamic'}", cache_positions=positions,

@@ -61,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=temperature, default=0.0, help="0 is greedy; above 0 samples")
     parser.add_argument("--top-p", type=top_p, default=1.0, help="nucleus sampling's mass, when sampling")
     parser.add_argument("--top-k", type=nonnegative_int, default=0,
-                        help="sample from the k likeliest tokens only, when sampling (0: off, whatever the checkpoint says)")
+                        help="sample from the k likeliest tokens only, when sampling (0: off, whatever the "
+                             "checkpoint says)")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="the sampling seed")
     parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                         help="put the prompt in the checkpoint's chat template (default: when it has one)")
