@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers.models.qwen3_next import modeling_qwen3_next
 
 from hydrahead.ops import FlaNotInstalledError, GatedDeltaRuleError, gated_delta_rule, gated_delta_rule_step
@@ -124,6 +125,52 @@ def test_chunk_is_exact_in_fp64_for_a_long_sequence() -> None:
     o, state = run(chunk_gated_delta_rule, inputs, chunk_size=32)
     assert_close("o", o, o_ref, FP64_TOL)
     assert_close("final_state", state, state_ref, FP64_TOL)
+
+
+def fast_decay_inputs(shape: Shape) -> dict:
+    """Gates as conversion sets them (`GatedDeltaNetBranch.reset_gates`: per-token log decays from -1e-3 to -1.6,
+    exp(-102) over a 64-token chunk for the fastest head), where the chunk form's decay products fall below fp32's
+    smallest normal number."""
+    inputs = make_inputs(shape)
+    rates = torch.linspace(1e-3, 1.6, shape.heads)
+    inputs["g"] = -rates * torch.sigmoid(torch.randn(shape.batch, shape.seq_len, shape.heads)) * 2
+    return inputs
+
+
+def test_chunk_matches_recurrent_with_fast_decay() -> None:
+    inputs = fast_decay_inputs(Shape(2, 200, 6, 32, 32))
+    o_ref, state_ref = run(recurrent_gated_delta_rule, inputs)
+    o, state = run(chunk_gated_delta_rule, inputs)
+    assert_close("o", o, o_ref, FP32_TOL)
+    assert_close("final_state", state, state_ref, FP32_TOL)
+
+
+class SubnormalGemmOperands(TorchDispatchMode):
+    """Counts the subnormal entries of the operands of every matrix multiply it sees."""
+
+    GEMMS = {torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default, torch.ops.aten.mm.default,
+             torch.ops.aten.addmm.default}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.GEMMS:
+            for x in args:
+                if isinstance(x, torch.Tensor) and x.is_floating_point():
+                    self.count += int(((x != 0) & (x.abs() < torch.finfo(x.dtype).tiny)).sum())
+        return func(*args, **(kwargs or {}))
+
+
+def test_chunk_multiplies_no_subnormal_numbers() -> None:
+    """Subnormal numbers make an Intel CPU's multiplies many times slower (docs/benchmarks.md): with decays as
+    conversion sets them, none reaches a matrix multiply of the chunk form (before the floors, 324,640 entries did)."""
+    inputs = fast_decay_inputs(Shape(1, 640, 8, 128, 128))
+    counter = SubnormalGemmOperands()
+    with torch.no_grad(), counter:
+        run(chunk_gated_delta_rule, inputs)
+    assert counter.count == 0
 
 
 # ---- 2. Both equal transformers' reference implementations ---------------------------------------------

@@ -34,6 +34,8 @@ reads are contiguous 3-D batches for `baddbmm`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -85,13 +87,13 @@ def chunk_gated_delta_rule(
 
     # ---- Chunk-local quantities, all chunks at once --------------------------------------------------
     g_cum = g.cumsum(dim=-1)  # (N, BH, C): log decay from the chunk start to position i, inclusive
-    decay_from_start = g_cum.exp()[..., None]  # (N, BH, C, 1)
-    decay_to_end = (g_cum[..., -1:] - g_cum).exp()[..., None]  # (N, BH, C, 1)
-    chunk_decay = g_cum[..., -1].exp()[..., None, None]  # (N, BH, 1, 1): decay over the whole chunk
+    floor = decay_floor(dtype)
+    decay_from_start = decay(g_cum, floor)[..., None]  # (N, BH, C, 1)
+    decay_to_end = decay(g_cum[..., -1:] - g_cum, floor)[..., None]  # (N, BH, C, 1)
+    chunk_decay = decay(g_cum[..., -1], floor)[..., None, None]  # (N, BH, 1, 1): decay over the whole chunk
     causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()  # (C, C), j <= i
-    # Mask before exp: G_i - G_j > 0 above the diagonal can overflow, and inf * 0 would poison gradients.
-    pair_decay = (g_cum[..., :, None] - g_cum[..., None, :]).masked_fill(~causal, float("-inf"))
-    pair_decay = pair_decay.exp()  # (N, BH, C, C): Dec in the module docstring
+    # Masked before exp: G_i - G_j > 0 above the diagonal can overflow, and inf * 0 would poison gradients.
+    pair_decay = decay(g_cum[..., :, None] - g_cum[..., None, :], floor, ~causal)  # (N, BH, C, C): Dec above
 
     k_beta = k * beta[..., None]  # (N, BH, C, Dk)
     kk = (k_beta @ k.transpose(-1, -2)) * pair_decay  # (N, BH, C, C): A, only its strict lower part is read
@@ -100,9 +102,9 @@ def chunk_gated_delta_rule(
     # (I + A)^{-1} by one unitriangular solve against the identity (C right-hand sides), then plain
     # matmuls: on CPU this is several times faster than solving against Dk + Dv right-hand sides.
     eye = torch.eye(chunk, dtype=dtype, device=q.device).expand_as(kk)
-    ut_inverse = torch.linalg.solve_triangular(kk, eye, upper=False, unitriangular=True)  # (N, BH, C, C)
+    ut_inverse = flush_tiny(torch.linalg.solve_triangular(kk, eye, upper=False, unitriangular=True))  # (N, BH, C, C)
     u = ut_inverse @ (v * beta[..., None])  # (N, BH, C, Dv)
-    w = ut_inverse @ (k_beta * decay_from_start)  # (N, BH, C, Dk)
+    w = flush_tiny(ut_inverse @ (k_beta * decay_from_start))  # (N, BH, C, Dk)
     o_intra = qk @ u  # (N, BH, C, Dv)
     q_eff = q * decay_from_start - qk @ w  # (N, BH, C, Dk)
     k_decayed_t = (k * decay_to_end).transpose(-1, -2)  # (N, BH, Dk, C)
@@ -130,3 +132,30 @@ def chunk_gated_delta_rule(
 
     final_state = state.reshape(batch, heads, dk, dv) if output_final_state else None  # (B, H, Dk, Dv)
     return o, final_state
+
+
+# ---- No subnormal numbers -------------------------------------------------------------------------------
+# A fast-decaying head's decay over one chunk is tiny (the paper preset's fastest head at conversion: exp(-102) over
+# 64 tokens), and products of such factors inside the UT transform reach fp32's subnormal range (below 1.2e-38).
+# Intel CPUs multiply subnormal numbers in microcode, many times slower: on an Intel Xeon this op took about twice as
+# long, forward and backward, as with the two measures below (docs/benchmarks.md, "Subnormal numbers"). Both drop
+# only terms far below the dtype's precision, and no GEMM operand is subnormal (tests/ops/test_gated_delta.py).
+
+
+def decay_floor(dtype: torch.dtype) -> float:
+    """The log decay below which a decay factor is taken as 0: log(tiny) / 4 for the dtype's smallest normal number
+    tiny (fp32: -21.8, a factor of 3.3e-10, 1/360 of fp32's relative precision; fp64: -177)."""
+    return math.log(torch.finfo(dtype).tiny) / 4
+
+
+def decay(log_decay: torch.Tensor, floor: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """exp(log_decay), exactly 0 where log_decay < floor or `mask` is True."""
+    drop = log_decay < floor
+    return log_decay.masked_fill(drop if mask is None else drop | mask, float("-inf")).exp()
+
+
+def flush_tiny(x: torch.Tensor) -> torch.Tensor:
+    """x with its entries smaller in magnitude than sqrt(tiny) (fp32: 1.1e-19) set to 0, so that a product of two
+    entries is never subnormal; in place when autograd is off."""
+    small = x.abs() < torch.finfo(x.dtype).tiny ** 0.5
+    return x.masked_fill(small, 0) if torch.is_grad_enabled() else x.masked_fill_(small, 0)
