@@ -1,14 +1,16 @@
 """Time hydrahead's chunked gated delta rule against transformers' PyTorch reference on CPU.
 
-Both run on the same fp32 inputs (q, k L2-normalised, g = logsigmoid(randn), beta = sigmoid(randn)),
-forward only (no_grad) and forward + backward (gradients of o and of the final state). Runs of the two
-implementations are interleaved, so that a slow phase of a shared machine hits both alike, and each
-time is the median (or, with --statistic min, the minimum: steadier on a busy machine) over --repeats
-runs after --warmup runs. Prints a markdown table; the ratio is
-transformers' time / ours (above 1: ours is faster).
+Both run on the same fp32 inputs (q, k L2-normalised; g = logsigmoid(randn), beta = sigmoid(randn), or with
+--gates converted the gates of a freshly converted GDN branch: per head a constant log decay from -0.001 to -1.6,
+beta = 0.5, where the chunk form's decay products reach fp32's subnormal range), forward only (no_grad) and
+forward + backward (gradients of o and of the final state). Runs of the two implementations are interleaved,
+so that a slow phase of a shared machine hits both alike, and each time is the median (or, with --statistic min,
+the minimum: steadier on a busy machine) over --repeats runs after --warmup runs. Prints a markdown table; the
+ratio is transformers' time / ours (above 1: ours is faster).
 
     python bench/gdn_chunk_cpu.py
     python bench/gdn_chunk_cpu.py --shapes 1x4x64x512 2x8x128x1024 --repeats 15
+    python bench/gdn_chunk_cpu.py --gates converted --shapes 1x14x128x640 --statistic min
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmark this c
 
 from transformers.models.qwen3_next import modeling_qwen3_next  # noqa: E402
 
+from hydrahead.layers.gdn import GatedDeltaNetBranch  # noqa: E402
 from hydrahead.ops.gated_delta.chunk import chunk_gated_delta_rule  # noqa: E402
 
 # transformers swaps in fla's kernels when fla is installed; unwrap to time its PyTorch code.
@@ -45,14 +48,21 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     return batch, heads, dim, seq_len
 
 
-def make_inputs(batch: int, heads: int, dim: int, seq_len: int) -> list[torch.Tensor]:
+def make_inputs(batch: int, heads: int, dim: int, seq_len: int, gates: str = "logsigmoid") -> list[torch.Tensor]:
     """q, k, v: (B, T, H, D); g, beta: (B, T, H); all fp32."""
+    if gates == "converted":  # what conversion starts from: ab_proj is zero, so a = b = 0 for every token
+        branch = GatedDeltaNetBranch(8, heads, 8, qkv_bias=False, qk_norm=False, eps=1e-6, conv_size=0, rope=False)
+        with torch.no_grad():
+            g = (-branch.A_log.exp() * F.softplus(branch.dt_bias)).expand(batch, seq_len, heads).contiguous()
+        beta = torch.full((batch, seq_len, heads), 0.5)
+    else:
+        g, beta = F.logsigmoid(torch.randn(batch, seq_len, heads)), torch.sigmoid(torch.randn(batch, seq_len, heads))
     return [
         F.normalize(torch.randn(batch, seq_len, heads, dim), dim=-1),
         F.normalize(torch.randn(batch, seq_len, heads, dim), dim=-1),
         torch.randn(batch, seq_len, heads, dim),
-        F.logsigmoid(torch.randn(batch, seq_len, heads)),
-        torch.sigmoid(torch.randn(batch, seq_len, heads)),
+        g,
+        beta,
     ]
 
 
@@ -74,11 +84,12 @@ def timed_ms(run: Callable[[], None]) -> float:
 
 
 def bench_shape(
-    shape: tuple[int, int, int, int], chunk_size: int, warmup: int, repeats: int, statistic: Callable
+    shape: tuple[int, int, int, int], chunk_size: int, warmup: int, repeats: int, statistic: Callable,
+    gates: str = "logsigmoid",
 ) -> dict[str, dict]:
     """{pass: {impl: statistic of ms}} for pass in (forward, forward+backward), impl in (ours, transformers)."""
     torch.manual_seed(0)
-    inputs = make_inputs(*shape)
+    inputs = make_inputs(*shape, gates=gates)
     impls = {"ours": chunk_gated_delta_rule, "transformers": transformers_chunk}
     passes = {"forward": forward, "forward+backward": forward_backward}
     times: dict[str, dict[str, list[float]]] = {p: {name: [] for name in impls} for p in passes}
@@ -104,6 +115,9 @@ def main() -> None:
     parser.add_argument("--statistic", choices=["median", "min"], default="median",
                         help="how the timed runs are summarised (default: median)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
+    parser.add_argument("--gates", choices=["logsigmoid", "converted"], default="logsigmoid",
+                        help="g and beta: logsigmoid(randn) and sigmoid(randn), or a freshly converted branch's "
+                             "(fast-decaying heads; default: logsigmoid)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -111,13 +125,13 @@ def main() -> None:
     machine = platform.processor() or platform.machine()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {machine}, fp32, chunk size {args.chunk_size}, "
-        f"{args.statistic} of {args.repeats} runs after {args.warmup} warm-up\n"
+        f"{args.statistic} of {args.repeats} runs after {args.warmup} warm-up, {args.gates} gates\n"
     )
     print("| B | H | D | T | pass | ours (ms) | transformers (ms) | ratio (transformers / ours) |")
     print("|---|---|---|---|------|----------:|------------------:|---------------------------:|")
     for shape in args.shapes:
         statistic = statistics.median if args.statistic == "median" else min
-        results = bench_shape(shape, args.chunk_size, args.warmup, args.repeats, statistic)
+        results = bench_shape(shape, args.chunk_size, args.warmup, args.repeats, statistic, args.gates)
         for pass_name, ms in results.items():
             ratio = ms["transformers"] / ms["ours"]
             cells = [*map(str, shape), pass_name, f"{ms['ours']:.1f}", f"{ms['transformers']:.1f}", f"{ratio:.2f}x"]

@@ -93,7 +93,8 @@ def chunk_gated_delta_rule(
     chunk_decay = decay(g_cum[..., -1], floor)[..., None, None]  # (N, BH, 1, 1): decay over the whole chunk
     causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()  # (C, C), j <= i
     # Masked before exp: G_i - G_j > 0 above the diagonal can overflow, and inf * 0 would poison gradients.
-    pair_decay = decay(g_cum[..., :, None] - g_cum[..., None, :], floor, ~causal)  # (N, BH, C, C): Dec above
+    pair_decay = (g_cum[..., :, None] - g_cum[..., None, :]).masked_fill(~causal, float("-inf"))
+    pair_decay = decay(pair_decay, floor)  # (N, BH, C, C): Dec in the module docstring
 
     k_beta = k * beta[..., None]  # (N, BH, C, Dk)
     kk = (k_beta @ k.transpose(-1, -2)) * pair_decay  # (N, BH, C, C): A, only its strict lower part is read
@@ -148,14 +149,12 @@ def decay_floor(dtype: torch.dtype) -> float:
     return math.log(torch.finfo(dtype).tiny) / 4
 
 
-def decay(log_decay: torch.Tensor, floor: float, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """exp(log_decay), exactly 0 where log_decay < floor or `mask` is True."""
-    drop = log_decay < floor
-    return log_decay.masked_fill(drop if mask is None else drop | mask, float("-inf")).exp()
+def decay(log_decay: torch.Tensor, floor: float) -> torch.Tensor:
+    """exp(log_decay), exactly 0 where log_decay <= floor (two kernels: threshold, exp)."""
+    return F.threshold(log_decay, floor, -math.inf).exp()
 
 
 def flush_tiny(x: torch.Tensor) -> torch.Tensor:
-    """x with its entries smaller in magnitude than sqrt(tiny) (fp32: 1.1e-19) set to 0, so that a product of two
-    entries is never subnormal; in place when autograd is off."""
-    small = x.abs() < torch.finfo(x.dtype).tiny ** 0.5
-    return x.masked_fill(small, 0) if torch.is_grad_enabled() else x.masked_fill_(small, 0)
+    """x with its entries no larger in magnitude than sqrt(tiny) (fp32: 1.1e-19) set to 0, so that a product of
+    two entries is never subnormal (one kernel: hardshrink)."""
+    return F.hardshrink(x, torch.finfo(x.dtype).tiny ** 0.5)
