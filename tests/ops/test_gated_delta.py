@@ -128,9 +128,9 @@ def test_chunk_is_exact_in_fp64_for_a_long_sequence() -> None:
 
 
 def fast_decay_inputs(shape: Shape) -> dict:
-    """Gates as conversion sets them (`GatedDeltaNetBranch.reset_gates`: per-token log decays from -1e-3 to -1.6,
-    exp(-102) over a 64-token chunk for the fastest head), where the chunk form's decay products fall below fp32's
-    smallest normal number."""
+    """Gates like those conversion sets (`GatedDeltaNetBranch.reset_gates`: per head a log decay per token from -1e-3
+    to -1.6, exp(-102) over a 64-token chunk for the fastest head), here drawn per token around those rates (up to
+    -3.2), where the chunk form's decay products fall below fp32's smallest normal number."""
     inputs = make_inputs(shape)
     rates = torch.linspace(1e-3, 1.6, shape.heads)
     inputs["g"] = -rates * torch.sigmoid(torch.randn(shape.batch, shape.seq_len, shape.heads)) * 2
@@ -143,6 +143,20 @@ def test_chunk_matches_recurrent_with_fast_decay() -> None:
     o, state = run(chunk_gated_delta_rule, inputs)
     assert_close("o", o, o_ref, FP32_TOL)
     assert_close("final_state", state, state_ref, FP32_TOL)
+
+
+def test_chunk_gradients_match_recurrent_with_fast_decay() -> None:
+    """The decay factors and entries the chunk form drops (see `decay_floor`) change no gradient beyond rounding."""
+    inputs = fast_decay_inputs(Shape(1, 150, 4, 16, 16))
+    leaves = {name: x.requires_grad_() for name, x in inputs.items() if x is not None}
+    grad_o, grad_state = torch.randn(1, 150, 4, 16), torch.randn(1, 4, 16, 16)
+
+    def grads(fn) -> tuple[torch.Tensor, ...]:
+        o, state = run(fn, inputs)
+        return torch.autograd.grad((o * grad_o).sum() + (state * grad_state).sum(), list(leaves.values()))
+
+    for name, a, e in zip(leaves, grads(chunk_gated_delta_rule), grads(recurrent_gated_delta_rule)):
+        assert_close(f"d{name}", a, e, 1e-4)
 
 
 class SubnormalGemmOperands(TorchDispatchMode):

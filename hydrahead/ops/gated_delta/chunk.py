@@ -140,7 +140,10 @@ def chunk_gated_delta_rule(
 # 64 tokens), and products of such factors inside the UT transform reach fp32's subnormal range (below 1.2e-38).
 # Intel CPUs multiply subnormal numbers in microcode, many times slower: on an Intel Xeon this op took about twice as
 # long, forward and backward, as with the two measures below (docs/benchmarks.md, "Subnormal numbers"). Both drop
-# only terms far below the dtype's precision, and no GEMM operand is subnormal (tests/ops/test_gated_delta.py).
+# only terms far below the dtype's precision next to the terms of the same sum they are weighed against (a factor of
+# at most 3.3e-10 on an old state or token, against factors up to 1 on the chunk's own tokens), and no GEMM operand
+# of the forward is subnormal (tests/ops/test_gated_delta.py). The backward still meets a few: autograd's backward
+# of the triangular solve reads the solve's output before `flush_tiny`.
 
 
 def decay_floor(dtype: torch.dtype) -> float:
