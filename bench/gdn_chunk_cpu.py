@@ -53,8 +53,7 @@ def make_inputs(batch: int, heads: int, dim: int, seq_len: int, gates: str = "lo
     if gates == "converted":  # what conversion starts from: ab_proj is zero, so a = b = 0 for every token
         branch = GatedDeltaNetBranch(8, heads, 8, qkv_bias=False, qk_norm=False, eps=1e-6, conv_size=0, rope=False)
         with torch.no_grad():
-            g = (-branch.A_log.exp() * F.softplus(branch.dt_bias)).expand(batch, seq_len, heads).contiguous()
-        beta = torch.full((batch, seq_len, heads), 0.5)
+            g, beta = branch.gates(*torch.zeros(2, batch, seq_len, heads))
     else:
         g, beta = F.logsigmoid(torch.randn(batch, seq_len, heads)), torch.sigmoid(torch.randn(batch, seq_len, heads))
     return [

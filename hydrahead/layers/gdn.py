@@ -112,6 +112,14 @@ class GatedDeltaNetBranch(nn.Module):
             qkv = qkv * padding_mask[..., None].to(qkv.dtype)
         return qkv, a, b
 
+    def gates(self, a: torch.Tensor, b: torch.Tensor, cache_layer=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gate inputs a, b (B, T, H) -> (g, beta), fp32: g = -exp(A_log) * softplus(a + dt_bias), the log
+        decay, and beta = sigmoid(b). (A freshly converted branch has a = b = 0: `reset_gates`.)"""
+        beta = torch.sigmoid(b.float())  # (B, T, H)
+        decay, dt_bias = weight_table(cache_layer, ("gdn gate",),  # fp32 whatever the weights' dtype
+                                      lambda: (-self.A_log.float().exp(), self.dt_bias.float()))
+        return decay * F.softplus(a.float() + dt_bias), beta  # (B, T, H) each
+
     def _rule(self, qkv, a, b, tables, padding_mask, state, decode: bool, cache_layer, documents):
         """From the conv's output (B, T, q | k | v) and the gate inputs a, b (B, T, H): the q/k norm weight,
         RoPE, L2 norm, gates and the gated delta rule. Returns (o (B, T, H, D), the final state when there is a
@@ -142,10 +150,7 @@ class GatedDeltaNetBranch(nn.Module):
                                        output_final_state=final, state_in_place=decode,  # as the PyTorch step
                                        cu_seqlens=documents.cu_seqlens if documents is not None else None,
                                        normalized=normalized)
-        beta = torch.sigmoid(b.float())  # (B, T, H)
-        decay, dt_bias = weight_table(cache_layer, ("gdn gate",),  # fp32 whatever the weights' dtype
-                                      lambda: (-self.A_log.float().exp(), self.dt_bias.float()))
-        g = decay * F.softplus(a.float() + dt_bias)  # (B, T, H)
+        g, beta = self.gates(a, b, cache_layer)
         if padding_mask is not None:
             keep = padding_mask.to(beta.dtype)[..., None]
             beta, g = beta * keep, g * keep  # pad step: no write, no decay -> state untouched
