@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from hydrahead.errors import EvalError
 from hydrahead.eval.answers import exact, score
 from hydrahead.eval.tasks import Example, Haystack, TaskSpec, make_examples, parse_tasks
+from hydrahead.generation import eos_ids
 from hydrahead.models.shape import check_positions
 
 DEFAULT_BATCH_TOKENS = 32768
@@ -69,10 +70,9 @@ def generate_answers(model: Any, tokenizer: Any, batch: Sequence[Example]) -> li
     for i, e in enumerate(batch):
         ids[i, width - len(e.input_ids):] = torch.tensor(e.input_ids)
         mask[i, width - len(e.input_ids):] = 1
-    eos = model.generation_config.eos_token_id
     config = GenerationConfig(
         max_new_tokens=max(e.max_new_tokens for e in batch), do_sample=False, pad_token_id=pad,
-        eos_token_id=eos if eos is not None else tokenizer.eos_token_id,
+        eos_token_id=eos_ids(model, tokenizer),
     )
     extra = {"past_key_values": HybridHeadCache(model.config)} if is_hybrid(model) else {}
     device = _device(model)

@@ -47,6 +47,26 @@ class Oracle(nn.Module):
         return torch.stack(rows)
 
 
+class RecordingOracle(Oracle):
+    """An Oracle that keeps the generation config it was called with."""
+
+    def generate(self, input_ids, attention_mask, generation_config):
+        self.seen = generation_config
+        return super().generate(input_ids, attention_mask, generation_config)
+
+
+def test_generation_stops_at_the_configs_and_the_tokenizers_eos(tokenizer):
+    """An instruct model's end-of-turn token is not always its generation config's EOS: both end an answer
+    (hydrahead.generation.eos_ids, the rule `hydrahead generate` follows too)."""
+    oracle = RecordingOracle(tokenizer)
+    other = tokenizer.convert_tokens_to_ids("<pad>")
+    oracle.generation_config.eos_token_id = [other]
+    examples = make_examples(tokenizer, ["single_number"], [300], [0.5], samples=1)
+    evaluate_niah(oracle, tokenizer, examples, "oracle", progress=False)
+    assert oracle.seen.eos_token_id == sorted({other, tokenizer.eos_token_id})
+    assert tokenizer.eos_token_id != other
+
+
 @pytest.fixture(scope="module")
 def grid(tokenizer):
     return make_examples(tokenizer, TASK_NAMES, [300, 420], [0.0, 1.0], samples=1)
