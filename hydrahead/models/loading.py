@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -278,11 +279,12 @@ def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: t
     state = state_dict if state_dict is not None else model.state_dict()
     if dtype is not None:
         state = _cast(state, dtype)
-    tmp, old = path.with_name(f".{path.name}.tmp"), path.with_name(f".{path.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = old = None
     moved_aside = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # siblings of unique names (never a fixed name that a user's own directory might have)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         model.save_pretrained(tmp, state_dict=state)
         if dtype is not None:  # save_pretrained records the model's dtype, not the stored one
             config = json.loads((tmp / "config.json").read_text())
@@ -298,9 +300,9 @@ def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: t
         for file in tmp.iterdir():
             if file.is_file():
                 file.chmod(mode)
-        shutil.rmtree(old, ignore_errors=True)
         if path.exists():  # the earlier checkpoint stays whole until the new one is in place
-            path.rename(old)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            path.rename(old)  # onto the empty directory just made: rename replaces it
             moved_aside = True
         tmp.rename(path)
     except HydraHeadError:
@@ -310,10 +312,12 @@ def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: t
     except Exception as err:  # transformers' checks on save (a generation config it rejects, say), a tokenizer's
         raise CheckpointError(f"cannot save a checkpoint to {path}: {type(err).__name__}: {one_line(err)}") from err
     finally:  # also on Ctrl-C: no temporary left behind, and the earlier checkpoint back if it was moved aside
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         if moved_aside and not path.exists():
             old.rename(path)
-        shutil.rmtree(old, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return path
 
 

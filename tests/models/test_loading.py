@@ -315,6 +315,22 @@ def test_a_failed_save_leaves_the_earlier_checkpoint_and_no_temporary(saved, tmp
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_save_hybrid_leaves_a_users_directories_beside_the_output_alone(saved, tmp_path):
+    """The temporary and the earlier checkpoint moved aside have unique names: directories of the user's beside
+    the output, whatever their names, are neither used nor deleted."""
+    model, _ = saved
+    tmp_path = tmp_path / "outputs"
+    tmp_path.mkdir()
+    mine = {name: tmp_path / name for name in (".out.tmp", ".out.old")}
+    for folder in mine.values():
+        folder.mkdir()
+        (folder / "keep.txt").write_text("mine")
+    out = hydrahead.save_hybrid(model, tmp_path / "out")
+    hydrahead.save_hybrid(model, out)  # an earlier checkpoint moved aside, then deleted
+    assert all((folder / "keep.txt").read_text() == "mine" for folder in mine.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.old", ".out.tmp", "out"]
+
+
 def test_a_tokenizer_with_several_chat_templates_saves_twice(saved, tmp_path):
     from tests.toy_tokenizer import char_tokenizer
 
