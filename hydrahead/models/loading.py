@@ -41,7 +41,7 @@ MODEL_CARD = "README.md"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # what transformers raises for a config it rejects (huggingface_hub's strict dataclasses validate configs, e.g.
 # a hidden_size that is not a multiple of the heads, and raise StrictDataclassError, not a ValueError)
-CONFIG_ERRORS = (ValueError, TypeError, StrictDataclassError)
+CONFIG_ERRORS = (ValueError, TypeError, StrictDataclassError, ArithmeticError)  # ZeroDivisionError: 0 heads
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -49,6 +49,18 @@ def read_config(path: str | Path) -> dict[str, Any]:
     CheckpointError naming what is missing or corrupt."""
     gguf = locate(path)
     return gguf_config(gguf) if gguf is not None else config_json(path)
+
+
+def check_config(path: str | Path) -> None:
+    """CheckpointError naming config.json when transformers refuses it (a count that is not an integer, zero
+    heads, a hidden size the heads do not divide): what AutoConfig checks, before anything else reads it."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except (OSError, KeyError, *CONFIG_ERRORS) as err:
+        detail = "a count of 0 (of heads?)" if isinstance(err, ZeroDivisionError) else one_line(err)[:200]
+        raise CheckpointError(f"{Path(path) / 'config.json'} is not a valid model config: {detail}") from err
 
 
 def hybrid_model_types() -> list[str]:
@@ -104,6 +116,7 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str 
     target = resolve_device(device)
     if (gguf := find_gguf(path)) is not None:  # its header was read with the config
         return load_gguf_model(gguf, torch_dtype(dtype)).to(target).eval()
+    check_config(path)
     check_weights(path)
     if config.get("model_type") in hybrid_model_types():
         model = _hybrid(path, config, dtype=torch_dtype(dtype))
@@ -172,6 +185,8 @@ def load_tokenizer(path: str | Path) -> Any:
     else:
         from transformers import AutoTokenizer
 
+        if (Path(path) / "config.json").is_file():  # AutoTokenizer builds the config: its errors are the config's
+            check_config(path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError, TypeError, KeyError) as err:

@@ -121,13 +121,23 @@ def test_corrupt_config(saved):
         hydrahead.from_pretrained(path)
 
 
-def test_config_transformers_rejects(tmp_path):
+@pytest.mark.parametrize("key, value, message", [
+    ("hidden_size", 65, "multiple of"),  # no longer a multiple of the heads: transformers' strict validation
+    ("num_hidden_layers", "four", "expected int, got str"),
+    ("num_attention_heads", 0, r"a count of 0 \(of heads\?\)"),
+])
+def test_config_transformers_rejects(tmp_path, key, value, message):
+    """transformers validates a config when it builds it (loading the tokenizer builds it too): a config it refuses
+    is one CheckpointError naming config.json, not a traceback from inside transformers."""
+    from tests.distill.conftest import make_tokenizer
+
     make_teacher("llama").save_pretrained(tmp_path)
+    make_tokenizer().save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    config["hidden_size"] += 1  # no longer a multiple of the heads: transformers' strict validation refuses it
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(hydrahead.CheckpointError, match="could not load the model.*multiple of"):
-        hydrahead.load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**config, key: value}))
+    for load in (hydrahead.load_model, hydrahead.load_tokenizer):
+        with pytest.raises(hydrahead.CheckpointError, match=f"config.json is not a valid model config: .*{message}"):
+            load(tmp_path)
 
 
 def test_not_a_hybrid(tmp_path):
