@@ -83,6 +83,29 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a file the user may not read or write, a full disk: the system's own words name it
         print(f"hydrahead {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:  # torch's allocators raise RuntimeError (OutOfMemoryError on CUDA)
+        if (what := out_of_memory(err)) is None:
+            raise
+        print(f"hydrahead {args.command}: error: out of memory ({what}); ask for less: a shorter input, fewer new "
+              "tokens, a smaller batch or length", file=sys.stderr)
+        return 2
+
+
+def out_of_memory(err: BaseException) -> str | None:
+    """What failed to be allocated when `err` is an allocation that failed (Python's MemoryError, torch's CPU
+    allocator's "can't allocate memory", CUDA's OutOfMemoryError), else None."""
+    import re
+
+    import torch
+
+    from hydrahead.errors import one_line
+
+    message = one_line(err)
+    if (tried := re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", message)) is not None:
+        return f"{int(tried[1]) / 2**30:,.1f} GiB asked of the CPU's memory"
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return message[:200] or type(err).__name__
+    return None
 
 
 if __name__ == "__main__":

@@ -59,8 +59,12 @@ def check_config(path: str | Path) -> None:
     try:
         AutoConfig.from_pretrained(str(path), local_files_only=True)
     except (OSError, KeyError, *CONFIG_ERRORS) as err:
-        detail = "a count of 0 (of heads?)" if isinstance(err, ZeroDivisionError) else one_line(err)[:200]
-        raise CheckpointError(f"{Path(path) / 'config.json'} is not a valid model config: {detail}") from err
+        raise invalid_config(path, err) from err
+
+
+def invalid_config(path: str | Path, err: Exception) -> CheckpointError:
+    detail = "a count of 0 (of heads?)" if isinstance(err, ZeroDivisionError) else one_line(err)[:200]
+    return CheckpointError(f"{Path(path) / 'config.json'} is not a valid model config: {detail}")
 
 
 def hybrid_model_types() -> list[str]:
@@ -157,6 +161,8 @@ def _checked(model_class: Any, path: Path, refused: Sequence[str], **kwargs: Any
     renames of older layouts are already resolved in the loading info."""
     try:
         model, info = model_class.from_pretrained(str(path), output_loading_info=True, **kwargs)
+    except ArithmeticError as err:  # a config whose checks pass but whose model cannot be built (zero heads)
+        raise invalid_config(path, err) from err
     except (OSError, RuntimeError, KeyError, *CONFIG_ERRORS) as err:
         raise CheckpointError(f"could not load the model in {path}: {one_line(err)}") from err
     what = {"missing_keys": "missing tensor(s)", "unexpected_keys": "unexpected tensor(s)"}

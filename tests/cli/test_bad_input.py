@@ -85,6 +85,11 @@ def files(tmp_path_factory):
     (d / "kv_float_scores.json").write_text('{"method": "patching", "values": [[0.1, 0.2]], "num_kv_heads": 1.5}')
     (d / "file_out_recipe.yaml").write_text(json.dumps({**recipe, "teacher": str(d / "teacher"),
                                                         "output_dir": str(d / "a_file")}))
+    (d / "zero_heads").mkdir()  # a config transformers refuses (heads 0): found when the tokenizer loads it
+    for file in (d / "teacher").iterdir():
+        (d / "zero_heads" / file.name).write_bytes(file.read_bytes())
+    config = json.loads((d / "zero_heads" / "config.json").read_text())
+    (d / "zero_heads" / "config.json").write_text(json.dumps({**config, "num_attention_heads": 0}))
     return d
 
 
@@ -233,6 +238,10 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["generate", new, "-p", "x"], "model directory not found"),
         (["generate", str(d / "gpt2"), "-p", "x" * 60, "--max-new-tokens", "10"],
          "learned position table of 64 positions: 60 prompt tokens \\+ 10 new ones = 70 is beyond it"),
+        # found by a second review of bad inputs (2026-12-06)
+        (["generate", str(d / "zero_heads"), "-p", "x"], "zero_heads/config.json is not a valid model config"),
+        (["eval", "ppl", "--models", str(d / "zero_heads"), "--data", str(d / "doc.txt"), "--out", new],
+         "zero_heads/config.json is not a valid model config"),
     ]
 
 
@@ -258,3 +267,37 @@ def test_every_bad_input_is_one_clear_line(files, tmp_path):
     assert sorted(p.name for p in files.iterdir()) == before  # nothing was written next to the inputs
     assert (files / "a_file").read_text() == "not a directory"
     assert sorted(p.name for p in (files / "notes").iterdir()) == ["README.md", "manifest.json"]
+
+
+@pytest.mark.parametrize("error, shown", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 512000000512 bytes. Error code 12 (Cannot allocate memory)"),
+     r"out of memory \(476.8 GiB asked of the CPU's memory\); ask for less"),
+    (MemoryError(), r"out of memory \(MemoryError\)"),
+])
+def test_running_out_of_memory_is_one_line(files, monkeypatch, capsys, error, shown):
+    """A static cache for a billion new tokens, say: the allocation fails in torch, and the command says so."""
+    import re
+
+    from hydrahead import cli
+    from hydrahead.cli import info
+
+    def run(args):
+        raise error
+
+    monkeypatch.setattr(info, "run", run)
+    assert cli.main(["info", str(files / "hybrid")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and re.match(rf"hydrahead info: error: {shown}", lines[0]), lines
+
+
+def test_a_runtime_error_that_is_not_memory_is_not_hidden(files, monkeypatch):
+    from hydrahead import cli
+    from hydrahead.cli import info
+
+    def run(args):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(info, "run", run)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["info", str(files / "hybrid")])
