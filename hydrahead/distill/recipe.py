@@ -280,6 +280,10 @@ class _RecipeFile:
     def to_yaml(self) -> str:
         return yaml.safe_dump(json.loads(json.dumps(self.to_dict())), sort_keys=False)
 
+    def check_seed(self) -> None:
+        # numpy's and torch's generators take seeds from 0 to 2**64 - 1
+        check(0 <= self.seed < 2**64, "seed", f"must be a whole number from 0 to 2**64 - 1, got {self.seed}")
+
     def identity(self, plan: dict[str, Any] | None = None) -> dict[str, Any]:
         """The keys that decide what a run computes (RUNTIME_KEYS removed): two recipes with the same
         identity train the same model, so a checkpoint of one resumes the other."""
@@ -313,6 +317,7 @@ class Recipe(_RecipeFile):
     """Seeds conversion, data order and every random number generator."""
 
     def __post_init__(self) -> None:
+        self.check_seed()
         self.hybrid_options()  # validate now
 
     def hybrid_options(self) -> HybridOptions:
@@ -360,6 +365,7 @@ class PretrainRecipe(_RecipeFile):
     initialisation: a curriculum's next phase. Its config must be `model`'s."""
 
     def __post_init__(self) -> None:
+        self.check_seed()
         check("model_type" in self.model, "model", "must name its model_type (e.g. llama)")
 
 

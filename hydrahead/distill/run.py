@@ -105,6 +105,10 @@ def prepare(recipe: Recipe, env: DistEnv, resume: bool, plan: HeadPlan | None = 
     batch sizes, and the checkpoint against the recipe (on --resume)."""
     stages = [STAGES[name](config, STAGE_NAMES.index(name)) for name, config in recipe.stages.active()]
     check_output(recipe.output_dir, "directory")
+    teacher_dir, output_dir = Path(recipe.teacher).resolve(), Path(recipe.output_dir).resolve()
+    if output_dir == teacher_dir or teacher_dir in output_dir.parents:
+        raise RecipeError(f"output_dir {recipe.output_dir} is inside the teacher's directory {recipe.teacher}: a run "
+                          "writes checkpoints, metrics and its final model there; choose another output_dir")
     train_files = {}
     for stage in stages:
         key = f"stages.{stage.name}.train_files" if stage.config.train_files else "data.train_files"

@@ -85,6 +85,8 @@ def files(tmp_path_factory):
     (d / "kv_float_scores.json").write_text('{"method": "patching", "values": [[0.1, 0.2]], "num_kv_heads": 1.5}')
     (d / "file_out_recipe.yaml").write_text(json.dumps({**recipe, "teacher": str(d / "teacher"),
                                                         "output_dir": str(d / "a_file")}))
+    (d / "in_teacher_recipe.yaml").write_text(json.dumps({**recipe, "teacher": str(d / "teacher"),
+                                                          "output_dir": str(d / "teacher" / "run")}))
     (d / "zero_heads").mkdir()  # a config transformers refuses (heads 0): found when the tokenizer loads it
     for file in (d / "teacher").iterdir():
         (d / "zero_heads" / file.name).write_bytes(file.read_bytes())
@@ -239,6 +241,7 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["generate", str(d / "gpt2"), "-p", "x" * 60, "--max-new-tokens", "10"],
          "learned position table of 64 positions: 60 prompt tokens \\+ 10 new ones = 70 is beyond it"),
         # found by a second review of bad inputs (2026-12-06)
+        (["distill", str(d / "in_teacher_recipe.yaml")], "output_dir .*teacher/run is inside the teacher's directory"),
         (["generate", str(d / "zero_heads"), "-p", "x"], "zero_heads/config.json is not a valid model config"),
         (["eval", "ppl", "--models", str(d / "zero_heads"), "--data", str(d / "doc.txt"), "--out", new],
          "zero_heads/config.json is not a valid model config"),
