@@ -18,7 +18,7 @@ import argparse
 import time
 from pathlib import Path
 
-from hydrahead.cli.args import device, model_path, output_dir, positive_int
+from hydrahead.cli.args import device, model_path, output_dir, outputs_apart, positive_int
 
 HELP = "evaluate models: RULER-style NIAH grid (niah) or perplexity by position (ppl)"
 
@@ -104,6 +104,7 @@ def _models(args, length: int, what: str) -> tuple[list[tuple[str, str]], list[s
     from hydrahead.models.loading import check_model_dirs, read_config
     from hydrahead.models.shape import check_positions, positions
 
+    outputs_apart({"--out": args.out}, {"--models": args.models})  # a report written into a model's directory
     check_model_dirs(args.models)
     models, notes = list(zip(model_labels(args.models), args.models)), []
     for label, path in models:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from hydrahead.cli.args import device, model_path, nonnegative_int, output_file, positive_int
+from hydrahead.cli.args import device, model_path, nonnegative_int, output_file, outputs_apart, positive_int
 
 HELP = "generate text from a checkpoint and report time to first token, tokens/s and cache bytes"
 
@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     from hydrahead.models.loading import inference_dtype, load_model, load_tokenizer, resolve_device
     from hydrahead.utils.io import write_json
 
+    outputs_apart({"--json": args.json}, {"model": args.model, "--prompt-file": args.prompt_file})
     prompt = read_prompt(args)  # before the model loads: a missing file fails at once
     decoding_settings(args.temperature, args.top_p, args.top_k)
     target = resolve_device(args.device)

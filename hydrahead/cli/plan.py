@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import model_path, nonnegative_int, not_an_input, output_file, positive_int
+from hydrahead.cli.args import model_path, nonnegative_int, output_file, outputs_apart, positive_int
 
 HELP = "choose full-attention heads from scores (or a layer-wise / random / per-layer baseline)"
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
                             f"not {args.baseline}")
     if args.layers is not None and args.ratio is not None:
         raise PlanError("--baseline layerwise takes --ratio (evenly spaced FA layers) or --layers, not both")
-    not_an_input(args.out, scores=args.scores)
+    outputs_apart({"--out": args.out}, {"--scores": args.scores, "--model": args.model})
     scores = HeadScores.from_json(args.scores) if args.scores else None
     config = _shape_config(args, scores)
     if args.baseline in ("scores", "fixed-per-layer") and scores is None:

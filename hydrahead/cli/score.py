@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from hydrahead.cli.args import (
-    device, length, model_path, nonnegative_int, output_file, positive_int, tokenizer_path,
+    device, length, model_path, nonnegative_int, output_file, outputs_apart, positive_int, tokenizer_path,
 )
 
 HELP = "score attention heads (patching, attribution or retrieval) and save them as JSON"
@@ -123,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.no_senders and args.method == "retrieval":
         raise ScoringError("--no-senders applies to patching and attribution; the retrieval score has no sender term")
+    outputs_apart({"--out": args.out, "--plot": args.plot},
+                  {"--model": args.model, "--tokenizer": args.tokenizer, "--probes-file": args.probes_file})
     model_config = read_config(args.model)
     config = probe_config_from(args, model_config=model_config)  # checked before the (slow) load
     model, tokenizer = load_model_and_tokenizer(args, model_config)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import not_an_input, output_file, positive_int
+from hydrahead.cli.args import output_file, outputs_apart, positive_int
 
 HELP = "ablate top-k vs random heads and compare scoring methods (table + JSON)"
 
@@ -61,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from hydrahead.scoring.validate import check_top_k
 
     # every file and setting is checked against the model's config before the (slow) load
-    not_an_input(args.out, scores=args.scores, compare=args.compare)
-    not_an_input(args.layer_plot, scores=args.scores, compare=args.compare)
+    outputs_apart({"--out": args.out, "--layer-plot": args.layer_plot},
+                  {"--scores": args.scores, "--compare": args.compare, "--model": args.model,
+                   "--tokenizer": args.tokenizer, "--probes-file": args.probes_file})
     model_config = read_config(args.model)
     scores = HeadScores.from_json(args.scores).check_config(model_config)
     compare, sources = {}, {scores.method: args.scores}  # method -> scores, and the file each came from
