@@ -64,6 +64,16 @@ def _score_rows(scores: Any) -> list[list[float]]:
     return rows
 
 
+def _check_ranked(rows: list[list[float]]) -> None:
+    """PlanError when every head has one score (probes the model cannot solve give every effect 0): such scores
+    rank nothing, and the plan would be the heads' index order."""
+    flat = {v for r in rows for v in r}
+    if len(flat) == 1 and sum(map(len, rows)) > 1:
+        raise PlanError(f"every head scores {flat.pop()}: the scores rank no head above another, and a plan from them "
+                        "would pick heads by their index; score on probes the model solves (a context length "
+                        "inside its window), or plan with --baseline random")
+
+
 def _check_scores_shape(rows: list[list[float]], num_kv_heads: int, config: Any | None) -> None:
     layers, heads = len(rows), len(rows[0])
     if num_kv_heads <= 0 or heads % num_kv_heads:
@@ -143,6 +153,7 @@ class HeadPlan:
         rows = _score_rows(scores)
         kv = int(getattr(scores, "num_kv_heads", len(rows[0])))
         _check_scores_shape(rows, kv, config)
+        _check_ranked(rows)
         return cls._screen(rows, kv, ratio, min_per_layer, granularity, getattr(scores, "method", "scores"))
 
     @classmethod
@@ -184,6 +195,7 @@ class HeadPlan:
         rows = _score_rows(scores)
         kv = int(getattr(scores, "num_kv_heads", len(rows[0])))
         _check_scores_shape(rows, kv, config)
+        _check_ranked(rows)
         heads = len(rows[0])
         if not 1 <= k <= heads:
             raise PlanError(f"k must be between 1 and {heads} heads per layer, got {k}")

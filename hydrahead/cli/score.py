@@ -46,6 +46,7 @@ def probe_config_from(args: argparse.Namespace, base=None, model_config=None):
     from hydrahead.scoring import ProbeConfig, default_context_length
 
     from hydrahead.errors import ProbeError
+    from hydrahead.models.shape import positions
 
     if args.probes_file and args.haystack:
         raise ProbeError(f"--probes-file gives the haystack; --haystack {args.haystack} would ignore it: give one")
@@ -65,7 +66,13 @@ def probe_config_from(args: argparse.Namespace, base=None, model_config=None):
         overrides["capabilities"] = tuple(c.strip() for c in args.capabilities.split(","))
     if args.probe_seed is not None:
         overrides["seed"] = args.probe_seed
-    return ProbeConfig(**{**(base.to_dict() if base is not None else {}), **overrides})
+    config = ProbeConfig(**{**(base.to_dict() if base is not None else {}), **overrides})
+    limit = positions(model_config)[0] if model_config is not None else None
+    if limit is not None and config.context_length > limit:  # a learned table is refused when probes are built
+        print(f"note: probes of {config.context_length} tokens are longer than the {limit} positions the model was "
+              "built for (max_position_embeddings): a model that cannot retrieve there gives every head a score "
+              "near 0", flush=True)
+    return config
 
 
 def describe_leads(probes, tokenizer, config) -> str:

@@ -94,7 +94,7 @@ def test_baseline_plans(teacher_dir, capsys):
 
 def test_cli_errors_are_one_line(teacher_dir, capsys):
     model = str(teacher_dir / "teacher")
-    HeadScores(torch.zeros(3, 4).numpy(), "patching", 2).to_json(teacher_dir / "other.json")
+    HeadScores(torch.arange(12.0).reshape(3, 4).numpy(), "patching", 2).to_json(teacher_dir / "other.json")
     cases = [
         (["plan", "--scores", str(teacher_dir / "other.json"), "--ratio", "3:1", "--model", model, "--out", str(teacher_dir / "x.json")],
          "scores are for a model with 3 layers"),

@@ -111,6 +111,15 @@ def test_bad_arguments_raise_clear_errors(call, match):
         call(random_scores())
 
 
+def test_scores_that_rank_nothing_make_no_plan():
+    """Probes a model cannot solve (longer than its window, say) give every head the effect 0: a plan from them
+    would be the heads' index order, and is refused."""
+    flat = HeadScores(np.zeros((28, 16)), "patching", 8)
+    for build in (lambda: HeadPlan.from_scores(flat), lambda: HeadPlan.fixed_per_layer(flat, 2)):
+        with pytest.raises(PlanError, match="every head scores 0.0: the scores rank no head above another"):
+            build()
+
+
 def test_plan_from_scores_fits_the_model():
     teacher = make_teacher("qwen3")
     s = HeadScores(np.arange(8, dtype=float).reshape(2, 4), "attribution", 2)
