@@ -67,10 +67,15 @@ def run(args: argparse.Namespace) -> int:
     from hydrahead import HeadPlan, HybridOptions, convert
     from hydrahead.errors import CheckpointError, OptionsError
     from hydrahead.models.convert import calibration_rows
-    from hydrahead.models.loading import check_output_dir, load_model, load_tokenizer, save_hybrid
+    from hydrahead.models.families import family_of_config
+    from hydrahead.models.loading import check_output_dir, load_model, load_tokenizer, read_config, save_hybrid
+    from hydrahead.models.shape import ModelShape
 
     out = check_output_dir(args.out, keep=[args.model], hybrid=True)  # before any work
     plan = HeadPlan.from_json(args.plan)
+    config = read_config(args.model)
+    family_of_config(config, str(args.model))  # a model hydrahead converts, and the plan fits it: before the load
+    plan.validate(ModelShape.from_config(config))
     options = HybridOptions.preset(args.preset, **parse_overrides(args.option))
     try:  # keep the teacher's tokenizer next to the weights when it has one
         tokenizer = load_tokenizer(args.model)

@@ -87,6 +87,7 @@ def files(tmp_path_factory):
                                                         "output_dir": str(d / "a_file")}))
     (d / "in_teacher_recipe.yaml").write_text(json.dumps({**recipe, "teacher": str(d / "teacher"),
                                                           "output_dir": str(d / "teacher" / "run")}))
+    HeadPlan(((0,), (1,), (2,)), 4, 2).to_json(d / "three_layer_plan.json")
     (d / "zero_heads").mkdir()  # a config transformers refuses (heads 0): found when the tokenizer loads it
     for file in (d / "teacher").iterdir():
         (d / "zero_heads" / file.name).write_bytes(file.read_bytes())
@@ -253,6 +254,8 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["validate-scores", "--model", T, "--scores", S, "--out", f"{new}.json", "--layer-plot", f"{new}.json"],
          "--out and --layer-plot are the same path"),
         (["eval", "ppl", "--models", H, "--data", str(d / "doc.txt"), "--out", H], "--out .*hybrid is the --models directory"),
+        (["convert", "--model", T, "--plan", str(d / "three_layer_plan.json"), "--out", new],
+         "plan has 3 layers but the model has 2"),
         (["distill", str(d / "in_teacher_recipe.yaml")], "output_dir .*teacher/run is inside the teacher's directory"),
         (["generate", str(d / "zero_heads"), "-p", "x"], "zero_heads/config.json is not a valid model config"),
         (["eval", "ppl", "--models", str(d / "zero_heads"), "--data", str(d / "doc.txt"), "--out", new],
