@@ -63,9 +63,12 @@ def parse_layers(text: str) -> list[int]:
     from hydrahead.errors import PlanError
 
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        layers = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise PlanError(f"--layers expects a comma list of layer indices such as 0,4,8, got {text!r}") from None
+        layers = []
+    if not layers:
+        raise PlanError(f"--layers expects a comma list of layer indices such as 0,4,8, got {text!r}")
+    return layers
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.baseline == "random":
         plan = HeadPlan.random(config, args.ratio or "7:1", args.seed, args.min_per_layer, args.granularity)
     else:
-        layers = parse_layers(args.layers) if args.layers else None
+        layers = parse_layers(args.layers) if args.layers is not None else None
         plan = HeadPlan.layerwise(config, args.ratio or "3:1", layers)
     plan.to_json(args.out)
     print(plan.summary())

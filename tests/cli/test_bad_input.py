@@ -254,6 +254,8 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["validate-scores", "--model", T, "--scores", S, "--out", f"{new}.json", "--layer-plot", f"{new}.json"],
          "--out and --layer-plot are the same path"),
         (["eval", "ppl", "--models", H, "--data", str(d / "doc.txt"), "--out", H], "--out .*hybrid is the --models directory"),
+        (["plan", "--baseline", "layerwise", "--model", T, "--layers", "", "--out", f"{new}.json"],
+         "--layers expects a comma list of layer indices such as 0,4,8, got ''"),
         (["convert", "--model", T, "--plan", str(d / "three_layer_plan.json"), "--out", new],
          "plan has 3 layers but the model has 2"),
         (["distill", str(d / "in_teacher_recipe.yaml")], "output_dir .*teacher/run is inside the teacher's directory"),
