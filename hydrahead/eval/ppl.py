@@ -97,7 +97,10 @@ def load_documents(paths: Iterable[str | Path]) -> list[Document]:
                 raise EvalError(f"{f}:{n + 1}: 'text' must be a string, got {json.dumps(text)[:40]}")
             docs.append(Document(f"{f.name}:{n + 1}", text))
     if not docs:
-        raise EvalError(f"no documents in {', '.join(map(str, paths))} (expected .txt, .md or .jsonl files)")
+        found = (f"{', '.join(f.name for f in files[:3])}{' ...' if len(files) > 3 else ''} "
+                 f"hold{'s' if len(files) == 1 else ''} no text"
+                 if files else f"expected {', '.join((*TEXT_SUFFIXES, '.jsonl'))} files")
+        raise EvalError(f"no documents in {', '.join(map(str, paths))} ({found})")
     return docs
 
 

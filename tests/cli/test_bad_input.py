@@ -88,6 +88,7 @@ def files(tmp_path_factory):
     (d / "in_teacher_recipe.yaml").write_text(json.dumps({**recipe, "teacher": str(d / "teacher"),
                                                           "output_dir": str(d / "teacher" / "run")}))
     HeadPlan(((0,), (1,), (2,)), 4, 2).to_json(d / "three_layer_plan.json")
+    (d / "blank.jsonl").write_text("\n")
     (d / "zero_heads").mkdir()  # a config transformers refuses (heads 0): found when the tokenizer loads it
     for file in (d / "teacher").iterdir():
         (d / "zero_heads" / file.name).write_bytes(file.read_bytes())
@@ -254,6 +255,10 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["validate-scores", "--model", T, "--scores", S, "--out", f"{new}.json", "--layer-plot", f"{new}.json"],
          "--out and --layer-plot are the same path"),
         (["eval", "ppl", "--models", H, "--data", str(d / "doc.txt"), "--out", H], "--out .*hybrid is the --models directory"),
+        (["eval", "ppl", "--models", H, "--data", str(d / "blank.jsonl"), "--out", new],
+         r"no documents in .*blank.jsonl \(blank.jsonl holds no text\)"),
+        (["eval", "ppl", "--models", H, "--data", str(d / "a_dir"), "--out", new],
+         r"no documents in .*a_dir \(expected .txt, .md, .jsonl files\)"),
         (["plan", "--baseline", "layerwise", "--model", T, "--layers", "", "--out", f"{new}.json"],
          "--layers expects a comma list of layer indices such as 0,4,8, got ''"),
         (["convert", "--model", T, "--plan", str(d / "three_layer_plan.json"), "--out", new],
