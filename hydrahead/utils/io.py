@@ -31,6 +31,7 @@ def check_output(path: str | Path, kind: str = "file") -> Path:
             raise OutputError(f"output {path} is a {other}, not a {kind}")
         if not os.access(path, os.W_OK):
             raise OutputError(f"output {path} is not writable")
+        _can_create_in(path if path.is_dir() else path.parent, path)  # an atomic write makes a file beside it
         return path
     for parent in path.parents:
         if parent.exists():
@@ -38,8 +39,20 @@ def check_output(path: str | Path, kind: str = "file") -> Path:
                 raise OutputError(f"cannot write {path}: {parent} is a file, not a directory")
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise OutputError(f"cannot write {path}: no permission to create files in {parent}")
+            _can_create_in(parent, path)
             break
     return path
+
+
+def _can_create_in(folder: Path, path: Path) -> None:
+    """OutputError unless a file can be created in `folder`, tried (and removed): what os.access cannot say for
+    root, whom it allows everything, or for a read-only or virtual file system (/proc)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".hydrahead-check-", dir=folder)
+    except OSError as err:
+        raise OutputError(f"cannot write {path}: no file can be created in {folder} ({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(name)
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:

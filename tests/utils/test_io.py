@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,16 @@ def test_written_files_follow_the_umask(tmp_path):
         assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
     finally:
         os.umask(old)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_output_where_no_file_can_be_created_is_refused_at_once(tmp_path):
+    """os.access allows root everything, and says nothing of a virtual file system: the check creates a file."""
+    from hydrahead.errors import OutputError
+    from hydrahead.utils.io import check_output
+
+    for path, kind in (("/proc/hydrahead-out.json", "file"), ("/proc/hydrahead-out", "directory")):
+        with pytest.raises(OutputError, match="no file can be created in /proc"):
+            check_output(path, kind)
+    assert check_output(tmp_path / "new" / "out.json") == tmp_path / "new" / "out.json"
+    assert list(tmp_path.iterdir()) == []  # the check leaves nothing behind
