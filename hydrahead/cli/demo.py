@@ -63,15 +63,21 @@ def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     from hydrahead.demo.scale import get_scale, with_budget, with_plans
+    from hydrahead.errors import HydraHeadError
 
     hf_logging.disable_progress_bar()  # the demo prints its own progress lines
     if args.export_teacher is not None:
         from hydrahead.demo.teacher import export_teacher
 
+        given = {"--out": str(args.out) != "demo_out", "--scale": args.scale != "default", "--preset": args.preset,
+                 "--retrain-teacher": args.retrain_teacher, "--teacher": args.teacher, "--length": args.length,
+                 "--budget": args.budget, "--plans": args.plans}
+        if ignored := [flag for flag, value in given.items() if value not in (None, False)]:
+            raise HydraHeadError(f"--export-teacher writes the shipped teacher and stops; {', '.join(ignored)} "
+                                 "would be ignored: give it alone")
         print(f"exported the demo teacher to {export_teacher(args.export_teacher)}")
         return 0
     from hydrahead.demo.pipeline import run as run_demo
-    from hydrahead.errors import HydraHeadError
 
     import dataclasses
 

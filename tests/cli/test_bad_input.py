@@ -185,6 +185,8 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["demo", "--out", F], "a_file is a file"),
         (["demo", "--device", "banana"], "unknown device 'banana'"),
         (["demo", "--export-teacher", F], "a_file is a file"),
+        (["demo", "--export-teacher", new, "--budget", "2", "--scale", "tiny"],
+         "--export-teacher writes the shipped teacher and stops; --scale, --budget would be ignored"),
         (["demo", "--out", new, "--plans", "hydrahead-7:1,best-plan"], r"--plans: unknown plan\(s\) \['best-plan'\]"),
         (["demo", "--out", new, "--budget", "0"], "--budget must be a positive multiplier"),
         (["demo", "--out", new, "--teacher", T, "--retrain-teacher"], "--teacher and --retrain-teacher exclude"),
