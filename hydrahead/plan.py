@@ -64,6 +64,16 @@ def _score_rows(scores: Any) -> list[list[float]]:
     return rows
 
 
+def _checked_scores(scores: Any, config: Any | None) -> tuple[list[list[float]], int]:
+    """(rows, num_kv_heads) of scores a plan may be made from: their shape fits `config` (when given) and they
+    rank the heads."""
+    rows = _score_rows(scores)
+    kv = int(getattr(scores, "num_kv_heads", len(rows[0])))
+    _check_scores_shape(rows, kv, config)
+    _check_ranked(rows)
+    return rows, kv
+
+
 def _check_ranked(rows: list[list[float]]) -> None:
     """PlanError when every head has one score (probes the model cannot solve give every effect 0): such scores
     rank nothing, and the plan would be the heads' index order."""
@@ -150,10 +160,7 @@ class HeadPlan:
                      size) groups, so the KV-cache fraction is exactly FA groups / all groups
         config:      when given, scores for another model shape raise PlanError
         """
-        rows = _score_rows(scores)
-        kv = int(getattr(scores, "num_kv_heads", len(rows[0])))
-        _check_scores_shape(rows, kv, config)
-        _check_ranked(rows)
+        rows, kv = _checked_scores(scores, config)
         return cls._screen(rows, kv, ratio, min_per_layer, granularity, getattr(scores, "method", "scores"))
 
     @classmethod
@@ -192,10 +199,7 @@ class HeadPlan:
     @classmethod
     def fixed_per_layer(cls, scores: Any, k: int, config: Any | None = None) -> HeadPlan:
         """The fixed per-layer allocation baseline: the k best heads of every layer (7:1 with 16 heads: k=2)."""
-        rows = _score_rows(scores)
-        kv = int(getattr(scores, "num_kv_heads", len(rows[0])))
-        _check_scores_shape(rows, kv, config)
-        _check_ranked(rows)
+        rows, kv = _checked_scores(scores, config)
         heads = len(rows[0])
         if not 1 <= k <= heads:
             raise PlanError(f"k must be between 1 and {heads} heads per layer, got {k}")
