@@ -23,14 +23,16 @@ import argparse
 
 from hydrahead.cli.args import device, length, model_path, output_dir
 
+DEFAULT_OUT, DEFAULT_SCALE = "demo_out", "default"
 HELP = "score -> plan -> distill -> evaluate on the shipped small teacher, over several seeds, and write a report"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hydrahead.demo.scale import PLAN_NAMES, SCALES
 
-    parser.add_argument("--out", default="demo_out", type=output_dir, help="output directory (default: demo_out)")
-    parser.add_argument("--scale", default="default", choices=list(SCALES),
+    parser.add_argument("--out", default=DEFAULT_OUT, type=output_dir,
+                        help=f"output directory (default: {DEFAULT_OUT})")
+    parser.add_argument("--scale", default=DEFAULT_SCALE, choices=list(SCALES),
                         help="how big a run: tiny (a smoke test, about a minute), default (10-15 minutes on a 2-core "
                              "CPU), gpu (a larger run for one CUDA GPU), study (a pretrained --teacher on one GPU) "
                              "(default: default)")
@@ -69,9 +71,9 @@ def run(args: argparse.Namespace) -> int:
     if args.export_teacher is not None:
         from hydrahead.demo.teacher import export_teacher
 
-        given = {"--out": str(args.out) != "demo_out", "--scale": args.scale != "default", "--preset": args.preset,
-                 "--retrain-teacher": args.retrain_teacher, "--teacher": args.teacher, "--length": args.length,
-                 "--budget": args.budget, "--plans": args.plans}
+        given = {"--out": str(args.out) != DEFAULT_OUT, "--scale": args.scale != DEFAULT_SCALE,
+                 "--preset": args.preset, "--retrain-teacher": args.retrain_teacher, "--teacher": args.teacher,
+                 "--length": args.length, "--budget": args.budget, "--plans": args.plans}
         if ignored := [flag for flag, value in given.items() if value not in (None, False)]:
             raise HydraHeadError(f"--export-teacher writes the shipped teacher and stops; {', '.join(ignored)} "
                                  "would be ignored: give it alone")
