@@ -1,7 +1,7 @@
 """Where is the demo teacher on the way to retrieval? Copying first, then the key match.
 
 Loads a model directory (a teacher run's <work>/run/<phase>/final, or an exported teacher) or a training
-checkpoint (<work>/run/<phase>/checkpoint.pt, with --tokenizer; its model config and the code identifiers
+checkpoint (<work>/run/<phase>/checkpoint.safetensors, with --tokenizer; its model config and the code identifiers
 come from --recipe, by default the package's, i.e. the shipped teacher's) and prints:
 - copying: next-token accuracy on the first and the second copy of random spans of needle words and
   digits, joined by four separators (the second copy is predictable only by copying; a model that copies
@@ -17,8 +17,10 @@ The " | " separator is the one of the `repeat` documents that taught teacher run
 
 Usage:
   python experiments/teacher_probe.py /work/teacher_work/run/retrieval/final
-  python experiments/teacher_probe.py /work/teacher_work/run/retrieval/checkpoint.pt --tokenizer /work/teacher_work/tokenizer
-  python experiments/teacher_probe.py CHECKPOINT.pt --tokenizer TOK --recipe experiments/teacher_runs/v3/teacher_recipe.yaml
+  python experiments/teacher_probe.py /work/teacher_work/run/retrieval/checkpoint.safetensors \
+      --tokenizer /work/teacher_work/tokenizer
+  python experiments/teacher_probe.py CHECKPOINT.safetensors --tokenizer TOK \
+      --recipe experiments/teacher_runs/v3/teacher_recipe.yaml
 """
 
 from __future__ import annotations
@@ -35,13 +37,15 @@ def load(path: str, tokenizer_dir: str | None, recipe: dict):
 
     from hydrahead.models.loading import load_model, load_tokenizer
 
-    if not path.endswith(".pt"):
+    from hydrahead.distill.checkpoint import read_payload
+
+    if not path.endswith(".safetensors") or Path(path).is_dir():
         return load_model(path), load_tokenizer(tokenizer_dir or path)
     tokenizer = load_tokenizer(tokenizer_dir)
     spec = dict(recipe["pretrain"]["model"])
     config = AutoConfig.for_model(spec.pop("model_type"), vocab_size=len(tokenizer), **spec)
     model = AutoModelForCausalLM.from_config(config)
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    state = read_payload(Path(path))
     model.load_state_dict(state["model"])
     print(f"checkpoint at step {state['state']['step']}, {state['state']['tokens'] / 1e6:.1f}M tokens")
     return model.eval(), tokenizer

@@ -20,7 +20,7 @@ HELP = "train a converted hybrid from its teacher: alignment, distillation, long
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", nargs="?", help="recipe YAML (see --print-example-recipe)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from <output_dir>/checkpoint.pt (must come from the same recipe)")
+                        help="continue from <output_dir>/checkpoint.safetensors (must come from the same recipe)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a recipe key by its dotted path, value in YAML, e.g. stages.align.lr=2.0e-3 "
                              "(repeatable)")

@@ -193,6 +193,7 @@ def distill_all(out: Path, teacher: Teacher, plans: dict[str, HeadPlan], scale: 
                 log: Log) -> dict[str, Path]:
     """Every plan distilled once per seed; returns "<plan>/seed<s>" -> final checkpoint."""
     import hydrahead.distill as distill
+    from hydrahead.distill import checkpoint as ckpt
 
     paths, runs = {}, [(name, seed) for name in plans for seed in scale.seeds]
     for i, (name, seed) in enumerate(runs, 1):
@@ -201,7 +202,7 @@ def distill_all(out: Path, teacher: Teacher, plans: dict[str, HeadPlan], scale: 
             f"KV cache {100 * plans[name].kv_cache_fraction:.1f}% of the teacher")
         recipe = recipe_for(out, teacher, name, seed, scale, device)
         run_dir = Path(recipe["output_dir"])  # a demo rerun into the same --out: resumed, or refused
-        again = (run_dir / "checkpoint.pt").exists() or (run_dir / "metrics.jsonl").exists()
+        again = (run_dir / ckpt.FILENAME).exists() or (run_dir / "metrics.jsonl").exists()
         try:
             paths[f"{name}/seed{seed}"] = distill.run(recipe, resume=again, teacher=teacher.model,
                                                      tokenizer=teacher.tokenizer, plan=plans[name])

@@ -92,6 +92,7 @@ def retrain(work: str | Path, device: str = "auto", log: Log | None = None, reci
     """Rebuild the teacher from its recipe in `work`, phase after phase; resumes a stopped run there.
     Returns the last phase's final model, <work>/run/<phase>/final."""
     from hydrahead.demo.teacher_data import teacher_documents
+    from hydrahead.distill import checkpoint as ckpt
     from hydrahead.distill.pretrain import pretrain
     from hydrahead.models.loading import load_tokenizer
     from hydrahead.distill.recipe import PretrainRecipe
@@ -131,7 +132,7 @@ def retrain(work: str | Path, device: str = "auto", log: Log | None = None, reci
         spec["data"] = {**base.get("data", {}), "train_files": [str(train)], "eval_files": [str(heldout)]}
         spec["training"] = {**base.get("training", {}), "device": device}
         pretrain_recipe = PretrainRecipe.from_dict(spec)
-        resume = (run / "checkpoint.pt").is_file()
+        resume = (run / ckpt.FILENAME).is_file()
         log(f"pretraining the teacher, phase {name} ({pretrain_recipe.stage.tokens / 1e6:.1f}M tokens) in {run}"
             + (" (resuming)" if resume else ""))
         init = pretrain(pretrain_recipe, resume=resume, evaluators=[monitor])

@@ -1,4 +1,4 @@
-"""The training checkpoint: one file, written atomically, holding everything a resumed run needs.
+"""The training checkpoint: one safetensors file, written atomically, holding everything a resumed run needs.
 
 Contents: model (full state dict, whatever the sharding), optimizer and scheduler (mid-stage, and at the
 end of a stage a finished run may extend: `Stage.extendable`), the
@@ -7,6 +7,11 @@ identity (the keys that decide what is computed, with the plan's contents) and i
 of the run's inputs (teacher weights, tokenizer and data files: their contents, not only their paths) and
 a checksum of every tensor in it. `--resume` refuses, saying what differs: another recipe, an input
 edited in place since the checkpoint, a damaged or incomplete file, a tensor that is missing.
+
+The file is safetensors, not a pickle: its tensors are safetensors' own, and everything else (the state, the
+optimizer's hyper-parameters, RNG states, identity, digests) is one JSON document in its metadata, in which each
+tensor is named by its key (`pack`). Reading it runs no code from the file, whoever made it. An older
+hydrahead's `checkpoint.pt` (a pickle) is refused with a message, never read.
 
 The state dicts go through `torch.distributed.checkpoint.state_dict`, so one code path serves a plain
 module, DDP and FSDP2: every process takes part in gathering, the main process writes. The file is
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,8 +48,10 @@ from hydrahead.errors import HydraHeadError, OutputError, ResumeError, one_line
 from hydrahead.distill.recipe import diff_identities
 from hydrahead.utils.io import atomic_write
 
-FILENAME = "checkpoint.pt"
-FORMAT = 2
+FILENAME = "checkpoint.safetensors"
+LEGACY_FILENAME = "checkpoint.pt"  # format 2 and older: a pickle, which is not read
+FORMAT = 3
+_METADATA_KEY = "hydrahead"
 _KEYS = ("format", "state", "model", "optimizer", "scheduler", "rng", "identity", "fingerprint", "inputs", "digests")
 _SAMPLED_ABOVE = 256 * 2**20  # bytes; larger input files are digested from 256 evenly spread 1 MiB blocks
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -170,11 +178,96 @@ def tensor_digests(model: dict[str, Any], optimizer: dict[str, Any] | None) -> d
     return {path: digest for (path, _), digest in zip(items, digests)}
 
 
+# ----------------------------------------------------------------------------------------------- the file
+def pack(obj: Any, tensors: dict[str, torch.Tensor], key: str = "", views: dict | None = None) -> Any:
+    """`obj` as JSON, its tensors moved into `tensors` under their path and named there as {"$tensor": path}.
+    Tuples and dicts whose keys are not plain strings are kept apart ({"$tuple": [...]}, {"$items": [[k, v]]}),
+    so that `unpack` gives back what went in. Views of one storage are stored once (tied weights)."""
+    views = {} if views is None else views
+    if isinstance(obj, torch.Tensor):
+        tensor = obj.detach().cpu()
+        view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+                tuple(tensor.stride()), tensor.dtype)
+        if tensor.numel() and view in views:
+            return {"$tensor": views[view]}
+        shares = tensor.numel() and any(v[0] == view[0] for v in views)  # safetensors refuses shared memory
+        tensors[key] = tensor.clone() if shares else tensor.contiguous()
+        if tensor.numel():
+            views[view] = key
+        return {"$tensor": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) and not k.startswith("$") for k in obj):
+            return {k: pack(v, tensors, f"{key}/{k}", views) for k, v in obj.items()}
+        return {"$items": [[pack(k, tensors, f"{key}/{i}k", views), pack(v, tensors, f"{key}/{i}", views)]
+                           for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, (list, tuple)):
+        items = [pack(v, tensors, f"{key}/{i}", views) for i, v in enumerate(obj)]
+        return {"$tuple": items} if isinstance(obj, tuple) else items
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"a checkpoint cannot hold {type(obj).__name__} (at {key or 'the top'})")
+
+
+def unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of `pack`. KeyError for a tensor the file does not hold."""
+    if isinstance(obj, list):
+        return [unpack(v, tensors) for v in obj]
+    if isinstance(obj, dict):
+        if set(obj) == {"$tensor"}:
+            return tensors[obj["$tensor"]]
+        if set(obj) == {"$tuple"}:
+            return tuple(unpack(v, tensors) for v in obj["$tuple"])
+        if set(obj) == {"$items"}:
+            return {unpack(k, tensors): unpack(v, tensors) for k, v in obj["$items"]}
+        return {k: unpack(v, tensors) for k, v in obj.items()}
+    return obj
+
+
+def write_payload(path: Path, payload: dict[str, Any]) -> None:
+    """`payload` (tensors in nested dicts, lists and tuples of JSON values) as one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    tree = pack(payload, tensors)
+    metadata = {_METADATA_KEY: json.dumps(tree, allow_nan=True, separators=(",", ":"))}
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except Exception as err:  # safetensors' SafetensorError, e.g. a full disk: "IoError(Os { code: 28 ..."
+            raise OSError(one_line(err)) from err
+
+    atomic_write(path, write)
+
+
+def read_payload(path: Path) -> dict[str, Any]:
+    """What `write_payload` wrote. Reads tensors and JSON only (no pickle); ValueError for a file that is not
+    one of ours (another safetensors file, a truncated one, anything else)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            text = (f.metadata() or {}).get(_METADATA_KEY)
+            if text is None:
+                raise ValueError("a safetensors file without hydrahead's metadata")
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except ValueError:
+        raise
+    except Exception as err:  # safetensors' own error type for a truncated or foreign file
+        raise ValueError(one_line(err)) from err
+    try:
+        return unpack(json.loads(text), tensors)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"its contents do not fit together ({type(err).__name__}: {err})") from err
+
+
 # ----------------------------------------------------------------------------------------------- save / load
 @contextlib.contextmanager
 def writing(path: Path):
-    """Inside: a write of `path`. atomic_write types the OSErrors it knows (OutputError); torch.save reports a
-    full disk or a file-size limit as a RuntimeError from its C++ writer ("unexpected pos ..."), and an
+    """Inside: a write of `path`. atomic_write types the OSErrors it knows (OutputError); a full disk or a
+    file-size limit inside safetensors' writer comes as an OSError without an errno (`write_payload`), and an
     OSError may carry another errno: those become OutputError too, naming the file."""
     try:
         yield
@@ -221,7 +314,7 @@ def save(
             "digests": tensor_digests(model, optim),
         }
         with writing(path):
-            atomic_write(path, lambda tmp: torch.save(payload, tmp))
+            write_payload(path, payload)
 
     distributed.on_main(env, write)
 
@@ -240,8 +333,8 @@ def load(path: Path, identity: dict[str, Any], fingerprint: str, accept: Accept 
     if not path.is_file():
         raise ResumeError(f"--resume: no checkpoint at {path}; start the run without --resume")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # torch raises several types for a truncated or foreign file
+        payload = read_payload(path)
+    except ValueError as err:
         raise ResumeError(f"checkpoint {path} is corrupt or not a hydrahead checkpoint ({err}); {fresh}") from err
     if not isinstance(payload, dict) or "format" not in payload:
         raise ResumeError(f"{path} is not a hydrahead distillation checkpoint; {fresh}")
@@ -298,6 +391,10 @@ def open_run(output_dir: Path, resume: bool, identity: dict[str, Any], fingerpri
     metrics are dropped). Temporary files a killed run left in output_dir are removed first. Every
     process decides from what it saw before the main one deletes anything (`barrier`)."""
     path = output_dir / FILENAME
+    if (output_dir / LEGACY_FILENAME).exists():
+        raise ResumeError(f"{output_dir} holds {LEGACY_FILENAME}, a checkpoint of an older hydrahead: a pickle, "
+                          "which this version does not read (it unpickles no file); finish that run with the "
+                          "version that wrote it, or start a fresh run in another output_dir")
     has_checkpoint, has_metrics = path.exists(), (output_dir / "metrics.jsonl").exists()
     has_final = (output_dir / "final").exists()
     barrier()  # all processes have looked before anything is removed

@@ -10,7 +10,7 @@ EXAMPLE_RECIPE = """\
 
 teacher: models/Qwen3-1.7B          # transformers checkpoint directory, with its tokenizer
 plan: plans/qwen3-1.7b-7to1.json    # from `hydrahead plan`
-output_dir: runs/qwen3-1.7b-7to1    # checkpoint.pt, metrics.jsonl, final/ (the hybrid)
+output_dir: runs/qwen3-1.7b-7to1    # checkpoint.safetensors, metrics.jsonl, final/ (the hybrid)
 seed: 0
 
 hybrid:                             # HybridOptions: a preset plus overrides

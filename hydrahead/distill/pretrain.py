@@ -101,7 +101,7 @@ def pretrain(
 ) -> Path:
     """Train `recipe.model` from scratch; returns <output_dir>/final (an ordinary transformers checkpoint).
 
-    resume:     continue from <output_dir>/checkpoint.pt, which must come from the same recipe, or from one
+    resume:     continue from <output_dir>/checkpoint.safetensors, which must come from the same recipe, or from one
                 whose only difference is a smaller `stage.tokens` with a constant schedule (extend the run).
     callbacks:  called after every optimiser step with a `StepInfo`.
     evaluators: extra evaluation hooks (EvalContext -> {metric: value}), e.g. greedy NIAH.

@@ -52,7 +52,7 @@ def run(
 ) -> Path:
     """Run a recipe (a Recipe, a dict, or a YAML path); returns the final hybrid checkpoint's directory.
 
-    resume:     continue from <output_dir>/checkpoint.pt, which must come from the same recipe.
+    resume:     continue from <output_dir>/checkpoint.safetensors, which must come from the same recipe.
     callbacks:  called after every optimiser step with a `StepInfo` (raise to stop the run).
     evaluators: extra evaluation hooks (EvalContext -> {metric: value}), besides held-out perplexity.
     teacher, tokenizer, plan: already in memory, instead of loading recipe.teacher and recipe.plan (which

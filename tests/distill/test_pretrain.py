@@ -88,14 +88,14 @@ def test_extending_a_finished_run_continues_its_optimizer(workspace, tmp_path):
 def test_extending_an_older_finished_checkpoint_does_not_warm_up_again(workspace, tmp_path):
     """A finished run's checkpoint written before they kept the optimiser (none in it): the extension's
     schedule goes on at the checkpoint's step, past the warm-up, instead of warming up from 0 again."""
-    from hydrahead.distill.checkpoint import FILENAME, tensor_digests
+    from hydrahead.distill.checkpoint import FILENAME, read_payload, tensor_digests, write_payload
 
     run = {**recipe(workspace, tmp_path / "run"), "stage": tiny_stage(tokens=6 * 4 * 32, warmup_fraction=0.25)}
     pretrain(run)  # 6 steps, 2 of warm-up
     path = tmp_path / "run" / FILENAME
-    payload = torch.load(path, weights_only=True)
+    payload = read_payload(path)
     payload.update(optimizer=None, scheduler=None, digests=tensor_digests(payload["model"], None))
-    torch.save(payload, path)
+    write_payload(path, payload)
     pretrain({**run, "stage": {**run["stage"], "tokens": 8 * 4 * 32}}, resume=True)  # warm-up 2 of 8 steps
     lrs = [m["lr"] for m in read_metrics(tmp_path / "run") if "loss" in m]
     assert lrs[:2] == pytest.approx([1.5e-3, 3.0e-3]) and lrs[2:] == pytest.approx([3.0e-3] * 6)

@@ -5,7 +5,7 @@ import torch
 
 import hydrahead
 from hydrahead.distill import NonFiniteLossError, ResumeError, read_metrics, run
-from hydrahead.distill.checkpoint import FILENAME
+from hydrahead.distill.checkpoint import FILENAME, read_payload, write_payload
 from hydrahead.distill.stages import DistillStage
 from tests.distill.conftest import tiny_recipe, tiny_stage
 
@@ -92,7 +92,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(workspace, tmp_path
     checkpoint = tmp_path / "run" / FILENAME
     with pytest.raises(NonFiniteLossError, match=r"stage distill, step 3/6: the loss is nan.*intact: .*step 2\)"):
         run(recipe)
-    saved = torch.load(checkpoint, weights_only=True)
+    saved = read_payload(checkpoint)
     assert saved["state"]["step"] == 2 and not saved["state"]["done"]
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
     monkeypatch.setattr(DistillStage, "loss", original)
@@ -118,7 +118,7 @@ def test_sigterm_saves_at_the_step_boundary_and_resume_loses_nothing(workspace, 
     with pytest.raises(TrainingInterrupted, match="stopped by SIGTERM at stage distill, step 3/6") as err:
         run(recipe, callbacks=[sigterm_at("distill", 3)])
     assert err.value.signum == 15
-    saved = torch.load(tmp_path / "run" / FILENAME, weights_only=True)
+    saved = read_payload(tmp_path / "run" / FILENAME)
     assert (saved["state"]["stage"], saved["state"]["step"]) == ("distill", 3)
     expected, actual = state(reference), state(run(recipe, resume=True))
     for name in expected:
@@ -157,10 +157,10 @@ def test_resume_refuses_inputs_edited_in_place(workspace, tmp_path):
 def test_resume_refuses_a_damaged_or_incomplete_checkpoint(workspace, tmp_path):
     recipe = copied_inputs(workspace, tmp_path)
     path = tmp_path / "run" / FILENAME
-    good = torch.load(path, weights_only=True)
+    good = read_payload(path)
 
     def write(payload):
-        torch.save(payload, path)
+        write_payload(path, payload)
 
     name = next(k for k in good["model"] if "gdn" in k)
     flipped = {**good, "model": {**good["model"]}}
@@ -183,6 +183,9 @@ def test_resume_refuses_a_damaged_or_incomplete_checkpoint(workspace, tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ResumeError, match="is corrupt"):
         run(recipe, resume=True)
+    torch.save(good, path)  # a pickle (an older checkpoint, or a crafted file) under the new name: never unpickled
+    with pytest.raises(ResumeError, match="is corrupt or not a hydrahead checkpoint"):
+        run(recipe, resume=True)
     write(good)
     run(recipe, resume=True)  # the intact checkpoint still resumes
 
@@ -193,7 +196,7 @@ def test_a_used_output_dir_is_never_appended_to(workspace, tmp_path):
         run(recipe, callbacks=[kill_at("align", 2)])
     out = tmp_path / "run"
     assert not (out / FILENAME).exists() and (out / "metrics.jsonl").is_file()
-    (out / ".checkpoint.pt.abc123.tmp").write_bytes(b"left by a kill -9")
+    (out / ".checkpoint.safetensors.abc123.tmp").write_bytes(b"left by a kill -9")
     with pytest.raises(ResumeError, match="holds an earlier run .*metrics.jsonl.*--resume to start it over"):
         run(recipe)
     run(recipe, resume=True)  # starts over: one run's metrics, no duplicates
@@ -233,7 +236,7 @@ def test_a_signalled_cli_run_resumes_exactly(workspace, tmp_path, kill):
         time.sleep(0.02)
     proc.send_signal(getattr(signal, kill))
     _, err = proc.communicate(timeout=120)
-    step = torch.load(tmp_path / "run" / FILENAME, weights_only=True)["state"]["step"]
+    step = read_payload(tmp_path / "run" / FILENAME)["state"]["step"]
     if kill == "SIGTERM":
         assert proc.returncode == 128 + signal.SIGTERM, err
         assert "stopped by SIGTERM at stage align" in err and "Traceback" not in err
@@ -266,7 +269,7 @@ def test_a_metrics_write_that_fails_stops_at_the_checkpoint_before_and_resumes_e
 
     with pytest.raises(OutputError, match=r"cannot write .*metrics.jsonl.*--resume"):
         run(recipe, callbacks=[fill_the_disk])
-    saved = torch.load(out / FILENAME, weights_only=True)["state"]
+    saved = read_payload(out / FILENAME)["state"]
     assert (saved["stage"], saved["step"]) == ("distill", 2)
     metrics.rmdir()
     (out / "kept.jsonl").rename(metrics)
@@ -277,3 +280,44 @@ def test_a_metrics_write_that_fails_stops_at_the_checkpoint_before_and_resumes_e
     a, b = curve(tmp_path / "ref"), curve(out)
     assert [x[:2] for x in a] == [x[:2] for x in b]
     torch.testing.assert_close([x[2] for x in b], [x[2] for x in a], rtol=1e-5, atol=1e-6)
+
+
+def test_the_checkpoint_file_is_safetensors_and_gives_back_what_went_in(tmp_path):
+    """Tensors (tied ones stored once, a slice of another, an empty one, a 0-d step), tuples, non-string keys,
+    non-finite floats and the RNG states come back equal and of the same types; the file opens with
+    safetensors alone."""
+    from safetensors import safe_open
+
+    from hydrahead.distill.checkpoint import rng_state
+
+    weight = torch.randn(4, 3)
+    payload = {"model": {"embed.weight": weight, "lm_head.weight": weight, "part": weight[1:], "empty": torch.zeros(0)},
+               "optimizer": {"state": {"embed.weight": {"step": torch.tensor(3.0), "exp_avg": torch.randn(4, 3)}},
+                             "param_groups": [{"betas": (0.9, 0.95), "lr": 1e-3, "eps": float("inf"), "x": None}]},
+               "rng": [rng_state()], "counts": {1: "a", 2: (1, 2)}, "$odd": {"$tensor": "not a tensor"}}
+    path = tmp_path / FILENAME
+    write_payload(path, payload)
+    back = read_payload(path)
+
+    def same(a, b):
+        if isinstance(a, torch.Tensor):
+            return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+        if isinstance(a, dict):
+            return type(b) is dict and list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, (list, tuple)):
+            return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+        return a == b
+
+    assert same(payload, back)
+    with safe_open(str(path), framework="pt") as f:
+        assert len(list(f.keys())) == 6  # the tied weight once
+
+
+def test_an_older_pickled_checkpoint_is_refused_with_a_message_and_never_read(workspace, tmp_path):
+    recipe = tiny_recipe(workspace, tmp_path / "run", {"align": tiny_stage(tokens=2 * 4 * 32)})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoint.pt").write_bytes(b"not even a pickle")
+    for resume in (True, False):
+        with pytest.raises(ResumeError, match="holds checkpoint.pt, a checkpoint of an older hydrahead: a pickle, "
+                                              "which this version does not read"):
+            run(recipe, resume=resume)
