@@ -388,6 +388,17 @@ class Corpora:
             raise DataError(f"{key}: the data holds {len(tokens)} tokens, fewer than one sequence of seq_len {seq_len}")
         return PackedCorpus(tokens, seq_len, seed=(seed, stage_index))
 
+    @staticmethod
+    def check_batch(source: SequenceSource, batch_size: int, key: str, data_key: str) -> None:
+        """DataError when one micro-step's `batch_size` sequences are more than the data holds: every step
+        would repeat sequences within itself (and a large batch is the OOM killer's, without a message). A
+        streamed source is not counted."""
+        count = getattr(source, "num_sequences", None)
+        if count is not None and batch_size > count:
+            raise DataError(f"{key} {batch_size} is more sequences than {data_key} hold ({count} of seq_len "
+                            f"{source.seq_len}), so each step would repeat sequences; lower {key} to at most "
+                            f"{count}, or add data")
+
     def eval_batches(self, files: list[Path], seq_len: int, count: int) -> torch.Tensor | None:
         """The first `count` held-out sequences in file order, (n, seq_len); None without eval files."""
         if not files:

@@ -132,6 +132,7 @@ def pretrain(
                           lambda: distributed.barrier(env), pad_id=tokenizer.pad_token_id)
         stage = PretrainStage(recipe.stage, 0)
         source = corpora.train_source(files, recipe.stage.seq_len, recipe.seed, 0, "data.train_files")
+        corpora.check_batch(source, recipe.stage.batch_size, "stage.batch_size", "data.train_files")
         heldout = corpora.eval_batches(eval_files, recipe.stage.seq_len, recipe.data.eval_sequences)
         builtin = [HeldoutPerplexity(heldout, recipe.stage.batch_size // env.world_size)] if heldout is not None else []
 

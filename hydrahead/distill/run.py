@@ -163,6 +163,7 @@ def load_inputs(run_: DistillRun, evaluators: Sequence[Evaluator], teacher: torc
     for stage in run_.remaining:
         files, key = run_.train_files[stage.name]
         run_.sources[stage.name] = corpora.train_source(files, stage.config.seq_len, recipe.seed, stage.index, key)
+        corpora.check_batch(run_.sources[stage.name], stage.config.batch_size, f"stages.{stage.name}.batch_size", key)
         heldout = corpora.eval_batches(run_.eval_files, stage.config.seq_len, recipe.data.eval_sequences)
         builtin = [HeldoutPerplexity(heldout, stage.config.batch_size // env.world_size)] if heldout is not None else []
         run_.evaluators[stage.name] = [*builtin, *evaluators]

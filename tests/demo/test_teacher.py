@@ -91,8 +91,8 @@ def test_retrain_and_ship_a_tiny_recipe(tmp_path):
     """The whole teacher path on a tiny copy of the recipe: corpus, tokenizer, both phases (the second from the
     first's weights), resume, ship, load."""
     text = RECIPE.read_text()
-    for old, new in (("code_bytes: 4000000", "code_bytes: 200000"), ("niah: 20000", "niah: 20"),
-                     ("multiquery: 60000", "multiquery: 40"), ("induction: 60000", "induction: 30"),
+    for old, new in (("code_bytes: 4000000", "code_bytes: 200000"), ("niah: 20000", "niah: 40"),
+                     ("multiquery: 60000", "multiquery: 40"), ("induction: 60000", "induction: 60"),
                      ("induction: 20000", "induction: 10"), ("recall: 10000", "recall: 10"),
                      ("copy: 10000", "copy: 10"), ("tokens: 6M", "tokens: 4096"), ("tokens: 18731008", "tokens: 8192"),
                      ("checkpoint_every: 200", "checkpoint_every: 1"), ("eval_every: 250", "eval_every: 1")):

@@ -42,6 +42,10 @@ def test_empty_stage_data_and_bad_plan_fail_before_training(workspace, tmp_path)
     short = write_corpus(tmp_path / "short.jsonl", ["the cat sees a book ."])
     with pytest.raises(DataError, match="fewer than one sequence of seq_len 32"):
         run(tiny_recipe(workspace, tmp_path / "run", {"align": tiny_stage()}, data={"train_files": [str(short)]}))
+    few = write_corpus(tmp_path / "few.jsonl", ["the cat sees a book . " * 5] * 3)  # 3 x 31 tokens with EOS
+    with pytest.raises(DataError, match=r"stages.align.batch_size 4 is more sequences than data.train_files hold "
+                                        r"\(2 of seq_len 32\).*at most 2, or add data"):
+        run(tiny_recipe(workspace, tmp_path / "run", {"align": tiny_stage()}, data={"train_files": [str(few)]}))
     HeadPlan(((0,), (1,), (2,)), 4, 2).to_json(tmp_path / "plan3.json")
     with pytest.raises(PlanError, match="plan has 3 layers but the model has 2"):
         run(tiny_recipe(workspace, tmp_path / "run", {"align": tiny_stage()}, plan=str(tmp_path / "plan3.json")))
