@@ -59,7 +59,18 @@ def check_port(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as err:
-            raise ServingError(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port") from err
+            raise ServingError(f"cannot listen on {host}:{port}: {err.strerror or err}; {_bind_advice(err)}") from err
+
+
+def _bind_advice(err: OSError) -> str:
+    """What to change when a bind fails: the address (not this machine's), the port (taken, or privileged)."""
+    import errno
+
+    if err.errno == errno.EADDRNOTAVAIL:
+        return "--host is not an address of this machine: use 127.0.0.1 (this machine only) or 0.0.0.0 (all)"
+    if err.errno == errno.EACCES:
+        return "ports below 1024 need administrator rights: choose a --port above 1023"
+    return "choose another --port"
 
 
 def chat_template_of(tokenizer, chat_template: str | Path | None) -> tuple[str | None, str]:

@@ -80,6 +80,7 @@ def load_gguf_tokenizer(file: Path) -> Any:
         tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
         metadata, _ = read_gguf_metadata(str(file))
     except LOAD_ERRORS as err:
+        gguf_config(file)  # a file that is not a whole GGUF at all is named as that, not as a bad tokenizer
         raise CheckpointError(f"no usable tokenizer in {file}: {one_line(err)}") from err
     # transformers 5.17's llama converter names the BOS token as EOS too (GGUFLlamaConverter.tokenizer), leaves
     # out the padding token (document-packed distillation needs one), and marks the tokenizer for a clean-up

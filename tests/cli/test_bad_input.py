@@ -170,6 +170,7 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["convert", "--model", G, "--plan", P, "--out", new], "garbage.gguf is not a readable GGUF model"),
         (["score", "--model", str(d / "two_ggufs"), "--out", f"{new}.json"], r"holds 2 GGUF files \(a.gguf, b.gguf\)"),
         (["eval", "niah", "--models", H, G, "--out", new], "garbage.gguf is not a readable GGUF model"),
+        (["generate", G, "--prompt", "hi"], "garbage.gguf is not a readable GGUF model"),  # not "no usable tokenizer"
         (["score", "--model", str(d / "nope.gguf"), "--out", f"{new}.json"], "GGUF file not found"),
         (["export", G, new], "garbage.gguf is not a readable GGUF model"),
         (["export", T, new], "teacher is not a .gguf file or a directory holding one"),

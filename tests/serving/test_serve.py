@@ -195,3 +195,11 @@ def test_a_taken_port_is_one_line_before_loading(checkpoint):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"hydrahead serve: error: cannot listen on 127.0.0.1:{port}: Address already in use; choose another --port"]
+
+
+def test_a_host_that_is_not_this_machines_is_blamed_not_the_port():
+    from hydrahead.serving import check_port
+
+    with pytest.raises(hydrahead.ServingError, match=r"cannot listen on 192.0.2.1:8000: .*; --host is not an address of this "
+                                           r"machine: use 127.0.0.1"):
+        check_port("192.0.2.1", 8000)  # TEST-NET-1: no machine's address
