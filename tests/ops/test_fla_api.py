@@ -82,6 +82,34 @@ def test_cu_seqlens_resets_the_state_at_every_boundary(mode):
         close(ht[i : i + 1], ht_ref)
 
 
+@pytest.mark.parametrize("slow", [False, True])  # slow decay: a state that leaks over a start lasts chunks
+@pytest.mark.parametrize("bounds", [[0, 15, 64, 64, 100, 128, 130, 300], [0, 1, 2, 200, 300, 300], [0, 300]])
+def test_packed_sequences_without_states_run_in_one_pass_and_equal_one_call_each(bounds, slow):
+    """No state in or out (training, a packed prompt): the chunk path runs every sequence in one batched pass,
+    its starts anywhere in a chunk (or on a chunk's edge, at the first token, empty ones). Outputs equal fla's
+    naive recurrence per sequence; gradients equal those of one chunk call per sequence."""
+    from hydrahead.ops.gated_delta import chunk_gated_delta_rule
+
+    x = inputs(1, 300, 2, 32, 16)
+    x["g"] = x["g"] * (0.01 if slow else 1.0)
+    x = {n: t.requires_grad_() for n, t in x.items()}
+    o, ht = gated_delta_rule(**x, cu_seqlens=torch.tensor(bounds, dtype=torch.int32), mode="chunk")
+    assert ht is None
+    weight = torch.randn_like(o)
+    grads = torch.autograd.grad((o * weight).sum(), list(x.values()))
+    pieces = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if a == b:
+            continue
+        part = {n: t[:, a:b] for n, t in x.items()}
+        o_ref, _ = fla_naive_recurrent(part["q"], part["k"], part["v"], part["beta"], part["g"])
+        close(o[:, a:b], o_ref)
+        pieces.append(chunk_gated_delta_rule(part["q"], part["k"], part["v"], part["g"], part["beta"])[0])
+    expected = torch.autograd.grad((torch.cat(pieces, dim=1) * weight).sum(), list(x.values()))
+    for name, got, want in zip(x, grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_cu_seqlens_gradients_flow_per_sequence():
     x = {n: t.requires_grad_() for n, t in inputs(1, 40, 2, 8, 8).items()}
     o, _ = gated_delta_rule(**x, cu_seqlens=torch.tensor([0, 17, 40]), mode="chunk")

@@ -107,7 +107,12 @@ def gated_delta_rule(
     if cu_seqlens is None:
         return implementation(q, k, v, g, beta, initial_state=initial_state,
                               output_final_state=output_final_state, scale=scale)
-    outputs, states = [], []
+    if mode == "chunk" and initial_state is None and not output_final_state:  # all sequences in one pass
+        starts = cu_seqlens[:-1].to(q.device)
+        resets = torch.zeros(q.shape[:2], dtype=torch.bool, device=q.device)
+        resets[:, starts[starts < q.shape[1]]] = True  # empty sequences at the end start nothing
+        return chunk_gated_delta_rule(q, k, v, g, beta, scale=scale, resets=resets)
+    outputs, states = [], []  # a state per sequence, in or out: one call per sequence
     bounds = cu_seqlens.tolist()
     for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
         h0 = initial_state[i : i + 1] if initial_state is not None else None

@@ -28,6 +28,12 @@ Shapes (layout B, T, H, D):
     o               (B, T, H, Dv)      in v's dtype
     final_state     (B, H, Dk, Dv)     in the compute dtype (fp32, or fp64 for fp64 inputs)
 
+Packed sequences (`resets`, 1 where a sequence starts: the state before that token counts as zero) run in the
+same batched pass: a chunk's positions are grouped by the number of starts up to them (r_i), and the decays
+that would carry anything across a start are zeroed, Dec_ij where r_i != r_j, exp(G_i) where r_i > 0 (S0 is
+read only before the chunk's first start), exp(G_C - G_j) where r_j != r_C and exp(G_C) where r_C > 0. That is
+the recurrence with a_t = 0 at every start, without a -inf in the cumulative sums.
+
 Internally tensors are laid out chunk-first, (N, B*H, C, D), so that the per-chunk slices the loop
 reads are contiguous 3-D batches for `baddbmm`.
 """
@@ -53,8 +59,10 @@ def chunk_gated_delta_rule(
     output_final_state: bool = False,
     scale: float | None = None,
     chunk_size: int = 64,
+    resets: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Gated delta rule over chunks of `chunk_size` tokens (see the module docstring for shapes)."""
+    """Gated delta rule over chunks of `chunk_size` tokens (see the module docstring for shapes). `resets`
+    (B, T), true where a packed sequence starts: the state before that token counts as zero."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
     batch, seq_len, heads, dk = k.shape
@@ -88,12 +96,20 @@ def chunk_gated_delta_rule(
     # ---- Chunk-local quantities, all chunks at once --------------------------------------------------
     g_cum = g.cumsum(dim=-1)  # (N, BH, C): log decay from the chunk start to position i, inclusive
     floor = decay_floor(dtype)
-    decay_from_start = decay(g_cum, floor)[..., None]  # (N, BH, C, 1)
-    decay_to_end = decay(g_cum[..., -1:] - g_cum, floor)[..., None]  # (N, BH, C, 1)
-    chunk_decay = decay(g_cum[..., -1], floor)[..., None, None]  # (N, BH, 1, 1): decay over the whole chunk
+    to_end = g_cum[..., -1:] - g_cum  # (N, BH, C)
+    over_chunk = g_cum[..., -1]  # (N, BH)
     causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()  # (C, C), j <= i
     # Masked before exp: G_i - G_j > 0 above the diagonal can overflow, and inf * 0 would poison gradients.
     pair_decay = (g_cum[..., :, None] - g_cum[..., None, :]).masked_fill(~causal, float("-inf"))
+    if resets is not None:  # packed sequences: nothing decays across a start (module docstring)
+        starts = to_chunks(resets[..., None].expand(batch, seq_len, heads)).cumsum(dim=-1)  # (N, BH, C): r_i
+        g_cum = g_cum.masked_fill(starts > 0, float("-inf"))
+        to_end = to_end.masked_fill(starts != starts[..., -1:], float("-inf"))
+        over_chunk = over_chunk.masked_fill(starts[..., -1] > 0, float("-inf"))
+        pair_decay = pair_decay.masked_fill(starts[..., :, None] != starts[..., None, :], float("-inf"))
+    decay_from_start = decay(g_cum, floor)[..., None]  # (N, BH, C, 1)
+    decay_to_end = decay(to_end, floor)[..., None]  # (N, BH, C, 1)
+    chunk_decay = decay(over_chunk, floor)[..., None, None]  # (N, BH, 1, 1): decay over the whole chunk
     pair_decay = decay(pair_decay, floor)  # (N, BH, C, C): Dec in the module docstring
 
     k_beta = k * beta[..., None]  # (N, BH, C, Dk)
