@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = subparsers.add_parser(name, help=module.HELP, description=module.__doc__,
                                     formatter_class=HelpFormatter)
         module.add_arguments(sub)
-        sub.set_defaults(_run=module.run)
+        sub.set_defaults(_run=module.run, _keep_freed_memory=getattr(module, "KEEP_FREED_MEMORY", True))
     return parser
 
 
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit:  # --help (0), or an argument refused while reading (2): printed already
         return exit.code if isinstance(exit.code, int) else 2
-    keep_freed_memory()  # large CPU tensors reuse freed memory instead of page-faulting (utils/memory.py)
+    if args._keep_freed_memory:  # large CPU tensors reuse freed memory instead of page-faulting (utils/memory.py)
+        keep_freed_memory()
     try:
         return int(args._run(args) or 0)
     except TrainingInterrupted as err:  # a checkpoint was saved: the usual 128 + signal exit status

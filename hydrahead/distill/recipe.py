@@ -233,8 +233,8 @@ class TrainingConfig:
     """Teacher weights in memory; auto: bfloat16 on CUDA, float32 on CPU."""
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in backward instead of keeping them: SmolLM2-135M's distillation at
-    4 x 512 tokens on the CPU peaked at 10.7 GB with it, 19.8 GB without (6.4 GB with it and glibc's own
-    allocator settings, HYDRAHEAD_SYSTEM_MALLOC=1; docs/real_models.md section 7)."""
+    4 x 512 tokens on the CPU peaked at 6.4 GB with it, 15.5 GB without (`hydrahead distill`, glibc's allocator
+    defaults; docs/real_models.md section 7)."""
     checkpoint_every: int = 500
     """Optimiser steps between checkpoints (0: only at the end of each stage)."""
     log_every: int = 10

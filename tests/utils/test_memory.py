@@ -19,3 +19,15 @@ def test_applies_on_glibc_in_a_fresh_process():
     code = "from hydrahead.utils.memory import keep_freed_memory; print(keep_freed_memory())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "True"
+
+
+def test_the_cli_keeps_freed_memory_for_every_command_but_distill(monkeypatch, tmp_path, capsys):
+    from hydrahead.cli import main
+    from hydrahead.utils import memory
+
+    calls = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(1) or True)
+    assert main(["distill", "--print-example-recipe"]) == 0
+    assert calls == []  # training: glibc's defaults (a lower peak)
+    assert main(["demo", "--export-teacher", str(tmp_path / "teacher")]) == 0
+    assert calls == [1]
