@@ -18,7 +18,8 @@ import argparse
 import time
 from pathlib import Path
 
-from hydrahead.cli.args import device, model_path, output_dir, outputs_apart, positive_int
+from hydrahead.cli.args import device, model_path, output_dir, positive_int
+from hydrahead.utils.io import outputs_apart
 
 HELP = "evaluate models: RULER-style NIAH grid (niah) or perplexity by position (ppl)"
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 import argparse
 import math
 
-from hydrahead.cli.args import device, model_path, nonnegative_int, output_file, outputs_apart, positive_int
+from hydrahead.cli.args import device, model_path, nonnegative_int, output_file, positive_int
+from hydrahead.utils.io import outputs_apart
 
 HELP = "generate text from a checkpoint and report time to first token, tokens/s and cache bytes"
 

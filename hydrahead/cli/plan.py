@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import model_path, nonnegative_int, output_file, outputs_apart, positive_int
+from hydrahead.cli.args import model_path, nonnegative_int, output_file, positive_int
+from hydrahead.utils.io import outputs_apart
 
 HELP = "choose full-attention heads from scores (or a layer-wise / random / per-layer baseline)"
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 
 from hydrahead.cli.args import (
-    device, length, model_path, nonnegative_int, output_file, outputs_apart, positive_int, tokenizer_path,
+    device, length, model_path, nonnegative_int, output_file, positive_int, tokenizer_path,
 )
+from hydrahead.utils.io import outputs_apart
 
 HELP = "score attention heads (patching, attribution or retrieval) and save them as JSON"
 

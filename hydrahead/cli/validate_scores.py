@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import argparse
 
-from hydrahead.cli.args import output_file, outputs_apart, positive_int
+from hydrahead.cli.args import output_file, positive_int
+from hydrahead.utils.io import outputs_apart
 
 HELP = "ablate top-k vs random heads and compare scoring methods (table + JSON)"
 

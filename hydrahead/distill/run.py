@@ -35,7 +35,7 @@ from hydrahead.models.families import family_of_config
 from hydrahead.models.loading import check_vocabulary, load_model, load_tokenizer, read_config, save_hybrid
 from hydrahead.models.shape import ModelShape
 from hydrahead.plan import HeadPlan
-from hydrahead.utils.io import check_output
+from hydrahead.utils.io import check_output, outputs_apart
 
 FINAL = "final"
 
@@ -105,10 +105,7 @@ def prepare(recipe: Recipe, env: DistEnv, resume: bool, plan: HeadPlan | None = 
     batch sizes, and the checkpoint against the recipe (on --resume)."""
     stages = [STAGES[name](config, STAGE_NAMES.index(name)) for name, config in recipe.stages.active()]
     check_output(recipe.output_dir, "directory")
-    teacher_dir, output_dir = Path(recipe.teacher).resolve(), Path(recipe.output_dir).resolve()
-    if output_dir == teacher_dir or teacher_dir in output_dir.parents:
-        raise RecipeError(f"output_dir {recipe.output_dir} is inside the teacher's directory {recipe.teacher}: a run "
-                          "writes checkpoints, metrics and its final model there; choose another output_dir")
+    outputs_apart({"output_dir": recipe.output_dir}, {"teacher": recipe.teacher})  # it writes checkpoints there
     train_files = {}
     for stage in stages:
         key = f"stages.{stage.name}.train_files" if stage.config.train_files else "data.train_files"

@@ -44,6 +44,33 @@ def check_output(path: str | Path, kind: str = "file") -> Path:
     return path
 
 
+def outputs_apart(outputs: dict, inputs: dict) -> None:
+    """OutputError, before any work, when an output path (its flag -> path; None: not asked for) is one of the
+    command's inputs (flag -> path or paths), lies inside an input directory (a model's), or is another output's
+    path: writing it would destroy or change what the command reads (`plan --scores s.json --out s.json`,
+    `generate M --json M/config.json`), or one output would replace the other."""
+    given = {flag: Path(path) for flag, path in outputs.items() if path is not None}
+    for flag, out in given.items():
+        target = out.resolve()
+        for source_flag, paths in inputs.items():
+            for one in paths if isinstance(paths, (list, tuple)) else [paths]:
+                if one is None or not Path(one).exists():
+                    continue
+                source = Path(one).resolve()
+                kind = "directory" if source.is_dir() else "file"
+                if target == source:
+                    raise OutputError(f"{flag} {out} is the {source_flag} {kind} this command reads; choose another")
+                if source in target.parents:
+                    raise OutputError(f"{flag} {out} is inside the {source_flag} {kind} {one}, which this command "
+                                      "reads; choose a path outside it")
+    flags = list(given)
+    for i, first in enumerate(flags):
+        for second in flags[i + 1:]:
+            if given[first].resolve() == given[second].resolve():
+                raise OutputError(f"{first} and {second} are the same path, {given[first]}: one would replace the "
+                                  "other; give each its own")
+
+
 def _can_create_in(folder: Path, path: Path) -> None:
     """OutputError unless a file can be created in `folder`, tried (and removed): what os.access cannot say for
     root, whom it allows everything, or for a read-only or virtual file system (/proc)."""

@@ -266,7 +266,7 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
          "--layers expects a comma list of layer indices such as 0,4,8, got ''"),
         (["convert", "--model", T, "--plan", str(d / "three_layer_plan.json"), "--out", new],
          "plan has 3 layers but the model has 2"),
-        (["distill", str(d / "in_teacher_recipe.yaml")], "output_dir .*teacher/run is inside the teacher's directory"),
+        (["distill", str(d / "in_teacher_recipe.yaml")], "output_dir .*teacher/run is inside the teacher directory"),
         (["generate", str(d / "zero_heads"), "-p", "x"], "zero_heads/config.json is not a valid model config"),
         (["eval", "ppl", "--models", str(d / "zero_heads"), "--data", str(d / "doc.txt"), "--out", new],
          "zero_heads/config.json is not a valid model config"),
