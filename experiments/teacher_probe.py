@@ -2,7 +2,8 @@
 
 Loads a model directory (a teacher run's <work>/run/<phase>/final, or an exported teacher) or a training
 checkpoint (<work>/run/<phase>/checkpoint.safetensors, with --tokenizer; its model config and the code identifiers
-come from --recipe, by default the package's, i.e. the shipped teacher's) and prints:
+come from --recipe, by default the package's, i.e. the shipped teacher's; the `checkpoint.pt` files of runs v1-v3,
+in git history, are pickles, which hydrahead no longer reads) and prints:
 - copying: next-token accuracy on the first and the second copy of random spans of needle words and
   digits, joined by four separators (the second copy is predictable only by copying; a model that copies
   after one separator only has learnt a marker, not induction);

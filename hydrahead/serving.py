@@ -59,16 +59,17 @@ def check_port(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as err:
-            raise ServingError(f"cannot listen on {host}:{port}: {err.strerror or err}; {_bind_advice(err)}") from err
+            advice = _bind_advice(err, port)
+            raise ServingError(f"cannot listen on {host}:{port}: {err.strerror or err}; {advice}") from err
 
 
-def _bind_advice(err: OSError) -> str:
+def _bind_advice(err: OSError, port: int) -> str:
     """What to change when a bind fails: the address (not this machine's), the port (taken, or privileged)."""
     import errno
 
     if err.errno == errno.EADDRNOTAVAIL:
         return "--host is not an address of this machine: use 127.0.0.1 (this machine only) or 0.0.0.0 (all)"
-    if err.errno == errno.EACCES:
+    if err.errno == errno.EACCES and port < 1024:
         return "ports below 1024 need administrator rights: choose a --port above 1023"
     return "choose another --port"
 

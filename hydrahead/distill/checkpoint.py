@@ -190,8 +190,10 @@ def pack(obj: Any, tensors: dict[str, torch.Tensor], key: str = "", views: dict 
                 tuple(tensor.stride()), tensor.dtype)
         if tensor.numel() and view in views:
             return {"$tensor": views[view]}
+        if key in tensors:
+            raise ValueError(f"two tensors of a checkpoint would be stored as {key!r} (a key with '/' in it?)")
         shares = tensor.numel() and any(v[0] == view[0] for v in views)  # safetensors refuses shared memory
-        tensors[key] = tensor.clone() if shares else tensor.contiguous()
+        tensors[key] = tensor.clone(memory_format=torch.contiguous_format) if shares else tensor.contiguous()
         if tensor.numel():
             views[view] = key
         return {"$tensor": key}
@@ -234,9 +236,11 @@ def write_payload(path: Path, payload: dict[str, Any]) -> None:
     metadata = {_METADATA_KEY: json.dumps(tree, allow_nan=True, separators=(",", ":"))}
 
     def write(tmp: Path) -> None:
+        from safetensors import SafetensorError
+
         try:
             save_file(tensors, str(tmp), metadata=metadata)
-        except Exception as err:  # safetensors' SafetensorError, e.g. a full disk: "IoError(Os { code: 28 ..."
+        except SafetensorError as err:  # its writer's I/O errors, e.g. a full disk: "IoError(Os { code: 28 ..."
             raise OSError(one_line(err)) from err
 
     atomic_write(path, write)

@@ -95,7 +95,7 @@ def any_rank(flag: bool, env: DistEnv) -> bool:
 def on_main(env: DistEnv, work) -> None:
     """`work()` on the main process, then every process learns whether it failed: the main one re-raises
     its error, the others raise DistillError, so that no process waits in a collective for one that is gone.
-    Any failure counts, not only ours (a RuntimeError from torch.save, a KeyboardInterrupt): every process
+    Any failure counts, not only ours (an error from the file writer, a KeyboardInterrupt): every process
     stops together. Typing a write failure (OutputError) is the caller's part (`checkpoint.writing`)."""
     error: BaseException | None = None
     if env.is_main:

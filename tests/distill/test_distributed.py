@@ -91,7 +91,7 @@ def test_micro_steps_of_padded_rows_train_like_one_batch(workspace, tmp_path):
 
 def _save_with_a_full_disk_on_rank_0(rank: int, port: int, path: str, results) -> None:
     """One of two gloo processes: a checkpoint save whose write fails on the main process (a file-size
-    limit: torch.save raises RuntimeError, as on a full disk); reports what each process raised."""
+    limit: the checkpoint writer fails, as on a full disk); reports what each process raised."""
     import resource
     import signal
 
@@ -119,7 +119,7 @@ def _save_with_a_full_disk_on_rank_0(rank: int, port: int, path: str, results) -
 
 
 def test_a_failed_write_on_the_main_process_stops_every_process_with_a_typed_error(tmp_path):
-    """torch.save's RuntimeError on rank 0 (disk full) becomes OutputError there and DistillError on rank 1;
+    """The writer's error on rank 0 (disk full) becomes OutputError there and DistillError on rank 1;
     before, rank 0 raised it untyped before telling the others, and rank 1 waited in all_reduce forever."""
     import multiprocessing
     import socket

@@ -291,7 +291,8 @@ def test_the_checkpoint_file_is_safetensors_and_gives_back_what_went_in(tmp_path
     from hydrahead.distill.checkpoint import rng_state
 
     weight = torch.randn(4, 3)
-    payload = {"model": {"embed.weight": weight, "lm_head.weight": weight, "part": weight[1:], "empty": torch.zeros(0)},
+    payload = {"model": {"embed.weight": weight, "lm_head.weight": weight, "part": weight[1:], "empty": torch.zeros(0),
+                         "transposed": weight.t()},
                "optimizer": {"state": {"embed.weight": {"step": torch.tensor(3.0), "exp_avg": torch.randn(4, 3)}},
                              "param_groups": [{"betas": (0.9, 0.95), "lr": 1e-3, "eps": float("inf"), "x": None}]},
                "rng": [rng_state()], "counts": {1: "a", 2: (1, 2)}, "$odd": {"$tensor": "not a tensor"}}
@@ -310,7 +311,9 @@ def test_the_checkpoint_file_is_safetensors_and_gives_back_what_went_in(tmp_path
 
     assert same(payload, back)
     with safe_open(str(path), framework="pt") as f:
-        assert len(list(f.keys())) == 6  # the tied weight once
+        assert len(list(f.keys())) == 7 + ("cuda" in payload["rng"][0])  # the tied weight once
+    with pytest.raises(ValueError, match="two tensors of a checkpoint would be stored as '/a/b'"):
+        write_payload(path, {"a/b": weight, "a": {"b": weight + 1}})
 
 
 def test_an_older_pickled_checkpoint_is_refused_with_a_message_and_never_read(workspace, tmp_path):

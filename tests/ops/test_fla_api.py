@@ -84,17 +84,25 @@ def test_cu_seqlens_resets_the_state_at_every_boundary(mode):
 
 @pytest.mark.parametrize("slow", [False, True])  # slow decay: a state that leaks over a start lasts chunks
 @pytest.mark.parametrize("bounds", [[0, 15, 64, 64, 100, 128, 130, 300], [0, 1, 2, 200, 300, 300], [0, 300]])
-def test_packed_sequences_without_states_run_in_one_pass_and_equal_one_call_each(bounds, slow):
+def test_packed_sequences_without_states_run_in_one_pass_and_equal_one_call_each(bounds, slow, monkeypatch):
     """No state in or out (training, a packed prompt): the chunk path runs every sequence in one batched pass,
     its starts anywhere in a chunk (or on a chunk's edge, at the first token, empty ones). Outputs equal fla's
     naive recurrence per sequence; gradients equal those of one chunk call per sequence."""
+    import hydrahead.ops.gated_delta as dispatch
     from hydrahead.ops.gated_delta import chunk_gated_delta_rule
 
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("resets") is not None)
+        return chunk_gated_delta_rule(*args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "chunk_gated_delta_rule", counted)
     x = inputs(1, 300, 2, 32, 16)
     x["g"] = x["g"] * (0.01 if slow else 1.0)
     x = {n: t.requires_grad_() for n, t in x.items()}
     o, ht = gated_delta_rule(**x, cu_seqlens=torch.tensor(bounds, dtype=torch.int32), mode="chunk")
-    assert ht is None
+    assert ht is None and calls == [True]  # one call, with the starts
     weight = torch.randn_like(o)
     grads = torch.autograd.grad((o * weight).sum(), list(x.values()))
     pieces = []
