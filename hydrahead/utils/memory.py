@@ -10,7 +10,8 @@ by the process is not returned to the system until it exits.
 
 The `hydrahead` CLI calls `keep_freed_memory()` at start for every command but `distill` (training frees
 large activations that glibc's defaults reuse or return: measured, 7.0 GB peak against 11.4 GB kept, about 4%
-slower); a script may call `hydrahead.keep_freed_memory()` itself; a library import never does. bench/inference.py measures both ways (`--allocator plain|kept`).
+slower); a script may call `hydrahead.keep_freed_memory()` itself; a library import never does.
+bench/inference.py measures both ways (`--allocator plain|kept`).
 The hybrid does not depend on it: on the CPU its inference forward over a long input runs in pieces
 whose temporaries stay under `PIECE_BYTES`, which glibc reuses from its heap anyway (`piece_tokens`;
 `inference_piece` in hydrahead/models/hybrid.py).
