@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 from hydrahead.cli.args import Parser
@@ -36,7 +38,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         unset = (action.default is None or action.default is False or action.default == []
                  or action.default == argparse.SUPPRESS)
-        if not action.option_strings or "default" in text or unset or isinstance(action, argparse.BooleanOptionalAction):
+        flag = isinstance(action, argparse.BooleanOptionalAction)
+        if not action.option_strings or "default" in text or unset or flag:
             return text
         return f"{text} (default: %(default)s)"
 
@@ -61,6 +64,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status. Output piped into a reader that stops early (`hydrahead plan ... | head`)
+    ends the command quietly, as other Unix tools do, with the status of a process SIGPIPE ended (141)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's flush at exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush into the pipe at exit
+        return 128 + signal.SIGPIPE
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe nobody reads any more (its write end reports an error)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's capture), or no poll here
+        return False
+
+
+def _main(argv: list[str] | None) -> int:
     from hydrahead.errors import HydraHeadError, TrainingInterrupted
     from hydrahead.utils.memory import keep_freed_memory
 
@@ -82,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hydrahead {args.command}: interrupted", file=sys.stderr)
         return 130
     except OSError as err:  # a file the user may not read or write, a full disk: the system's own words name it
+        if isinstance(err, BrokenPipeError) and _stdout_closed():
+            raise  # main ends quietly
         print(f"hydrahead {args.command}: error: {err}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as err:  # torch's allocators raise RuntimeError (OutOfMemoryError on CUDA)

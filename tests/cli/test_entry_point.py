@@ -36,3 +36,19 @@ def test_help_imports_neither_torch_nor_transformers():
 
 def test_import_hydrahead_registers_the_auto_classes():
     assert run(REGISTERED) == "HydraHeadLlamaConfig HydraHeadLlamaForCausalLM"
+
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`hydrahead ... | head`: the reader stops early; no traceback, no "error: Broken pipe", the SIGPIPE status."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)  # nobody reads: the command's first write fails with EPIPE
+    try:
+        command = "import sys, hydrahead_command; sys.exit(hydrahead_command.main())"
+        proc = subprocess.run([sys.executable, "-c", command, "distill", "--print-example-recipe"], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=300, cwd=ROOT)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, ""), proc.stderr[-2000:]
