@@ -5,7 +5,7 @@ Example:
   hydrahead eval ppl  --models teacher/ hybrid/ --data docs/ --length 8k --out report/
 
 Each --models entry is a model directory (a hybrid checkpoint or a plain transformers model) with its
-tokenizer, labelled by its directory name. Models are loaded and evaluated one at a time.
+tokenizer, or a .gguf file, labelled by its file or directory name. Models are loaded and evaluated one at a time.
 niah writes niah.json (every generated answer), niah.md and niah_{accuracy,heatmap}.png;
 ppl writes ppl.json, ppl.md and ppl_by_position.png.
 For lm-evaluation-harness, run `python -m hydrahead.eval.lm_harness` with lm_eval's own arguments.

@@ -1,8 +1,8 @@
 """Demo scales: how many probes, distillation tokens, seeds and evaluation prompts a run spends.
 
-The teacher is the same at every scale (the shipped one, `hydrahead.demo.teacher`). `default` is sized
-to finish within 20 minutes on a 2-core CPU; `tiny` is the smoke test; `gpu` is a larger run
-for a CUDA machine.
+The teacher is the same at every scale (the shipped one, `hydrahead.demo.teacher`, unless `--teacher` names
+another). `default` is sized to finish within 20 minutes on a 2-core CPU; `tiny` is the smoke test; `gpu` is a
+larger run for a CUDA machine; `study` takes a pretrained `--teacher` through three plans on one GPU.
 """
 
 from __future__ import annotations

@@ -73,7 +73,8 @@ token equal to EOS is fine; longer documents are cut into full rows).
     isolate_documents: bool = False
     """With packing: documents, each document of a row sees only itself, as if run alone: position ids
     restart, FA heads get a block-diagonal mask, GDN heads restart their state and conv window (cu_seqlens),
-    and the token after a document's EOS is no target. Off: a row is one sequence (what the demo uses)."""
+    and the token after a document's EOS is no target. Off: a row is one sequence (what the demo's scales for
+    its shipped teacher use; `study`, for a pretrained one, turns it on)."""
     streaming: bool = False
     """False: tokenise once into a cached token file, shuffle packed sequences exactly. True: stream documents
     through a shuffle buffer (for corpora that do not fit on disk twice); resuming re-reads the skipped prefix."""
