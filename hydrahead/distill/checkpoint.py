@@ -272,12 +272,14 @@ def read_payload(path: Path) -> dict[str, Any]:
 def writing(path: Path):
     """Inside: a write of `path`. atomic_write types the OSErrors it knows (OutputError); a full disk or a
     file-size limit inside safetensors' writer comes as an OSError without an errno (`write_payload`), and an
-    OSError may carry another errno: those become OutputError too, naming the file."""
+    OSError may carry another errno: those become OutputError too, naming the file. Anything else passes
+    through as it is: memory that could not be allocated while packing the tensors is not a full disk (the CLI
+    says "out of memory"), and a RuntimeError from torch is not a file error."""
     try:
         yield
     except HydraHeadError:
         raise
-    except (OSError, RuntimeError) as err:
+    except OSError as err:
         raise cannot_write(path, err) from err
 
 

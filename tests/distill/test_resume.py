@@ -324,3 +324,37 @@ def test_an_older_pickled_checkpoint_is_refused_with_a_message_and_never_read(wo
         with pytest.raises(ResumeError, match="holds checkpoint.pt, a checkpoint of an older hydrahead: a pickle, "
                                               "which this version does not read"):
             run(recipe, resume=resume)
+
+
+def test_a_failed_checkpoint_write_names_the_file_and_a_failed_allocation_stays_out_of_memory(tmp_path, monkeypatch):
+    """The writer's OSError (a full disk) is OutputError naming the file; memory that cannot be allocated while the
+    tensors are packed is not called a full disk: it reaches the CLI, which says out of memory."""
+    from torch import nn
+
+    from hydrahead.cli import out_of_memory
+    from hydrahead.distill import checkpoint as ckpt
+    from hydrahead.distill.distributed import DistEnv
+    from hydrahead.errors import OutputError
+
+    env = DistEnv(0, 1, 0, torch.device("cpu"), False)
+
+    def save():
+        ckpt.save(tmp_path / FILENAME, env, student=nn.Linear(4, 4), state=ckpt.TrainState("align", 0), identity={},
+                  fingerprint="")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", full_disk)
+    with pytest.raises(OutputError, match=rf"cannot write .*{FILENAME}: No space left on device"):
+        save()
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 4294967296 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(ckpt, "pack", no_memory)
+    with pytest.raises(RuntimeError) as caught:
+        save()
+    assert out_of_memory(caught.value) == "4.0 GiB asked of the CPU's memory"
+    assert not (tmp_path / FILENAME).exists()
