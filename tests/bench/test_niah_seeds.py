@@ -1,0 +1,39 @@
+"""bench/niah_seeds.py: runs that evaluated two models give a table per model, never one merged table."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "niah_seeds.py"
+
+
+def write_run(path: Path, scores: dict[str, float]) -> str:
+    """An `eval niah` output directory: per model, two single_number prompts at 512 and 1k, each scoring `scores`."""
+    records = [{"model": model, "task": "single_number", "length": length, "depth": 0.0, "sample": i, "score": score}
+               for model, score in scores.items() for length in (512, 1024) for i in range(2)]
+    path.mkdir()
+    (path / "niah.json").write_text(json.dumps({"records": records}))
+    return str(path)
+
+
+def seeds(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+
+
+def test_each_model_gets_its_own_table(tmp_path):
+    one = write_run(tmp_path / "s1", {"teacher": 1.0, "student": 0.0})
+    two = write_run(tmp_path / "s2", {"teacher": 1.0, "student": 0.5})
+    out = seeds(one, two)
+    assert out.returncode == 0, out.stderr
+    assert "teacher: NIAH accuracy" in out.stdout and "student: NIAH accuracy" in out.stdout
+    assert "| single_number | 100.0 ± 0.0 | 100.0 ± 0.0 |" in out.stdout  # the teacher, not merged
+    assert "| single_number | 25.0 ± 25.0 | 25.0 ± 25.0 |" in out.stdout  # the student: 0 and 50 over seeds
+    assert "| task | 512 | 1k |" in out.stdout
+
+    only = seeds(one, two, "--model", "student", "--plot", str(tmp_path / "p.png"))
+    assert only.returncode == 0 and "teacher" not in only.stdout and (tmp_path / "p.png").exists(), only.stderr
+    for args, message in ((["--plot", str(tmp_path / "q.png")], "give --model for the plot"),
+                          (["--model", "nobody"], "'nobody' is not in the runs, which hold teacher, student")):
+        refused = seeds(one, two, *args)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
