@@ -1,7 +1,9 @@
-"""Where a freshly converted student's align error lies: per layer (the align loss's normalised terms),
-and at chosen layers the share of the squared error held by the top positions and residual features.
+"""Where a student's align error lies: per layer (the align loss's normalised terms), and at chosen layers the
+share of the squared error held by the top positions and residual features. The student is the teacher freshly
+converted by the plan, or (`--student`) a trained hybrid checkpoint.
 
 Usage: python experiments/align_error.py --teacher smollm2/ --plan plans/kvgroup-7to1.json --data data/train.jsonl
+       python experiments/align_error.py --teacher smollm2/ --student runs/kvgroup-7to1-long/final --data ...
 (docs/real_models.md section 7: SmolLM2's error at layer 15 is 98.5% one massive-activation feature)
 """
 
@@ -20,7 +22,8 @@ def main() -> None:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", required=True)
-    p.add_argument("--plan", required=True)
+    p.add_argument("--plan", help="the plan to convert the teacher by (without --student)")
+    p.add_argument("--student", help="a trained hybrid checkpoint instead of a fresh conversion")
     p.add_argument("--data", required=True, help="JSONL with a text field: its first documents, concatenated")
     p.add_argument("--length", type=int, default=512)
     p.add_argument("--preset", default="exact")
@@ -30,13 +33,22 @@ def main() -> None:
     teacher, tok = load_model(args.teacher, "float32"), load_tokenizer(args.teacher)
     texts = [json.loads(line)["text"] for line in open(args.data)][:64]
     ids = torch.tensor([sum((tok(t)["input_ids"] for t in texts), [])[:args.length]])  # (1, T)
-    student = convert(copy.deepcopy(teacher), HeadPlan.from_json(args.plan), HybridOptions.preset(args.preset),
-                      calibration=ids)
+    if args.student:
+        student = load_model(args.student, "float32")
+    elif args.plan:
+        student = convert(copy.deepcopy(teacher), HeadPlan.from_json(args.plan), HybridOptions.preset(args.preset),
+                          calibration=ids)
+    else:
+        p.error("give --plan (a fresh conversion) or --student (a trained hybrid)")
     with torch.no_grad():
         want = teacher.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[1:]
         got = student.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[1:]
     _, nmse = hidden_state_loss(got, want)
     print("nmse per layer:", " ".join(f"{x:.3g}" for x in nmse.tolist()))
+    rest = torch.ones(ids.shape, dtype=torch.bool)
+    rest[:, 0] = False  # the first position: where the teacher's massive activation (the attention sink) lies
+    _, nmse_rest = hidden_state_loss(got, want, positions=rest)
+    print("nmse per layer, position 0 left out:", " ".join(f"{x:.3g}" for x in nmse_rest.tolist()))
     for layer in (int(x) % len(want) for x in args.layers.split(",")):
         err = (got[layer] - want[layer])[0].pow(2)  # (T, d)
         by_position, by_feature = err.sum(-1), err.sum(0)
