@@ -92,5 +92,6 @@ def plot(path: Path, stats, tasks, lengths) -> None:
     fig.savefig(path, dpi=120)
     print(f"plot: {path}")
 
+
 if __name__ == "__main__":
     main()

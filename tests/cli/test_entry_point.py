@@ -38,7 +38,6 @@ def test_import_hydrahead_registers_the_auto_classes():
     assert run(REGISTERED) == "HydraHeadLlamaConfig HydraHeadLlamaForCausalLM"
 
 
-
 def test_output_into_a_closed_pipe_ends_quietly():
     """`hydrahead ... | head`: the reader stops early; no traceback, no "error: Broken pipe", the SIGPIPE status."""
     import os
