@@ -47,6 +47,7 @@ stages:                             # run in this order; leave one out or set sk
     warmup_fraction: 0.02
     min_lr_ratio: 0.1
     loss: nmse                      # each layer's MSE / teacher variance (scale-free), or mse (plain Eq. 15)
+    sink_tokens: 0                  # 1: leave each document's first token (an attention sink) out of the loss
   distill:                          # stage 2: everything trains; KL(teacher || student) + CE
     tokens: 1B
     seq_len: 4096

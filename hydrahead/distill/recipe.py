@@ -172,6 +172,16 @@ class AlignStageConfig(StageConfig):
     loss: Literal["nmse", "mse"] = "nmse"
     """nmse: each layer's MSE divided by the teacher's variance of that layer's output (scale-free: deep layers
     with massive activations do not drown the others); mse: plain MSE (paper Eq. 15). See losses.hidden_state_loss."""
+    sink_tokens: int = 0
+    """The first `sink_tokens` positions of every document (of every row unless data.isolate_documents) count in
+    neither the loss nor the teacher variance nmse divides by. A model with an attention sink writes a massive
+    activation at a sequence's first token that the converted layers do not reproduce: on SmolLM2-135M that one
+    position held 98.9% of layer 15's error, and layers 11-27 read 1.00 for a whole run (docs/real_models.md
+    section 7). 1 leaves that position out; 0 (the default) counts every position, as the paper does."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.sink_tokens >= 0, "sink_tokens", f"must be >= 0, got {self.sink_tokens}")
 
 
 @dataclass(kw_only=True)

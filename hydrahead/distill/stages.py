@@ -1,7 +1,8 @@
 """The three stages of docs/method.md section 4: which parameters train, what the teacher provides, the loss.
 
     align         only `hybrid_parameters` train (backbone frozen); per-layer hidden-state MSE (Eq. 15), each
-                  layer's divided by the teacher's variance there (`stages.align.loss: nmse`, the default)
+                  layer's divided by the teacher's variance there (`stages.align.loss: nmse`, the default);
+                  `stages.align.sink_tokens` leaves each document's first positions out of it
     distill       every parameter trains, or hybrid parameters + LoRA on the backbone (peft, merged at
                   the end of the stage); tau^2 KL(teacher || student) + CE on chunked logits (Eq. 16)
     long_context  every parameter trains; next-token CE at the stage's (long) length; no teacher
@@ -123,9 +124,21 @@ class AlignStage(Stage):
         divided by the step's sequence count (`counts.rows`): a per-sequence loss, so the step's sequences
         weigh the same however it is split."""
         out = student.model(**self.inputs(batch), use_cache=False, output_hidden_states=True)
-        loss, per_layer = hidden_state_loss(out.hidden_states[1:], targets, self.config.loss, positions=batch.real(),
+        loss, per_layer = hidden_state_loss(out.hidden_states[1:], targets, self.config.loss,
+                                            positions=self.counted_positions(batch),
                                             rows=None if counts is None else counts.rows)
         return loss, {"layer_loss": per_layer}
+
+    def counted_positions(self, batch: Batch) -> torch.Tensor:
+        """(B, T) bool: the real positions past each document's first `sink_tokens` (each row's, unless
+        documents are isolated)."""
+        real = batch.real()
+        if not self.config.sink_tokens:
+            return real
+        ids = batch.input_ids
+        position = (document_positions(ids, self.eos_id) if self.eos_id is not None
+                    else torch.arange(ids.shape[1], device=ids.device).expand_as(ids))
+        return real & (position >= self.config.sink_tokens)
 
     def progress_fields(self, metrics: dict[str, Any]) -> dict[str, str]:
         layers = metrics["layer_loss"]

@@ -209,6 +209,41 @@ def test_align_stage_loss_follows_the_recipe(kind):
     assert fields == {"first": "0.5", "last": "0.25", "max": "2@L1"}
 
 
+@pytest.mark.parametrize("isolate", [False, True], ids=["one-sequence", "isolated"])
+def test_align_sink_tokens_leave_each_documents_first_positions_out(isolate):
+    """stages.align.sink_tokens: a massive teacher activation at a document's first token (an attention
+    sink) moves neither the loss nor its variance; at any other position it does. Not isolated, only the
+    row's first token is a document start."""
+    from hydrahead import RecipeError
+    from hydrahead.distill.recipe import AlignStageConfig
+    from hydrahead.distill.stages import AlignStage
+
+    teacher, student = _teacher_and_student()
+    eos = 1
+    docs = [torch.cat([torch.randint(2, 90, (n,)), torch.tensor([eos])]) for n in (9, 4, 13)]
+    row = torch.cat(docs)[None]  # (1, 29): documents start at 0, 10 and 15
+    batch = Batch.full(row)
+    starts = [0, 10, 15] if isolate else [0]
+
+    def loss(sink_tokens, boost=()):
+        stage = AlignStage(AlignStageConfig(tokens=64, seq_len=29, batch_size=1, lr=1e-3, sink_tokens=sink_tokens), 0)
+        stage.eos_id = eos if isolate else None
+        with torch.no_grad():
+            targets = stage.teacher_targets(teacher, batch)
+            for t in targets:
+                t[0, list(boost), 0] += 1e4  # one massive feature at these positions
+            return stage.loss(student, batch, targets)[1]["layer_loss"]
+
+    clean = loss(1)
+    torch.testing.assert_close(loss(1, starts), clean)  # the sinks count nowhere
+    assert not torch.allclose(loss(1, [12]), clean)  # a position inside a document counts
+    assert not torch.allclose(loss(0, starts), loss(0))  # sink_tokens: 0 counts every position
+    if not isolate:
+        assert not torch.allclose(loss(1, [10]), clean)  # one sequence: 10 is no document start
+    with pytest.raises(RecipeError, match="sink_tokens"):
+        AlignStageConfig(tokens=64, seq_len=8, batch_size=1, lr=1e-3, sink_tokens=-1)
+
+
 def test_next_token_labels():
     assert next_token_labels(torch.tensor([[5, 6, 7]])).tolist() == [[6, 7, IGNORE]]
 
