@@ -9,7 +9,7 @@ Usage: python experiments/heldout_rows.py recipe.yaml [--model DIR] [--stage ali
 from __future__ import annotations
 
 import argparse
-import math
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -19,7 +19,10 @@ import torch
 def main() -> None:
     from hydrahead import load_model, load_tokenizer
     from hydrahead.distill.data import Corpora, Tokenize, document_eos, resolve_files
+    from hydrahead.distill.distributed import DistEnv
+    from hydrahead.distill.evaluate import EvalContext, HeldoutPerplexity
     from hydrahead.distill.recipe import STAGE_NAMES, Recipe
+    from hydrahead.distill.stages import STAGES, TrainModule
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("recipe")
@@ -29,20 +32,23 @@ def main() -> None:
     recipe = Recipe.from_yaml(args.recipe)
     if not recipe.data.eval_files:
         p.error("the recipe has no data.eval_files")
-    stages = {name: getattr(recipe.stages, name) for name in STAGE_NAMES}
-    stage = stages[args.stage] if args.stage else next(s for s in stages.values() if s is not None)
+    configs = {name: getattr(recipe.stages, name) for name in STAGE_NAMES}
+    name = args.stage or next(n for n, c in configs.items() if c is not None)
+    stage = STAGES[name](configs[name], STAGE_NAMES.index(name))
     model_dir = args.model or recipe.teacher
     model, tokenizer = load_model(model_dir, "float32"), load_tokenizer(recipe.teacher)
     eos = document_eos(tokenizer, recipe.teacher)
     with tempfile.TemporaryDirectory() as cache:
         corpora = Corpora(recipe.data, Tokenize(tokenizer, eos), Path(cache), True, lambda: None,
                           pad_id=tokenizer.pad_token_id)
-        rows = corpora.eval_batches(resolve_files(recipe.data.eval_files, "data.eval_files"), stage.seq_len,
+        rows = corpora.eval_batches(resolve_files(recipe.data.eval_files, "data.eval_files"), stage.config.seq_len,
                                     recipe.data.eval_sequences)
-    with torch.no_grad():  # every row is full (no padding): each row's mean is over the same number of targets
-        loss = sum(model(input_ids=row[None], labels=row[None]).loss.item() for row in rows) / len(rows)
-    print(f"{model_dir} on {len(rows)} held-out rows of {rows.shape[1]} tokens: eval_loss {loss:.3f}, "
-          f"eval_ppl {math.exp(loss):.3f}")
+    stage.eos_id = eos if recipe.data.isolate_documents else None  # as the run's stages (distill/run.py)
+    env = DistEnv(0, 1, 0, torch.device("cpu"), False)
+    ctx = EvalContext(model, TrainModule(model), stage, 0, tokenizer, env, contextlib.nullcontext)
+    metrics = HeldoutPerplexity(rows, stage.config.batch_size)(ctx)  # the run's own held-out evaluator
+    print(f"{model_dir} on {len(rows)} held-out rows of {rows.shape[1]} tokens: eval_loss {metrics['eval_loss']:.3f}, "
+          f"eval_ppl {metrics['eval_ppl']:.3f}")
 
 
 if __name__ == "__main__":
