@@ -37,3 +37,26 @@ def test_each_model_gets_its_own_table(tmp_path):
                           (["--model", "nobody"], "'nobody' is not in the runs, which hold teacher, student")):
         refused = seeds(one, two, *args)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+
+
+def test_series_compare_models_from_different_runs(tmp_path):
+    """--series: models evaluated in different runs, one table per task with a row per series, and a plot."""
+    a1 = write_run(tmp_path / "a1", {"teacher": 1.0, "student": 0.5})
+    a2 = write_run(tmp_path / "a2", {"teacher": 1.0, "student": 1.0})
+    b1 = write_run(tmp_path / "b1", {"student": 0.0})
+    b2 = write_run(tmp_path / "b2", {"student": 0.5})
+    plot = tmp_path / "cmp.png"
+    out = seeds("--series", "teacher", "teacher", a1, a2, "--series", "scored", "student", a1, a2,
+                "--series", "random", "student", b1, b2, "--plot", str(plot))
+    assert out.returncode == 0, out.stderr
+    assert "| model (seeds) | 512 | 1k |" in out.stdout
+    assert "| teacher (2) | 100.0 ± 0.0 | 100.0 ± 0.0 |" in out.stdout
+    assert "| scored (2) | 75.0 ± 25.0 | 75.0 ± 25.0 |" in out.stdout  # a1's student, not b1's
+    assert "| random (2) | 25.0 ± 25.0 | 25.0 ± 25.0 |" in out.stdout
+    assert plot.exists()
+    for args, message in ((["--series", "teacher", "teacher", b1], "model 'teacher' is missing from " + b1),
+                          (["--series", "x", "teacher"], "give NAME MODEL RUN"),
+                          ([a1, "--series", "x", "teacher", a1], "give one or the other"),
+                          ([], "give the runs")):
+        refused = seeds(*args)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
