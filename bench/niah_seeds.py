@@ -136,15 +136,15 @@ def plot_compare(path: Path, results: dict[str, dict], tasks: list[str], lengths
                   shift=2 ** (0.04 * (i - (len(results) - 1) / 2)))
         _axes(ax, lengths)
         ax.set_title(task, fontsize=10)
-    axes[0].legend(fontsize=8)
-    _save(fig, path)
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=len(results), fontsize=8)
+    _save(fig, path, bottom=0.1)
 
 
 def _figure(panels: int):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6 if panels == 1 else 3.2 * panels, 3.6))
+    fig = Figure(figsize=(6, 3.6) if panels == 1 else (3.2 * panels, 3.9))
     FigureCanvasAgg(fig)
     return fig, fig.subplots(1, panels, sharey=True, squeeze=False)[0]
 
@@ -163,8 +163,8 @@ def _axes(ax, lengths: list[int]) -> None:
         ax.set_ylabel("NIAH accuracy (%)")
 
 
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
+def _save(fig, path: Path, bottom: float = 0.0) -> None:
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=120)
     print(f"plot: {path}")
 
