@@ -104,6 +104,16 @@ def sequence_variance(teacher: torch.Tensor, weight: torch.Tensor) -> torch.Tens
     return _position_mean(centred.pow(2), weight).mean(-1)
 
 
+def position_share(teacher: torch.Tensor, real: torch.Tensor, some: torch.Tensor) -> float:
+    """(B, T, d), (B, T) bool, (B, T) bool -> the share of the teacher's per-feature-centred sum of squares (what
+    nmse's variance is made of, over the real positions) that `some` of them hold: their fraction of the
+    positions where nothing stands out, near 1 where an attention sink's massive activation lies in them."""
+    weight = real[..., None].float()
+    t = teacher.float()
+    squares = (t - _position_mean(t, weight)[:, None]).pow(2).sum(-1) * real
+    return float((squares * some).sum() / squares.sum().clamp(min=torch.finfo(torch.float32).tiny))
+
+
 def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], kind: AlignLoss = "nmse",
                       eps: float = 1e-8, positions: torch.Tensor | None = None,
                       rows: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:

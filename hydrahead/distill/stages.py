@@ -19,6 +19,7 @@ step's gradient does not depend on how the global batch is split over micro-step
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from hydrahead.distill.losses import (
     document_positions,
     hidden_state_loss,
     next_token_labels,
+    position_share,
     step_counts,
 )
 from hydrahead.distill.recipe import AlignStageConfig, DistillStageConfig, StageConfig
@@ -101,6 +103,11 @@ class Stage:
         return out.loss, {"ce": out.ce}
 
 
+# warn_of_sink: the share of a layer's teacher variance at documents' first positions that reads as a sink (a
+# row of 512 tokens without one gives about 1/512; SmolLM2-135M's layers 11-27 give 0.88-0.98)
+SINK_SHARE = 0.5
+
+
 class AlignStage(Stage):
     """Metrics: `layer_loss`, every layer's term of the loss (loss = its mean); the progress line shows
     the first, the last and the largest (with its layer index)."""
@@ -108,6 +115,10 @@ class AlignStage(Stage):
     name = "align"
     needs_teacher = True
     config: AlignStageConfig
+
+    def __init__(self, config: AlignStageConfig, index: int) -> None:
+        super().__init__(config, index)
+        self._sink_checked = False
 
     def prepare(self, student: nn.Module) -> None:
         student.requires_grad_(False)
@@ -123,11 +134,21 @@ class AlignStage(Stage):
         """Per sequence, each layer's (n)MSE over the sequence's real positions; summed over sequences and
         divided by the step's sequence count (`counts.rows`): a per-sequence loss, so the step's sequences
         weigh the same however it is split."""
+        if not self._sink_checked:
+            self._sink_checked = True
+            self.warn_of_sink(targets, batch)
         out = student.model(**self.inputs(batch), use_cache=False, output_hidden_states=True)
         loss, per_layer = hidden_state_loss(out.hidden_states[1:], targets, self.config.loss,
                                             positions=self.counted_positions(batch),
                                             rows=None if counts is None else counts.rows)
         return loss, {"layer_loss": per_layer}
+
+    def document_position(self, batch: Batch) -> torch.Tensor:
+        """(B, T): each position's index in its document (in its row, unless documents are isolated)."""
+        ids = batch.input_ids
+        if self.eos_id is not None:
+            return document_positions(ids, self.eos_id)
+        return torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
 
     def counted_positions(self, batch: Batch) -> torch.Tensor:
         """(B, T) bool: the real positions past each document's first `sink_tokens` (each row's, unless
@@ -135,10 +156,26 @@ class AlignStage(Stage):
         real = batch.real()
         if not self.config.sink_tokens:
             return real
-        ids = batch.input_ids
-        position = (document_positions(ids, self.eos_id) if self.eos_id is not None
-                    else torch.arange(ids.shape[1], device=ids.device).expand_as(ids))
-        return real & (position >= self.config.sink_tokens)
+        return real & (self.document_position(batch) >= self.config.sink_tokens)
+
+    def warn_of_sink(self, targets: tuple[torch.Tensor, ...], batch: Batch) -> list[int]:
+        """Warn (once, from the stage's first batch) where documents' first positions hold most of a layer's
+        teacher variance with `sink_tokens: 0`: an attention sink's massive activation, which the converted
+        layers do not write and which then sets those layers' terms near 1 whatever the rest does
+        (docs/real_models.md section 7). Returns those layers."""
+        if self.config.sink_tokens or self.config.loss != "nmse":
+            return []
+        real = batch.real()
+        first = real & (self.document_position(batch) == 0)
+        sinks = [i for i, t in enumerate(targets) if position_share(t, real, first) > SINK_SHARE]
+        if sinks:
+            warnings.warn(
+                f"stages.align: in {len(sinks)} of the teacher's {len(targets)} layers (from {sinks[0]} to "
+                f"{sinks[-1]}) each document's first position holds over {SINK_SHARE:.0%} of the variance the "
+                "align loss divides by: an attention sink, a massive activation the converted layers do not write, "
+                "which will keep those layers' terms near 1 whatever they learn. Set stages.align.sink_tokens: 1 "
+                "to leave it out (docs/method.md section 4).", stacklevel=2)
+        return sinks
 
     def progress_fields(self, metrics: dict[str, Any]) -> dict[str, str]:
         layers = metrics["layer_loss"]

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -209,6 +211,7 @@ def test_align_stage_loss_follows_the_recipe(kind):
     assert fields == {"first": "0.5", "last": "0.25", "max": "2@L1"}
 
 
+@pytest.mark.filterwarnings("ignore:stages.align")  # the sink warning, checked at the end
 @pytest.mark.parametrize("isolate", [False, True], ids=["one-sequence", "isolated"])
 def test_align_sink_tokens_leave_each_documents_first_positions_out(isolate):
     """stages.align.sink_tokens: a massive teacher activation at a document's first token (an attention
@@ -242,6 +245,14 @@ def test_align_sink_tokens_leave_each_documents_first_positions_out(isolate):
         assert not torch.allclose(loss(1, [10]), clean)  # one sequence: 10 is no document start
     with pytest.raises(RecipeError, match="sink_tokens"):
         AlignStageConfig(tokens=64, seq_len=8, batch_size=1, lr=1e-3, sink_tokens=-1)
+
+    # the stage's first loss warns of such a sink while it still counts, naming the setting, and only then
+    for sink_tokens, boost, warned in ((0, starts, True), (1, starts, False), (0, (), False), (0, [12], False)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loss(sink_tokens, boost)
+        messages = [str(w.message) for w in caught]
+        assert any("set stages.align.sink_tokens: 1" in m.lower() for m in messages) == warned, (sink_tokens, boost)
 
 
 def test_next_token_labels():
