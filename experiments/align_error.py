@@ -77,15 +77,19 @@ def main() -> None:
 
 
 def teacher_sink(teacher, ids: torch.Tensor) -> None:
+    """What the align stage's sink warning measures (`AlignStage.warn_of_sink`), per layer, one row."""
+    from hydrahead.distill.losses import position_share
+
     with torch.no_grad():
         hidden = teacher.model(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states[1:]
     print(f"per layer: the share of the teacher's centred sum of squares at position 0 (1/T = {1 / ids.shape[1]:.4f}), "
           "and its norm there over the median")
+    real = torch.ones(ids.shape, dtype=torch.bool)
+    first = torch.zeros_like(real)
+    first[:, 0] = True
     for layer, h in enumerate(hidden):
-        h = h[0].float()  # (T, d)
-        squares = (h - h.mean(0)).pow(2).sum(-1)
-        norms = h.norm(dim=-1)
-        print(f"layer {layer}: {squares[0] / squares.sum():.4f}, {norms[0] / norms.median():.1f}x")
+        norms = h[0].float().norm(dim=-1)
+        print(f"layer {layer}: {position_share(h, real, first):.4f}, {norms[0] / norms.median():.1f}x")
 
 
 def demo_documents(tokenizer, length: int) -> list[str]:
