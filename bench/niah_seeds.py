@@ -54,10 +54,15 @@ def main() -> None:
             compare(args.series, args.plot)
         except ValueError as err:
             p.error(str(err))
+        except OSError as err:
+            p.error(f"cannot read {err.filename}: {err.strerror}")
         return
     if not args.runs:
         p.error("give the runs (one per seed), or --series")
-    runs = [seed_records(run) for run in args.runs]
+    try:
+        runs = [seed_records(run) for run in args.runs]
+    except OSError as err:
+        p.error(f"cannot read {err.filename}: {err.strerror}")
     models = list(dict.fromkeys(r["model"] for records in runs for r in records))
     if args.model is not None and args.model not in models:
         p.error(f"--model {args.model!r} is not in the runs, which hold {', '.join(models)}")
@@ -82,6 +87,8 @@ def compare(series: list[list[str]], path: Path | None) -> None:
         if len(spec) < 3:
             raise ValueError(f"--series {' '.join(spec)}: give NAME MODEL RUN [RUN ...]")
         name, model, runs = spec[0], spec[1], spec[2:]
+        if name in results:
+            raise ValueError(f"--series {name}: the name is given twice")
         records = [[r for r in seed_records(run) if r["model"] == model] for run in runs]
         if not all(records):
             raise ValueError(f"--series {name}: model {model!r} is missing from "

@@ -8,7 +8,7 @@ squares at position 0 (1/T where nothing stands out) and its norm there over the
 Usage: python experiments/align_error.py --teacher smollm2/ --plan plans/kvgroup-7to1.json --data data/train.jsonl
        python experiments/align_error.py --teacher smollm2/ --student runs/kvgroup-7to1-long/final --data ...
        python experiments/align_error.py --teacher smollm2/ --data data/train.jsonl     # the teacher's sink
-       python experiments/align_error.py --teacher demo --length 256   # the shipped teacher, the demo's documents
+       python experiments/align_error.py --teacher demo     # the shipped teacher, documents like the demo's
 (docs/real_models.md section 7: SmolLM2's error at layer 15 is 98.5% one massive-activation feature)
 """
 
@@ -31,17 +31,21 @@ def main() -> None:
     p.add_argument("--student", help="a trained hybrid checkpoint instead of a fresh conversion")
     p.add_argument("--data", help="JSONL with a text field: its first documents, concatenated (with --teacher demo: "
                                   "default, documents of the demo's generator)")
-    p.add_argument("--length", type=int, default=512)
+    p.add_argument("--length", type=int, default=None, help="tokens in the row (default 512; the shipped teacher's "
+                                                            "training length with --teacher demo)")
     p.add_argument("--preset", default="exact")
     p.add_argument("--layers", default="5,15,-1", help="layers whose error is broken down")
     args = p.parse_args()
     torch.manual_seed(0)
     if args.teacher == "demo":
         from hydrahead.demo.teacher import load_teacher
+        from hydrahead.demo.teacher_recipe import load_recipe
 
         teacher, tok = load_teacher()
+        args.length = args.length or load_recipe().seq_len
     else:
         teacher, tok = load_model(args.teacher, "float32"), load_tokenizer(args.teacher)
+        args.length = args.length or 512
     if args.data:
         texts = [json.loads(line)["text"] for line in open(args.data)][:64]
     elif args.teacher == "demo":
@@ -50,6 +54,7 @@ def main() -> None:
         p.error("give --data (a JSONL with a text field)")
     ids = torch.tensor([sum((tok(t)["input_ids"] for t in texts), [])[:args.length]])  # (1, T)
     if not (args.student or args.plan):
+        print("the teacher alone (give --plan or --student for a student's error)")
         return teacher_sink(teacher, ids)
     if args.student:
         student = load_model(args.student, "float32")
@@ -93,7 +98,8 @@ def teacher_sink(teacher, ids: torch.Tensor) -> None:
 
 
 def demo_documents(tokenizer, length: int) -> list[str]:
-    """Distillation documents as the demo makes them (hydrahead/demo/pipeline.py build_corpus), shuffled."""
+    """Documents of the demo's distillation generator (hydrahead/demo/pipeline.py build_corpus): its four kinds,
+    60 documents of a seed of their own, shuffled."""
     import random
 
     from hydrahead.demo.corpus import code_split

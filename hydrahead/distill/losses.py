@@ -105,13 +105,16 @@ def sequence_variance(teacher: torch.Tensor, weight: torch.Tensor) -> torch.Tens
 
 
 def position_share(teacher: torch.Tensor, real: torch.Tensor, some: torch.Tensor) -> float:
-    """(B, T, d), (B, T) bool, (B, T) bool -> the share of the teacher's per-feature-centred sum of squares (what
-    nmse's variance is made of, over the real positions) that `some` of them hold: their fraction of the
-    positions where nothing stands out, near 1 where an attention sink's massive activation lies in them."""
+    """(B, T, d), (B, T) bool, (B, T) bool -> the share of each row's per-feature-centred teacher sum of squares
+    (what nmse's per-sequence variance is made of, over the real positions) that `some` of its positions hold,
+    averaged over the rows with real positions: about their fraction of the positions where nothing stands out,
+    near 1 where an attention sink's massive activation lies in them."""
     weight = real[..., None].float()
     t = teacher.float()
-    squares = (t - _position_mean(t, weight)[:, None]).pow(2).sum(-1) * real
-    return float((squares * some).sum() / squares.sum().clamp(min=torch.finfo(torch.float32).tiny))
+    squares = (t - _position_mean(t, weight)[:, None]).pow(2).sum(-1) * real  # (B, T)
+    rows = real.any(1)
+    share = (squares * some).sum(1) / squares.sum(1).clamp(min=torch.finfo(torch.float32).tiny)
+    return float(share[rows].mean()) if rows.any() else 0.0
 
 
 def hidden_state_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], kind: AlignLoss = "nmse",

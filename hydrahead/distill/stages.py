@@ -108,6 +108,17 @@ class Stage:
 SINK_SHARE = 0.5
 
 
+def layer_ranges(layers: list[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7"."""
+    runs: list[list[int]] = []
+    for i in layers:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs)
+
+
 class AlignStage(Stage):
     """Metrics: `layer_loss`, every layer's term of the loss (loss = its mean); the progress line shows
     the first, the last and the largest (with its layer index)."""
@@ -159,22 +170,22 @@ class AlignStage(Stage):
         return real & (self.document_position(batch) >= self.config.sink_tokens)
 
     def warn_of_sink(self, targets: tuple[torch.Tensor, ...], batch: Batch) -> list[int]:
-        """Warn (once, from the stage's first batch) where documents' first positions hold most of a layer's
-        teacher variance with `sink_tokens: 0`: an attention sink's massive activation, which the converted
-        layers do not write and which then sets those layers' terms near 1 whatever the rest does
-        (docs/real_models.md section 7). Returns those layers."""
-        if self.config.sink_tokens or self.config.loss != "nmse":
+        """Warn (once, from the stage's first batch, on the main process) where documents' first positions hold
+        most of a layer's teacher variance with `sink_tokens: 0`: an attention sink's massive activation, which
+        the converted layers do not write and which then sets those layers' terms (near 1 with nmse, the
+        sink's error with mse) whatever the rest does (docs/real_models.md section 7). Returns those layers."""
+        if self.config.sink_tokens or (torch.distributed.is_initialized() and torch.distributed.get_rank() != 0):
             return []
         real = batch.real()
         first = real & (self.document_position(batch) == 0)
         sinks = [i for i, t in enumerate(targets) if position_share(t, real, first) > SINK_SHARE]
         if sinks:
             warnings.warn(
-                f"stages.align: in {len(sinks)} of the teacher's {len(targets)} layers (from {sinks[0]} to "
-                f"{sinks[-1]}) each document's first position holds over {SINK_SHARE:.0%} of the variance the "
-                "align loss divides by: an attention sink, a massive activation the converted layers do not write, "
-                "which will keep those layers' terms near 1 whatever they learn. Set stages.align.sink_tokens: 1 "
-                "to leave it out (docs/method.md section 4).", stacklevel=2)
+                f"stages.align: in {len(sinks)} of the teacher's {len(targets)} layers ({layer_ranges(sinks)}) each "
+                f"document's first position holds over {SINK_SHARE:.0%} of the teacher's variance: an attention "
+                "sink, a massive activation the converted layers do not write, which will set those layers' align "
+                "terms whatever they learn. Set stages.align.sink_tokens: 1 to leave it out (docs/method.md "
+                "section 4).", stacklevel=2)
         return sinks
 
     def progress_fields(self, metrics: dict[str, Any]) -> dict[str, str]:

@@ -57,6 +57,8 @@ def test_series_compare_models_from_different_runs(tmp_path):
     for args, message in ((["--series", "teacher", "teacher", b1], "model 'teacher' is missing from " + b1),
                           (["--series", "x", "teacher"], "give NAME MODEL RUN"),
                           ([a1, "--series", "x", "teacher", a1], "give one or the other"),
+                          (["--series", "x", "teacher", a1, "--series", "x", "student", a1], "given twice"),
+                          (["--series", "x", "teacher", str(tmp_path / "none")], "cannot read"),
                           ([], "give the runs")):
         refused = seeds(*args)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr

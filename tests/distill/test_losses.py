@@ -246,13 +246,42 @@ def test_align_sink_tokens_leave_each_documents_first_positions_out(isolate):
     with pytest.raises(RecipeError, match="sink_tokens"):
         AlignStageConfig(tokens=64, seq_len=8, batch_size=1, lr=1e-3, sink_tokens=-1)
 
-    # the stage's first loss warns of such a sink while it still counts, naming the setting, and only then
-    for sink_tokens, boost, warned in ((0, starts, True), (1, starts, False), (0, (), False), (0, [12], False)):
-        with warnings.catch_warnings(record=True) as caught:
+    # the stage's first loss warns of such a sink while it still counts (either loss kind), naming the setting
+    # and the layers, once per stage, and only then
+    def warnings_of(sink_tokens, boost, kind="nmse", calls=1):
+        stage = AlignStage(AlignStageConfig(tokens=64, seq_len=29, batch_size=1, lr=1e-3, sink_tokens=sink_tokens,
+                                            loss=kind), 0)
+        stage.eos_id = eos if isolate else None
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
             warnings.simplefilter("always")
-            loss(sink_tokens, boost)
-        messages = [str(w.message) for w in caught]
-        assert any("set stages.align.sink_tokens: 1" in m.lower() for m in messages) == warned, (sink_tokens, boost)
+            targets = stage.teacher_targets(teacher, batch)
+            for t in targets:
+                t[0, list(boost), 0] += 1e4
+            for _ in range(calls):
+                stage.loss(student, batch, targets)
+        return [str(w.message) for w in caught if "sink_tokens: 1" in str(w.message)]
+
+    once = warnings_of(0, starts, calls=2)
+    assert len(once) == 1 and "in 2 of the teacher's 2 layers (0-1)" in once[0]
+    assert len(warnings_of(0, starts, kind="mse")) == 1
+    for sink_tokens, boost in ((1, starts), (0, ()), (0, [12])):
+        assert warnings_of(sink_tokens, boost) == [], (sink_tokens, boost)
+
+
+def test_layer_ranges_and_position_share_per_row():
+    from hydrahead.distill.losses import position_share
+    from hydrahead.distill.stages import layer_ranges
+
+    assert layer_ranges([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10" and layer_ranges([4]) == "4"
+    teacher = torch.zeros(2, 4, 1)
+    teacher[0, :, 0] = torch.tensor([3.0, -1.0, -1.0, -1.0])  # row 0: position 0 holds 9 of 12 -> 0.75
+    teacher[1, :, 0] = torch.tensor([1.0, -1.0, 1.0, -1.0])  # row 1: each position 1/4
+    real = torch.ones(2, 4, dtype=torch.bool)
+    first = torch.zeros_like(real)
+    first[:, 0] = True
+    assert position_share(teacher, real, first) == pytest.approx((0.75 + 0.25) / 2)  # per row, then the mean
+    real[1] = False  # a row of padding counts for nothing
+    assert position_share(teacher, real, first) == pytest.approx(0.75)
 
 
 def test_next_token_labels():
