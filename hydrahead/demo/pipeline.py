@@ -181,8 +181,7 @@ def recipe_for(out: Path, teacher: Teacher, name: str, seed: int, scale: DemoSca
         "training": {"device": device, "gradient_checkpointing": False, "progress": False,
                      "checkpoint_every": 0, "log_every": 10, "eval_every": 0},
         "stages": {
-            "align": {"tokens": scale.align_tokens, "seq_len": L, "batch_size": batch, "lr": 3e-3,
-                      "sink_tokens": scale.sink_tokens},
+            "align": {"tokens": scale.align_tokens, "seq_len": L, "batch_size": batch, "lr": 3e-3},
             "distill": {"tokens": scale.distill_tokens, "seq_len": L, "batch_size": batch, "lr": 1e-3},
             "long_context": {"tokens": scale.long_tokens, "seq_len": 2 * L, "batch_size": max(1, batch // 2),
                              "lr": 3e-4},

@@ -46,9 +46,6 @@ class DemoScale:
     # each packed document attends only to itself (data.isolate_documents): what a pretrained teacher needs;
     # the shipped teacher was trained on rows of packed documents that see each other
     isolate_documents: bool = False
-    # the first positions of each document left out of the align loss (stages.align.sink_tokens): a pretrained
-    # teacher's attention sink there holds the loss's error and hides its later layers (docs/real_models.md 7)
-    sink_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,7 +77,6 @@ SCALES: dict[str, DemoScale] = {
         probe_samples=6, validation_seeds=5, align_tokens=1_000_000, distill_tokens=2_000_000, long_tokens=250_000,
         distill_batch=16, seeds=(0,), eval_multipliers=(1, 2, 4), eval_depths=(0.0, 0.5, 1.0), eval_samples=2,
         ppl_documents=8, plans=("hydrahead-7:1", "random-7:1", "layerwise-3:1"), isolate_documents=True,
-        sink_tokens=1,
     ),
 }
 

@@ -66,19 +66,6 @@ def test_plan_results_group_seeds_of_one_plan():
     assert results["hydrahead-7:1"].spread == pytest.approx(0.2) and results["hydrahead-7:1"].ppl == [2.0, 4.0]
 
 
-def test_a_pretrained_teachers_study_leaves_the_sink_out_of_the_align_loss(tmp_path):
-    """The study scale (a pretrained teacher) distils with documents isolated and each document's first token
-    out of the align loss; the default scale (the shipped teacher) keeps the paper's loss."""
-    from hydrahead.demo.pipeline import Teacher, recipe_for
-    from hydrahead.demo.scale import get_scale
-    from hydrahead.distill.recipe import Recipe
-
-    teacher = Teacher(model=None, tokenizer=None, path=tmp_path / "teacher", manifest={}, train_length=512)
-    for scale, sink, isolated in (("study", 1, True), ("default", 0, False)):
-        recipe = Recipe.from_dict(recipe_for(tmp_path, teacher, "hydrahead-7:1", 0, get_scale(scale), "cpu"))
-        assert (recipe.stages.align.sink_tokens, recipe.data.isolate_documents) == (sink, isolated), scale
-
-
 def test_tokenizer_splits_digits_and_keeps_the_needle_vocabulary_whole():
     from hydrahead.demo.tokenizer import train_tokenizer
     from hydrahead.needles import vocabulary
