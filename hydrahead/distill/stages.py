@@ -184,8 +184,8 @@ class AlignStage(Stage):
                 f"stages.align: in {len(sinks)} of the teacher's {len(targets)} layers ({layer_ranges(sinks)}) each "
                 f"document's first position holds over {SINK_SHARE:.0%} of the teacher's variance: an attention "
                 "sink, a massive activation the converted layers do not write, which will set those layers' align "
-                "terms whatever they learn. Set stages.align.sink_tokens: 1 to leave it out (docs/method.md "
-                "section 4).", stacklevel=2)
+                "terms whatever they learn. stages.align.sink_tokens: 1 leaves it out (on SmolLM2: lower perplexity, "
+                "retrieval not better; docs/method.md section 4).", stacklevel=2)
         return sinks
 
     def progress_fields(self, metrics: dict[str, Any]) -> dict[str, str]:
