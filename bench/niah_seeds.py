@@ -157,8 +157,8 @@ def _figure(panels: int):
 
 
 def _line(ax, stats, task: str, lengths: list[int], shift: float = 1.0, **style) -> None:
-    ax.errorbar([n * shift for n in lengths], [stats[task, n][0] for n in lengths], yerr=[stats[task, n][1] for n in lengths],
-                marker="o", capsize=3, **style)
+    ax.errorbar([n * shift for n in lengths], [stats[task, n][0] for n in lengths],
+                yerr=[stats[task, n][1] for n in lengths], marker="o", capsize=3, **style)
 
 
 def _axes(ax, lengths: list[int]) -> None:
