@@ -17,6 +17,20 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extra = super().parse_known_args(args, namespace)
+        if not hasattr(namespace, "_parser"):  # a subcommand's parser reads its part of the line first
+            namespace._parser = self
+        return namespace, extra
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but an argument nobody knows is refused by the subcommand that read the line, so the
+        message points at that subcommand's --help."""
+        namespace, extra = self.parse_known_args(args, namespace)
+        if extra:
+            namespace._parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return namespace
+
 
 def _int(text: str, low: int) -> int:
     try:

@@ -262,6 +262,11 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
          r"no documents in .*blank.jsonl \(blank.jsonl holds no text\)"),
         (["eval", "ppl", "--models", H, "--data", str(d / "a_dir"), "--out", new],
          r"no documents in .*a_dir \(expected .txt, .md, .jsonl files\)"),
+        # an argument no command knows: named by the subcommand that read the line, pointing at its --help
+        (["plan", S, "--out", f"{new}.json"], r"^hydrahead plan: error: unrecognized arguments: .*scores.json "
+         r"\(see hydrahead plan --help\)$"),
+        (["eval", "ppl", "--models", H, "--data", str(d / "doc.txt"), "--out", new, "--window", "4"],
+         r"^hydrahead eval ppl: error: unrecognized arguments: --window 4 \(see hydrahead eval ppl --help\)$"),
         (["plan", "--baseline", "layerwise", "--model", T, "--layers", "", "--out", f"{new}.json"],
          "--layers expects a comma list of layer indices such as 0,4,8, got ''"),
         (["convert", "--model", T, "--plan", str(d / "three_layer_plan.json"), "--out", new],
