@@ -70,14 +70,14 @@ def main() -> None:
         p.error(f"the runs hold {len(models)} models ({', '.join(models)}): give --model for the plot")
     for model in [args.model] if args.model else models:
         stats, tasks, lengths = table([[r for r in records if r["model"] == model] for records in runs])
+        if args.plot:  # one model: before its table, as in compare
+            plot(args.plot, stats, tasks, lengths)
         print(f"{model}: NIAH accuracy (%), mean over {len(runs)} seeds ± half the range between them")
         print("| task | " + " | ".join(length_label(n) for n in lengths) + " |")
         print("|---|" + "---:|" * len(lengths))
         for task in tasks:
             print(f"| {task} | " + " | ".join(f"{stats[task, n][0]:.1f} ± {stats[task, n][1]:.1f}" for n in lengths)
                   + " |")
-    if args.plot:
-        plot(args.plot, stats, tasks, lengths)
 
 
 def compare(series: list[list[str]], path: Path | None) -> None:
@@ -96,6 +96,8 @@ def compare(series: list[list[str]], path: Path | None) -> None:
         results[name] = (table(records), len(runs))
     tasks = list(dict.fromkeys(t for (_, ts, _), _ in results.values() for t in ts))
     lengths = sorted({n for (_, _, ns), _ in results.values() for n in ns})
+    if path:  # before the tables, so that a reader that stops early (`| head`) does not cost the plot
+        plot_compare(path, {name: stats for name, ((stats, _, _), _) in results.items()}, tasks, lengths)
     for task in tasks:
         print(f"{task}: NIAH accuracy (%), mean over seeds ± half the range between them")
         print("| model (seeds) | " + " | ".join(length_label(n) for n in lengths) + " |")
@@ -105,8 +107,6 @@ def compare(series: list[list[str]], path: Path | None) -> None:
                      for n in lengths]
             print(f"| {name} ({seeds}) | " + " | ".join(cells) + " |")
         print()
-    if path:
-        plot_compare(path, {name: stats for name, ((stats, _, _), _) in results.items()}, tasks, lengths)
 
 
 def length_label(n: int) -> str:

@@ -62,3 +62,17 @@ def test_series_compare_models_from_different_runs(tmp_path):
                           ([], "give the runs")):
         refused = seeds(*args)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+
+
+def test_a_reader_that_stops_early_does_not_cost_the_plot(tmp_path):
+    """`niah_seeds.py ... --plot p.png | head -3`: the plot is written before the tables reach the closed pipe."""
+    one = write_run(tmp_path / "s1", {"student": 0.0})
+    two = write_run(tmp_path / "s2", {"student": 0.5})
+    for args in (["--model", "student"], ["--series", "a", "student", one, two, "--series", "b", "student", one]):
+        plot = tmp_path / f"{args[0]}.png"
+        runs = [one, two] if args[0] == "--model" else []
+        proc = subprocess.Popen([sys.executable, str(SCRIPT), *runs, *args, "--plot", str(plot)],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        proc.stdout.close()  # nobody reads the tables
+        proc.wait(timeout=120)
+        assert plot.exists(), args
