@@ -23,6 +23,12 @@ class HydraHeadError(Exception):
     """Base class of every error hydrahead raises on purpose; the CLI prints its message."""
 
 
+class HydraHeadWarning(UserWarning):
+    """A warning hydrahead gives on purpose: something the user may want to change, which does not stop the job.
+    The CLI prints it as one line, `hydrahead COMMAND: warning: ...`; in Python, `warnings.filterwarnings(
+    "ignore", category=hydrahead.HydraHeadWarning)` silences them all."""
+
+
 class PlanError(HydraHeadError, ValueError):
     """A head plan does not fit the model (layer count, head count, head index)."""
 

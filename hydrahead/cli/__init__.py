@@ -1,7 +1,8 @@
 """`hydrahead` command line: a thin layer over library functions.
 
 Each subcommand is a module of this package with `HELP` (one line), `add_arguments(parser)` and
-`run(args) -> int`. Errors hydrahead raises on purpose are printed as one line, without a traceback.
+`run(args) -> int`. Errors hydrahead raises on purpose are printed as one line, without a traceback, and so are
+its warnings (`HydraHeadWarning`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib
 import os
 import signal
 import sys
+import warnings
 
 from hydrahead.cli.args import Parser
 
@@ -100,7 +102,9 @@ def _main(argv: list[str] | None) -> int:
     if args._keep_freed_memory:  # large CPU tensors reuse freed memory instead of page-faulting (utils/memory.py)
         keep_freed_memory()
     try:
-        return int(args._run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warnings(args.command, warnings.showwarning)
+            return int(args._run(args) or 0)
     except TrainingInterrupted as err:  # a checkpoint was saved: the usual 128 + signal exit status
         print(f"hydrahead {args.command}: {err}", file=sys.stderr)
         return 128 + err.signum
@@ -121,6 +125,22 @@ def _main(argv: list[str] | None) -> int:
         print(f"hydrahead {args.command}: error: out of memory ({what}); ask for less: a shorter input, fewer new "
               "tokens, a smaller batch or length", file=sys.stderr)
         return 2
+
+
+def one_line_warnings(command: str, show):
+    """A `warnings.showwarning` that prints hydrahead's own warnings as the CLI prints its errors, one line
+    naming the command (not Python's file, line and source), and hands every other warning to `show`."""
+    from hydrahead.errors import HydraHeadWarning, one_line
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, HydraHeadWarning):
+            return show(message, category, filename, lineno, file, line)
+        try:
+            print(f"hydrahead {command}: warning: {one_line(message)}", file=file or sys.stderr)
+        except OSError:  # a closed stderr: nowhere to say it, as Python's own showwarning does
+            pass
+
+    return showwarning
 
 
 def out_of_memory(err: BaseException) -> str | None:

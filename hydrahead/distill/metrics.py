@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hydrahead.distill.checkpoint import cannot_write
-from hydrahead.errors import OutputError, RecipeError
+from hydrahead.errors import HydraHeadWarning, OutputError, RecipeError
 from hydrahead.utils.io import atomic_write_text
 
 FILENAME = "metrics.jsonl"
@@ -101,7 +101,7 @@ class MetricsLog:
                 self._writer.close()
             except Exception as err:  # noqa: BLE001
                 warnings.warn(f"{cannot_write(self.path.parent / 'tensorboard', err)} (metrics.jsonl is complete)",
-                              stacklevel=2)
+                              HydraHeadWarning, stacklevel=2)
             self._writer = None
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hydrahead.errors import RecipeError
+from hydrahead.errors import HydraHeadWarning, RecipeError
 from hydrahead.distill.data import Batch
 from hydrahead.distill.losses import (
     StepCounts,
@@ -185,7 +185,7 @@ class AlignStage(Stage):
                 f"document's first position holds over {SINK_SHARE:.0%} of the teacher's variance: an attention "
                 "sink, a massive activation the converted layers do not write, which will set those layers' align "
                 "terms whatever they learn. stages.align.sink_tokens: 1 leaves it out (on SmolLM2: lower perplexity, "
-                "retrieval not better; docs/method.md section 4).", stacklevel=2)
+                "retrieval not better; docs/method.md section 4).", HydraHeadWarning, stacklevel=2)
         return sinks
 
     def progress_fields(self, metrics: dict[str, Any]) -> dict[str, str]:

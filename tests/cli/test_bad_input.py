@@ -334,3 +334,26 @@ def test_a_runtime_error_that_is_not_memory_is_not_hidden(files, monkeypatch):
     monkeypatch.setattr(info, "run", run)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["info", str(files / "hybrid")])
+
+
+def test_a_warning_of_hydrahead_is_one_line_and_others_are_as_python_shows_them(files, monkeypatch, capsys):
+    import warnings
+
+    from hydrahead import HydraHeadWarning, cli
+    from hydrahead.cli import info
+
+    def run(args):
+        warnings.warn("stages.align: a sink in layers 1-3,\n  which sink_tokens: 1 leaves out", HydraHeadWarning)
+        warnings.warn("another library's warning", UserWarning)
+        return 0
+
+    monkeypatch.setattr(info, "run", run)
+    shown_by_python = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = before = lambda message, category, *rest: shown_by_python.append((category, message))
+        assert cli.main(["info", str(files / "hybrid")]) == 0
+        assert warnings.showwarning is before  # put back: a library caller's warnings are left as they were
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["hydrahead info: warning: stages.align: a sink in layers 1-3, which sink_tokens: 1 leaves out"]
+    assert [(c, str(m)) for c, m in shown_by_python] == [(UserWarning, "another library's warning")]

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from hydrahead import HydraHeadWarning
 from hydrahead.distill.data import Batch
 from hydrahead.distill.losses import (
     IGNORE,
@@ -259,6 +260,7 @@ def test_align_sink_tokens_leave_each_documents_first_positions_out(isolate):
                 t[0, list(boost), 0] += 1e4
             for _ in range(calls):
                 stage.loss(student, batch, targets)
+        assert all(w.category is HydraHeadWarning for w in caught if "sink_tokens: 1" in str(w.message))
         return [str(w.message) for w in caught if "sink_tokens: 1" in str(w.message)]
 
     once = warnings_of(0, starts, calls=2)

@@ -2,6 +2,7 @@
 
 import torch
 
+from hydrahead import HydraHeadWarning
 from hydrahead.distill.metrics import MetricsLog, read_metrics
 
 
@@ -59,5 +60,5 @@ def test_tensorboard_failures_are_kept_or_warned_never_raised_on_the_main_proces
     assert read_metrics(tmp_path) == [{"stage": "align", "step": 1, "loss": 0.5}]
     with pytest.raises(OutputError, match=r"cannot write .*tensorboard: .*no space left.*--resume"):
         log.check()
-    with pytest.warns(UserWarning, match="No space left on device.*metrics.jsonl is complete"):
+    with pytest.warns(HydraHeadWarning, match="No space left on device.*metrics.jsonl is complete"):
         log.close()
