@@ -36,7 +36,8 @@ from hydrahead import keep_freed_memory  # noqa: E402
 from hydrahead.layers.full_attention import FullAttentionBranch  # noqa: E402
 from hydrahead.layers.gdn import GatedDeltaNetBranch  # noqa: E402
 
-CONFIGS = {"teacher": ("teacher", memory.PIECE_BYTES), "7:1, 16 MiB pieces": ("hydrahead-7:1", 16 << 20),
+DEFAULT_PIECE_BYTES = memory.PIECE_BYTES
+CONFIGS = {"teacher": ("teacher", DEFAULT_PIECE_BYTES), "7:1, 16 MiB pieces": ("hydrahead-7:1", 16 << 20),
            "7:1, 64 MiB pieces": ("hydrahead-7:1", 64 << 20), "7:1, one forward": ("hydrahead-7:1", 1 << 50)}
 
 
@@ -114,31 +115,41 @@ def module_times(model, ids: torch.Tensor, rounds: int = 3) -> list[dict[str, fl
             hook.remove()
 
 
+def piece_sizes(models: dict, ids: torch.Tensor, times: dict[str, list[float]], rounds: int) -> None:
+    """One untimed prefill of each configuration, then `rounds` rotated rounds of timed ones into `times`."""
+    for model, piece_bytes in CONFIGS.values():
+        memory.PIECE_BYTES = piece_bytes
+        bench.time_prefill(models[model], ids)
+    for r in range(rounds):
+        for name in bench.rotated(list(CONFIGS), r):
+            model, piece_bytes = CONFIGS[name]
+            memory.PIECE_BYTES = piece_bytes
+            times[name].append(bench.time_prefill(models[model], ids)[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", type=int, default=4096, help="prompt tokens (default 4096)")
     parser.add_argument("--rounds", type=int, default=6, help="rotated rounds of the four prefills (default 6)")
     parser.add_argument("--allocator", choices=["plain", "kept"], default="plain")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
     if args.allocator == "kept":
         keep_freed_memory()
-    torch.set_num_threads(2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     built = types.SimpleNamespace(models=["teacher", "hydrahead-7:1"], layers=2, vocab=10240, dtype="fp32",
                                   device="cpu")
     models = bench.build_models(built)
     ids = torch.randint(0, 10240, (1, args.length), generator=torch.Generator().manual_seed(0))
     times = {name: [] for name in CONFIGS}
     with torch.no_grad():
-        for name, (model, piece_bytes) in CONFIGS.items():  # one untimed prefill each
-            memory.PIECE_BYTES = piece_bytes
-            bench.time_prefill(models[model], ids)
-        for r in range(args.rounds):
-            for name in bench.rotated(list(CONFIGS), r):
-                model, piece_bytes = CONFIGS[name]
-                memory.PIECE_BYTES = piece_bytes
-                times[name].append(bench.time_prefill(models[model], ids)[0])
-        memory.PIECE_BYTES = CONFIGS["7:1, 16 MiB pieces"][1]
-        print(f"prefill of {args.length} tokens, allocator {args.allocator}, {args.rounds} rounds (seconds)")
+        try:
+            piece_sizes(models, ids, times, args.rounds)
+        finally:
+            memory.PIECE_BYTES = DEFAULT_PIECE_BYTES
+        print(f"prefill of {args.length} tokens, allocator {args.allocator}, {torch.get_num_threads()} threads, "
+              f"{args.rounds} rounds (seconds)")
         teacher = statistics.median(times["teacher"])
         for name, seconds in times.items():
             print(f"  {name:20s} min {min(seconds):6.3f}  median {statistics.median(seconds):6.3f}  "

@@ -1,5 +1,6 @@
-"""Every error type hydrahead raises on purpose, in one place. Each message names the thing that is wrong and
-what to do about it; the CLI prints it as one line and exits 2. `one_line` puts a wrapped library error (from
+"""Every error type hydrahead raises on purpose, in one place, and the category of its warnings
+(`HydraHeadWarning`). Each message names the thing that is wrong and what to do about it; the CLI prints it as
+one line and exits 2 (a warning: one line, and the command goes on). `one_line` puts a wrapped library error (from
 transformers, a file reader) into such a message."""
 
 from __future__ import annotations

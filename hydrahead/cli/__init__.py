@@ -101,10 +101,10 @@ def _main(argv: list[str] | None) -> int:
         return exit.code if isinstance(exit.code, int) else 2
     if args._keep_freed_memory:  # large CPU tensors reuse freed memory instead of page-faulting (utils/memory.py)
         keep_freed_memory()
+    shown_by_python = warnings.showwarning
+    warnings.showwarning = one_line_warnings(args.command, shown_by_python)
     try:
-        with warnings.catch_warnings():
-            warnings.showwarning = one_line_warnings(args.command, warnings.showwarning)
-            return int(args._run(args) or 0)
+        return int(args._run(args) or 0)
     except TrainingInterrupted as err:  # a checkpoint was saved: the usual 128 + signal exit status
         print(f"hydrahead {args.command}: {err}", file=sys.stderr)
         return 128 + err.signum
@@ -125,6 +125,8 @@ def _main(argv: list[str] | None) -> int:
         print(f"hydrahead {args.command}: error: out of memory ({what}); ask for less: a shorter input, fewer new "
               "tokens, a smaller batch or length", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown_by_python
 
 
 def one_line_warnings(command: str, show):
@@ -135,10 +137,14 @@ def one_line_warnings(command: str, show):
     def showwarning(message, category, filename, lineno, file=None, line=None):
         if not issubclass(category, HydraHeadWarning):
             return show(message, category, filename, lineno, file, line)
+        out = file or sys.stderr
+        if out is None:  # started with stderr closed: nowhere to say it (not into stdout), as Python does
+            return None
         try:
-            print(f"hydrahead {command}: warning: {one_line(message)}", file=file or sys.stderr)
-        except OSError:  # a closed stderr: nowhere to say it, as Python's own showwarning does
+            print(f"hydrahead {command}: warning: {one_line(message)}", file=out)
+        except OSError:  # stderr closed since: likewise
             pass
+        return None
 
     return showwarning
 

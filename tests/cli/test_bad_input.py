@@ -351,9 +351,13 @@ def test_a_warning_of_hydrahead_is_one_line_and_others_are_as_python_shows_them(
     shown_by_python = []
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        warnings.showwarning = before = lambda message, category, *rest: shown_by_python.append((category, message))
+        def before(message, category, filename, lineno, file=None, line=None):
+            shown_by_python.append((category, message, Path(filename).name, file, line))
+
+        warnings.showwarning = before
         assert cli.main(["info", str(files / "hybrid")]) == 0
         assert warnings.showwarning is before  # put back: a library caller's warnings are left as they were
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines == ["hydrahead info: warning: stages.align: a sink in layers 1-3, which sink_tokens: 1 leaves out"]
-    assert [(c, str(m)) for c, m in shown_by_python] == [(UserWarning, "another library's warning")]
+    assert [(c, str(m), *rest) for c, m, *rest in shown_by_python] == [
+        (UserWarning, "another library's warning", "test_bad_input.py", None, None)]  # where it was warned
