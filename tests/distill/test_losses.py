@@ -260,8 +260,9 @@ def test_align_sink_tokens_leave_each_documents_first_positions_out(isolate):
                 t[0, list(boost), 0] += 1e4
             for _ in range(calls):
                 stage.loss(student, batch, targets)
-        assert all(w.category is HydraHeadWarning for w in caught if "sink_tokens: 1" in str(w.message))
-        return [str(w.message) for w in caught if "sink_tokens: 1" in str(w.message)]
+        sinks = [w for w in caught if "sink_tokens: 1" in str(w.message)]
+        assert all(w.category is HydraHeadWarning for w in sinks)
+        return [str(w.message) for w in sinks]
 
     once = warnings_of(0, starts, calls=2)
     assert len(once) == 1 and "in 2 of the teacher's 2 layers (0-1)" in once[0]
