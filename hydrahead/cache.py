@@ -1,8 +1,9 @@
 """The hybrid cache: per layer, K/V of the FA branch's KV heads plus the GDN recurrent and conv state.
 
 Built on transformers' own hybrid cache layers (`LinearAttentionAndFullAttentionLayer` for the dynamic
-cache, `LinearAttentionAndStaticFullAttentionLayer` for the static one), so `generate`, beam reordering,
-offloading and `cache_implementation="static"` keep working.
+cache, `LinearAttentionAndStaticFullAttentionLayer` for the static one), so `generate`, beam reordering and
+`cache_implementation="static"` keep working. transformers' own caches are refused (a hybrid model's `forward` and
+`generate`), as are its offloaded and quantized ones, which have no hybrid form.
 
 The layers of a hybrid talk to their cache layer through one small protocol, defined here and nowhere
 else (`HybridStateMixin`): `conv_window` / `conv_inputs_before` (the short conv's left context), `recurrent_state` /
@@ -217,7 +218,9 @@ class HybridHeadStaticLayer(HybridStateMixin, LinearAttentionAndStaticFullAttent
         if not is_torchdynamo_compiling() and self.tokens + length > self.max_cache_len:
             raise CacheError(
                 f"the static cache holds {self.max_cache_len} tokens; writing {length} more after "
-                f"{self.tokens} overflows it (make the cache larger: max_cache_len)"
+                f"{self.tokens} overflows it (make the cache larger, max_cache_len; or, to continue a generation "
+                "on CUDA, where generate defaults to the static cache sized for one call, cache_implementation="
+                "'dynamic')"
             )
         positions = torch.arange(length, device=self.keys.device) + self.cumulative_length.to(self.keys.device)
         self.keys.index_copy_(2, positions, key_states)
@@ -240,6 +243,10 @@ class HybridHeadStaticLayer(HybridStateMixin, LinearAttentionAndStaticFullAttent
 
     def get_seq_length(self) -> torch.Tensor:
         return self.cumulative_length
+
+    def get_max_length(self) -> int:
+        """The tokens the layer holds (transformers' linear-attention mixin, first in the MRO, would say -1)."""
+        return self.max_cache_len
 
     def to_device(self, device: torch.device) -> None:
         """Put the token counter where the model runs (before the first forward)."""

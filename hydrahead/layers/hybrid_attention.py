@@ -104,9 +104,11 @@ class HybridAttention(nn.Module):
         if past_key_values is not None:
             cache_layer = past_key_values.layers[self.layer_idx]
             if not isinstance(cache_layer, HybridStateMixin):
+                # the causal-LM model refuses a foreign cache itself; this is its inner model called directly,
+                # which makes a DynamicCache when use_cache is on
                 raise CacheError(
-                    f"a hydrahead model needs a HybridHeadCache, got {type(past_key_values).__name__}; "
-                    "pass past_key_values=None (one is made for you) or hydrahead.HybridHeadCache(model.config)"
+                    f"a hydrahead model needs a HybridHeadCache, got {type(past_key_values).__name__}; call the "
+                    "causal-LM model itself, or pass past_key_values=hydrahead.HybridHeadCache(model.config)"
                 )
         padding = context.padding(linear_attention_mask, T)  # (B, T) or None: no padded token
 

@@ -38,6 +38,11 @@ def plan_and_options(config: Any) -> tuple[HeadPlan, HybridOptions]:
     return HeadPlan.from_dict(spec["plan"]), HybridOptions.from_dict(spec["options"])
 
 
+# A forward of one token through a cache is a decode step: its token is taken as real in every row, so that a step
+# needs no host sync to read the mask (hydrahead.layers.gdn). Padding must come in forwards of two or more tokens.
+ONE_TOKEN_STEPS = ("prefill_chunk_size=1 with a padded batch is not supported: a hydrahead model takes the token of a "
+                   "one-token forward as real in every row (a decode step); use prefill_chunk_size=2 or more")
+
 CONTINUOUS_BATCHING = (
     "continuous batching (a paged KV cache) is not supported for hydrahead models: a GDN head's recurrent state "
     "has no paged form; use generate() or serve without --continuous-batching (requests then run one at a time)")
@@ -94,14 +99,16 @@ class HybridCausalLMMixin:
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
                 linear_attention_mask=None, logits_to_keep=0, **kwargs):
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        if past_key_values is not None and not isinstance(past_key_values, HybridHeadCache):
+            raise CacheError(foreign_cache(past_key_values))
         kwargs["logits_to_keep"] = logits_to_keep
         piece = inference_piece(self, input_ids if input_ids is not None else kwargs.get("inputs_embeds"),
                                 attention_mask, position_ids, past_key_values, use_cache, kwargs)
         if piece is not None:
             return self._forward_in_pieces(piece, input_ids, attention_mask, position_ids, past_key_values, use_cache,
                                            linear_attention_mask, kwargs)
-        if use_cache and not isinstance(past_key_values, HybridHeadCache):
-            past_key_values = self._own_cache(past_key_values)
+        if use_cache and past_key_values is None:
+            past_key_values = HybridHeadCache(self.config)
         if linear_attention_mask is None and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
             linear_attention_mask = attention_mask  # (B, past + T): the GDN branch reads its last T columns
         kwargs.setdefault("hydrahead_context", ForwardContext())  # worked out once, shared by every layer
@@ -121,7 +128,7 @@ class HybridCausalLMMixin:
         transformers' chunked prefill runs them; see `inference_piece`): the outputs of one forward, up to
         rounding, with piece-sized temporaries. Logits (those `logits_to_keep` keeps), hidden states and the
         loss are put together from the pieces; the cache is returned when `use_cache` asked for it."""
-        cache = past_key_values if isinstance(past_key_values, HybridHeadCache) else self._own_cache(past_key_values)
+        cache = past_key_values if past_key_values is not None else HybridHeadCache(self.config)
         kwargs.pop("hydrahead_context", None)  # each piece works out its own
         return_dict = kwargs.pop("return_dict", None)
         return_dict = self.config.return_dict if return_dict is None else return_dict
@@ -164,10 +171,17 @@ class HybridCausalLMMixin:
         """transformers' generate; on CUDA, by default, on the static cache, whose fixed addresses let
         transformers compile the decode step and replay it as a CUDA graph (its auto-compile: a plain eager
         step launches every small kernel from Python). Passing a cache, `cache_implementation`, or
-        `disable_compile=True` keeps the caller's choice; beam search and assisted decoding stay dynamic.
-        (On the CPU a long prompt's prefill runs in pieces inside `forward`, see `inference_piece`.)"""
+        `disable_compile=True` keeps the caller's choice; beam search and assisted decoding stay dynamic. That
+        static cache is sized for this call: to continue a generation through `out.past_key_values`, generate
+        with `cache_implementation="dynamic"` (or pass a static HybridHeadCache with room). (On the CPU a long
+        prompt's prefill runs in pieces inside `forward`, see `inference_piece`.)"""
         if graph_decode_applies(self, kwargs):
             kwargs["cache_implementation"] = "static"
+        config = kwargs.get("generation_config") or self.generation_config
+        mask = kwargs.get("attention_mask")
+        if kwargs.get("prefill_chunk_size", getattr(config, "prefill_chunk_size", None)) == 1 \
+                and isinstance(mask, torch.Tensor) and not bool(mask.all()):
+            raise CacheError(ONE_TOKEN_STEPS)
         return super().generate(*args, **kwargs)
 
     # Continuous batching keeps every request's K/V in one paged cache; a GDN head's state is a fixed-size matrix
@@ -193,21 +207,31 @@ class HybridCausalLMMixin:
         if generation_mode == GenerationMode.ASSISTED_GENERATION or generation_config.is_assistant:
             raise CacheError(NO_ROLLBACK)
 
-    def _own_cache(self, past_key_values) -> HybridHeadCache:
-        """Our cache in place of an empty transformers one (None, DynamicCache, StaticCache keeps its size)."""
-        if past_key_values is not None and past_key_values.get_seq_length() > 0:
-            raise CacheError(
-                f"got a filled {type(past_key_values).__name__}; hydrahead models need a HybridHeadCache"
-            )
-        if isinstance(past_key_values, StaticCache):
-            return self._static_cache(past_key_values.get_max_length())
-        return HybridHeadCache(self.config)
-
     def _static_cache(self, max_cache_len: int) -> HybridHeadCache:
         if any(self.family.sliding_window(self.config, i) for i in range(self.config.num_hidden_layers)):
             raise CacheError("the static hybrid cache does not support sliding-window attention yet; "
                              "use the dynamic cache (the default)")
         return HybridHeadCache(self.config, max_cache_len=max_cache_len, device=self.device)
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
+                                      max_cache_length):
+        """As transformers', with a HybridHeadCache where it would build a DynamicCache (so no transformers cache
+        ever reaches `forward`), the static one through `_prepare_static_cache`; a cache the caller passes must be
+        a HybridHeadCache, and the offloaded and quantized caches, which have no hybrid form, are refused."""
+        user_cache = model_kwargs.get("past_key_values")
+        if user_cache is not None and not isinstance(user_cache, HybridHeadCache):
+            raise CacheError(foreign_cache(user_cache))
+        implementation = generation_config.cache_implementation
+        if user_cache is None and generation_config.use_cache is not False and implementation in (
+                None, "dynamic", "offloaded", "quantized"):
+            if implementation in ("offloaded", "quantized"):
+                raise CacheError(f"cache_implementation={implementation!r} is not supported for hydrahead models (a "
+                                 "GDN head's recurrent state has no such form); use 'dynamic' (the CPU's default) or "
+                                 "'static'")
+            model_kwargs["past_key_values"] = HybridHeadCache(self.config)
+            return
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size,
+                                              max_cache_length)
 
     def _prepare_static_cache(self, cache_implementation, batch_size, max_cache_len, prefill_chunk_size,
                               model_kwargs):
@@ -226,6 +250,17 @@ class HybridCausalLMMixin:
             T = inputs["input_ids"].shape[1] if inputs.get("input_ids") is not None else inputs["inputs_embeds"].shape[1]
             inputs["linear_attention_mask"] = attention_mask[:, -T:].clone(memory_format=torch.contiguous_format)
         return inputs
+
+
+def foreign_cache(cache) -> str:
+    """The message for a transformers cache handed to a hybrid: refused, empty or not, in `forward` and `generate`.
+    A hybrid cannot compute in it, and a substitute would leave the caller's object empty, so a loop that passes
+    the same object again would restart from position 0 without a word."""
+    static = "hydrahead.HybridHeadCache(model.config, max_cache_len=N) for a static one, " \
+        if isinstance(cache, StaticCache) else ""
+    return (f"a hydrahead model keeps its FA K/V and GDN states in a HybridHeadCache, not a {type(cache).__name__}: "
+            f"pass past_key_values=hydrahead.HybridHeadCache(model.config), {static}or None (one is made and "
+            "returned as outputs.past_key_values)")
 
 
 def graph_decode_applies(model, kwargs: dict) -> bool:
@@ -258,7 +293,7 @@ def inference_piece(model, x, attention_mask, position_ids, past_key_values, use
     gets it through `forward`. Pieces need a cache, so `use_cache=False` builds one and drops it. One forward
     instead: another device, autograd on, while compiling, attention weights asked for, a mask other than a 2D
     tensor (4D, or the per-layer-type dict transformers builds for a static cache), `logits_to_keep` given as
-    indices (or with labels), a cache other than ours with `use_cache=False` (one forward refuses it), packed
+    indices (or with labels), packed
     rows (position_ids restarting, without a cache or a mask: the GDN heads restart per document only in one
     forward)."""
     if x is None or x.device.type != "cpu" or model.device.type != "cpu" or torch.is_grad_enabled() \
@@ -272,8 +307,6 @@ def inference_piece(model, x, attention_mask, position_ids, past_key_values, use
     if not isinstance(keep, int) or (keep and kwargs.get("labels") is not None):
         return None
     if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2):
-        return None
-    if not use_cache and past_key_values is not None and not isinstance(past_key_values, HybridHeadCache):
         return None
     if not use_cache and attention_mask is None and packed_documents(position_ids, B, T) is not None:
         return None

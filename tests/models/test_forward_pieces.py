@@ -190,6 +190,6 @@ def test_use_cache_false_refuses_a_foreign_cache_as_one_forward_does(monkeypatch
     model = hybrid()
     monkeypatch.setattr(memory, "PIECE_BYTES", PIECE)
     for T in (50, 150):
-        with torch.no_grad(), pytest.raises(hydrahead.CacheError, match="needs a HybridHeadCache"):
+        with torch.no_grad(), pytest.raises(hydrahead.CacheError, match="not a DynamicCache"):
             model(torch.ones(2, T, dtype=torch.long), past_key_values=DynamicCache(config=model.config),
                   use_cache=False)

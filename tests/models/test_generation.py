@@ -93,14 +93,45 @@ def test_cache_holds_only_fa_kv_heads():
     assert cache.nbytes()["kv"] == 2 * 2 * 10 * D * 4 * sum(plan.fa_kv_heads_per_layer)
 
 
-def test_filled_foreign_cache_is_rejected():
-    from transformers import DynamicCache
+def test_a_transformers_cache_is_refused_in_forward_and_generate():
+    """Empty or filled, with or without use_cache: a substitute would leave the caller's cache empty, so a loop that
+    passes the same object again would restart at position 0 without a word (and DynamicCache() without a config
+    has no layers to index)."""
+    from transformers import DynamicCache, StaticCache
 
     model = hybrid()
-    cache = DynamicCache()
-    cache.update(torch.zeros(1, 2, 3, model.config.head_dim), torch.zeros(1, 2, 3, model.config.head_dim), 0)
-    with pytest.raises(hydrahead.CacheError, match="HybridHeadCache"):
-        model(torch.ones(1, 1, dtype=torch.long), past_key_values=cache, use_cache=True)
+    ids = torch.ones(1, 3, dtype=torch.long)
+    filled = DynamicCache()
+    filled.update(torch.zeros(1, 2, 3, model.config.head_dim), torch.zeros(1, 2, 3, model.config.head_dim), 0)
+    caches = [filled, DynamicCache(), DynamicCache(config=model.config), StaticCache(model.config, max_cache_len=8)]
+    for cache in caches:
+        for use_cache in (True, False):
+            with torch.no_grad(), pytest.raises(hydrahead.CacheError, match="pass past_key_values=hydrahead.Hybrid"):
+                model(ids, past_key_values=cache, use_cache=use_cache)
+        with pytest.raises(hydrahead.CacheError, match="not a (Dynamic|Static)Cache"):
+            model.generate(ids, past_key_values=cache, max_new_tokens=2)
+    with pytest.raises(hydrahead.CacheError, match="max_cache_len=N"):
+        model(ids, past_key_values=caches[-1])
+
+
+@pytest.mark.parametrize("implementation", ["offloaded", "quantized"])
+def test_caches_without_a_hybrid_form_are_refused(implementation):
+    with pytest.raises(hydrahead.CacheError, match=f"{implementation}.*not supported"):
+        hybrid().generate(torch.ones(1, 3, dtype=torch.long), cache_implementation=implementation, max_new_tokens=2)
+
+
+def test_a_loop_through_one_hybrid_cache_continues_it():
+    """The manual loop transformers' docs write with a DynamicCache, with a HybridHeadCache: the object passed in
+    is the one filled, and generate's own cache (made by the model) is a HybridHeadCache."""
+    model = hybrid()
+    ids = torch.randint(1, model.config.vocab_size, (1, 9))
+    cache = hydrahead.HybridHeadCache(model.config)
+    with torch.no_grad():
+        model(ids[:, :6], past_key_values=cache)
+        last = model(ids[:, 6:], past_key_values=cache).logits[:, -1]
+        assert torch.allclose(last, model(ids, use_cache=False).logits[:, -1], atol=1e-5)
+    out = model.generate(ids, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
+    assert isinstance(out.past_key_values, hydrahead.HybridHeadCache)
 
 
 def left_padded(model, lengths=(5, 12, 8)):
@@ -166,9 +197,23 @@ def test_compiled_decode_step_gives_the_eager_tokens_in_one_graph():
     torch._dynamo.reset()
 
 
+def test_one_token_prefill_pieces_of_a_padded_batch_are_refused():
+    """A one-token forward through a cache is a decode step (its token real in every row): padding fed that way
+    would enter the GDN states, so generate refuses the setting that does it, and takes it without padding."""
+    model = hybrid()
+    ids, mask = left_padded(model)
+    with pytest.raises(hydrahead.CacheError, match="prefill_chunk_size=2 or more"):
+        model.generate(ids, attention_mask=mask, max_new_tokens=2, prefill_chunk_size=1)
+    row = ids[1:2]  # the longest row: no padding
+    out = model.generate(row, attention_mask=torch.ones_like(row), max_new_tokens=3, do_sample=False,
+                         prefill_chunk_size=1)
+    assert torch.equal(out, greedy_by_recomputation(model, row, 3))
+
+
 def test_static_cache_overflow_is_a_clear_error():
     model = hybrid()
     cache = hydrahead.HybridHeadCache(model.config, max_cache_len=8)
+    assert cache.get_max_length() == 8  # transformers' linear-attention layers would say -1 (no maximum)
     with torch.no_grad():
         model(torch.ones(1, 6, dtype=torch.long), past_key_values=cache, use_cache=True)
         with pytest.raises(hydrahead.CacheError, match="holds 8 tokens"):
