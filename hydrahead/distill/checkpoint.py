@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import random
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +46,12 @@ from hydrahead.distill import distributed
 from hydrahead.distill.data import DataPosition
 from hydrahead.distill.distributed import DistEnv
 from hydrahead.errors import HydraHeadError, OutputError, ResumeError, one_line
-from hydrahead.distill.recipe import diff_identities
-from hydrahead.utils.io import atomic_write
+from hydrahead.distill.recipe import diff_identities, without_runtime_keys
+from hydrahead.utils.io import atomic_write, json_sha256
 
 FILENAME = "checkpoint.safetensors"
 LEGACY_FILENAME = "checkpoint.pt"  # format 2 and older: a pickle, which is not read
+FINAL = "final"  # the finished model's directory in output_dir (distillation's and pretraining's)
 FORMAT = 3
 _METADATA_KEY = "hydrahead"
 _KEYS = ("format", "state", "model", "optimizer", "scheduler", "rng", "identity", "fingerprint", "inputs", "digests")
@@ -350,9 +352,15 @@ def load(path: Path, identity: dict[str, Any], fingerprint: str, accept: Accept 
     missing = [k for k in _KEYS if k not in payload]
     if missing:
         raise ResumeError(f"checkpoint {path} is incomplete: it has no {', '.join(missing)}; {fresh}")
-    step = int(payload["state"]["step"]) if isinstance(payload.get("state"), dict) else 0
-    if payload["fingerprint"] != fingerprint and not (accept is not None and accept(payload["identity"], step)):
-        changes = diff_identities(payload["identity"], identity) or ["(identity unchanged, fingerprint differs)"]
+    if not (isinstance(payload["state"], dict) and isinstance(payload["identity"], dict)
+            and isinstance(payload["rng"], list)):
+        raise ResumeError(f"checkpoint {path} is damaged: its state, identity or RNG record is malformed; {fresh}")
+    step = int(payload["state"].get("step", 0))
+    # a run written before a key joined RUNTIME_KEYS stored it in its identity: compared without it
+    stored = without_runtime_keys(payload["identity"])
+    same = payload["fingerprint"] == fingerprint or json_sha256(stored)[:16] == fingerprint
+    if not same and not (accept is not None and accept(stored, step)):
+        changes = diff_identities(stored, identity) or ["(identity unchanged, fingerprint differs)"]
         raise ResumeError(
             f"checkpoint {path} was written by a different recipe; --resume needs the same teacher, plan, "
             f"hybrid options, data, seed and stages. Differences (checkpoint -> now): {'; '.join(changes)}"
@@ -375,8 +383,13 @@ def load(path: Path, identity: dict[str, Any], fingerprint: str, accept: Accept 
     if damaged:
         raise ResumeError(f"checkpoint {path} is damaged: tensor(s) {', '.join(damaged[:5])}"
                           f"{' ...' if len(damaged) > 5 else ''} do not match their checksums; {fresh}")
+    try:
+        state = TrainState.from_state_dict(payload["state"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ResumeError(f"checkpoint {path} is damaged: its training state is incomplete ({one_line(err)}); "
+                          f"{fresh}") from err
     return Checkpoint(
-        state=TrainState.from_state_dict(payload["state"]),
+        state=state,
         model=payload["model"],
         optimizer=payload["optimizer"],
         scheduler=payload["scheduler"],
@@ -402,12 +415,15 @@ def open_run(output_dir: Path, resume: bool, identity: dict[str, Any], fingerpri
                           "which this version does not read (it unpickles no file); finish that run with the "
                           "version that wrote it, or start a fresh run in another output_dir")
     has_checkpoint, has_metrics = path.exists(), (output_dir / "metrics.jsonl").exists()
-    has_final = (output_dir / "final").exists()
+    has_final = (output_dir / FINAL).exists()
     barrier()  # all processes have looked before anything is removed
     if is_main and output_dir.is_dir():
         for tmp in output_dir.glob(".*.tmp"):
             if tmp.is_file():
                 tmp.unlink(missing_ok=True)
+        for debris in [*output_dir.glob(f".{FINAL}.*.tmp"), *output_dir.glob(f".{FINAL}.*.old")]:
+            if debris.is_dir():  # what a kill during `save_final`'s swap left (models/loading.py save_hybrid)
+                shutil.rmtree(debris, ignore_errors=True)
     if resume:
         if not has_checkpoint and has_final:
             raise ResumeError(f"--resume: {output_dir} holds a final model but no checkpoint, so nothing can be "
@@ -421,7 +437,7 @@ def open_run(output_dir: Path, resume: bool, identity: dict[str, Any], fingerpri
     if has_checkpoint:
         raise ResumeError(f"{output_dir} already holds a checkpoint; continue it with --resume, "
                           "or choose another output_dir")
-    used = [name for name, there in (("metrics.jsonl", has_metrics), ("final", has_final)) if there]
+    used = [name for name, there in (("metrics.jsonl", has_metrics), (FINAL, has_final)) if there]
     if used:
         raise ResumeError(f"{output_dir} holds an earlier run ({' and '.join(used)}, no checkpoint); rerun with "
                           "--resume to start it over there, or choose another output_dir")

@@ -368,10 +368,20 @@ class Corpora:
                 pass
 
     def tokens(self, files: list[Path]) -> np.ndarray:
+        """The files' token cache, built by the main process; a failed build reaches the barrier first, so that
+        the other processes stop too rather than wait for the main one."""
         path = token_cache(files, self.config, self.tokenize, self.cache_dir)
+        error = None
         if self.is_main and not path.is_file():
-            build_token_cache(files, self.config, self.tokenize, path)
+            try:
+                build_token_cache(files, self.config, self.tokenize, path)
+            except BaseException as err:  # noqa: BLE001 - raised below, after the barrier
+                error = err
         self.barrier()
+        if error is not None:
+            raise error
+        if not path.is_file():
+            raise DataError(f"the main process could not build the token cache {path} (its error says why)")
         return load_tokens(path)
 
     def train_source(self, files: list[Path], seq_len: int, seed: int, stage_index: int, key: str) -> SequenceSource:

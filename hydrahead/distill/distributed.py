@@ -2,8 +2,10 @@
 
 `init()` reads torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); without it the
 run is one process and every collective below is a no-op. Gradients are synchronised by DDP, or by
-FSDP2 (`torch.distributed.fsdp.fully_shard`, parameters sharded over processes) for models that do not
-fit one GPU. Backends: NCCL on CUDA, gloo on CPU (what the tests use).
+FSDP2 (`torch.distributed.fsdp.fully_shard`: parameters, gradients and optimiser state sharded over processes)
+for training that does not fit one GPU. Each process still builds the whole student (fp32) and the teacher (its
+training dtype) on its device before sharding them, so those two must fit one GPU (6 bytes per parameter with a
+bf16 teacher, against about 18 unsharded with AdamW). Backends: NCCL on CUDA, gloo on CPU (what the tests use).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ data:
   eval_sequences: 16
 
 training:
-  distributed: auto                 # ddp with >1 process; fsdp for models that do not fit one GPU
+  distributed: auto                 # ddp with >1 process; fsdp for training that does not fit one GPU
   precision: auto                   # bf16 autocast on CUDA, fp32 on CPU
   gradient_checkpointing: true      # recompute activations in backward: about half the memory, a third slower
   checkpoint_every: 200             # optimiser steps (a checkpoint is also written at each stage end)

@@ -229,13 +229,15 @@ def chunked_kd_loss(
     `counts.positions` and `counts.targets` instead (the optimiser step's counts: module docstring).
 
     Equal to `kd_loss_reference(head(hidden), teacher_head(teacher_hidden), labels, ..., kl_positions,
-    counts)` in value and gradient. Without a teacher (teacher_hidden None, or kl_weight 0) it is the
-    chunked next-token CE.
+    counts)` in value and gradient. Without a teacher (teacher_hidden None, or kl_weight 0) it is ce_weight times
+    the chunked next-token CE. A term whose weight is 0 is not computed (its KDLoss field is 0).
     """
     with_kl = teacher_hidden is not None and kl_weight > 0
     if with_kl and teacher_head is None:
         raise ValueError("chunked_kd_loss: teacher_hidden given without teacher_head")
-    with_ce = ce_weight > 0 or not with_kl
+    with_ce = ce_weight > 0
+    if not (with_kl or with_ce):
+        raise ValueError("chunked_kd_loss: nothing to minimise (no KL term and ce_weight 0)")
     B, T, _ = hidden.shape
     kl_total = ce_total = _up(hidden).new_zeros(())
     for start in range(0, T, chunk):
@@ -254,5 +256,5 @@ def chunked_kd_loss(
         ce = ce_total / (labels != IGNORE).sum().clamp(min=1)
     else:
         kl, ce = kl_total / counts.positions, ce_total / counts.targets
-    loss = (kl_weight * kl if with_kl else 0.0) + (ce_weight * ce if with_kl else ce)
+    loss = (kl_weight * kl if with_kl else 0.0) + (ce_weight * ce if with_ce else 0.0)
     return KDLoss(loss, kl.detach(), ce.detach())

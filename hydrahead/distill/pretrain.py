@@ -32,7 +32,7 @@ from hydrahead.distill.trainer import StepCallback, Trainer
 from hydrahead.models.loading import CONFIG_ERRORS, load_tokenizer, one_line
 from hydrahead.utils.io import check_output
 
-FINAL = "final"
+FINAL = ckpt.FINAL
 
 
 def model_config(recipe: PretrainRecipe, tokenizer: Any):
@@ -131,6 +131,7 @@ def pretrain(
         corpora = Corpora(recipe.data, Tokenize(tokenizer, eos), cache_dir, env.is_main,
                           lambda: distributed.barrier(env), pad_id=tokenizer.pad_token_id)
         stage = PretrainStage(recipe.stage, 0)
+        stage.eos_id = eos if recipe.data.isolate_documents else None  # as distillation's stages (run.py)
         source = corpora.train_source(files, recipe.stage.seq_len, recipe.seed, 0, "data.train_files")
         corpora.check_batch(source, recipe.stage.batch_size, "stage.batch_size", "data.train_files")
         heldout = corpora.eval_batches(eval_files, recipe.stage.seq_len, recipe.data.eval_sequences)
@@ -143,6 +144,8 @@ def pretrain(
             load_init(model, recipe.init)
         model.to(env.device)
         model.config.use_cache = False
+        if recipe.training.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         metrics = MetricsLog(output_dir, env.is_main, recipe.training.tensorboard)
         output_dir.mkdir(parents=True, exist_ok=True)
         if checkpoint is not None:

@@ -39,9 +39,11 @@ __all__ = [  # EXAMPLE_RECIPE (example.py) is re-exported here: it documents thi
 
 STAGE_NAMES = ("align", "distill", "long_context")
 
-# Keys that change how a run is observed, not what it computes: they may differ on --resume.
+# Keys that change how a run is observed or how much memory it takes, not what it computes: they may differ on
+# --resume (gradient checkpointing recomputes the same activations: turned on after running out of memory).
 RUNTIME_KEYS = (
     "output_dir",
+    "training.gradient_checkpointing",
     "training.checkpoint_every",
     "training.log_every",
     "training.eval_every",
@@ -237,7 +239,8 @@ class TrainingConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: CUDA when available (one GPU per process under torchrun), else CPU."""
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"
-    """With more than one process: DDP (auto), or FSDP2 (fully_shard) for models that do not fit one GPU."""
+    """With more than one process: DDP (auto), or FSDP2 (fully_shard) for training that does not fit one GPU (the
+    student and teacher are built whole on each GPU before sharding: they must fit one; distill/distributed.py)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """bf16 autocast (fp32 master weights); auto: bf16 on CUDA, fp32 on CPU."""
     teacher_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -301,14 +304,7 @@ class _RecipeFile:
     def identity(self, plan: dict[str, Any] | None = None) -> dict[str, Any]:
         """The keys that decide what a run computes (RUNTIME_KEYS removed): two recipes with the same
         identity train the same model, so a checkpoint of one resumes the other."""
-        data = json.loads(json.dumps(self.to_dict()))
-        for key in RUNTIME_KEYS:
-            *parents, leaf = key.split(".")
-            node = data
-            for parent in parents:
-                node = node.get(parent, {})
-            node.pop(leaf, None)
-        return data
+        return without_runtime_keys(self.to_dict())
 
     def fingerprint(self, plan: dict[str, Any] | None = None) -> str:
         return json_sha256(self.identity(plan))[:16]
@@ -381,6 +377,20 @@ class PretrainRecipe(_RecipeFile):
     def __post_init__(self) -> None:
         self.check_seed()
         check("model_type" in self.model, "model", "must name its model_type (e.g. llama)")
+
+
+def without_runtime_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a recipe mapping (or a stored identity: one written before a key joined RUNTIME_KEYS still has
+    it) without the RUNTIME_KEYS."""
+    data = json.loads(json.dumps(data))
+    for key in RUNTIME_KEYS:
+        *parents, leaf = key.split(".")
+        node = data
+        for parent in parents:
+            node = node.get(parent, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return data
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

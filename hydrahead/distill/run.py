@@ -37,7 +37,7 @@ from hydrahead.models.shape import ModelShape
 from hydrahead.plan import HeadPlan
 from hydrahead.utils.io import check_output, outputs_apart
 
-FINAL = "final"
+FINAL = ckpt.FINAL
 
 
 def run(
@@ -67,7 +67,7 @@ def run(
         run_ = prepare(recipe, env, resume, plan)
         load_inputs(run_, evaluators, teacher, tokenizer)
         student = build_student(run_)
-        with _frozen(run_.teacher):
+        with _frozen(run_.teacher, restore=run_.teacher is teacher):
             train(run_, student, callbacks)
         final = Path(recipe.output_dir) / FINAL
         save_final(student, run_.tokenizer, final, env, _checkpoint_dtype(run_.teacher_config))
@@ -209,6 +209,8 @@ def train(run_: DistillRun, student: torch.nn.Module, callbacks: Sequence[StepCa
     try:
         if checkpoint is not None and checkpoint.state.done:
             ckpt.restore_model(student, checkpoint)  # the finished stage's model; later stages start from it
+            if len(checkpoint.rng) == env.world_size:  # and its random state (a LoRA's initialisation, dropout)
+                ckpt.set_rng_state(checkpoint.rng[env.rank])
         for i, stage in enumerate(run_.remaining):
             resume_here = checkpoint if checkpoint is not None and stage.index == checkpoint.state.stage_index else None
             trainer.run_stage(stage, run_.sources[stage.name], run_.evaluators[stage.name], resume=resume_here)
@@ -219,19 +221,22 @@ def train(run_: DistillRun, student: torch.nn.Module, callbacks: Sequence[StepCa
 
 
 class _frozen:
-    """The teacher's parameters without gradients for the block, as they were afterwards (a teacher
-    handed in by the caller is theirs)."""
+    """The teacher's parameters without gradients for the block. The caller's own model (`restore`: the teacher
+    handed in, not a copy) gets its flags back afterwards; any other teacher is not referenced from here, so that
+    `train` dropping it after its last stage frees its memory."""
 
-    def __init__(self, model: torch.nn.Module | None) -> None:
-        self.params = list(model.parameters()) if model is not None else []
+    def __init__(self, model: torch.nn.Module | None, restore: bool) -> None:
+        self.model, self.restore = model, restore
 
     def __enter__(self) -> None:
-        self.flags = [p.requires_grad for p in self.params]
-        for p in self.params:
+        params = list(self.model.parameters()) if self.model is not None else []
+        self.flags = [(p, p.requires_grad) for p in params] if self.restore else []
+        for p in params:
             p.requires_grad_(False)
+        self.model = None
 
     def __exit__(self, *exc) -> None:
-        for p, flag in zip(self.params, self.flags):
+        for p, flag in self.flags:
             p.requires_grad_(flag)
 
 

@@ -132,8 +132,12 @@ class AlignStage(Stage):
         self._sink_checked = False
 
     def prepare(self, student: nn.Module) -> None:
+        added = hybrid_parameters(student)
+        if not added:  # an all-FA plan whose options add nothing (the exact preset): AdamW would get no parameter
+            raise RecipeError("stages.align has nothing to train: conversion added no parameters (every head keeps "
+                              "full attention, and the options add no gate or fusion norm); drop the align stage")
         student.requires_grad_(False)
-        for p in hybrid_parameters(student):
+        for p in added:
             p.requires_grad_(True)
 
     @torch.no_grad()
@@ -196,8 +200,12 @@ class AlignStage(Stage):
 
 class DistillStage(Stage):
     name = "distill"
-    needs_teacher = True
     config: DistillStageConfig
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Only for the KL term: with kl_weight 0 the stage is next-token CE, and the teacher is not run."""
+        return self.config.kl_weight > 0
 
     def __init__(self, config: DistillStageConfig, index: int) -> None:
         super().__init__(config, index)
@@ -230,14 +238,16 @@ class DistillStage(Stage):
         return hidden.detach(), teacher.lm_head
 
     def loss(self, student, batch, targets, counts=None):
-        """KL over the real positions (never the padding), CE over the targets."""
-        teacher_hidden, teacher_head = targets
+        """KL over the real positions (never the padding), CE over the targets; the metrics name only the terms
+        computed (a term of weight 0 is not)."""
+        teacher_hidden, teacher_head = targets if targets is not None else (None, None)
         hidden = student.model(**self.inputs(batch), use_cache=False).last_hidden_state
         c = self.config
         out = chunked_kd_loss(hidden, student.lm_head, self.labels(batch), teacher_hidden, teacher_head,
                               temperature=c.temperature, kl_weight=c.kl_weight, ce_weight=c.ce_weight, chunk=c.loss_chunk,
                               kl_positions=batch.real(), counts=counts)
-        return out.loss, {"kl": out.kl, "ce": out.ce}
+        terms = {"kl": (c.kl_weight, out.kl), "ce": (c.ce_weight, out.ce)}
+        return out.loss, {name: value for name, (weight, value) in terms.items() if weight > 0}
 
 
 class LongContextStage(Stage):

@@ -221,3 +221,21 @@ def test_binary_or_non_utf8_data_files_are_refused(tmp_path):
         resolve_files([str(tmp_path / "bin.txt")], "data.train_files")
     with pytest.raises(DataError, match="latin1.jsonl is not UTF-8 text"):
         resolve_files([str(tmp_path / "latin1.jsonl")], "data.train_files")
+
+
+def test_a_failed_token_cache_build_passes_the_barrier_and_stops_every_process(tmp_path):
+    """Under torchrun the main process builds the cache while the others wait at the barrier: its failure must
+    reach the barrier (then raise), and the others, finding no cache, stop with a line rather than wait."""
+    tokenizer = make_tokenizer()
+    data = tmp_path / "records.jsonl"
+    data.write_text('{"body": "the cat sees the ball ."}\n')
+    config = DataConfig(train_files=[str(data)])
+    tokenize = Tokenize(tokenizer, tokenizer.eos_token_id)
+    barriers = []
+    main = Corpora(config, tokenize, tmp_path / "cache", True, lambda: barriers.append("main"))
+    with pytest.raises(DataError, match="text"):
+        main.tokens([data])
+    other = Corpora(config, tokenize, tmp_path / "cache", False, lambda: barriers.append("other"))
+    with pytest.raises(DataError, match="the main process could not build the token cache"):
+        other.tokens([data])
+    assert barriers == ["main", "other"]

@@ -31,8 +31,9 @@ def _setup(B=2, T=37, d=16, V=53, seed=0):
 
 
 @pytest.mark.parametrize("chunk", [1, 8, 37, 1000], ids=lambda c: f"chunk{c}")
-@pytest.mark.parametrize("temperature,kl_weight,ce_weight", [(1.0, 1.0, 1.0), (2.0, 1.0, 0.3), (0.7, 0.0, 1.0)],
-                         ids=["T1", "T2-ce0.3", "ce-only"])
+@pytest.mark.parametrize("temperature,kl_weight,ce_weight",
+                         [(1.0, 1.0, 1.0), (2.0, 1.0, 0.3), (0.7, 0.0, 1.0), (1.0, 0.0, 0.5)],
+                         ids=["T1", "T2-ce0.3", "ce-only", "ce-only-0.5"])
 def test_chunked_kd_equals_unchunked(chunk, temperature, kl_weight, ce_weight):
     hidden, teacher_hidden, head, teacher_head, labels = _setup()
     ref = kd_loss_reference(head(hidden), teacher_head(teacher_hidden), labels, temperature, kl_weight, ce_weight)
@@ -387,6 +388,26 @@ def test_isolated_documents_give_each_documents_own_loss():
     torch.testing.assert_close(kl, sum(a[1] for a in alone), rtol=1e-4, atol=1e-7)  # KL: a small difference of logs
     assert kl > 1e-3  # the student differs from its teacher: a real KL was compared
     assert abs(float(leaky_ce) / (n + 2) - float(ce) / n) > 1e-3  # without isolation the documents see each other
+
+
+def test_distill_without_kl_runs_no_teacher_and_weighs_its_ce():
+    """kl_weight 0: the stage is next-token CE times ce_weight (it was CE at weight 1), the teacher is not run, and
+    the metrics name only the term computed."""
+    from hydrahead.distill.recipe import DistillStageConfig
+    from hydrahead.distill.stages import DistillStage
+
+    teacher, student = _teacher_and_student()
+    batch = Batch.full(torch.randint(2, 90, (2, 12)))
+    config = dict(tokens=64, seq_len=12, batch_size=2, lr=1e-3, loss_chunk=8)
+    both = DistillStage(DistillStageConfig(**config, kl_weight=1.0, ce_weight=1.0), 1)
+    ce_only = DistillStage(DistillStageConfig(**config, kl_weight=0.0, ce_weight=0.25), 1)
+    assert both.needs_teacher and not ce_only.needs_teacher
+    with torch.no_grad():
+        _, full = both.loss(student, batch, both.teacher_targets(teacher, batch))
+        loss, metrics = ce_only.loss(student, batch, None)
+    assert set(full) == {"kl", "ce"} and set(metrics) == {"ce"}
+    torch.testing.assert_close(metrics["ce"], full["ce"])
+    torch.testing.assert_close(loss, 0.25 * full["ce"])
 
 
 def test_document_positions_restart_after_eos():

@@ -37,6 +37,22 @@ def test_pretrain_learns_and_resumes_exactly(workspace, tmp_path):
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_pretrain_honours_isolated_documents_and_gradient_checkpointing(workspace, tmp_path):
+    """Both keys validated in a PretrainRecipe and were ignored: targets crossed EOS, nothing was checkpointed."""
+    def first_loss(out, **training):
+        run = recipe(workspace, out, **training)
+        run["stage"] = tiny_stage(tokens=4 * 32)
+        run["data"]["isolate_documents"] = bool(training)
+        checkpointing = []
+        pretrain(run, callbacks=[lambda info: checkpointing.append(info.student.is_gradient_checkpointing)])
+        return [m["loss"] for m in read_metrics(out) if "loss" in m][0], checkpointing
+
+    plain, off = first_loss(tmp_path / "plain")
+    isolated, on = first_loss(tmp_path / "isolated", gradient_checkpointing=True)
+    assert off == [False] and on == [True]
+    assert abs(isolated - plain) > 1e-3  # same weights, same rows: only the documents' isolation differs
+
+
 def test_pretrain_recipe_errors_name_the_key(workspace, tmp_path):
     with pytest.raises(RecipeError, match="model must name its model_type"):
         PretrainRecipe.from_dict({**recipe(workspace, tmp_path), "model": {"hidden_size": 8}})

@@ -90,6 +90,22 @@ def test_round_trip_and_identity():
     assert diff_identities(recipe.identity(), changed.identity()) == ["stages.align.lr: 0.001 -> 0.002"]
 
 
+def test_an_identity_stored_before_a_key_became_runtime_matches_without_it():
+    """Runs written before training.gradient_checkpointing joined RUNTIME_KEYS stored it in their identity; the
+    checkpoint check compares them without it (checkpoint.load)."""
+    from hydrahead.distill.recipe import without_runtime_keys
+
+    data = minimal()
+    data["training"] = {"gradient_checkpointing": True}
+    recipe = Recipe.from_dict(data)
+    stored = recipe.identity()
+    stored["training"]["gradient_checkpointing"] = True  # as an older version wrote it
+    assert json_sha256(stored)[:16] != recipe.fingerprint()
+    assert json_sha256(without_runtime_keys(stored))[:16] == recipe.fingerprint()
+    data["training"] = {}
+    assert Recipe.from_dict(data).fingerprint() == recipe.fingerprint()
+
+
 def test_a_run_from_before_the_mean_output_resumes_with_it_off():
     """Identities written before `gdn_mean_output` existed have no such key: with the option off, a recipe's
     identity is theirs (so the run resumes); on (the presets' default), the difference is named."""

@@ -1,5 +1,7 @@
 """Checkpoints: kill-and-resume equals an uninterrupted run; the NaN guard; --resume mismatches."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -57,6 +59,28 @@ def test_kill_during_lora_stage_resumes(workspace, tmp_path):
     recipe = tiny_recipe(workspace, tmp_path / "run", stages, training={"checkpoint_every": 1})
     with pytest.raises(KeyboardInterrupt):
         run(recipe, callbacks=[kill_at("distill", 3)])
+    expected, actual = state(reference), state(run(recipe, resume=True))
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_resume_at_a_stage_boundary_restores_the_random_state(workspace, tmp_path):
+    """Killed after align's last checkpoint, before distill's first: the LoRA stage draws its initialisation from
+    the random state align left (with dropout, align draws from it), as the uninterrupted run did."""
+    import json
+
+    teacher = workspace / "teacher"
+    config = json.loads((teacher / "config.json").read_text())
+    dropout = tmp_path / "teacher"
+    shutil.copytree(teacher, dropout)
+    (dropout / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.2}))
+    stages = {"align": tiny_stage(tokens=2 * 4 * 32),
+              "distill": tiny_stage(tokens=2 * 4 * 32, loss_chunk=8, lora={"r": 2, "dropout": 0.1})}
+    top = {"teacher": str(dropout), "training": {"checkpoint_every": 100}}
+    reference = run(tiny_recipe(workspace, tmp_path / "ref", stages, **top))
+    recipe = tiny_recipe(workspace, tmp_path / "run", stages, **top)
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe, callbacks=[kill_at("distill", 1)])
     expected, actual = state(reference), state(run(recipe, resume=True))
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
@@ -180,6 +204,11 @@ def test_resume_refuses_a_damaged_or_incomplete_checkpoint(workspace, tmp_path):
     write({k: v for k, v in good.items() if k != "fingerprint"})
     with pytest.raises(ResumeError, match="is incomplete: it has no fingerprint"):
         run(recipe, resume=True)
+    for broken in ({**good, "state": {k: v for k, v in good["state"].items() if k != "tokens"}},
+                   {**good, "state": [1, 2]}, {**good, "rng": {"rank0": 1}}):
+        write(broken)  # parseable metadata, not a training state: no KeyError traceback
+        with pytest.raises(ResumeError, match="is damaged: its (training state is incomplete|state, identity or RNG)"):
+            run(recipe, resume=True)
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(ResumeError, match="is corrupt"):
         run(recipe, resume=True)
@@ -197,11 +226,29 @@ def test_a_used_output_dir_is_never_appended_to(workspace, tmp_path):
     out = tmp_path / "run"
     assert not (out / FILENAME).exists() and (out / "metrics.jsonl").is_file()
     (out / ".checkpoint.safetensors.abc123.tmp").write_bytes(b"left by a kill -9")
+    for debris in (".final.x1.tmp", ".final.x2.old"):  # a kill during save_final's swap
+        (out / debris).mkdir()
+        (out / debris / "model.safetensors").write_bytes(b"a model-sized file")
     with pytest.raises(ResumeError, match="holds an earlier run .*metrics.jsonl.*--resume to start it over"):
         run(recipe)
     run(recipe, resume=True)  # starts over: one run's metrics, no duplicates
     assert [m["step"] for m in read_metrics(out) if "loss" in m] == [1, 2, 3, 4]
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob(".*.tmp")) and not list(out.glob(".*.old"))
+
+
+def test_gradient_checkpointing_may_be_turned_on_to_resume(workspace, tmp_path):
+    """It changes the memory a run takes, not what it computes (RUNTIME_KEYS): the fix after running out of memory
+    is to turn it on and --resume."""
+    stages = {"distill": tiny_stage(tokens=4 * 4 * 32, loss_chunk=8)}
+    reference = run(tiny_recipe(workspace, tmp_path / "ref", stages))
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_recipe(workspace, tmp_path / "run", stages, training={"checkpoint_every": 1}),
+            callbacks=[kill_at("distill", 2)])
+    resumed = run(tiny_recipe(workspace, tmp_path / "run", stages,
+                              training={"checkpoint_every": 1, "gradient_checkpointing": True}), resume=True)
+    expected, actual = state(reference), state(resumed)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=1e-6, msg=name)
 
 
 @pytest.mark.slow

@@ -61,6 +61,17 @@ def test_align_trains_only_hybrid_parameters(workspace, tmp_path):
     assert changed > 0
 
 
+def test_align_with_nothing_to_train_is_a_recipe_error(workspace, tmp_path):
+    """An all-FA plan under the exact preset adds no parameter: one line saying so, not torch's empty-optimiser
+    error."""
+    teacher = hydrahead.load_model(workspace / "teacher", "float32")
+    HeadPlan.full(teacher.config).to_json(tmp_path / "full.json")
+    recipe = tiny_recipe(workspace, tmp_path / "run", {"align": tiny_stage(tokens=4 * 32)},
+                         plan=str(tmp_path / "full.json"), hybrid={"preset": "exact"})
+    with pytest.raises(hydrahead.RecipeError, match="align has nothing to train"):
+        run(recipe)
+
+
 def test_gradient_checkpointing_gives_the_same_losses(workspace, tmp_path):
     stages = {"distill": tiny_stage(tokens=2 * 4 * 32, loss_chunk=8)}
     run(tiny_recipe(workspace, tmp_path / "a", stages))
@@ -98,6 +109,35 @@ def test_a_teacher_in_memory_trains_the_same_as_one_loaded_from_disk(workspace, 
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the teacher handed in is left as it was
     assert all(p.requires_grad for p in teacher.parameters())
+
+
+def test_the_teacher_is_freed_for_the_stages_after_its_last(workspace, tmp_path, monkeypatch):
+    """long_context needs no teacher: once distill is done nothing holds the one the run loaded, nor its weights
+    (their memory is what the longest rows need)."""
+    import gc
+    import sys
+    import weakref
+
+    run_module = sys.modules["hydrahead.distill.run"]  # the package's `run` is the function
+
+    loaded = []
+
+    def load_model(*args, **kwargs):
+        model = hydrahead.load_model(*args, **kwargs)
+        loaded.append(weakref.ref(model.model.embed_tokens.weight))  # the module, or its tensors, could be held
+        return model
+
+    alive = {}
+
+    def check(info):
+        gc.collect()
+        alive.setdefault(info.stage, loaded[0]() is not None)
+
+    monkeypatch.setattr(run_module, "load_model", load_model)
+    stages = {"distill": tiny_stage(tokens=2 * 4 * 32, loss_chunk=8),
+              "long_context": tiny_stage(tokens=2 * 2 * 64, seq_len=64, batch_size=2)}
+    run(tiny_recipe(workspace, tmp_path / "run", stages), callbacks=[check])
+    assert alive == {"distill": True, "long_context": False}
 
 
 def test_isolated_documents_train_end_to_end(workspace, tmp_path):
