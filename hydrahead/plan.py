@@ -40,16 +40,28 @@ def _share(total: int, ratio: str) -> int:
     return math.floor(total * b / (a + b) + 0.5)
 
 
-def _select(scores: list[list[float]], count: int, min_per_layer: int) -> list[list[int]]:
+def _select(scores: list[list[float]], count: int, min_per_layer: int) -> tuple[list[list[int]], int]:
     """Constrained global screening: the best `min_per_layer` units of every layer, then the best of the
-    rest over all layers until `count` are chosen. Ties go to the lower layer, then the lower index."""
-    chosen = [sorted(range(len(row)), key=lambda u: (-row[u], u))[:min_per_layer] for row in scores]
+    rest over all layers until `count` are chosen. Ties go to the lower layer, then the lower index.
+    Returns the chosen units per layer and how many of them were picked by that rule: chosen with the same score
+    as a unit left out of the same pick (a layer's own for its minimum, any layer's for the rest)."""
+    order = [sorted(range(len(row)), key=lambda u: (-row[u], u)) for row in scores]
+    chosen = [units[:min_per_layer] for units in order]
+    tied = sum(_tied([row[u] for u in units[:min_per_layer]], [row[u] for u in units[min_per_layer:]])
+               for row, units in zip(scores, order))
     taken = {(layer, u) for layer, units in enumerate(chosen) for u in units}
     rest = sorted(((layer, u) for layer, row in enumerate(scores) for u in range(len(row)) if (layer, u) not in taken),
                   key=lambda lu: (-scores[lu[0]][lu[1]], lu))
-    for layer, u in rest[: count - len(taken)]:
+    picked, left = rest[: count - len(taken)], rest[count - len(taken):]
+    for layer, u in picked:
         chosen[layer].append(u)
-    return chosen
+    tied += _tied([scores[layer][u] for layer, u in picked], [scores[layer][u] for layer, u in left])
+    return chosen, tied
+
+
+def _tied(picked: list[float], left: list[float]) -> int:
+    """How many picked scores equal the best score left out: picks the scores do not decide."""
+    return sum(score == max(left) for score in picked) if picked and left else 0
 
 
 def _score_rows(scores: Any) -> list[list[float]]:
@@ -119,6 +131,8 @@ class HeadPlan:
             raise PlanError(
                 f"num_heads={self.num_heads} must be a positive multiple of num_kv_heads={self.num_kv_heads}"
             )
+        if not self.fa_heads:
+            raise PlanError("the plan has no layers: fa_heads needs one list of FA heads per decoder layer")
         normalised = []
         for layer, heads in enumerate(self.fa_heads):
             try:  # integers (numpy ones too), never a float rounded to a head
@@ -181,9 +195,11 @@ class HeadPlan:
         if count < layers * unit_min:
             raise PlanError(f"ratio {ratio} gives {count} full-attention {what}, fewer than min_per_layer={min_per_layer} "
                             f"per layer needs ({layers * unit_min} over {layers} layers)")
-        chosen = _select(units, count, unit_min)
+        chosen, tied = _select(units, count, unit_min)
         fa = [[u * group + i for u in layer for i in range(group)] for layer in chosen]
         meta = {"method": method, "ratio": ratio, "min_per_layer": min_per_layer, "granularity": granularity}
+        if tied:  # the scores do not rank them: the lower layer and index decided (scores of exactly 0, say)
+            meta["tied_picks"] = tied
         return cls(tuple(tuple(layer) for layer in fa), heads, kv, meta=meta)
 
     @classmethod
@@ -203,8 +219,10 @@ class HeadPlan:
         heads = len(rows[0])
         if not 1 <= k <= heads:
             raise PlanError(f"k must be between 1 and {heads} heads per layer, got {k}")
-        fa = _select(rows, len(rows) * k, k)
+        fa, tied = _select(rows, len(rows) * k, k)
         meta = {"method": getattr(scores, "method", "scores"), "allocation": "fixed_per_layer", "k": k}
+        if tied:
+            meta["tied_picks"] = tied
         return cls(tuple(tuple(layer) for layer in fa), heads, kv, meta=meta)
 
     @classmethod

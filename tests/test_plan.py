@@ -43,6 +43,7 @@ def test_json_round_trip(tmp_path):
         (((0,), (7,)), "layer 1: head index 7 out of range"),
         (((0, 0), (1,)), "layer 0: head listed twice"),
         (((-1,), (1,)), "layer 0: head index -1"),
+        ((), "the plan has no layers"),  # its summary divided by zero
     ],
 )
 def test_bad_plans_name_the_problem(config, fa_heads, match):

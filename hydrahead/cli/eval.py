@@ -73,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="model directories (with tokenizer) or .gguf files, teachers and hybrids alike")
         p.add_argument("--out", required=True, type=output_dir, help="report directory")
         p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                       help="dtype to run the models in (auto: each checkpoint's own)")
+                       help="dtype to run the models in (auto: float32 on the CPU, as generate and serve run "
+                            "there, each checkpoint's own on a GPU)")
         p.add_argument("--device", default=None, type=device, help="torch device (default: cuda if available, else cpu)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
     niah.add_argument("--lengths", default="1k,2k,4k,8k", help="context lengths in tokens, e.g. 1k,2k,4096 (k = 1024)")
@@ -132,13 +133,20 @@ def run_niah(args: argparse.Namespace) -> list[Path]:
         tokenizer = load_tokenizer(path)
         examples = make_examples(tokenizer, tasks, lengths, depths, args.samples, args.seed, haystack,
                                  progress=not args.no_progress)
-        model = load_model(path, args.dtype, args.device)
+        model = load_model(path, run_dtype(args), args.device)
         records += evaluate_niah(model, tokenizer, examples, label, args.batch_tokens, not args.no_progress)
         del model
     meta = {"command": "niah", "models": dict(models), "lengths": lengths, "depths": depths,
             "tasks": [t.name for t in tasks], "samples": args.samples, "seed": args.seed, "haystack": haystack.name,
             "seconds": round(time.time() - started, 1), "notes": notes}
     return write_report(args.out, niah=records, meta=meta)
+
+
+def run_dtype(args: argparse.Namespace) -> str:
+    """--dtype as the models run: auto is float32 on the CPU (`inference_dtype`, generate's and serve's rule)."""
+    from hydrahead.models.loading import inference_dtype, resolve_device
+
+    return inference_dtype(args.dtype, resolve_device(args.device))
 
 
 def run_ppl(args: argparse.Namespace) -> list[Path]:
@@ -152,7 +160,7 @@ def run_ppl(args: argparse.Namespace) -> list[Path]:
     documents = load_documents(args.data)
     results, started = [], time.time()
     for label, path in models:
-        model = load_model(path, args.dtype, args.device)
+        model = load_model(path, run_dtype(args), args.device)
         results.append(evaluate_perplexity(model, load_tokenizer(path), documents, length, bucket, chunk,
                                            args.max_docs, label, not args.no_progress))
         del model

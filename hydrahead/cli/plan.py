@@ -102,5 +102,9 @@ def run(args: argparse.Namespace) -> int:
         plan = HeadPlan.layerwise(config, args.ratio or "3:1", layers)
     plan.to_json(args.out)
     print(plan.summary())
+    if plan.meta.get("tied_picks"):
+        unit = "KV groups" if plan.meta.get("granularity") == "kv_group" else "heads"
+        print(f"note: {plan.meta['tied_picks']} of the FA {unit} were picked among equal scores (the lower layer, then "
+              "the lower index, decided): the scores do not rank them")
     print(f"saved plan to {args.out}")
     return 0

@@ -76,11 +76,16 @@ def run(args: argparse.Namespace) -> int:
         compare[other.method], sources[other.method] = other, path
     saved = scores.metadata.get("probe_config")
     base = probe_config_of(saved, args.scores) if saved else None
-    scoring_config = probe_config_from(args, base, model_config=model_config)
-    if args.probe_seed is None:  # ablate on probes the scores have not seen
-        validation_config = ProbeConfig.from_dict({**scoring_config.to_dict(), "seed": scoring_config.seed + 1})
-    else:
-        validation_config = scoring_config
+    chosen = probe_config_from(args, base, model_config=model_config)  # every flag given, --probe-seed too
+    # the agreement table compares methods on the scores' own probes (their seed whatever --probe-seed says);
+    # ablation runs on probes the scores have not seen: --probe-seed, else the scores' seed + 1
+    scores_seed = base.seed if base is not None else ProbeConfig().seed
+    scoring_config = ProbeConfig.from_dict({**chosen.to_dict(), "seed": scores_seed})
+    validation_config = ProbeConfig.from_dict({**chosen.to_dict(), "seed": scores_seed + 1}) \
+        if args.probe_seed is None else chosen
+    if args.probe_seed == scores_seed:
+        print(f"note: --probe-seed {args.probe_seed} is the seed the scores were computed on: the ablation runs on "
+              "the probes that chose the heads", flush=True)
     check_top_k(args.top_k, scores.values.size, "--top-k")  # the library's check, before the load
     model, tokenizer = load_model_and_tokenizer(args, model_config)
     if not args.no_agreement:

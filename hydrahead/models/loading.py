@@ -260,9 +260,15 @@ def check_output_dir(path: str | Path, keep: Sequence[str | Path] = (), hybrid: 
     except OutputError as err:
         raise CheckpointError(f"cannot save a checkpoint: {err}") from err
     for other in keep:
-        if path.exists() and Path(other).exists() and path.resolve() == Path(other).resolve():
+        if not Path(other).exists():
+            continue
+        source, target = Path(other).resolve(), path.resolve()
+        if target == source:
             raise CheckpointError(f"cannot save a checkpoint to {path}: it is the input model's directory; "
                                   "choose another output directory")
+        if source in target.parents and source.is_dir():  # a checkpoint inside the model it is made from
+            raise CheckpointError(f"cannot save a checkpoint to {path}: it is inside the input model's directory "
+                                  f"{other}; choose a directory outside it")
     if path.is_dir() and (entries := list(path.iterdir())):
         names = sorted(p.name for p in entries)
         foreign = [p.name for p in entries if not _checkpoint_entry(p)]
@@ -321,6 +327,7 @@ def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: t
         for file in tmp.iterdir():
             if file.is_file():
                 file.chmod(mode)
+        tmp.chmod(new_file_mode(directory=True))  # mkdtemp's is 0700: others could not read the checkpoint
         if path.exists():  # the earlier checkpoint stays whole until the new one is in place
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             path.rename(old)  # onto the empty directory just made: rename replaces it

@@ -72,9 +72,10 @@ def with_lead(probe: Probe, lead: Sequence[int], answer: Sequence[int] | None = 
     if not lead and answer == probe.answer:
         return probe
     n = probe.prompt_length
+    needle_answer = probe.needle_answer or (probe.answer if answer != probe.answer else ())
     return dataclasses.replace(
         probe, clean_ids=probe.clean_ids[:n] + lead + answer[:-1], corrupt_ids=probe.corrupt_ids[:n] + lead + answer[:-1],
-        answer=answer, distractor=distractor, prompt_length=n + len(lead), lead=lead)
+        answer=answer, distractor=distractor, prompt_length=n + len(lead), lead=lead, needle_answer=needle_answer)
 
 
 def _unspaced(tokenizer: Any, ids: Sequence[int]) -> tuple[int, ...]:

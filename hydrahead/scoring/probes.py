@@ -178,6 +178,9 @@ class Probe:
     subprobe: str  # "single_key/number", ... : the unit kappa counts over
     depth: float = field(default=0.5)
     lead: tuple[int, ...] = ()  # formatting tokens the scored model writes before the answer, part of the prompt
+    # the answer's ids as the needle holds them (with their leading space), where `answer` is the model's own
+    # tokenisation after its lead (unspaced, after a newline or a quote); empty: `answer` is the needle's
+    needle_answer: tuple[int, ...] = ()
 
     @property
     def length(self) -> int:

@@ -29,6 +29,10 @@ def retrieval_effects(runner: Runner, probe: Probe) -> np.ndarray:
     n = len(probe.answer)
     clean = runner.record(probe, probs_last=n)
     predicted = clean.logits[0].argmax(-1)  # (n,) what greedy decoding would emit at each step
+    if len(probe.needle_answer) == n:  # the model writes the value as its own tokens after a lead (unspaced): a
+        # step copies when it predicts the answer's token and attends to the needle's token of the same step
+        answer, needle = (torch.tensor(t, device=predicted.device) for t in (probe.answer, probe.needle_answer))
+        predicted = torch.where(predicted == answer, needle, predicted)
     ids = torch.tensor(probe.clean_ids, device=predicted.device)
     start, end = probe.needle_span
     out = np.zeros((runner.num_layers, runner.num_heads))

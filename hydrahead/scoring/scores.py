@@ -55,8 +55,8 @@ class HeadScores:
         meta = self.metadata
         if self.method not in ("patching", "attribution"):
             return None
-        if "senders" in meta:
-            return bool(meta["senders"])
+        if isinstance(meta.get("senders"), bool):  # a hand-edited "false" is not taken as true
+            return meta["senders"]
         return bool(meta["rounds"]) if "rounds" in meta else None
 
     # ------------------------------------------------------------------------------------ shape
@@ -120,6 +120,8 @@ class HeadScores:
         if isinstance(kv, bool) or not isinstance(kv, int):
             raise ScoringError(f"num_kv_heads must be a whole number, got {shown(kv)}")
         try:
+            if not _numbers_only(data["values"]):  # np.asarray would take "0.5" and true as numbers
+                raise TypeError
             values = np.asarray(data["values"], dtype=np.float64)
         except (TypeError, ValueError):
             raise ScoringError("values must be a (layers, heads) table of numbers") from None
@@ -168,3 +170,12 @@ def _rectangle(head: int, layer: int):
     from matplotlib.patches import Rectangle
 
     return Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5)
+
+
+def _numbers_only(table: Any) -> bool:
+    """Whether a nested list (or an array) holds only numbers (not strings, not booleans)."""
+    if isinstance(table, np.ndarray):
+        return table.dtype.kind in "iuf"
+    if isinstance(table, (list, tuple)):
+        return all(_numbers_only(x) for x in table)
+    return isinstance(table, (int, float)) and not isinstance(table, bool)

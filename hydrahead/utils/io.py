@@ -108,11 +108,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
         tmp_path.unlink(missing_ok=True)
 
 
-def new_file_mode() -> int:
-    """The mode the user's umask gives a newly created file (0o644 under the usual umask 022)."""
+def new_file_mode(directory: bool = False) -> int:
+    """The mode the user's umask gives a newly created file (0o644 under the usual umask 022), or directory
+    (0o755)."""
     mask = os.umask(0)  # reading the umask means setting it; put it straight back
     os.umask(mask)
-    return 0o666 & ~mask
+    return (0o777 if directory else 0o666) & ~mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

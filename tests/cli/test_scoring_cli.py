@@ -82,6 +82,30 @@ def test_validate_scores_computes_the_methods_as_the_scores_were_made(teacher_di
         assert f"| attribution (receiver term alone) | {patching} |" in printed
 
 
+def test_probe_seed_picks_the_ablation_probes_and_leaves_the_agreement_on_the_scores_own(teacher_dir, capsys,
+                                                                                          monkeypatch):
+    import hydrahead.scoring
+
+    model, out = str(teacher_dir / "teacher"), teacher_dir
+    assert main(["score", "--model", model, "--method", "retrieval", "--out", str(out / "retr.json"), *PROBES]) == 0
+    seeds = []
+    real = hydrahead.scoring.build_probes
+
+    def build_probes(tokenizer, config, **kwargs):
+        seeds.append(config.seed)
+        return real(tokenizer, config, **kwargs)
+
+    monkeypatch.setattr(hydrahead.scoring, "build_probes", build_probes)
+    for flags, ablation_seed in (([], 1), (["--probe-seed", "5"], 5), (["--probe-seed", "0"], 0)):
+        capsys.readouterr()
+        assert main(["validate-scores", "--model", model, "--scores", str(out / "retr.json"), "--top-k", "2",
+                     "--seeds", "1", *flags]) == 0
+        assert seeds == [0, ablation_seed]  # agreement on the scores' probes (seed 0), then the ablation's
+        seeds.clear()
+        assert ("the ablation runs on the probes that chose the heads" in capsys.readouterr().out) == (
+            ablation_seed == 0)
+
+
 def test_baseline_plans(teacher_dir, capsys):
     model = str(teacher_dir / "teacher")
     assert main(["plan", "--baseline", "layerwise", "--model", model, "--ratio", "1:1", "--out", str(teacher_dir / "lw.json")]) == 0

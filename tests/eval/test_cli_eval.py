@@ -111,3 +111,24 @@ def test_a_length_beyond_a_learned_position_table_is_refused_and_rotary_ones_are
                  "--depths", "0.5", "--tasks", "single_number", "--samples", "1", "--out", str(out), "--no-progress"]) == 0
     assert "Note: teacher was built for 512 positions (max_position_embeddings); lengths above it test extrapolation" \
         in (out / "niah.md").read_text()
+
+
+def test_auto_dtype_runs_half_precision_checkpoints_in_float32_on_the_cpu(model_dirs, tmp_path, monkeypatch):
+    """generate's and serve's rule: a checkpoint saved in float16 would run slowly on the CPU and round more."""
+    import hydrahead.eval
+
+    seen = []
+    real = hydrahead.eval.load_model
+
+    def load_model(path, dtype="auto", device=None, **kwargs):
+        seen.append(dtype)
+        return real(path, dtype, device, **kwargs)
+
+    monkeypatch.setattr(hydrahead.eval, "load_model", load_model)
+    data = tmp_path / "doc.txt"
+    data.write_text(" ".join(f"Sentence {j}." for j in range(40)))
+    for dtype, expected in (("auto", "float32"), ("bfloat16", "bfloat16")):
+        argv = ["eval", "ppl", "--models", str(model_dirs["teacher"]), "--data", str(data), "--length", "32",
+                "--device", "cpu", "--dtype", dtype, "--out", str(tmp_path / dtype), "--no-progress"]
+        assert main(argv) == 0
+        assert seen.pop() == expected

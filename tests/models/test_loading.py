@@ -218,6 +218,7 @@ def test_save_hybrid_writes_a_complete_checkpoint(saved, tmp_path):
     # every file as the umask makes it, the weights too (transformers writes them through a 0600 temporary)
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert modes["model.safetensors"] == 0o644 and len(set(modes.values())) == 1, modes
+    assert out.stat().st_mode & 0o777 == 0o755  # the directory too (mkdtemp makes it 0700)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
@@ -241,6 +242,8 @@ def test_save_hybrid_never_replaces_an_input_or_a_directory_with_other_files(sav
     model, path = saved  # `path` holds a checkpoint: config.json, weights, modeling code
     with pytest.raises(hydrahead.CheckpointError, match="is the input model's directory"):
         check_output_dir(path, keep=[path])
+    with pytest.raises(hydrahead.CheckpointError, match="is inside the input model's directory"):
+        check_output_dir(path / "hybrid", keep=[path])  # `convert --model M --out M/hybrid`
     (path / "notes.txt").write_text("mine")
     with pytest.raises(hydrahead.CheckpointError, match=r"holds other files \(notes.txt\)"):
         hydrahead.save_hybrid(model, path)

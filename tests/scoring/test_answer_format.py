@@ -82,6 +82,8 @@ def test_after_a_newline_the_value_may_come_without_its_space():
     newline = ScriptedLM(_ids(tok, "\n" + value))
     moved = follow_answer_format(newline, tok, [probe])[0]
     assert moved.lead == tuple(_ids(tok, "\n")) and moved.answer == tuple(_ids(tok, value))
+    assert moved.needle_answer == probe.answer  # the value as the needle holds it (the retrieval score reads it)
+    assert with_lead(probe, _ids(tok, ":")).needle_answer == ()  # the answer unchanged: nothing to record
     assert tok.decode(list(moved.distractor)) == tok.decode(list(probe.distractor)).strip()
     assert moved.clean_ids[moved.prompt_length:] == moved.answer[:-1]  # teacher-forced as the model writes it
     assert moved.corrupt_ids[:moved.prompt_length] == probe.corrupt_ids[:probe.prompt_length] + moved.lead
@@ -121,3 +123,24 @@ def test_smollm2_solves_probes_once_its_colon_is_let_through():
     _check_teacher_forcing_agrees_with_greedy(model, tokenizer, config, bar=0.75)  # eval niah: 100 at 1k-2k
     bare = build_probes(tokenizer, config, model=model, answer_lead=0)  # the answer forced right after the prompt
     assert teacher_forced_accuracy(model, bare) == 0.0  # the model writes ":" first: the old probes failed here
+
+
+def test_the_retrieval_score_counts_a_copy_of_the_value_the_model_writes_unspaced():
+    """After a newline the model writes "apple" (one token) where the needle holds " apple" (another): a head
+    attending to the needle's token while the model predicts the answer's copies it."""
+    from hydrahead.scoring.probes import Probe
+    from hydrahead.scoring.retrieval import retrieval_effects
+
+    spaced, unspaced = 7, 11
+    probe = Probe(clean_ids=(5, 6, spaced, 8, 9), corrupt_ids=(5, 6, 3, 8, 9), answer=(unspaced,), distractor=(4,),
+                  prompt_length=5, needle_span=(2, 3), capability="single_key", subprobe="single_key/word",
+                  lead=(9,), needle_answer=(spaced,))
+    logits = torch.zeros(1, 1, 20)
+    logits[0, 0, unspaced] = 1.0  # the model predicts the answer as it writes it
+    probs = torch.zeros(1, 2, 1, 5)  # (batch, heads, steps, keys)
+    probs[0, 0, 0, 2], probs[0, 1, 0, 0] = 1.0, 1.0  # head 0 reads the needle's value, head 1 the first token
+    runner = SimpleNamespace(num_layers=1, num_heads=2, record=lambda probe, probs_last: SimpleNamespace(
+        logits=logits, control=SimpleNamespace(probs=[probs])))
+    assert retrieval_effects(runner, probe).tolist() == [[1.0, 0.0]]
+    plain = Probe(**{**probe.__dict__, "needle_answer": ()})  # as before: token ids compared as they are
+    assert retrieval_effects(runner, plain).tolist() == [[0.0, 0.0]]

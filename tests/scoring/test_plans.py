@@ -41,8 +41,27 @@ def test_constrained_global_screening():
     assert plan.fa_heads == ((0, 1), (1,), (2,))
     plan = HeadPlan.from_scores(HeadScores(values, "patching", 2), ratio="2:1", min_per_layer=0)
     assert plan.fa_heads == ((0, 1, 2, 3), (), ())
+    assert "tied_picks" not in plan.meta  # every pick beat what it was picked over
     plan = HeadPlan.from_scores(HeadScores(values, "patching", 2), ratio="1:1", min_per_layer=2)  # 6 of 12
     assert plan.fa_heads_per_layer == [2, 2, 2]
+    assert plan.meta["tied_picks"] == 1  # layer 2's second head: 0.0, as its heads 1 and 3
+
+
+def test_picks_the_scores_do_not_decide_are_counted_and_printed(tmp_path, capsys):
+    """Heads of exactly 0 (patching's and attribution's 'no effect') tie: the lower layer and index pick among
+    them; the plan records how many picks that decided and `hydrahead plan` says so."""
+    from hydrahead.cli import main
+
+    values = np.zeros((4, 4))
+    values[3, 2] = 1.0
+    scores = HeadScores(values, "patching", 2)
+    plan = HeadPlan.from_scores(scores, ratio="3:1", min_per_layer=1)
+    assert plan.fa_heads == ((0,), (0,), (0,), (2,)) and plan.meta["tied_picks"] == 3
+    scores.to_json(tmp_path / "scores.json")
+    assert main(["plan", "--scores", str(tmp_path / "scores.json"), "--ratio", "3:1", "--out",
+                 str(tmp_path / "plan.json")]) == 0
+    assert "note: 3 of the FA heads were picked among equal scores" in capsys.readouterr().out
+    assert HeadPlan.from_json(tmp_path / "plan.json").meta["tied_picks"] == 3
 
 
 def test_kv_group_granularity_keeps_whole_groups():

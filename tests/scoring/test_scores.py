@@ -66,3 +66,15 @@ def test_bad_files(tmp_path):
         HeadScores.from_json(tmp_path / "plan.json")
     with pytest.raises(ScoringError, match="top-k"):
         scores().top_k(9)
+    for values in ([["0.5", 0.1]], [[True, 0.1]]):  # numpy would read both as numbers
+        (tmp_path / "edited.json").write_text(json.dumps({"method": "patching", "values": values, "num_kv_heads": 1}))
+        with pytest.raises(ScoringError, match="table of numbers"):
+            HeadScores.from_json(tmp_path / "edited.json")
+
+
+def test_a_hand_edited_senders_flag_is_read_as_written():
+    written = scores()
+    written.metadata.update(senders=False)
+    assert written.senders is False
+    written.metadata.update(senders="false", rounds=0)  # a string is not taken as true
+    assert written.senders is False
