@@ -204,7 +204,7 @@ def generate_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: in
     from hydrahead.cache import cache_nbytes
     from hydrahead.errors import one_line
     from hydrahead.models.footprint import footprint
-    from hydrahead.models.hybrid import is_hybrid
+    from hydrahead.models.hybrid import has_sliding_window, is_hybrid
     from hydrahead.models.loading import check_vocabulary
     from hydrahead.models.shape import check_positions
 
@@ -259,7 +259,7 @@ def generate_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: in
     if is_hybrid(model):
         figures = footprint(model)
         result.plan_cache_bytes = figures["kv_bytes_per_token"] * positions + figures["state_bytes_per_sequence"]
-        if not any(model.family.sliding_window(model.config, i) for i in range(model.config.num_hidden_layers)):
+        if not has_sliding_window(model):
             # (a teacher with sliding windows keeps fewer positions on those layers: no comparison is made)
             result.teacher_kv_bytes = figures["teacher_kv_bytes_per_token"] * positions
     return result

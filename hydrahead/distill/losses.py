@@ -197,14 +197,15 @@ def kd_loss_reference(
     return KDLoss(kl_weight * kl + ce_weight * ce, kl, ce)
 
 
-def _chunk_sums(hidden, teacher_hidden, labels, head, teacher_head, temperature, with_kl, with_ce, kl_weight=None):
-    """KL and CE sums of one sequence chunk; logits live only inside this function."""
+def _chunk_sums(hidden, teacher_hidden, labels, head, teacher_head, temperature, with_kl, with_ce, kl_positions=None):
+    """KL and CE sums of one sequence chunk (the KL over `kl_positions`, a 0/1 weight per position, when given);
+    logits live only inside this function."""
     logits = head(hidden)  # (B, c, V)
     kl = ce = _up(logits).new_zeros(())
     if with_kl:
         with torch.no_grad():
             teacher_logits = teacher_head(teacher_hidden)
-        kl = _kl_sum(logits, teacher_logits, temperature, kl_weight)
+        kl = _kl_sum(logits, teacher_logits, temperature, kl_positions)
     if with_ce:
         ce = _ce_sum(logits, labels)
     return kl, ce

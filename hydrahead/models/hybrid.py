@@ -208,7 +208,7 @@ class HybridCausalLMMixin:
             raise CacheError(NO_ROLLBACK)
 
     def _static_cache(self, max_cache_len: int) -> HybridHeadCache:
-        if any(self.family.sliding_window(self.config, i) for i in range(self.config.num_hidden_layers)):
+        if has_sliding_window(self):
             raise CacheError("the static hybrid cache does not support sliding-window attention yet; "
                              "use the dynamic cache (the default)")
         return HybridHeadCache(self.config, max_cache_len=max_cache_len, device=self.device)
@@ -279,7 +279,13 @@ def graph_decode_applies(model, kwargs: dict) -> bool:
         return False
     if kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens") is not None:
         return False
-    return not any(model.family.sliding_window(model.config, i) for i in range(model.config.num_hidden_layers))
+    return not has_sliding_window(model)
+
+
+def has_sliding_window(model) -> bool:
+    """Whether any layer of a hybrid attends within a sliding window (no static cache, no comparison of its cache
+    with the teacher's full-length K/V)."""
+    return any(model.family.sliding_window(model.config, i) for i in range(model.config.num_hidden_layers))
 
 
 def inference_piece(model, x, attention_mask, position_ids, past_key_values, use_cache, kwargs: dict) -> int | None:
