@@ -148,3 +148,25 @@ def test_the_recipe_hash_is_its_data_not_its_comments(tmp_path):
     assert recipe_sha256(tmp_path / "recipe.yaml") == recipe_sha256()
     (tmp_path / "other.yaml").write_text(RECIPE.read_text().replace("vocab_size: 2048", "vocab_size: 4096"))
     assert recipe_sha256(tmp_path / "other.yaml") != recipe_sha256()
+
+
+def test_held_out_sources_are_named_so_no_python_holds_out_what_the_teacher_trained_on(monkeypatch):
+    """The held-out files are the ones the shipped teacher never saw (Python 3.11.7's draw), on any Python: a draw
+    over another version's files held out 9 of 10 files that teacher trained on."""
+    import random
+    import sys
+
+    import hydrahead.demo.corpus as corpus
+
+    code, held = corpus.code_split(4_000_000)
+    names = dict((text, name) for name, text in corpus.stdlib_texts(4_000_000))
+    assert {names[t] for t in held} <= set(corpus.HELDOUT_SOURCES) and len(held) >= 4
+    assert not {names[t] for t in code} & set(corpus.HELDOUT_SOURCES)
+    if sys.version_info[:3] == (3, 11, 7):  # the teacher's Python: the same split as the draw it trained with
+        texts = [text for _, text in corpus.stdlib_texts(4_000_000)]
+        random.Random(0).shuffle(texts)
+        assert (code, held) == (texts[10:], texts[:10])
+    other = [(f"{name}.renamed", text) for name, text in corpus.stdlib_texts(4_000_000)]  # a Python with none of them
+    monkeypatch.setattr(corpus, "stdlib_texts", lambda max_bytes: other)
+    with pytest.raises(corpus.HydraHeadError, match="no held-out perplexity"):
+        corpus.code_split(4_000_000)
