@@ -48,9 +48,31 @@ def gguf_config(file: Path) -> dict[str, Any]:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name).to_dict()
+        config = AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name).to_dict()
+        scaling = rope_scaling(file)
     except LOAD_ERRORS as err:
         raise CheckpointError(f"{file} is not a readable GGUF model: {one_line(err)}") from err
+    if scaling:
+        raise CheckpointError(f"{file} scales its RoPE ({scaling}), which transformers' GGUF loader drops: the "
+                              "model would run with plain RoPE, wrong at long positions; load the original "
+                              "safetensors checkpoint instead")
+    return config
+
+
+def rope_scaling(file: Path) -> str | None:
+    """The RoPE scaling a GGUF file states (its `<arch>.rope.scaling.*` type other than none, or a `rope_freqs`
+    tensor: Llama 3.1's frequency factors), or None. transformers 5.17 maps only `rope.freq_base` for the Llama,
+    Mistral and Qwen files (it rebuilds scaling for gpt-oss alone)."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(file))
+    kind = next((f for name, f in reader.fields.items() if name.endswith(".rope.scaling.type")), None)
+    if kind is not None and str(kind.contents()).lower() not in ("none", ""):
+        factor = next((f.contents() for name, f in reader.fields.items() if name.endswith(".rope.scaling.factor")), None)
+        return f"type {kind.contents()}" + (f", factor {factor:g}" if isinstance(factor, (int, float)) else "")
+    if any(tensor.name == "rope_freqs.weight" for tensor in reader.tensors):
+        return "a rope_freqs tensor of per-frequency factors"
+    return None
 
 
 def load_gguf_model(file: Path, dtype: str | torch.dtype = "auto") -> Any:

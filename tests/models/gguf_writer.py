@@ -55,9 +55,11 @@ def permute(weight: np.ndarray, heads: int) -> np.ndarray:
 
 
 def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast,
-               add_bos: bool | None = None) -> Path:
+               add_bos: bool | None = None, rope_scaling: str | None = None, rope_freqs: bool = False) -> Path:
     """`model` (a LlamaForCausalLM without attention bias) and `tokenizer` (byte-level BPE) as an F32 GGUF;
-    `add_bos`: the file says whether its tokenizer puts BOS before every text (None: it says nothing)."""
+    `add_bos`: the file says whether its tokenizer puts BOS before every text (None: it says nothing);
+    `rope_scaling` (a llama.cpp scaling type, factor 4) and `rope_freqs` (Llama 3.1's frequency factors tensor):
+    what the model itself does not do, for the loader's refusal."""
     import gguf
 
     config, path = model.config, Path(path)
@@ -75,6 +77,9 @@ def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer: PreTrainedTo
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_vocab_size(config.vocab_size)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if rope_scaling is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType(rope_scaling))
+        writer.add_rope_scaling_factor(4.0)
 
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
     vocab = sorted(backend["model"]["vocab"].items(), key=lambda item: item[1])
@@ -100,6 +105,8 @@ def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer: PreTrainedTo
             elif gguf_name == "attn_k":
                 weight = permute(weight, config.num_key_value_heads)
             writer.add_tensor(f"blk.{i}.{gguf_name}.weight", weight)
+    if rope_freqs:
+        writer.add_tensor("rope_freqs.weight", np.ones(config.head_dim // 2, dtype=np.float32))
     writer.add_tensor("output_norm.weight", state["model.norm.weight"])
     if not config.tie_word_embeddings:  # llama.cpp leaves `output` out when it is the embedding
         writer.add_tensor("output.weight", state["lm_head.weight"])

@@ -130,6 +130,20 @@ def test_the_family_is_checked_before_the_weights(tiny, monkeypatch):
         hydrahead.load_model(tiny[0], supported=True)
 
 
+@pytest.mark.parametrize("scaling", [dict(rope_scaling="yarn"), dict(rope_scaling="linear"), dict(rope_freqs=True)],
+                         ids=["yarn", "linear", "rope_freqs"])
+def test_a_file_whose_rope_is_scaled_is_refused_not_loaded_as_plain_rope(tiny, tmp_path, scaling):
+    """transformers' GGUF loader keeps only rope.freq_base for Llama files: a scaled file (Llama 3.1's rope_freqs,
+    yarn, linear) would load as another model, wrong at long positions."""
+    _, model, tokenizer = tiny
+    path = write_gguf(tmp_path / "scaled.gguf", model, tokenizer, **scaling)
+    with pytest.raises(hydrahead.CheckpointError, match="scales its RoPE .*loader drops"):
+        hydrahead.load_model(path)
+    (tmp_path / "plain").mkdir()
+    plain = write_gguf(tmp_path / "plain" / "none.gguf", model, tokenizer, rope_scaling="none")
+    assert_same_model(hydrahead.load_model(plain), model)
+
+
 def test_several_ggufs_in_a_directory_are_named(tmp_path):
     (tmp_path / "a.gguf").write_bytes(b"GGUF")
     (tmp_path / "b.gguf").write_bytes(b"GGUF")
