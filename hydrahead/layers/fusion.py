@@ -44,7 +44,7 @@ def fuse(outputs: list[torch.Tensor], norms: list[BranchNorm | None], store: obj
         return head_table(*((norm.table(D**0.5), o.shape[2]) for norm, o in zip(norms, outputs))).to(out.dtype)
 
     table = weight_table(store, ("fusion", out.dtype), build)
-    x32 = out.float()
+    x32 = out.to(torch.promote_types(out.dtype, torch.float32))  # fp32, or fp64 kept
     rms = l2_length(x32, D * norms[0].norm.variance_epsilon)  # sqrt(D) * RMS: the sqrt(D) is in the table
     if torch.is_grad_enabled() or len(outputs) == 1 or x32 is not out:  # out may be a branch's own tensor
         return (x32 / rms).to(out.dtype) * table

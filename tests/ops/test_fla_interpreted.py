@@ -30,7 +30,7 @@ from hydrahead.ops.gated_delta import fla
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ["prefill_and_decode", "fla_prompt_pytorch_steps", "shared_kv_qwen2", "packed_documents", "backward",
           "generate", "generate_static", "bench_counts_fla_launches", "short_conv", "prompt_in_pieces",
-          "op_decode_step", "op_prompt"]
+          "op_decode_step", "op_prompt", "op_one_token_backward"]
 TOL = 1e-4  # fp32 on both sides; fla's chunk kernel vs ours differ by ~1e-6 at the op
 
 
@@ -274,6 +274,37 @@ def check_op_decode_step(switch):
     kept = state.clone()
     assert op_matches_reference(switch, "decode_calls", inputs, state, "recurrent") is not state
     assert torch.equal(state, kept)
+
+
+def check_op_one_token_backward(switch):
+    """One token under autograd (a packed batch of one token, a training step of length 1): fla's fused recurrent
+    kernel has no backward, so the chunk kernel runs it; outputs and gradients against the recurrent reference,
+    with cu_seqlens given on the host (the PyTorch path takes it there too)."""
+    inputs = [t.requires_grad_() for t in op_inputs(1)]
+
+    def run(cu_seqlens):
+        for t in inputs:
+            t.grad = None
+        q, k, v, g, beta, state = inputs
+        o, final = fla.fla_gated_delta_rule(q[:1], k[:1], v[:1], g[:1], beta[:1], initial_state=state[:1],
+                                            output_final_state=True, cu_seqlens=cu_seqlens) if switch.on else \
+            gated_delta_rule(q[:1], k[:1], v[:1], g[:1], beta[:1], initial_state=state[:1], output_final_state=True,
+                             mode="recurrent")
+        ((o * torch.cos(o.detach())).sum() + final.sin().sum()).backward()
+        return [o.detach(), final.detach()] + [t.grad.clone() for t in inputs]
+
+    from hydrahead.ops import gated_delta_rule
+
+    for cu_seqlens in (None, torch.tensor([0, 1])):
+        switch.on = False
+        ref = run(None)
+        switch.on = True
+        try:
+            got = run(cu_seqlens)
+        finally:
+            switch.on = False
+        for a, b in zip(ref, got):
+            assert rel_err(b, a) < TOL, (cu_seqlens is not None, rel_err(b, a))
 
 
 def check_op_prompt(switch):

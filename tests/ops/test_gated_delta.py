@@ -440,3 +440,17 @@ def test_fla_matches_recurrent_reference(seq_len: int) -> None:
         assert o.dtype == torch.bfloat16 and state.dtype == torch.float32
         assert_close(f"o ({mode})", o.float().cpu(), o_ref, 2e-2)
         assert_close(f"final_state ({mode})", state.cpu(), state_ref, 2e-2)
+
+
+def test_l2norm_and_fusion_keep_fp64_in_fp64():
+    """fp64 inputs (the gradient checks') are normalised in fp64: in fp32 they were off by ~1e-8."""
+    from hydrahead.layers.fusion import BranchNorm, fuse
+    from hydrahead.ops import l2norm
+
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    exact = x / torch.sqrt((x * x).sum(-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(l2norm(x), exact, rtol=1e-13, atol=1e-15)
+    norm = BranchNorm(5, 8, 1e-6).double()
+    out = x[None].clone()  # (1, 3, 5, 8): batch, tokens, heads, head_dim
+    rms = torch.sqrt((out * out).mean(-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(fuse([out.clone()], [norm]), out / rms * norm.table(), rtol=1e-13, atol=1e-15)

@@ -129,9 +129,9 @@ def gated_delta_rule(
 
 
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """x / sqrt(sum(x^2) + eps) over the last dim, in fp32 (fla's `l2norm`, up to rounding): the norm by one
-    reduction and sqrt(norm^2 + eps) by one `hypot`, three kernels and no temporary of x's size."""
-    x32 = x.float()
+    """x / sqrt(sum(x^2) + eps) over the last dim, in fp32 or fp64 for fp64 input (fla's `l2norm`, up to rounding):
+    the norm by one reduction and sqrt(norm^2 + eps) by one `hypot`, three kernels and no temporary of x's size."""
+    x32 = x.to(compute_dtype(x.dtype))
     return (x32 / l2_length(x32, eps)).to(x.dtype)
 
 

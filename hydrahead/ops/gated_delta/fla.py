@@ -161,7 +161,7 @@ def fla_short_conv(
         initial_state = F.pad(previous.transpose(1, 2), (1, 0))
     if cu_seqlens is not None:
         x = x.reshape(1, B * T, C)
-        cu_seqlens = cu_seqlens.to(torch.long)
+        cu_seqlens = cu_seqlens.to(device=x.device, dtype=torch.long)  # fla's kernels read it on the device
     y, _ = load_fla_conv()(x=x, weight=weight, initial_state=initial_state, activation="silu", cu_seqlens=cu_seqlens)
     return y.view(B, T, C)
 
@@ -195,10 +195,12 @@ def _run_fla(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens, st
     if (q.shape[1] > 1 and cu_seqlens is None and options.get("use_gate_in_kernel")
             and _internals_apply(q, load_fla_prompt_forward)):  # a hybrid's call (see `_prompt_forward`)
         return _prompt_forward(q, k, v, g, beta, initial_state, output_final_state, **options)
-    if cu_seqlens is not None:
-        options["cu_seqlens"] = cu_seqlens.to(torch.long)
+    if cu_seqlens is not None:  # the PyTorch path takes it on the host too; fla's kernels read it on the device
+        options["cu_seqlens"] = cu_seqlens.to(device=q.device, dtype=torch.long)
     chunk_kernel, recurrent_kernel = load_fla_kernels()
-    kernel = recurrent_kernel if q.shape[1] == 1 else chunk_kernel
+    # the fused recurrent kernel has no backward (fla 0.6): one token under autograd goes through the chunk kernel
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, g, beta) if t is not None)
+    kernel = recurrent_kernel if q.shape[1] == 1 and not grad else chunk_kernel
     o, final_state = kernel(q=q, k=k, v=v, g=g, beta=beta, initial_state=initial_state,
                             output_final_state=output_final_state, **options)
     if final_state is not None:
