@@ -99,6 +99,19 @@ def run(args: argparse.Namespace) -> int:
 
         family_of_config(read_config(args.teacher), str(args.teacher))  # a wrong model stops before any work
     index = run_demo(args.out, scale, device=args.device, quiet=args.quiet,
-                     retrain_teacher=args.retrain_teacher, teacher=args.teacher, length=args.length)
+                     retrain_teacher=args.retrain_teacher, teacher=args.teacher, length=args.length,
+                     command=command_line(args))
     print(f"report: {index}")
     return 0
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The demo command as given (every flag that changes the run), for the report."""
+    import shlex
+
+    flags = {"--out": args.out if str(args.out) != DEFAULT_OUT else None,
+             "--scale": args.scale if args.scale != DEFAULT_SCALE else None,
+             "--device": args.device if str(args.device) != "auto" else None, "--preset": args.preset,
+             "--teacher": args.teacher, "--length": args.length, "--budget": args.budget, "--plans": args.plans}
+    given = [f"{flag} {shlex.quote(str(value))}" for flag, value in flags.items() if value is not None]
+    return " ".join(["hydrahead demo", *given, *(["--retrain-teacher"] if args.retrain_teacher else [])])

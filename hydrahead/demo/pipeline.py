@@ -5,8 +5,9 @@
 2. a distillation corpus in its format (`demo.teacher_data`, seeds the teacher never saw) and held-out
    standard-library sources, as JSONL
 3. head scores (patching, and attribution for comparison), validated by ablation (top-k vs k random
-   heads, several seeds), and the plans: HydraHead 7:1 (constrained global), random 7:1, fixed per-layer
-   7:1, layer-wise 3:1 and 7:1, all-GDN (a plan identical to an earlier one is run once, and said so)
+   heads, several seeds), and the plans: HydraHead 7:1 (constrained global), random 7:1 (heads drawn anew
+   for every distillation seed), fixed per-layer 7:1, layer-wise 3:1 and 7:1, all-GDN (a plan identical to an
+   earlier one is run once, and said so; one this teacher's shape cannot have is left out before the scoring)
 4. every plan converted and distilled with the same recipe and token budget, once per seed
 5. NIAH at 1x, 2x, 4x, 8x the training length and held-out perplexity, teacher and students
 6. <out>/report/index.md: mean and spread per plan, the verdict, tables and plots (see `report.py`)
@@ -28,6 +29,7 @@ from hydrahead.demo.log import Log
 from hydrahead.demo.scale import PLAN_NAMES, DemoScale
 from hydrahead.plan import HeadPlan
 
+RANDOM = "random-7:1"  # the baseline whose heads are drawn anew for every distillation seed
 NEEDLE_TYPES = ("number", "word")  # the demo's probes; UUIDs take too many tokens at its short training length
 CORPUS_SEED = 1  # distillation documents: a seed the teacher's documents (seed 0) did not use
 
@@ -118,10 +120,34 @@ def score_and_plan(out: Path, teacher: Teacher, scale: DemoScale, log: Log) -> t
     """Head scores (patching, attribution), their validation by ablation, and the plans; all saved under <out>.
 
     Returns (scores, validation report, plans, notes): `notes` maps a plan left out to why (the same heads
-    as an earlier plan, or impossible for this teacher's shape)."""
-    from hydrahead.scoring import ProbeConfig, build_probes, score_heads, validate_scores
+    as an earlier plan, or impossible for this teacher's shape: found before any scoring). The random baseline
+    draws its heads anew for every distillation seed (`plan_path`), so that its spread is over head sets, not
+    over trainings of one draw; `plans` holds the first seed's."""
+    import numpy as np
+
+    from hydrahead.errors import PlanError
+    from hydrahead.scoring import HeadScores, ProbeConfig, build_probes, score_heads, validate_scores
 
     config = teacher.model.config
+    per_layer = max(1, config.num_attention_heads // 8)  # 7:1 -> one FA head in eight, per layer
+    makers = {  # (patching scores, seed) -> plan
+        "hydrahead-7:1": lambda s, seed: HeadPlan.from_scores(s, ratio="7:1", min_per_layer=1, config=config),
+        RANDOM: lambda s, seed: HeadPlan.random(config, ratio="7:1", seed=seed, min_per_layer=1),
+        "fixed-per-layer-7:1": lambda s, seed: HeadPlan.fixed_per_layer(s, k=per_layer, config=config),
+        "layerwise-3:1": lambda s, seed: HeadPlan.layerwise(config, ratio="3:1"),
+        "layerwise-7:1": lambda s, seed: HeadPlan.layerwise(config, ratio="7:1"),
+        "all-gdn": lambda s, seed: HeadPlan.none(config),
+    }
+    assert set(makers) == set(PLAN_NAMES), "every plan the demo can run has a maker"
+    notes: dict[str, str] = {}
+    shape = (config.num_hidden_layers, config.num_attention_heads)
+    stand_in = HeadScores(np.random.default_rng(0).random(shape), "patching", config.num_key_value_heads)
+    for name in [n for n in makers if n in scale.plans]:  # a plan this shape cannot have, said before the scoring
+        try:
+            makers[name](stand_in, scale.seeds[0])
+        except PlanError as err:
+            notes[name] = f"impossible for this teacher ({shape[0]} layers x {shape[1]} heads): {err}"
+            log(f"{name} left out: {notes[name]}")
     probe_config = ProbeConfig(samples=scale.probe_samples, context_length=teacher.train_length,
                                needle_types=NEEDLE_TYPES)
     probes = build_probes(teacher.tokenizer, probe_config, model=teacher.model)
@@ -141,30 +167,27 @@ def score_and_plan(out: Path, teacher: Teacher, scale: DemoScale, log: Log) -> t
     validation = validate_scores(teacher.model, validation_probes, scores["patching"], top_k=top_k,
                                  seeds=tuple(range(scale.validation_seeds)), compare={"attribution": scores["attribution"]})
     validation.to_json(out / "scores" / "validation.json")
-    per_layer = max(1, config.num_attention_heads // 8)  # 7:1 -> one FA head in eight, per layer
-    makers = {
-        "hydrahead-7:1": lambda: HeadPlan.from_scores(scores["patching"], ratio="7:1", min_per_layer=1, config=config),
-        "random-7:1": lambda: HeadPlan.random(config, ratio="7:1", seed=0, min_per_layer=1),
-        "fixed-per-layer-7:1": lambda: HeadPlan.fixed_per_layer(scores["patching"], k=per_layer, config=config),
-        "layerwise-3:1": lambda: HeadPlan.layerwise(config, ratio="3:1"),
-        "layerwise-7:1": lambda: HeadPlan.layerwise(config, ratio="7:1"),
-        "all-gdn": lambda: HeadPlan.none(config),
-    }
     plans: dict[str, HeadPlan] = {}
-    notes: dict[str, str] = {}
-    assert set(makers) == set(PLAN_NAMES), "every plan the demo can run has a maker"
     for name, make in makers.items():
-        if name not in scale.plans:
+        if name not in scale.plans or name in notes:
             continue
-        plan = make()
+        plan = make(scores["patching"], scale.seeds[0])
         same = next((other for other, p in plans.items() if p.fa_heads == plan.fa_heads), None)
         if same is not None:
             notes[name] = (f"the same FA heads as {same} on this teacher ({config.num_hidden_layers} layers x "
                            f"{config.num_attention_heads} heads), so it is run once, as {same}")
             continue
         plans[name] = plan
-        plan.to_json(out / "plans" / f"{name.replace(':', 'to')}.json")
+        for seed in scale.seeds if name == RANDOM else [None]:
+            (plan if seed in (None, scale.seeds[0]) else make(None, seed)).to_json(plan_path(out, name, seed))
     return scores, validation, plans, notes
+
+
+def plan_path(out: Path, name: str, seed: int | None = None) -> Path:
+    """A plan's file under <out>/plans; the random baseline has one per distillation seed (its heads drawn with
+    that seed)."""
+    suffix = f"-seed{seed}" if name == RANDOM and seed is not None else ""
+    return out / "plans" / f"{name.replace(':', 'to')}{suffix}.json"
 
 
 def recipe_for(out: Path, teacher: Teacher, name: str, seed: int, scale: DemoScale, device: str) -> dict[str, Any]:
@@ -172,7 +195,7 @@ def recipe_for(out: Path, teacher: Teacher, name: str, seed: int, scale: DemoSca
     L, batch = teacher.train_length, scale.distill_batch
     return {
         "teacher": str(teacher.path),
-        "plan": str(out / "plans" / f"{name.replace(':', 'to')}.json"),
+        "plan": str(plan_path(out, name, seed)),
         "output_dir": str(out / "runs" / f"{name.replace(':', 'to')}-seed{seed}"),
         "seed": seed,
         "hybrid": {"preset": scale.preset, **({"train_length": L} if scale.preset == "paper" else {})},
@@ -205,7 +228,8 @@ def distill_all(out: Path, teacher: Teacher, plans: dict[str, HeadPlan], scale: 
         again = (run_dir / ckpt.FILENAME).exists() or (run_dir / "metrics.jsonl").exists()
         try:
             paths[f"{name}/seed{seed}"] = distill.run(recipe, resume=again, teacher=teacher.model,
-                                                     tokenizer=teacher.tokenizer, plan=plans[name])
+                                                     tokenizer=teacher.tokenizer,
+                                                     plan=HeadPlan.from_json(recipe["plan"]))
         except ResumeError as err:
             raise ResumeError(f"{out} holds an earlier demo's run that cannot be continued ({err}); "
                               "give the demo a new --out, or delete the old one") from err
@@ -234,10 +258,10 @@ def evaluate(out: Path, models: dict[str, Any], tokenizer: Any, train_length: in
 def run(out: str | Path = "demo_out", scale: DemoScale | None = None, device: str = "auto",
         quiet: bool = False, retrain_teacher: bool = False,
         after_teacher: Callable[[Any], None] | None = None, teacher: str | Path | None = None,
-        length: int | None = None) -> Path:
+        length: int | None = None, command: str | None = None) -> Path:
     """Run the whole demo into `out`; returns the path of report/index.md. `teacher`: a pretrained model
     (directory or GGUF) instead of the shipped one; `length`: the length everything is built around
-    (`get_teacher`)."""
+    (`get_teacher`); `command`: the command line the report names (default: rebuilt from the scale)."""
     from hydrahead.demo.report import write_demo_report
     from hydrahead.demo.scale import SCALES
     from hydrahead.models.loading import load_model
@@ -271,6 +295,7 @@ def run(out: str | Path = "demo_out", scale: DemoScale | None = None, device: st
     timings["evaluation"] = time.time() - mark
     timings["total"] = time.time() - log.start
     index = write_demo_report(out / "report", scale=scale, teacher=teacher, models=models, plans=plans, notes=notes,
-                              scores=scores, validation=validation, niah=records, ppl=ppl, timings=timings)
+                              scores=scores, validation=validation, niah=records, ppl=ppl, timings=timings,
+                              command=command)
     log(f"report written to {index}")
     return index

@@ -98,19 +98,19 @@ def plot_kv_bytes(sizes: dict[str, int], path: Path) -> None:
 TEACHER_FLOOR = 0.2  # below this NIAH score at 1x, the teacher has no retrieval for students to keep
 
 
-def verdicts(results: dict[str, PlanResult], validation: Any = None) -> list[str]:
+def verdicts(results: dict[str, PlanResult], validation: Any = None, at: str = "its training length") -> list[str]:
     """Plain sentences: can the teacher retrieve, do its top heads carry it, which plan wins and by how much
-    relative to the spread between seeds."""
+    relative to the spread between seeds. `at`: what the shortest evaluated length is to the teacher."""
     lines = []
     teacher = results.get("teacher")
     if teacher is not None:
         native = teacher.per_length[min(teacher.per_length)][0]
         if native < TEACHER_FLOOR:
-            lines.append(f"- **The teacher itself scores {100 * native:.1f} on NIAH at its training length**, so no "
+            lines.append(f"- **The teacher itself scores {100 * native:.1f} on NIAH at {at}**, so no "
                          "student can show retrieval it kept: the NIAH comparison below says nothing about head "
                          "selection.")
         else:
-            lines.append(f"- The teacher scores {100 * native:.1f} on NIAH at its training length "
+            lines.append(f"- The teacher scores {100 * native:.1f} on NIAH at {at} "
                          f"({', '.join(f'{100 * v[0]:.1f} at {n}' for n, v in sorted(teacher.per_length.items())[1:])}).")
     if validation is not None:
         drop_top = validation.accuracy - validation.accuracy_top
@@ -152,6 +152,13 @@ def verdicts(results: dict[str, PlanResult], validation: Any = None) -> list[str
     return lines
 
 
+def _recipe_length() -> int:
+    """The shipped teacher's training length (its recipe's seq_len)."""
+    from hydrahead.demo.teacher_recipe import load_recipe
+
+    return load_recipe().seq_len
+
+
 def _points(drop: float) -> str:
     """A change in points, signed, without a "-0.0"."""
     return f"{-100 * drop:+.1f}".replace("-0.0", "+0.0")
@@ -165,7 +172,7 @@ def _cell(values: list[float]) -> str:
 
 def write_demo_report(out: Path, *, scale: DemoScale, teacher: Any, models: dict[str, Any], plans: dict,
                       notes: dict[str, str], scores: dict, validation: Any, niah: list, ppl: list,
-                      timings: dict[str, float]) -> Path:
+                      timings: dict[str, float], command: str | None = None) -> Path:
     import hydrahead.eval as ev
     from hydrahead.scoring.validate import agreement
 
@@ -184,12 +191,15 @@ def write_demo_report(out: Path, *, scale: DemoScale, teacher: Any, models: dict
     L = teacher.train_length
     source = teacher.manifest.get("source")  # a pretrained teacher (`--teacher`), not the shipped one
     seeds = len(scale.seeds)
+    trained_at = None if source else _recipe_length()
+    at = "its training length" if L == trained_at else f"length {L}"
+    command = command or (f"hydrahead demo --scale {scale.name}"
+                          f"{'' if scale.preset == 'exact' else ' --preset ' + scale.preset}"
+                          f"{' --teacher ' + source + ' --length ' + str(L) if source else ''}")
     lines = [
         "# hydrahead demo report",
         "",
-        f"Command: `hydrahead demo --scale {scale.name}"
-        f"{'' if scale.preset == 'exact' else ' --preset ' + scale.preset}"
-        f"{' --teacher ' + source + ' --length ' + str(L) if source else ''}` · machine: {platform.machine()} "
+        f"Command: `{command}` · machine: {platform.machine()} "
         f"{platform.processor() or ''} · python {platform.python_version()} · "
         f"date {datetime.date.today().isoformat()}",
         "",
@@ -197,7 +207,8 @@ def write_demo_report(out: Path, *, scale: DemoScale, teacher: Any, models: dict
          f"Teacher: {config.model_type} trained from scratch by the project's recipe "
          f"(`hydrahead/demo/assets/teacher_recipe.yaml`, sha256 {str(teacher.manifest.get('recipe_sha256'))[:12]}), ")
         + f"{params / 1e6:.2f}M parameters, {config.num_hidden_layers} layers x {config.num_attention_heads} query heads "
-        f"({config.num_key_value_heads} KV heads, head_dim {config.head_dim}), {'length' if source else 'training length'} {L}. Every student was "
+        f"({config.num_key_value_heads} KV heads, head_dim {config.head_dim}), {'training length' if L == trained_at else 'length'} {L}"
+        f"{f' (trained at {trained_at})' if trained_at and L != trained_at else ''}. Every student was "
         f"distilled from it with the same recipe and budget (align {scale.align_tokens:,} + distill "
         f"{scale.distill_tokens:,} + long-context {scale.long_tokens:,} tokens) and the `{scale.preset}` hybrid "
         f"preset, once per seed {list(scale.seeds)}. "
@@ -206,7 +217,7 @@ def write_demo_report(out: Path, *, scale: DemoScale, teacher: Any, models: dict
         "",
         "## Verdict",
         "",
-        *verdicts(results, validation),
+        *verdicts(results, validation, at),
         *[f"- {name} is not run separately: {why}." for name, why in notes.items()],
         "",
         "## Comparison",
@@ -237,7 +248,9 @@ def write_demo_report(out: Path, *, scale: DemoScale, teacher: Any, models: dict
         lines.append("")
     lines += ["## Plans", ""]
     for name, plan in plans.items():
-        lines.append(f"- **{name}**: FA heads per layer {plan.fa_heads_per_layer}, FA KV heads per layer "
+        drawn = (f" (heads drawn anew for every seed; seed {scale.seeds[0]}'s shown)"
+                 if name == "random-7:1" and seeds > 1 else "")
+        lines.append(f"- **{name}**{drawn}: FA heads per layer {plan.fa_heads_per_layer}, FA KV heads per layer "
                      f"{plan.fa_kv_heads_per_layer}, KV cache {100 * plan.kv_cache_fraction:.1f}% of the teacher")
     lines += ["", "## Time", "", "| step | seconds |", "|---|---:|"]
     lines += [f"| {step} | {seconds:.0f} |" for step, seconds in timings.items()]

@@ -74,3 +74,66 @@ def test_tokenizer_splits_digits_and_keeps_the_needle_vocabulary_whole():
     tok = train_tokenizer(["def f(x):\n    return x + 1\n"] * 50, vocab_size=2048, whole_words=words)
     assert [tok.decode([i]) for i in tok(" 1960230")["input_ids"]] == [" ", "1", "9", "6", "0", "2", "3", "0"]
     assert all(len(tok(" " + w)["input_ids"]) == 1 for w in words)
+
+
+@pytest.mark.slow
+def test_the_random_baseline_draws_its_heads_anew_for_every_seed(tmp_path):
+    """Its spread is then over head sets, not over trainings of one draw; the report says which it shows."""
+    import dataclasses
+
+    from hydrahead import HeadPlan
+    from hydrahead.demo.pipeline import run
+    from hydrahead.demo.scale import SCALES
+
+    scale = dataclasses.replace(SCALES["tiny"], seeds=(0, 1), plans=("hydrahead-7:1", "random-7:1"),
+                                eval_multipliers=(1,))
+    index = run(tmp_path, scale, quiet=True, command="hydrahead demo --scale tiny").read_text()
+    first, second = (HeadPlan.from_json(tmp_path / "plans" / f"random-7to1-seed{s}.json") for s in (0, 1))
+    assert first.fa_heads != second.fa_heads and first.num_fa == second.num_fa
+    assert first.meta["seed"] == 0 and second.meta["seed"] == 1
+    for seed, plan in ((0, first), (1, second)):  # each seed's student was built with its own draw
+        config = json.loads((tmp_path / "runs" / f"random-7to1-seed{seed}" / "final" / "config.json").read_text())
+        assert HeadPlan.from_dict(config["hydrahead"]["plan"]).fa_heads == plan.fa_heads
+    assert "heads drawn anew for every seed; seed 0's shown" in index
+    assert "Command: `hydrahead demo --scale tiny`" in index and "training length 256" in index
+
+
+def test_the_report_names_the_command_as_given():
+    import argparse
+
+    from hydrahead.cli.demo import add_arguments, command_line
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert command_line(parser.parse_args([])) == "hydrahead demo"
+    args = parser.parse_args(["--length", "512", "--budget", "0.5", "--plans", "hydrahead-7:1,all-gdn",
+                              "--scale", "tiny", "--retrain-teacher"])
+    assert command_line(args) == ("hydrahead demo --scale tiny --length 512 --budget 0.5 "
+                                  "--plans hydrahead-7:1,all-gdn --retrain-teacher")
+
+
+def test_plans_a_teachers_shape_cannot_have_are_noted_before_any_scoring(tmp_path, monkeypatch):
+    """2 layers x 4 heads: 7:1 leaves one FA head for two layers that each need one, and layer-wise 7:1 no FA
+    layer. Both are said (and left out) before the scoring, which is where this test stops."""
+    import dataclasses
+
+    import hydrahead.scoring
+    from hydrahead.demo.pipeline import Teacher, score_and_plan
+    from hydrahead.demo.scale import SCALES
+    from tests.conftest import make_teacher
+    from tests.toy_tokenizer import char_tokenizer
+
+    class Scored(Exception):
+        pass
+
+    def score_heads(*args, **kwargs):
+        raise Scored
+
+    monkeypatch.setattr(hydrahead.scoring, "score_heads", score_heads)
+    lines = []
+    teacher = Teacher(make_teacher("llama"), char_tokenizer(), tmp_path, {}, 1000)
+    scale = dataclasses.replace(SCALES["tiny"], plans=("hydrahead-7:1", "layerwise-7:1", "all-gdn"))
+    with pytest.raises(Scored):
+        score_and_plan(tmp_path, teacher, scale, lines.append)
+    assert [line.split(" left out")[0] for line in lines if "left out" in line] == ["hydrahead-7:1", "layerwise-7:1"]
+    assert all("impossible for this teacher (2 layers x 4 heads)" in line for line in lines if "left out" in line)
