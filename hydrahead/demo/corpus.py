@@ -48,18 +48,21 @@ HELDOUT_SOURCES = (
 )
 
 
+MIN_HELDOUT = 4
+
+
 def code_split(code_bytes: int) -> tuple[list[str], list[str]]:
-    """Standard-library sources split into (training, held-out): held out, the HELDOUT_SOURCES this Python has;
-    training, the rest in a fixed shuffled order (on Python 3.11.7, the order the shipped teacher trained in)."""
+    """Standard-library sources split into (training, held-out): held out, the HELDOUT_SOURCES among them, and
+    where fewer than MIN_HELDOUT are (a small recipe's few files), the first others of a fixed shuffle; training,
+    the rest in that shuffled order (on Python 3.11.7, the order the shipped teacher trained in)."""
     import random
 
     sources = stdlib_texts(code_bytes)
     random.Random(0).shuffle(sources)
-    held = [text for name, text in sources if name in HELDOUT_SOURCES]
-    if not held:
-        raise HydraHeadError(f"none of the held-out standard-library files ({', '.join(HELDOUT_SOURCES[:3])}, ...) "
-                             "is among this Python's first sources: no held-out perplexity can be measured")
-    return [text for name, text in sources if name not in HELDOUT_SOURCES], held
+    named = [name for name, _ in sources if name in HELDOUT_SOURCES]
+    others = [name for name, _ in sources if name not in HELDOUT_SOURCES]
+    held = set(named + others[: max(0, MIN_HELDOUT - len(named))])
+    return [text for name, text in sources if name not in held], [text for name, text in sources if name in held]
 
 
 def write_jsonl(path: Path, texts: list[str]) -> None:
