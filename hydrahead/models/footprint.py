@@ -21,12 +21,13 @@ def footprint(model: Any) -> dict[str, Any]:
     teacher_kv = kv_bytes_per_token(config, plan.num_layers * plan.num_kv_heads, itemsize)
     options = model.hydrahead_options
     conv = options.conv_size
+    state_itemsize = max(4, itemsize)  # the recurrent state in fp32, or fp64 for an fp64 model (ops compute_dtype)
     state = 0
     for i in range(plan.num_layers):
         la = plan.gdn_heads(i)
         kv = len({h // plan.group_size for h in la}) if options.gdn_shared_kv else len(la)
-        # fp32 recurrent state (D x D per GDN head) plus the last conv_size - 1 inputs of q, k, v in the model dtype
-        state += len(la) * D * D * 4 + ((len(la) + 2 * kv) * D * (conv - 1) * itemsize if conv else 0)
+        # the recurrent state (D x D per GDN head) plus the last conv_size - 1 inputs of q, k, v in the model dtype
+        state += len(la) * D * D * state_itemsize + ((len(la) + 2 * kv) * D * (conv - 1) * itemsize if conv else 0)
     with torch.device("meta"):
         teacher = model.family.causal_lm_class(config)
     teacher_params = sum(p.numel() for p in teacher.parameters())

@@ -243,12 +243,14 @@ def test_static_cache_refuses_sliding_window_layers():
     assert model.generate(torch.ones(1, 3, dtype=torch.long), max_new_tokens=2, do_sample=False).shape == (1, 5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shared_kv", [False, True], ids=["kv-per-head", "kv-shared"])
 @pytest.mark.parametrize("max_cache_len", [None, 32])
-def test_cache_bytes_are_what_the_footprint_says(max_cache_len, shared_kv):
+def test_cache_bytes_are_what_the_footprint_says(max_cache_len, shared_kv, dtype):
+    """fp64 included: its recurrent state is fp64 too (the plan's figure said fp32)."""
     from hydrahead.models.footprint import footprint
 
-    model = hybrid(gdn_shared_kv=shared_kv)
+    model = hybrid(gdn_shared_kv=shared_kv).to(dtype)
     B, T = 3, 10
     cache = hydrahead.HybridHeadCache(model.config, max_cache_len=max_cache_len)
     with torch.no_grad():
