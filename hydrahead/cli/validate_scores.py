@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from hydrahead.cli.args import output_file, positive_int
 from hydrahead.utils.io import outputs_apart
@@ -83,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
     scoring_config = ProbeConfig.from_dict({**chosen.to_dict(), "seed": scores_seed})
     validation_config = ProbeConfig.from_dict({**chosen.to_dict(), "seed": scores_seed + 1}) \
         if args.probe_seed is None else chosen
+    if chosen.haystack == "files":  # the scores file's own haystack files, before the (slow) load
+        missing = [f for f in chosen.haystack_files if not Path(f).is_file()]
+        if missing:
+            raise ScoringError(f"{args.scores}: its probes' haystack file {missing[0]} is not found (paths are as "
+                               "score was given them); pass --probes-file to name it from here")
     if args.probe_seed == scores_seed:
         print(f"note: --probe-seed {args.probe_seed} is the seed the scores were computed on: the ablation runs on "
               "the probes that chose the heads", flush=True)

@@ -106,6 +106,22 @@ def test_probe_seed_picks_the_ablation_probes_and_leaves_the_agreement_on_the_sc
             ablation_seed == 0)
 
 
+def test_a_scores_files_haystack_file_is_checked_before_the_model_loads(teacher_dir, tmp_path, capsys, monkeypatch):
+    import hydrahead.cli.score as score_cli
+
+    model = str(teacher_dir / "teacher")
+    haystack = tmp_path / "haystack.txt"
+    haystack.write_text(" ".join(f"Sentence number {i} of my own text." for i in range(400)))
+    assert main(["score", "--model", model, "--method", "retrieval", "--out", str(tmp_path / "s.json"),
+                 "--probes-file", str(haystack), *PROBES]) == 0
+    haystack.unlink()
+    monkeypatch.setattr(score_cli, "load_model_and_tokenizer", lambda *a: pytest.fail("loaded the model first"))
+    capsys.readouterr()
+    assert main(["validate-scores", "--model", model, "--scores", str(tmp_path / "s.json")]) == 2
+    err = capsys.readouterr().err
+    assert "haystack file" in err and "haystack.txt is not found" in err and len(err.strip().splitlines()) == 1
+
+
 def test_baseline_plans(teacher_dir, capsys):
     model = str(teacher_dir / "teacher")
     assert main(["plan", "--baseline", "layerwise", "--model", model, "--ratio", "1:1", "--out", str(teacher_dir / "lw.json")]) == 0
