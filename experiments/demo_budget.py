@@ -18,6 +18,7 @@ from pathlib import Path
 
 def main() -> None:
     import hydrahead.distill as distill
+    from hydrahead import HeadPlan
     import hydrahead.eval as ev
     from hydrahead.demo.pipeline import Log, Teacher, build_corpus, recipe_for, score_and_plan
     from hydrahead.demo.scale import get_scale
@@ -40,14 +41,14 @@ def main() -> None:
     scale = get_scale("default", align_tokens=int(base.align_tokens * a.budget),
                       distill_tokens=int(base.distill_tokens * a.budget))
     build_corpus(a.out, teacher, scale, log)
-    _, _, plans, _ = score_and_plan(a.out, teacher, scale, log)
+    score_and_plan(a.out, teacher, scale, log)  # writes the plan files the recipe names
     recipe = recipe_for(a.out, teacher, a.plan, a.seed, scale, "cpu")
     final = Path(recipe["output_dir"]) / "final"
     if final.is_dir():  # rerun into the same --out: evaluate what is there
         log(f"{final} exists: evaluating it without distilling again")
     else:
         started = time.time()
-        final = distill.run(recipe, teacher=model, tokenizer=tokenizer, plan=plans[a.plan])
+        final = distill.run(recipe, teacher=model, tokenizer=tokenizer, plan=HeadPlan.from_json(recipe["plan"]))
         log(f"distilled {a.plan} with {a.budget}x the demo's align + distill tokens in {time.time() - started:.0f} s")
     records = ev.niah({"student": load_model(final), "teacher": model}, tokenizer, [a.length], scale.eval_depths,
                       tasks=list(scale.tasks), samples=scale.eval_samples, seed=0, progress=False)

@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--plans", default="hydrahead-7:1,all-gdn")
     args = parser.parse_args()
 
-    from hydrahead import distill
+    from hydrahead import HeadPlan, distill
     from hydrahead.demo.pipeline import Log, build_corpus, evaluate, get_teacher, recipe_for, score_and_plan
     from hydrahead.demo.report import niah_table, plan_results
     from hydrahead.demo.scale import get_scale
@@ -56,7 +56,8 @@ def main() -> None:
                 recipe["hybrid"]["gdn_shared_kv"] = shared
                 recipe["output_dir"] = str(out / "runs" / f"{label.replace(':', 'to')}-seed{seed}")
                 log(f"distilling {label}, seed {seed}")
-                final = distill.run(recipe, teacher=teacher.model, tokenizer=teacher.tokenizer, plan=plans[name])
+                final = distill.run(recipe, teacher=teacher.model, tokenizer=teacher.tokenizer,
+                                    plan=HeadPlan.from_json(recipe["plan"]))  # random 7:1: this seed's draw
                 records = [r for r in read_metrics(recipe["output_dir"]) if r.get("stage") == "distill" and "loss" in r]
                 losses[f"{label}/seed{seed}"] = records[-1]["loss"] if records else float("nan")
                 model = load_model(final, "float32")

@@ -45,23 +45,18 @@ def _select(scores: list[list[float]], count: int, min_per_layer: int) -> tuple[
     rest over all layers until `count` are chosen. Ties go to the lower layer, then the lower index.
     Returns the chosen units per layer and how many of them were picked by that rule: chosen with the same score
     as a unit left out of the same pick (a layer's own for its minimum, any layer's for the rest)."""
-    order = [sorted(range(len(row)), key=lambda u: (-row[u], u)) for row in scores]
-    chosen = [units[:min_per_layer] for units in order]
-    tied = sum(_tied([row[u] for u in units[:min_per_layer]], [row[u] for u in units[min_per_layer:]])
-               for row, units in zip(scores, order))
-    taken = {(layer, u) for layer, units in enumerate(chosen) for u in units}
-    rest = sorted(((layer, u) for layer, row in enumerate(scores) for u in range(len(row)) if (layer, u) not in taken),
+    chosen = [sorted(range(len(row)), key=lambda u: (-row[u], u))[:min_per_layer] for row in scores]
+    minimum = {(layer, u) for layer, units in enumerate(chosen) for u in units}
+    rest = sorted(((layer, u) for layer, row in enumerate(scores) for u in range(len(row)) if (layer, u) not in minimum),
                   key=lambda lu: (-scores[lu[0]][lu[1]], lu))
-    picked, left = rest[: count - len(taken)], rest[count - len(taken):]
+    picked, left = rest[: count - len(minimum)], rest[count - len(minimum):]
     for layer, u in picked:
         chosen[layer].append(u)
-    tied += _tied([scores[layer][u] for layer, u in picked], [scores[layer][u] for layer, u in left])
+    # a pick the scores did not decide: a unit left out in the end has its score (in its layer, for the minimum)
+    best_left = max((scores[layer][u] for layer, u in left), default=None)
+    tied = sum(scores[layer][u] == best_left for layer, u in picked)
+    tied += sum(any(scores[layer][u] == scores[layer][w] for lw, w in left if lw == layer) for layer, u in minimum)
     return chosen, tied
-
-
-def _tied(picked: list[float], left: list[float]) -> int:
-    """How many picked scores equal the best score left out: picks the scores do not decide."""
-    return sum(score == max(left) for score in picked) if picked and left else 0
 
 
 def _score_rows(scores: Any) -> list[list[float]]:

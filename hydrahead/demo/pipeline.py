@@ -172,7 +172,9 @@ def score_and_plan(out: Path, teacher: Teacher, scale: DemoScale, log: Log) -> t
         if name not in scale.plans or name in notes:
             continue
         plan = make(scores["patching"], scale.seeds[0])
-        same = next((other for other, p in plans.items() if p.fa_heads == plan.fa_heads), None)
+        # the random baseline is a draw per seed: never the same plan as another, whatever its first draw
+        same = None if name == RANDOM else next(
+            (other for other, p in plans.items() if other != RANDOM and p.fa_heads == plan.fa_heads), None)
         if same is not None:
             notes[name] = (f"the same FA heads as {same} on this teacher ({config.num_hidden_layers} layers x "
                            f"{config.num_attention_heads} heads), so it is run once, as {same}")
@@ -221,15 +223,15 @@ def distill_all(out: Path, teacher: Teacher, plans: dict[str, HeadPlan], scale: 
     paths, runs = {}, [(name, seed) for name in plans for seed in scale.seeds]
     for i, (name, seed) in enumerate(runs, 1):
         started = time.time()
-        log(f"distilling {name}, seed {seed} ({i}/{len(runs)}): {plans[name].num_fa} FA heads, "
-            f"KV cache {100 * plans[name].kv_cache_fraction:.1f}% of the teacher")
         recipe = recipe_for(out, teacher, name, seed, scale, device)
+        plan = HeadPlan.from_json(recipe["plan"])  # random 7:1: this seed's draw
+        log(f"distilling {name}, seed {seed} ({i}/{len(runs)}): {plan.num_fa} FA heads, "
+            f"KV cache {100 * plan.kv_cache_fraction:.1f}% of the teacher")
         run_dir = Path(recipe["output_dir"])  # a demo rerun into the same --out: resumed, or refused
         again = (run_dir / ckpt.FILENAME).exists() or (run_dir / "metrics.jsonl").exists()
         try:
             paths[f"{name}/seed{seed}"] = distill.run(recipe, resume=again, teacher=teacher.model,
-                                                     tokenizer=teacher.tokenizer,
-                                                     plan=HeadPlan.from_json(recipe["plan"]))
+                                                     tokenizer=teacher.tokenizer, plan=plan)
         except ResumeError as err:
             raise ResumeError(f"{out} holds an earlier demo's run that cannot be continued ({err}); "
                               "give the demo a new --out, or delete the old one") from err

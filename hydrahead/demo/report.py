@@ -182,7 +182,10 @@ def write_demo_report(out: Path, *, scale: DemoScale, teacher: Any, models: dict
     lengths = sorted({r.length for r in niah})
     table = niah_table(niah, labels, lengths)
     results = plan_results(table, {r.model: r.overall_ppl for r in ppl})
-    sizes = {plan_of(n): model_kv_bytes_per_token(m) for n, m in models.items()}
+    per_seed: dict[str, list[int]] = {}  # a plan's KV bytes per token, per seed (random 7:1's draws differ)
+    for label, model in models.items():
+        per_seed.setdefault(plan_of(label), []).append(model_kv_bytes_per_token(model))
+    sizes = {name: max(values) for name, values in per_seed.items()}
     plot_kv_bytes(sizes, out / "kv_bytes.png")
     k = plans[HYDRAHEAD].num_fa if HYDRAHEAD in plans else 8
     agree = agreement(scores, k=k) if len(scores) > 1 else {}
@@ -207,7 +210,8 @@ def write_demo_report(out: Path, *, scale: DemoScale, teacher: Any, models: dict
          f"Teacher: {config.model_type} trained from scratch by the project's recipe "
          f"(`hydrahead/demo/assets/teacher_recipe.yaml`, sha256 {str(teacher.manifest.get('recipe_sha256'))[:12]}), ")
         + f"{params / 1e6:.2f}M parameters, {config.num_hidden_layers} layers x {config.num_attention_heads} query heads "
-        f"({config.num_key_value_heads} KV heads, head_dim {config.head_dim}), {'training length' if L == trained_at else 'length'} {L}"
+        f"({config.num_key_value_heads} KV heads, head_dim {config.head_dim}), "
+        f"{'training length' if L == trained_at else 'length'} {L}"
         f"{f' (trained at {trained_at})' if trained_at and L != trained_at else ''}. Every student was "
         f"distilled from it with the same recipe and budget (align {scale.align_tokens:,} + distill "
         f"{scale.distill_tokens:,} + long-context {scale.long_tokens:,} tokens) and the `{scale.preset}` hybrid "
@@ -231,10 +235,15 @@ def write_demo_report(out: Path, *, scale: DemoScale, teacher: Any, models: dict
     for name, res in results.items():
         plan = plans.get(name)
         fa = "all" if plan is None else str(plan.num_fa)
-        frac = sizes[name] / sizes["teacher"] if sizes["teacher"] else float("nan")
+        low, high = min(per_seed[name]), max(per_seed[name])
+
+        def share(n: int) -> str:
+            return f"{100 * n / sizes['teacher']:.1f}%" if sizes["teacher"] else "nan%"
+
+        kv = f"{high:,}" if low == high else f"{low:,}-{high:,}"
+        frac = share(high) if low == high else f"{share(low)}-{share(high)}"
         cells = " | ".join(_cell(res.per_length[n]) for n in lengths)
-        lines.append(f"| {name} | {fa} | {sizes[name]:,} | {100 * frac:.1f}% | {cells} | {_cell(res.overall)} | "
-                     f"{_mean(res.ppl):.2f} |")
+        lines.append(f"| {name} | {fa} | {kv} | {frac} | {cells} | {_cell(res.overall)} | {_mean(res.ppl):.2f} |")
     lines += ["", "![NIAH accuracy vs length](niah_accuracy.png)", "", "![KV cache per token](kv_bytes.png)", "",
               "![perplexity by position](ppl_by_position.png)", ""]
     lines += ["## Head importance and its validation", "", "![head importance](heads.png)", ""]

@@ -54,7 +54,7 @@ stages:                             # run in this order; leave one out or set sk
     batch_size: 32
     lr: 1.0e-4
     temperature: 1.0
-    kl_weight: 1.0
+    kl_weight: 1.0                  # 0: next-token CE alone (times ce_weight), and the teacher is not run
     ce_weight: 1.0
     loss_chunk: 1024                # logits computed 1024 positions at a time
     # lora: {r: 16, alpha: 32}      # LoRA (peft) on the backbone instead of full fine-tuning

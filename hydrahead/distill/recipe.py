@@ -348,8 +348,9 @@ class Recipe(_RecipeFile):
         data["hybrid"] = self.hybrid_options().to_dict()
         if not data["hybrid"]["gdn_mean_output"]:  # what a run from before the option computed: it resumes
             del data["hybrid"]["gdn_mean_output"]
-        if plan is not None:
-            data["plan"] = plan
+        if plan is not None:  # its meta's tie count is a note about how it was made, not what it is
+            data["plan"] = {**plan, "meta": {k: v for k, v in plan.get("meta", {}).items() if k != "tied_picks"}} \
+                if isinstance(plan.get("meta"), dict) else plan
         return data
 
 

@@ -1,9 +1,10 @@
 """Depthwise causal short convolution (kernel K) with SiLU, as in front of q/k/v in Gated DeltaNet.
 
 It starts as the identity (only the tap on the current token is 1), so a converted head sees silu of the
-teacher's q/k/v at initialisation (docs/method.md section 2, ours; the SiLU as in fla and Qwen3-Next). With a cache, the last K - 1 inputs live
-in the cache layer's conv state (`conv_window`), so decode needs only the new token: one multiply-add
-over the K-wide window, as fla's `causal_conv1d_update` does, rather than a convolution call.
+teacher's q/k/v at initialisation (docs/method.md section 2, ours; the SiLU as in fla and Qwen3-Next). With a
+cache, the last K - 1 inputs live in the cache layer's conv state (`conv_window`), so decode needs only the new
+token: one multiply-add over the K-wide window, as fla's `causal_conv1d_update` does, rather than a convolution
+call.
 
 Everything stays in the projections' (B, T, C) layout: the convolution is K shifted multiply-adds over
 the window, which on CPU is about twice as fast as a depthwise `conv1d` (whose (B, C, T) layout needs

@@ -54,7 +54,7 @@ def gguf_config(file: Path) -> dict[str, Any]:
         raise CheckpointError(f"{file} is not a readable GGUF model: {one_line(err)}") from err
     if scaling:
         raise CheckpointError(f"{file} scales its RoPE ({scaling}), which transformers' GGUF loader drops: the "
-                              "model would run with plain RoPE, wrong at long positions; load the original "
+                              "model would run with plain RoPE, another model than the file's; load the original "
                               "safetensors checkpoint instead")
     return config
 
@@ -68,7 +68,8 @@ def rope_scaling(file: Path) -> str | None:
     reader = GGUFReader(str(file))
     kind = next((f for name, f in reader.fields.items() if name.endswith(".rope.scaling.type")), None)
     if kind is not None and str(kind.contents()).lower() not in ("none", ""):
-        factor = next((f.contents() for name, f in reader.fields.items() if name.endswith(".rope.scaling.factor")), None)
+        factor = next((f.contents() for name, f in reader.fields.items() if name.endswith(".rope.scaling.factor")),
+                      None)
         return f"type {kind.contents()}" + (f", factor {factor:g}" if isinstance(factor, (int, float)) else "")
     if any(tensor.name == "rope_freqs.weight" for tensor in reader.tensors):
         return "a rope_freqs tensor of per-frequency factors"

@@ -7,6 +7,7 @@ JSON layout (arrays as nested lists, layers outermost):
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,4 +179,4 @@ def _numbers_only(table: Any) -> bool:
         return table.dtype.kind in "iuf"
     if isinstance(table, (list, tuple)):
         return all(_numbers_only(x) for x in table)
-    return isinstance(table, (int, float)) and not isinstance(table, bool)
+    return isinstance(table, numbers.Real) and not isinstance(table, (bool, np.bool_))  # numpy scalars too

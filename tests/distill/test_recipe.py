@@ -149,3 +149,13 @@ def test_lengths_and_budgets_follow_one_convention():
     for bad in ("16q", "k", "-1", "", "1kk", "1.7k", "1e400"):
         with pytest.raises(ValueError):
             parse_length(bad)
+
+
+def test_a_plans_tie_count_is_not_part_of_the_run_identity():
+    """`tied_picks` says how a plan was made (equal scores decided some heads), not what it is: a demo rerun whose
+    plan now carries it resumes the same run."""
+    recipe = Recipe.from_dict(minimal())
+    plan = {"fa_heads": [[0], [1]], "num_heads": 4, "num_kv_heads": 2, "meta": {"method": "patching"}}
+    noted = {**plan, "meta": {"method": "patching", "tied_picks": 3}}
+    assert recipe.fingerprint(noted) == recipe.fingerprint(plan)
+    assert recipe.fingerprint({**plan, "fa_heads": [[0], [2]]}) != recipe.fingerprint(plan)

@@ -236,6 +236,24 @@ def test_a_used_output_dir_is_never_appended_to(workspace, tmp_path):
     assert not list(out.glob(".*.tmp")) and not list(out.glob(".*.old"))
 
 
+def test_a_checkpoint_whose_identity_has_gradient_checkpointing_resumes(workspace, tmp_path):
+    """Written before the key joined RUNTIME_KEYS (its identity and fingerprint with it): checkpoint.load compares
+    the identity without it."""
+    from hydrahead.utils.io import json_sha256
+
+    stages = {"align": tiny_stage(tokens=4 * 4 * 32)}
+    recipe = tiny_recipe(workspace, tmp_path / "run", stages, training={"checkpoint_every": 1})
+    with pytest.raises(KeyboardInterrupt):
+        run(recipe, callbacks=[kill_at("align", 2)])
+    path = tmp_path / "run" / FILENAME
+    payload = read_payload(path)
+    payload["identity"]["training"]["gradient_checkpointing"] = False  # as an older version stored it
+    payload["fingerprint"] = json_sha256(payload["identity"])[:16]
+    write_payload(path, payload)
+    run(recipe, resume=True)
+    assert [m["step"] for m in read_metrics(tmp_path / "run") if "loss" in m] == [1, 2, 3, 4]
+
+
 def test_gradient_checkpointing_may_be_turned_on_to_resume(workspace, tmp_path):
     """It changes the memory a run takes, not what it computes (RUNTIME_KEYS): the fix after running out of memory
     is to turn it on and --resume."""

@@ -57,6 +57,9 @@ def test_picks_the_scores_do_not_decide_are_counted_and_printed(tmp_path, capsys
     scores = HeadScores(values, "patching", 2)
     plan = HeadPlan.from_scores(scores, ratio="3:1", min_per_layer=1)
     assert plan.fa_heads == ((0,), (0,), (0,), (2,)) and plan.meta["tied_picks"] == 3
+    values = np.array([[0.5, 0.5], [0.9, 0.1]])  # layer 0's tie: its minimum takes head 0, the global pick head 1
+    both = HeadPlan.from_scores(HeadScores(values, "patching", 1), ratio="1:3", min_per_layer=1)
+    assert both.fa_heads == ((0, 1), (0,)) and "tied_picks" not in both.meta  # both kept: the tie decided nothing
     scores.to_json(tmp_path / "scores.json")
     assert main(["plan", "--scores", str(tmp_path / "scores.json"), "--ratio", "3:1", "--out",
                  str(tmp_path / "plan.json")]) == 0

@@ -72,6 +72,11 @@ def test_bad_files(tmp_path):
             HeadScores.from_json(tmp_path / "edited.json")
 
 
+def test_numpy_numbers_in_a_mapping_are_numbers():
+    data = {"method": "patching", "values": [[np.float32(0.5), np.int64(1)]], "num_kv_heads": 1}
+    assert HeadScores.from_dict(data).values.tolist() == [[0.5, 1.0]]
+
+
 def test_a_hand_edited_senders_flag_is_read_as_written():
     written = scores()
     written.metadata.update(senders=False)
