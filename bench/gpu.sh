@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU check of issue 28 in one device call of at most 9 minutes: the CUDA tests, then
-# bench/inference.py on the Qwen3-1.7B layer shape in bf16, in four runs with their own time limits and
-# JSON files (a run cut short keeps its finished sections): (1) op counts and prefill 4K-128K, with a
-# profile of one more prefill at 8K and 128K (where the time goes: the ops that took the most); (2) eager
-# decode and decode under CUDA graphs at 16K and 128K, batch 1 and 8, and a plain generate() at 16K and
-# 128K with the hybrid's first-call compile time; (3) the largest batch whose cache fits at 128K; (4) the
-# host's time per eager decode step and per 64-token prompt at widths too narrow to count (what bounds eager
-# decode on a GPU, and a prefill wherever its kernels take less).
+# bench/inference.py on the Qwen3-1.7B layer shape in bf16, in six runs with their own time limits and
+# JSON files (a run cut short keeps its finished sections): (1) prefill 4K-128K, with a profile of one more
+# prefill at 8K and 128K (where the time goes: the ops that took the most); (2) a plain generate() at 16K and
+# 128K with the hybrid's first-call compile time; (3) eager decode and decode under CUDA graphs at 16K and
+# 128K, batch 1 (each graph row records its graph, break and skipped-CUDA-graph counts); (4) eager decode at
+# batch 8, 128K, and the largest batch whose cache fits at 128K; (5) op counts; (6) the host's time per eager
+# decode step and per 64-token prompt at widths too narrow to count (what bounds eager decode on a GPU, and a
+# prefill wherever its kernels take less).
 #
 # Usage:  bench/gpu.sh OUT [extra bench/inference.py options]
 # On the device (torch 2.11, transformers 5.17, triton, no fla, no network), with fla's two wheels carried:
@@ -17,7 +18,7 @@
 # On a CPU (what the test runs, tiny sizes):  DEVICE=cpu bench/gpu.sh out/ --layers 1 --prefill 256 ...
 set -euo pipefail
 if [ $# -lt 1 ]; then
-    sed -n '2,17p' "$0" >&2
+    sed -n '2,18p' "$0" >&2
     exit 2
 fi
 mkdir -p "$1"
@@ -40,15 +41,22 @@ fi
 
 BENCH=("$PY" bench/inference.py --device "$DEVICE" --models teacher,hydrahead-7:1,all-gdn)
 if [ "$DEVICE" = cuda ]; then
-    timeout 120 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tail -15 | tee "$OUT/cuda_tests.txt" || true
+    export TRITON_PRINT_AUTOTUNING=1  # the log shows where fla's first calls spend their time
+    # Each run its own process and time limit, the most wanted first: a run cut short keeps its finished rows, and
+    # the limits add up to 520 s. Compiles are few: CUDA graphs at batch 1 only (16K, 128K), batch 8 eager.
+    timeout -k 5 90 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tail -15 | tee "$OUT/cuda_tests.txt" || true
     COMMON=(--dtype bf16 --layers 4 --vocab 21760 --repeats 2)
-    timeout 165 "${BENCH[@]}" "${COMMON[@]}" --sections ops,prefill --prefill 4096,8192,16384,65536,131072 \
+    timeout -k 5 120 "${BENCH[@]}" "${COMMON[@]}" --sections prefill --prefill 4096,8192,16384,65536,131072 \
         --profile 8192,131072 --json "$OUT/prefill.json" "$@" 2>&1 | tee "$OUT/prefill.txt" || true
-    timeout 180 "${BENCH[@]}" "${COMMON[@]}" --sections decode,generate --decode 16384,131072 --batch 1,8 --graphs \
-        --generate 16384,131072 --json "$OUT/decode.json" "$@" 2>&1 | tee "$OUT/decode.txt" || true
-    timeout 40 "${BENCH[@]}" "${COMMON[@]}" --sections max-batch --max-batch 131072 \
-        --json "$OUT/max_batch.json" "$@" 2>&1 | tee "$OUT/max_batch.txt" || true
-    timeout 30 "${BENCH[@]}" "${COMMON[@]}" --sections host --ops-layers 4 \
+    timeout -k 5 80 "${BENCH[@]}" "${COMMON[@]}" --sections generate --generate 16384,131072 --new-tokens 64 \
+        --json "$OUT/generate.json" "$@" 2>&1 | tee "$OUT/generate.txt" || true
+    timeout -k 5 120 "${BENCH[@]}" "${COMMON[@]}" --sections decode --decode 16384,131072 --batch 1 --graphs \
+        --json "$OUT/decode.json" "$@" 2>&1 | tee "$OUT/decode.txt" || true
+    timeout -k 5 40 "${BENCH[@]}" "${COMMON[@]}" --sections decode,max-batch --decode 131072 --batch 8 \
+        --max-batch 131072 --json "$OUT/max_batch.json" "$@" 2>&1 | tee "$OUT/max_batch.txt" || true
+    timeout -k 5 30 "${BENCH[@]}" "${COMMON[@]}" --sections ops --json "$OUT/ops.json" "$@" 2>&1 \
+        | tee "$OUT/ops.txt" || true
+    timeout -k 5 40 "${BENCH[@]}" "${COMMON[@]}" --sections host --ops-layers 4 \
         --json "$OUT/host.json" "$@" 2>&1 | tee "$OUT/host.txt" || true
 else  # the CPU dry run: every section once, small
     "${BENCH[@]}" --sections ops,host,floors,prefill,decode,generate,max-batch --profile --json "$OUT/inference.json" \
