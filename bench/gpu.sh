@@ -43,16 +43,16 @@ BENCH=("$PY" bench/inference.py --device "$DEVICE" --models teacher,hydrahead-7:
 if [ "$DEVICE" = cuda ]; then
     export TRITON_PRINT_AUTOTUNING=1  # the log shows where fla's first calls spend their time
     # Each run its own process and time limit, the most wanted first: a run cut short keeps its finished rows, and
-    # the limits add up to 520 s. Compiles are few: CUDA graphs at batch 1 only (16K, 128K), batch 8 eager.
+    # the limits add up to 525 s. Compiles are few: CUDA graphs at batch 1 only (16K, 128K), batch 8 eager.
     timeout -k 5 90 "$PY" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tail -15 | tee "$OUT/cuda_tests.txt" || true
     COMMON=(--dtype bf16 --layers 4 --vocab 21760 --repeats 2)
-    timeout -k 5 120 "${BENCH[@]}" "${COMMON[@]}" --sections prefill --prefill 4096,8192,16384,65536,131072 \
+    timeout -k 5 115 "${BENCH[@]}" "${COMMON[@]}" --sections prefill --prefill 4096,8192,16384,65536,131072 \
         --profile 8192,131072 --json "$OUT/prefill.json" "$@" 2>&1 | tee "$OUT/prefill.txt" || true
     timeout -k 5 80 "${BENCH[@]}" "${COMMON[@]}" --sections generate --generate 16384,131072 --new-tokens 64 \
         --json "$OUT/generate.json" "$@" 2>&1 | tee "$OUT/generate.txt" || true
-    timeout -k 5 120 "${BENCH[@]}" "${COMMON[@]}" --sections decode --decode 16384,131072 --batch 1 --graphs \
+    timeout -k 5 110 "${BENCH[@]}" "${COMMON[@]}" --sections decode --decode 16384,131072 --batch 1 --graphs \
         --json "$OUT/decode.json" "$@" 2>&1 | tee "$OUT/decode.txt" || true
-    timeout -k 5 40 "${BENCH[@]}" "${COMMON[@]}" --sections decode,max-batch --decode 131072 --batch 8 \
+    timeout -k 5 60 "${BENCH[@]}" "${COMMON[@]}" --sections decode,max-batch --decode 131072 --batch 8 \
         --max-batch 131072 --json "$OUT/max_batch.json" "$@" 2>&1 | tee "$OUT/max_batch.txt" || true
     timeout -k 5 30 "${BENCH[@]}" "${COMMON[@]}" --sections ops --json "$OUT/ops.json" "$@" 2>&1 \
         | tee "$OUT/ops.txt" || true

@@ -665,7 +665,7 @@ def max_batch(model, context: int, max_tries: int = 6) -> dict:
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(device)
     batch = int(0.9 * free // per_sequence)  # 10% for activations and the allocator
-    checked = False
+    fits, fails = 0, None  # the largest batch that fit, the smallest that did not
     for _ in range(max_tries):
         if batch < 1:
             break
@@ -674,17 +674,19 @@ def max_batch(model, context: int, max_tries: int = 6) -> dict:
             token = torch.ones(batch, 1, dtype=torch.long, device=device)
             eager_step(model, token, torch.full((batch, 1), context, device=device), cache)
             sync(device)
-            checked = True
-            break
+            fits = batch
         except (torch.OutOfMemoryError, RuntimeError) as err:  # cuBLAS / Triton allocation failures too
             if not isinstance(err, torch.OutOfMemoryError) and "out of memory" not in str(err).lower():
                 raise
-            batch //= 2
+            fails = batch
         finally:
             cache = None
             gc.collect()
             torch.cuda.empty_cache()
-    return {"batch": batch if checked else 0, "bytes_per_sequence": per_sequence, "checked": checked}
+        if fails is None or fails - fits <= max(1, fits // 16):  # the first guess fit, or within 1/16 of the edge
+            break
+        batch = (fits + fails) // 2 if fits else fails // 2  # halve until one fits, then bisect
+    return {"batch": fits, "bytes_per_sequence": per_sequence, "checked": fits > 0, "first_failure": fails}
 
 
 def main() -> None:

@@ -31,4 +31,25 @@ def test_max_batch_divides_free_memory_by_what_a_sequence_holds(monkeypatch):
         else:
             figures = footprint(model)
             per_sequence = figures["kv_bytes_per_token"] * (context + 1) + figures["state_bytes_per_sequence"]
-        assert row == {"batch": int(0.9 * FREE // per_sequence), "bytes_per_sequence": per_sequence, "checked": True}
+        assert row == {"batch": int(0.9 * FREE // per_sequence), "bytes_per_sequence": per_sequence, "checked": True,
+                       "first_failure": None}
+
+
+def test_a_first_guess_that_does_not_fit_is_bisected_not_only_halved(monkeypatch):
+    """On a GPU the first guess can miss by the filling's temporaries: halving alone reported about half the
+    capacity. With batches above 19 out of memory (the first guess is 28), the search ends within 1/16 of the
+    edge."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (FREE, 80 << 30))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    args = types.SimpleNamespace(models=["teacher"], dtype="fp32", device="cpu")
+    model = inference.build_models(args, layers=2, hidden=64, intermediate=128, vocab=512, head_dim=16)["teacher"]
+    real = inference.eager_step
+
+    def step(model, token, position, cache):
+        if token.shape[0] > 19:
+            raise torch.OutOfMemoryError("CUDA out of memory (stand-in)")
+        return real(model, token, position, cache)
+
+    monkeypatch.setattr(inference, "eager_step", step)
+    row = inference.max_batch(model, 256)
+    assert row["checked"] and row["batch"] == 19 and row["first_failure"] == 20  # halving alone: 14
