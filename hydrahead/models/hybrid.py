@@ -299,9 +299,8 @@ def inference_piece(model, x, attention_mask, position_ids, past_key_values, use
     gets it through `forward`. Pieces need a cache, so `use_cache=False` builds one and drops it. One forward
     instead: another device, autograd on, while compiling, attention weights asked for, a mask other than a 2D
     tensor (4D, or the per-layer-type dict transformers builds for a static cache), `logits_to_keep` given as
-    indices (or with labels), packed
-    rows (position_ids restarting, without a cache or a mask: the GDN heads restart per document only in one
-    forward)."""
+    indices (or with labels), packed rows (position_ids restarting, without a cache or a mask: the GDN heads
+    restart per document only in one forward)."""
     if x is None or x.device.type != "cpu" or model.device.type != "cpu" or torch.is_grad_enabled() \
             or torch.compiler.is_compiling():
         return None
