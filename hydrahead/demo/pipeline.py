@@ -180,8 +180,9 @@ def score_and_plan(out: Path, teacher: Teacher, scale: DemoScale, log: Log) -> t
                            f"{config.num_attention_heads} heads), so it is run once, as {same}")
             continue
         plans[name] = plan
-        for seed in scale.seeds if name == RANDOM else [None]:
-            (plan if seed in (None, scale.seeds[0]) else make(None, seed)).to_json(plan_path(out, name, seed))
+        plan.to_json(plan_path(out, name, scale.seeds[0]))
+        for seed in scale.seeds[1:] if name == RANDOM else []:  # the other seeds' draws
+            make(None, seed).to_json(plan_path(out, name, seed))
     return scores, validation, plans, notes
 
 

@@ -232,14 +232,13 @@ def write_demo_report(out: Path, *, scale: DemoScale, teacher: Any, models: dict
         + " | ".join(f"NIAH {n // L}x ({n})" for n in lengths) + " | NIAH mean | held-out ppl |",
         "|---|---:|---:|---:|" + "---:|" * len(lengths) + "---:|---:|",
     ]
+    def share(n: int) -> str:
+        return f"{100 * n / sizes['teacher']:.1f}%" if sizes["teacher"] else "nan%"
+
     for name, res in results.items():
         plan = plans.get(name)
         fa = "all" if plan is None else str(plan.num_fa)
         low, high = min(per_seed[name]), max(per_seed[name])
-
-        def share(n: int) -> str:
-            return f"{100 * n / sizes['teacher']:.1f}%" if sizes["teacher"] else "nan%"
-
         kv = f"{high:,}" if low == high else f"{low:,}-{high:,}"
         frac = share(high) if low == high else f"{share(low)}-{share(high)}"
         cells = " | ".join(_cell(res.per_length[n]) for n in lengths)

@@ -46,8 +46,8 @@ from hydrahead.distill import distributed
 from hydrahead.distill.data import DataPosition
 from hydrahead.distill.distributed import DistEnv
 from hydrahead.errors import HydraHeadError, OutputError, ResumeError, one_line
-from hydrahead.distill.recipe import diff_identities, without_runtime_keys
-from hydrahead.utils.io import atomic_write, json_sha256
+from hydrahead.distill.recipe import diff_identities, fingerprint_of, without_runtime_keys
+from hydrahead.utils.io import atomic_write
 
 FILENAME = "checkpoint.safetensors"
 LEGACY_FILENAME = "checkpoint.pt"  # format 2 and older: a pickle, which is not read
@@ -358,7 +358,7 @@ def load(path: Path, identity: dict[str, Any], fingerprint: str, accept: Accept 
     step = int(payload["state"].get("step", 0))
     # a run written before a key joined RUNTIME_KEYS stored it in its identity: compared without it
     stored = without_runtime_keys(payload["identity"])
-    same = payload["fingerprint"] == fingerprint or json_sha256(stored)[:16] == fingerprint
+    same = payload["fingerprint"] == fingerprint or fingerprint_of(stored) == fingerprint
     if not same and not (accept is not None and accept(stored, step)):
         changes = diff_identities(stored, identity) or ["(identity unchanged, fingerprint differs)"]
         raise ResumeError(
@@ -418,12 +418,11 @@ def open_run(output_dir: Path, resume: bool, identity: dict[str, Any], fingerpri
     has_final = (output_dir / FINAL).exists()
     barrier()  # all processes have looked before anything is removed
     if is_main and output_dir.is_dir():
-        for tmp in output_dir.glob(".*.tmp"):
+        for tmp in [*output_dir.glob(".*.tmp"), *output_dir.glob(f".{FINAL}.*.old")]:
             if tmp.is_file():
                 tmp.unlink(missing_ok=True)
-        for debris in [*output_dir.glob(f".{FINAL}.*.tmp"), *output_dir.glob(f".{FINAL}.*.old")]:
-            if debris.is_dir():  # what a kill during `save_final`'s swap left (models/loading.py save_hybrid)
-                shutil.rmtree(debris, ignore_errors=True)
+            elif tmp.is_dir() and tmp.name.startswith(f".{FINAL}."):  # a kill during `save_final`'s swap
+                shutil.rmtree(tmp, ignore_errors=True)  # (models/loading.py save_hybrid)
     if resume:
         if not has_checkpoint and has_final:
             raise ResumeError(f"--resume: {output_dir} holds a final model but no checkpoint, so nothing can be "

@@ -307,7 +307,7 @@ class _RecipeFile:
         return without_runtime_keys(self.to_dict())
 
     def fingerprint(self, plan: dict[str, Any] | None = None) -> str:
-        return json_sha256(self.identity(plan))[:16]
+        return fingerprint_of(self.identity(plan))
 
 
 @dataclass(kw_only=True)
@@ -378,6 +378,11 @@ class PretrainRecipe(_RecipeFile):
     def __post_init__(self) -> None:
         self.check_seed()
         check("model_type" in self.model, "model", "must name its model_type (e.g. llama)")
+
+
+def fingerprint_of(identity: dict[str, Any]) -> str:
+    """A run identity's fingerprint, what a checkpoint records and --resume compares."""
+    return json_sha256(identity)[:16]
 
 
 def without_runtime_keys(data: dict[str, Any]) -> dict[str, Any]:
