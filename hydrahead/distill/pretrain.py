@@ -137,9 +137,8 @@ def pretrain(
         heldout = corpora.eval_batches(eval_files, recipe.stage.seq_len, recipe.data.eval_sequences)
         builtin = [HeldoutPerplexity(heldout, recipe.stage.batch_size // env.world_size)] if heldout is not None else []
 
-        with torch.random.fork_rng():
-            torch.manual_seed(recipe.seed)
-            model = AutoModelForCausalLM.from_config(config)
+        torch.manual_seed(recipe.seed)  # the initialisation, then dropout (a resume restores the checkpoint's state)
+        model = AutoModelForCausalLM.from_config(config)
         if recipe.init is not None and checkpoint is None:
             load_init(model, recipe.init)
         model.to(env.device)

@@ -53,6 +53,21 @@ def test_pretrain_honours_isolated_documents_and_gradient_checkpointing(workspac
     assert abs(isolated - plain) > 1e-3  # same weights, same rows: only the documents' isolation differs
 
 
+def test_pretrain_with_dropout_is_reproducible_from_its_seed(workspace, tmp_path):
+    """The recipe's seed sets dropout's random draws too, not only the initialisation: two runs from different
+    global random states train the same weights."""
+    def trained(out, global_seed):
+        run = recipe(workspace, out)
+        run["model"] = {**MODEL, "attention_dropout": 0.5}
+        run["stage"] = tiny_stage(tokens=2 * 4 * 32)
+        torch.manual_seed(global_seed)
+        return AutoModelForCausalLM.from_pretrained(pretrain(run)).state_dict()
+
+    a, b = trained(tmp_path / "a", 1), trained(tmp_path / "b", 2)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
+
+
 def test_pretrain_recipe_errors_name_the_key(workspace, tmp_path):
     with pytest.raises(RecipeError, match="model must name its model_type"):
         PretrainRecipe.from_dict({**recipe(workspace, tmp_path), "model": {"hidden_size": 8}})
