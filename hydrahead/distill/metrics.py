@@ -4,12 +4,16 @@ Only the main process writes. Each line of <output_dir>/metrics.jsonl is one rec
 "step" (optimiser steps done in that stage), numbers or lists of numbers (a per-layer metric such as the
 align stage's `layer_loss`; TensorBoard gets one scalar per element, `<stage>/<key>/<index>`); a resumed run
 first drops the lines written after its checkpoint, so the file always describes one uninterrupted run.
+TensorBoard's events go to one directory per stage, <output_dir>/tensorboard/<stage> (a stage's steps count from
+1, and TensorBoard hides a killed run's later events by step for a whole directory): a resumed run removes the
+later stages' directories and opens its own stage's with `purge_step`, so TensorBoard shows one run too.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -22,29 +26,42 @@ from hydrahead.utils.io import atomic_write_text
 FILENAME = "metrics.jsonl"
 
 
+def summary_writer():
+    """torch's SummaryWriter, or the RecipeError of a recipe that asks for TensorBoard without its package."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise RecipeError(
+            "training.tensorboard is true but the tensorboard package is not installed "
+            "(pip install 'hydrahead[tensorboard]'), or set it to false"
+        ) from err
+    return SummaryWriter
+
+
 class MetricsLog:
     def __init__(self, output_dir: Path, enabled: bool, tensorboard: bool = False) -> None:
         self.path = output_dir / FILENAME
         self.enabled = enabled
-        self._writer = None
+        self.tensorboard_dir = output_dir / "tensorboard"
+        self._open = None  # SummaryWriter, when TensorBoard is on (this process writes)
+        self._writers: dict[str, Any] = {}  # stage -> its writer, opened at the stage's first record
+        self._purge: dict[str, int] = {}  # stage -> the first step a resumed run writes again (`truncate_after`)
         self.error: OutputError | None = None
         if tensorboard:  # checked on every process, so that none goes on to wait for one that stopped
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as err:
-                raise RecipeError(
-                    "training.tensorboard is true but the tensorboard package is not installed "
-                    "(pip install tensorboard), or set it to false"
-                ) from err
+            writer = summary_writer()
             if enabled:
-                try:  # it opens its event file here: a failure is kept (`log`)
-                    self._writer = SummaryWriter(str(output_dir / "tensorboard"))
-                except Exception as err:  # noqa: BLE001 - TensorFlow's own file errors are not OSErrors
-                    self.error = cannot_write(output_dir / "tensorboard", err)
+                self._open = writer
 
     def truncate_after(self, stage_order: list[str], stage: str, step: int) -> None:
-        """Keep only the records up to (stage, step): what the checkpoint being resumed had seen."""
-        if not self.enabled or not self.path.is_file():
+        """Keep only the records up to (stage, step): what the checkpoint being resumed had seen; in TensorBoard
+        too (the later stages' directories removed, this stage's events after `step` purged when it writes)."""
+        if not self.enabled:
+            return
+        if self._open is not None:
+            for later in stage_order[stage_order.index(stage) + 1:]:
+                shutil.rmtree(self.tensorboard_dir / later, ignore_errors=True)
+            self._purge[stage] = step + 1
+        if not self.path.is_file():
             return
         limit = (stage_order.index(stage), step)
         kept = []
@@ -72,21 +89,25 @@ class MetricsLog:
         except OSError as err:
             self.error = cannot_write(self.path, err)
             return
-        if self._writer is not None:
-            try:  # its writer thread's error comes back here, a call later
+        if self._open is not None:
+            try:  # opening its event file, or its writer thread's error, which comes back here a call later
                 self._tensorboard(record)
             except Exception as err:  # noqa: BLE001 - TensorFlow's own file errors are not OSErrors
-                self.error = cannot_write(self.path.parent / "tensorboard", err)
+                self.error = cannot_write(self.tensorboard_dir, err)
 
     def _tensorboard(self, record: dict[str, Any]) -> None:
-        global_step = record.get("global_step", record["step"])
+        stage, step = record["stage"], record["step"]
+        writer = self._writers.get(stage)
+        if writer is None:
+            writer = self._writers[stage] = self._open(str(self.tensorboard_dir / stage),
+                                                       purge_step=self._purge.get(stage))
         for key, value in record.items():
-            if isinstance(value, (int, float)) and key not in ("step", "global_step"):
-                self._writer.add_scalar(f"{record['stage']}/{key}", value, global_step)
+            if isinstance(value, (int, float)) and key != "step":
+                writer.add_scalar(f"{stage}/{key}", value, step)
             elif isinstance(value, list):
                 for i, element in enumerate(value):
                     if isinstance(element, (int, float)):
-                        self._writer.add_scalar(f"{record['stage']}/{key}/{i:02d}", element, global_step)
+                        writer.add_scalar(f"{stage}/{key}/{i:02d}", element, step)
 
     def check(self) -> None:
         """Raise the OutputError of a record that could not be written, if any (`log`)."""
@@ -96,13 +117,13 @@ class MetricsLog:
     def close(self) -> None:
         """Flush TensorBoard's events. Never raises (it runs on the main process alone, where the others may be
         waiting, and after an error it must not replace): a failure is a warning, metrics.jsonl is complete."""
-        if self._writer is not None:
+        writers, self._writers = self._writers, {}
+        for writer in writers.values():
             try:
-                self._writer.close()
+                writer.close()
             except Exception as err:  # noqa: BLE001
-                warnings.warn(f"{cannot_write(self.path.parent / 'tensorboard', err)} (metrics.jsonl is complete)",
+                warnings.warn(f"{cannot_write(self.tensorboard_dir, err)} (metrics.jsonl is complete)",
                               HydraHeadWarning, stacklevel=2)
-            self._writer = None
 
 
 def _plain(value: Any) -> Any:

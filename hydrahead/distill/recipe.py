@@ -256,7 +256,8 @@ class TrainingConfig:
     eval_every: int = 0
     """Optimiser steps between held-out evaluations (0: only at the end of each stage)."""
     tensorboard: bool = False
-    """Also write metrics for TensorBoard (needs the tensorboard package)."""
+    """Also write metrics for TensorBoard, one run per stage in <output_dir>/tensorboard/<stage>
+    (pip install 'hydrahead[tensorboard]')."""
     progress: bool = True
     """Progress bar with loss, tokens/s and ETA."""
 

@@ -26,7 +26,7 @@ from hydrahead.distill.data import Corpora, Tokenize, calibration_ids, document_
 from hydrahead.distill.distributed import DistEnv
 from hydrahead.errors import DataError, RecipeError
 from hydrahead.distill.evaluate import Evaluator, HeldoutPerplexity
-from hydrahead.distill.metrics import MetricsLog
+from hydrahead.distill.metrics import MetricsLog, summary_writer
 from hydrahead.distill.recipe import STAGE_NAMES, Recipe
 from hydrahead.distill.stages import STAGES, Stage
 from hydrahead.distill.trainer import StepCallback, Trainer
@@ -115,9 +115,8 @@ def prepare(recipe: Recipe, env: DistEnv, resume: bool, plan: HeadPlan | None = 
     teacher_config = read_config(recipe.teacher)
     family_of_config(teacher_config, f"teacher {recipe.teacher}")  # a model hydrahead converts, before any weights are read
     plan.validate(ModelShape.from_config(teacher_config))  # before loading any weights
-    if recipe.training.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise RecipeError("training.tensorboard is true but the tensorboard package is not installed "
-                          "(pip install tensorboard), or set it to false")
+    if recipe.training.tensorboard:
+        summary_writer()  # its package, before any weights are read
     strategy = distributed.resolve_strategy(recipe.training.distributed, env)
     for stage in stages:
         if stage.config.batch_size % env.world_size:
