@@ -63,6 +63,14 @@ def length(text: str) -> int:
     return value
 
 
+def lengths(text: str) -> list[int]:
+    """Comma-separated token counts, each as `length`: 1k,2k,4096."""
+    values = [length(t) for t in text.split(",") if t.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"no length in {text!r}; give comma-separated tokens such as 1k,4k")
+    return values
+
+
 def _output(text: str, kind: str):
     from hydrahead.errors import OutputError
     from hydrahead.utils.io import check_output

@@ -18,33 +18,10 @@ import argparse
 import time
 from pathlib import Path
 
-from hydrahead.cli.args import device, model_path, output_dir, positive_int
+from hydrahead.cli.args import device, length, lengths, model_path, output_dir, positive_int
 from hydrahead.utils.io import outputs_apart
 
 HELP = "evaluate models: RULER-style NIAH grid (niah) or perplexity by position (ppl)"
-
-
-def parse_length(text: str, flag: str = "length") -> int:
-    """'8k' -> 8192, '1.5k' -> 1536, '4096' -> 4096 (k = 1024: hydrahead/utils/units.py)."""
-    from hydrahead.errors import EvalError
-    from hydrahead.utils.units import parse_length as parse
-
-    try:
-        length = parse(text)
-    except ValueError as err:
-        raise EvalError(f"{flag}: {err}") from None
-    if length < 1:
-        raise EvalError(f"{flag}: must be at least 1 token, got {text!r}")
-    return length
-
-
-def parse_lengths(text: str, flag: str = "--lengths") -> list[int]:
-    from hydrahead.errors import EvalError
-
-    lengths = [parse_length(t, flag) for t in text.split(",") if t.strip()]
-    if not lengths:
-        raise EvalError(f"{flag}: no length in {text!r}; give comma-separated tokens such as 1k,4k")
-    return lengths
 
 
 def parse_depths(text: str) -> list[float]:
@@ -77,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "there, each checkpoint's own on a GPU)")
         p.add_argument("--device", default=None, type=device, help="torch device (default: cuda if available, else cpu)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    niah.add_argument("--lengths", default="1k,2k,4k,8k", help="context lengths in tokens, e.g. 1k,2k,4096 (k = 1024)")
+    niah.add_argument("--lengths", default="1k,2k,4k,8k", type=lengths, help="context lengths in tokens, e.g. 1k,2k,4096 (k = 1024)")
     niah.add_argument("--depths", default="0,0.25,0.5,0.75,1", help="needle depths in [0, 1]")
     niah.add_argument("--tasks", default="all",
                       help="comma-separated (default all): single_number,single_word,single_uuid,multikey,"
@@ -92,9 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     niah.add_argument("--seed", type=int, default=0, help="seed of the prompts (needles, filler, depths)")
     ppl.add_argument("--data", nargs="+", required=True, metavar="PATH",
                      help=".txt/.md files (one document each), .jsonl files ('text' per line) or directories")
-    ppl.add_argument("--length", default="8k", help="tokens scored per document")
-    ppl.add_argument("--bucket", default=None, help="tokens per position bucket (default: length/8)")
-    ppl.add_argument("--chunk", default=None, help="tokens per forward pass, carrying the cache (default: all)")
+    ppl.add_argument("--length", default="8k", type=length, help="tokens scored per document")
+    ppl.add_argument("--bucket", default=None, type=length, help="tokens per position bucket (default: length/8)")
+    ppl.add_argument("--chunk", default=None, type=length,
+                     help="tokens per forward pass, carrying the cache (default: all)")
     ppl.add_argument("--max-docs", type=positive_int, default=None, help="score at most this many documents")
 
 
@@ -125,7 +103,7 @@ def run_niah(args: argparse.Namespace) -> list[Path]:
     from hydrahead.eval import Haystack, evaluate_niah, load_model, load_tokenizer, make_examples, parse_tasks
     from hydrahead.eval.report import write_report
 
-    lengths, depths, tasks = parse_lengths(args.lengths), parse_depths(args.depths), parse_tasks(args.tasks)
+    lengths, depths, tasks = args.lengths, parse_depths(args.depths), parse_tasks(args.tasks)
     haystack = Haystack.named(args.haystack, args.haystack_files, args.seed)
     models, notes = _models(args, max(lengths), "--lengths")
     records, started = [], time.time()
@@ -153,9 +131,7 @@ def run_ppl(args: argparse.Namespace) -> list[Path]:
     from hydrahead.eval import evaluate_perplexity, load_documents, load_model, load_tokenizer
     from hydrahead.eval.report import write_report
 
-    length = parse_length(args.length, "--length")
-    bucket = parse_length(args.bucket, "--bucket") if args.bucket else None
-    chunk = parse_length(args.chunk, "--chunk") if args.chunk else None
+    length, bucket, chunk = args.length, args.bucket, args.chunk
     models, notes = _models(args, length, "--length")
     documents = load_documents(args.data)
     results, started = [], time.time()

@@ -1,12 +1,14 @@
 """`hydrahead eval niah|ppl` end to end on saved tiny checkpoints, and its errors."""
 
+import argparse
 import json
 import re
 
 import pytest
 
 from hydrahead.cli import main
-from hydrahead.cli.eval import parse_depths, parse_length, parse_lengths
+from hydrahead.cli.args import length, lengths
+from hydrahead.cli.eval import parse_depths
 from hydrahead.eval import EvalError
 from hydrahead.eval.report import model_labels
 
@@ -66,12 +68,12 @@ def test_errors_are_one_line(model_dirs, tmp_path, capsys):
 
 
 def test_parsers():
-    assert parse_lengths("1k,2k, 4096,1.5k") == [1024, 2048, 4096, 1536]
-    assert parse_length("1M") == 1024 * 1024
+    assert lengths("1k,2k, 4096,1.5k") == [1024, 2048, 4096, 1536]
+    assert length("1M") == 1024 * 1024
     assert parse_depths("0,0.25,1") == [0.0, 0.25, 1.0]
-    for bad in ("k", "-1", "0"):
-        with pytest.raises(EvalError):
-            parse_length(bad)
+    for bad in ("k", "-1", "0", ","):
+        with pytest.raises(argparse.ArgumentTypeError):
+            lengths(bad)
     with pytest.raises(EvalError, match="in \\[0, 1\\]"):
         parse_depths("0,2")
 
