@@ -159,7 +159,7 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["eval", "ppl", "--models", H, "--data", str(d / "binary.txt"), "--out", new], "binary.txt is a binary file"),
         (["eval", "ppl", "--models", H, "--data", str(d / "data.csv"), "--out", new], "unsupported type '.csv'"),
         (["eval", "ppl", "--models", H, "--data", str(d / "doc.txt"), "--bucket", "0", "--out", new],
-         "--bucket: must be at least 1"),
+         "argument --bucket: must be >= 1 token"),
         (["eval", "niah", "--models", str(d / "gpt2"), "--lengths", "256", "--out", new],
          "learned position table of 64 positions: --lengths 256 is beyond it"),
         (["eval", "ppl", "--models", H, str(d / "gpt2"), "--data", str(d / "doc.txt"), "--length", "128", "--out", new],
