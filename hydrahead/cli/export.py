@@ -1,6 +1,7 @@
 """Export a llama.cpp GGUF model as an ordinary transformers checkpoint: safetensors weights (dequantised),
-config.json, and the tokenizer with its chat template. Every other command also takes the .gguf directly
-as --model; exporting once saves dequantising it on every load. Needs pip install 'hydrahead[gguf]'.
+config.json, and the tokenizer with its chat template. Every other command but serve also takes the .gguf
+directly as --model; exporting once saves dequantising it on every load (serve needs the exported directory).
+Needs pip install 'hydrahead[gguf]'.
 
 Example:
   hydrahead export SmolLM2-135M-Instruct.Q4_1.gguf smollm2/
