@@ -177,7 +177,7 @@ class HybridCausalLMMixin:
         prompt's prefill runs in pieces inside `forward`, see `inference_piece`.)"""
         if graph_decode_applies(self, kwargs):
             kwargs["cache_implementation"] = "static"
-        config = kwargs.get("generation_config") or self.generation_config
+        config = generation_config_of(self, kwargs)
         mask = kwargs.get("attention_mask")
         if kwargs.get("prefill_chunk_size", getattr(config, "prefill_chunk_size", None)) == 1 \
                 and isinstance(mask, torch.Tensor) and not bool(mask.all()):
@@ -263,9 +263,14 @@ def foreign_cache(cache) -> str:
             "returned as outputs.past_key_values)")
 
 
+def generation_config_of(model, kwargs: dict):
+    """The generation config that `generate(**kwargs)` starts from: the one passed, else the model's."""
+    return kwargs["generation_config"] if kwargs.get("generation_config") is not None else model.generation_config
+
+
 def graph_decode_applies(model, kwargs: dict) -> bool:
     """Whether `generate(**kwargs)` on `model` defaults to the static cache (and so to compiled decode)."""
-    config = kwargs["generation_config"] if kwargs.get("generation_config") is not None else model.generation_config
+    config = generation_config_of(model, kwargs)
     if model.device.type != "cuda" or kwargs.get("past_key_values") is not None:
         return False
     if kwargs.get("cache_implementation") is not None or getattr(config, "cache_implementation", None) is not None:

@@ -35,7 +35,7 @@ from hydrahead.models.families import family_of_config
 from hydrahead.models.files import check_weights, config_json, find_gguf, locate
 from hydrahead.models.gguf import gguf_config, load_gguf_model, load_gguf_tokenizer
 from hydrahead.models.hybrid import HYBRID_CLASSES, is_hybrid
-from hydrahead.utils.io import check_output, new_file_mode
+from hydrahead.utils.io import check_output, new_file_mode, outputs_apart
 
 MODEL_CARD = "README.md"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -255,20 +255,12 @@ def check_output_dir(path: str | Path, keep: Sequence[str | Path] = (), hybrid: 
     earlier hybrid only (a hybrid never replaces a teacher). Anything else, and any directory in `keep` (the
     model being converted), is refused before any work starts: nothing a user keeps is deleted."""
     path = Path(path)
-    try:  # a file in the way, a parent that is a file, no permission: the one check every output gets
+    try:  # a file in the way, a parent that is a file, no permission: the one check every output gets; and the
+        # input model itself or a directory inside it (`convert --model M --out M/hybrid`), as every command's
         check_output(path, "directory")
+        outputs_apart({"the checkpoint directory": path}, {"input model": list(keep)})
     except OutputError as err:
         raise CheckpointError(f"cannot save a checkpoint: {err}") from err
-    for other in keep:
-        if not Path(other).exists():
-            continue
-        source, target = Path(other).resolve(), path.resolve()
-        if target == source:
-            raise CheckpointError(f"cannot save a checkpoint to {path}: it is the input model's directory; "
-                                  "choose another output directory")
-        if source in target.parents and source.is_dir():  # a checkpoint inside the model it is made from
-            raise CheckpointError(f"cannot save a checkpoint to {path}: it is inside the input model's directory "
-                                  f"{other}; choose a directory outside it")
     if path.is_dir() and (entries := list(path.iterdir())):
         names = sorted(p.name for p in entries)
         foreign = [p.name for p in entries if not _checkpoint_entry(p)]

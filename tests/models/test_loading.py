@@ -240,9 +240,9 @@ def test_save_hybrid_never_replaces_an_input_or_a_directory_with_other_files(sav
     from hydrahead.models.loading import check_output_dir
 
     model, path = saved  # `path` holds a checkpoint: config.json, weights, modeling code
-    with pytest.raises(hydrahead.CheckpointError, match="is the input model's directory"):
+    with pytest.raises(hydrahead.CheckpointError, match="directory .* is the input model directory"):
         check_output_dir(path, keep=[path])
-    with pytest.raises(hydrahead.CheckpointError, match="is inside the input model's directory"):
+    with pytest.raises(hydrahead.CheckpointError, match="is inside the input model directory"):
         check_output_dir(path / "hybrid", keep=[path])  # `convert --model M --out M/hybrid`
     (path / "notes.txt").write_text("mine")
     with pytest.raises(hydrahead.CheckpointError, match=r"holds other files \(notes.txt\)"):
