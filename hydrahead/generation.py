@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from hydrahead.errors import GenerationError
+from hydrahead.errors import GenerationError, one_line
 
 if TYPE_CHECKING:
     import torch
@@ -133,13 +133,26 @@ def prompt_ids(tokenizer: Any, prompt: str, chat: bool | None = None) -> tuple[t
         raise GenerationError("this checkpoint has no chat template: give the prompt as plain text (no --chat)")
     chat = has_template if chat is None else chat
     if chat:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            return_dict=True, return_tensors="pt")["input_ids"]
+        ids = render_chat(tokenizer, prompt, GenerationError, "give the prompt as plain text (--no-chat)",
+                          return_dict=True, return_tensors="pt")["input_ids"]
     else:
         ids = tokenizer(prompt, return_tensors="pt").input_ids
     if ids.shape[1] == 0:
         raise GenerationError("the prompt encodes to no tokens")
     return ids, chat
+
+
+def render_chat(tokenizer: Any, prompt: str, error: type[Exception], advice: str, template: str | None = None,
+                **kwargs) -> Any:
+    """`tokenizer.apply_chat_template` on one user message (with the generation prompt), or `error` naming the
+    template and `advice` when the template fails on it (instruct templates call raise_exception)."""
+    import jinja2
+
+    try:
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], chat_template=template,
+                                             add_generation_prompt=True, **kwargs)
+    except (jinja2.TemplateError, ValueError, TypeError, KeyError, IndexError) as err:
+        raise error(f"the chat template failed on a user message: {one_line(err)}; {advice}") from None
 
 
 class _Clock:
@@ -202,7 +215,6 @@ def generate_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: in
     import torch
 
     from hydrahead.cache import cache_nbytes
-    from hydrahead.errors import one_line
     from hydrahead.models.footprint import footprint
     from hydrahead.models.hybrid import has_sliding_window, is_hybrid
     from hydrahead.models.loading import check_vocabulary

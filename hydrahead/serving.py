@@ -25,6 +25,7 @@ import socket
 from pathlib import Path
 
 from hydrahead.errors import ServingError, one_line
+from hydrahead.generation import render_chat
 
 # A base model's "chat": the messages' contents, in order, as one text (no roles, nothing added).
 PLAIN_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
@@ -82,15 +83,21 @@ def chat_template_of(tokenizer, chat_template: str | Path | None) -> tuple[str |
         from hydrahead.utils.io import read_text
 
         text = read_text(chat_template, ServingError, "chat template file")
+        if not text.strip():
+            raise ServingError(f"chat template file {chat_template} is empty")
         try:  # a syntax error found now, not as an HTTP 500 on every chat request
             jinja2.Environment().parse(text)
         except jinja2.TemplateSyntaxError as err:
             raise ServingError(f"chat template file {chat_template} is not a valid Jinja template: {err.message} "
                                f"(line {err.lineno})") from None
-        return text, f"the chat template in {chat_template}"
-    if getattr(tokenizer, "chat_template", None):
-        return None, "the checkpoint's chat template"
-    return PLAIN_CHAT_TEMPLATE, "no chat template in the checkpoint: chat messages are joined as plain text"
+        chosen = text, f"the chat template in {chat_template}"
+    elif getattr(tokenizer, "chat_template", None):
+        chosen = None, "the checkpoint's chat template"
+    else:
+        chosen = PLAIN_CHAT_TEMPLATE, "no chat template in the checkpoint: chat messages are joined as plain text"
+    # one user message rendered now: a template that fails on it would fail every chat request
+    render_chat(tokenizer, "hello", ServingError, "give another with --chat-template FILE", chosen[0], tokenize=False)
+    return chosen
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -94,6 +94,18 @@ def files(tmp_path_factory):
         (d / "zero_heads" / file.name).write_bytes(file.read_bytes())
     config = json.loads((d / "zero_heads" / "config.json").read_text())
     (d / "zero_heads" / "config.json").write_text(json.dumps({**config, "num_attention_heads": 0}))
+    # found by a third review of bad inputs (2026-12-07): templates that fail when filled in (instruct templates
+    # call raise_exception), an empty one
+    raising = "{{ raise_exception('roles must alternate') }}"
+    (d / "raising.jinja").write_text(raising)
+    (d / "empty.jinja").write_text(" \n")
+    (d / "raising_chat").mkdir()
+    for file in (d / "hybrid").iterdir():
+        if file.is_file():
+            (d / "raising_chat" / file.name).write_bytes(file.read_bytes())
+    tokenizer = char_tokenizer()
+    tokenizer.chat_template = raising
+    tokenizer.save_pretrained(d / "raising_chat")
     return d
 
 
@@ -275,6 +287,12 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["generate", str(d / "zero_heads"), "-p", "x"], "zero_heads/config.json is not a valid model config"),
         (["eval", "ppl", "--models", str(d / "zero_heads"), "--data", str(d / "doc.txt"), "--out", new],
          "zero_heads/config.json is not a valid model config"),
+        (["generate", str(d / "raising_chat"), "-p", "x"],
+         r"the chat template failed on a user message: roles must alternate; give the prompt as plain text \(--no-chat\)"),
+        (["serve", H, "--chat-template", str(d / "raising.jinja")],
+         "the chat template failed on a user message: roles must alternate; give another with --chat-template"),
+        (["serve", str(d / "raising_chat")], "the chat template failed on a user message: roles must alternate"),
+        (["serve", H, "--chat-template", str(d / "empty.jinja")], "chat template file .*empty.jinja is empty"),
     ]
 
 
