@@ -184,6 +184,8 @@ class AlignStageConfig(StageConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.sink_tokens >= 0, "sink_tokens", f"must be >= 0, got {self.sink_tokens}")
+        check(self.sink_tokens < self.seq_len, "sink_tokens",
+              f"must be below seq_len ({self.seq_len}), got {self.sink_tokens}: no position of a row would count")
 
 
 @dataclass(kw_only=True)

@@ -54,6 +54,8 @@ def test_print_example_recipe(capsys):
      "training.precision must be one of auto, fp32, bf16"),
     (lambda r: r["data"].update(train_files=[]), "data.train_files must name at least one file"),
     (lambda r: r.update(seed=-1), "seed must be a whole number from 0 to 2**64 - 1, got -1"),
+    (lambda r: r["stages"]["align"].update(sink_tokens=r["stages"]["align"]["seq_len"]),
+     "stages.align.sink_tokens must be below seq_len"),  # every position left out: nothing trains
     (lambda r: r["stages"].update(distill={"tokens": 10, "seq_len": 8, "batch_size": 1, "lr": 1.0,
                                            "lora": {"rank": 4}}), "unknown key 'stages.distill.lora.rank'"),
 ])
