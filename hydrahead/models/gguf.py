@@ -23,13 +23,16 @@ from typing import Any
 import torch
 from huggingface_hub.errors import StrictDataclassError
 
-from hydrahead.errors import CheckpointError, GgufNotInstalledError, one_line
+from hydrahead.errors import CheckpointError, GgufNotInstalledError, HydraHeadError, one_line
 from hydrahead.models.files import find_gguf
+from hydrahead.models.shape import ModelShape
 
 # packages transformers needs to read a GGUF (the `gguf` extra in pyproject.toml)
 REQUIRED = ("gguf", "accelerate")
 # what transformers and the GGUF readers raise for a file they cannot read or a config they reject
-LOAD_ERRORS = (OSError, RuntimeError, KeyError, IndexError, ValueError, TypeError, struct.error, StrictDataclassError)
+# (ZeroDivisionError: a head count of 0; AttributeError: a file without tokenizer metadata)
+LOAD_ERRORS = (OSError, RuntimeError, KeyError, IndexError, ValueError, TypeError, struct.error, StrictDataclassError,
+               ArithmeticError, AttributeError)
 
 
 def require_gguf() -> None:
@@ -56,6 +59,11 @@ def gguf_config(file: Path) -> dict[str, Any]:
         raise CheckpointError(f"{file} scales its RoPE ({scaling}), which transformers' GGUF loader drops: the "
                               "model would run with plain RoPE, another model than the file's; load the original "
                               "safetensors checkpoint instead")
+    if "num_attention_heads" in config:  # transformers does not validate a GGUF's counts (heads 4, KV heads 3)
+        try:
+            ModelShape.from_config(config)
+        except HydraHeadError as err:
+            raise CheckpointError(f"{file} states an impossible model: {err}") from None
     return config
 
 
@@ -84,13 +92,22 @@ def load_gguf_model(file: Path, dtype: str | torch.dtype = "auto") -> Any:
     require_gguf()
     from transformers import AutoModelForCausalLM, GgufConfig
 
-    try:
-        # dequantize=True is transformers' own way to a dense model: it drops the quantizer and the
-        # quantization_config once the weights are in (else save_pretrained refuses the model)
-        return AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=dtype,
-                                                    quantization_config=GgufConfig(dequantize=True))
-    except LOAD_ERRORS as err:
-        raise CheckpointError(f"could not load the model in {file}: {one_line(err)}") from err
+    from hydrahead.models.loading import _checked  # imports us
+
+    # dequantize=True is transformers' own way to a dense model: it drops the quantizer and the
+    # quantization_config once the weights are in (else save_pretrained refuses the model). A tensor the file
+    # lacks (a block_count above its blocks) is refused, not left random.
+    model, _ = _checked(AutoModelForCausalLM, file, ("missing_keys",), LOAD_ERRORS, dtype=dtype,
+                        quantization_config=GgufConfig(dequantize=True))
+    # transformers puts the file's tensors in as they are: a metadata count that disagrees with them (an
+    # embedding_length above the tensors' width) gives a model whose config is not its weights
+    with torch.device("meta"):
+        stated = type(model)(model.config).state_dict()
+    for name, tensor in model.state_dict().items():
+        if name in stated and tensor.shape != stated[name].shape:
+            raise CheckpointError(f"{file} does not match its own metadata: {name} is {list(tensor.shape)} in the "
+                                  f"file, {list(stated[name].shape)} by the model its metadata states")
+    return model
 
 
 def load_gguf_tokenizer(file: Path) -> Any:

@@ -19,7 +19,9 @@ is: these functions hand it to gguf.py, which reads it through transformers' GGU
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import re
 import shutil
 import tempfile
@@ -32,7 +34,7 @@ from huggingface_hub.errors import StrictDataclassError
 
 from hydrahead.errors import CheckpointError, DeviceError, HydraHeadError, OutputError, one_line
 from hydrahead.models.families import family_of_config
-from hydrahead.models.files import check_weights, config_json, find_gguf, locate
+from hydrahead.models.files import check_weights, config_json, find_gguf, is_gguf_file, locate
 from hydrahead.models.gguf import gguf_config, load_gguf_model, load_gguf_tokenizer
 from hydrahead.models.hybrid import HYBRID_CLASSES, is_hybrid
 from hydrahead.utils.io import check_output, new_file_mode, outputs_apart
@@ -153,24 +155,68 @@ def _hybrid(path: Path, config: dict[str, Any], **kwargs: Any):
     return (model, info) if wants_info else model
 
 
-def _checked(model_class: Any, path: Path, refused: Sequence[str], **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-    """`model_class.from_pretrained(path)` and its loading info; CheckpointError when transformers fails, or
-    when the loading info lists tensors of a kind in `refused`: transformers only logs a tensor the checkpoint
-    lacks and leaves it randomly initialised (a model that runs and answers garbage). A teacher may hold
-    tensors its class does not use (they are dropped); a hybrid holds exactly its own. Tied weights and the
-    renames of older layouts are already resolved in the loading info."""
-    try:
-        model, info = model_class.from_pretrained(str(path), output_loading_info=True, **kwargs)
-    except ArithmeticError as err:  # a config whose checks pass but whose model cannot be built (zero heads)
-        raise invalid_config(path, err) from err
-    except (OSError, RuntimeError, KeyError, *CONFIG_ERRORS) as err:
-        raise CheckpointError(f"could not load the model in {path}: {one_line(err)}") from err
+def _checked(model_class: Any, path: Path, refused: Sequence[str], errors: tuple[type[BaseException], ...] = (),
+             **kwargs: Any) -> tuple[Any, dict[str, Any]]:
+    """`model_class.from_pretrained(path)` (a directory, or a .gguf file) and its loading info; CheckpointError
+    when transformers fails (or raises one of `errors`), or when the loading info lists tensors of a kind in
+    `refused`: transformers only logs a tensor the checkpoint lacks and leaves it randomly initialised (a model
+    that runs and answers garbage). A teacher may hold tensors its class does not use (they are dropped); a
+    hybrid holds exactly its own. Tied weights and the renames of older layouts are already resolved in the
+    loading info. transformers' load report (a table logged as a warning) is shown only when the model loads:
+    a refusal is the one line that says why."""
+    where = {"gguf_file": path.name} if is_gguf_file(path) else {}
+    with _held_load_report() as report:
+        try:
+            model, info = model_class.from_pretrained(str(path.parent if where else path), output_loading_info=True,
+                                                      **where, **kwargs)
+        except ArithmeticError as err:  # a config whose checks pass but whose model cannot be built (zero heads)
+            raise invalid_config(path, err) from err
+        except (OSError, RuntimeError, KeyError, *CONFIG_ERRORS, *errors) as err:
+            raise CheckpointError(f"could not load the model in {path}: {_mismatch(report) or one_line(err)}") from err
     what = {"missing_keys": "missing tensor(s)", "unexpected_keys": "unexpected tensor(s)"}
     wrong = [f"{what[key]} {_some(info[key])}" for key in refused if info.get(key)]
     if wrong:
         raise CheckpointError(f"{path} does not match its config ({'; '.join(wrong)}): the weights are incomplete "
                               "or from another model; save the checkpoint again (save_hybrid or save_pretrained)")
+    for record in report:  # what a loaded model's report says (a teacher's tensors its class does not use)
+        logging.getLogger(record.name).handle(record)
     return model, info
+
+
+@contextlib.contextmanager
+def _held_load_report():
+    """The records transformers' loading logs inside the block (its load report among them), held back from their
+    handlers (a list)."""
+    loggers = [logging.getLogger(f"transformers.{name}") for name in ("modeling_utils", "utils.loading_report")]
+    held: list[logging.LogRecord] = []
+
+    class Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    handler, propagate = Hold(), [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False
+    try:
+        yield held
+    finally:
+        for logger, before in zip(loggers, propagate):
+            logger.removeHandler(handler)
+            logger.propagate = before
+
+
+def _mismatch(report: list[logging.LogRecord]) -> str | None:
+    """What a held load report says of tensors whose shapes differ from the config (transformers then raises,
+    pointing at the report), in words; None when it says nothing of them."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(record.getMessage() for record in report))
+    found = re.findall(r"^([^|\n]+?)\s*\|\s*MISMATCH\s*\|.*?ckpt:\s*torch\.Size\((\[[^\]]*\])\)\s*vs model:\s*"
+                       r"torch\.Size\((\[[^\]]*\])\)", text, re.MULTILINE)
+    if not found:
+        return None
+    (name, stored, expected), more = found[0], f", and {len(found) - 1} more" if len(found) > 1 else ""
+    return (f"tensor shapes differ from config.json ({name}: {stored} in the weights, {expected} by the config"
+            f"{more}): the config or the weights were edited, or come from another model")
 
 
 def _some(names: Any, shown: int = 4) -> str:

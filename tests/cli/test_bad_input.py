@@ -106,6 +106,11 @@ def files(tmp_path_factory):
     tokenizer = char_tokenizer()
     tokenizer.chat_template = raising
     tokenizer.save_pretrained(d / "raising_chat")
+    (d / "wide_config").mkdir()  # a config edited: its weights are narrower (transformers printed a table first)
+    for file in (d / "teacher").iterdir():
+        (d / "wide_config" / file.name).write_bytes(file.read_bytes())
+    config = json.loads((d / "wide_config" / "config.json").read_text())
+    (d / "wide_config" / "config.json").write_text(json.dumps({**config, "hidden_size": 2 * config["hidden_size"]}))
     return d
 
 
@@ -293,6 +298,8 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
          "the chat template failed on a user message: roles must alternate; give another with --chat-template"),
         (["serve", str(d / "raising_chat")], "the chat template failed on a user message: roles must alternate"),
         (["serve", H, "--chat-template", str(d / "empty.jinja")], "chat template file .*empty.jinja is empty"),
+        (["generate", str(d / "wide_config"), "-p", "x"],
+         r"could not load the model in .*wide_config: tensor shapes differ from config.json \(.*in the weights"),
     ]
 
 

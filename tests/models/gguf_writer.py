@@ -47,39 +47,9 @@ def byte_bpe_tokenizer(vocab_size: int = 97) -> PreTrainedTokenizerFast:
                                    chat_template=CHAT_TEMPLATE)
 
 
-def permute(weight: np.ndarray, heads: int) -> np.ndarray:
-    """llama.cpp's q/k row order (`LlamaModel.permute` in convert_hf_to_gguf.py): within each head, the
-    rotary halves interleaved. (out, in) -> (out, in)."""
-    rows = weight.shape[0] // heads // 2
-    return weight.reshape(heads, 2, rows, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
-
-
-def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast,
-               add_bos: bool | None = None, rope_scaling: str | None = None, rope_freqs: bool = False) -> Path:
-    """`model` (a LlamaForCausalLM without attention bias) and `tokenizer` (byte-level BPE) as an F32 GGUF;
-    `add_bos`: the file says whether its tokenizer puts BOS before every text (None: it says nothing);
-    `rope_scaling` (a llama.cpp scaling type, factor 4) and `rope_freqs` (Llama 3.1's frequency factors tensor):
-    what the model itself does not do, for the loader's refusal."""
+def add_tokenizer(writer: Any, tokenizer: PreTrainedTokenizerFast, add_bos: bool | None) -> None:
+    """The tokenizer's metadata, as llama.cpp writes a byte-level BPE's."""
     import gguf
-
-    config, path = model.config, Path(path)
-    state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
-    writer = gguf.GGUFWriter(path, "llama")
-    writer.add_name("tiny-llama")
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_rope_dimension_count(config.head_dim)  # transformers reads it as head_dim
-    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    writer.add_vocab_size(config.vocab_size)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    if rope_scaling is not None:
-        writer.add_rope_scaling_type(gguf.RopeScalingType(rope_scaling))
-        writer.add_rope_scaling_factor(4.0)
 
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
     vocab = sorted(backend["model"]["vocab"].items(), key=lambda item: item[1])
@@ -95,6 +65,50 @@ def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer: PreTrainedTo
     if add_bos is not None:
         writer.add_add_bos_token(add_bos)
     writer.add_chat_template(tokenizer.chat_template)
+
+
+def permute(weight: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's q/k row order (`LlamaModel.permute` in convert_hf_to_gguf.py): within each head, the
+    rotary halves interleaved. (out, in) -> (out, in)."""
+    rows = weight.shape[0] // heads // 2
+    return weight.reshape(heads, 2, rows, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast,
+               add_bos: bool | None = None, rope_scaling: str | None = None, rope_freqs: bool = False,
+               counts: dict[str, int] | None = None, with_tokenizer: bool = True) -> Path:
+    """`model` (a LlamaForCausalLM without attention bias) and `tokenizer` (byte-level BPE) as an F32 GGUF;
+    `add_bos`: the file says whether its tokenizer puts BOS before every text (None: it says nothing);
+    `rope_scaling` (a llama.cpp scaling type, factor 4) and `rope_freqs` (Llama 3.1's frequency factors tensor):
+    what the model itself does not do, for the loader's refusal. `counts` states other values than the model's
+    for embedding_length, block_count, head_count or head_count_kv, and `with_tokenizer=False` leaves the
+    tokenizer's metadata out: a damaged file's metadata."""
+    import gguf
+
+    config, path = model.config, Path(path)
+    counts = {"embedding_length": config.hidden_size, "block_count": config.num_hidden_layers,
+              "head_count": config.num_attention_heads, "head_count_kv": config.num_key_value_heads,
+              **(counts or {})}
+    state = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_name("tiny-llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(counts["embedding_length"])
+    writer.add_block_count(counts["block_count"])
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(counts["head_count"])
+    writer.add_head_count_kv(counts["head_count_kv"])
+    writer.add_rope_dimension_count(config.head_dim)  # transformers reads it as head_dim
+    writer.add_rope_freq_base(float(config.rope_parameters["rope_theta"]))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    if rope_scaling is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType(rope_scaling))
+        writer.add_rope_scaling_factor(4.0)
+
+    if with_tokenizer:
+        add_tokenizer(writer, tokenizer, add_bos)
 
     writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
     for i in range(config.num_hidden_layers):

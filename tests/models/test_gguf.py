@@ -2,6 +2,7 @@
 that was written, and `export` writes it as an ordinary checkpoint."""
 
 import json
+import logging
 import sys
 
 import pytest
@@ -159,6 +160,40 @@ def test_a_damaged_gguf_is_one_checkpoint_error(tiny, tmp_path, damage):
     with pytest.raises(hydrahead.CheckpointError, match="bad.gguf is not a readable GGUF model") as err:
         hydrahead.load_model(tmp_path / "bad.gguf")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("counts,message", [
+    ({"head_count": 0}, "not a readable GGUF model: integer modulo by zero"),
+    ({"head_count_kv": 3}, "states an impossible model: .*4 heads and 3 KV heads"),
+    ({"block_count": 3}, r"does not match its config \(missing tensor\(s\) model.layers.2"),  # a layer left random
+    ({"embedding_length": 96}, r"does not match its own metadata: model.embed_tokens.weight is \[97, 64\] in the "
+                               r"file, \[97, 96\] by"),  # the weights went in as they were, the config said 96
+], ids=["no-heads", "kv-heads", "blocks", "width"])
+def test_metadata_that_disagrees_with_the_tensors_is_one_checkpoint_error(tiny, tmp_path, counts, message):
+    """Found by a review of bad inputs: tracebacks, a layer left randomly initialised, a model whose config is not
+    its weights (which `export` wrote and exited 0). Refused before `export` writes anything."""
+    _, model, written = tiny
+    path = write_gguf(tmp_path / "bad.gguf", model, written, counts=counts)
+    with pytest.raises(hydrahead.CheckpointError, match=message) as err:
+        hydrahead.load_model(path)
+    assert "\n" not in str(err.value)
+    seen = []  # what transformers logs: its load report (a table) is held back, the one line says it
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        assert main(["export", str(path), str(tmp_path / "out")]) == 2
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert not (tmp_path / "out").exists()
+    assert not [record for record in seen if "LOAD REPORT" in record.getMessage()]
+
+
+def test_a_file_without_tokenizer_metadata_is_one_checkpoint_error(tiny, tmp_path):
+    _, model, written = tiny
+    path = write_gguf(tmp_path / "notok.gguf", model, written, with_tokenizer=False)
+    with pytest.raises(hydrahead.CheckpointError, match="no usable tokenizer in .*notok.gguf"):
+        hydrahead.load_tokenizer(path)
 
 
 def test_without_the_gguf_package_one_line_names_the_extra(tiny, monkeypatch, capsys):
