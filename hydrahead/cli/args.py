@@ -50,6 +50,14 @@ def nonnegative_int(text: str) -> int:
     return _int(text, 0)
 
 
+def seed(text: str) -> int:
+    """A seed torch's generator takes: a whole number from 0 to 2**64 - 1 (the recipes' `seed` range)."""
+    value = _int(text, 0)
+    if value >= 2**64:
+        raise argparse.ArgumentTypeError(f"must be below 2**64, got {text}")
+    return value
+
+
 def length(text: str) -> int:
     """A token count with the length units (hydrahead/utils/units.py): 2048, 2k, 1.5k (k = 1024)."""
     from hydrahead.utils.units import parse_length

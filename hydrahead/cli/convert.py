@@ -58,7 +58,7 @@ def parse_overrides(items: list[str]) -> dict:
             continue
         try:
             overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON (or a number of more than 4300 digits)
             overrides[key] = value  # plain strings such as fa_rope=none, lengths such as train_length=16k
     return overrides
 

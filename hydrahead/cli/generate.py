@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from hydrahead.cli.args import device, model_path, nonnegative_int, output_file, positive_int
+from hydrahead.cli.args import device, model_path, nonnegative_int, output_file, positive_int, seed
 from hydrahead.utils.io import outputs_apart
 
 HELP = "generate text from a checkpoint and report time to first token, tokens/s and cache bytes"
@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=nonnegative_int, default=0,
                         help="sample from the k likeliest tokens only, when sampling (0: off, whatever the "
                              "checkpoint says)")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="the sampling seed")
+    parser.add_argument("--seed", type=seed, default=0, help="the sampling seed")
     parser.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                         help="put the prompt in the checkpoint's chat template (default: when it has one)")
     parser.add_argument("--cache", choices=CACHES, default="auto",

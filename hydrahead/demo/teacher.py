@@ -35,7 +35,7 @@ def read_manifest(path: Path = SHIPPED) -> dict[str, Any]:
         raise TeacherError(f"the demo teacher is missing: no {file}; {_RETRAIN}")
     try:
         return json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # JSON or UTF-8
         raise TeacherError(f"the demo teacher's manifest {file} is corrupt ({err}); {_RETRAIN}") from err
 
 

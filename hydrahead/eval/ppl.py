@@ -91,7 +91,7 @@ def load_documents(paths: Iterable[str | Path]) -> list[Document]:
                 continue
             try:
                 text = json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
+            except (ValueError, RecursionError, KeyError, TypeError) as err:  # ValueError: JSON's
                 raise EvalError(f"{f}:{n + 1}: expected a JSON object with a 'text' field ({err!r})") from err
             if not isinstance(text, str):
                 raise EvalError(f"{f}:{n + 1}: 'text' must be a string, got {json.dumps(text)[:40]}")

@@ -61,8 +61,8 @@ def config_json(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} has no config.json (nor a .gguf file); is it a model directory?")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{config_file} is corrupt (not valid JSON: {err})") from err
+    except (ValueError, RecursionError) as err:  # JSON or UTF-8; a number of more than 4300 digits
+        raise CheckpointError(f"{config_file} is corrupt (not valid JSON: {err or 'nested too deeply'})") from err
     except OSError as err:
         raise CheckpointError(f"{config_file} cannot be read: {err.strerror or err}") from None
     if not isinstance(config, dict):
@@ -79,7 +79,7 @@ def weight_files(path: Path) -> list[Path]:
         try:
             index = json.loads((path / WEIGHTS_INDEX).read_text())
             names = sorted(set(index["weight_map"].values()))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+        except (ValueError, RecursionError, KeyError, TypeError, AttributeError) as err:
             raise CheckpointError(f"{path / WEIGHTS_INDEX} is corrupt: {err!r}") from err
         missing = [n for n in names if not (path / n).is_file()]
         if missing:

@@ -178,8 +178,8 @@ def read_json(path: str | Path, error: type[Exception], what: str):
     text = read_text(path, error, what)
     try:
         return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise error(f"{what} {path} is not valid JSON: {err}") from err
+    except (ValueError, RecursionError) as err:  # ValueError: also a number of more than 4300 digits
+        raise error(f"{what} {path} is not valid JSON: {err or 'nested too deeply'}") from err
 
 
 def read_yaml_mapping(path: str | Path, error: type[Exception], what: str) -> dict:
@@ -190,6 +190,8 @@ def read_yaml_mapping(path: str | Path, error: type[Exception], what: str) -> di
     text = read_text(path, error, what)
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise error(f"{what} {path} is not valid YAML: nested too deeply") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

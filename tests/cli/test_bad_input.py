@@ -106,6 +106,9 @@ def files(tmp_path_factory):
     tokenizer = char_tokenizer()
     tokenizer.chat_template = raising
     tokenizer.save_pretrained(d / "raising_chat")
+    (d / "bigint_plan.json").write_text('{"fa_heads": [[0], [3]], "num_heads": ' + "9" * 5000 + "}")
+    (d / "deep_plan.json").write_text("[" * 100_000)  # json's parser recurses: RecursionError, not JSONDecodeError
+    (d / "deep.yaml").write_text("a: " + "[" * 100_000)
     (d / "wide_config").mkdir()  # a config edited: its weights are narrower (transformers printed a table first)
     for file in (d / "teacher").iterdir():
         (d / "wide_config" / file.name).write_bytes(file.read_bytes())
@@ -298,6 +301,12 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
          "the chat template failed on a user message: roles must alternate; give another with --chat-template"),
         (["serve", str(d / "raising_chat")], "the chat template failed on a user message: roles must alternate"),
         (["serve", H, "--chat-template", str(d / "empty.jinja")], "chat template file .*empty.jinja is empty"),
+        (["convert", "--model", T, "--plan", str(d / "bigint_plan.json"), "--out", new],
+         "bigint_plan.json is not valid JSON: Exceeds the limit"),
+        (["convert", "--model", T, "--plan", str(d / "deep_plan.json"), "--out", new],
+         "deep_plan.json is not valid JSON: maximum recursion depth"),
+        (["distill", str(d / "deep.yaml")], "deep.yaml is not valid YAML: nested too deeply"),
+        (["generate", H, "-p", "x", "--temperature", "1", "--seed", str(2**64)], "--seed: must be below 2\\*\\*64"),
         (["generate", str(d / "wide_config"), "-p", "x"],
          r"could not load the model in .*wide_config: tensor shapes differ from config.json \(.*in the weights"),
     ]
