@@ -120,6 +120,25 @@ def test_the_command_prints_the_text_and_writes_the_figures(models, tokenizer, t
     assert "as the plan implies" in printed.err
 
 
+def test_the_prompt_file_may_be_a_pipe(models, tokenizer, tmp_path, capsys):
+    """`--prompt-file <(...)` in a shell is a pipe, not a regular file: it was refused as "not found"."""
+    import os
+    import threading
+
+    hydrahead.save_hybrid(models["hybrid"], tmp_path / "hybrid", tokenizer)
+    fifo = tmp_path / "prompt"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=(PROMPT,))
+    writer.start()
+    try:
+        assert main(["generate", str(tmp_path / "hybrid"), "--prompt-file", str(fifo), "--max-new-tokens", "2"]) == 0
+    finally:
+        if writer.is_alive():  # nothing read the pipe: open it for reading so that the writer ends
+            fifo.read_text()
+        writer.join()
+    assert f"prompt: {len(tokenizer(PROMPT).input_ids)} tokens" in capsys.readouterr().err
+
+
 def test_every_eos_stops_it_and_times_are_one_per_token(models, tokenizer):
     """The tokenizer's EOS stops it as well as the config's (an instruct tokenizer's end-of-turn token is often not
     in the config); each new token has its arrival time, the decode rate is the median step after the first."""

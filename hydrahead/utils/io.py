@@ -151,7 +151,7 @@ def read_text(path: str | Path, error: type[Exception], what: str) -> str:
     path = Path(path)
     if path.is_dir():
         raise error(f"{what} {path} is a directory, not a file")
-    if not path.is_file():
+    if not path.exists():  # a pipe (`<(...)`) or a device is read like a file
         raise error(f"{what} not found: {path}")
     try:
         data = path.read_bytes()
