@@ -355,7 +355,12 @@ def load(path: Path, identity: dict[str, Any], fingerprint: str, accept: Accept 
     if not (isinstance(payload["state"], dict) and isinstance(payload["identity"], dict)
             and isinstance(payload["rng"], list)):
         raise ResumeError(f"checkpoint {path} is damaged: its state, identity or RNG record is malformed; {fresh}")
-    step = int(payload["state"].get("step", 0))
+    try:
+        state = TrainState.from_state_dict(payload["state"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ResumeError(f"checkpoint {path} is damaged: its training state is incomplete ({one_line(err)}); "
+                          f"{fresh}") from err
+    step = state.step
     # a run written before a key joined RUNTIME_KEYS stored it in its identity: compared without it
     stored = without_runtime_keys(payload["identity"])
     same = payload["fingerprint"] == fingerprint or fingerprint_of(stored) == fingerprint
@@ -383,11 +388,6 @@ def load(path: Path, identity: dict[str, Any], fingerprint: str, accept: Accept 
     if damaged:
         raise ResumeError(f"checkpoint {path} is damaged: tensor(s) {', '.join(damaged[:5])}"
                           f"{' ...' if len(damaged) > 5 else ''} do not match their checksums; {fresh}")
-    try:
-        state = TrainState.from_state_dict(payload["state"])
-    except (KeyError, TypeError, ValueError) as err:
-        raise ResumeError(f"checkpoint {path} is damaged: its training state is incomplete ({one_line(err)}); "
-                          f"{fresh}") from err
     return Checkpoint(
         state=state,
         model=payload["model"],

@@ -205,7 +205,8 @@ def test_resume_refuses_a_damaged_or_incomplete_checkpoint(workspace, tmp_path):
     with pytest.raises(ResumeError, match="is incomplete: it has no fingerprint"):
         run(recipe, resume=True)
     for broken in ({**good, "state": {k: v for k, v in good["state"].items() if k != "tokens"}},
-                   {**good, "state": [1, 2]}, {**good, "rng": {"rank0": 1}}):
+                   {**good, "state": [1, 2]}, {**good, "rng": {"rank0": 1}},
+                   {**good, "state": {**good["state"], "step": "x"}}):  # the step read before the others: a traceback
         write(broken)  # parseable metadata, not a training state: no KeyError traceback
         with pytest.raises(ResumeError, match="is damaged: its (training state is incomplete|state, identity or RNG)"):
             run(recipe, resume=True)
