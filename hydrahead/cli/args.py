@@ -72,8 +72,8 @@ def length(text: str) -> int:
 
 
 def lengths(text: str) -> list[int]:
-    """Comma-separated token counts, each as `length`: 1k,2k,4096."""
-    values = [length(t) for t in text.split(",") if t.strip()]
+    """Comma-separated token counts, each as `length`: 1k,2k,4096 (one given twice: once)."""
+    values = list(dict.fromkeys(length(t) for t in text.split(",") if t.strip()))
     if not values:
         raise argparse.ArgumentTypeError(f"no length in {text!r}; give comma-separated tokens such as 1k,4k")
     return values

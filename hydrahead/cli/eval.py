@@ -28,7 +28,7 @@ def parse_depths(text: str) -> list[float]:
     from hydrahead.errors import EvalError
 
     try:
-        depths = [float(t) for t in text.split(",") if t.strip()]
+        depths = list(dict.fromkeys(float(t) for t in text.split(",") if t.strip()))  # one given twice: once
     except ValueError as err:
         raise EvalError(f"cannot read depths {text!r}: expected numbers in [0, 1] such as 0,0.5,1") from err
     bad = [d for d in depths if not 0.0 <= d <= 1.0]

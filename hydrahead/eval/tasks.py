@@ -148,7 +148,7 @@ def parse_tasks(names: str | Iterable[str]) -> list[TaskSpec]:
         raise EvalError(f"no task named; choose from {', '.join(TASKS)} (or 'all')")
     if unknown:
         raise EvalError(f"unknown task(s) {unknown}; choose from {', '.join(TASKS)} (or 'all')")
-    return [TASKS[n] for n in names]
+    return [TASKS[n] for n in dict.fromkeys(names)]  # a name given twice: once
 
 
 def _and_join(items: Sequence[str]) -> str:
@@ -245,10 +245,12 @@ def make_examples(
     haystack: Haystack | None = None,
     progress: bool = False,
 ) -> list[Example]:
-    """The full grid: every task x length x depth x sample (`progress`: a bar over the prompts built)."""
+    """The full grid: every task x length x depth x sample (`progress`: a bar over the prompts built). A task,
+    length or depth given twice is one cell of the grid (its prompts would be the same ones again)."""
     from tqdm.auto import tqdm
 
-    specs = [t if isinstance(t, TaskSpec) else parse_tasks([t])[0] for t in tasks]
+    specs = list(dict.fromkeys(t if isinstance(t, TaskSpec) else parse_tasks([t])[0] for t in tasks))
+    lengths, depths = list(dict.fromkeys(lengths)), list(dict.fromkeys(depths))
     haystack = haystack or Haystack.essay(seed)
     grid = [(spec, length, depth, sample) for spec in specs for length in lengths for depth in depths
             for sample in range(samples)]

@@ -70,7 +70,7 @@ def test_errors_are_one_line(model_dirs, tmp_path, capsys):
 def test_parsers():
     assert lengths("1k,2k, 4096,1.5k") == [1024, 2048, 4096, 1536]
     assert length("1M") == 1024 * 1024
-    assert parse_depths("0,0.25,1") == [0.0, 0.25, 1.0]
+    assert parse_depths("0,0.25,1,0") == [0.0, 0.25, 1.0] and lengths("1k,1024") == [1024]
     for bad in ("k", "-1", "0", ","):
         with pytest.raises(argparse.ArgumentTypeError):
             lengths(bad)

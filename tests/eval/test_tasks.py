@@ -115,3 +115,10 @@ def test_errors(tokenizer):
         parse_tasks("single_number,needle")
     assert [t.name for t in parse_tasks("all")] == list(TASKS)
     assert [t.name for t in parse_tasks("vt, multikey")] == ["vt", "multikey"]
+
+
+def test_a_task_length_or_depth_given_twice_is_one_cell(tokenizer):
+    """`--lengths 256,256 --depths 0,0`: the report said 1 sample per cell and counted 8 (found by a review)."""
+    once = make_examples(tokenizer, ["multikey"], [300], [0.5], samples=2, seed=3)
+    twice = make_examples(tokenizer, ["multikey", "multikey"], [300, 300], [0.5, 0.5], samples=2, seed=3)
+    assert [e.prompt for e in twice] == [e.prompt for e in once]
