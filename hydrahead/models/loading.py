@@ -37,6 +37,7 @@ from hydrahead.models.families import family_of_config
 from hydrahead.models.files import check_weights, config_json, find_gguf, is_gguf_file, locate
 from hydrahead.models.gguf import gguf_config, load_gguf_model, load_gguf_tokenizer
 from hydrahead.models.hybrid import HYBRID_CLASSES, is_hybrid
+from hydrahead.models.shape import ModelShape
 from hydrahead.utils.io import check_output, new_file_mode, outputs_apart
 
 MODEL_CARD = "README.md"
@@ -62,6 +63,12 @@ def check_config(path: str | Path) -> None:
         AutoConfig.from_pretrained(str(path), local_files_only=True)
     except (OSError, KeyError, *CONFIG_ERRORS) as err:
         raise invalid_config(path, err) from err
+    config = config_json(path)
+    if "num_hidden_layers" in config and "num_attention_heads" in config:  # counts transformers lets through (-1)
+        try:
+            ModelShape.from_config(config)
+        except HydraHeadError as err:
+            raise invalid_config(path, err) from None
 
 
 def invalid_config(path: str | Path, err: Exception) -> CheckpointError:

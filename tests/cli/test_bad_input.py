@@ -109,6 +109,11 @@ def files(tmp_path_factory):
     (d / "bigint_plan.json").write_text('{"fa_heads": [[0], [3]], "num_heads": ' + "9" * 5000 + "}")
     (d / "deep_plan.json").write_text("[" * 100_000)  # json's parser recurses: RecursionError, not JSONDecodeError
     (d / "deep.yaml").write_text("a: " + "[" * 100_000)
+    (d / "no_layers").mkdir()  # a count transformers lets through (a Llama's): a model of no layers answered garbage
+    for file in (ROOT / "hydrahead" / "demo" / "assets" / "teacher").iterdir():
+        (d / "no_layers" / file.name).write_bytes(file.read_bytes())
+    config = json.loads((d / "no_layers" / "config.json").read_text())
+    (d / "no_layers" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": -1}))
     (d / "wide_config").mkdir()  # a config edited: its weights are narrower (transformers printed a table first)
     for file in (d / "teacher").iterdir():
         (d / "wide_config" / file.name).write_bytes(file.read_bytes())
@@ -307,6 +312,7 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
          "deep_plan.json is not valid JSON: maximum recursion depth"),
         (["distill", str(d / "deep.yaml")], "deep.yaml is not valid YAML: nested too deeply"),
         (["generate", H, "-p", "x", "--temperature", "1", "--seed", str(2**64)], "--seed: must be below 2\\*\\*64"),
+        (["generate", str(d / "no_layers"), "-p", "x"], "no_layers/config.json is not a valid model config: .*-1 layers"),
         (["generate", str(d / "wide_config"), "-p", "x"],
          r"could not load the model in .*wide_config: tensor shapes differ from config.json \(.*in the weights"),
     ]
