@@ -122,8 +122,12 @@ def text_file(text: str) -> str:
             contents = f.read(TEXT_FILE_CHARACTERS)
     except FileNotFoundError:
         raise argparse.ArgumentTypeError(f"text file not found: {text}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise argparse.ArgumentTypeError(f"cannot read {text} as UTF-8 text: {err}") from None
+    except IsADirectoryError:
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a text file") from None
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise argparse.ArgumentTypeError(f"{text} is not UTF-8 text (byte {err.start})") from None
     if not contents.strip():
         raise argparse.ArgumentTypeError(f"{text} holds no text")
     return contents
