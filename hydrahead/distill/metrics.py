@@ -57,9 +57,9 @@ class MetricsLog:
         too (the later stages' directories removed, this stage's events after `step` purged when it writes)."""
         if not self.enabled:
             return
+        for later in stage_order[stage_order.index(stage) + 1:]:  # TensorBoard on now or not, the killed run's
+            shutil.rmtree(self.tensorboard_dir / later, ignore_errors=True)
         if self._open is not None:
-            for later in stage_order[stage_order.index(stage) + 1:]:
-                shutil.rmtree(self.tensorboard_dir / later, ignore_errors=True)
             self._purge[stage] = step + 1
         if not self.path.is_file():
             return

@@ -62,7 +62,7 @@ def config_json(path: str | Path) -> dict[str, Any]:
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as err:  # JSON or UTF-8; a number of more than 4300 digits
-        raise CheckpointError(f"{config_file} is corrupt (not valid JSON: {err or 'nested too deeply'})") from err
+        raise CheckpointError(f"{config_file} is corrupt (not valid JSON: {err})") from err
     except OSError as err:
         raise CheckpointError(f"{config_file} cannot be read: {err.strerror or err}") from None
     if not isinstance(config, dict):

@@ -15,6 +15,7 @@ package, and `accelerate`, which transformers requires for GGUF), imported only 
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import struct
 from pathlib import Path
@@ -25,14 +26,14 @@ from huggingface_hub.errors import StrictDataclassError
 
 from hydrahead.errors import CheckpointError, GgufNotInstalledError, HydraHeadError, one_line
 from hydrahead.models.files import find_gguf
-from hydrahead.models.shape import ModelShape
+from hydrahead.models.shape import check_counts
 
 # packages transformers needs to read a GGUF (the `gguf` extra in pyproject.toml)
 REQUIRED = ("gguf", "accelerate")
 # what transformers and the GGUF readers raise for a file they cannot read or a config they reject
-# (ZeroDivisionError: a head count of 0; AttributeError: a file without tokenizer metadata)
+# (ZeroDivisionError: a head count of 0)
 LOAD_ERRORS = (OSError, RuntimeError, KeyError, IndexError, ValueError, TypeError, struct.error, StrictDataclassError,
-               ArithmeticError, AttributeError)
+               ArithmeticError)
 
 
 def require_gguf() -> None:
@@ -59,11 +60,10 @@ def gguf_config(file: Path) -> dict[str, Any]:
         raise CheckpointError(f"{file} scales its RoPE ({scaling}), which transformers' GGUF loader drops: the "
                               "model would run with plain RoPE, another model than the file's; load the original "
                               "safetensors checkpoint instead")
-    if "num_attention_heads" in config:  # transformers does not validate a GGUF's counts (heads 4, KV heads 3)
-        try:
-            ModelShape.from_config(config)
-        except HydraHeadError as err:
-            raise CheckpointError(f"{file} states an impossible model: {err}") from None
+    try:
+        check_counts(config)
+    except HydraHeadError as err:
+        raise CheckpointError(f"{file} states an impossible model: {err}") from None
     return config
 
 
@@ -101,8 +101,11 @@ def load_gguf_model(file: Path, dtype: str | torch.dtype = "auto") -> Any:
                         quantization_config=GgufConfig(dequantize=True))
     # transformers puts the file's tensors in as they are: a metadata count that disagrees with them (an
     # embedding_length above the tensors' width) gives a model whose config is not its weights
-    with torch.device("meta"):
-        stated = type(model)(model.config).state_dict()
+    try:
+        with torch.device("meta"):
+            stated = type(model)(copy.deepcopy(model.config)).state_dict()
+    except Exception:  # noqa: BLE001 - a class that cannot be built on the meta device: not checked
+        return model
     for name, tensor in model.state_dict().items():
         if name in stated and tensor.shape != stated[name].shape:
             raise CheckpointError(f"{file} does not match its own metadata: {name} is {list(tensor.shape)} in the "
@@ -119,7 +122,7 @@ def load_gguf_tokenizer(file: Path) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
         metadata, _ = read_gguf_metadata(str(file))
-    except LOAD_ERRORS as err:
+    except (*LOAD_ERRORS, AttributeError) as err:  # AttributeError: a file without the tokenizer's metadata
         gguf_config(file)  # a file that is not a whole GGUF at all is named as that, not as a bad tokenizer
         raise CheckpointError(f"no usable tokenizer in {file}: {one_line(err)}") from err
     # transformers 5.17's llama converter names the BOS token as EOS too (GGUFLlamaConverter.tokenizer), leaves

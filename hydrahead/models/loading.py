@@ -37,7 +37,7 @@ from hydrahead.models.families import family_of_config
 from hydrahead.models.files import check_weights, config_json, find_gguf, is_gguf_file, locate
 from hydrahead.models.gguf import gguf_config, load_gguf_model, load_gguf_tokenizer
 from hydrahead.models.hybrid import HYBRID_CLASSES, is_hybrid
-from hydrahead.models.shape import ModelShape
+from hydrahead.models.shape import check_counts
 from hydrahead.utils.io import check_output, new_file_mode, outputs_apart
 
 MODEL_CARD = "README.md"
@@ -63,12 +63,10 @@ def check_config(path: str | Path) -> None:
         AutoConfig.from_pretrained(str(path), local_files_only=True)
     except (OSError, KeyError, *CONFIG_ERRORS) as err:
         raise invalid_config(path, err) from err
-    config = config_json(path)
-    if "num_hidden_layers" in config and "num_attention_heads" in config:  # counts transformers lets through (-1)
-        try:
-            ModelShape.from_config(config)
-        except HydraHeadError as err:
-            raise invalid_config(path, err) from None
+    try:
+        check_counts(config_json(path))
+    except HydraHeadError as err:
+        raise invalid_config(path, err) from None
 
 
 def invalid_config(path: str | Path, err: Exception) -> CheckpointError:
@@ -177,25 +175,36 @@ def _checked(model_class: Any, path: Path, refused: Sequence[str], errors: tuple
             model, info = model_class.from_pretrained(str(path.parent if where else path), output_loading_info=True,
                                                       **where, **kwargs)
         except ArithmeticError as err:  # a config whose checks pass but whose model cannot be built (zero heads)
-            raise invalid_config(path, err) from err
+            raise (CheckpointError(f"{path} is not a readable GGUF model: {one_line(err)}") if where
+                   else invalid_config(path, err)) from err
         except (OSError, RuntimeError, KeyError, *CONFIG_ERRORS, *errors) as err:
-            raise CheckpointError(f"could not load the model in {path}: {_mismatch(report) or one_line(err)}") from err
-    what = {"missing_keys": "missing tensor(s)", "unexpected_keys": "unexpected tensor(s)"}
-    wrong = [f"{what[key]} {_some(info[key])}" for key in refused if info.get(key)]
-    if wrong:
-        raise CheckpointError(f"{path} does not match its config ({'; '.join(wrong)}): the weights are incomplete "
-                              "or from another model; save the checkpoint again (save_hybrid or save_pretrained)")
-    for record in report:  # what a loaded model's report says (a teacher's tensors its class does not use)
-        logging.getLogger(record.name).handle(record)
+            detail = _mismatch(report)
+            report.shown = detail is None  # the table is the detail transformers' message points at
+            raise CheckpointError(f"could not load the model in {path}: {detail or one_line(err)}") from err
+        what = {"missing_keys": "missing tensor(s)", "unexpected_keys": "unexpected tensor(s)"}
+        wrong = [f"{what[key]} {_some(info[key])}" for key in refused if info.get(key)]
+        if wrong:
+            report.shown = False  # the line names the tensors
+            advice = ("its metadata and its tensors disagree: the file is damaged or was written wrongly" if where
+                      else "the weights are incomplete or from another model; save the checkpoint again "
+                           "(save_hybrid or save_pretrained)")
+            raise CheckpointError(f"{path} does not match its config ({'; '.join(wrong)}): {advice}")
     return model, info
+
+
+class _Held(list):
+    """Log records held back; `shown`: handed to their handlers when the block ends (the default)."""
+
+    shown = True
 
 
 @contextlib.contextmanager
 def _held_load_report():
     """The records transformers' loading logs inside the block (its load report among them), held back from their
-    handlers (a list)."""
+    handlers until it ends, then shown unless the block set `shown` to False (a refusal whose one line says what
+    the report would)."""
     loggers = [logging.getLogger(f"transformers.{name}") for name in ("modeling_utils", "utils.loading_report")]
-    held: list[logging.LogRecord] = []
+    held = _Held()
 
     class Hold(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
@@ -211,6 +220,9 @@ def _held_load_report():
         for logger, before in zip(loggers, propagate):
             logger.removeHandler(handler)
             logger.propagate = before
+        if held.shown:
+            for record in held:
+                logging.getLogger(record.name).handle(record)
 
 
 def _mismatch(report: list[logging.LogRecord]) -> str | None:

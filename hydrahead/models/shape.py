@@ -94,3 +94,11 @@ def check_positions(config: Any, length: int, what: str, name: str = "the model"
         raise UnsupportedModelError(
             f"{name} (a {_field(config, 'model_type')} model) has a learned position table of {limit} positions: "
             f"{what} {length} is beyond it; use at most {limit}")
+
+
+def check_counts(config: dict[str, Any]) -> None:
+    """UnsupportedModelError when a config states decoder counts no decoder has (-1 layers, KV heads that do not
+    divide the heads: counts transformers lets through for some families and for GGUF metadata); nothing for a
+    config without num_hidden_layers and num_attention_heads (GPT-2's names, an encoder-decoder's)."""
+    if "num_hidden_layers" in config and "num_attention_heads" in config:
+        ModelShape.from_config(config)

@@ -151,8 +151,10 @@ def read_text(path: str | Path, error: type[Exception], what: str) -> str:
     path = Path(path)
     if path.is_dir():
         raise error(f"{what} {path} is a directory, not a file")
-    if not path.exists():  # a pipe (`<(...)`) or a device is read like a file
+    if not path.exists():
         raise error(f"{what} not found: {path}")
+    if not (path.is_file() or path.is_fifo()):  # a pipe (`<(...)`) is read like a file; a device is not
+        raise error(f"{what} {path} is not a file")
     try:
         data = path.read_bytes()
     except OSError as err:  # permissions, a file that vanished
@@ -179,7 +181,7 @@ def read_json(path: str | Path, error: type[Exception], what: str):
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as err:  # ValueError: also a number of more than 4300 digits
-        raise error(f"{what} {path} is not valid JSON: {err or 'nested too deeply'}") from err
+        raise error(f"{what} {path} is not valid JSON: {err}") from err
 
 
 def read_yaml_mapping(path: str | Path, error: type[Exception], what: str) -> dict:

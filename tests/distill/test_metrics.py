@@ -89,6 +89,9 @@ def test_a_resumed_run_purges_its_stage_in_tensorboard_and_removes_the_later_sta
     opened = FakeWriter.opened
     assert opened[str(tmp_path / "tensorboard" / "distill")].purge_step == 31  # events from step 31 on hidden
     assert opened[str(tmp_path / "tensorboard" / "long_context")].purge_step is None
+    (tmp_path / "tensorboard" / "long_context").mkdir(exist_ok=True)
+    MetricsLog(tmp_path, enabled=True).truncate_after(["align", "distill", "long_context"], "distill", 40)
+    assert not (tmp_path / "tensorboard" / "long_context").exists()  # removed by a resume with TensorBoard off too
 
 
 def test_tensorboard_shows_a_resumed_run_once(tmp_path):

@@ -358,3 +358,30 @@ def test_a_tokenizer_with_several_chat_templates_saves_twice(saved, tmp_path):
     (out / "additional_chat_templates" / "notes.txt").write_text("mine")
     with pytest.raises(hydrahead.CheckpointError, match=r"holds other files \(additional_chat_templates\)"):
         hydrahead.save_hybrid(model, out, tokenizer)
+
+
+def test_transformers_load_report_is_shown_when_a_teacher_loads_and_held_back_when_it_is_refused(tmp_path):
+    """A teacher may hold tensors its class does not use: the model loads and transformers' report says so. A
+    refusal is one line (the table it would print before is held back)."""
+    import logging
+
+    teacher = make_teacher("qwen3")
+    teacher.save_pretrained(tmp_path / "t")
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    fewer = {**config, "num_hidden_layers": 1, "layer_types": config["layer_types"][:1]}
+    (tmp_path / "t" / "config.json").write_text(json.dumps(fewer))
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        assert hydrahead.load_model(tmp_path / "t").config.num_hidden_layers == 1
+        shown = [r for r in seen if "LOAD REPORT" in r.getMessage()]
+        assert shown and "UNEXPECTED" in shown[0].getMessage()
+        seen.clear()
+        (tmp_path / "t" / "config.json").write_text(json.dumps({**config, "hidden_size": 2 * config["hidden_size"]}))
+        with pytest.raises(hydrahead.CheckpointError, match="tensor shapes differ from config.json"):
+            hydrahead.load_model(tmp_path / "t")
+        assert not [r for r in seen if "LOAD REPORT" in r.getMessage()]
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
