@@ -26,10 +26,9 @@ import torch
 
 from hydrahead.errors import ResumeError
 from hydrahead.demo.log import Log
-from hydrahead.demo.scale import PLAN_NAMES, DemoScale
+from hydrahead.demo.scale import PLAN_NAMES, RANDOM, DemoScale
 from hydrahead.plan import HeadPlan
 
-RANDOM = "random-7:1"  # the baseline whose heads are drawn anew for every distillation seed
 NEEDLE_TYPES = ("number", "word")  # the demo's probes; UUIDs take too many tokens at its short training length
 CORPUS_SEED = 1  # distillation documents: a seed the teacher's documents (seed 0) did not use
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from hydrahead.demo.scale import DemoScale
+from hydrahead.demo.scale import RANDOM, DemoScale
 from hydrahead.utils.io import atomic_write_text, save_figure
 
 HYDRAHEAD = "hydrahead-7:1"
@@ -257,7 +257,7 @@ def write_demo_report(out: Path, *, scale: DemoScale, teacher: Any, models: dict
     lines += ["## Plans", ""]
     for name, plan in plans.items():
         drawn = (f" (heads drawn anew for every seed; seed {scale.seeds[0]}'s shown)"
-                 if name == "random-7:1" and seeds > 1 else "")
+                 if name == RANDOM and seeds > 1 else "")
         lines.append(f"- **{name}**{drawn}: FA heads per layer {plan.fa_heads_per_layer}, FA KV heads per layer "
                      f"{plan.fa_kv_heads_per_layer}, KV cache {100 * plan.kv_cache_fraction:.1f}% of the teacher")
     lines += ["", "## Time", "", "| step | seconds |", "|---|---:|"]

@@ -13,7 +13,8 @@ from typing import Any
 
 from hydrahead.errors import HydraHeadError
 
-PLAN_NAMES = ("hydrahead-7:1", "random-7:1", "fixed-per-layer-7:1", "layerwise-3:1", "layerwise-7:1", "all-gdn")
+RANDOM = "random-7:1"  # the baseline whose heads are drawn anew for every distillation seed
+PLAN_NAMES = ("hydrahead-7:1", RANDOM, "fixed-per-layer-7:1", "layerwise-3:1", "layerwise-7:1", "all-gdn")
 
 
 @dataclass(frozen=True)

@@ -360,11 +360,10 @@ def load(path: Path, identity: dict[str, Any], fingerprint: str, accept: Accept 
     except (KeyError, TypeError, ValueError) as err:
         raise ResumeError(f"checkpoint {path} is damaged: its training state is incomplete ({one_line(err)}); "
                           f"{fresh}") from err
-    step = state.step
     # a run written before a key joined RUNTIME_KEYS stored it in its identity: compared without it
     stored = without_runtime_keys(payload["identity"])
     same = payload["fingerprint"] == fingerprint or fingerprint_of(stored) == fingerprint
-    if not same and not (accept is not None and accept(stored, step)):
+    if not same and not (accept is not None and accept(stored, state.step)):
         changes = diff_identities(stored, identity) or ["(identity unchanged, fingerprint differs)"]
         raise ResumeError(
             f"checkpoint {path} was written by a different recipe; --resume needs the same teacher, plan, "
