@@ -47,15 +47,18 @@ def byte_bpe_tokenizer(vocab_size: int = 97) -> PreTrainedTokenizerFast:
                                    chat_template=CHAT_TEMPLATE)
 
 
-def add_tokenizer(writer: Any, tokenizer: PreTrainedTokenizerFast, add_bos: bool | None) -> None:
-    """The tokenizer's metadata, as llama.cpp writes a byte-level BPE's."""
+def add_tokenizer(writer: Any, tokenizer: PreTrainedTokenizerFast, add_bos: bool | None,
+                  token_list: bool = True) -> None:
+    """The tokenizer's metadata, as llama.cpp writes a byte-level BPE's (`token_list=False`: all but the list of
+    tokens, a damaged file's)."""
     import gguf
 
     backend = json.loads(tokenizer.backend_tokenizer.to_str())
     vocab = sorted(backend["model"]["vocab"].items(), key=lambda item: item[1])
     assert [i for _, i in vocab] == list(range(len(vocab)))
     writer.add_tokenizer_model("gpt2")
-    writer.add_token_list([token for token, _ in vocab])
+    if token_list:
+        writer.add_token_list([token for token, _ in vocab])
     writer.add_token_types([gguf.TokenType.CONTROL if token in SPECIALS else gguf.TokenType.NORMAL
                             for token, _ in vocab])
     writer.add_token_merges([" ".join(pair) for pair in backend["model"]["merges"]])
@@ -76,13 +79,13 @@ def permute(weight: np.ndarray, heads: int) -> np.ndarray:
 
 def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast,
                add_bos: bool | None = None, rope_scaling: str | None = None, rope_freqs: bool = False,
-               counts: dict[str, int] | None = None, with_tokenizer: bool = True) -> Path:
+               counts: dict[str, int] | None = None, tokenizer_metadata: str = "all") -> Path:
     """`model` (a LlamaForCausalLM without attention bias) and `tokenizer` (byte-level BPE) as an F32 GGUF;
     `add_bos`: the file says whether its tokenizer puts BOS before every text (None: it says nothing);
     `rope_scaling` (a llama.cpp scaling type, factor 4) and `rope_freqs` (Llama 3.1's frequency factors tensor):
     what the model itself does not do, for the loader's refusal. `counts` states other values than the model's
-    for embedding_length, block_count, head_count or head_count_kv, and `with_tokenizer=False` leaves the
-    tokenizer's metadata out: a damaged file's metadata."""
+    for embedding_length, block_count, head_count or head_count_kv, and `tokenizer_metadata` ("all", "no token
+    list", "none") leaves the tokenizer's metadata out, in part or whole: a damaged file's metadata."""
     import gguf
 
     config, path = model.config, Path(path)
@@ -107,8 +110,8 @@ def write_gguf(path: str | Path, model: torch.nn.Module, tokenizer: PreTrainedTo
         writer.add_rope_scaling_type(gguf.RopeScalingType(rope_scaling))
         writer.add_rope_scaling_factor(4.0)
 
-    if with_tokenizer:
-        add_tokenizer(writer, tokenizer, add_bos)
+    if tokenizer_metadata != "none":
+        add_tokenizer(writer, tokenizer, add_bos, token_list=tokenizer_metadata != "no token list")
 
     writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
     for i in range(config.num_hidden_layers):

@@ -189,9 +189,10 @@ def test_metadata_that_disagrees_with_the_tensors_is_one_checkpoint_error(tiny, 
     assert not [record for record in seen if "LOAD REPORT" in record.getMessage()]
 
 
-def test_a_file_without_tokenizer_metadata_is_one_checkpoint_error(tiny, tmp_path):
+@pytest.mark.parametrize("metadata", ["none", "no token list"])  # transformers: ValueError, AttributeError
+def test_a_file_without_tokenizer_metadata_is_one_checkpoint_error(tiny, tmp_path, metadata):
     _, model, written = tiny
-    path = write_gguf(tmp_path / "notok.gguf", model, written, with_tokenizer=False)
+    path = write_gguf(tmp_path / "notok.gguf", model, written, tokenizer_metadata=metadata)
     with pytest.raises(hydrahead.CheckpointError, match="no usable tokenizer in .*notok.gguf"):
         hydrahead.load_tokenizer(path)
 
