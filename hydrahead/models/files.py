@@ -1,7 +1,7 @@
 """A model path's files, checked without loading anything (no torch, no transformers): whether it exists, is a
-checkpoint directory or a GGUF file, has a config.json that parses and weights that open. The loader
-(loading.py) starts from these, and the command line checks every model argument with them while it reads the
-arguments (`hydrahead.cli.args.model_path`), so a wrong path is one line at once.
+checkpoint directory or a GGUF file, has a config.json that parses, weights that open and a generation config
+that parses. The loader (loading.py) starts from these, and the command line checks every model argument with
+them while it reads the arguments (`hydrahead.cli.args.model_path`), so a wrong path is one line at once.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ SUFFIX = ".gguf"
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+GENERATION_CONFIG = "generation_config.json"
 
 
 def is_gguf_file(path: Path) -> bool:
@@ -59,15 +60,19 @@ def config_json(path: str | Path) -> dict[str, Any]:
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path} has no config.json (nor a .gguf file); is it a model directory?")
+    return _json_object(config_file)
+
+
+def _json_object(file: Path) -> dict[str, Any]:
     try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
+        obj = json.loads(file.read_text(encoding="utf-8"))
     except (ValueError, RecursionError) as err:  # JSON or UTF-8; a number of more than 4300 digits
-        raise CheckpointError(f"{config_file} is corrupt (not valid JSON: {err})") from err
+        raise CheckpointError(f"{file} is corrupt (not valid JSON: {err})") from err
     except OSError as err:
-        raise CheckpointError(f"{config_file} cannot be read: {err.strerror or err}") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{config_file} is corrupt (not a JSON object)")
-    return config
+        raise CheckpointError(f"{file} cannot be read: {err.strerror or err}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{file} is corrupt (not a JSON object)")
+    return obj
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -91,14 +96,18 @@ def weight_files(path: Path) -> list[Path]:
     raise CheckpointError(f"{path} has no weights ({WEIGHTS} or {WEIGHTS_INDEX})")
 
 
-def check_weights(path: Path) -> None:
-    """Open every safetensors file's header: catches truncated or overwritten files before loading."""
+def check_files(path: Path) -> None:
+    """Open every safetensors file's header, and parse generation_config.json when there is one: catches
+    truncated or overwritten files before loading (transformers loads a model whose generation config is not
+    JSON with default generation settings instead, and says so only at the info log level)."""
     for file in weight_files(path):
         try:
             with safe_open(str(file), framework="pt") as f:
                 f.keys()
         except Exception as err:  # safetensors raises its own error types for a bad header
             raise CheckpointError(f"weights file {file} is corrupt or truncated: {err}") from err
+    if (path / GENERATION_CONFIG).exists():
+        _json_object(path / GENERATION_CONFIG)
 
 
 def check_model_path(path: str | Path) -> None:
@@ -106,4 +115,4 @@ def check_model_path(path: str | Path) -> None:
     valid config.json and weights whose headers open (CheckpointError naming the first problem)."""
     if locate(path) is None:
         config_json(path)
-        check_weights(Path(path))
+        check_files(Path(path))

@@ -34,7 +34,7 @@ from huggingface_hub.errors import StrictDataclassError
 
 from hydrahead.errors import CheckpointError, DeviceError, HydraHeadError, OutputError, one_line
 from hydrahead.models.families import family_of_config
-from hydrahead.models.files import check_weights, config_json, find_gguf, is_gguf_file, locate
+from hydrahead.models.files import check_files, config_json, find_gguf, is_gguf_file, locate
 from hydrahead.models.gguf import gguf_config, load_gguf_model, load_gguf_tokenizer
 from hydrahead.models.hybrid import HYBRID_CLASSES, is_hybrid
 from hydrahead.models.shape import check_counts
@@ -128,7 +128,7 @@ def load_model(path: str | Path, dtype: str | torch.dtype = "auto", device: str 
     if (gguf := find_gguf(path)) is not None:  # its header was read with the config
         return load_gguf_model(gguf, torch_dtype(dtype)).to(target).eval()
     check_config(path)
-    check_weights(path)
+    check_files(path)
     if config.get("model_type") in hybrid_model_types():
         model = _hybrid(path, config, dtype=torch_dtype(dtype))
     else:
@@ -148,7 +148,7 @@ def from_pretrained(path: str | Path, **kwargs: Any):
             f"{path} holds a {config.get('model_type')!r} model, not a hydrahead hybrid "
             f"(expected one of {hybrid_model_types()}); convert it first with `hydrahead convert`"
         )
-    check_weights(path)
+    check_files(path)
     return _hybrid(path, config, **kwargs)
 
 
@@ -288,7 +288,7 @@ def check_model_dirs(paths: list[str | Path] | tuple[str | Path, ...]) -> None:
         try:
             read_config(path)  # a GGUF file's header with it
             if find_gguf(path) is None:
-                check_weights(Path(path))  # every safetensors header opens
+                check_files(Path(path))  # every safetensors header opens, the generation config parses
         except CheckpointError as err:
             bad.append(str(err))
     if bad:

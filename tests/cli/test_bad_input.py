@@ -119,6 +119,10 @@ def files(tmp_path_factory):
         (d / "wide_config" / file.name).write_bytes(file.read_bytes())
     config = json.loads((d / "wide_config" / "config.json").read_text())
     (d / "wide_config" / "config.json").write_text(json.dumps({**config, "hidden_size": 2 * config["hidden_size"]}))
+    (d / "bad_generation").mkdir()  # transformers loads it with default generation settings, says so at info level
+    for file in (d / "teacher").iterdir():
+        (d / "bad_generation" / file.name).write_bytes(file.read_bytes())
+    (d / "bad_generation" / "generation_config.json").write_text('{"max_new_tokens": "x", ')
     return d
 
 
@@ -319,6 +323,7 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["generate", str(d / "no_layers"), "-p", "x"], "no_layers/config.json is not a valid model config: .*-1 layers"),
         (["generate", str(d / "wide_config"), "-p", "x"],
          r"could not load the model in .*wide_config: tensor shapes differ from config.json \(.*in the weights"),
+        (["generate", str(d / "bad_generation"), "-p", "x"], "bad_generation/generation_config.json is corrupt"),
     ]
 
 

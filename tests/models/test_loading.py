@@ -121,6 +121,16 @@ def test_corrupt_config(saved):
         hydrahead.from_pretrained(path)
 
 
+@pytest.mark.parametrize("text", ['{"max_new_tokens": 5,', "[1, 2]"])
+def test_a_generation_config_that_is_not_a_json_object_is_refused(saved, text):
+    # transformers itself loads the model with default generation settings and logs that at the info level
+    _, path = saved
+    (path / "generation_config.json").write_text(text)
+    for load in (hydrahead.from_pretrained, hydrahead.load_model):
+        with pytest.raises(hydrahead.CheckpointError, match="generation_config.json is corrupt"):
+            load(path)
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("hidden_size", 65, "multiple of"),  # no longer a multiple of the heads: transformers' strict validation
     ("num_hidden_layers", "four", "expected int, got str"),
