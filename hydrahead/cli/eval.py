@@ -129,9 +129,11 @@ def run_dtype(args: argparse.Namespace) -> str:
 
 def run_ppl(args: argparse.Namespace) -> list[Path]:
     from hydrahead.eval import evaluate_perplexity, load_documents, load_model, load_tokenizer
+    from hydrahead.eval.ppl import check_length
     from hydrahead.eval.report import write_report
 
     length, bucket, chunk = args.length, args.bucket, args.chunk
+    check_length(length)  # before any model loads
     models, notes = _models(args, length, "--length")
     documents = load_documents(args.data)
     results, started = [], time.time()

@@ -126,6 +126,12 @@ def default_bucket(length: int) -> int:
     return max(1, length // 8)
 
 
+def check_length(length: int) -> None:
+    """EvalError unless `length` tokens hold a prediction (the first token is only context)."""
+    if length < 2:
+        raise EvalError(f"length must be at least 2 tokens, got {length}")
+
+
 def evaluate_perplexity(
     model: Any,
     tokenizer: Any,
@@ -138,8 +144,7 @@ def evaluate_perplexity(
     progress: bool = True,
 ) -> PerplexityResult:
     """NLL by position bucket of one model on the first `length` tokens of each long-enough document."""
-    if length < 2:
-        raise EvalError(f"length must be at least 2 tokens, got {length}")
+    check_length(length)
     check_positions(model.config, length, "length", label)
     bucket = bucket or default_bucket(length)
     n_buckets = (length - 1) // bucket + 1  # predicted positions are 1 .. length-1

@@ -67,6 +67,17 @@ def test_errors_are_one_line(model_dirs, tmp_path, capsys):
     assert "data file(s) not found" in capsys.readouterr().err
 
 
+def test_a_ppl_length_without_a_prediction_is_refused_before_any_model_loads(model_dirs, tmp_path, capsys,
+                                                                              monkeypatch):
+    import hydrahead.eval
+
+    monkeypatch.setattr(hydrahead.eval, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    (tmp_path / "doc.txt").write_text("The grass is green. " * 20)
+    assert main(["eval", "ppl", "--models", str(model_dirs["hybrid"]), "--data", str(tmp_path / "doc.txt"),
+                 "--length", "1", "--out", str(tmp_path / "r")]) == 2
+    assert "length must be at least 2 tokens, got 1" in capsys.readouterr().err
+
+
 def test_parsers():
     assert lengths("1k,2k, 4096,1.5k") == [1024, 2048, 4096, 1536]
     assert length("1M") == 1024 * 1024
