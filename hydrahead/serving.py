@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 from hydrahead.errors import ServingError, one_line
@@ -110,8 +111,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 def wait_until_up(url: str, process=None, timeout: float = 180.0) -> None:
     """Return once the server at `url` answers /health; ServingError if `process` (a subprocess.Popen running
     it) exits first, or after `timeout` seconds."""
-    import time
-
     import httpx
 
     deadline = time.monotonic() + timeout
@@ -163,6 +162,16 @@ def sample_when_asked() -> None:
     BaseHandler._build_generation_config = build_config
 
 
+def list_served_model(name: str) -> None:
+    """In this (server) process: `/v1/models` lists the one model the server answers for (`name`), as OpenAI's
+    API does for a client that asks which model to send. transformers' server lists the Hugging Face cache
+    instead, even when pinned to one model, and answers 500 where there is no cache."""
+    from transformers.cli.serving.model_manager import ModelManager
+
+    entry = {"id": name, "object": "model", "created": int(time.time()), "owned_by": "hydrahead"}
+    ModelManager.get_gen_models = staticmethod(lambda cache_dir=None: [entry])
+
+
 def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: str = "auto", dtype: str = "auto",
           chat_template: str | Path | None = None, continuous_batching: bool = False,
           log_level: str = "warning") -> None:
@@ -195,6 +204,7 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: s
 
     expose_in_transformers(*(model_class for _, model_class in HYBRID_CLASSES.values()))
     sample_when_asked()
+    list_served_model(str(path))
     print(f"serving {path}: {summary}", flush=True)
     batching = "continuous batching" if continuous_batching else "requests run one at a time"
     print(f"  on {target} in {dtype}; {template_note}; {batching}", flush=True)

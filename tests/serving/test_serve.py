@@ -46,7 +46,8 @@ class Server:
     """A server subprocess whose output goes to a file (a pipe nobody reads would fill and block it)."""
 
     def __init__(self, argv: list[str], port: int, log: Path) -> None:
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+               "HF_HUB_CACHE": str(log.parent / "no-hub-cache")}  # a fresh machine's: none
         self.log = log
         with open(log, "w") as out:
             self.process = subprocess.Popen(argv, cwd="/", env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -153,6 +154,13 @@ def test_sampling_follows_the_seed(server):
              for seed in (3, 3, 4)]
     assert texts[0] == texts[1]
     assert len(set(texts)) == 2  # a random tiny model at temperature 1.5: another seed, another text
+
+
+def test_models_lists_the_served_model(server):
+    url, model_name = server  # transformers' list (its Hugging Face cache, none here) answered 500
+    response = httpx.get(f"{url}/v1/models", timeout=30)
+    assert response.status_code == 200, response.text
+    assert [model["id"] for model in response.json()["data"]] == [model_name]
 
 
 def test_malformed_requests_get_http_errors_and_the_server_stays_up(server, greedy):
