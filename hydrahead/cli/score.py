@@ -128,6 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from hydrahead.models.loading import read_config
     from hydrahead.scoring import ScoringError, build_probes, score_heads
+    from hydrahead.scoring.readout import unsolved_note
 
     if args.no_senders and args.method == "retrieval":
         raise ScoringError("--no-senders applies to patching and attribution; the retrieval score has no sender term")
@@ -148,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
     meta = scores.metadata
     print(f"{args.method} scores of {scores.num_layers} layers x {scores.num_heads} heads on {len(probes)} probes "
           f"in {meta['wall_seconds']:.1f} s ({meta['forward_calls']} forward calls, {meta['backwards']} backward)")
+    if meta["clean_accuracy"] is not None:
+        print(f"the model solves {meta['clean_accuracy']:.0%} of the probes (teacher-forced, greedy)")
+    if note := unsolved_note(meta["clean_accuracy"], "patched", "these scores say little about retrieval"):
+        print(note, flush=True)
     top = scores.top_k(min(args.top, scores.values.size))
     print(f"top {len(top)} heads (layer, head): " + ", ".join(f"({l}, {h}) {scores.values[l, h]:.3f}" for l, h in top))
     print(f"saved scores to {args.out}" + (f" and heatmap to {args.plot}" if args.plot else ""))

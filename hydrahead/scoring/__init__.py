@@ -69,6 +69,7 @@ def score_heads(
         else:
             values, components, meta = retrieval_scores(runner, probes, progress=progress, **method_options)
         stats = runner.stats
+        solved = [runner.solved.get(id(probe)) for probe in probes]
     config = model.config
     metadata = {
         **meta,
@@ -77,6 +78,8 @@ def score_heads(
         "num_heads": runner.num_heads,
         "num_kv_heads": runner.num_kv_heads,
         "num_probes": len(probes),
+        # the fraction of probes the unpatched model answers (teacher-forced, greedy); low: the scores say little
+        "clean_accuracy": None if None in solved else round(sum(solved) / len(probes), 4),
         "probe_config": probe_config.to_dict() if probe_config is not None else None,
         "batch_size": batch_size,
         "wall_seconds": round(time.perf_counter() - start, 3),

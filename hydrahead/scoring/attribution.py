@@ -84,7 +84,9 @@ def _receiver_pass(runner: Runner, probe: Probe, freeze_attention: bool,
         with torch.enable_grad():
             control = AttentionControl("detach" if freeze_attention else "free")
             out = runner.run_layers(runner.embed(probe.input_ids()), 0, control, keep=hidden)
-            m = runner.margin(runner.logits(out, probe), probe)[0]
+            logits = runner.logits(out, probe)
+            runner.note_clean(logits, probe)
+            m = runner.margin(logits, probe)[0]
             leaves = [hooks.leaves[layer] for layer in range(runner.num_layers)]
             grads = torch.autograd.grad(m, leaves)  # each (1, T, H, D)
         clean_heads = [hooks.capture[layer].detach() for layer in range(runner.num_layers)]
@@ -137,7 +139,9 @@ def sender_attribution_effects(runner: Runner, probe: Probe, receivers: Sequence
     try:
         with torch.enable_grad():
             out = runner.run_layers(inputs.hidden[layers[0]].to(device), layers[0], AttentionControl("detach"))
-            m = runner.margin(runner.logits(out, probe), probe)[0]
+            logits = runner.logits(out, probe)
+            runner.note_clean(logits, probe)
+            m = runner.margin(logits, probe)[0]
             grads = dict(zip(layers, torch.autograd.grad(m, [hooks.leaves[l] for l in layers])))  # (1, T, H, D)
     finally:
         hooks.cuts, hooks.grad, hooks.leaves = {}, False, {}

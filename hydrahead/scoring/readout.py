@@ -34,6 +34,15 @@ def exact_match(logits: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(-1) == answer).all(-1)
 
 
+def unsolved_note(accuracy: float | None, unchanged: str, consequence: str) -> str | None:
+    """A warning when the model solves fewer than half of the probes with nothing `unchanged` ("ablated",
+    "patched"): then `consequence`."""
+    if accuracy is None or accuracy >= 0.5:
+        return None
+    return (f"note: the model solves only {accuracy:.0%} of the probes with nothing {unchanged}, so {consequence}; "
+            "use probes it can solve (a shorter --context-length, easier --needle-types)")
+
+
 def indirect_effect(m_clean: torch.Tensor | float, m_patched: torch.Tensor, m_corrupt: torch.Tensor | float) -> torch.Tensor:
     """(m(x) - m(x; patched)) / (m(x) - m(x')), elementwise over m_patched."""
     return (m_clean - m_patched) / (m_clean - m_corrupt)

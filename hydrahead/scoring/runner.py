@@ -20,7 +20,7 @@ from torch import nn
 from hydrahead.scoring.attention import AttentionControl, scoring_attention_enabled
 from hydrahead.models.heads import HeadHooks, HeadPatch
 from hydrahead.scoring.probes import Probe
-from hydrahead.scoring.readout import LAMBDA, logit_margin
+from hydrahead.scoring.readout import LAMBDA, exact_match, logit_margin
 
 
 @dataclass
@@ -60,6 +60,7 @@ class Runner:
         self.head_dim = self.hooks.head_dim
         self.lam = lam
         self.stats = RunStats()
+        self.solved: dict[int, bool] = {}  # id(probe) -> the unpatched model gets its whole answer (greedy)
         self._stack: contextlib.ExitStack | None = None
 
     @property
@@ -108,6 +109,10 @@ class Runner:
         logits = self.model.lm_head(self.model.model.norm(h))
         return logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32 at least: a float64 model stays so
 
+    def note_clean(self, logits: torch.Tensor, probe: Probe) -> None:
+        """Record whether the clean run's readout `logits` (1, n, V) solve `probe` (`solved`)."""
+        self.solved[id(probe)] = bool(exact_match(logits.detach(), torch.tensor(probe.answer, device=logits.device))[0])
+
     def margin(self, logits: torch.Tensor, probe: Probe) -> torch.Tensor:
         answer = torch.tensor(probe.answer, device=logits.device)
         distractor = torch.tensor(probe.distractor, device=logits.device)
@@ -128,6 +133,8 @@ class Runner:
             self.hooks.capture = None
         hidden.append(out)
         logits = self.logits(out, probe)
+        if not corrupted:
+            self.note_clean(logits, probe)
         return RunRecord(hidden, heads, control, logits, float(self.margin(logits, probe)[0]))
 
     def attention_heads(self, layer: int, hidden: torch.Tensor, grad: bool = False) -> torch.Tensor:

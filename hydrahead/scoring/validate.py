@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from hydrahead.scoring.ablate import ablate, head_means
 from hydrahead.errors import ScoringError
 from hydrahead.scoring.probes import Probe, batches_by_length
-from hydrahead.scoring.readout import exact_match
+from hydrahead.scoring.readout import exact_match, unsolved_note
 from hydrahead.scoring.scores import HeadScores
 from hydrahead.utils.io import write_json
 
@@ -116,9 +116,8 @@ class ValidationReport:
         rows += [f"| random-{self.top_k} (seed {s}) | {a:.3f} |" for s, a in zip(self.seeds, self.accuracy_random)]
         if self.accuracy_random:
             rows.append(f"| random-{self.top_k} (mean) | {self.accuracy_random_mean:.3f} |")
-        if self.accuracy < 0.5:
-            rows += ["", f"note: the model solves only {self.accuracy:.0%} of the probes with nothing ablated, so the "
-                         "ablation check says little; use probes it can solve (shorter context, easier needles)"]
+        if note := unsolved_note(self.accuracy, "ablated", "the ablation check says little"):
+            rows += ["", note]
         if self.agreement:
             rows += ["", f"| method | vs | Spearman | top-{self.top_k} Jaccard |", "|---|---|---|---|"]
             def label(name: str, senders: bool | None) -> str:

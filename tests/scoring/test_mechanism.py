@@ -6,6 +6,8 @@ recall over more heads (e.g. seed 2: no pair of heads breaks it), which is a pro
 not of the ranking.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -18,9 +20,15 @@ from tests.scoring.kv_model import KV_CONFIG, train_kv_model
 
 
 @pytest.fixture(scope="module")
-def trained():
+def kv():
     model, tokenizer, steps, accuracy = train_kv_model()
     assert accuracy >= 0.9, f"the recall model did not train ({accuracy:.2f} after {steps} steps)"
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def trained(kv):
+    model, tokenizer = kv
     score_probes = build_probes(tokenizer, KV_CONFIG, seed=1, samples=8)
     test_probes = build_probes(tokenizer, KV_CONFIG, seed=2, samples=32)  # held out from scoring
     scores = {m: score_heads(model, probes=score_probes, method=m) for m in ("patching", "attribution", "retrieval")}
@@ -30,6 +38,18 @@ def trained():
 def test_model_solves_recall(trained):
     model, probes, _ = trained
     assert teacher_forced_accuracy(model, probes) >= 0.9
+
+
+@pytest.mark.parametrize("method", ["patching", "attribution", "retrieval"])
+def test_scores_say_how_many_probes_the_unpatched_model_solves(kv, method):
+    """The clean runs' accuracy, recorded while scoring, is validate's teacher-forced accuracy of the plain model;
+    half of the probes here ask for the distractor (which this model does not answer)."""
+    model, tokenizer = kv
+    probes = build_probes(tokenizer, KV_CONFIG, seed=3, samples=4)
+    probes[::2] = [dataclasses.replace(p, answer=p.distractor, distractor=p.answer) for p in probes[::2]]
+    expected = teacher_forced_accuracy(model, probes)
+    assert 0 < expected < 1
+    assert score_heads(model, probes=probes, method=method).metadata["clean_accuracy"] == pytest.approx(expected)
 
 
 @torch.no_grad()
