@@ -72,6 +72,21 @@ def parse_layers(text: str) -> list[int]:
     return layers
 
 
+def ratio_note(plan, args: argparse.Namespace) -> str | None:
+    """A note when the plan's LA:FA is not the one asked for: the shape allows only whole layers (layerwise),
+    whole KV groups or a minimum per layer, and the count is rounded."""
+    from hydrahead.plan import parse_ratio
+
+    asked = args.ratio or ("3:1" if args.baseline == "layerwise" else "7:1")
+    la, fa = parse_ratio(asked)
+    if plan.num_la * fa == plan.num_fa * la:
+        return None
+    achieved = "inf" if plan.num_fa == 0 else f"{plan.la_fa_ratio:.2f}:1"
+    units = (f"{sum(map(bool, plan.fa_heads))} of {plan.num_layers} layers" if args.baseline == "layerwise"
+             else f"{plan.num_fa} of {plan.num_layers * plan.num_heads} heads")
+    return f"note: LA:FA is {achieved}, not the {asked} asked for: the nearest this model's shape allows ({units} FA)"
+
+
 def run(args: argparse.Namespace) -> int:
     from hydrahead import HeadPlan
     from hydrahead.errors import PlanError
@@ -84,10 +99,10 @@ def run(args: argparse.Namespace) -> int:
     if args.layers is not None and args.ratio is not None:
         raise PlanError("--baseline layerwise takes --ratio (evenly spaced FA layers) or --layers, not both")
     outputs_apart({"--out": args.out}, {"--scores": args.scores, "--model": args.model})
+    if args.baseline in ("scores", "fixed-per-layer") and args.scores is None:
+        raise PlanError(f"--baseline {args.baseline} needs --scores")
     scores = HeadScores.from_json(args.scores) if args.scores else None
     config = _shape_config(args, scores)
-    if args.baseline in ("scores", "fixed-per-layer") and scores is None:
-        raise PlanError(f"--baseline {args.baseline} needs --scores")
     if args.baseline == "scores":
         plan = HeadPlan.from_scores(scores, args.ratio or "7:1", args.min_per_layer, args.granularity,
                                     config=config if args.model else None)
@@ -102,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
         plan = HeadPlan.layerwise(config, args.ratio or "3:1", layers)
     plan.to_json(args.out)
     print(plan.summary())
+    if args.baseline in APPLIES["ratio"] and args.layers is None and (note := ratio_note(plan, args)):
+        print(note)
     if plan.meta.get("tied_picks"):
         unit = "KV groups" if plan.meta.get("granularity") == "kv_group" else "heads"
         print(f"note: {plan.meta['tied_picks']} of the FA {unit} were picked among equal scores (the lower layer, then "

@@ -261,7 +261,8 @@ def _fit(encode: _Encoder, config: ProbeConfig, text, pool: list[str], value: li
     best = ids(0)
     if not fits(best):
         raise ProbeError(f"context_length={config.context_length} is too short for {what} (needles and question "
-                         f"alone take {len(best[0]) + len(value) + len(best[1])} tokens)")
+                         f"alone take {len(best[0]) + len(value) + len(best[1])} tokens); give a longer "
+                         "--context-length, or leave such probes out (--needle-types, --capabilities, --num-keys)")
     n, used = 0, len(best[0]) + len(value) + len(best[1])
     while n < len(pool) and used + len(encode(f" {pool[n]}")) <= config.context_length:
         used += len(encode(f" {pool[n]}"))

@@ -126,6 +126,16 @@ def test_baseline_plans(teacher_dir, capsys):
     model = str(teacher_dir / "teacher")
     assert main(["plan", "--baseline", "layerwise", "--model", model, "--ratio", "1:1", "--out", str(teacher_dir / "lw.json")]) == 0
     assert HeadPlan.from_json(teacher_dir / "lw.json").fa_heads == ((), (0, 1, 2, 3))
+    assert "note" not in capsys.readouterr().out
+    # 2 layers cannot be 3:1 in whole layers: the plan says what it is instead of passing for 3:1
+    assert main(["plan", "--baseline", "layerwise", "--model", model, "--ratio", "3:1",
+                 "--out", str(teacher_dir / "lw.json")]) == 0
+    assert HeadPlan.from_json(teacher_dir / "lw.json").fa_heads == ((), (0, 1, 2, 3))
+    assert "note: LA:FA is 1.00:1, not the 3:1 asked for: the nearest this model's shape allows (1 of 2 layers FA)" in (
+        capsys.readouterr().out)
+    assert main(["plan", "--baseline", "random", "--model", model, "--ratio", "2:1",
+                 "--out", str(teacher_dir / "r.json")]) == 0
+    assert "note: LA:FA is 1.67:1, not the 2:1 asked for" in capsys.readouterr().out  # 3 of 8 heads
     assert main(["plan", "--baseline", "random", "--model", model, "--ratio", "3:1", "--seed", "1",
                  "--out", str(teacher_dir / "rnd.json")]) == 0
     assert HeadPlan.from_json(teacher_dir / "rnd.json").meta["seed"] == 1
@@ -141,6 +151,8 @@ def test_cli_errors_are_one_line(teacher_dir, capsys):
         (["plan", "--scores", str(teacher_dir / "other.json"), "--ratio", "1:0", "--out", str(teacher_dir / "x.json")], "leaves no full-attention"),
         (["plan", "--scores", str(teacher_dir / "missing.json"), "--out", str(teacher_dir / "x.json")], "score file not found"),
         (["plan", "--baseline", "random", "--out", str(teacher_dir / "x.json")], "needs --model"),
+        (["plan", "--model", model, "--out", str(teacher_dir / "x.json")], "--baseline scores needs --scores"),
+        (["plan", "--out", str(teacher_dir / "x.json")], "--baseline scores needs --scores"),
         (["score", "--model", str(teacher_dir / "missing"), "--out", str(teacher_dir / "x.json")], "model directory not found"),
         (["score", "--model", model, "--out", str(teacher_dir / "x.json"), "--context-length", "500"], "too short"),
         (["validate-scores", "--model", model, "--scores", str(teacher_dir / "other.json")], "3 layers x 4 heads"),
