@@ -68,6 +68,23 @@ def test_the_cache_holds_the_plans_bytes(models, tokenizer, cache):
         assert hybrid.cache_positions >= hybrid.prompt_tokens + 6 - 1
 
 
+
+def test_a_cache_larger_than_the_teachers_says_from_where_it_is_the_smaller(models, tokenizer):
+    import dataclasses
+    import re
+
+    result = hydrahead.generate_text(models["hybrid"], tokenizer, PROMPT, max_new_tokens=2)
+    assert "the smaller from" not in result.summary() or sum(result.cache_bytes.values()) > result.teacher_kv_bytes
+    # a short context: 100 bytes of K/V per position against the teacher's 400, and 5,000 bytes of state
+    short = dataclasses.replace(result, cache_positions=10, cache_bytes={"kv": 1000, "recurrent": 4000, "conv": 1000},
+                                plan_cache_bytes=6000, teacher_kv_bytes=4000)
+    found = re.search(r"\(150\.0%\): the GDN state has a fixed size, and the hybrid's cache is the smaller from "
+                      r"(\d+) positions on", short.summary())
+    assert found, short.summary()
+    positions = int(found[1])
+    assert 5000 + 100 * positions <= 400 * positions and 5000 + 100 * (positions - 1) > 400 * (positions - 1)
+
+
 def test_sampling_follows_its_seed(models, tokenizer):
     model = models["hybrid"]
     first, again, other = (hydrahead.generate_text(model, tokenizer, PROMPT, max_new_tokens=12, temperature=5.0, seed=s)

@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"options: {model.hydrahead_options.to_dict()}")
     print(
         f"KV cache per token: {report['kv_bytes_per_token']:,} bytes "
-        f"(teacher {report['teacher_kv_bytes_per_token']:,}; {100 * report['kv_cache_fraction']:.1f}%)"
+        f"(teacher {report['teacher_kv_bytes_per_token']:,}; {100 * report['kv_cache_fraction']:.1f}%) in "
+        f"{report['dtype']}, the checkpoint's dtype"
+        + ("" if report["dtype"] == "float32" else " (`generate` and `eval` run float32 on a CPU by default)")
     )
     print(f"GDN state per sequence: {report['state_bytes_per_sequence']:,} bytes (constant in length)")
     print(f"parameters: {report['parameters']:,} (teacher {report['teacher_parameters']:,}; "

@@ -16,7 +16,8 @@ def footprint(model: Any) -> dict[str, Any]:
     """Numbers for `hydrahead info` and the benchmarks, from the plan and the model's own dtype."""
     config, plan = model.config, model.hydrahead_plan
     D = config.head_dim
-    itemsize = next(model.parameters()).element_size()
+    dtype = next(model.parameters()).dtype
+    itemsize = dtype.itemsize
     kv_per_token = kv_bytes_per_token(config, sum(plan.fa_kv_heads_per_layer), itemsize)
     teacher_kv = kv_bytes_per_token(config, plan.num_layers * plan.num_kv_heads, itemsize)
     options = model.hydrahead_options
@@ -33,6 +34,7 @@ def footprint(model: Any) -> dict[str, Any]:
     teacher_params = sum(p.numel() for p in teacher.parameters())
     params = sum(p.numel() for p in model.parameters())
     return {
+        "dtype": str(dtype).removeprefix("torch."),  # the bytes below are the model's in this dtype
         "kv_bytes_per_token": kv_per_token,
         "teacher_kv_bytes_per_token": teacher_kv,
         "kv_cache_fraction": plan.kv_cache_fraction,

@@ -30,8 +30,16 @@ def test_convert_then_info(teacher_dir, capsys):
     assert report["kv_cache_fraction"] == 0.5
     assert report["kv_bytes_per_token"] == report["teacher_kv_bytes_per_token"] // 2
     assert report["parameters_added"] > 0
+    assert report["dtype"] == "float32" and report["kv_bytes_per_token"] % 4 == 0
     assert main(["info", str(out)]) == 0
-    assert "KV cache per token" in capsys.readouterr().out
+    assert "in float32, the checkpoint's dtype\n" in capsys.readouterr().out
+    half = teacher_dir / "half"
+    hydrahead.save_hybrid(model, half, dtype=torch.float16)  # the bytes are a half precision model's
+    assert main(["info", str(half), "--json"]) == 0
+    halved = json.loads(capsys.readouterr().out)
+    assert (halved["dtype"], halved["kv_bytes_per_token"]) == ("float16", report["kv_bytes_per_token"] // 2)
+    assert main(["info", str(half)]) == 0
+    assert "in float16, the checkpoint's dtype (`generate` and `eval` run float32" in capsys.readouterr().out
 
 
 def test_convert_options_take_boolean_words_and_lengths(teacher_dir):
