@@ -133,9 +133,9 @@ def run_ppl(args: argparse.Namespace) -> list[Path]:
     from hydrahead.eval.report import write_report
 
     length, bucket, chunk = args.length, args.bucket, args.chunk
-    check_length(length)  # before any model loads
-    models, notes = _models(args, length, "--length")
+    check_length(length)  # before any model is read
     documents = load_documents(args.data)
+    models, notes = _models(args, length, "--length")
     results, started = [], time.time()
     for label, path in models:
         model = load_model(path, run_dtype(args), args.device)
