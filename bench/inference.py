@@ -78,7 +78,7 @@ Usage:
       --prefill 4096,8192,16384,65536,131072 --decode 16384,131072 --batch 1,8   # what the GPU run allows, no timing
   python bench/inference.py --prefill 1024,4096 --decode 1024,4096 --repeats 1   # a quick look
   python bench/inference.py --teacher smollm2/ --plan plan.json --sections prefill,decode   # a real model
-  python bench/inference.py --device cuda --dtype bf16 --layers 4 --prefill 4096,...,131072 --graphs \
+  python bench/inference.py --device cuda --dtype bf16 --layers 4 --prefill 4096,8192,16384,65536,131072 --graphs \
       --sections ops,prefill,decode,generate,max-batch     # what bench/gpu.sh runs
 Writes --json (every number) and --plot (PNG), prints markdown tables.
 """
