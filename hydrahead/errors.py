@@ -20,6 +20,19 @@ def shown(value: Any) -> str:
     return f"{value!r} (a {'string' if isinstance(value, str) else type(value).__name__})"
 
 
+def integer(value: Any, what: str, error: type[Exception]) -> int:
+    """`value` as an int when it is a whole number (numpy's integers and 0-d integer tensors too, never a bool, a
+    float or a string); `error` naming `what` otherwise."""
+    import operator
+
+    if not isinstance(value, (bool, str, bytes, float)):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise error(f"{what} must be an integer, got {shown(value)}")
+
+
 class HydraHeadError(Exception):
     """Base class of every error hydrahead raises on purpose; the CLI prints its message."""
 

@@ -8,13 +8,12 @@ KV-cache saving depends on how FA heads fall into groups; the plan reports it ex
 from __future__ import annotations
 
 import math
-import operator
 import random as _random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydrahead.errors import PlanError
+from hydrahead.errors import PlanError, integer, shown
 from hydrahead.models.shape import ModelShape
 from hydrahead.utils.io import read_json, write_json
 
@@ -62,6 +61,7 @@ def _select(scores: list[list[float]], count: int, min_per_layer: int) -> tuple[
 def _score_rows(scores: Any) -> list[list[float]]:
     """(layers, heads) scores of a `HeadScores` (or anything with `.values`) as nested lists of floats."""
     values = getattr(scores, "values", scores)
+    values = scores if callable(values) else values  # a tensor's (and a dict's) .values is a method
     values = values.tolist() if hasattr(values, "tolist") else values
     rows = [[float(v) for v in row] for row in values]
     if not rows or any(len(r) != len(rows[0]) or not r for r in rows):
@@ -122,18 +122,24 @@ class HeadPlan:
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
+        # integers (numpy ones too, stored as int so that the plan saves as JSON), never a float or a bool
+        object.__setattr__(self, "num_heads", integer(self.num_heads, "num_heads", PlanError))
+        object.__setattr__(self, "num_kv_heads", integer(self.num_kv_heads, "num_kv_heads", PlanError))
         if self.num_heads <= 0 or self.num_kv_heads <= 0 or self.num_heads % self.num_kv_heads:
             raise PlanError(
                 f"num_heads={self.num_heads} must be a positive multiple of num_kv_heads={self.num_kv_heads}"
             )
+        if not isinstance(self.meta, dict):
+            raise PlanError(f"meta must be a dict, got {shown(self.meta)}")
+        if isinstance(self.fa_heads, (str, bytes)) or not hasattr(self.fa_heads, "__iter__"):
+            raise PlanError(f"fa_heads must be one list of FA heads per decoder layer, got {shown(self.fa_heads)}")
         if not self.fa_heads:
             raise PlanError("the plan has no layers: fa_heads needs one list of FA heads per decoder layer")
         normalised = []
         for layer, heads in enumerate(self.fa_heads):
-            try:  # integers (numpy ones too), never a float rounded to a head
-                heads = tuple(operator.index(h) for h in heads)
-            except TypeError:
-                raise PlanError(f"layer {layer}: head indices must be integers, got {list(heads)}") from None
+            if isinstance(heads, (str, bytes)) or not hasattr(heads, "__iter__"):
+                raise PlanError(f"fa_heads holds one list of head indices per layer; layer {layer} is {shown(heads)}")
+            heads = tuple(integer(h, f"layer {layer}: a head index", PlanError) for h in heads)
             if len(set(heads)) != len(heads):
                 raise PlanError(f"layer {layer}: head listed twice in {list(heads)}")
             bad = [h for h in heads if not 0 <= h < self.num_heads]
@@ -235,7 +241,9 @@ class HeadPlan:
             layers = [math.floor((i + 1) * L / n) - 1 for i in range(n)]
             meta = {"method": "layerwise", "ratio": ratio, "layers": layers}
         else:
-            layers = [int(layer) for layer in layers]
+            if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+                raise PlanError(f"layers must be a list of layer indices, got {shown(layers)}")
+            layers = [integer(layer, "a layer index", PlanError) for layer in layers]
             bad = [layer for layer in layers if not 0 <= layer < L]
             if bad or len(set(layers)) != len(layers) or not layers:
                 raise PlanError(f"layers must be distinct indices in 0..{L - 1}, got {layers}")
@@ -250,11 +258,6 @@ class HeadPlan:
         if not isinstance(data, dict) or not {"fa_heads", "num_heads", "num_kv_heads"} <= set(data):
             raise PlanError("not a head plan: expected a JSON object with keys 'fa_heads', 'num_heads', 'num_kv_heads'")
 
-        def integer(value: Any, what: str) -> int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise PlanError(f"plan field {what} must be an integer, got {value!r}")
-            return value
-
         layers = data["fa_heads"]
         if not isinstance(layers, list) or not all(isinstance(layer, list) for layer in layers):
             raise PlanError(f"plan field fa_heads must be a list of lists of head indices, got {layers!r:.80}")
@@ -262,9 +265,10 @@ class HeadPlan:
         if not isinstance(meta, dict):
             raise PlanError(f"plan field meta must be an object, got {meta!r:.80}")
         return cls(
-            fa_heads=tuple(tuple(integer(h, f"fa_heads[{i}]") for h in layer) for i, layer in enumerate(layers)),
-            num_heads=integer(data["num_heads"], "num_heads"),
-            num_kv_heads=integer(data["num_kv_heads"], "num_kv_heads"),
+            fa_heads=tuple(tuple(integer(h, f"plan field fa_heads[{i}]", PlanError) for h in layer)
+                           for i, layer in enumerate(layers)),
+            num_heads=integer(data["num_heads"], "plan field num_heads", PlanError),
+            num_kv_heads=integer(data["num_kv_heads"], "plan field num_kv_heads", PlanError),
             meta=dict(meta),
         )
 

@@ -1,7 +1,9 @@
 import pytest
+import torch
 
 import hydrahead
 from hydrahead import HeadPlan, PlanError
+from hydrahead.models.shape import ModelShape
 from tests.conftest import make_teacher
 
 
@@ -85,5 +87,38 @@ def test_bad_plan_files(tmp_path):
     (tmp_path / "latin1.json").write_bytes('{"meta": "caf\xe9"}'.encode("latin-1"))
     with pytest.raises(PlanError, match="not UTF-8"):
         HeadPlan.from_json(tmp_path / "latin1.json")
-    with pytest.raises(PlanError, match="must be integers"):
+    with pytest.raises(PlanError, match="layer 0: a head index must be an integer, got 0.5"):
         HeadPlan(((0.5,), (1,)), 4, 2)
+
+
+def test_a_plan_built_in_python_takes_whole_numbers_only(tmp_path):
+    import numpy as np
+
+    plan = HeadPlan(((np.int64(0),), (1,)), np.int64(4), np.int64(2))  # numpy's integers: saved as JSON ints
+    plan.to_json(tmp_path / "p.json")
+    assert HeadPlan.from_json(tmp_path / "p.json") == plan and type(plan.num_heads) is int
+    for args, message in [((((True,), (1,)), 4, 2), "a head index must be an integer, got True"),
+                          ((((0,), (1,)), 4.0, 2), r"num_heads must be an integer, got 4.0 \(a float\)"),
+                          (((0, 1), 4, 2), "one list of head indices per layer; layer 0 is 0"),
+                          (("01", 4, 2), "one list of FA heads per decoder layer, got '01'")]:
+        with pytest.raises(PlanError, match=message):
+            HeadPlan(*args)
+    with pytest.raises(PlanError, match="meta must be a dict"):
+        HeadPlan(((0,), (1,)), 4, 2, meta=None)
+    shape = ModelShape(2, 4, 2)
+    for layers, message in [([0.7], "got 0.7"), ([True], "got True"), ("10", "a list of layer indices, got '10'")]:
+        with pytest.raises(PlanError, match=message):  # never rounded, a string never split into layers
+            HeadPlan.layerwise(shape, layers=layers)
+
+
+def test_a_model_stands_for_its_config():
+    teacher = make_teacher("qwen3")
+    assert HeadPlan.full(teacher) == HeadPlan.full(teacher.config)
+    HeadPlan.full(teacher).validate(teacher)
+
+
+def test_scores_may_be_a_tensor():
+    values = torch.tensor([[0.1, 0.9, 0.2, 0.3], [0.4, 0.5, 0.8, 0.7]])
+    from_numpy = HeadPlan.from_scores(values.numpy(), ratio="3:1")
+    assert HeadPlan.from_scores(values, ratio="3:1").fa_heads == from_numpy.fa_heads
+    assert HeadPlan.from_scores(values, ratio="3:1").fa_heads == ((1,), (2,))

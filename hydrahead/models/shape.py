@@ -26,10 +26,12 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, config: Any) -> ModelShape:
-        """From a transformers config, a config.json dict or a ModelShape; a config without the decoder
-        fields (num_hidden_layers, num_attention_heads) raises UnsupportedModelError."""
+        """From a transformers config (or the model holding it), a config.json dict or a ModelShape; a config
+        without the decoder fields (num_hidden_layers, num_attention_heads) raises UnsupportedModelError."""
         if isinstance(config, ModelShape):
             return config
+        if hasattr(config, "parameters") and hasattr(config, "config"):  # a model given for its config
+            config = config.config
         get = config.get if isinstance(config, dict) else (lambda key: getattr(config, key, None))
         model_type = get("model_type") or type(config).__name__
         try:

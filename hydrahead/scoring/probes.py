@@ -27,7 +27,6 @@ Sub-probes (the unit of kappa in Eq. 11) are (capability, needle type) pairs wit
 
 from __future__ import annotations
 
-import operator
 import os
 import random
 from collections.abc import Iterable, Sequence
@@ -36,7 +35,7 @@ from typing import Any
 
 import torch
 
-from hydrahead.errors import NeedleError, ProbeError, shown
+from hydrahead.errors import NeedleError, ProbeError, integer, shown
 from hydrahead.models.shape import positions
 from hydrahead.needles import (
     HAYSTACKS,
@@ -85,7 +84,7 @@ class ProbeConfig:
                 raise ProbeError(f"{name} must be a string, got {shown(getattr(self, name))}")
         for name in ("samples", "context_length", "num_keys", "seed", "max_resample", "kv_keys", "kv_values",
                      "kv_filler", "answer_lead"):
-            object.__setattr__(self, name, _integer(name, getattr(self, name)))
+            object.__setattr__(self, name, integer(getattr(self, name), name, ProbeError))
         for name, kinds, what in (("capabilities", str, "names"), ("needle_types", str, "names"),
                                   ("haystack_files", (str, os.PathLike), "file names")):
             items = _items(getattr(self, name))
@@ -137,16 +136,6 @@ def _items(value: Any) -> tuple | None:
     if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) or getattr(value, "ndim", 1) == 0:
         return None
     return tuple(value)
-
-
-def _integer(name: str, value: Any) -> int:
-    """An integer setting as an int (numpy's integers and 0-d integer tensors too); ProbeError otherwise."""
-    try:
-        if not isinstance(value, (bool, str, bytes, float)):
-            return operator.index(value)
-    except TypeError:
-        pass
-    raise ProbeError(f"{name} must be an integer, got {shown(value)}")
 
 
 def _real(value: Any) -> float | None:
