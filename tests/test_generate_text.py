@@ -121,6 +121,20 @@ def test_the_chat_template_when_there_is_one(models):
         hydrahead.generate_text(model, plain, " \n")
     with pytest.raises(hydrahead.GenerationError, match="unknown cache 'paged'"):
         hydrahead.generate_text(model, plain, PROMPT, cache="paged")
+    # refused before generate runs: a float max_new_tokens (nan, inf) never stopped it
+    for kwargs, message in [({"max_new_tokens": float("nan")}, "max_new_tokens must be an integer, got nan"),
+                            ({"max_new_tokens": float("inf")}, "max_new_tokens must be an integer, got inf"),
+                            ({"max_new_tokens": 2.5}, "max_new_tokens must be an integer"),
+                            ({"max_new_tokens": True}, "max_new_tokens must be an integer, got True"),
+                            ({"temperature": None}, "temperature must be a number, got None"),
+                            ({"temperature": "0.5"}, "temperature must be a number, got '0.5'"),
+                            ({"temperature": 1.0, "top_k": 1.5}, "top_k must be an integer"),
+                            ({"chat": "no"}, "chat must be None, True or False"),
+                            ({"stream": "out.txt"}, "stream a callable or None")]:
+        with pytest.raises(hydrahead.GenerationError, match=message):
+            hydrahead.generate_text(model, plain, PROMPT, **kwargs)
+    with pytest.raises(hydrahead.GenerationError, match="the prompt must be a string, got None"):
+        hydrahead.generate_text(model, plain, None)
 
 
 def test_the_command_prints_the_text_and_writes_the_figures(models, tokenizer, tmp_path, capsys):
