@@ -9,6 +9,8 @@ loaded in (fp32 recommended on CPU). See docs/method.md section 3 and each modul
 
 from __future__ import annotations
 
+import math
+import numbers
 import sys
 import time
 from collections.abc import Sequence
@@ -17,13 +19,32 @@ from typing import Any
 from torch import nn
 
 from hydrahead.scoring.ablate import ablate, head_means
-from hydrahead.errors import ProbeError, ScoringError
+from hydrahead.errors import ProbeError, ScoringError, integer, shown
 from hydrahead.scoring.layers_similarity import LayerSimilarity, layer_similarity
 from hydrahead.scoring.answer_format import follow_answer_format
 from hydrahead.scoring.probes import Probe, ProbeConfig, build_probes, default_context_length, kv_recall_words
 from hydrahead.scoring.runner import Runner
 from hydrahead.scoring.scores import METHODS, HeadScores
 from hydrahead.scoring.validate import ValidationReport, teacher_forced_accuracy, validate_scores
+
+
+def _checked_options(batch_size: Any, options: dict[str, Any]) -> int:
+    """`batch_size` as an int >= 1, and the numeric method options in range (ScoringError): a batch of -1 or a
+    NaN threshold gave every head a score of 0."""
+    batch_size = integer(batch_size, "batch_size", ScoringError)
+    if batch_size < 1:
+        raise ScoringError(f"batch_size must be >= 1, got {batch_size}")
+    if "max_rounds" in options and integer(options["max_rounds"], "max_rounds", ScoringError) < 0:
+        raise ScoringError(f"max_rounds must be >= 0, got {options['max_rounds']}")
+    for name, low, high in (("receiver_fraction", 0.0, 1.0), ("threshold", 0.0, math.inf),
+                            ("min_delta", 0.0, math.inf)):
+        if name in options:
+            value = options[name]
+            real = not isinstance(value, (bool, str)) and isinstance(value, numbers.Real)
+            if not (real and low <= value <= high and math.isfinite(value)) or (high == 1.0 and value == 0):
+                span = "in (0, 1]" if name == "receiver_fraction" else "a finite number >= 0"
+                raise ScoringError(f"{name} must be {span}, got {shown(value)}")
+    return batch_size
 
 
 def score_heads(
@@ -51,6 +72,7 @@ def score_heads(
 
     if method not in METHODS:
         raise ScoringError(f"method must be one of {METHODS}, got {method!r}")
+    batch_size = _checked_options(batch_size, method_options)
     if probes is None:
         if tokenizer is None:
             raise ScoringError("score_heads needs a tokenizer to build probes (or pass probes=build_probes(...))")

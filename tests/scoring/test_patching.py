@@ -167,3 +167,17 @@ def test_scoring_errors(probes):
         score_heads(model, probes=probes, min_delta=1e6)
     with pytest.raises(UnsupportedModelError, match="head outputs are read on the teacher"):
         score_heads(torch.nn.Linear(2, 2), probes=probes)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_size": -1}, "batch_size must be >= 1, got -1"),  # gave every head 0
+    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"batch_size": 2.5}, "batch_size must be an integer"),
+    ({"threshold": float("nan")}, "threshold must be a finite number >= 0, got nan"),  # gave every head 0
+    ({"min_delta": "x"}, "min_delta must be a finite number >= 0, got 'x'"),
+    ({"receiver_fraction": 0}, r"receiver_fraction must be in \(0, 1\], got 0"),
+    ({"max_rounds": -1}, "max_rounds must be >= 0, got -1"),
+])
+def test_method_options_out_of_range_are_refused(probes, options, message):
+    with pytest.raises(ScoringError, match=message):
+        score_heads(make_teacher("qwen3"), probes=probes, **options)
