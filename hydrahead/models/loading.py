@@ -61,7 +61,7 @@ def check_config(path: str | Path) -> None:
 
     try:
         AutoConfig.from_pretrained(str(path), local_files_only=True)
-    except (OSError, KeyError, *CONFIG_ERRORS) as err:
+    except (OSError, KeyError, AttributeError, *CONFIG_ERRORS) as err:  # AttributeError: a dtype torch lacks
         raise invalid_config(path, err) from err
     try:
         check_counts(config_json(path))
@@ -148,6 +148,7 @@ def from_pretrained(path: str | Path, **kwargs: Any):
             f"{path} holds a {config.get('model_type')!r} model, not a hydrahead hybrid "
             f"(expected one of {hybrid_model_types()}); convert it first with `hydrahead convert`"
         )
+    check_config(path)
     check_files(path)
     return _hybrid(path, config, **kwargs)
 
@@ -349,7 +350,7 @@ def check_output_dir(path: str | Path, keep: Sequence[str | Path] = (), hybrid: 
     return path
 
 
-def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: torch.dtype | None = None,
+def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: torch.dtype | str | None = None,
                 state_dict: dict[str, torch.Tensor] | None = None,
                 finish: Callable[[Path], None] | None = None) -> Path:
     """Save a model (a hybrid, or any transformers model) as a transformers checkpoint directory: weights
@@ -358,7 +359,13 @@ def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: t
 
     Written into a temporary sibling and renamed, so `path` is the complete checkpoint or the old one.
     `state_dict` replaces the model's own (a gathered FSDP state, say); `finish(tmp_dir)` may add files
-    (a manifest) before the rename."""
+    (a manifest) before the rename. `dtype`: a torch dtype or its name ("auto": the model's)."""
+    if dtype is not None:  # checked before anything is written: an integer dtype would store truncated weights
+        dtype = torch_dtype(dtype)
+        if dtype == "auto":
+            dtype = None
+        elif not dtype.is_floating_point:
+            raise CheckpointError(f"weights are saved in a floating-point dtype ({', '.join(DTYPES[1:])}), not {dtype}")
     path = check_output_dir(Path(path).absolute(), hybrid=is_hybrid(model))
     state = state_dict if state_dict is not None else model.state_dict()
     if dtype is not None:

@@ -135,6 +135,7 @@ def test_a_generation_config_that_is_not_a_json_object_is_refused(saved, text):
     ("hidden_size", 65, "multiple of"),  # no longer a multiple of the heads: transformers' strict validation
     ("num_hidden_layers", "four", "expected int, got str"),
     ("num_attention_heads", 0, r"a count of 0 \(of heads\?\)"),
+    ("dtype", "fp16", "module 'torch' has no attribute 'fp16'"),  # an AttributeError inside transformers
 ])
 def test_config_transformers_rejects(tmp_path, key, value, message):
     """transformers validates a config when it builds it (loading the tokenizer builds it too): a config it refuses
@@ -154,6 +155,14 @@ def test_not_a_hybrid(tmp_path):
     make_teacher("llama").save_pretrained(tmp_path)
     with pytest.raises(hydrahead.CheckpointError, match="not a hydrahead hybrid"):
         hydrahead.from_pretrained(tmp_path)
+
+
+def test_a_hybrid_config_transformers_rejects_is_named_by_from_pretrained(saved):
+    _, path = saved
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "dtype": "fp16"}))
+    with pytest.raises(hydrahead.CheckpointError, match="config.json is not a valid model config: .*fp16"):
+        hydrahead.from_pretrained(path)
 
 
 def test_hybrid_config_without_plan(saved):
@@ -318,6 +327,18 @@ def test_tied_embeddings_are_saved_once_in_any_dtype_and_load(tmp_path):
         again, info = hydrahead.from_pretrained(out, output_loading_info=True)  # lm_head is tied, not missing
         assert not info["missing_keys"] and again.lm_head.weight is again.model.embed_tokens.weight
     assert keys[torch.float16] == keys[None] and "lm_head.weight" not in keys[None]
+
+
+def test_save_hybrid_takes_dtype_names_and_refuses_what_is_not_a_float_before_writing(saved, tmp_path):
+    model, _ = saved
+    hydrahead.save_hybrid(model, tmp_path / "out", dtype="bfloat16")  # the names load_model takes
+    assert hydrahead.load_model(tmp_path / "out").dtype == torch.bfloat16
+    before = (tmp_path / "out" / "model.safetensors").read_bytes()
+    for dtype, message in [(torch.int8, "floating-point dtype .* not torch.int8"), (float, "unknown dtype"),
+                           ("fp16", "unknown dtype 'fp16'")]:
+        with pytest.raises(hydrahead.CheckpointError, match=message):  # the good checkpoint stays
+            hydrahead.save_hybrid(model, tmp_path / "out", dtype=dtype)
+        assert (tmp_path / "out" / "model.safetensors").read_bytes() == before
 
 
 def test_a_failed_save_leaves_the_earlier_checkpoint_and_no_temporary(saved, tmp_path):
