@@ -25,7 +25,7 @@ import socket
 import time
 from pathlib import Path
 
-from hydrahead.errors import ServingError, one_line
+from hydrahead.errors import ServingError, integer, one_line
 from hydrahead.generation import render_chat
 
 # A base model's "chat": the messages' contents, in order, as one text (no roles, nothing added).
@@ -51,6 +51,8 @@ def describe(config: dict) -> str:
 
 def check_port(host: str, port: int) -> None:
     """ServingError unless `host:port` can be listened on now (so a taken port fails before the model loads)."""
+    if not 1 <= integer(port, "port", ServingError) <= 65535:  # getaddrinfo wraps a larger one
+        raise ServingError(f"port must be a TCP port, 1-65535, got {port}")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as err:

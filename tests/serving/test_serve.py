@@ -215,3 +215,12 @@ def test_a_host_that_is_not_this_machines_is_blamed_not_the_port():
     with pytest.raises(hydrahead.ServingError, match=r"cannot listen on 192.0.2.1:8000: .*; --host is not an address of this "
                                            r"machine: use 127.0.0.1"):
         check_port("192.0.2.1", 8000)  # TEST-NET-1: no machine's address
+
+
+@pytest.mark.parametrize("port, message", [(70000, "1-65535, got 70000"), (0, "1-65535, got 0"),
+                                           (8.5, "port must be an integer, got 8.5")])
+def test_a_port_out_of_range_is_refused_before_loading(port, message):
+    from hydrahead.serving import check_port
+
+    with pytest.raises(hydrahead.ServingError, match=message):  # getaddrinfo wrapped 70000; uvicorn then failed
+        check_port("127.0.0.1", port)
