@@ -24,6 +24,7 @@ from hydrahead.layers.hybrid_attention import HybridAttention
 from hydrahead.models.families import family_of
 from hydrahead.models.heads import HeadHooks
 from hydrahead.models.hybrid import HYBRID_CLASSES
+from hydrahead.errors import OptionsError, PlanError, shown
 from hydrahead.options import HybridOptions
 from hydrahead.plan import HeadPlan
 
@@ -39,6 +40,21 @@ def calibration_rows(tokens: Iterable[int], rows: int = 2, length: int = 512) ->
         return torch.tensor([taken], dtype=torch.long)
     full = len(taken) // length
     return torch.tensor(taken[: full * length], dtype=torch.long).view(full, length)
+
+
+def check_calibration(calibration: object, vocab_size: int) -> None:
+    """OptionsError unless `calibration` is a non-empty (B, T) tensor of token ids below `vocab_size`."""
+    if not isinstance(calibration, torch.Tensor) or calibration.dtype.is_floating_point or calibration.dtype.is_complex:
+        raise OptionsError(f"calibration must be a (B, T) tensor of token ids (integers), got {shown(calibration)}"
+                           if not isinstance(calibration, torch.Tensor) else
+                           f"calibration must hold token ids (integers), got a {calibration.dtype} tensor")
+    if calibration.dim() != 2 or calibration.numel() == 0:
+        raise OptionsError(f"calibration must be a non-empty (B, T) tensor of token ids, got shape "
+                           f"{tuple(calibration.shape)}")
+    low, high = int(calibration.min()), int(calibration.max())
+    if low < 0 or high >= vocab_size:
+        raise OptionsError(f"calibration holds token id {low if low < 0 else high}, outside the model's vocabulary "
+                           f"(0..{vocab_size - 1}): tokenise it with the teacher's tokenizer")
 
 
 @dataclass(frozen=True)
@@ -131,8 +147,14 @@ def convert(
                  head's mean over random tokens is not its mean over text, and starting from it was measured
                  to do harm (docs/real_models.md section 7)."""
     family = family_of(model)
+    if not isinstance(plan, HeadPlan):
+        raise PlanError(f"plan must be a HeadPlan (HeadPlan.from_json, HeadPlan.from_dict), got {shown(plan)}")
+    if options is not None and not isinstance(options, HybridOptions):
+        raise OptionsError(f"options must be a HybridOptions (HybridOptions.preset(name)), got {shown(options)}")
     options = options if options is not None else HybridOptions.preset("paper")
     plan.validate(model.config)
+    if calibration is not None:
+        check_calibration(calibration, model.config.vocab_size)
     teacher_config = model.config
     param = next(model.parameters())
 

@@ -195,3 +195,19 @@ def test_shared_gdn_kv_computes_what_per_head_copies_compute(family, preset):
     per_layer = 2 * (D * cfg.hidden_size + bias + D * K)
     params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert params(copies) - params(shared) == cfg.num_hidden_layers * per_layer
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"plan": {"fa_heads": [[0], [2]], "num_heads": 4, "num_kv_heads": 2}}, hydrahead.PlanError, "must be a HeadPlan"),
+    ({"options": "paper"}, hydrahead.OptionsError, "must be a HybridOptions"),
+    ({"calibration": torch.tensor([[1, 2, 500]])}, hydrahead.OptionsError, "token id 500, outside the model's vocab"),
+    ({"calibration": torch.tensor([[-1, 2]])}, hydrahead.OptionsError, "token id -1"),
+    ({"calibration": torch.rand(2, 3)}, hydrahead.OptionsError, "token ids \\(integers\\), got a torch.float32"),
+    ({"calibration": torch.tensor([1, 2, 3])}, hydrahead.OptionsError, "non-empty \\(B, T\\) .* shape \\(3,\\)"),
+    ({"calibration": [[1, 2]]}, hydrahead.OptionsError, "got \\[\\[1, 2\\]\\] \\(a list\\)"),
+])
+def test_convert_names_an_argument_of_the_wrong_kind(kwargs, error, message):
+    """Before: AttributeError ('dict' object has no attribute 'validate'), or an IndexError deep in the embedding."""
+    args = {"plan": HeadPlan(((0,), (2,)), 4, 2), **kwargs}
+    with pytest.raises(error, match=message):
+        hydrahead.convert(make_teacher("qwen3"), **args)
