@@ -159,6 +159,27 @@ def test_chunk_gradients_match_recurrent_with_fast_decay() -> None:
         assert_close(f"d{name}", a, e, 1e-4)
 
 
+@pytest.mark.parametrize("zero_decay", [float("-inf"), -1e7, -1e30])
+def test_chunk_takes_a_decay_of_zero_as_recurrent_does(zero_decay: float) -> None:
+    """g = -inf (a decay of exactly 0) gave NaN in the chunk form, and a huge finite log decay (-1e7) an error of
+    0.08: the prefix sums lost every other span's precision. Values and gradients are the recurrent form's."""
+    inputs = make_inputs(Shape(1, 100, 2, 8, 8), dtype=torch.float64)  # fp64 gradients; the floor is fp64's
+    inputs["g"][0, 37, 1] = inputs["g"][0, 70, 0] = zero_decay
+    leaves = {name: x.requires_grad_() for name, x in inputs.items() if x is not None and name != "g"}
+
+    def outputs(fn) -> tuple[torch.Tensor, ...]:
+        o, state = run(fn, inputs)
+        return (o, state, *torch.autograd.grad(o.sum() + state.square().sum(), list(leaves.values())))
+
+    for name, a, e in zip(("o", "state", *(f"d{n}" for n in leaves)), outputs(chunk_gated_delta_rule),
+                          outputs(recurrent_gated_delta_rule)):
+        assert torch.isfinite(a).all(), name
+        assert_close(name, a, e, FP64_TOL)
+    fp32 = make_inputs(Shape(1, 100, 2, 8, 8))
+    fp32["g"][0, 37, 1] = zero_decay
+    assert_close("o fp32", run(chunk_gated_delta_rule, fp32)[0], run(recurrent_gated_delta_rule, fp32)[0], FP32_TOL)
+
+
 class SubnormalGemmOperands(TorchDispatchMode):
     """Counts the subnormal entries of the operands of every matrix multiply it sees."""
 
@@ -320,6 +341,7 @@ BAD_INPUTS = {
     "beta-wrong-T": (_bad("beta", torch.rand(2, 6, 3)), "beta has shape"),
     "state-wrong-dv": (_bad("initial_state", torch.zeros(2, 3, 8, 5)), "initial_state has shape"),
     "empty-sequence": (make_inputs(Shape(2, 0, 3, 8, 4)), "empty"),
+    "g-nan": (_bad("g", torch.full((2, 5, 3), float("nan"))), "g holds NaN"),
 }
 
 

@@ -94,8 +94,12 @@ def chunk_gated_delta_rule(
     q = q * scale
 
     # ---- Chunk-local quantities, all chunks at once --------------------------------------------------
-    g_cum = g.cumsum(dim=-1)  # (N, BH, C): log decay from the chunk start to position i, inclusive
     floor = decay_floor(dtype)
+    # A log decay below the floor (-inf, a decay of exactly 0, included) is the floor: every span holding it is
+    # below the floor either way (a decay of 0, no gradient), and the spans that do not hold it are differences
+    # of prefix sums, which a huge term (-1e7) would leave with no precision (-inf: with NaN).
+    g = g.clamp(min=floor)
+    g_cum = g.cumsum(dim=-1)  # (N, BH, C): log decay from the chunk start to position i, inclusive
     to_end = g_cum[..., -1:] - g_cum  # (N, BH, C)
     over_chunk = g_cum[..., -1]  # (N, BH)
     causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()  # (C, C), j <= i
