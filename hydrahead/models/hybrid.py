@@ -96,11 +96,18 @@ class HybridCausalLMMixin:
 
     # position_ids and logits_to_keep must stay named parameters: generate() only derives padding-aware
     # positions, and asks a prefill for the last position's logits only, for models whose forward() declares them.
+    # inputs_embeds is named too: generate() takes it only from a model whose forward and
+    # prepare_inputs_for_generation declare it.
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None,
-                linear_attention_mask=None, logits_to_keep=0, **kwargs):
+                linear_attention_mask=None, logits_to_keep=0, inputs_embeds=None, **kwargs):
+        if inputs_embeds is not None:
+            kwargs["inputs_embeds"] = inputs_embeds
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if past_key_values is not None and not isinstance(past_key_values, HybridHeadCache):
             raise CacheError(foreign_cache(past_key_values))
+        if past_key_values is not None and len(past_key_values.layers) != self.config.num_hidden_layers:
+            raise CacheError(f"the cache has {len(past_key_values.layers)} layers and the model "
+                             f"{self.config.num_hidden_layers}: build it from this model's config")
         kwargs["logits_to_keep"] = logits_to_keep
         piece = inference_piece(self, input_ids if input_ids is not None else kwargs.get("inputs_embeds"),
                                 attention_mask, position_ids, past_key_values, use_cache, kwargs)
@@ -242,10 +249,11 @@ class HybridCausalLMMixin:
         self._previous_max_cache_length = length
         return self._static_cache(length)
 
-    def prepare_inputs_for_generation(self, input_ids, *args, attention_mask=None, **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, *args, attention_mask=None, inputs_embeds=None, **kwargs):
         """As transformers', plus the 2D padding mask of the current tokens for the GDN branch: with a
         static cache transformers turns `attention_mask` into a 4D FA mask, which has lost it."""
-        inputs = super().prepare_inputs_for_generation(input_ids, *args, attention_mask=attention_mask, **kwargs)
+        inputs = super().prepare_inputs_for_generation(input_ids, *args, attention_mask=attention_mask,
+                                                       inputs_embeds=inputs_embeds, **kwargs)
         if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
             T = inputs["input_ids"].shape[1] if inputs.get("input_ids") is not None else inputs["inputs_embeds"].shape[1]
             inputs["linear_attention_mask"] = attention_mask[:, -T:].clone(memory_format=torch.contiguous_format)

@@ -165,6 +165,19 @@ def test_static_cache_generates_the_dynamic_caches_tokens_with_left_padding(plan
 
 
 @pytest.mark.parametrize("cache_implementation", [None, "static"])
+def test_generate_from_input_embeddings_gives_the_tokens_of_their_ids(cache_implementation):
+    """As a transformers model does (the output holds the new tokens only); the hybrid refused inputs_embeds
+    ("model_kwargs are not used by the model") when neither forward nor prepare_inputs_for_generation named it."""
+    model = hybrid()
+    ids, mask = left_padded(model)
+    kwargs = {"attention_mask": mask, "max_new_tokens": 6, "do_sample": False,
+              "cache_implementation": cache_implementation}
+    from_ids = model.generate(ids, **kwargs)
+    from_embeddings = model.generate(inputs_embeds=model.get_input_embeddings()(ids), **kwargs)
+    assert torch.equal(from_embeddings, from_ids[:, ids.shape[1]:])
+
+
+@pytest.mark.parametrize("cache_implementation", [None, "static"])
 def test_chunked_prefill_generates_the_one_piece_tokens_with_left_padding(cache_implementation):
     """generate(prefill_chunk_size=N) feeds the prompt through the cache in pieces: the conv window, the GDN
     state and the padding mask must carry across the pieces (5 + 5 + 2 tokens here; padding ends mid-piece)."""
