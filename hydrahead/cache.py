@@ -37,7 +37,7 @@ from transformers.cache_utils import (
 )
 from transformers.utils import is_torchdynamo_compiling
 
-from hydrahead.errors import CacheError
+from hydrahead.errors import CacheError, integer, shown
 from hydrahead.layers.norm import forget_weight_tables
 
 NO_ROLLBACK = (
@@ -270,6 +270,11 @@ class HybridHeadCache(DynamicCache):
     """
 
     def __init__(self, config, max_cache_len: int | None = None, device: torch.device | str | None = None) -> None:
+        layers = getattr(config, "num_hidden_layers", None)
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+            raise CacheError(f"HybridHeadCache takes the hybrid's config (model.config), got {shown(config):.120}")
+        if max_cache_len is not None and integer(max_cache_len, "max_cache_len", CacheError) < 1:
+            raise CacheError(f"max_cache_len must be >= 1 position, got {max_cache_len}")
         if max_cache_len is None:
             layers = [HybridHeadLayer() for _ in range(config.num_hidden_layers)]
         else:

@@ -131,3 +131,17 @@ def test_cache_nbytes_counts_the_states_and_kv_the_plan_implies(max_cache_len, f
     assert held["recurrent"] > 0 and held["conv"] > 0
     assert sum(held.values()) == figures["kv_bytes_per_token"] * tokens + figures["state_bytes_per_sequence"]
     assert cache_nbytes(plain) == {"kv": figures["teacher_kv_bytes_per_token"] * tokens}
+
+
+def test_a_cache_is_built_from_the_models_config_and_for_its_layers():
+    plan = hydrahead.HeadPlan(((0,), (2,)), 4, 2)
+    model = hydrahead.convert(make_teacher("qwen3"), plan)
+    for args, message in [((None,), r"takes the hybrid's config \(model.config\), got None"),
+                          (({"num_hidden_layers": 2},), "got {'num_hidden_layers': 2} \\(a dict\\)"),
+                          ((model.config, -3), "max_cache_len must be >= 1 position, got -3"),  # failed at a forward
+                          ((model.config, 8.5), "max_cache_len must be an integer, got 8.5")]:
+        with pytest.raises(hydrahead.CacheError, match=message):
+            hydrahead.HybridHeadCache(*args)
+    deeper = hydrahead.convert(make_teacher("qwen3", num_hidden_layers=3), hydrahead.HeadPlan(((0,), (2,), (1,)), 4, 2))
+    with pytest.raises(hydrahead.CacheError, match="the cache has 3 layers and the model 2"):  # an IndexError before
+        model(torch.randint(1, 90, (1, 5)), past_key_values=hydrahead.HybridHeadCache(deeper.config))
