@@ -240,7 +240,7 @@ def generate_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: in
         raise GenerationError(f"chat must be None, True or False and stream a callable or None; got {shown(chat)} "
                               f"and {shown(stream)}")
     decoding = decoding_settings(temperature, top_p, top_k)
-    check_vocabulary(tokenizer, model.config, getattr(tokenizer, "name_or_path", "the tokenizer"), GenerationError)
+    check_vocabulary(tokenizer, model.config, getattr(tokenizer, "name_or_path", None), GenerationError)
     ids, chat = prompt_ids(tokenizer, prompt, chat)
     check_positions(model.config, ids.shape[1] + max_new_tokens,
                     f"{ids.shape[1]} prompt tokens + {max_new_tokens} new ones =")

@@ -20,6 +20,7 @@ from hydrahead.errors import EvalError
 from hydrahead.eval.answers import exact, score
 from hydrahead.eval.tasks import Example, Haystack, TaskSpec, make_examples, parse_tasks
 from hydrahead.generation import eos_ids
+from hydrahead.models.loading import check_vocabulary
 from hydrahead.models.shape import check_positions
 
 DEFAULT_BATCH_TOKENS = 32768
@@ -100,7 +101,9 @@ def evaluate_niah(
     progress: bool = True,
 ) -> list[NiahRecord]:
     """Generate and score every example with one model; records come back in the order of `examples`.
-    UnsupportedModelError before any work when an example needs more positions than a learned table has."""
+    UnsupportedModelError before any work when an example needs more positions than a learned table has, EvalError
+    when the tokenizer has more tokens than the model has embeddings (another model's)."""
+    check_vocabulary(tokenizer, model.config, getattr(tokenizer, "name_or_path", None), EvalError)
     if examples:
         check_positions(model.config, max(len(e.input_ids) + e.max_new_tokens for e in examples), "a prompt of",
                         label)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hydrahead.errors import EvalError
+from hydrahead.models.loading import check_vocabulary
 from hydrahead.models.shape import check_positions
 from hydrahead.utils.io import read_text
 
@@ -145,6 +146,7 @@ def evaluate_perplexity(
 ) -> PerplexityResult:
     """NLL by position bucket of one model on the first `length` tokens of each long-enough document."""
     check_length(length)
+    check_vocabulary(tokenizer, model.config, getattr(tokenizer, "name_or_path", None), EvalError)
     check_positions(model.config, length, "length", label)
     bucket = bucket or default_bucket(length)
     n_buckets = (length - 1) // bucket + 1  # predicted positions are 1 .. length-1

@@ -269,13 +269,13 @@ def load_tokenizer(path: str | Path) -> Any:
     return tokenizer
 
 
-def check_vocabulary(tokenizer: Any, config: Any, tokenizer_path: str | Path,
+def check_vocabulary(tokenizer: Any, config: Any, tokenizer_path: str | Path | None,
                      error: type[HydraHeadError] = CheckpointError) -> None:
     """`error` when the tokenizer can give ids the model has no embedding for (another model's tokenizer)."""
-    vocab = config.get("vocab_size") if isinstance(config, dict) else config.vocab_size
+    vocab = config.get("vocab_size") if isinstance(config, dict) else getattr(config, "vocab_size", None)
     if isinstance(vocab, int) and len(tokenizer) > vocab:
-        raise error(f"the tokenizer of {tokenizer_path} has {len(tokenizer)} tokens but the model only {vocab}: "
-                    "give the model's own tokenizer")
+        which = f"the tokenizer of {tokenizer_path}" if tokenizer_path else "the tokenizer"
+        raise error(f"{which} has {len(tokenizer)} tokens but the model only {vocab}: give the model's own tokenizer")
 
 
 def check_model_dirs(paths: list[str | Path] | tuple[str | Path, ...]) -> None:

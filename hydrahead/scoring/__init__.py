@@ -22,7 +22,8 @@ from hydrahead.scoring.ablate import ablate, head_means
 from hydrahead.errors import ProbeError, ScoringError, integer, shown
 from hydrahead.scoring.layers_similarity import LayerSimilarity, layer_similarity
 from hydrahead.scoring.answer_format import follow_answer_format
-from hydrahead.scoring.probes import Probe, ProbeConfig, build_probes, default_context_length, kv_recall_words
+from hydrahead.scoring.probes import (Probe, ProbeConfig, build_probes, check_probe_ids, default_context_length,
+                                      kv_recall_words)
 from hydrahead.scoring.runner import Runner
 from hydrahead.scoring.scores import METHODS, HeadScores
 from hydrahead.scoring.validate import ValidationReport, teacher_forced_accuracy, validate_scores
@@ -80,6 +81,7 @@ def score_heads(
         probes = build_probes(tokenizer, probe_config, model=model)
     if not probes:
         raise ScoringError("no probes to score with")
+    check_probe_ids(probes, model)
     if progress is None:
         progress = sys.stderr.isatty()
     start = time.perf_counter()

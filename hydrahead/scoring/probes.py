@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from hydrahead.errors import NeedleError, ProbeError, integer, shown
+from hydrahead.errors import NeedleError, ProbeError, ScoringError, integer, shown
 from hydrahead.models.shape import positions
 from hydrahead.needles import (
     HAYSTACKS,
@@ -389,6 +389,19 @@ def build_probes(tokenizer: Any, config: ProbeConfig | None = None, *, model: An
 
         probes = follow_answer_format(model, tokenizer, probes, config.answer_lead, progress=progress)
     return probes
+
+
+def check_probe_ids(probes: Sequence[Probe], model: Any) -> None:
+    """ScoringError when a probe holds a token id the model has no embedding for (probes built with another
+    model's tokenizer): an IndexError deep inside the embedding otherwise."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(embeddings, "num_embeddings", None)
+    if vocab is None:  # not a causal LM: the runner says so
+        return
+    top = max((max(p.clean_ids + p.corrupt_ids + p.answer + p.distractor) for p in probes), default=-1)
+    if top >= vocab:
+        raise ScoringError(f"a probe holds token id {top} but the model has {vocab} embeddings: build the probes "
+                           "with the model's own tokenizer")
 
 
 def subprobes(probes: Sequence[Probe]) -> dict[str, dict[str, list[int]]]:

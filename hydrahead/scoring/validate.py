@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from hydrahead.scoring.ablate import ablate, head_means
 from hydrahead.errors import ScoringError
-from hydrahead.scoring.probes import Probe, batches_by_length
+from hydrahead.scoring.probes import Probe, batches_by_length, check_probe_ids
 from hydrahead.scoring.readout import exact_match, unsolved_note
 from hydrahead.scoring.scores import HeadScores
 from hydrahead.utils.io import write_json
@@ -167,6 +167,7 @@ def validate_scores(model: nn.Module, probes: Sequence[Probe], scores: HeadScore
     scores.check_config(model.config)
     if not probes:
         raise ScoringError("validation needs at least one probe")
+    check_probe_ids(probes, model)
     check_top_k(top_k, scores.values.size)
     top = scores.top_k(top_k)
     others = [(l, h) for l in range(scores.num_layers) for h in range(scores.num_heads) if (l, h) not in set(top)]

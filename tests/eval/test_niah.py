@@ -98,6 +98,17 @@ def test_random_models_run_with_hybrid_cache(tokenizer, models):
         assert r.prompt_tokens < 320
 
 
+def test_another_models_larger_tokenizer_is_refused(models):
+    from hydrahead.eval import EvalError
+    from tests.eval.conftest import bpe_tokenizer
+
+    bigger = bpe_tokenizer()
+    bigger.add_tokens([f"extra{i}" for i in range(models["hybrid"].config.vocab_size)])
+    with pytest.raises(EvalError, match="tokens but the model only"):  # an IndexError in the embedding before
+        niah({"hybrid": models["hybrid"]}, bigger, lengths=[320], depths=[0.5], tasks=["single_number"], samples=1,
+             progress=False)
+
+
 @pytest.mark.parametrize("name", ["hybrid", "teacher"])
 def test_batching_does_not_change_answers(tokenizer, models, name):
     examples = make_examples(tokenizer, ["single_number", "vt"], [320], [0.0, 0.5], samples=1)

@@ -57,6 +57,15 @@ def test_no_long_document_is_an_error(tokenizer, models):
         evaluate_perplexity(models["teacher"], tokenizer, [Document("a", text(3))], 5000, progress=False)
 
 
+def test_another_models_larger_tokenizer_is_refused(models):
+    from tests.eval.conftest import bpe_tokenizer
+
+    bigger = bpe_tokenizer()
+    bigger.add_tokens([f"extra{i}" for i in range(models["teacher"].config.vocab_size)])
+    with pytest.raises(EvalError, match="tokens but the model only"):  # an IndexError in the embedding before
+        evaluate_perplexity(models["teacher"], bigger, [Document("a", text(3))], 64, progress=False)
+
+
 def test_load_documents(tmp_path):
     (tmp_path / "a.txt").write_text("first document")
     (tmp_path / "b.jsonl").write_text(json.dumps({"text": "second"}) + "\n\n" + json.dumps({"text": "third"}) + "\n")

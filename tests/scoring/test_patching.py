@@ -181,3 +181,13 @@ def test_scoring_errors(probes):
 def test_method_options_out_of_range_are_refused(probes, options, message):
     with pytest.raises(ScoringError, match=message):
         score_heads(make_teacher("qwen3"), probes=probes, **options)
+
+
+def test_probes_of_another_models_tokenizer_are_refused(probes):
+    import dataclasses
+
+    model = make_teacher("qwen3")
+    vocab = model.config.vocab_size
+    foreign = [dataclasses.replace(p, clean_ids=p.clean_ids[:-1] + (vocab,)) for p in probes]
+    with pytest.raises(ScoringError, match=f"token id {vocab} but the model has {vocab} embeddings"):
+        score_heads(model, probes=foreign, method="retrieval")  # an IndexError in the embedding before
