@@ -24,7 +24,7 @@ from hydrahead.distill import checkpoint as ckpt
 from hydrahead.distill import distributed
 from hydrahead.distill.data import Corpora, Tokenize, calibration_ids, document_eos, resolve_files
 from hydrahead.distill.distributed import DistEnv
-from hydrahead.errors import DataError, RecipeError
+from hydrahead.errors import DataError, RecipeError, shown
 from hydrahead.distill.evaluate import Evaluator, HeldoutPerplexity
 from hydrahead.distill.metrics import MetricsLog, summary_writer
 from hydrahead.distill.recipe import STAGE_NAMES, Recipe
@@ -61,6 +61,7 @@ def run(
                 a copy goes there.
     Works unchanged under torchrun (one process per device, DDP or FSDP2).
     """
+    _check_arguments(callbacks, evaluators, teacher, tokenizer, plan)
     recipe = Recipe.load(recipe)
     env = distributed.init(recipe.training.device)
     try:
@@ -74,6 +75,20 @@ def run(
         return final
     finally:
         distributed.shutdown(env)
+
+
+def _check_arguments(callbacks: Any, evaluators: Any, teacher: Any, tokenizer: Any, plan: Any) -> None:
+    """RecipeError naming an in-memory argument of the wrong kind, before anything is loaded or trained (a path
+    given for the teacher, a dict for the plan, a callback that cannot be called)."""
+    if teacher is not None and not isinstance(teacher, torch.nn.Module):
+        raise RecipeError(f"teacher= takes the model itself (the recipe names its path), got {shown(teacher):.100}")
+    if plan is not None and not isinstance(plan, HeadPlan):
+        raise RecipeError(f"plan= takes a HeadPlan (the recipe names its file), got {shown(plan):.100}")
+    if tokenizer is not None and not (callable(tokenizer) and hasattr(tokenizer, "__len__")):
+        raise RecipeError(f"tokenizer= takes the tokenizer itself, got {shown(tokenizer):.100}")
+    for name, hooks in (("callbacks", callbacks), ("evaluators", evaluators)):
+        if isinstance(hooks, (str, bytes)) or not hasattr(hooks, "__iter__") or not all(map(callable, hooks)):
+            raise RecipeError(f"{name}= takes a list of functions, got {shown(hooks):.100}")
 
 
 @dataclass

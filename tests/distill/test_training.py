@@ -111,6 +111,19 @@ def test_a_teacher_in_memory_trains_the_same_as_one_loaded_from_disk(workspace, 
     assert all(p.requires_grad for p in teacher.parameters())
 
 
+@pytest.mark.parametrize("argument, message", [
+    ({"teacher": "teacher/"}, "teacher= takes the model itself"),
+    ({"plan": {"fa_heads": [[0], [1]]}}, "plan= takes a HeadPlan"),
+    ({"tokenizer": "teacher/"}, "tokenizer= takes the tokenizer itself"),
+    ({"callbacks": [1]}, "callbacks= takes a list of functions"),  # a TypeError after the first step before
+    ({"evaluators": print}, "evaluators= takes a list of functions"),
+])
+def test_an_in_memory_argument_of_the_wrong_kind_is_named_before_anything_runs(workspace, tmp_path, argument, message):
+    with pytest.raises(hydrahead.RecipeError, match=message):
+        run(tiny_recipe(workspace, tmp_path / "run", {"align": tiny_stage()}), **argument)
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_teacher_is_freed_for_the_stages_after_its_last(workspace, tmp_path, monkeypatch):
     """long_context needs no teacher: once distill is done nothing holds the one the run loaded, nor its weights
     (their memory is what the longest rows need)."""
