@@ -27,6 +27,7 @@ Sub-probes (the unit of kappa in Eq. 11) are (capability, needle type) pairs wit
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 from collections.abc import Iterable, Sequence
@@ -384,6 +385,8 @@ def build_probes(tokenizer: Any, config: ProbeConfig | None = None, *, model: An
                         probes.append(_kv_probe(encode, config, capability, depth, rng))
                 except NeedleError as err:  # too few distinct values for the needles asked for
                     raise ProbeError(f"{capability} {kind} probes: {err}") from err
+    if model is not None:
+        check_probe_ids(probes, model)  # before the model runs on them
     if model is not None and config.answer_lead:
         from hydrahead.scoring.answer_format import follow_answer_format
 
@@ -398,10 +401,11 @@ def check_probe_ids(probes: Sequence[Probe], model: Any) -> None:
     vocab = getattr(embeddings, "num_embeddings", None)
     if vocab is None:  # not a causal LM: the runner says so
         return
-    top = max((max(p.clean_ids + p.corrupt_ids + p.answer + p.distractor) for p in probes), default=-1)
-    if top >= vocab:
-        raise ScoringError(f"a probe holds token id {top} but the model has {vocab} embeddings: build the probes "
-                           "with the model's own tokenizer")
+    ids = [i for p in probes for i in itertools.chain(p.clean_ids, p.corrupt_ids, p.answer, p.distractor)]
+    bad = [i for i in (min(ids, default=0), max(ids, default=0)) if not 0 <= i < vocab]
+    if bad:
+        raise ScoringError(f"a probe holds token id {bad[0]} but the model has {vocab} embeddings (0..{vocab - 1}): "
+                           "build the probes with the model's own tokenizer")
 
 
 def subprobes(probes: Sequence[Probe]) -> dict[str, dict[str, list[int]]]:
