@@ -61,7 +61,7 @@ def run(
                 a copy goes there.
     Works unchanged under torchrun (one process per device, DDP or FSDP2).
     """
-    _check_arguments(callbacks, evaluators, teacher, tokenizer, plan)
+    callbacks, evaluators = _check_arguments(callbacks, evaluators, teacher, tokenizer, plan)
     recipe = Recipe.load(recipe)
     env = distributed.init(recipe.training.device)
     try:
@@ -77,18 +77,24 @@ def run(
         distributed.shutdown(env)
 
 
-def _check_arguments(callbacks: Any, evaluators: Any, teacher: Any, tokenizer: Any, plan: Any) -> None:
-    """RecipeError naming an in-memory argument of the wrong kind, before anything is loaded or trained (a path
-    given for the teacher, a dict for the plan, a callback that cannot be called)."""
+def _check_arguments(callbacks: Any, evaluators: Any, teacher: Any, tokenizer: Any,
+                     plan: Any) -> tuple[tuple[StepCallback, ...], tuple[Evaluator, ...]]:
+    """(callbacks, evaluators) as tuples (a generator is read once, here), or RecipeError naming an in-memory
+    argument of the wrong kind, before anything is loaded or trained (a path given for the teacher, a dict for
+    the plan, a callback that cannot be called)."""
     if teacher is not None and not isinstance(teacher, torch.nn.Module):
         raise RecipeError(f"teacher= takes the model itself (the recipe names its path), got {shown(teacher):.100}")
     if plan is not None and not isinstance(plan, HeadPlan):
         raise RecipeError(f"plan= takes a HeadPlan (the recipe names its file), got {shown(plan):.100}")
     if tokenizer is not None and not (callable(tokenizer) and hasattr(tokenizer, "__len__")):
         raise RecipeError(f"tokenizer= takes the tokenizer itself, got {shown(tokenizer):.100}")
-    for name, hooks in (("callbacks", callbacks), ("evaluators", evaluators)):
-        if isinstance(hooks, (str, bytes)) or not hasattr(hooks, "__iter__") or not all(map(callable, hooks)):
-            raise RecipeError(f"{name}= takes a list of functions, got {shown(hooks):.100}")
+    hooks = {}
+    for name, given in (("callbacks", callbacks), ("evaluators", evaluators)):
+        iterable = not isinstance(given, (str, bytes)) and hasattr(given, "__iter__")
+        hooks[name] = tuple(given) if iterable else ()
+        if not iterable or not all(map(callable, hooks[name])):
+            raise RecipeError(f"{name}= takes a list of functions, got {shown(given):.100}")
+    return hooks["callbacks"], hooks["evaluators"]
 
 
 @dataclass

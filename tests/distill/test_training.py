@@ -124,6 +124,13 @@ def test_an_in_memory_argument_of_the_wrong_kind_is_named_before_anything_runs(w
     assert not (tmp_path / "run").exists()
 
 
+def test_callbacks_given_as_a_generator_all_run(workspace, tmp_path):
+    seen = []
+    run(tiny_recipe(workspace, tmp_path / "run", {"align": tiny_stage(tokens=2 * 4 * 32)}),
+        callbacks=(hook for hook in [lambda info: seen.append(info.step)]))  # read once, by the argument check
+    assert seen == [1, 2]
+
+
 def test_the_teacher_is_freed_for_the_stages_after_its_last(workspace, tmp_path, monkeypatch):
     """long_context needs no teacher: once distill is done nothing holds the one the run loaded, nor its weights
     (their memory is what the longest rows need)."""
