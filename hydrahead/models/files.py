@@ -112,7 +112,8 @@ def check_files(path: Path) -> None:
 
 def check_model_path(path: str | Path) -> None:
     """Everything about a model path that can be checked without loading it: a GGUF file, or a directory with a
-    valid config.json and weights whose headers open (CheckpointError naming the first problem)."""
+    valid config.json, weights whose headers open and a generation config that parses (CheckpointError naming
+    the first problem)."""
     if locate(path) is None:
         config_json(path)
         check_files(Path(path))

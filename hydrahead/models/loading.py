@@ -59,12 +59,18 @@ def check_config(path: str | Path) -> None:
     heads, a hidden size the heads do not divide): what AutoConfig checks, before anything else reads it."""
     from transformers import AutoConfig
 
+    config = config_json(path)
+    for key in ("dtype", "torch_dtype"):  # transformers looks the name up on torch: an AttributeError otherwise
+        if isinstance(config.get(key), str) and config[key] != "auto" and not isinstance(
+                getattr(torch, config[key], None), torch.dtype):
+            raise CheckpointError(f"{Path(path) / 'config.json'} is not a valid model config: {key} "
+                                  f"{config[key]!r} is not a torch dtype (float32, bfloat16, float16)")
     try:
         AutoConfig.from_pretrained(str(path), local_files_only=True)
-    except (OSError, KeyError, AttributeError, *CONFIG_ERRORS) as err:  # AttributeError: a dtype torch lacks
+    except (OSError, KeyError, *CONFIG_ERRORS) as err:
         raise invalid_config(path, err) from err
     try:
-        check_counts(config_json(path))
+        check_counts(config)
     except HydraHeadError as err:
         raise invalid_config(path, err) from None
 

@@ -135,7 +135,7 @@ def test_a_generation_config_that_is_not_a_json_object_is_refused(saved, text):
     ("hidden_size", 65, "multiple of"),  # no longer a multiple of the heads: transformers' strict validation
     ("num_hidden_layers", "four", "expected int, got str"),
     ("num_attention_heads", 0, r"a count of 0 \(of heads\?\)"),
-    ("dtype", "fp16", "module 'torch' has no attribute 'fp16'"),  # an AttributeError inside transformers
+    ("dtype", "fp16", "dtype 'fp16' is not a torch dtype"),  # an AttributeError inside transformers before
 ])
 def test_config_transformers_rejects(tmp_path, key, value, message):
     """transformers validates a config when it builds it (loading the tokenizer builds it too): a config it refuses
