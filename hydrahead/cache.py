@@ -272,9 +272,12 @@ class HybridHeadCache(DynamicCache):
     def __init__(self, config, max_cache_len: int | None = None, device: torch.device | str | None = None) -> None:
         layers = getattr(config, "num_hidden_layers", None)
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
-            raise CacheError(f"HybridHeadCache takes the hybrid's config (model.config), got {shown(config):.120}")
-        if max_cache_len is not None and integer(max_cache_len, "max_cache_len", CacheError) < 1:
-            raise CacheError(f"max_cache_len must be >= 1 position, got {max_cache_len}")
+            raise CacheError(f"HybridHeadCache takes the hybrid's config (model.config), got a {type(config).__name__}"
+                             f" whose num_hidden_layers is {shown(layers)}")
+        if max_cache_len is not None:
+            max_cache_len = integer(max_cache_len, "max_cache_len", CacheError)
+            if max_cache_len < 1:
+                raise CacheError(f"max_cache_len must be >= 1 position, got {max_cache_len}")
         if max_cache_len is None:
             layers = [HybridHeadLayer() for _ in range(config.num_hidden_layers)]
         else:

@@ -33,6 +33,16 @@ def integer(value: Any, what: str, error: type[Exception]) -> int:
     raise error(f"{what} must be an integer, got {shown(value)}")
 
 
+def number(value: Any, what: str, error: type[Exception]) -> float:
+    """`value` as a float when it is a real number (an int, numpy's, never a bool or a string); `error` naming
+    `what` otherwise."""
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise error(f"{what} must be a number, got {shown(value)}")
+    return float(value)
+
+
 class HydraHeadError(Exception):
     """Base class of every error hydrahead raises on purpose; the CLI prints its message."""
 

@@ -19,13 +19,12 @@ tokenizer's EOS ends a generation as well as the config's.
 from __future__ import annotations
 
 import math
-import numbers
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from hydrahead.errors import GenerationError, integer, one_line, shown
+from hydrahead.errors import GenerationError, integer, number, one_line, shown
 
 if TYPE_CHECKING:
     import torch
@@ -197,9 +196,8 @@ def eos_ids(model: Any, tokenizer: Any) -> list[int]:
 
 def decoding_settings(temperature: float, top_p: float = 1.0, top_k: int = 0) -> dict[str, Any]:
     """generate's decoding arguments for these values (greedy at temperature 0), or GenerationError."""
-    for name, value in (("temperature", temperature), ("top_p", top_p)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise GenerationError(f"{name} must be a number, got {shown(value)}")
+    temperature, top_p = (number(value, name, GenerationError) for name, value in (("temperature", temperature),
+                                                                                    ("top_p", top_p)))
     top_k = integer(top_k, "top_k", GenerationError)
     if not (temperature >= 0 and math.isfinite(temperature)) or not 0 < top_p <= 1 or top_k < 0:
         raise GenerationError(f"temperature must be a finite number >= 0, top_p in (0, 1] and top_k >= 0; got "
@@ -236,9 +234,10 @@ def generate_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: in
         raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not isinstance(prompt, str):
         raise GenerationError(f"the prompt must be a string, got {shown(prompt)}")
-    if chat not in (None, True, False) or not (stream is None or callable(stream)):
-        raise GenerationError(f"chat must be None, True or False and stream a callable or None; got {shown(chat)} "
-                              f"and {shown(stream)}")
+    if chat is not None and not isinstance(chat, bool):
+        raise GenerationError(f"chat must be None, True or False, got {shown(chat)}")
+    if stream is not None and not callable(stream):
+        raise GenerationError(f"stream must be a function of the new text (or None), got {shown(stream)}")
     decoding = decoding_settings(temperature, top_p, top_k)
     check_vocabulary(tokenizer, model.config, getattr(tokenizer, "name_or_path", None), GenerationError)
     ids, chat = prompt_ids(tokenizer, prompt, chat)

@@ -75,7 +75,7 @@ def _checked_scores(scores: Any, config: Any | None) -> tuple[list[list[float]],
     """(rows, num_kv_heads) of scores a plan may be made from: their shape fits `config` (when given) and they
     rank the heads."""
     rows = _score_rows(scores)
-    kv = int(getattr(scores, "num_kv_heads", len(rows[0])))
+    kv = integer(getattr(scores, "num_kv_heads", len(rows[0])), "num_kv_heads", PlanError)
     _check_scores_shape(rows, kv, config)
     _check_ranked(rows)
     return rows, kv

@@ -136,8 +136,8 @@ def test_cache_nbytes_counts_the_states_and_kv_the_plan_implies(max_cache_len, f
 def test_a_cache_is_built_from_the_models_config_and_for_its_layers():
     plan = hydrahead.HeadPlan(((0,), (2,)), 4, 2)
     model = hydrahead.convert(make_teacher("qwen3"), plan)
-    for args, message in [((None,), r"takes the hybrid's config \(model.config\), got None"),
-                          (({"num_hidden_layers": 2},), "got {'num_hidden_layers': 2} \\(a dict\\)"),
+    for args, message in [((None,), r"takes the hybrid's config \(model.config\), got a NoneType"),
+                          (({"num_hidden_layers": 2},), "got a dict whose num_hidden_layers is None"),
                           ((model.config, -3), "max_cache_len must be >= 1 position, got -3"),  # failed at a forward
                           ((model.config, 8.5), "max_cache_len must be an integer, got 8.5")]:
         with pytest.raises(hydrahead.CacheError, match=message):

@@ -68,7 +68,6 @@ def test_the_cache_holds_the_plans_bytes(models, tokenizer, cache):
         assert hybrid.cache_positions >= hybrid.prompt_tokens + 6 - 1
 
 
-
 def test_a_cache_larger_than_the_teachers_says_from_where_it_is_the_smaller(models, tokenizer):
     import dataclasses
     import re
@@ -129,8 +128,9 @@ def test_the_chat_template_when_there_is_one(models):
                             ({"temperature": None}, "temperature must be a number, got None"),
                             ({"temperature": "0.5"}, "temperature must be a number, got '0.5'"),
                             ({"temperature": 1.0, "top_k": 1.5}, "top_k must be an integer"),
-                            ({"chat": "no"}, "chat must be None, True or False"),
-                            ({"stream": "out.txt"}, "stream a callable or None")]:
+                            ({"chat": "no"}, "chat must be None, True or False, got 'no'"),
+                            ({"chat": 1}, "chat must be None, True or False, got 1"),
+                            ({"stream": "out.txt"}, "stream must be a function of the new text")]:
         with pytest.raises(hydrahead.GenerationError, match=message):
             hydrahead.generate_text(model, plain, PROMPT, **kwargs)
     with pytest.raises(hydrahead.GenerationError, match="the prompt must be a string, got None"):

@@ -72,12 +72,17 @@ def parse_layers(text: str) -> list[int]:
     return layers
 
 
+def ratio_of(args: argparse.Namespace) -> str:
+    """--ratio, or the baseline's default (layerwise 3:1, the others 7:1)."""
+    return args.ratio or ("3:1" if args.baseline == "layerwise" else "7:1")
+
+
 def ratio_note(plan, args: argparse.Namespace) -> str | None:
     """A note when the plan's LA:FA is not the one asked for: the shape allows only whole layers (layerwise),
     whole KV groups or a minimum per layer, and the count is rounded."""
     from hydrahead.plan import parse_ratio
 
-    asked = args.ratio or ("3:1" if args.baseline == "layerwise" else "7:1")
+    asked = ratio_of(args)
     la, fa = parse_ratio(asked)
     if plan.num_la * fa == plan.num_fa * la:
         return None
@@ -104,17 +109,17 @@ def run(args: argparse.Namespace) -> int:
     scores = HeadScores.from_json(args.scores) if args.scores else None
     config = _shape_config(args, scores)
     if args.baseline == "scores":
-        plan = HeadPlan.from_scores(scores, args.ratio or "7:1", args.min_per_layer, args.granularity,
+        plan = HeadPlan.from_scores(scores, ratio_of(args), args.min_per_layer, args.granularity,
                                     config=config if args.model else None)
     elif args.baseline == "fixed-per-layer":
         if args.k is None:
             raise PlanError("--baseline fixed-per-layer needs --k (FA heads per layer)")
         plan = HeadPlan.fixed_per_layer(scores, args.k, config=config if args.model else None)
     elif args.baseline == "random":
-        plan = HeadPlan.random(config, args.ratio or "7:1", args.seed, args.min_per_layer, args.granularity)
+        plan = HeadPlan.random(config, ratio_of(args), args.seed, args.min_per_layer, args.granularity)
     else:
         layers = parse_layers(args.layers) if args.layers is not None else None
-        plan = HeadPlan.layerwise(config, args.ratio or "3:1", layers)
+        plan = HeadPlan.layerwise(config, ratio_of(args), layers)
     plan.to_json(args.out)
     print(plan.summary())
     if args.baseline in APPLIES["ratio"] and args.layers is None and (note := ratio_note(plan, args)):

@@ -10,7 +10,6 @@ loaded in (fp32 recommended on CPU). See docs/method.md section 3 and each modul
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 import time
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from hydrahead.scoring.ablate import ablate, head_means
-from hydrahead.errors import ProbeError, ScoringError, integer, shown
+from hydrahead.errors import ProbeError, ScoringError, integer, number, shown
 from hydrahead.scoring.layers_similarity import LayerSimilarity, layer_similarity
 from hydrahead.scoring.answer_format import follow_answer_format
 from hydrahead.scoring.probes import (Probe, ProbeConfig, build_probes, check_probe_ids, default_context_length,
@@ -40,9 +39,8 @@ def _checked_options(batch_size: Any, options: dict[str, Any]) -> int:
     for name, low, high in (("receiver_fraction", 0.0, 1.0), ("threshold", 0.0, math.inf),
                             ("min_delta", 0.0, math.inf)):
         if name in options:
-            value = options[name]
-            real = not isinstance(value, (bool, str)) and isinstance(value, numbers.Real)
-            if not (real and low <= value <= high and math.isfinite(value)) or (high == 1.0 and value == 0):
+            value = number(options[name], name, ScoringError)
+            if not (low <= value <= high and math.isfinite(value)) or (high == 1.0 and value == 0):
                 span = "in (0, 1]" if name == "receiver_fraction" else "a finite number >= 0"
                 raise ScoringError(f"{name} must be {span}, got {shown(value)}")
     return batch_size

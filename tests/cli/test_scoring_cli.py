@@ -30,6 +30,9 @@ def test_score_plan_validate(teacher_dir, capsys):
     printed = capsys.readouterr().out
     assert "patching scores of 2 layers x 4 heads on 2 probes" in printed and "top 8 heads" in printed
     scores = HeadScores.from_json(out / "scores.json")
+    # a random model answers none of its probes: said, with the note that such scores say little
+    assert scores.metadata["clean_accuracy"] == 0.0 and "the model solves 0% of the probes" in printed
+    assert "note: the model solves only 0% of the probes with nothing patched, so these scores say little" in printed
     assert scores.values.shape == (2, 4) and scores.metadata["probe_config"]["context_length"] == 500
     assert (out / "heads.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -43,6 +46,8 @@ def test_score_plan_validate(teacher_dir, capsys):
                  "--seeds", "2", "--out", str(out / "report.json"), "--layer-plot", str(out / "layers.png")]) == 0
     printed = capsys.readouterr().out
     assert "| top-2 |" in printed and "| attribution | patching |" in printed and "| retrieval | patching |" in printed
+    assert "note: the model solves only 0% of the probes with nothing ablated, so the ablation check says little" in (
+        printed)
     report = json.loads((out / "report.json").read_text())
     assert len(report["accuracy_random"]) == 2 and len(report["layer_similarity"]) == 2
     assert set(report["agreement"]) == {"attribution", "retrieval"}

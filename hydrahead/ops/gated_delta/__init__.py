@@ -249,7 +249,7 @@ def _check_values(g: torch.Tensor, beta: torch.Tensor) -> None:
     stats = torch.stack([g.detach().float().max(), beta.detach().float().min(), beta.detach().float().max()])
     g_max, beta_min, beta_max = stats.tolist()
     if math.isnan(g_max):  # max propagates NaN
-        raise GatedDeltaRuleError("g holds NaN; it must be a log decay (<= 0; -inf is a decay of 0)")
+        raise GatedDeltaRuleError("g holds NaN; it must be a log decay (<= 0)")
     if g_max > 0:
         swapped = beta_max <= 0 and 0 <= g_max <= 1
         raise GatedDeltaRuleError(
