@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hydrahead.errors import ScoringError, shown
 from hydrahead.scoring.probes import Probe
 from hydrahead.scoring.runner import Runner
 from hydrahead.utils.io import save_figure
@@ -48,6 +49,9 @@ class LayerSimilarity:
 @torch.no_grad()
 def layer_similarity(model: nn.Module, probes: Sequence[Probe]) -> LayerSimilarity:
     """Cosine similarity of every pair of layer outputs, averaged over the probes' clean prompts."""
+    if not probes or not all(isinstance(probe, Probe) for probe in probes):
+        raise ScoringError(f"layer_similarity takes a non-empty list of probes (build_probes), got "
+                           f"{shown(probes):.100}")
     total = None
     with Runner(model) as runner:
         for probe in probes:
@@ -56,5 +60,4 @@ def layer_similarity(model: nn.Module, probes: Sequence[Probe]) -> LayerSimilari
             unit = torch.nn.functional.normalize(outs, dim=-1)
             sim = torch.einsum("itd,jtd->ij", unit, unit) / unit.shape[1]  # (L, L) mean over positions
             total = sim if total is None else total + sim
-    assert total is not None
     return LayerSimilarity((total / len(probes)).cpu().numpy())

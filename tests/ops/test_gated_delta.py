@@ -344,6 +344,8 @@ BAD_INPUTS = {
     "state-wrong-dv": (_bad("initial_state", torch.zeros(2, 3, 8, 5)), "initial_state has shape"),
     "empty-sequence": (make_inputs(Shape(2, 0, 3, 8, 4)), "empty"),
     "g-nan": (_bad("g", torch.full((2, 5, 3), float("nan"))), "g holds NaN"),
+    "no-batch": (make_inputs(Shape(0, 5, 3, 8, 4), initial_state=False), "have a size of 0"),  # RuntimeError before
+    "no-dk": (make_inputs(Shape(2, 5, 3, 0, 4), initial_state=False), "have a size of 0"),  # ZeroDivisionError
 }
 
 

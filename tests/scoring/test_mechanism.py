@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from hydrahead import HeadPlan
-from hydrahead.scoring import ablate, build_probes, layer_similarity, teacher_forced_accuracy, score_heads, validate_scores
+from hydrahead.scoring import (ScoringError, ablate, build_probes, layer_similarity, score_heads,
+                               teacher_forced_accuracy, validate_scores)
 from hydrahead.scoring.readout import logit_margin
 from tests.scoring.kv_model import KV_CONFIG, train_kv_model
 
@@ -117,3 +118,10 @@ def test_niah_accuracy_runs_on_a_converted_hybrid_when_nothing_is_ablated(traine
     model, probes, _ = trained
     hybrid = hydrahead.convert(copy.deepcopy(model), HeadPlan.full(model.config), HybridOptions.preset("exact")).eval()
     assert teacher_forced_accuracy(hybrid, probes) == teacher_forced_accuracy(model, probes)
+
+
+def test_layer_similarity_needs_probes(trained):
+    model = trained[0]
+    for probes in ([], [torch.tensor([1, 2, 3])]):  # a bare assertion, an AttributeError before
+        with pytest.raises(ScoringError, match="takes a non-empty list of probes"):
+            layer_similarity(model, probes)

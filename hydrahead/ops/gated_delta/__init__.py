@@ -190,6 +190,8 @@ def _check_inputs(q, k, v, g, beta, initial_state, mode, cu_seqlens, head_first)
             raise GatedDeltaRuleError(f"{name} must have shape (B, T, HV), got {x.ndim} dims {tuple(x.shape)}")
     batch, seq_len, heads, dk = q.shape
     value_heads, dv = v.shape[2], v.shape[3]
+    if 0 in (batch, heads, dk, value_heads, dv):  # T = 0 is named below
+        raise GatedDeltaRuleError(f"q {tuple(q.shape)} and v {tuple(v.shape)} have a size of 0 ({_LAYOUT})")
     if head_first:
         raise GatedDeltaRuleError("head_first=True: the (B, H, T, D) layout is not supported; transpose q, k, v "
                                   "to (B, T, H, D) and g, beta to (B, T, H)")
