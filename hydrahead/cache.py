@@ -270,18 +270,18 @@ class HybridHeadCache(DynamicCache):
     """
 
     def __init__(self, config, max_cache_len: int | None = None, device: torch.device | str | None = None) -> None:
-        layers = getattr(config, "num_hidden_layers", None)
-        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        count = getattr(config, "num_hidden_layers", None)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise CacheError(f"HybridHeadCache takes the hybrid's config (model.config), got a {type(config).__name__}"
-                             f" whose num_hidden_layers is {shown(layers)}")
+                             f" whose num_hidden_layers is {shown(count)}")
         if max_cache_len is not None:
             max_cache_len = integer(max_cache_len, "max_cache_len", CacheError)
             if max_cache_len < 1:
                 raise CacheError(f"max_cache_len must be >= 1 position, got {max_cache_len}")
         if max_cache_len is None:
-            layers = [HybridHeadLayer() for _ in range(config.num_hidden_layers)]
+            layers = [HybridHeadLayer() for _ in range(count)]
         else:
-            layers = [HybridHeadStaticLayer(max_cache_len) for _ in range(config.num_hidden_layers)]
+            layers = [HybridHeadStaticLayer(max_cache_len) for _ in range(count)]
         Cache.__init__(self, layers=layers)
         if device is not None:
             self.to_device(torch.device(device))

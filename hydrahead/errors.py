@@ -33,6 +33,15 @@ def integer(value: Any, what: str, error: type[Exception]) -> int:
     raise error(f"{what} must be an integer, got {shown(value)}")
 
 
+def items(value: Any) -> tuple | None:
+    """A list-like value's items, or None when it is not one (a string, a scalar, a 0-d array)."""
+    from collections.abc import Iterable
+
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) or getattr(value, "ndim", 1) == 0:
+        return None
+    return tuple(value)
+
+
 def number(value: Any, what: str, error: type[Exception]) -> float:
     """`value` as a float when it is a real number (an int, numpy's, never a bool or a string); `error` naming
     `what` otherwise."""

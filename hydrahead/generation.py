@@ -107,11 +107,11 @@ class GenerationResult:
             if self.teacher_kv_bytes:
                 share = 100 * held / self.teacher_kv_bytes
                 cache += f"; the teacher's K/V: {_mb(self.teacher_kv_bytes)} ({share:.1f}%)"
-                saved = (self.teacher_kv_bytes - self.cache_bytes.get("kv", 0)) / self.cache_positions  # per position
+                kv = self.cache_bytes.get("kv", 0)
+                saved = (self.teacher_kv_bytes - kv) / self.cache_positions  # K/V bytes per position
                 if share > 100 and saved > 0:  # a short context: the fixed-size state outweighs the K/V saved
-                    state = held - self.cache_bytes.get("kv", 0)
                     cache += (f": the GDN state has a fixed size, and the hybrid's cache is the smaller from "
-                              f"{math.ceil(state / saved):,} positions on")
+                              f"{math.ceil((held - kv) / saved):,} positions on")
         lines.append(cache)
         where = f"on {self.device} in {self.dtype}"
         if self.peak_memory_bytes is not None:

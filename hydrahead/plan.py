@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hydrahead.errors import PlanError, integer, shown
+from hydrahead.errors import PlanError, integer, items, shown
 from hydrahead.models.shape import ModelShape
 from hydrahead.utils.io import read_json, write_json
 
@@ -131,14 +131,15 @@ class HeadPlan:
             )
         if not isinstance(self.meta, dict):
             raise PlanError(f"meta must be a dict, got {shown(self.meta)}")
-        if isinstance(self.fa_heads, (str, bytes)) or not hasattr(self.fa_heads, "__iter__"):
+        layers = items(self.fa_heads)
+        if layers is None:
             raise PlanError(f"fa_heads must be one list of FA heads per decoder layer, got {shown(self.fa_heads)}")
-        if not self.fa_heads:
+        if not layers:
             raise PlanError("the plan has no layers: fa_heads needs one list of FA heads per decoder layer")
         normalised = []
-        for layer, heads in enumerate(self.fa_heads):
-            if isinstance(heads, (str, bytes)) or not hasattr(heads, "__iter__"):
-                raise PlanError(f"fa_heads holds one list of head indices per layer; layer {layer} is {shown(heads)}")
+        for layer, given in enumerate(layers):
+            if (heads := items(given)) is None:
+                raise PlanError(f"fa_heads holds one list of head indices per layer; layer {layer} is {shown(given)}")
             heads = tuple(integer(h, f"layer {layer}: a head index", PlanError) for h in heads)
             if len(set(heads)) != len(heads):
                 raise PlanError(f"layer {layer}: head listed twice in {list(heads)}")
@@ -241,9 +242,9 @@ class HeadPlan:
             layers = [math.floor((i + 1) * L / n) - 1 for i in range(n)]
             meta = {"method": "layerwise", "ratio": ratio, "layers": layers}
         else:
-            if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
+            if (given := items(layers)) is None:
                 raise PlanError(f"layers must be a list of layer indices, got {shown(layers)}")
-            layers = [integer(layer, "a layer index", PlanError) for layer in layers]
+            layers = [integer(layer, "a layer index", PlanError) for layer in given]
             bad = [layer for layer in layers if not 0 <= layer < L]
             if bad or len(set(layers)) != len(layers) or not layers:
                 raise PlanError(f"layers must be distinct indices in 0..{L - 1}, got {layers}")

@@ -24,7 +24,7 @@ from hydrahead.distill import checkpoint as ckpt
 from hydrahead.distill import distributed
 from hydrahead.distill.data import Corpora, Tokenize, calibration_ids, document_eos, resolve_files
 from hydrahead.distill.distributed import DistEnv
-from hydrahead.errors import DataError, RecipeError, shown
+from hydrahead.errors import DataError, RecipeError, items, shown
 from hydrahead.distill.evaluate import Evaluator, HeldoutPerplexity
 from hydrahead.distill.metrics import MetricsLog, summary_writer
 from hydrahead.distill.recipe import STAGE_NAMES, Recipe
@@ -90,9 +90,8 @@ def _check_arguments(callbacks: Any, evaluators: Any, teacher: Any, tokenizer: A
         raise RecipeError(f"tokenizer= takes the tokenizer itself, got {shown(tokenizer):.100}")
     hooks = {}
     for name, given in (("callbacks", callbacks), ("evaluators", evaluators)):
-        iterable = not isinstance(given, (str, bytes)) and hasattr(given, "__iter__")
-        hooks[name] = tuple(given) if iterable else ()
-        if not iterable or not all(map(callable, hooks[name])):
+        hooks[name] = items(given)
+        if hooks[name] is None or not all(map(callable, hooks[name])):
             raise RecipeError(f"{name}= takes a list of functions, got {shown(given):.100}")
     return hooks["callbacks"], hooks["evaluators"]
 

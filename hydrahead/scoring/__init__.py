@@ -76,10 +76,11 @@ def score_heads(
         if tokenizer is None:
             raise ScoringError("score_heads needs a tokenizer to build probes (or pass probes=build_probes(...))")
         probe_config = probe_config or ProbeConfig(context_length=default_context_length(model.config))
-        probes = build_probes(tokenizer, probe_config, model=model)
+        probes = build_probes(tokenizer, probe_config, model=model)  # their ids checked there
+    else:
+        check_probe_ids(probes, model)
     if not probes:
         raise ScoringError("no probes to score with")
-    check_probe_ids(probes, model)
     if progress is None:
         progress = sys.stderr.isatty()
     start = time.perf_counter()

@@ -30,13 +30,13 @@ from __future__ import annotations
 import itertools
 import os
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
-from hydrahead.errors import NeedleError, ProbeError, ScoringError, integer, shown
+from hydrahead.errors import NeedleError, ProbeError, ScoringError, integer, items, shown
 from hydrahead.models.shape import positions
 from hydrahead.needles import (
     HAYSTACKS,
@@ -88,13 +88,13 @@ class ProbeConfig:
             object.__setattr__(self, name, integer(getattr(self, name), name, ProbeError))
         for name, kinds, what in (("capabilities", str, "names"), ("needle_types", str, "names"),
                                   ("haystack_files", (str, os.PathLike), "file names")):
-            items = _items(getattr(self, name))
-            if items is None or not all(isinstance(v, kinds) for v in items):
+            given = items(getattr(self, name))
+            if given is None or not all(isinstance(v, kinds) for v in given):
                 raise ProbeError(f"{name} must be a list of {what}, got {shown(getattr(self, name))}")
-            object.__setattr__(self, name, tuple(os.fspath(v) for v in items))
+            object.__setattr__(self, name, tuple(os.fspath(v) for v in given))
         if self.depths is not None:
-            items = _items(self.depths)
-            depths = None if items is None else [_real(d) for d in items]
+            given = items(self.depths)
+            depths = None if given is None else [_real(d) for d in given]
             if depths is None or None in depths:
                 raise ProbeError(f"depths must be a list of fractions in [0, 1], got {shown(self.depths)}")
             object.__setattr__(self, "depths", tuple(depths))
@@ -130,13 +130,6 @@ class ProbeConfig:
         if not isinstance(data, dict):
             raise ProbeError(f"probe settings must be a mapping of field to value, got {shown(data)}")
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})  # lists become tuples there
-
-
-def _items(value: Any) -> tuple | None:
-    """A list-like setting's items, or None when it is not one (a string, a scalar, a 0-d array)."""
-    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable) or getattr(value, "ndim", 1) == 0:
-        return None
-    return tuple(value)
 
 
 def _real(value: Any) -> float | None:
