@@ -294,6 +294,16 @@ def test_decode_step_returns_v_dtype_and_keeps_an_fp32_state() -> None:
     assert_close("state", state, state_ref, FP32_TOL)
 
 
+@pytest.mark.parametrize(("steps", "dtype"), [(2, torch.float32), (1, torch.long)], ids=["two-tokens", "integer-v"])
+def test_decode_step_refuses_more_than_one_token_or_an_integer_v(steps: int, dtype: torch.dtype) -> None:
+    """Two tokens used the first only; an integer v gave a truncated integer output."""
+    inputs = make_inputs(Shape(1, steps, 2, 8, 8), initial_state=False)
+    step = [inputs[name] for name in ("q", "k", "v", "g", "beta")]
+    step[2] = step[2].to(dtype)
+    with pytest.raises(GatedDeltaRuleError, match="one floating-point token"):
+        gated_delta_rule_step(*step, torch.zeros(1, 2, 8, 8))
+
+
 # ---- Public API contract --------------------------------------------------------------------------------
 
 
@@ -346,6 +356,8 @@ BAD_INPUTS = {
     "g-nan": (_bad("g", torch.full((2, 5, 3), float("nan"))), "g holds NaN"),
     "no-batch": (make_inputs(Shape(0, 5, 3, 8, 4), initial_state=False), "have a size of 0"),  # RuntimeError before
     "no-dk": (make_inputs(Shape(2, 5, 3, 0, 4), initial_state=False), "have a size of 0"),  # ZeroDivisionError
+    "v-integer": (_bad("v", torch.ones(2, 5, 3, 4, dtype=torch.long)), "v must be a floating-point tensor"),
+    "g-integer": (_bad("g", torch.zeros(2, 5, 3, dtype=torch.long)), "g must be a floating-point tensor"),
 }
 
 

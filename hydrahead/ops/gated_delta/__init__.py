@@ -182,6 +182,9 @@ def _check_inputs(q, k, v, g, beta, initial_state, mode, cu_seqlens, head_first)
         if not isinstance(x, torch.Tensor):
             raise GatedDeltaRuleError(f"{name} must be a tensor, got {type(x).__name__} (arguments after beta are "
                                       "keyword-only: scale=, initial_state=, output_final_state=)")
+    for name, x in (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta)):
+        if not x.is_floating_point():  # the output is cast to v's dtype: an integer v would truncate it
+            raise GatedDeltaRuleError(f"{name} must be a floating-point tensor, got {x.dtype}")
     for name, x, layout in (("q", q, "(B, T, H, Dk)"), ("k", k, "(B, T, H, Dk)"), ("v", v, "(B, T, HV, Dv)")):
         if x.ndim != 4:
             raise GatedDeltaRuleError(f"{name} must have shape {layout}, got {x.ndim} dims {tuple(x.shape)}")

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from hydrahead.errors import GatedDeltaRuleError
+
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype the recurrence runs in: fp32 for half types and fp32, fp64 kept for fp64 (gradient tests)."""
@@ -86,7 +88,10 @@ def gated_delta_rule_step(
     and one in-place rank-1 update. The state keeps its address, so a captured decode graph can reuse it.
     Not differentiable (the state is overwritten); for inference only.
     """
-    batch, _, heads, dk = k.shape
+    batch, steps, heads, dk = k.shape
+    if steps != 1 or not v.is_floating_point():  # a longer input would silently use its first token only
+        raise GatedDeltaRuleError(f"gated_delta_rule_step takes one floating-point token (B, 1, H, D); got k of "
+                                  f"shape {tuple(k.shape)} and v of dtype {v.dtype} (use gated_delta_rule)")
     dv = v.shape[-1]
     dtype = state.dtype
     scale = dk**-0.5 if scale is None else scale
