@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
+from hydrahead import errors
 from hydrahead.errors import ScoringError
 from hydrahead.models.heads import HeadHooks
 from hydrahead.models.shape import ModelShape
@@ -64,8 +65,13 @@ def head_means(model: nn.Module, reference: torch.Tensor | Sequence[torch.Tensor
 def _check_heads(model: nn.Module, heads: Iterable[tuple[int, int]]) -> dict[int, list[int]]:
     shape = ModelShape.from_config(model.config)
     by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        layer, head = int(layer), int(head)
+    pairs = errors.items(heads)
+    if pairs is None:
+        raise ScoringError(f"heads must be a list of (layer, head) pairs, got {errors.shown(heads)}")
+    for pair in pairs:
+        if len(values := errors.items(pair) or ()) != 2:
+            raise ScoringError(f"heads must be (layer, head) pairs, got {errors.shown(pair)}")
+        layer, head = (errors.integer(x, f"head {values}: each number", ScoringError) for x in values)
         if not (0 <= layer < shape.layers and 0 <= head < shape.heads):
             raise ScoringError(f"head ({layer}, {head}) does not exist: the model has {shape.layers} layers x "
                                f"{shape.heads} heads")

@@ -58,3 +58,15 @@ def test_ablation_errors():
     with pytest.raises(ScoringError, match="mode must be one of"):
         with ablate(model, [(0, 0)], mode="resample"):
             pass
+
+
+@pytest.mark.parametrize(("heads", "message"), [
+    ([(0, 1.7)], r"head \(0, 1.7\): each number must be an integer, got 1.7"),  # ablated head 1 before
+    ([(0,)], r"must be \(layer, head\) pairs, got \(0,\)"),
+    ([(0, 1, 2)], r"must be \(layer, head\) pairs"),
+    (5, "must be a list of"),
+], ids=["float-head", "one-number", "three-numbers", "not-a-list"])
+def test_ablation_names_heads_that_are_not_integer_pairs(heads, message):
+    with pytest.raises(ScoringError, match=message):
+        with ablate(make_teacher("qwen3"), heads, mode="zero"):
+            pass
