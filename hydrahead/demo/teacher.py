@@ -65,18 +65,12 @@ def load_teacher(path: Path = SHIPPED) -> tuple[Any, Any]:
 
 
 def export_teacher(dest: str | Path, path: Path = SHIPPED) -> Path:
-    """The shipped teacher as an ordinary Hugging Face checkpoint directory (fp32), with its manifest. Its
-    config's `max_position_embeddings` is the length it was trained at (the recipe's 4096 is a bound that
-    RoPE never reads), so that tools taking a default length from the config (`hydrahead score`'s probes)
-    stay inside what the teacher learnt; longer prompts still run (RoPE extrapolation)."""
+    """The shipped teacher as an ordinary Hugging Face checkpoint directory (fp32), with its manifest."""
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise TeacherError(f"--export-teacher: {dest} exists and is not an empty directory")
     from hydrahead.models.loading import save_hybrid
 
-    from hydrahead.demo.teacher_recipe import load_recipe
-
     model, tokenizer = load_teacher(path)
-    model.config.max_position_embeddings = load_recipe().seq_len
     save_hybrid(model, dest, tokenizer, finish=lambda tmp: shutil.copy(Path(path) / MANIFEST, tmp / "demo_teacher_manifest.json"))
     return dest

@@ -227,6 +227,10 @@ def ship(work: str | Path, dest: Path = SHIPPED, recipe_path: Path = RECIPE, log
     # what is measured is what ships: the fp16 weights, computed in fp32 as `load_teacher` does
     model, tokenizer = load_model(final, "float16").float(), load_tokenizer(final)
     length = recipe.seq_len
+    # the config's window is the length it was trained at (the recipe's max_position_embeddings is a bound
+    # that RoPE never reads), so that tools taking a default length from it (`hydrahead score`'s probes, at
+    # 1024 otherwise: it solves none there) stay inside what the teacher learnt; longer prompts still run
+    model.config.max_position_embeddings = length
     log("measuring greedy NIAH at the training length")
     niah = measure(model, tokenizer, length, list(recipe.corpus.niah_tasks), seeds=seeds)
     metrics = training_metrics(work, recipe)

@@ -84,6 +84,7 @@ def test_export_writes_an_ordinary_checkpoint_with_the_same_logits(tmp_path):
 
     trained = load_recipe().seq_len
     assert exported.config.max_position_embeddings == trained == default_context_length(exported.config) == 256
+    assert model.config.max_position_embeddings == trained  # the shipped files say so too
 
 
 @pytest.mark.slow
@@ -120,6 +121,7 @@ def test_retrain_and_ship_a_tiny_recipe(tmp_path):
     assert manifest["phases"] == {"induction": 4096, "retrieval": 8192}
     model, tokenizer = shipped.load_teacher(dest)
     assert model.config.num_hidden_layers == 4 and len(tokenizer) == model.config.vocab_size
+    assert model.config.max_position_embeddings == 256  # the training length (the recipe's model says 4096)
     training.plot_training(metrics, tmp_path / "training.png")
     assert (tmp_path / "training.png").stat().st_size > 0
 
