@@ -30,7 +30,7 @@ from hydrahead.ops.gated_delta import fla
 ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ["prefill_and_decode", "fla_prompt_pytorch_steps", "shared_kv_qwen2", "packed_documents", "backward",
           "generate", "generate_static", "bench_counts_fla_launches", "short_conv", "prompt_in_pieces",
-          "op_decode_step", "op_prompt", "op_one_token_backward"]
+          "op_decode_step", "op_prompt", "op_one_token_backward", "op_decay_of_zero"]
 TOL = 1e-4  # fp32 on both sides; fla's chunk kernel vs ours differ by ~1e-6 at the op
 
 
@@ -342,6 +342,26 @@ def check_op_prompt(switch):
     with torch.no_grad():
         assert rel_err(fla.fla_l2norm(x), l2norm(x)) < TOL
     assert fla.fla_l2norm(x.requires_grad_()) is None  # autograd on: fla's Function, which has the backward
+
+
+def check_op_decay_of_zero(switch):
+    """A log decay of -inf (a decay of 0) or a huge finite one, at a few positions of a prompt and as one decode
+    step, against the fp64 recurrent reference: fla's chunk kernel gave NaN for -inf and an error of 0.6 for
+    -1e7 (its prefix sums of the log decay), before `fla_gated_delta_rule` floored it as the chunk op does."""
+    from hydrahead.ops import gated_delta_rule
+
+    q, k, v, _, beta, state = op_inputs(70)
+    for low in (float("-inf"), -1e7):
+        g = -torch.rand(2, 70, 3)
+        g[:, 10], g[1, 40, 2] = low, low
+        with torch.no_grad():
+            for end in (70, 11):  # the prompt; then the token at 10 alone, a decode step
+                start = 0 if end == 70 else 10
+                inputs = [x[:, start:end] for x in (q, k, v, g, beta)]
+                ref, ref_state = gated_delta_rule(*(x.double() for x in inputs), initial_state=state.double(),
+                                                  output_final_state=True, mode="recurrent")
+                got, got_state = fla.fla_gated_delta_rule(*inputs, initial_state=state, output_final_state=True)
+                assert rel_err(got, ref.float()) < TOL and rel_err(got_state, ref_state.float()) < TOL, (low, end)
 
 
 def check_short_conv(switch):

@@ -41,6 +41,8 @@ import torch.nn.functional as F
 
 from hydrahead.errors import FlaNotInstalledError
 
+from .chunk import decay_floor
+
 FLA_INSTALL_HINT = "pip install 'hydrahead[gpu]'"
 FLA_DTYPES = (torch.bfloat16, torch.float16)
 # Set by `interpret.interpret_fla_on_cpu()`: fla's kernels run in Triton's interpreter, CPU tensors take them.
@@ -179,8 +181,11 @@ def fla_gated_delta_rule(
     cu_seqlens: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Gated delta rule with fla's kernels (see the module docstring for shapes and dtypes)."""
-    # the log decay is cumulated inside fla; keep it in fp32 as fla's layers do
-    return _run_fla(q, k, v, g.to(torch.float32), beta, initial_state, output_final_state, cu_seqlens, scale=scale)
+    # The log decay is cumulated inside fla: kept in fp32 as fla's layers do, and at most as low as the chunk op's
+    # floor, for the same reason (fla's chunk kernel gave NaN for -inf, a decay of 0, and an error of 0.6 for
+    # -1e7, whose prefix sums leave the other spans no precision; Triton's interpreter, fp32).
+    g = g.to(torch.float32).clamp(min=decay_floor(torch.float32))
+    return _run_fla(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens, scale=scale)
 
 
 def _run_fla(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens, state_in_place=False, **options):
