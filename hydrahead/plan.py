@@ -196,7 +196,8 @@ class HeadPlan:
             raise PlanError(f"ratio {ratio} leaves no full-attention {what} out of {layers * len(units[0])}")
         if count < layers * unit_min:
             raise PlanError(f"ratio {ratio} gives {count} full-attention {what}, fewer than min_per_layer={min_per_layer} "
-                            f"per layer needs ({layers * unit_min} over {layers} layers)")
+                            f"per layer needs ({layers * unit_min} over {layers} layers): lower min_per_layer "
+                            f"(--min-per-layer 0 lets a layer keep none) or ask for a smaller ratio")
         chosen, tied = _select(units, count, unit_min)
         fa = [[u * group + i for u in layer for i in range(group)] for layer in chosen]
         meta = {"method": method, "ratio": ratio, "min_per_layer": min_per_layer, "granularity": granularity}

@@ -2,7 +2,7 @@
 
 Example:
   hydrahead plan --scores scores.json --ratio 7:1 --min-per-layer 1 --out plan.json
-  hydrahead plan --scores scores.json --ratio 7:1 --granularity kv_group --out plan.json
+  hydrahead plan --scores scores.json --ratio 7:1 --granularity kv_group --min-per-layer 0 --out plan.json
   hydrahead plan --baseline layerwise --model teacher/ --ratio 3:1 --out layerwise.json
   hydrahead plan --baseline random --model teacher/ --ratio 7:1 --seed 0 --out random.json
   hydrahead plan --baseline fixed-per-layer --scores scores.json --k 2 --out fixed.json

@@ -71,8 +71,8 @@ def probe_config_from(args: argparse.Namespace, base=None, model_config=None):
     limit = positions(model_config)[0] if model_config is not None else None
     if limit is not None and config.context_length > limit:  # a learned table is refused when probes are built
         print(f"note: probes of {config.context_length} tokens are longer than the {limit} positions the model was "
-              "built for (max_position_embeddings): a model that cannot retrieve there gives every head a score "
-              "near 0", flush=True)
+              "built for (max_position_embeddings): scores from probes a model cannot solve say little about its "
+              "retrieval", flush=True)
     return config
 
 
@@ -87,6 +87,16 @@ def describe_leads(probes, tokenizer, config) -> str:
         return "the model writes each answer right after the prompt, or does not answer"
     shown = ", ".join(f"{text!r} x {n}" for text, n in leads.most_common(3))
     return f"{sum(leads.values())} with the model's own lead-in before the answer: {shown}"
+
+
+def patching_note(device: str, instead: str) -> None:
+    """A note that patching on a CPU takes a model's forward per batch of heads per probe (hours for a real model),
+    and what to do `instead`."""
+    from hydrahead.models.loading import resolve_device
+
+    if resolve_device(device).type == "cpu":
+        print(f"note: patching on the CPU runs the model once per batch of heads per probe, hours for a real model; "
+              f"{instead}", flush=True)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
                   {"--model": args.model, "--tokenizer": args.tokenizer, "--probes-file": args.probes_file})
     model_config = read_config(args.model)
     config = probe_config_from(args, model_config=model_config)  # checked before the (slow) load
+    if args.method == "patching":
+        patching_note(args.device, "--method attribution gives both scores to first order from gradients, in "
+                                   "minutes (docs/real_models.md)")
     model, tokenizer = load_model_and_tokenizer(args, model_config)
     probes = build_probes(tokenizer, config, model=model, progress=True)
     print(f"{len(probes)} probes of {config.context_length} tokens ({describe_leads(probes, tokenizer, config)})",
@@ -151,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
           f"in {meta['wall_seconds']:.1f} s ({meta['forward_calls']} forward calls, {meta['backwards']} backward)")
     if meta["clean_accuracy"] is not None:
         print(f"the model solves {meta['clean_accuracy']:.0%} of the probes (teacher-forced, greedy)")
-    if note := unsolved_note(meta["clean_accuracy"], "patched", "these scores say little about retrieval"):
+    if note := unsolved_note(meta["clean_accuracy"], "changed", "these scores say little about retrieval"):
         print(note, flush=True)
     top = scores.top_k(min(args.top, scores.values.size))
     print(f"top {len(top)} heads (layer, head): " + ", ".join(f"({l}, {h}) {scores.values[l, h]:.3f}" for l, h in top))

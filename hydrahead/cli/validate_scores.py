@@ -55,7 +55,7 @@ def probe_config_of(saved, path: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from hydrahead.cli.score import describe_leads, load_model_and_tokenizer, probe_config_from
+    from hydrahead.cli.score import describe_leads, load_model_and_tokenizer, patching_note, probe_config_from
     from hydrahead.models.loading import read_config
     from hydrahead.scoring import (
         METHODS, HeadScores, ProbeConfig, ScoringError, build_probes, layer_similarity, score_heads, validate_scores,
@@ -93,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: --probe-seed {args.probe_seed} is the seed the scores were computed on: the ablation runs on "
               "the probes that chose the heads", flush=True)
     check_top_k(args.top_k, scores.values.size, "--top-k")  # the library's check, before the load
+    if not args.no_agreement and "patching" not in sources:
+        patching_note(args.device, "for the agreement table alone: --no-agreement skips it, --compare FILE takes "
+                                   "patching scores made elsewhere")
     model, tokenizer = load_model_and_tokenizer(args, model_config)
     if not args.no_agreement:
         missing = [m for m in METHODS if m != scores.method and m not in compare]

@@ -32,7 +32,8 @@ def test_score_plan_validate(teacher_dir, capsys):
     scores = HeadScores.from_json(out / "scores.json")
     # a random model answers none of its probes: said, with the note that such scores say little
     assert scores.metadata["clean_accuracy"] == 0.0 and "the model solves 0% of the probes" in printed
-    assert "note: the model solves only 0% of the probes with nothing patched, so these scores say little" in printed
+    assert "note: the model solves only 0% of the probes with nothing changed, so these scores say little" in printed
+    assert "note: patching on the CPU runs the model once per batch of heads per probe" in printed  # and what else
     assert scores.values.shape == (2, 4) and scores.metadata["probe_config"]["context_length"] == 500
     assert (out / "heads.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -46,6 +47,7 @@ def test_score_plan_validate(teacher_dir, capsys):
                  "--seeds", "2", "--out", str(out / "report.json"), "--layer-plot", str(out / "layers.png")]) == 0
     printed = capsys.readouterr().out
     assert "| top-2 |" in printed and "| attribution | patching |" in printed and "| retrieval | patching |" in printed
+    assert "note: patching on the CPU" not in printed  # the scores are patching's: nothing to compute
     assert "note: the model solves only 0% of the probes with nothing ablated, so the ablation check says little" in (
         printed)
     report = json.loads((out / "report.json").read_text())
@@ -85,6 +87,7 @@ def test_validate_scores_computes_the_methods_as_the_scores_were_made(teacher_di
         assert agreement["retrieval"]["senders"] is None
         patching = "patching" if senders else "patching (receiver term alone)"
         assert f"| attribution (receiver term alone) | {patching} |" in printed
+        assert "--no-agreement skips it" in printed  # patching computed on the CPU: said before the load
 
 
 def test_probe_seed_picks_the_ablation_probes_and_leaves_the_agreement_on_the_scores_own(teacher_dir, capsys,

@@ -118,7 +118,7 @@ def test_plans_print_their_summary():
     (lambda s: HeadPlan.from_scores(s, "a:b"), "ratio must be"),
     (lambda s: HeadPlan.from_scores(s, "1:0"), "leaves no full-attention heads"),
     (lambda s: HeadPlan.from_scores(s, "1000:1", min_per_layer=0), "leaves no full-attention"),
-    (lambda s: HeadPlan.from_scores(s, "31:1", min_per_layer=1), "fewer than min_per_layer=1"),
+    (lambda s: HeadPlan.from_scores(s, "31:1", min_per_layer=1), "fewer than min_per_layer=1.*--min-per-layer 0"),
     (lambda s: HeadPlan.from_scores(s, "7:1", min_per_layer=17), "min_per_layer must be between"),
     (lambda s: HeadPlan.from_scores(s, "7:1", granularity="layer"), "granularity"),
     (lambda s: HeadPlan.from_scores(s, "7:1", config=Shape(2, 4, 2)), "28 layers x 16 heads .* 2 layers x 4 heads"),
