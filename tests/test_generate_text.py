@@ -148,7 +148,7 @@ def test_the_command_prints_the_text_and_writes_the_figures(models, tokenizer, t
     assert printed.out == figures["text"] + "\n"
     assert figures["prompt_tokens"] == len(tokenizer(PROMPT).input_ids)  # the file's final newline dropped
     assert figures["new_tokens"] == 5 and figures["dtype"] == "float32"
-    assert "as the plan implies" in printed.err
+    assert "as the plan implies" in printed.err and f"figures to {out}" in printed.err
 
 
 def test_the_prompt_file_may_be_a_pipe(models, tokenizer, tmp_path, capsys):

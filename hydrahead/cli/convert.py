@@ -96,5 +96,9 @@ def run(args: argparse.Namespace) -> int:
     model = convert(teacher, plan, options, calibration=calibration)
     save_hybrid(model, out, tokenizer)
     print(plan.summary())
+    if calibration is not None:
+        rows, length = calibration.shape
+        print(f"calibrated the fusion gains and the GDN heads' mean output on {rows} x {length} tokens of "
+              "--calibration" + (" (the text holds fewer than the 2 x 512 it can use)" if rows * length < 1024 else ""))
     print(f"saved hybrid to {out}" + ("" if tokenizer else " (the teacher has no tokenizer to copy)"))
     return 0

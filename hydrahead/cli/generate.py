@@ -131,4 +131,6 @@ def run(args: argparse.Namespace) -> int:
         print(result.summary(), file=sys.stderr)
     if args.json is not None:
         write_json(args.json, {"model": str(args.model), **result.to_dict()})
+        if not args.quiet:
+            print(f"saved the text, token ids, times and figures to {args.json}", file=sys.stderr)
     return 0

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         f"{report['dtype']}, the checkpoint's dtype"
         + ("" if report["dtype"] == "float32" else " (`generate` and `eval` run float32 on a CPU by default)")
     )
-    print(f"GDN state per sequence: {report['state_bytes_per_sequence']:,} bytes (constant in length)")
+    print(f"GDN state and conv window per sequence: {report['state_bytes_per_sequence']:,} bytes (constant in length)")
     print(f"parameters: {report['parameters']:,} (teacher {report['teacher_parameters']:,}; "
           f"added by conversion {report['parameters_added']:+,})")
     return 0

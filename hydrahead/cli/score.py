@@ -166,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"the model solves {meta['clean_accuracy']:.0%} of the probes (teacher-forced, greedy)")
     if note := unsolved_note(meta["clean_accuracy"], "changed", "these scores say little about retrieval"):
         print(note, flush=True)
-    top = scores.top_k(min(args.top, scores.values.size))
-    print(f"top {len(top)} heads (layer, head): " + ", ".join(f"({l}, {h}) {scores.values[l, h]:.3f}" for l, h in top))
+    if top := scores.top_k(min(args.top, scores.values.size)):  # --top 0: none printed
+        print(f"top {len(top)} heads (layer, head): " + ", ".join(f"({l}, {h}) {scores.values[l, h]:.3f}"
+                                                                   for l, h in top))
     print(f"saved scores to {args.out}" + (f" and heatmap to {args.plot}" if args.plot else ""))
     return 0

@@ -121,4 +121,6 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         report.to_json(args.out)
         print(f"saved report to {args.out}")
+    if args.layer_plot:
+        print(f"saved the layer-output similarity matrix to {args.layer_plot}")
     return 0

@@ -148,7 +148,8 @@ def plot_niah_heatmaps(records: Sequence[NiahRecord], summary: list[dict], path:
     depths = sorted(_unique(r.depth for r in records))
     cols = min(3, len(models))
     rows = math.ceil(len(models) / cols)
-    fig = Figure(figsize=(1.2 + 0.9 * len(lengths) * cols, 0.6 + 0.45 * len(depths) * rows + 0.6), layout="constrained")
+    panel = max(2.4, 0.9 * len(lengths))  # inches: wide enough for the axis label with one or two lengths
+    fig = Figure(figsize=(1.2 + panel * cols, 0.6 + 0.45 * len(depths) * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     image = None
     for ax, model in zip(axes, models):

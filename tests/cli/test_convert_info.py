@@ -83,6 +83,7 @@ def test_convert_calibrates_on_a_text_file(teacher_dir, capsys):
     tokenizer = make_tokenizer()
     tokenizer.save_pretrained(teacher_dir / "teacher")
     assert main([*args, "--out", str(teacher_dir / "hybrid")]) == 0
+    assert "mean output on 2 x 512 tokens of --calibration\n" in capsys.readouterr().out  # what it took, said
     got = hydrahead.from_pretrained(teacher_dir / "hybrid")
     calibration = calibration_rows(tokenizer(text.read_text())["input_ids"])
     assert calibration.shape == (2, 512)

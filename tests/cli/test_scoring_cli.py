@@ -53,7 +53,7 @@ def test_score_plan_validate(teacher_dir, capsys):
     report = json.loads((out / "report.json").read_text())
     assert len(report["accuracy_random"]) == 2 and len(report["layer_similarity"]) == 2
     assert set(report["agreement"]) == {"attribution", "retrieval"}
-    assert (out / "layers.png").exists()
+    assert (out / "layers.png").exists() and f"similarity matrix to {out / 'layers.png'}" in printed
 
 
 @pytest.mark.parametrize("method", ["attribution", "patching"])
