@@ -110,6 +110,29 @@ def test_another_models_larger_tokenizer_is_refused(models):
 
 
 @pytest.mark.parametrize("name", ["hybrid", "teacher"])
+def test_a_sweep_past_the_window_is_not_warned_of_by_transformers(tokenizer, models, name, monkeypatch):
+    """The demo evaluates students at 2x-8x the length their config states: transformers' one-time reminder
+    that a generation passed max_position_embeddings was printed in the middle of the demo's progress lines."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setattr(models[name].config, "max_position_embeddings", 64)
+    hf_logging.get_logger("transformers").warning_once.cache_clear()  # once per process: wherever it came before
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    stopping = logging.getLogger("transformers.generation.stopping_criteria")
+    stopping.addHandler(handler)
+    try:
+        records = niah({name: models[name]}, tokenizer, lengths=[320], depths=[0.5], tasks=["single_number"],
+                       samples=1, progress=False)
+    finally:
+        stopping.removeHandler(handler)
+    assert records and records[0].prompt_tokens > 64 and not seen
+
+
+@pytest.mark.parametrize("name", ["hybrid", "teacher"])
 def test_batching_does_not_change_answers(tokenizer, models, name):
     examples = make_examples(tokenizer, ["single_number", "vt"], [320], [0.0, 0.5], samples=1)
     assert len({len(e.input_ids) for e in examples}) > 1  # left padding is exercised
