@@ -151,6 +151,20 @@ def test_the_command_prints_the_text_and_writes_the_figures(models, tokenizer, t
     assert "as the plan implies" in printed.err and f"figures to {out}" in printed.err
 
 
+def test_quiet_prints_the_text_alone(models, tokenizer, tmp_path, capsys):
+    from transformers.utils import logging as hf_logging
+
+    hydrahead.save_hybrid(models["hybrid"], tmp_path / "hybrid", tokenizer)
+    hf_logging.enable_progress_bar()
+    capsys.readouterr()  # the save's own bar
+    try:
+        assert main(["generate", str(tmp_path / "hybrid"), "-p", PROMPT, "--max-new-tokens", "3", "--quiet"]) == 0
+    finally:
+        hf_logging.enable_progress_bar()  # --quiet turned transformers' bars off for the process
+    printed = capsys.readouterr()
+    assert printed.out.strip() and printed.err == ""  # no figures, no "Loading weights" bar
+
+
 def test_the_prompt_file_may_be_a_pipe(models, tokenizer, tmp_path, capsys):
     """`--prompt-file <(...)` in a shell is a pipe, not a regular file: it was refused as "not found"."""
     import os

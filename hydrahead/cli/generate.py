@@ -113,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
     target = resolve_device(args.device)
     tokenizer = load_tokenizer(args.model)
     prompt_ids(tokenizer, prompt, args.chat)  # an empty prompt, or --chat without a template, before the model loads
+    if args.quiet:  # the text only: not transformers' bar of the weights it loads either
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     model = load_model(args.model, dtype=inference_dtype(args.dtype, target), device=target)
 
     def stream(text: str) -> None:

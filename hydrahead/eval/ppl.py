@@ -153,12 +153,14 @@ def evaluate_perplexity(
     index = torch.div(torch.arange(1, length), bucket, rounding_mode="floor")  # (length-1,) bucket of each
     result = PerplexityResult(label, length, bucket, [], [], [0.0] * n_buckets, [0] * n_buckets)
     counts = torch.bincount(index, minlength=n_buckets)
+    longest = 0  # tokens of the longest document skipped, for the error below
     for doc in tqdm(documents, desc=f"ppl {label}", unit="doc", disable=not progress):
         if max_documents is not None and len(result.documents) >= max_documents:
             break
         ids = tokenizer(doc.text, add_special_tokens=True)["input_ids"]
         if len(ids) < length:
             result.skipped.append(doc.name)
+            longest = max(longest, len(ids))
             continue
         nll = token_nll(model, torch.tensor(ids[:length]), chunk_size)  # (length-1,)
         sums = torch.zeros(n_buckets, dtype=torch.float64).index_add_(0, index, nll.double())
@@ -168,8 +170,8 @@ def evaluate_perplexity(
         result.tokens = [a + int(b) for a, b in zip(result.tokens, counts)]
     if not result.documents:
         raise EvalError(
-            f"no document has {length} tokens ({len(result.skipped)} shorter ones skipped); "
-            "give longer documents or a smaller --length"
+            f"no document has {length} tokens ({len(result.skipped)} shorter ones skipped, the longest {longest} "
+            "tokens); give longer documents or a smaller --length"
         )
     return result
 

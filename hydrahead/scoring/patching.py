@@ -171,6 +171,7 @@ def sender_rounds(probes: Sequence[Probe], usable: Sequence[int], recv: np.ndarr
             break
         receivers = new
         history.append(receivers)
-    meta = {"receiver_sets": [[list(h) for h in r] for r in history], "rounds": rounds, "converged": converged,
+    meta = {"receiver_sets": [[list(h) for h in r] for r in history], "rounds": rounds,
+            "converged": converged if max_rounds else None,  # None: no sender rounds asked for, nothing to converge
             "receiver_fraction": receiver_fraction}
     return per_capability, meta

@@ -56,4 +56,4 @@ def test_zero_rounds_is_the_receiver_term_alone():
     assert set(caps["single_key"]) == {"score", "kappa", "receiver"}
     np.testing.assert_allclose(caps["single_key"]["score"], [[0.4, -0.15, 0.15]])
     np.testing.assert_allclose(combine(caps), [[1.0, 0.0, 0.3 / 0.55]])
-    assert meta["rounds"] == 0 and meta["receiver_sets"] == [[[0, 0]]] and not meta["converged"]
+    assert meta["rounds"] == 0 and meta["receiver_sets"] == [[[0, 0]]] and meta["converged"] is None
