@@ -1,8 +1,10 @@
 """Summarise a hybrid checkpoint: FA heads and FA KV heads per layer, KV-cache bytes per token against
-the teacher, recurrent state per sequence, and the parameters conversion added.
+the teacher, recurrent state per sequence, and the parameters conversion added. A plain model (a teacher, a
+.gguf) gets its shape and KV-cache bytes per token, read from its config alone.
 
 Example:
   hydrahead info hybrid/
+  hydrahead info teacher/      # what a hybrid of it is measured against
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ import argparse
 
 from hydrahead.cli.args import model_path
 
-HELP = "show a hybrid checkpoint's plan, cache footprint and added parameters"
+HELP = "show a hybrid checkpoint's plan, cache footprint and added parameters (a plain model: its KV cache)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", type=model_path, help="hybrid checkpoint directory")
+    parser.add_argument("path", type=model_path, help="hybrid checkpoint directory (or a plain model's, or a .gguf)")
     parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
 
 
@@ -23,12 +25,15 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from hydrahead.models.footprint import footprint
-    from hydrahead.models.loading import from_pretrained
+    from hydrahead.models.loading import from_pretrained, hybrid_model_types, read_config
 
+    config = read_config(args.path)
+    if config.get("model_type") not in hybrid_model_types():
+        return _plain(args, config)
     model = from_pretrained(args.path)
     report = footprint(model)
     if args.json:
-        print(json.dumps(report, indent=1))
+        print(json.dumps({"hybrid": True, **report}, indent=1))
         return 0
     print(model.hydrahead_plan.summary())
     print(f"options: {model.hydrahead_options.to_dict()}")
@@ -41,4 +46,28 @@ def run(args: argparse.Namespace) -> int:
     print(f"GDN state and conv window per sequence: {report['state_bytes_per_sequence']:,} bytes (constant in length)")
     print(f"parameters: {report['parameters']:,} (teacher {report['teacher_parameters']:,}; "
           f"added by conversion {report['parameters_added']:+,})")
+    return 0
+
+
+def _plain(args: argparse.Namespace, config: dict) -> int:
+    """A plain model's shape and KV cache per token (every head full attention), from its config: no weights read."""
+    import json
+
+    import torch
+
+    from hydrahead.models.shape import ModelShape
+
+    shape = ModelShape.from_config(config)
+    dtype = next((config[k] for k in ("dtype", "torch_dtype") if isinstance(config.get(k), str)), "float32")
+    itemsize = getattr(torch, dtype).itemsize if isinstance(getattr(torch, dtype, None), torch.dtype) else 4
+    report = {"hybrid": False, "model_type": config.get("model_type"), "layers": shape.layers, "heads": shape.heads,
+              "kv_heads": shape.kv_heads, "head_dim": shape.head_dim, "dtype": dtype,
+              "kv_bytes_per_token": 2 * shape.layers * shape.kv_heads * shape.head_dim * itemsize}
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    print(f"{args.path}: a plain {report['model_type']} model, not a hybrid: {shape.layers} layers x {shape.heads} "
+          f"query heads ({shape.kv_heads} KV heads, head_dim {shape.head_dim}), every head full attention")
+    print(f"KV cache per token: {report['kv_bytes_per_token']:,} bytes in {dtype}, the checkpoint's dtype; a hybrid "
+          "of it (hydrahead score -> plan -> convert) keeps the full-attention heads' share of it")
     return 0

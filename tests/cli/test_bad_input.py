@@ -194,7 +194,7 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["eval", "ppl", "--models", H, str(d / "gpt2"), "--data", str(d / "doc.txt"), "--length", "128", "--out", new],
          "gpt2 \\(a gpt2 model\\) has a learned position table of 64 positions: --length 128"),
         (["info", F], "a_file is a file, not a model directory"),
-        (["info", T], "not a hydrahead hybrid"),
+        (["info", str(d / "gpt2")], "a gpt2 config has no usable num_hidden_layers"),
         # GGUF models (--model and export)
         (["convert", "--model", G, "--plan", P, "--out", new], "garbage.gguf is not a readable GGUF model"),
         (["score", "--model", str(d / "two_ggufs"), "--out", f"{new}.json"], r"holds 2 GGUF files \(a.gguf, b.gguf\)"),

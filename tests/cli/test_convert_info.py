@@ -33,6 +33,13 @@ def test_convert_then_info(teacher_dir, capsys):
     assert report["dtype"] == "float32" and report["kv_bytes_per_token"] % 4 == 0
     assert main(["info", str(out)]) == 0
     assert "in float32, the checkpoint's dtype\n" in capsys.readouterr().out
+    # the teacher itself: its shape and K/V bytes from its config, the figure its hybrid is measured against
+    assert main(["info", str(teacher_dir / "teacher"), "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["hybrid"] is False and report["hybrid"] is True
+    assert plain["kv_bytes_per_token"] == report["teacher_kv_bytes_per_token"] and plain["layers"] == 2
+    assert main(["info", str(teacher_dir / "teacher")]) == 0
+    assert "a plain qwen3 model, not a hybrid: 2 layers x 4 query heads (2 KV heads" in capsys.readouterr().out
     half = teacher_dir / "half"
     hydrahead.save_hybrid(model, half, dtype=torch.float16)  # the bytes are a half precision model's
     assert main(["info", str(half), "--json"]) == 0
