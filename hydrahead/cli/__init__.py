@@ -101,28 +101,30 @@ def _main(argv: list[str] | None) -> int:
         return exit.code if isinstance(exit.code, int) else 2
     if args._keep_freed_memory:  # large CPU tensors reuse freed memory instead of page-faulting (utils/memory.py)
         keep_freed_memory()
+    # a command's messages are named as its usage is (`hydrahead eval niah: error: ...`)
+    command = " ".join(filter(None, (args.command, getattr(args, "subcommand", None))))
     shown_by_python = warnings.showwarning
-    warnings.showwarning = one_line_warnings(args.command, shown_by_python)
+    warnings.showwarning = one_line_warnings(command, shown_by_python)
     try:
         return int(args._run(args) or 0)
     except TrainingInterrupted as err:  # a checkpoint was saved: the usual 128 + signal exit status
-        print(f"hydrahead {args.command}: {err}", file=sys.stderr)
+        print(f"hydrahead {command}: {err}", file=sys.stderr)
         return 128 + err.signum
     except HydraHeadError as err:
-        print(f"hydrahead {args.command}: error: {err}", file=sys.stderr)
+        print(f"hydrahead {command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"hydrahead {args.command}: interrupted", file=sys.stderr)
+        print(f"hydrahead {command}: interrupted", file=sys.stderr)
         return 130
     except OSError as err:  # a file the user may not read or write, a full disk: the system's own words name it
         if isinstance(err, BrokenPipeError) and _stdout_closed():
             raise  # main ends quietly
-        print(f"hydrahead {args.command}: error: {err}", file=sys.stderr)
+        print(f"hydrahead {command}: error: {err}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as err:  # torch's allocators raise RuntimeError (OutOfMemoryError on CUDA)
         if (what := out_of_memory(err)) is None:
             raise
-        print(f"hydrahead {args.command}: error: out of memory ({what}); ask for less: a shorter input, fewer new "
+        print(f"hydrahead {command}: error: out of memory ({what}); ask for less: a shorter input, fewer new "
               "tokens, a smaller batch or length", file=sys.stderr)
         return 2
     finally:

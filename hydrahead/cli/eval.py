@@ -38,7 +38,7 @@ def parse_depths(text: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="eval_command", metavar="{niah,ppl}", required=True)
+    sub = parser.add_subparsers(dest="subcommand", metavar="{niah,ppl}", required=True)
     from hydrahead.cli import HelpFormatter
 
     niah = sub.add_parser("niah", help="RULER-style retrieval over a depth x length grid", formatter_class=HelpFormatter,
@@ -148,7 +148,7 @@ def run_ppl(args: argparse.Namespace) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    paths = run_niah(args) if args.eval_command == "niah" else run_ppl(args)
+    paths = run_niah(args) if args.subcommand == "niah" else run_ppl(args)
     for path in paths:
         if path.suffix == ".md":
             print(path.read_text())
