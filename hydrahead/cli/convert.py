@@ -66,7 +66,7 @@ def parse_overrides(items: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     from hydrahead import HeadPlan, HybridOptions, convert
     from hydrahead.errors import CheckpointError, OptionsError
-    from hydrahead.models.convert import calibration_rows
+    from hydrahead.models.convert import CALIBRATION_ROWS, calibrated, calibration_rows
     from hydrahead.models.families import family_of_config
     from hydrahead.models.loading import check_output_dir, load_model, load_tokenizer, read_config, save_hybrid
     from hydrahead.models.shape import ModelShape
@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         calibration = calibration_rows(tokenizer(args.calibration)["input_ids"])
         if calibration.numel() < MIN_CALIBRATION_TOKENS:
             raise OptionsError(f"--calibration holds {calibration.numel()} tokens in the teacher's tokenizer; give "
-                               f"at least {MIN_CALIBRATION_TOKENS} (it takes 2 x 512 tokens of text like the training data)")
+                               f"at least {MIN_CALIBRATION_TOKENS} (it takes {CALIBRATION_ROWS[0]} x "
+                               f"{CALIBRATION_ROWS[1]} tokens of text like the training data)")
     teacher = load_model(args.model, args.dtype, supported=True)
     if calibration is not None and int(calibration.max()) >= teacher.config.vocab_size:
         raise CheckpointError(f"the tokenizer of {args.model} gives token id {int(calibration.max())} but the model "
@@ -96,9 +97,14 @@ def run(args: argparse.Namespace) -> int:
     model = convert(teacher, plan, options, calibration=calibration)
     save_hybrid(model, out, tokenizer)
     print(plan.summary())
-    if calibration is not None:
+    if calibration is not None and (what := calibrated(options)):
         rows, length = calibration.shape
-        print(f"calibrated the fusion gains and the GDN heads' mean output on {rows} x {length} tokens of "
-              "--calibration" + (" (the text holds fewer than the 2 x 512 it can use)" if rows * length < 1024 else ""))
+        short = rows * length < CALIBRATION_ROWS[0] * CALIBRATION_ROWS[1]
+        print(f"calibrated {' and '.join(what)} on {rows} x {length} tokens of --calibration"
+              + (f" (the text holds fewer than the {CALIBRATION_ROWS[0]} x {CALIBRATION_ROWS[1]} it can use)"
+                 if short else ""))
+    elif calibration is not None:
+        print("note: --calibration went unused: these options have neither fusion gains (fusion=scale_norm) nor the "
+              "GDN heads' mean output (gdn_mean_output)")
     print(f"saved hybrid to {out}" + ("" if tokenizer else " (the teacher has no tokenizer to copy)"))
     return 0

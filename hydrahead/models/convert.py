@@ -31,7 +31,17 @@ from hydrahead.plan import HeadPlan
 CALIBRATION_SHAPE = (2, 128)  # random tokens used when no calibration batch is given
 
 
-def calibration_rows(tokens: Iterable[int], rows: int = 2, length: int = 512) -> torch.Tensor:
+CALIBRATION_ROWS = (2, 512)  # what `calibration_rows` takes of a text by default: rows x tokens
+
+
+def calibrated(options: HybridOptions) -> list[str]:
+    """What `convert` sets from a calibration batch under `options` (nothing: the batch goes unused)."""
+    return [what for what, used in (("the fusion gains", options.fusion == "scale_norm"),
+                                    ("the GDN heads' mean output", options.gdn_mean_output)) if used]
+
+
+def calibration_rows(tokens: Iterable[int], rows: int = CALIBRATION_ROWS[0],
+                     length: int = CALIBRATION_ROWS[1]) -> torch.Tensor:
     """A calibration batch for `convert` from a token stream (text like the training data, tokenised; read only
     as far as needed): `rows` rows of `length` tokens, fewer when the stream ends sooner, and one shorter row
     when it holds less than `length` tokens."""
@@ -169,7 +179,7 @@ def convert(
 
     H = teacher_config.num_attention_heads
     statistics, calibration_given = None, calibration is not None
-    if options.fusion == "scale_norm" or (options.gdn_mean_output and calibration_given):
+    if options.fusion == "scale_norm" or (options.gdn_mean_output and calibration_given):  # `calibrated`
         if calibration is None:
             generator = torch.Generator().manual_seed(0)
             calibration = torch.randint(0, teacher_config.vocab_size, CALIBRATION_SHAPE, generator=generator)

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -90,7 +91,14 @@ def test_convert_calibrates_on_a_text_file(teacher_dir, capsys):
     tokenizer = make_tokenizer()
     tokenizer.save_pretrained(teacher_dir / "teacher")
     assert main([*args, "--out", str(teacher_dir / "hybrid")]) == 0
-    assert "mean output on 2 x 512 tokens of --calibration\n" in capsys.readouterr().out  # what it took, said
+    # what it took and what it set, said
+    assert "calibrated the fusion gains and the GDN heads' mean output on 2 x 512 tokens of --calibration\n" in (
+        capsys.readouterr().out)
+    for options, said in ((["--preset", "exact"], "calibrated the GDN heads' mean output on 2 x 512"),
+                          (["--preset", "exact", "--option", "gdn_mean_output=false"], "--calibration went unused")):
+        assert main([*args, *options, "--out", str(teacher_dir / "other")]) == 0
+        assert said in capsys.readouterr().out
+        shutil.rmtree(teacher_dir / "other")
     got = hydrahead.from_pretrained(teacher_dir / "hybrid")
     calibration = calibration_rows(tokenizer(text.read_text())["input_ids"])
     assert calibration.shape == (2, 512)
