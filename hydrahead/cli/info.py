@@ -55,19 +55,30 @@ def _plain(args: argparse.Namespace, config: dict) -> int:
 
     import torch
 
+    from hydrahead.errors import UnsupportedModelError
+    from hydrahead.models.footprint import kv_bytes_per_token
+    from hydrahead.models.files import find_gguf
+    from hydrahead.models.loading import check_config
     from hydrahead.models.shape import ModelShape
 
+    if find_gguf(args.path) is None:
+        check_config(args.path)  # a dtype torch lacks, a count that is not one: refused as the loaders refuse it
     shape = ModelShape.from_config(config)
-    dtype = next((config[k] for k in ("dtype", "torch_dtype") if isinstance(config.get(k), str)), "float32")
-    itemsize = getattr(torch, dtype).itemsize if isinstance(getattr(torch, dtype, None), torch.dtype) else 4
+    if shape.head_dim is None:
+        raise UnsupportedModelError(f"{args.path}: its config gives neither head_dim nor hidden_size, so the K/V "
+                                    "bytes per token are unknown")
+    named = next((config[k] for k in ("dtype", "torch_dtype") if isinstance(config.get(k), str)), "auto")
+    dtype = "float32" if named == "auto" else named  # "auto" or none: float32, as the loaders give it on a CPU
     report = {"hybrid": False, "model_type": config.get("model_type"), "layers": shape.layers, "heads": shape.heads,
               "kv_heads": shape.kv_heads, "head_dim": shape.head_dim, "dtype": dtype,
-              "kv_bytes_per_token": 2 * shape.layers * shape.kv_heads * shape.head_dim * itemsize}
+              "kv_bytes_per_token": kv_bytes_per_token(shape, shape.layers * shape.kv_heads,
+                                                       getattr(torch, dtype).itemsize)}
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
     print(f"{args.path}: a plain {report['model_type']} model, not a hybrid: {shape.layers} layers x {shape.heads} "
           f"query heads ({shape.kv_heads} KV heads, head_dim {shape.head_dim}), every head full attention")
-    print(f"KV cache per token: {report['kv_bytes_per_token']:,} bytes in {dtype}, the checkpoint's dtype; a hybrid "
-          "of it (hydrahead score -> plan -> convert) keeps the full-attention heads' share of it")
+    source = "the checkpoint's dtype" if named != "auto" else "its config names no dtype"
+    print(f"KV cache per token: {report['kv_bytes_per_token']:,} bytes in {dtype} ({source}); a hybrid of it "
+          "(hydrahead score -> plan -> convert) keeps the full-attention heads' share of it")
     return 0
