@@ -113,11 +113,16 @@ def run(args: argparse.Namespace) -> int:
     target = resolve_device(args.device)
     tokenizer = load_tokenizer(args.model)
     prompt_ids(tokenizer, prompt, args.chat)  # an empty prompt, or --chat without a template, before the model loads
-    if args.quiet:  # the text only: not transformers' bar of the weights it loads either
-        from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging
 
+    bars = hf_logging.is_progress_bar_enabled()
+    if args.quiet:  # the text only: not transformers' bar of the weights it loads either
         hf_logging.disable_progress_bar()
-    model = load_model(args.model, dtype=inference_dtype(args.dtype, target), device=target)
+    try:
+        model = load_model(args.model, dtype=inference_dtype(args.dtype, target), device=target)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
     def stream(text: str) -> None:
         sys.stdout.write(text)

@@ -1,7 +1,9 @@
 """Serve a checkpoint (a hybrid, or the model it was converted from) with an OpenAI-compatible HTTP API:
 transformers' own server (`transformers serve`) run with hydrahead's classes, so no remote code is trusted.
-Endpoints: POST /v1/chat/completions (streaming with "stream": true), POST /v1/completions, GET /health, GET /v1/models (the served model). Requests run one at a time through generate (on CUDA its default: the static cache and the
-graph-captured decode step, not yet measured through the server); continuous batching is refused for a hybrid. Needs pip install 'hydrahead[serving]'.
+Endpoints: POST /v1/chat/completions (streaming with "stream": true), POST /v1/completions, GET /health,
+GET /v1/models (the served model). Requests run one at a time through generate (on CUDA its default: the static
+cache and the graph-captured decode step, not yet measured through the server); continuous batching is refused for
+a hybrid. Needs pip install 'hydrahead[serving]'.
 
 Example:
   hydrahead serve hybrid/ --port 8000

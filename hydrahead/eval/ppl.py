@@ -170,8 +170,9 @@ def evaluate_perplexity(
         result.tokens = [a + int(b) for a, b in zip(result.tokens, counts)]
     if not result.documents:
         raise EvalError(
-            f"no document has {length} tokens ({len(result.skipped)} shorter ones skipped, the longest {longest} "
-            "tokens); give longer documents or a smaller --length"
+            f"no document has {length} tokens"
+            + (f" ({len(result.skipped)} shorter skipped, the longest {longest} tokens)" if result.skipped else "")
+            + "; give longer documents or a smaller --length"
         )
     return result
 

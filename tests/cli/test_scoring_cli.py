@@ -76,7 +76,8 @@ def test_validate_scores_computes_the_methods_as_the_scores_were_made(teacher_di
     """Receiver-only scores are compared with receiver-only patching; --senders overrides the file."""
     model, out = str(teacher_dir / "teacher"), teacher_dir
     assert main(["score", "--model", model, "--method", "attribution", "--no-senders", "--out", str(out / "recv.json"),
-                 *PROBES]) == 0
+                 "--top", "0", *PROBES]) == 0
+    assert "top 0 heads" not in capsys.readouterr().out  # --top 0: no empty list
     assert HeadScores.from_json(out / "recv.json").senders is False
     for flags, senders in (([], False), (["--senders"], True)):
         assert main(["validate-scores", "--model", model, "--scores", str(out / "recv.json"), "--top-k", "2",

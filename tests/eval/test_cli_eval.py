@@ -115,8 +115,8 @@ def test_a_length_beyond_a_learned_position_table_is_refused_and_rotary_ones_are
     capsys.readouterr()
     assert main(["eval", "niah", "--models", str(tmp_path / "gpt2"), "--lengths", "256", "--out", str(tmp_path / "r")]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"hydrahead eval niah: error: {tmp_path / 'gpt2'} (a gpt2 model) has a learned position table of 128 positions: "
-        "--lengths 256 is beyond it; use at most 128")
+        f"hydrahead eval niah: error: {tmp_path / 'gpt2'} (a gpt2 model) has a learned position table of 128 "
+        "positions: --lengths 256 is beyond it; use at most 128")
     assert not (tmp_path / "r").exists()
 
     config = json.loads((model_dirs["teacher"] / "config.json").read_text())  # a rotary model built for 512

@@ -123,6 +123,7 @@ def test_a_sweep_past_the_window_is_not_warned_of_by_transformers(tokenizer, mod
     handler = logging.Handler()
     handler.emit = seen.append
     stopping = logging.getLogger("transformers.generation.stopping_criteria")
+    assert stopping.isEnabledFor(logging.WARNING)  # else the test could not see the reminder either way
     stopping.addHandler(handler)
     try:
         records = niah({name: models[name]}, tokenizer, lengths=[320], depths=[0.5], tasks=["single_number"],

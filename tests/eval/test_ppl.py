@@ -54,7 +54,7 @@ def test_chunk_and_max_documents(tokenizer, models):
 
 def test_no_long_document_is_an_error(tokenizer, models):
     tokens = len(tokenizer(text(3))["input_ids"])
-    with pytest.raises(EvalError, match=f"no document has 5000 tokens .1 shorter ones skipped, the longest {tokens} "):
+    with pytest.raises(EvalError, match=f"no document has 5000 tokens .1 shorter skipped, the longest {tokens} "):
         evaluate_perplexity(models["teacher"], tokenizer, [Document("a", text(3))], 5000, progress=False)
 
 

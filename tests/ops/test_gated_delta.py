@@ -294,14 +294,17 @@ def test_decode_step_returns_v_dtype_and_keeps_an_fp32_state() -> None:
     assert_close("state", state, state_ref, FP32_TOL)
 
 
-@pytest.mark.parametrize(("steps", "dtype"), [(2, torch.float32), (1, torch.long)], ids=["two-tokens", "integer-v"])
-def test_decode_step_refuses_more_than_one_token_or_an_integer_v(steps: int, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize(("name", "two_tokens", "message"), [
+    ("k", True, "takes one token"), ("q", True, "takes one token"), ("beta", True, "takes one token"),
+    ("v", False, "v must be a floating-point tensor"),
+], ids=["two-k", "two-q", "two-beta", "integer-v"])
+def test_decode_step_refuses_more_than_one_token_or_an_integer_v(name: str, two_tokens: bool, message: str) -> None:
     """Two tokens used the first only; an integer v gave a truncated integer output."""
-    inputs = make_inputs(Shape(1, steps, 2, 8, 8), initial_state=False)
-    step = [inputs[name] for name in ("q", "k", "v", "g", "beta")]
-    step[2] = step[2].to(dtype)
-    with pytest.raises(GatedDeltaRuleError, match="one floating-point token"):
-        gated_delta_rule_step(*step, torch.zeros(1, 2, 8, 8))
+    inputs = make_inputs(Shape(1, 1, 2, 8, 8), initial_state=False)
+    x = inputs[name]
+    inputs[name] = torch.cat([x, x], dim=1) if two_tokens else x.to(torch.long)
+    with pytest.raises(GatedDeltaRuleError, match=message):
+        gated_delta_rule_step(*(inputs[n] for n in ("q", "k", "v", "g", "beta")), torch.zeros(1, 2, 8, 8))
 
 
 # ---- Public API contract --------------------------------------------------------------------------------

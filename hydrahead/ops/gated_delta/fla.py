@@ -183,7 +183,9 @@ def fla_gated_delta_rule(
     """Gated delta rule with fla's kernels (see the module docstring for shapes and dtypes)."""
     # The log decay is cumulated inside fla: kept in fp32 as fla's layers do, and at most as low as the chunk op's
     # floor, for the same reason (fla's chunk kernel gave NaN for -inf, a decay of 0, and an error of 0.6 for
-    # -1e7, whose prefix sums leave the other spans no precision; Triton's interpreter, fp32).
+    # -1e7, whose prefix sums leave the other spans no precision; Triton's interpreter, fp32). A hybrid's own call
+    # (`fla_gated_delta_net`) computes g inside the kernel from A_log and the gate input: not floored, and harmful
+    # there only at absurd gate inputs.
     g = g.to(torch.float32).clamp(min=decay_floor(torch.float32))
     return _run_fla(q, k, v, g, beta, initial_state, output_final_state, cu_seqlens, scale=scale)
 

@@ -88,10 +88,13 @@ def gated_delta_rule_step(
     and one in-place rank-1 update. The state keeps its address, so a captured decode graph can reuse it.
     Not differentiable (the state is overwritten); for inference only.
     """
-    batch, steps, heads, dk = k.shape
-    if steps != 1 or not v.is_floating_point():  # a longer input would silently use its first token only
-        raise GatedDeltaRuleError(f"gated_delta_rule_step takes one floating-point token (B, 1, H, D); got k of "
-                                  f"shape {tuple(k.shape)} and v of dtype {v.dtype} (use gated_delta_rule)")
+    batch, _, heads, dk = k.shape
+    if q.shape[1] != 1 or k.shape[1] != 1 or v.shape[1] != 1 or g.shape[1] != 1 or beta.shape[1] != 1:
+        raise GatedDeltaRuleError(  # a longer input would silently use its first token only
+            f"gated_delta_rule_step takes one token (B, 1, H, D); got q {tuple(q.shape)}, k {tuple(k.shape)}, "
+            f"v {tuple(v.shape)}, g {tuple(g.shape)}, beta {tuple(beta.shape)}: use gated_delta_rule for more")
+    if not v.is_floating_point():  # the output is cast to v's dtype: an integer v would truncate it
+        raise GatedDeltaRuleError(f"v must be a floating-point tensor, got {v.dtype}")
     dv = v.shape[-1]
     dtype = state.dtype
     scale = dk**-0.5 if scale is None else scale
