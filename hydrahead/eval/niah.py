@@ -78,13 +78,7 @@ def generate_answers(model: Any, tokenizer: Any, batch: Sequence[Example]) -> li
     )
     extra = {"past_key_values": HybridHeadCache(model.config)} if is_hybrid(model) else {}
     device = _device(model)
-    stopping = logging.getLogger("transformers.generation.stopping_criteria")
-    stopping.addFilter(_past_the_window)
-    try:
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
-                             **extra)
-    finally:
-        stopping.removeFilter(_past_the_window)
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config, **extra)
     new = out[:, width:].cpu()  # (B, generated)
     return [tokenizer.decode(new[i, : e.max_new_tokens], skip_special_tokens=True) for i, e in enumerate(batch)]
 
@@ -124,12 +118,17 @@ def evaluate_niah(
                         label)
     tokenizer = prepare_tokenizer(tokenizer)
     predictions: list[str | None] = [None] * len(examples)
-    with tqdm(total=len(examples), desc=f"niah {label}", unit="prompt", disable=not progress) as bar:
-        for batch in _batches(examples, batch_tokens):
-            answers = generate_answers(model, tokenizer, [examples[i] for i in batch])
-            for i, answer in zip(batch, answers):
-                predictions[i] = answer
-            bar.update(len(batch))
+    stopping = logging.getLogger("transformers.generation.stopping_criteria")
+    stopping.addFilter(_past_the_window)
+    try:
+        with tqdm(total=len(examples), desc=f"niah {label}", unit="prompt", disable=not progress) as bar:
+            for batch in _batches(examples, batch_tokens):
+                answers = generate_answers(model, tokenizer, [examples[i] for i in batch])
+                for i, answer in zip(batch, answers):
+                    predictions[i] = answer
+                bar.update(len(batch))
+    finally:
+        stopping.removeFilter(_past_the_window)
     return [
         NiahRecord(label, e.task, e.length, e.depth, e.sample, len(e.input_ids), list(e.answers), p,
                    score(p, e.answers), exact(p, e.answers))

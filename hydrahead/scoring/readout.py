@@ -36,7 +36,7 @@ def exact_match(logits: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
 
 def unsolved_note(accuracy: float | None, unchanged: str, consequence: str) -> str | None:
     """A warning when the model solves fewer than half of the probes with nothing `unchanged` ("ablated",
-    "patched"): then `consequence`."""
+    "changed"): then `consequence`."""
     if accuracy is None or accuracy >= 0.5:
         return None
     return (f"note: the model solves only {accuracy:.0%} of the probes with nothing {unchanged}, so {consequence}; "
