@@ -144,7 +144,8 @@ def stop_server(process, timeout: float = 20.0) -> None:
 
 def sample_when_asked() -> None:
     """In this (server) process: a request with `temperature` > 0 samples, whatever the checkpoint's
-    generation config says; `temperature` 0 stays greedy (transformers sets that itself)."""
+    generation config says; `temperature` 0 stays greedy (transformers sets that itself), without transformers'
+    warning on every such request that the temperature flag is not valid."""
     from transformers.cli.serving.utils import BaseHandler
 
     # A process-wide change to transformers' request handling (tested against the pinned transformers in
@@ -155,13 +156,33 @@ def sample_when_asked() -> None:
 
     def build_config(self, body, model_generation_config, use_cb=False):
         config = build(self, body, model_generation_config, use_cb=use_cb)
-        asked = body.get("temperature") is not None and float(body["temperature"]) > 0
-        if asked and body.get("generation_config") is None:  # a client's own generation config is kept as sent
+        if body.get("temperature") is None or body.get("generation_config") is not None:
+            return config  # a client's own generation config is kept as sent
+        if float(body["temperature"]) > 0:
             config.do_sample = True
+        elif not config.do_sample:  # greedy: a temperature of 0 kept would be logged as an invalid flag
+            config.temperature = None
         return config
 
     build_config.hydrahead_samples = True
     BaseHandler._build_generation_config = build_config
+
+
+def name_as_listed() -> None:
+    """In this (server) process: a response names its model as `/v1/models` lists it (the name a client sends),
+    not with the `@main` revision transformers' server adds to a Hub id (a local directory has no revision)."""
+    from transformers.cli.serving.utils import BaseHandler
+
+    resolve = BaseHandler._resolve_model
+    if getattr(resolve, "hydrahead_names", False):
+        return
+
+    def resolve_model(self, body):
+        model_id, model, processor = resolve(self, body)  # loaded under transformers' own `id@revision` key
+        return model_id.removesuffix("@main"), model, processor
+
+    resolve_model.hydrahead_names = True
+    BaseHandler._resolve_model = resolve_model
 
 
 def list_served_model(name: str) -> None:
@@ -206,6 +227,7 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: s
 
     expose_in_transformers(*(model_class for _, model_class in HYBRID_CLASSES.values()))
     sample_when_asked()
+    name_as_listed()
     list_served_model(str(path))
     print(f"serving {path}: {summary}", flush=True)
     batching = "continuous batching" if continuous_batching else "requests run one at a time"
