@@ -94,6 +94,19 @@ def output_file(text: str):
     return _output(text, "file")
 
 
+def output_figure(text: str):
+    """An output_file whose name says a figure format matplotlib writes: .png, .pdf or .svg."""
+    from hydrahead.errors import OutputError
+    from hydrahead.utils.io import figure_format
+
+    path = output_file(text)
+    try:
+        figure_format(path)
+    except OutputError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return path
+
+
 def output_dir(text: str):
     """A path a directory can be made or written in (not a file, not under a file, writable)."""
     return _output(text, "directory")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from hydrahead.cli.args import (
-    device, length, model_path, nonnegative_int, output_file, positive_int, tokenizer_path,
+    device, length, model_path, nonnegative_int, output_figure, output_file, positive_int, tokenizer_path,
 )
 from hydrahead.utils.io import outputs_apart
 
@@ -126,7 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "attribution: its first-order approximation from gradients (a CPU's); retrieval: "
                              "Wu et al.'s copy-paste score")
     parser.add_argument("--out", required=True, type=output_file, help="output JSON for the scores")
-    parser.add_argument("--plot", default=None, metavar="PNG", type=output_file, help="also save a layers x heads heatmap")
+    parser.add_argument("--plot", default=None, metavar="FIGURE", type=output_figure,
+                        help="also save a layers x heads heatmap (.png, .pdf or .svg)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="patched heads per forward (patching)")
     parser.add_argument("--no-senders", action="store_true",
                         help="patching, attribution: the receiver score alone (faster, but blind to heads that act "

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hydrahead.cli.args import output_file, positive_int
+from hydrahead.cli.args import output_figure, output_file, positive_int
 from hydrahead.utils.io import outputs_apart
 
 HELP = "ablate top-k vs random heads and compare scoring methods (table + JSON)"
@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--senders", action=argparse.BooleanOptionalAction, default=None,
                         help="compute patching and attribution for the agreement table with their sender term, or "
                              "(--no-senders) the receiver term alone (default: as the --scores file was made)")
-    parser.add_argument("--layer-plot", default=None, metavar="PNG", type=output_file, help="also save the layer-output similarity matrix")
+    parser.add_argument("--layer-plot", default=None, metavar="FIGURE", type=output_figure,
+                        help="also save the layer-output similarity matrix (.png, .pdf or .svg)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="patched heads per forward (patching)")
     parser.add_argument("--out", default=None, type=output_file, help="output JSON for the report")
     add_probe_arguments(parser, "unset options take the --scores file's own probe settings (the defaults below\n"

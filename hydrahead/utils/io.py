@@ -140,9 +140,24 @@ def write_json(path: str | Path, obj, indent: int | None = 1) -> None:
     atomic_write_text(path, json.dumps(_finite(obj), indent=indent, allow_nan=False) + "\n")
 
 
+FIGURE_FORMATS = ("png", "pdf", "svg")
+
+
+def figure_format(path: str | Path) -> str:
+    """The format a figure's file name asks for (its suffix, one of FIGURE_FORMATS), or OutputError: a figure
+    saved as `scores.txt` would be PNG bytes under a text file's name."""
+    suffix = Path(path).suffix.lower().removeprefix(".")
+    if suffix not in FIGURE_FORMATS:
+        names = ", ".join(f".{name}" for name in FIGURE_FORMATS[:-1]) + f" or .{FIGURE_FORMATS[-1]}"
+        raise OutputError(f"figure {path}: the format is taken from the file name; give one ending in {names}")
+    return suffix
+
+
 def save_figure(fig, path: str | Path, **savefig_kwargs) -> None:
-    """A matplotlib figure written atomically as PNG (keywords go to `savefig`, e.g. dpi)."""
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", **savefig_kwargs))
+    """A matplotlib figure written atomically in the format its suffix names (keywords go to `savefig`, e.g.
+    dpi)."""
+    kind = figure_format(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format=kind, **savefig_kwargs))
 
 
 def read_text(path: str | Path, error: type[Exception], what: str) -> str:

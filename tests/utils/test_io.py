@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from hydrahead.errors import PlanError
+from hydrahead.errors import OutputError, PlanError
 from hydrahead.utils.io import atomic_write, atomic_write_text, read_json, save_figure
 
 
@@ -43,7 +43,7 @@ def test_an_unreadable_file_is_named(tmp_path, monkeypatch):
         read_json(tmp_path / "plan.json", PlanError, "plan")
 
 
-def test_save_figure_writes_a_png(tmp_path):
+def test_save_figure_writes_the_format_its_name_says(tmp_path):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -51,8 +51,16 @@ def test_save_figure_writes_a_png(tmp_path):
     FigureCanvasAgg(fig)
     fig.add_subplot().plot([0, 1], [1, 0])
     save_figure(fig, tmp_path / "plot.png", dpi=50)
+    save_figure(fig, tmp_path / "plot.PDF")
+    save_figure(fig, tmp_path / "plot.svg")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+    assert (tmp_path / "plot.PDF").read_bytes()[:5] == b"%PDF-"
+    assert b"<svg" in (tmp_path / "plot.svg").read_bytes()[:1000]
+    for name in ("plot.txt", "plot"):  # PNG bytes were written under any name
+        with pytest.raises(OutputError, match=f"figure .*{name}: the format is taken from the file name; give one "
+                                              r"ending in .png, .pdf or .svg"):
+            save_figure(fig, tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.PDF", "plot.png", "plot.svg"]
 
 
 def test_written_files_follow_the_umask(tmp_path):
@@ -72,7 +80,6 @@ def test_written_files_follow_the_umask(tmp_path):
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
 def test_an_output_where_no_file_can_be_created_is_refused_at_once(tmp_path):
     """os.access allows root everything, and says nothing of a virtual file system: the check creates a file."""
-    from hydrahead.errors import OutputError
     from hydrahead.utils.io import check_output
 
     for path, kind in (("/proc/hydrahead-out.json", "file"), ("/proc/hydrahead-out", "directory")):
