@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from hydrahead.errors import GenerationError, integer, number, one_line, shown
+from hydrahead.utils.units import counted
 
 if TYPE_CHECKING:
     import torch
@@ -90,7 +91,7 @@ class GenerationResult:
                  f"{_s(self.first_token_s)} ({self.prompt_tokens_per_s:,.0f} prompt tokens/s)"
                  f"{'' if not self.warmed_up else ', after an untimed warm-up run'}"]
         end = {"eos": "the model's end of text", "length": "max_new_tokens"}.get(self.stopped, "a stop condition")
-        decode = f"{self.new_tokens:,} new token{'s' if self.new_tokens != 1 else ''} (stopped at {end})"
+        decode = f"{counted(self.new_tokens, 'new token')} (stopped at {end})"
         if self.decode_step_s is not None:
             decode += (f"; {self.decode_tokens_per_s:,.1f} tokens/s (the median step after the first, which took "
                        f"{_s(self.first_step_s)})")

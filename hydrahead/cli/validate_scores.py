@@ -18,6 +18,7 @@ from pathlib import Path
 
 from hydrahead.cli.args import output_figure, output_file, positive_int
 from hydrahead.utils.io import outputs_apart
+from hydrahead.utils.units import counted
 
 HELP = "ablate top-k vs random heads and compare scoring methods (table + JSON)"
 
@@ -104,13 +105,13 @@ def run(args: argparse.Namespace) -> int:
         senders = next(x for x in (args.senders, scores.senders, True) if x is not None)  # flag, else the file's
         for method in missing:
             causal = method in ("patching", "attribution")
-            print(f"computing {method} scores on {len(probes)} probes for the agreement table"
+            print(f"computing {method} scores on {counted(len(probes), 'probe')} for the agreement table"
                   f"{(' (with senders)' if senders else ' (receiver term alone)') if causal else ''} ...", flush=True)
             options = {"max_rounds": 0} if causal and not senders else {}
             compare[method] = score_heads(model, tokenizer, method, probes, probe_config=scoring_config,
                                           batch_size=args.batch_size, progress=True, **options)
     probes = build_probes(tokenizer, validation_config, model=model, progress=True)
-    print(f"ablating on {len(probes)} probes of {validation_config.context_length} tokens "
+    print(f"ablating on {counted(len(probes), 'probe')} of {validation_config.context_length} tokens "
           f"({describe_leads(probes, tokenizer, validation_config)})", flush=True)
     report = validate_scores(model, probes, scores, args.top_k, seeds=tuple(range(args.seeds)), mode=args.mode,
                              compare=compare, progress=True)

@@ -29,6 +29,7 @@ from hydrahead.scoring.probes import Probe, batches_by_length, check_probe_ids
 from hydrahead.scoring.readout import exact_match, unsolved_note
 from hydrahead.scoring.scores import HeadScores
 from hydrahead.utils.io import write_json
+from hydrahead.utils.units import counted
 
 
 @torch.no_grad()
@@ -106,7 +107,7 @@ class ValidationReport:
     def table(self) -> str:
         """Markdown tables: ablation accuracies, then method agreement."""
         rows = [
-            f"NIAH accuracy on {self.num_probes} probes, {self.mode}-ablating k={self.top_k} heads ({self.method} scores)",
+            f"NIAH accuracy on {counted(self.num_probes, 'probe')}, {self.mode}-ablating k={self.top_k} heads ({self.method} scores)",
             "",
             "| heads ablated | accuracy |",
             "|---|---|",

@@ -57,3 +57,8 @@ def parse_tokens(value: Any) -> int:
 def format_length(n: int) -> str:
     """4096 -> '4k', 1536 -> '1.5k', 1000 -> '1000' (k = 1024, as `parse_length` reads it)."""
     return f"{n / 1024:g}k" if n >= 1024 and n % 256 == 0 else str(n)
+
+
+def counted(n: int, noun: str) -> str:
+    """12345, "probe" -> '12,345 probes'; 1 -> '1 probe' (a regular plural: the noun and an s)."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

@@ -180,7 +180,7 @@ def test_the_default_probe_length_stays_inside_the_models_window(tmp_path, capsy
     char_tokenizer().save_pretrained(path)
     assert main(["score", "--model", str(path), "--method", "retrieval", "--out", str(tmp_path / "s.json"),
                  "--samples", "1", "--needle-types", "word", "--capabilities", "single_key"]) == 0
-    assert "1 probes of 600 tokens" in capsys.readouterr().out
+    assert "1 probe of 600 tokens" in capsys.readouterr().out
     assert HeadScores.from_json(tmp_path / "s.json").metadata["probe_config"]["context_length"] == 600
     assert main(["score", "--model", str(path), "--method", "retrieval", "--out", str(tmp_path / "s2.json"),
                  "--samples", "1", "--needle-types", "word", "--capabilities", "single_key",
