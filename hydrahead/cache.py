@@ -158,6 +158,11 @@ class HybridStateMixin:
         raise CacheError(NO_ROLLBACK)
 
 
+PLAIN_MODEL = ("a HybridHeadCache is a hydrahead model's cache (its FA heads' K/V and GDN states); a plain "
+               "transformers model takes transformers' own: past_key_values=DynamicCache(config=model.config), or "
+               "None (one is made)")
+
+
 class HybridHeadLayer(HybridStateMixin, LinearAttentionAndFullAttentionLayer):
     """Dynamic cache layer: K/V grow by concatenation (transformers' `DynamicLayer`)."""
 
@@ -289,6 +294,12 @@ class HybridHeadCache(DynamicCache):
     @property
     def is_static(self) -> bool:
         return isinstance(self.layers[0], HybridHeadStaticLayer)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """Refused: a hybrid's FA branch writes through its cache layer; what calls the cache's `update` is a
+        plain transformers attention (a teacher's), whose K/V this cache would hold without ever counting their
+        tokens, so the next forward would take them for positions 0, 1, ... (wrong rotary positions, silently)."""
+        raise CacheError(PLAIN_MODEL)
 
     def to_device(self, device: torch.device) -> None:
         for layer in self.layers:

@@ -103,7 +103,9 @@ class FullAttentionBranch(nn.Module):
             q = q * context.query_scale(position_ids, T, x.device, self.log_scale_length, q.dtype)  # (B|1, 1, T, 1)
 
         if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)  # only this branch's KV heads are cached
+            # only this branch's KV heads are cached (through the layer: the cache's own `update` refuses a
+            # plain model's attention, hydrahead.cache.HybridHeadCache.update)
+            k, v = past_key_values.layers[self.layer_idx].update(k, v)
         if self.kv_of_head is not None:
             index = self.kv_index.on(k.device)
             k, v = k.index_select(1, index), v.index_select(1, index)  # (B, H, S, D)

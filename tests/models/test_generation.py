@@ -114,6 +114,19 @@ def test_a_transformers_cache_is_refused_in_forward_and_generate():
         model(ids, past_key_values=caches[-1])
 
 
+@pytest.mark.parametrize("max_cache_len", [None, 16])
+def test_a_plain_model_given_a_hybrid_cache_is_refused(max_cache_len):
+    """The other way round: a teacher's attention wrote its K/V into a HybridHeadCache that never counted the
+    tokens, so its next step ran at position 0 (logits 0.02 off on the tiny teacher, silently)."""
+    teacher, ids = make_teacher(), torch.ones(1, 3, dtype=torch.long)
+    cache = hydrahead.HybridHeadCache(hybrid().config, max_cache_len=max_cache_len)
+    with torch.no_grad(), pytest.raises(hydrahead.CacheError, match="a plain transformers model takes transformers' "
+                                                                     r"own: past_key_values=DynamicCache\(config="):
+        teacher(ids, past_key_values=cache, use_cache=True)
+    with pytest.raises(hydrahead.CacheError, match="HybridHeadCache is a hydrahead model's cache"):
+        teacher.generate(ids, past_key_values=cache, max_new_tokens=2)
+
+
 @pytest.mark.parametrize("implementation", ["offloaded", "quantized"])
 def test_caches_without_a_hybrid_form_are_refused(implementation):
     with pytest.raises(hydrahead.CacheError, match=f"{implementation}.*not supported"):
