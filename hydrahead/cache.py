@@ -295,6 +295,16 @@ class HybridHeadCache(DynamicCache):
     def is_static(self) -> bool:
         return isinstance(self.layers[0], HybridHeadStaticLayer)
 
+    @property
+    def batch_size(self) -> int:
+        """transformers' property, right for hybrid layers: the sequences the cache holds, -1 before its first
+        forward (transformers' reads an attribute that only static K/V layers set)."""
+        layer = self.layers[0]
+        if layer.is_initialized:
+            return layer.keys.shape[0]
+        state = layer.recurrent_state()
+        return -1 if state is None else state.shape[0]
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         """Refused: a hybrid's FA branch writes through its cache layer; what calls the cache's `update` is a
         plain transformers attention (a teacher's), whose K/V this cache would hold without ever counting their

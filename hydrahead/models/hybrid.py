@@ -108,9 +108,13 @@ class HybridCausalLMMixin:
         if past_key_values is not None and len(past_key_values.layers) != self.config.num_hidden_layers:
             raise CacheError(f"the cache has {len(past_key_values.layers)} layers and the model "
                              f"{self.config.num_hidden_layers}: build it from this model's config")
+        inputs = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+        if past_key_values is not None and inputs is not None:
+            if (held := past_key_values.batch_size) not in (-1, inputs.shape[0]):
+                raise CacheError(f"the cache holds {held} sequences and this forward gives {inputs.shape[0]}: a cache "
+                                 "continues the batch it was filled with; give a new HybridHeadCache for another batch")
         kwargs["logits_to_keep"] = logits_to_keep
-        piece = inference_piece(self, input_ids if input_ids is not None else kwargs.get("inputs_embeds"),
-                                attention_mask, position_ids, past_key_values, use_cache, kwargs)
+        piece = inference_piece(self, inputs, attention_mask, position_ids, past_key_values, use_cache, kwargs)
         if piece is not None:
             return self._forward_in_pieces(piece, input_ids, attention_mask, position_ids, past_key_values, use_cache,
                                            linear_attention_mask, kwargs)

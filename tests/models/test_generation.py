@@ -127,6 +127,25 @@ def test_a_plain_model_given_a_hybrid_cache_is_refused(max_cache_len):
         teacher.generate(ids, past_key_values=cache, max_new_tokens=2)
 
 
+@pytest.mark.parametrize("plan, max_cache_len", [("mixed", None), ("no-fa-in-layer0", None), ("mixed", 16)])
+def test_a_cache_filled_for_another_batch_is_refused(plan, max_cache_len):
+    """torch's concatenation or index_copy_ error was all a caller got; a reset dynamic cache takes any batch."""
+    model = hybrid(plan=plan)
+    cache = hydrahead.HybridHeadCache(model.config, max_cache_len=max_cache_len)
+    assert cache.batch_size == -1  # transformers' property: none yet
+    with torch.no_grad():
+        model(torch.ones(2, 3, dtype=torch.long), past_key_values=cache, use_cache=True)
+        assert cache.batch_size == 2
+        for batch in (1, 3):
+            with pytest.raises(hydrahead.CacheError, match=f"the cache holds 2 sequences and this forward gives "
+                                                           f"{batch}: a cache continues the batch it was filled with"):
+                model(torch.ones(batch, 1, dtype=torch.long), past_key_values=cache, use_cache=True)
+        if max_cache_len is None:
+            cache.reset()
+            model(torch.ones(1, 3, dtype=torch.long), past_key_values=cache, use_cache=True)
+            assert cache.batch_size == 1
+
+
 @pytest.mark.parametrize("implementation", ["offloaded", "quantized"])
 def test_caches_without_a_hybrid_form_are_refused(implementation):
     with pytest.raises(hydrahead.CacheError, match=f"{implementation}.*not supported"):
