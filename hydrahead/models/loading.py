@@ -156,7 +156,19 @@ def from_pretrained(path: str | Path, **kwargs: Any):
         )
     check_config(path)
     check_files(path)
+    _check_device_map(kwargs.get("device_map"))
     return _hybrid(path, config, **kwargs)
+
+
+def _check_device_map(device_map: Any) -> None:
+    """DeviceError naming this machine's devices when a `device_map` places weights on a CUDA device it lacks
+    (torch's assertion, or a load error blamed on the checkpoint, came otherwise). Accelerate's strategies
+    ("auto", "balanced", ...) and other devices are left to transformers."""
+    for value in device_map.values() if isinstance(device_map, dict) else [device_map]:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = f"cuda:{value}"  # accelerate's convention: an integer is a GPU index
+        if isinstance(value, (str, torch.device)) and str(value).startswith("cuda"):
+            resolve_device(str(value))
 
 
 def _hybrid(path: Path, config: dict[str, Any], **kwargs: Any):

@@ -212,6 +212,13 @@ def test_devices_are_checked():
         resolve_device("cuda:9")
 
 
+@pytest.mark.parametrize("device_map", ["cuda:99", torch.device("cuda", 99), {"": "cuda:99"}, 99])
+def test_a_device_map_onto_a_missing_gpu_names_the_devices(saved, device_map):
+    """On a CPU build torch's `AssertionError: Torch not compiled with CUDA enabled` came out of the load."""
+    with pytest.raises(hydrahead.DeviceError, match="'cuda:99' is not available; this machine has: cpu"):
+        hydrahead.from_pretrained(saved[1], device_map=device_map)
+
+
 def test_load_tokenizer_needs_one_that_encodes(saved):
     _, path = saved  # saved without a tokenizer
     with pytest.raises(hydrahead.CheckpointError, match="no usable tokenizer"):
