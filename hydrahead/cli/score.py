@@ -153,8 +153,8 @@ def run(args: argparse.Namespace) -> int:
                                    "minutes (docs/real_models.md)")
     model, tokenizer = load_model_and_tokenizer(args, model_config)
     probes = build_probes(tokenizer, config, model=model, progress=True)
-    print(f"{counted(len(probes), 'probe')} of {config.context_length} tokens ({describe_leads(probes, tokenizer, config)})",
-          flush=True)
+    print(f"{counted(len(probes), 'probe')} of {config.context_length} tokens "
+          f"({describe_leads(probes, tokenizer, config)})", flush=True)
     options = {"max_rounds": 0} if args.no_senders else {}  # patching, attribution: the receiver term alone
     scores = score_heads(model, tokenizer, args.method, probes, probe_config=config, batch_size=args.batch_size,
                          progress=True, **options)
@@ -162,8 +162,9 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         scores.plot(args.plot, mark_top=args.top)
     meta = scores.metadata
-    print(f"{args.method} scores of {scores.num_layers} layers x {scores.num_heads} heads on {counted(len(probes), 'probe')} "
-          f"in {meta['wall_seconds']:.1f} s ({meta['forward_calls']} forward calls, {meta['backwards']} backward)")
+    print(f"{args.method} scores of {scores.num_layers} layers x {scores.num_heads} heads on "
+          f"{counted(len(probes), 'probe')} in {meta['wall_seconds']:.1f} s ({meta['forward_calls']} forward calls, "
+          f"{meta['backwards']} backward)")
     if meta["clean_accuracy"] is not None:
         print(f"the model solves {meta['clean_accuracy']:.0%} of the probes (teacher-forced, greedy)")
     if note := unsolved_note(meta["clean_accuracy"], "changed", "these scores say little about retrieval"):

@@ -107,7 +107,8 @@ class ValidationReport:
     def table(self) -> str:
         """Markdown tables: ablation accuracies, then method agreement."""
         rows = [
-            f"NIAH accuracy on {counted(self.num_probes, 'probe')}, {self.mode}-ablating k={self.top_k} heads ({self.method} scores)",
+            f"NIAH accuracy on {counted(self.num_probes, 'probe')}, {self.mode}-ablating k={self.top_k} heads "
+            f"({self.method} scores)",
             "",
             "| heads ablated | accuracy |",
             "|---|---|",
