@@ -30,13 +30,16 @@ def found(answer: str, text: str) -> bool:
     return re.search(pattern, " ".join(text.split()).lower()) is not None
 
 
-def score(prediction: str, answers: Sequence[str]) -> float:
-    """Fraction of `answers` found in `prediction` (1.0 for an empty answer list)."""
+def score(prediction: str, answers: Sequence[str] | str) -> float:
+    """Fraction of `answers` found in `prediction` (1.0 for an empty answer list); a string is one answer (as a
+    sequence of characters, "1234" scored 0 against "1234": no single character stands alone in it)."""
+    if isinstance(answers, str):
+        answers = [answers]
     if not answers:
         return 1.0
     return sum(found(a, prediction) for a in answers) / len(answers)
 
 
-def exact(prediction: str, answers: Sequence[str]) -> bool:
+def exact(prediction: str, answers: Sequence[str] | str) -> bool:
     """Every expected answer is in `prediction`."""
     return score(prediction, answers) == 1.0

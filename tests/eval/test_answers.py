@@ -40,3 +40,8 @@ def test_found_is_case_insensitive_whole_token():
 
 def test_no_expected_answers_scores_one():
     assert score("whatever", []) == 1.0
+
+
+def test_a_string_is_one_answer_not_its_characters():
+    assert score("The key is 1234.", "1234") == 1.0 and exact("The key is 1234.", "1234")
+    assert score("The key is 12345.", "1234") == 0.0
