@@ -385,7 +385,15 @@ def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: t
         elif not dtype.is_floating_point:
             raise CheckpointError(f"weights are saved in a floating-point dtype ({', '.join(DTYPES[1:])}), not {dtype}")
     path = check_output_dir(Path(path).absolute(), hybrid=is_hybrid(model))
-    state = state_dict if state_dict is not None else model.state_dict()
+    state = model.state_dict()
+    if state_dict is not None:  # a gathered state must be the model's whole state: a checkpoint that fails to load
+        missing, extra = sorted(state.keys() - state_dict.keys()), sorted(state_dict.keys() - state.keys())
+        if missing or extra:
+            raise CheckpointError(
+                "state_dict is not this model's: " + "; ".join(
+                    f"{len(names)} tensors {what}, e.g. {names[0]}"
+                    for what, names in (("missing", missing), ("the model does not have", extra)) if names))
+        state = state_dict
     if dtype is not None:
         state = _cast(state, dtype)
     tmp = old = None

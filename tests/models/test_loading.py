@@ -225,6 +225,20 @@ def test_load_tokenizer_needs_one_that_encodes(saved):
         hydrahead.load_tokenizer(path)
 
 
+def test_save_hybrid_refuses_a_state_dict_that_is_not_the_models(saved, tmp_path):
+    """An empty state wrote a checkpoint without weights and a teacher's one without the hybrid's tensors: both
+    failed only when loaded."""
+    model, _ = saved
+    with pytest.raises(hydrahead.CheckpointError, match=r"state_dict is not this model's: \d+ tensors missing, e.g. "):
+        hydrahead.save_hybrid(model, tmp_path / "outs" / "empty", state_dict={})
+    teachers = make_teacher("qwen3").state_dict()
+    with pytest.raises(hydrahead.CheckpointError, match="tensors missing, .* tensors the model does not have, e.g. "
+                                                        r"model.layers.0.self_attn.k_norm"):
+        hydrahead.save_hybrid(model, tmp_path / "outs" / "teachers", state_dict=teachers)
+    assert not (tmp_path / "outs").exists()
+    hydrahead.save_hybrid(model, tmp_path / "outs" / "own", state_dict=model.state_dict())
+
+
 def test_save_hybrid_writes_a_complete_checkpoint(saved, tmp_path):
     from tests.distill.conftest import make_tokenizer
 
