@@ -75,7 +75,12 @@ def _checked_scores(scores: Any, config: Any | None) -> tuple[list[list[float]],
     """(rows, num_kv_heads) of scores a plan may be made from: their shape fits `config` (when given) and they
     rank the heads."""
     rows = _score_rows(scores)
-    kv = integer(getattr(scores, "num_kv_heads", len(rows[0])), "num_kv_heads", PlanError)
+    if hasattr(scores, "num_kv_heads"):  # a HeadScores
+        kv = integer(scores.num_kv_heads, "num_kv_heads", PlanError)
+    elif config is not None:  # plain (layers, heads) values: the model's own grouping
+        kv = ModelShape.from_config(config).kv_heads
+    else:  # nothing says how heads share K/V: one KV head per query head, as convert will check
+        kv = len(rows[0])
     _check_scores_shape(rows, kv, config)
     _check_ranked(rows)
     return rows, kv
@@ -177,6 +182,9 @@ class HeadPlan:
         config:      when given, scores for another model shape raise PlanError
         """
         rows, kv = _checked_scores(scores, config)
+        if granularity == "kv_group" and config is None and not hasattr(scores, "num_kv_heads"):
+            raise PlanError("plain score values do not say which heads share K/V, which kv_group needs: give "
+                            "config=model.config, or HeadScores(values, method, num_kv_heads=...)")
         return cls._screen(rows, kv, ratio, min_per_layer, granularity, getattr(scores, "method", "scores"))
 
     @classmethod
@@ -298,7 +306,9 @@ class HeadPlan:
         if self.num_heads != heads:
             raise PlanError(f"plan is for {self.num_heads} query heads per layer but the model has {heads}")
         if self.num_kv_heads != kv:
-            raise PlanError(f"plan is for {self.num_kv_heads} KV heads per layer but the model has {kv}")
+            plain = (" (a plan from plain score values without config= takes one KV head per query head: pass "
+                     "config=model.config to HeadPlan.from_scores)") if self.num_kv_heads == self.num_heads else ""
+            raise PlanError(f"plan is for {self.num_kv_heads} KV heads per layer but the model has {kv}{plain}")
         return self
 
     # ----------------------------------------------------------------------------- derived

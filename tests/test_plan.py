@@ -122,3 +122,19 @@ def test_scores_may_be_a_tensor():
     from_numpy = HeadPlan.from_scores(values.numpy(), ratio="3:1")
     assert HeadPlan.from_scores(values, ratio="3:1").fa_heads == from_numpy.fa_heads
     assert HeadPlan.from_scores(values, ratio="3:1").fa_heads == ((1,), (2,))
+
+
+def test_plain_score_values_take_the_models_kv_heads_from_config():
+    """Plain values carry no KV-head count: with config= the model's grouping is used (the plan fits it); without
+    it kv_group is refused rather than grouping each head alone, and convert's refusal names the fix."""
+    teacher = make_teacher("qwen3")  # 4 query heads in 2 KV groups
+    values = torch.tensor([[0.1, 0.9, 0.2, 0.3], [0.4, 0.5, 0.8, 0.7]])
+    plan = HeadPlan.from_scores(values, ratio="1:1", granularity="kv_group", config=teacher.config)
+    assert plan.num_kv_heads == 2 and plan.fa_heads == ((0, 1), (2, 3)) and plan.kv_cache_fraction == 0.5
+    plan.validate(teacher)
+    assert HeadPlan.from_scores(values, ratio="3:1", config=teacher.config).validate(teacher).fa_heads == ((1,), (2,))
+    with pytest.raises(PlanError, match="plain score values do not say which heads share K/V, which kv_group needs: "
+                                        "give config=model.config"):
+        HeadPlan.from_scores(values, ratio="1:1", granularity="kv_group")
+    with pytest.raises(PlanError, match="plan is for 4 KV heads per layer but the model has 2 .*pass config=model.config"):
+        HeadPlan.from_scores(values, ratio="3:1").validate(teacher)
