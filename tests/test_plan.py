@@ -136,5 +136,5 @@ def test_plain_score_values_take_the_models_kv_heads_from_config():
     with pytest.raises(PlanError, match="plain score values do not say which heads share K/V, which kv_group needs: "
                                         "give config=model.config"):
         HeadPlan.from_scores(values, ratio="1:1", granularity="kv_group")
-    with pytest.raises(PlanError, match="plan is for 4 KV heads per layer but the model has 2 .*pass config=model.config"):
+    with pytest.raises(PlanError, match="plan is for 4 KV heads per layer but the model has 2 .*pass config="):
         HeadPlan.from_scores(values, ratio="3:1").validate(teacher)
