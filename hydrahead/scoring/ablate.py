@@ -22,6 +22,7 @@ from hydrahead.errors import ScoringError
 from hydrahead.models.heads import HeadHooks
 from hydrahead.models.shape import ModelShape
 from hydrahead.scoring.probes import Probe, batches_by_length
+from hydrahead.utils.units import counted
 
 ABLATION_MODES = ("mean", "zero")
 
@@ -79,6 +80,16 @@ def _check_heads(model: nn.Module, heads: Iterable[tuple[int, int]]) -> dict[int
     return by_layer
 
 
+def _check_means(means: object, layers: int, heads: int, head_dim: int) -> None:
+    """ScoringError unless `means` are this model's (`head_means` of it): per layer, (heads, head_dim). Another
+    model's means ablated with whatever they held, or failed deep inside with an IndexError."""
+    shapes = [tuple(getattr(m, "shape", ())) for m in errors.items(means) or ()]
+    if len(shapes) != layers or any(shape != (heads, head_dim) for shape in shapes):
+        got = f"{counted(len(shapes), 'layer')} of shapes {sorted(set(shapes))}" if shapes else errors.shown(means)
+        raise ScoringError(f"means are not this model's: it needs {layers} layers of ({heads} heads, {head_dim}) "
+                           f"means, got {got}; compute them with head_means(model, reference)")
+
+
 @contextlib.contextmanager
 def ablate(
     model: nn.Module,
@@ -100,6 +111,8 @@ def ablate(
             raise ScoringError("mean ablation needs `reference` inputs (or precomputed `means`); use mode='zero' otherwise")
         means = head_means(model, reference)
     with HeadHooks(model) as hooks:
+        if by_layer and mode == "mean":
+            _check_means(means, len(hooks.attn), model.config.num_attention_heads, hooks.head_dim)
         for layer, idx in by_layer.items():
             idx = sorted(set(idx))
             values = means[layer][idx] if mode == "mean" else torch.zeros(len(idx), hooks.head_dim)

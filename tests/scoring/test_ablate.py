@@ -60,6 +60,21 @@ def test_ablation_errors():
             pass
 
 
+def test_means_of_another_model_are_refused():
+    """Another model's means ablated with whatever they held (more heads: the logits changed, no error), or
+    failed with an IndexError (fewer layers)."""
+    model, ids = make_teacher("qwen3"), torch.randint(0, 97, (1, 6))
+    wider = head_means(make_teacher("qwen3", num_attention_heads=8, num_key_value_heads=2), ids)
+    for means, got in ((wider, r"2 layers of shapes \[\(8, 24\)\]"), (head_means(model, ids)[:1], "1 layer of "),
+                       ([], r"\[\] \(a list\)"), ("x", "'x'")):
+        with pytest.raises(ScoringError, match=r"means are not this model's: it needs 2 layers of \(4 heads, 24\) "
+                                               f"means, got {got}.*; compute them with head_means"):
+            with ablate(model, [(0, 1)], means=means):
+                pass
+    with ablate(model, [(0, 1)], means=torch.stack(head_means(model, ids))):  # one (layers, heads, dim) tensor
+        model(ids)
+
+
 @pytest.mark.parametrize(("heads", "message"), [
     ([(0, 1.7)], r"head \(0, 1.7\): each number must be an integer, got 1.7"),  # ablated head 1 before
     ([(0,)], r"must be \(layer, head\) pairs, got \(0,\)"),
