@@ -155,7 +155,7 @@ class GatedDeltaNetBranch(nn.Module):
             keep = padding_mask.to(beta.dtype)[..., None]
             beta, g = beta * keep, g * keep  # pad step: no write, no decay -> state untouched
         if decode:
-            return gated_delta_rule_step(q, k, v, g, beta, state), None  # the cached state updated in place
+            return gated_delta_rule_step(q, k, v, g, beta, state, check_values=False), None  # state updated in place
         if documents is not None:  # one packed sequence per document, state reset at each start
             flat = [t.reshape(1, B * T, *t.shape[2:]) for t in (q, k, v, g, beta)]
             o, _ = gated_delta_rule(*flat, cu_seqlens=documents.cu_seqlens, head_first=False, check_values=False)

@@ -307,6 +307,31 @@ def test_decode_step_refuses_more_than_one_token_or_an_integer_v(name: str, two_
         gated_delta_rule_step(*(inputs[n] for n in ("q", "k", "v", "g", "beta")), torch.zeros(1, 2, 8, 8))
 
 
+def test_decode_step_refuses_a_state_of_another_layout_gates_out_of_range_and_grouped_values() -> None:
+    """A (B, H, Dv, Dk) state has as many elements as (B, H, Dk, Dv): the view took it and computed garbage;
+    g > 0 and beta > 1 grew the state without bound (gated_delta_rule refuses both)."""
+    inputs = make_inputs(Shape(1, 1, 2, 8, 4), initial_state=False)
+    step = [inputs[n] for n in ("q", "k", "v", "g", "beta")]
+    with pytest.raises(GatedDeltaRuleError, match=r"state has shape \(1, 2, 4, 8\) but k .* imply \(B, H, Dk, Dv\) = "
+                                                  r"\(1, 2, 8, 4\)"):
+        gated_delta_rule_step(*step, torch.zeros(1, 2, 4, 8))
+    for name, value, message in (("g", 0.5, "g must be a log decay"), ("beta", 5.0, r"beta must be in \[0, 1\]")):
+        bad = {**inputs, name: torch.full_like(inputs[name], value)}
+        with pytest.raises(GatedDeltaRuleError, match=message):
+            gated_delta_rule_step(*(bad[n] for n in ("q", "k", "v", "g", "beta")), torch.zeros(1, 2, 8, 4))
+    grouped = make_inputs(Shape(1, 1, 4, 8, 4), initial_state=False)
+    with pytest.raises(GatedDeltaRuleError, match="one value head per q/k head; v has 4, k 2"):
+        gated_delta_rule_step(*step[:2], grouped["v"], grouped["g"], grouped["beta"], torch.zeros(1, 4, 8, 4))
+
+
+def test_l2norm_refuses_integers() -> None:
+    from hydrahead.ops import l2norm
+
+    with pytest.raises(GatedDeltaRuleError, match="l2norm takes a floating-point tensor, got torch.int64"):
+        l2norm(torch.tensor([3, 4]))  # gave tensor([0, 0])
+    torch.testing.assert_close(l2norm(torch.tensor([3.0, 4.0]), eps=0.0), torch.tensor([0.6, 0.8]))
+
+
 # ---- Public API contract --------------------------------------------------------------------------------
 
 

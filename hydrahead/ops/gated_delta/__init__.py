@@ -39,7 +39,6 @@ Modes:
 
 from __future__ import annotations
 
-import math
 from typing import Literal, get_args
 
 import torch
@@ -48,7 +47,7 @@ from hydrahead.errors import FlaNotInstalledError, GatedDeltaRuleError
 
 from .chunk import chunk_gated_delta_rule
 from .fla import FLA_DTYPES, fla_gated_delta_rule, fla_is_available
-from .naive import compute_dtype, gated_delta_rule_step, recurrent_gated_delta_rule
+from .naive import check_gates, compute_dtype, gated_delta_rule_step, recurrent_gated_delta_rule
 
 Mode = Literal["auto", "recurrent", "chunk", "fla"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -94,7 +93,7 @@ def gated_delta_rule(
     """
     _check_inputs(q, k, v, g, beta, initial_state, mode, cu_seqlens, head_first)
     if check_values and not torch.compiler.is_compiling():
-        _check_values(g, beta)
+        check_gates(g, beta)
     if use_qk_l2norm_in_kernel:
         q, k = l2norm(q), l2norm(k)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -132,6 +131,8 @@ def gated_delta_rule(
 def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """x / sqrt(sum(x^2) + eps) over the last dim, in fp32 or fp64 for fp64 input (fla's `l2norm`, up to rounding):
     the norm by one reduction and sqrt(norm^2 + eps) by one `hypot`, three kernels and no temporary of x's size."""
+    if not x.is_floating_point():  # the result cast back to integers: every entry 0
+        raise GatedDeltaRuleError(f"l2norm takes a floating-point tensor, got {x.dtype}")
     x32 = x.to(compute_dtype(x.dtype))
     return (x32 / l2_length(x32, eps)).to(x.dtype)
 
@@ -247,19 +248,3 @@ def _check_cu_seqlens(cu_seqlens, batch: int, seq_len: int) -> None:
     if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != seq_len or any(b < a for a, b in zip(bounds, bounds[1:])):
         raise GatedDeltaRuleError(f"cu_seqlens must rise from 0 to T = {seq_len}, got {bounds[:8]}"
                                   f"{' ...' if len(bounds) > 8 else ''}")
-
-
-def _check_values(g: torch.Tensor, beta: torch.Tensor) -> None:
-    """g <= 0 and 0 <= beta <= 1, in one device sync; the error says which, and names a swap."""
-    stats = torch.stack([g.detach().float().max(), beta.detach().float().min(), beta.detach().float().max()])
-    g_max, beta_min, beta_max = stats.tolist()
-    if math.isnan(g_max):  # max propagates NaN
-        raise GatedDeltaRuleError("g holds NaN; it must be a log decay (<= 0)")
-    if g_max > 0:
-        swapped = beta_max <= 0 and 0 <= g_max <= 1
-        raise GatedDeltaRuleError(
-            f"g must be a log decay (<= 0), got values up to {g_max:.4g}"
-            + ("; g and beta look swapped (fla's naive reference takes beta before g; pass g=..., beta=...)"
-               if swapped else "; pass the log of the decay, e.g. -softplus(...) or logsigmoid(...)"))
-    if not (0 <= beta_min and beta_max <= 1):
-        raise GatedDeltaRuleError(f"beta must be in [0, 1], got values in [{beta_min:.4g}, {beta_max:.4g}]")

@@ -21,6 +21,8 @@ With T == 1 and the previous state as `initial_state`, this is one decode step.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from hydrahead.errors import GatedDeltaRuleError
@@ -80,13 +82,16 @@ def gated_delta_rule_step(
     state: torch.Tensor,
     *,
     scale: float | None = None,
+    check_values: bool = True,
 ) -> torch.Tensor:
     """One decode step (T == 1) that updates `state` (B, H, Dk, Dv) in place and returns o (B, 1, H, Dv).
 
     The same arithmetic as one iteration of `recurrent_gated_delta_rule`, arranged so that nothing of the
     state's size is allocated: decay in place, two batched matrix-vector products (S^T k, then S^T q)
     and one in-place rank-1 update. The state keeps its address, so a captured decode graph can reuse it.
-    Not differentiable (the state is overwritten); for inference only.
+    Not differentiable (the state is overwritten); for inference only. `check_values`: g <= 0 and beta in
+    [0, 1], as `gated_delta_rule` checks them (a device sync; a model's own step, whose gates hold them by
+    construction, passes False).
     """
     batch, _, heads, dk = k.shape
     if q.shape[1] != 1 or k.shape[1] != 1 or v.shape[1] != 1 or g.shape[1] != 1 or beta.shape[1] != 1:
@@ -96,6 +101,14 @@ def gated_delta_rule_step(
     if not v.is_floating_point():  # the output is cast to v's dtype: an integer v would truncate it
         raise GatedDeltaRuleError(f"v must be a floating-point tensor, got {v.dtype}")
     dv = v.shape[-1]
+    if v.shape[2] != heads:
+        raise GatedDeltaRuleError(f"gated_delta_rule_step takes one value head per q/k head; v has {v.shape[2]}, k "
+                                  f"{heads}: repeat q and k per value head, or use gated_delta_rule")
+    if tuple(state.shape) != (batch, heads, dk, dv):  # a (B, H, Dv, Dk) state has as many elements: garbage
+        raise GatedDeltaRuleError(f"state has shape {tuple(state.shape)} but k {tuple(k.shape)} and v "
+                                  f"{tuple(v.shape)} imply (B, H, Dk, Dv) = {(batch, heads, dk, dv)}")
+    if check_values:
+        check_gates(g, beta)
     dtype = state.dtype
     scale = dk**-0.5 if scale is None else scale
     q_t, k_t, v_t = (x[:, 0].to(dtype).reshape(batch * heads, 1, -1) for x in (q, k, v))  # (BH, 1, D)
@@ -105,3 +118,19 @@ def gated_delta_rule_step(
     flat.baddbmm_(k_t.transpose(1, 2), delta)  # S = S' + k delta^T
     o = torch.baddbmm(delta, q_t, flat, beta=0, alpha=scale)  # (BH, 1, Dv): scale S^T q (delta only a shape)
     return o.view(batch, 1, heads, dv).to(v.dtype)
+
+
+def check_gates(g: torch.Tensor, beta: torch.Tensor) -> None:
+    """g <= 0 and 0 <= beta <= 1, in one device sync; the error says which, and names a swap."""
+    stats = torch.stack([g.detach().float().max(), beta.detach().float().min(), beta.detach().float().max()])
+    g_max, beta_min, beta_max = stats.tolist()
+    if math.isnan(g_max):  # max propagates NaN
+        raise GatedDeltaRuleError("g holds NaN; it must be a log decay (<= 0)")
+    if g_max > 0:
+        swapped = beta_max <= 0 and 0 <= g_max <= 1
+        raise GatedDeltaRuleError(
+            f"g must be a log decay (<= 0), got values up to {g_max:.4g}"
+            + ("; g and beta look swapped (fla's naive reference takes beta before g; pass g=..., beta=...)"
+               if swapped else "; pass the log of the decay, e.g. -softplus(...) or logsigmoid(...)"))
+    if not (0 <= beta_min and beta_max <= 1):
+        raise GatedDeltaRuleError(f"beta must be in [0, 1], got values in [{beta_min:.4g}, {beta_max:.4g}]")
