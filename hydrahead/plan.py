@@ -193,6 +193,7 @@ class HeadPlan:
         layers, heads = len(rows), len(rows[0])
         if granularity not in GRANULARITIES:
             raise PlanError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+        min_per_layer = integer(min_per_layer, "min_per_layer", PlanError)  # 1.5 took 2 per layer
         if min_per_layer < 0 or min_per_layer > heads:
             raise PlanError(f"min_per_layer must be between 0 and {heads} heads, got {min_per_layer}")
         group = heads // kv if granularity == "kv_group" else 1
@@ -218,7 +219,7 @@ class HeadPlan:
                granularity: str = "query_head") -> HeadPlan:
         """The global-random baseline: `from_scores` with scores drawn uniformly at random (seeded)."""
         layers, heads, kv = _model_shape(config)
-        rng = _random.Random(seed)
+        rng = _random.Random(integer(seed, "seed", PlanError))  # None: another plan at every call
         rows = [[rng.random() for _ in range(heads)] for _ in range(layers)]
         plan = cls._screen(rows, kv, ratio, min_per_layer, granularity, "random")
         return cls(plan.fa_heads, heads, kv, meta={**plan.meta, "seed": seed})

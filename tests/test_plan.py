@@ -138,3 +138,14 @@ def test_plain_score_values_take_the_models_kv_heads_from_config():
         HeadPlan.from_scores(values, ratio="1:1", granularity="kv_group")
     with pytest.raises(PlanError, match="plan is for 4 KV heads per layer but the model has 2 .*pass config="):
         HeadPlan.from_scores(values, ratio="3:1").validate(teacher)
+
+
+def test_min_per_layer_and_seed_must_be_integers():
+    """min_per_layer 1.5 took 2 heads per layer while the plan's meta said 1.5; seed None gave another plan at
+    every call, recorded as seed None."""
+    teacher = make_teacher("qwen3")
+    values = torch.tensor([[0.1, 0.9, 0.2, 0.3], [0.4, 0.5, 0.8, 0.7]])
+    with pytest.raises(PlanError, match="min_per_layer must be an integer, got 1.5"):
+        HeadPlan.from_scores(values, ratio="1:1", min_per_layer=1.5, config=teacher.config)
+    with pytest.raises(PlanError, match="seed must be an integer, got None"):
+        HeadPlan.random(teacher.config, "1:1", seed=None)
