@@ -237,6 +237,9 @@ def generate_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: in
         raise GenerationError(f"the prompt must be a string, got {shown(prompt)}")
     if chat is not None and not isinstance(chat, bool):
         raise GenerationError(f"chat must be None, True or False, got {shown(chat)}")
+    integer(seed, "seed", GenerationError)  # 1.5 seeded 1; None failed inside torch.manual_seed
+    if not isinstance(warmup, bool):
+        raise GenerationError(f"warmup must be True or False, got {shown(warmup)}")
     if stream is not None and not callable(stream):
         raise GenerationError(f"stream must be a function of the new text (or None), got {shown(stream)}")
     decoding = decoding_settings(temperature, top_p, top_k)

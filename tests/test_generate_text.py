@@ -130,7 +130,9 @@ def test_the_chat_template_when_there_is_one(models):
                             ({"temperature": 1.0, "top_k": 1.5}, "top_k must be an integer"),
                             ({"chat": "no"}, "chat must be None, True or False, got 'no'"),
                             ({"chat": 1}, "chat must be None, True or False, got 1"),
-                            ({"stream": "out.txt"}, "stream must be a function of the new text")]:
+                            ({"stream": "out.txt"}, "stream must be a function of the new text"),
+                            ({"temperature": 1.0, "seed": 1.5}, "seed must be an integer, got 1.5"),  # seeded 1
+                            ({"warmup": "yes"}, "warmup must be True or False, got 'yes'")]:
         with pytest.raises(hydrahead.GenerationError, match=message):
             hydrahead.generate_text(model, plain, PROMPT, **kwargs)
     with pytest.raises(hydrahead.GenerationError, match="the prompt must be a string, got None"):

@@ -105,7 +105,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     """A torch device from "auto" (CUDA when there is one, else CPU), "cpu", "cuda", "cuda:N"; DeviceError
     naming the devices this machine has when the name is wrong or the device is absent."""
     if isinstance(name, torch.device):
-        return name
+        name = str(name)  # checked as its name is: torch.device("cuda") on a CPU build, or "meta"
     available = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

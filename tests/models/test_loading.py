@@ -210,6 +210,11 @@ def test_devices_are_checked():
         resolve_device("banana")
     with pytest.raises(hydrahead.DeviceError, match="'cuda:9' is not available"):
         resolve_device("cuda:9")
+    with pytest.raises(hydrahead.DeviceError, match="'cuda:9' is not available"):  # a device object: unchecked
+        resolve_device(torch.device("cuda", 9))
+    with pytest.raises(hydrahead.DeviceError, match="'meta' is not supported"):  # loaded a model without weights
+        resolve_device(torch.device("meta"))
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
 
 
 @pytest.mark.parametrize("device_map", ["cuda:99", torch.device("cuda", 99), {"": "cuda:99"}, 99])
