@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from hydrahead.errors import EvalError
+from hydrahead.errors import EvalError, shown
 from hydrahead.eval.answers import exact, score
 from hydrahead.eval.tasks import Example, Haystack, TaskSpec, make_examples, parse_tasks
 from hydrahead.generation import eos_ids
@@ -101,6 +101,14 @@ def _batches(examples: Sequence[Example], batch_tokens: int) -> list[list[int]]:
     return batches
 
 
+def check_models(models: Any) -> None:
+    """EvalError unless `models` is a non-empty mapping of label -> model (what `niah` and `perplexity` compare;
+    none gave no results and no error, a list failed on `.items`)."""
+    if not isinstance(models, Mapping) or not models:
+        raise EvalError(f"models must be a non-empty mapping of label -> model, e.g. {{'hybrid': model}}, got "
+                        f"{shown(models)}")
+
+
 def evaluate_niah(
     model: Any,
     tokenizer: Any,
@@ -149,8 +157,9 @@ def niah(
     progress: bool = True,
 ) -> list[NiahRecord]:
     """Every model in `models` (label -> model) over the same grid of prompts; raw records of all of them."""
-    specs = parse_tasks(tasks) if isinstance(tasks, str) else list(tasks)
-    examples = make_examples(tokenizer, specs, list(lengths), list(depths), samples, seed, haystack)
+    check_models(models)
+    specs = parse_tasks(tasks) if isinstance(tasks, str) else tasks
+    examples = make_examples(tokenizer, specs, lengths, depths, samples, seed, haystack)
     records = []
     for label, model in models.items():
         records.extend(evaluate_niah(model, tokenizer, examples, label, batch_tokens, progress))

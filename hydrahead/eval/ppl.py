@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hydrahead.errors import EvalError
+from hydrahead.errors import EvalError, integer
+from hydrahead.eval.niah import check_models
 from hydrahead.models.loading import check_vocabulary
 from hydrahead.models.shape import check_positions
 from hydrahead.utils.io import read_text
@@ -70,6 +71,8 @@ def load_documents(paths: Iterable[str | Path]) -> list[Document]:
     """
     files: list[Path] = []
     missing = []
+    if isinstance(paths, (str, Path)):  # one path, not its characters
+        paths = [paths]
     for p in map(Path, paths):
         if p.is_dir():
             files.extend(sorted(f for f in p.iterdir() if f.suffix in (*TEXT_SUFFIXES, ".jsonl")))
@@ -129,7 +132,7 @@ def default_bucket(length: int) -> int:
 
 def check_length(length: int) -> None:
     """EvalError unless `length` tokens hold a prediction (the first token is only context)."""
-    if length < 2:
+    if integer(length, "length", EvalError) < 2:
         raise EvalError(f"length must be at least 2 tokens, got {length}")
 
 
@@ -146,6 +149,9 @@ def evaluate_perplexity(
 ) -> PerplexityResult:
     """NLL by position bucket of one model on the first `length` tokens of each long-enough document."""
     check_length(length)
+    for what, value in (("bucket", bucket), ("chunk_size", chunk_size), ("max_documents", max_documents)):
+        if value is not None and integer(value, what, EvalError) < 1:  # bucket 0 took the default; 0 documents
+            raise EvalError(f"{what} must be >= 1 (or None), got {value}")  # blamed the documents' length
     check_vocabulary(tokenizer, model.config, getattr(tokenizer, "name_or_path", None), EvalError)
     check_positions(model.config, length, "length", label)
     bucket = bucket or default_bucket(length)
@@ -188,6 +194,7 @@ def perplexity(
     progress: bool = True,
 ) -> list[PerplexityResult]:
     """`evaluate_perplexity` for every model in `models` (label -> model), on the same documents."""
+    check_models(models)
     return [
         evaluate_perplexity(model, tokenizer, documents, length, bucket, chunk_size, max_documents, label, progress)
         for label, model in models.items()

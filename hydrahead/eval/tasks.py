@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydrahead.errors import HydraHeadError
-from hydrahead.errors import EvalError
+from hydrahead.errors import EvalError, HydraHeadError, integer, items, shown
 from hydrahead.needles import KIND, PROMPT, distinct, draw_keys, haystack_sentences, needle_sentence, needle_value, place
 
 VT_TEMPLATE = (
@@ -235,6 +234,15 @@ def make_example(
     return Example(spec.name, length, float(depth), sample, prompt, tuple(ids), answers, max_new)
 
 
+def _axis(values: Any, what: str, example: str) -> list:
+    """One axis of the NIAH grid as a list without repeats; EvalError when it is empty or not a list (an empty
+    axis gave no prompts and no error)."""
+    given = items(values)
+    if not given:
+        raise EvalError(f"{what} must be a non-empty list such as {example}, got {shown(values)}")
+    return list(dict.fromkeys(given))
+
+
 def make_examples(
     tokenizer: Any,
     tasks: Iterable[str | TaskSpec],
@@ -249,8 +257,12 @@ def make_examples(
     length or depth given twice is one cell of the grid (its prompts would be the same ones again)."""
     from tqdm.auto import tqdm
 
-    specs = list(dict.fromkeys(t if isinstance(t, TaskSpec) else parse_tasks([t])[0] for t in tasks))
-    lengths, depths = list(dict.fromkeys(lengths)), list(dict.fromkeys(depths))
+    specs = list(dict.fromkeys(t if isinstance(t, TaskSpec) else parse_tasks([t])[0]
+                               for t in _axis(tasks, "tasks", "['niah_single_1']")))
+    lengths = [integer(n, "each length", EvalError) for n in _axis(lengths, "lengths", "[1024, 4096]")]
+    depths = _axis(depths, "depths", "[0.0, 0.5, 1.0]")
+    if integer(samples, "samples", EvalError) < 1:  # 0 gave no prompts and no error
+        raise EvalError(f"samples must be >= 1 per cell of the grid, got {samples}")
     haystack = haystack or Haystack.essay(seed)
     grid = [(spec, length, depth, sample) for spec in specs for length in lengths for depth in depths
             for sample in range(samples)]

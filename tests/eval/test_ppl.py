@@ -67,6 +67,25 @@ def test_another_models_larger_tokenizer_is_refused(models):
         evaluate_perplexity(models["teacher"], bigger, [Document("a", text(3))], 64, progress=False)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"bucket": 0}, "bucket must be >= 1"),  # took the default bucket
+    ({"max_documents": 0}, "max_documents must be >= 1"),  # blamed the documents' length
+    ({"chunk_size": -4}, "chunk_size must be >= 1"),
+    ({"bucket": 8.5}, "bucket must be an integer, got 8.5"),
+    ({"length": "64"}, "length must be an integer, got '64'"),
+])
+def test_settings_that_measure_nothing_are_refused(tokenizer, models, kwargs, message):
+    with pytest.raises(EvalError, match=message):
+        evaluate_perplexity(models["teacher"], tokenizer, [Document("a", text(40))], **{"length": 64, **kwargs},
+                            progress=False)
+
+
+def test_no_models_is_an_error_not_an_empty_result(tokenizer, models):
+    for given in ({}, [models["teacher"]]):  # [] came back; a list failed on .items
+        with pytest.raises(EvalError, match="models must be a non-empty mapping of label -> model"):
+            perplexity(given, tokenizer, [Document("a", text(40))], 64, progress=False)
+
+
 def test_load_documents(tmp_path):
     (tmp_path / "a.txt").write_text("first document")
     (tmp_path / "b.jsonl").write_text(json.dumps({"text": "second"}) + "\n\n" + json.dumps({"text": "third"}) + "\n")
@@ -75,6 +94,7 @@ def test_load_documents(tmp_path):
     assert [(d.name, d.text) for d in docs] == [("a.txt", "first document"), ("b.jsonl:1", "second"),
                                                ("b.jsonl:3", "third")]
     assert load_documents([tmp_path / "a.txt"]) == docs[:1]
+    assert load_documents(str(tmp_path / "a.txt")) == docs[:1]  # one path, not a list of its characters
     with pytest.raises(EvalError, match="not found: .*nope.txt"):
         load_documents([tmp_path / "nope.txt"])
     (tmp_path / "bad.jsonl").write_text('{"body": "x"}\n')

@@ -117,6 +117,22 @@ def test_errors(tokenizer):
     assert [t.name for t in parse_tasks("vt, multikey")] == ["vt", "multikey"]
 
 
+@pytest.mark.parametrize("lengths, depths, samples, message", [
+    ([], [0.5], 1, r"lengths must be a non-empty list such as \[1024, 4096\], got \[\]"),
+    (320, [0.5], 1, "lengths must be a non-empty list .*got 320"),
+    ([300], [], 1, "depths must be a non-empty list"),
+    ([300], [0.5], 0, "samples must be >= 1"),
+    ([300], [0.5], 1.5, "samples must be an integer, got 1.5"),
+    (["300"], [0.5], 1, "each length must be an integer, got '300'"),
+])
+def test_an_empty_or_malformed_grid_is_refused(tokenizer, lengths, depths, samples, message):
+    """An empty axis or no samples gave no prompts and no error (niah then returned [])."""
+    with pytest.raises(EvalError, match=message):
+        make_examples(tokenizer, ["multikey"], lengths, depths, samples=samples)
+    with pytest.raises(EvalError, match="tasks must be a non-empty list"):
+        make_examples(tokenizer, [], [300], [0.5], samples=1)
+
+
 def test_a_task_length_or_depth_given_twice_is_one_cell(tokenizer):
     """`--lengths 256,256 --depths 0,0`: the report said 1 sample per cell and counted 8 (found by a review)."""
     once = make_examples(tokenizer, ["multikey"], [300], [0.5], samples=2, seed=3)
