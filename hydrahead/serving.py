@@ -85,6 +85,9 @@ def chat_template_of(tokenizer, chat_template: str | Path | None) -> tuple[str |
 
         from hydrahead.utils.io import read_text
 
+        if any(mark in str(chat_template) for mark in ("{{", "{%")) and not Path(chat_template).exists():
+            raise ServingError("chat_template takes the path of a file holding a Jinja template, got the template "
+                               "itself: save it to a file and give its path")
         text = read_text(chat_template, ServingError, "chat template file")
         if not text.strip():
             raise ServingError(f"chat template file {chat_template} is empty")

@@ -56,8 +56,8 @@ def check_calibration(calibration: object, vocab_size: int) -> None:
     """OptionsError unless `calibration` is a non-empty (B, T) tensor of token ids below `vocab_size`."""
     if not isinstance(calibration, torch.Tensor):
         raise OptionsError(f"calibration must be a (B, T) tensor of token ids (integers), got {shown(calibration)}")
-    if calibration.dtype.is_floating_point or calibration.dtype.is_complex:
-        raise OptionsError(f"calibration must hold token ids (integers), got a {calibration.dtype} tensor")
+    if calibration.dtype not in (torch.int64, torch.int32):  # what an embedding takes (bool, int8: torch's error)
+        raise OptionsError(f"calibration must hold token ids (torch.long integers), got a {calibration.dtype} tensor")
     if calibration.dim() != 2 or calibration.numel() == 0:
         raise OptionsError(f"calibration must be a non-empty (B, T) tensor of token ids, got shape "
                            f"{tuple(calibration.shape)}")

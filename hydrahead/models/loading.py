@@ -270,7 +270,9 @@ def load_tokenizer(path: str | Path) -> Any:
     encodes text."""
     if not Path(path).exists():  # transformers would take the name for a Hub repository and try to download it
         raise CheckpointError(f"tokenizer directory not found: {path}")
-    if (gguf := find_gguf(path)) is not None:
+    if (gguf := find_gguf(path)) is None and Path(path).is_file():  # transformers: "Repo id must be in the form"
+        raise CheckpointError(f"{path} is a file: give the directory that holds the tokenizer's files")
+    if gguf is not None:
         tokenizer = load_gguf_tokenizer(gguf)
     else:
         from transformers import AutoTokenizer

@@ -112,6 +112,8 @@ class ProbeConfig:
             raise ProbeError(f"haystack must be one of {HAYSTACKS}, got {self.haystack!r}")
         if self.answer_lead < 0:
             raise ProbeError(f"answer_lead must be >= 0, got {self.answer_lead}")
+        if self.max_resample < 1:  # -5 failed later, blaming the tokenizer
+            raise ProbeError(f"max_resample must be >= 1 try, got {self.max_resample}")
         if self.samples < 1 or self.context_length < 8:
             raise ProbeError(f"need samples >= 1 and context_length >= 8, got {self.samples} and {self.context_length}")
         if self.num_keys < 2 and "multi_key" in self.capabilities:

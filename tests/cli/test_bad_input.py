@@ -229,6 +229,8 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["serve", G], "served after `hydrahead export"),
         (["serve", H, "--continuous-batching"], "continuous batching .*is not supported for hydrahead models"),
         (["serve", H, "--chat-template", str(d / "nope.jinja")], "chat template file not found"),
+        (["serve", H, "--chat-template", "{{ messages[0]['content'] }}"],
+         "chat_template takes the path of a file holding a Jinja template, got the template itself"),
         (["serve", H, "--chat-template", str(d / "binary.txt")], "binary.txt is a binary file"),
         (["serve", H, "--port", "70000"], "--port: must be a TCP port"),
         (["serve", H, "--device", "banana"], "unknown device 'banana'"),

@@ -228,6 +228,9 @@ def test_load_tokenizer_needs_one_that_encodes(saved):
     _, path = saved  # saved without a tokenizer
     with pytest.raises(hydrahead.CheckpointError, match="no usable tokenizer"):
         hydrahead.load_tokenizer(path)
+    with pytest.raises(hydrahead.CheckpointError, match="config.json is a file: give the directory that holds the "
+                                                        "tokenizer's files"):  # transformers: "Repo id must be ..."
+        hydrahead.load_tokenizer(path / "config.json")
 
 
 def test_save_hybrid_refuses_a_state_dict_that_is_not_the_models(saved, tmp_path):

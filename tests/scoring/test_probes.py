@@ -170,6 +170,7 @@ def test_probes_never_share_the_evaluations_filler():
     (dict(template="qa"), "template"),
     (dict(haystack="files"), "needs at least one text file"),
     (dict(template="kv_recall", num_keys=4, kv_values=4), "kv_values > num_keys"),
+    (dict(max_resample=-5), "max_resample must be >= 1 try, got -5"),  # blamed the tokenizer
 ])
 def test_bad_probe_settings(kwargs, match):
     with pytest.raises(ProbeError, match=match):
