@@ -229,6 +229,12 @@ def generate_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: in
     from hydrahead.models.loading import check_vocabulary
     from hydrahead.models.shape import check_positions
 
+    if not (hasattr(model, "generate") and hasattr(model, "config")):  # a path, say: AttributeError 'config'
+        raise GenerationError(f"model must be a transformers causal LM (hydrahead.load_model(path)), got "
+                              f"{shown(model)}")
+    if not (callable(tokenizer) and hasattr(tokenizer, "decode")):
+        raise GenerationError(f"tokenizer must be a transformers tokenizer (hydrahead.load_tokenizer(path)), got "
+                              f"{shown(tokenizer)}")
     if cache not in CACHES:
         raise GenerationError(f"unknown cache {cache!r}; choose one of {', '.join(CACHES)}")
     if integer(max_new_tokens, "max_new_tokens", GenerationError) < 1:  # a float (nan, inf) never ends

@@ -137,6 +137,10 @@ def test_the_chat_template_when_there_is_one(models):
             hydrahead.generate_text(model, plain, PROMPT, **kwargs)
     with pytest.raises(hydrahead.GenerationError, match="the prompt must be a string, got None"):
         hydrahead.generate_text(model, plain, None)
+    with pytest.raises(hydrahead.GenerationError, match="model must be a transformers causal LM .*got 'hybrid/'"):
+        hydrahead.generate_text("hybrid/", plain, PROMPT)  # AttributeError: 'str' object has no attribute 'config'
+    with pytest.raises(hydrahead.GenerationError, match="tokenizer must be a transformers tokenizer .*got None"):
+        hydrahead.generate_text(model, None, PROMPT)
 
 
 def test_the_command_prints_the_text_and_writes_the_figures(models, tokenizer, tmp_path, capsys):

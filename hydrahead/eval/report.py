@@ -15,10 +15,11 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
+from hydrahead.errors import EvalError
 from hydrahead.eval.niah import NiahRecord
 from hydrahead.eval.ppl import PerplexityResult
 from hydrahead.utils.units import format_length
-from hydrahead.utils.io import atomic_write_text, save_figure, write_json
+from hydrahead.utils.io import atomic_write_text, check_output, save_figure, write_json
 
 
 def model_labels(paths: Sequence[str | Path]) -> list[str]:
@@ -247,8 +248,11 @@ def write_report(
     perplexity: Sequence[PerplexityResult] = (),
     meta: dict[str, Any] | None = None,
 ) -> list[Path]:
-    """Write the NIAH and/or perplexity report files into `out_dir`; returns the paths written."""
-    out_dir = Path(out_dir)
+    """Write the NIAH and/or perplexity report files into `out_dir`; returns the paths written. EvalError when
+    there is nothing to write; OutputError when `out_dir` cannot be a directory (a file, say)."""
+    if not niah and not perplexity:  # [] came back, and an empty directory was made
+        raise EvalError("nothing to report: give niah records, perplexity results or both")
+    out_dir = check_output(out_dir, "directory")  # a file there raised FileExistsError
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(meta or {})
     paths = []

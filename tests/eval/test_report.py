@@ -56,5 +56,16 @@ def test_ppl_report(tmp_path):
     assert (tmp_path / "ppl_by_position.png").read_bytes()[:8] == PNG
 
 
-def test_nothing_to_report_writes_nothing(tmp_path):
-    assert write_report(tmp_path / "empty") == []
+def test_nothing_to_report_or_a_file_for_the_directory_is_an_error(tmp_path):
+    """[] came back for nothing to report (an empty directory made); a file in the directory's place raised
+    FileExistsError."""
+    import pytest
+
+    from hydrahead.errors import EvalError, OutputError
+
+    with pytest.raises(EvalError, match="nothing to report: give niah records, perplexity results or both"):
+        write_report(tmp_path / "empty")
+    assert not (tmp_path / "empty").exists()
+    (tmp_path / "taken").write_text("notes")
+    with pytest.raises(OutputError, match="taken is a file, not a directory"):
+        write_report(tmp_path / "taken", niah=records())
