@@ -30,7 +30,8 @@ from torch import nn
 from hydrahead.layers.context import Documents, ForwardContext, HeadIndex
 from hydrahead.layers.norm import RMSNorm, head_table, rotary, weight_table
 from hydrahead.layers.short_conv import ShortConv
-from hydrahead.ops import gated_delta_rule, gated_delta_rule_step, l2norm
+from hydrahead.ops import gated_delta_rule, l2norm
+from hydrahead.ops.gated_delta.naive import step_in_place
 from hydrahead.ops.gated_delta.fla import fla_applies, fla_gated_delta_net, fla_l2norm
 
 
@@ -155,7 +156,7 @@ class GatedDeltaNetBranch(nn.Module):
             keep = padding_mask.to(beta.dtype)[..., None]
             beta, g = beta * keep, g * keep  # pad step: no write, no decay -> state untouched
         if decode:
-            return gated_delta_rule_step(q, k, v, g, beta, state, check_values=False), None  # state updated in place
+            return step_in_place(q, k, v, g, beta, state), None  # the cached state updated in place
         if documents is not None:  # one packed sequence per document, state reset at each start
             flat = [t.reshape(1, B * T, *t.shape[2:]) for t in (q, k, v, g, beta)]
             o, _ = gated_delta_rule(*flat, cu_seqlens=documents.cu_seqlens, head_first=False, check_values=False)

@@ -82,16 +82,15 @@ def gated_delta_rule_step(
     state: torch.Tensor,
     *,
     scale: float | None = None,
-    check_values: bool = True,
 ) -> torch.Tensor:
     """One decode step (T == 1) that updates `state` (B, H, Dk, Dv) in place and returns o (B, 1, H, Dv).
 
     The same arithmetic as one iteration of `recurrent_gated_delta_rule`, arranged so that nothing of the
     state's size is allocated: decay in place, two batched matrix-vector products (S^T k, then S^T q)
     and one in-place rank-1 update. The state keeps its address, so a captured decode graph can reuse it.
-    Not differentiable (the state is overwritten); for inference only. `check_values`: g <= 0 and beta in
-    [0, 1], as `gated_delta_rule` checks them (a device sync; a model's own step, whose gates hold them by
-    construction, passes False).
+    Not differentiable (the state is overwritten); for inference only. The inputs are checked as
+    `gated_delta_rule` checks them, g <= 0 and beta in [0, 1] too (a device sync); a model's own step, whose
+    inputs hold all that by construction, calls `step_in_place`.
     """
     batch, _, heads, dk = k.shape
     if q.shape[1] != 1 or k.shape[1] != 1 or v.shape[1] != 1 or g.shape[1] != 1 or beta.shape[1] != 1:
@@ -100,15 +99,22 @@ def gated_delta_rule_step(
             f"v {tuple(v.shape)}, g {tuple(g.shape)}, beta {tuple(beta.shape)}: use gated_delta_rule for more")
     if not v.is_floating_point():  # the output is cast to v's dtype: an integer v would truncate it
         raise GatedDeltaRuleError(f"v must be a floating-point tensor, got {v.dtype}")
-    dv = v.shape[-1]
     if v.shape[2] != heads:
         raise GatedDeltaRuleError(f"gated_delta_rule_step takes one value head per q/k head; v has {v.shape[2]}, k "
                                   f"{heads}: repeat q and k per value head, or use gated_delta_rule")
-    if tuple(state.shape) != (batch, heads, dk, dv):  # a (B, H, Dv, Dk) state has as many elements: garbage
+    if tuple(state.shape) != (batch, heads, dk, v.shape[-1]):  # a (B, H, Dv, Dk) state has as many elements
         raise GatedDeltaRuleError(f"state has shape {tuple(state.shape)} but k {tuple(k.shape)} and v "
-                                  f"{tuple(v.shape)} imply (B, H, Dk, Dv) = {(batch, heads, dk, dv)}")
-    if check_values:
-        check_gates(g, beta)
+                                  f"{tuple(v.shape)} imply (B, H, Dk, Dv) = {(batch, heads, dk, v.shape[-1])}")
+    check_gates(g, beta)
+    return step_in_place(q, k, v, g, beta, state, scale=scale)
+
+
+def step_in_place(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                  state: torch.Tensor, *, scale: float | None = None) -> torch.Tensor:
+    """`gated_delta_rule_step`'s arithmetic without its checks: for a model's decode step, whose inputs have the
+    layout and the gate ranges by construction (a check is host work on every layer of every step)."""
+    batch, _, heads, dk = k.shape
+    dv = v.shape[-1]
     dtype = state.dtype
     scale = dk**-0.5 if scale is None else scale
     q_t, k_t, v_t = (x[:, 0].to(dtype).reshape(batch * heads, 1, -1) for x in (q, k, v))  # (BH, 1, D)
