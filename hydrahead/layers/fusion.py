@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from hydrahead.layers.norm import RMSNorm, head_table, weight_table
-from hydrahead.ops.gated_delta import compute_dtype, l2_length
+from hydrahead.ops.gated_delta import in_compute_dtype, l2_length
 
 
 class BranchNorm(nn.Module):
@@ -44,7 +44,7 @@ def fuse(outputs: list[torch.Tensor], norms: list[BranchNorm | None], store: obj
         return head_table(*((norm.table(D**0.5), o.shape[2]) for norm, o in zip(norms, outputs))).to(out.dtype)
 
     table = weight_table(store, ("fusion", out.dtype), build)
-    x32 = out.to(compute_dtype(out.dtype))  # fp32, or fp64 kept
+    x32 = in_compute_dtype(out)  # fp32, or fp64 kept
     rms = l2_length(x32, D * norms[0].norm.variance_epsilon)  # sqrt(D) * RMS: the sqrt(D) is in the table
     if torch.is_grad_enabled() or len(outputs) == 1 or x32 is not out:  # out may be a branch's own tensor
         return (x32 / rms).to(out.dtype) * table

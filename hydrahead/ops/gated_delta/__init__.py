@@ -47,7 +47,7 @@ from hydrahead.errors import FlaNotInstalledError, GatedDeltaRuleError
 
 from .chunk import chunk_gated_delta_rule
 from .fla import FLA_DTYPES, fla_gated_delta_rule, fla_is_available
-from .naive import check_gates, compute_dtype, gated_delta_rule_step, recurrent_gated_delta_rule
+from .naive import check_gates, compute_dtype, gated_delta_rule_step, in_compute_dtype, recurrent_gated_delta_rule
 
 Mode = Literal["auto", "recurrent", "chunk", "fla"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -133,7 +133,7 @@ def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     the norm by one reduction and sqrt(norm^2 + eps) by one `hypot`, three kernels and no temporary of x's size."""
     if not x.is_floating_point():  # the result cast back to integers: every entry 0
         raise GatedDeltaRuleError(f"l2norm takes a floating-point tensor, got {x.dtype}")
-    x32 = x.to(compute_dtype(x.dtype))
+    x32 = in_compute_dtype(x)
     return (x32 / l2_length(x32, eps)).to(x.dtype)
 
 

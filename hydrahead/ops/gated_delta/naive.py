@@ -33,6 +33,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def in_compute_dtype(x: torch.Tensor) -> torch.Tensor:
+    """`x` in `compute_dtype`: itself when it is fp32 or fp64 (`x.to(dtype)` of its own dtype still reaches the
+    dispatcher as an op, in every layer of every step: the bench's op count)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def recurrent_gated_delta_rule(
     q: torch.Tensor,
     k: torch.Tensor,
