@@ -173,13 +173,15 @@ class HeadPlan:
         """Constrained global screening (docs/method.md section 3): the global top heads by score, with at least
         `min_per_layer` FA heads in every layer.
 
-        scores:      a `HeadScores` ((layers, heads) `values`, `num_kv_heads`, `method`)
+        scores:      a `HeadScores` ((layers, heads) `values`, `num_kv_heads`, `method`), or plain (layers, heads)
+                     values (an array, a tensor, nested lists), whose KV grouping comes from `config`
         ratio:       "LA:FA"; FA heads = round(total * FA / (LA + FA)), half up
         granularity: "query_head", or "kv_group": whole GQA groups are chosen, a group scored by the max of its
                      query heads (its KV cache is kept as soon as one of them is FA), FA groups =
                      round(groups * FA / (LA + FA)), and min_per_layer heads become ceil(min_per_layer / group
                      size) groups, so the KV-cache fraction is exactly FA groups / all groups
-        config:      when given, scores for another model shape raise PlanError
+        config:      when given, scores for another model shape raise PlanError; plain values take its KV
+                     heads (without it, one KV head per query head, and kv_group is refused)
         """
         rows, kv = _checked_scores(scores, config)
         if granularity == "kv_group" and config is None and not hasattr(scores, "num_kv_heads"):

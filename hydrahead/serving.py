@@ -21,6 +21,7 @@ What hydrahead adds to `transformers serve`:
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -85,7 +86,8 @@ def chat_template_of(tokenizer, chat_template: str | Path | None) -> tuple[str |
 
         from hydrahead.utils.io import read_text
 
-        if any(mark in str(chat_template) for mark in ("{{", "{%")) and not Path(chat_template).exists():
+        # os.path.exists, not Path.exists: a real template is longer than a file name may be (OSError)
+        if any(mark in str(chat_template) for mark in ("{{", "{%")) and not os.path.exists(chat_template):
             raise ServingError("chat_template takes the path of a file holding a Jinja template, got the template "
                                "itself: save it to a file and give its path")
         text = read_text(chat_template, ServingError, "chat template file")

@@ -57,7 +57,8 @@ def check_calibration(calibration: object, vocab_size: int) -> None:
     if not isinstance(calibration, torch.Tensor):
         raise OptionsError(f"calibration must be a (B, T) tensor of token ids (integers), got {shown(calibration)}")
     if calibration.dtype not in (torch.int64, torch.int32):  # what an embedding takes (bool, int8: torch's error)
-        raise OptionsError(f"calibration must hold token ids (torch.long integers), got a {calibration.dtype} tensor")
+        raise OptionsError(f"calibration must hold token ids (torch.long or torch.int32), got a {calibration.dtype} "
+                           "tensor")
     if calibration.dim() != 2 or calibration.numel() == 0:
         raise OptionsError(f"calibration must be a non-empty (B, T) tensor of token ids, got shape "
                            f"{tuple(calibration.shape)}")

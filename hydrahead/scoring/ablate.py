@@ -112,7 +112,7 @@ def ablate(
         means = head_means(model, reference)
     with HeadHooks(model) as hooks:
         if by_layer and mode == "mean":
-            _check_means(means, len(hooks.attn), model.config.num_attention_heads, hooks.head_dim)
+            _check_means(means, len(hooks.attn), hooks.num_heads, hooks.head_dim)
         for layer, idx in by_layer.items():
             idx = sorted(set(idx))
             values = means[layer][idx] if mode == "mean" else torch.zeros(len(idx), hooks.head_dim)

@@ -29,7 +29,7 @@ class LayerSimilarity:
     matrix: np.ndarray
 
     def plot(self, path: str | Path, title: str = "layer output cosine similarity") -> None:
-        """Heatmap saved as PNG."""
+        """Heatmap saved in the format its suffix names (.png, .pdf, .svg)."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 

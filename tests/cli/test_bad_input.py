@@ -231,6 +231,8 @@ def cases(d: Path) -> list[tuple[list[str], str]]:
         (["serve", H, "--chat-template", str(d / "nope.jinja")], "chat template file not found"),
         (["serve", H, "--chat-template", "{{ messages[0]['content'] }}"],
          "chat_template takes the path of a file holding a Jinja template, got the template itself"),
+        (["serve", H, "--chat-template", "{% for m in messages %}{{ m['content'] }}{% endfor %}" * 8],  # OSError:
+         "got the template itself"),  # a name longer than a file's may be
         (["serve", H, "--chat-template", str(d / "binary.txt")], "binary.txt is a binary file"),
         (["serve", H, "--port", "70000"], "--port: must be a TCP port"),
         (["serve", H, "--device", "banana"], "unknown device 'banana'"),

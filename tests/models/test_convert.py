@@ -202,7 +202,7 @@ def test_shared_gdn_kv_computes_what_per_head_copies_compute(family, preset):
     ({"options": "paper"}, hydrahead.OptionsError, "must be a HybridOptions"),
     ({"calibration": torch.tensor([[1, 2, 500]])}, hydrahead.OptionsError, "token id 500, outside the model's vocab"),
     ({"calibration": torch.tensor([[-1, 2]])}, hydrahead.OptionsError, "token id -1"),
-    ({"calibration": torch.rand(2, 3)}, hydrahead.OptionsError, "long integers\\), got a torch.float32"),
+    ({"calibration": torch.rand(2, 3)}, hydrahead.OptionsError, "torch.int32\\), got a torch.float32"),
     ({"calibration": torch.tensor([[True, False]])}, hydrahead.OptionsError, "got a torch.bool tensor"),  # torch's
     ({"calibration": torch.tensor([[1, 2]], dtype=torch.int8)}, hydrahead.OptionsError, "got a torch.int8"),  # error
     ({"calibration": torch.tensor([1, 2, 3])}, hydrahead.OptionsError, "non-empty \\(B, T\\) .* shape \\(3,\\)"),

@@ -319,6 +319,8 @@ def test_decode_step_refuses_a_state_of_another_layout_gates_out_of_range_and_gr
         bad = {**inputs, name: torch.full_like(inputs[name], value)}
         with pytest.raises(GatedDeltaRuleError, match=message):
             gated_delta_rule_step(*(bad[n] for n in ("q", "k", "v", "g", "beta")), torch.zeros(1, 2, 8, 4))
+        gated_delta_rule_step(*(bad[n] for n in ("q", "k", "v", "g", "beta")), torch.zeros(1, 2, 8, 4),
+                              check_values=False)  # a caller's own: no device sync (a captured graph)
     grouped = make_inputs(Shape(1, 1, 4, 8, 4), initial_state=False)
     with pytest.raises(GatedDeltaRuleError, match="one value head per q/k head; v has 4, k 2"):
         gated_delta_rule_step(*step[:2], grouped["v"], grouped["g"], grouped["beta"], torch.zeros(1, 4, 8, 4))

@@ -88,6 +88,7 @@ def gated_delta_rule_step(
     state: torch.Tensor,
     *,
     scale: float | None = None,
+    check_values: bool = True,
 ) -> torch.Tensor:
     """One decode step (T == 1) that updates `state` (B, H, Dk, Dv) in place and returns o (B, 1, H, Dv).
 
@@ -95,8 +96,9 @@ def gated_delta_rule_step(
     state's size is allocated: decay in place, two batched matrix-vector products (S^T k, then S^T q)
     and one in-place rank-1 update. The state keeps its address, so a captured decode graph can reuse it.
     Not differentiable (the state is overwritten); for inference only. The inputs are checked as
-    `gated_delta_rule` checks them, g <= 0 and beta in [0, 1] too (a device sync); a model's own step, whose
-    inputs hold all that by construction, calls `step_in_place`.
+    `gated_delta_rule` checks them; `check_values=False` skips g <= 0 and beta in [0, 1] (a device sync, skipped
+    under torch.compile too), for a step to be captured in a graph. A model's own step, whose inputs hold all
+    that by construction, calls `step_in_place`.
     """
     batch, _, heads, dk = k.shape
     if q.shape[1] != 1 or k.shape[1] != 1 or v.shape[1] != 1 or g.shape[1] != 1 or beta.shape[1] != 1:
@@ -111,7 +113,8 @@ def gated_delta_rule_step(
     if tuple(state.shape) != (batch, heads, dk, v.shape[-1]):  # a (B, H, Dv, Dk) state has as many elements
         raise GatedDeltaRuleError(f"state has shape {tuple(state.shape)} but k {tuple(k.shape)} and v "
                                   f"{tuple(v.shape)} imply (B, H, Dk, Dv) = {(batch, heads, dk, v.shape[-1])}")
-    check_gates(g, beta)
+    if check_values and not torch.compiler.is_compiling():
+        check_gates(g, beta)
     return step_in_place(q, k, v, g, beta, state, scale=scale)
 
 
