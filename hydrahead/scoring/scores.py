@@ -148,7 +148,8 @@ class HeadScores:
 
     # ------------------------------------------------------------------------------------ picture
     def plot(self, path: str | Path, title: str | None = None, mark_top: int = 0) -> None:
-        """Heatmap (layers down, heads across) saved in the format its suffix names (.png, .pdf, .svg); `mark_top` outlines the top-k heads."""
+        """Heatmap (layers down, heads across) saved in the format its suffix names (.png, .pdf, .svg);
+        `mark_top` outlines the top-k heads."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
