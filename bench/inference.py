@@ -88,6 +88,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import gc
 import os
 import platform
@@ -377,10 +378,17 @@ def check_decode_caches_agree(models, batch: int = 1, context: int = 64) -> None
 # ---- op counts ------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def touches_tensor(func) -> bool:
+    """Whether an ATen op takes or returns a tensor (one that does neither launches no kernel)."""
+    return any("Tensor" in str(x.type) for x in (*func._schema.arguments, *func._schema.returns))
+
+
 class OpCounter(TorchDispatchMode):
     """Counts what launches a kernel while `on`: the ATen ops seen at the dispatcher after autograd and
-    composite decomposition (so `linear` is its `mm`), views and metadata-only ops excluded, and the Triton
-    kernels launched (fla's, on CUDA or in Triton's interpreter; `triton_launches` counts them apart)."""
+    composite decomposition (so `linear` is its `mm`), views, metadata-only ops and ops that take and return no
+    tensor (`promote_types`: host arithmetic on dtypes) excluded, and the Triton kernels launched (fla's, on CUDA
+    or in Triton's interpreter; `triton_launches` counts them apart)."""
 
     METADATA = {"_unsafe_view", "detach", "lift_fresh", "alias"}
 
@@ -389,7 +397,7 @@ class OpCounter(TorchDispatchMode):
         self.on, self.count, self.triton_launches, self._patched = False, 0, 0, []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if self.on and not func.is_view and func.overloadpacket.__name__ not in self.METADATA:
+        if self.on and not func.is_view and func.overloadpacket.__name__ not in self.METADATA and touches_tensor(func):
             self.count += 1
         return func(*args, **(kwargs or {}))
 

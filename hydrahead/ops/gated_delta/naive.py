@@ -29,15 +29,13 @@ from hydrahead.errors import GatedDeltaRuleError
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the recurrence runs in: fp32 for half types and fp32, fp64 kept for fp64 (gradient tests)."""
-    return torch.promote_types(dtype, torch.float32)
+    """The dtype the recurrence runs in: fp32 for half types and fp32, fp64 kept for fp64 (gradient tests). Plain
+    Python, not `torch.promote_types`, which is an ATen op: one more dispatcher call wherever it is used."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def in_compute_dtype(x: torch.Tensor) -> torch.Tensor:
-    """`x` in `compute_dtype`: itself when it is fp32 or fp64. Written out rather than `x.to(compute_dtype(...))`:
-    in a hybrid's forward the bench's op count (`--sections ops`) saw that form as one more op per call, in every
-    layer of every step, though alone neither form reaches torch's dispatcher for an fp32 tensor (not understood;
-    `x.to(dtype)` put back here gives 64.2 ops per 7:1 decode step again, this 62.2)."""
+    """`x` in `compute_dtype`: itself (the same object) when it is fp32 or fp64, else an fp32 copy."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
