@@ -91,7 +91,8 @@ class ServingError(HydraHeadError, RuntimeError):
 
 
 class GenerationError(HydraHeadError, ValueError):
-    """Text cannot be generated as asked: an empty prompt, a chat prompt for a model without a chat template."""
+    """Text cannot be generated as asked: an empty prompt, a chat prompt for a model without a chat template, a
+    padding mask of another shape than the forward's tokens."""
 
 
 class NeedleError(HydraHeadError, ValueError):

@@ -17,7 +17,7 @@ from transformers.conversion_mapping import register_checkpoint_conversion_mappi
 from transformers.core_model_loading import Concatenate, WeightConverter
 from transformers.generation import GenerationMode
 
-from hydrahead.errors import CacheError, CheckpointError
+from hydrahead.errors import CacheError, CheckpointError, GenerationError
 from hydrahead.layers.context import ForwardContext, packed_documents
 from hydrahead.layers.hybrid_attention import HybridAttention
 from hydrahead.cache import NO_ROLLBACK, HybridHeadCache
@@ -113,6 +113,8 @@ class HybridCausalLMMixin:
             if (held := past_key_values.batch_size) not in (-1, inputs.shape[0]):
                 raise CacheError(f"the cache holds {held} sequences and this forward gives {inputs.shape[0]}: a cache "
                                  "continues the batch it was filled with; give a new HybridHeadCache for another batch")
+        if inputs is not None and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+            check_padding_mask(attention_mask, inputs.shape[:2], past_key_values)
         kwargs["logits_to_keep"] = logits_to_keep
         piece = inference_piece(self, inputs, attention_mask, position_ids, past_key_values, use_cache, kwargs)
         if piece is not None:
@@ -297,6 +299,18 @@ def graph_decode_applies(model, kwargs: dict) -> bool:
     if kwargs.get("assistant_model") is not None or kwargs.get("prompt_lookup_num_tokens") is not None:
         return False
     return not has_sliding_window(model)
+
+
+def check_padding_mask(mask: torch.Tensor, batch_tokens: torch.Size, cache: HybridHeadCache | None) -> None:
+    """A 2D attention mask has a row per sequence and a column per cached and input token (the GDN heads read its
+    last columns as the input's padding), or GenerationError. The cached count is checked where the cache keeps it
+    on the host (a static cache keeps it on the device: reading it would sync)."""
+    (B, T), (rows, columns) = batch_tokens, mask.shape
+    past = cache.layers[0].get_seq_length() if cache is not None else 0
+    if rows != B or (isinstance(past, int) and columns != past + T):
+        needs = f"({B}, {past} + {T})" if isinstance(past, int) else f"{B} rows"
+        raise GenerationError(f"attention_mask has shape {tuple(mask.shape)}; this forward needs {needs}: a row per "
+                              "sequence, a column per cached token, then one per input token")
 
 
 def has_sliding_window(model) -> bool:

@@ -146,6 +146,30 @@ def test_a_cache_filled_for_another_batch_is_refused(plan, max_cache_len):
             assert cache.batch_size == 1
 
 
+@pytest.mark.parametrize("max_cache_len", [None, 16])
+def test_a_padding_mask_of_another_shape_is_refused(max_cache_len):
+    """A mask with another row count reached the GDN kernel's checks or torch's broadcast error; one too long for
+    the tokens (which transformers' own models accept silently) now names the shape the forward needs."""
+    model = hybrid()
+    ids = torch.randint(1, model.config.vocab_size, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[0, :2] = 0
+    cache = hydrahead.HybridHeadCache(model.config, max_cache_len=max_cache_len)
+    with torch.no_grad():
+        for wrong in (torch.ones(3, 6), torch.ones(1, 6), mask[:, 1:], torch.cat([mask, mask[:, :1]], 1)):
+            shape = rf"\({wrong.shape[0]}, {wrong.shape[1]}\)"
+            with pytest.raises(hydrahead.GenerationError, match=rf"shape {shape}; this forward needs \(2, 0 \+ 6\)"):
+                model(ids, attention_mask=wrong.long())
+        model(ids, attention_mask=mask, past_key_values=cache)
+        step = torch.ones(2, 1, dtype=torch.long)
+        model(step, attention_mask=torch.cat([mask, step], 1), past_key_values=cache)  # (B, past + T)
+        if max_cache_len is None:  # a static cache keeps its count on the device: rows only
+            with pytest.raises(hydrahead.GenerationError, match=r"needs \(2, 7 \+ 1\)"):
+                model(step, attention_mask=torch.cat([mask, step], 1), past_key_values=cache)
+        with pytest.raises(hydrahead.GenerationError, match="needs"):
+            model(step, attention_mask=torch.ones(3, 8, dtype=torch.long), past_key_values=cache)
+
+
 @pytest.mark.parametrize("implementation", ["offloaded", "quantized"])
 def test_caches_without_a_hybrid_form_are_refused(implementation):
     with pytest.raises(hydrahead.CacheError, match=f"{implementation}.*not supported"):
