@@ -3,16 +3,18 @@
 On the CPU a hybrid's inference forward runs a long prompt in pieces whose temporaries stay within
 `hydrahead.utils.memory.PIECE_BYTES` (`inference_piece`); the teacher runs it in one forward. This study takes
 `bench/inference.py`'s 2-layer Qwen3-1.7B-shaped slice (fp32, paper preset, HydraHead 7:1) and
-(1) times one prefill of the teacher and of the hybrid with pieces of 16 MiB (the default), 64 MiB and one
-forward, in rotated rounds in one process (min and median); (2) profiles one more prefill of each with input
-shapes (torch.profiler) and times every GEMM shape it ran alone, the same number of times, so that a shape slower
-in place than alone shows; (3) times the attention modules inside a few more prefills (the teacher's attention,
+(1) times one prefill of the teacher and of the hybrid with the default pieces (31 MiB, even: `piece_tokens`),
+the rule before 2026-12-07 (16 MiB, the last piece the rest), even pieces of 16 and 64 MiB, and one forward, in
+rotated rounds in one process (min and median); (2) profiles one more prefill of each with input shapes
+(torch.profiler) and times every GEMM shape it ran alone, the same number of times, so that a shape slower in
+place than alone shows; (3) times the attention modules inside a few more prefills (the teacher's attention,
 the hybrid's and its branches, the gated delta rule itself; wall time between forward hooks). docs/benchmarks.md,
-"CPU speed at 86b9c68", cites it.
+"CPU speed at 86b9c68" and "Even pieces", cites it.
 
 Usage:
   python experiments/prefill_pieces.py                      # a plain process (glibc's defaults)
   python experiments/prefill_pieces.py --allocator kept     # after hydrahead.keep_freed_memory()
+  python experiments/prefill_pieces.py --length 16384 --rounds 2 --pieces-only   # (1) alone
 """
 
 from __future__ import annotations
@@ -31,14 +33,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import inference as bench  # noqa: E402
 
 import hydrahead.layers.gdn as gdn  # noqa: E402
+import hydrahead.models.hybrid as hybrid  # noqa: E402
 import hydrahead.utils.memory as memory  # noqa: E402
 from hydrahead import keep_freed_memory  # noqa: E402
 from hydrahead.layers.full_attention import FullAttentionBranch  # noqa: E402
 from hydrahead.layers.gdn import GatedDeltaNetBranch  # noqa: E402
 
 DEFAULT_PIECE_BYTES = memory.PIECE_BYTES
-CONFIGS = {"teacher": ("teacher", DEFAULT_PIECE_BYTES), "7:1, 16 MiB pieces": ("hydrahead-7:1", 16 << 20),
-           "7:1, 64 MiB pieces": ("hydrahead-7:1", 64 << 20), "7:1, one forward": ("hydrahead-7:1", 1 << 50)}
+
+
+def pieces_before(bytes_per_token: int, tokens: int, multiple: int = 64) -> int:
+    """The piece rule before 2026-12-07: at most 16 MiB of temporaries, the last piece whatever is left."""
+    return max(multiple, (16 << 20) // max(1, bytes_per_token) // multiple * multiple)
+
+
+# name: (model, PIECE_BYTES, piece rule)
+CONFIGS = {"teacher": ("teacher", DEFAULT_PIECE_BYTES, hybrid.piece_tokens),
+           "7:1, default pieces": ("hydrahead-7:1", DEFAULT_PIECE_BYTES, hybrid.piece_tokens),
+           "7:1, 16 MiB, before": ("hydrahead-7:1", 16 << 20, pieces_before),
+           "7:1, 16 MiB, even": ("hydrahead-7:1", 16 << 20, hybrid.piece_tokens),
+           "7:1, 64 MiB, even": ("hydrahead-7:1", 64 << 20, hybrid.piece_tokens),
+           "7:1, one forward": ("hydrahead-7:1", 1 << 50, hybrid.piece_tokens)}
 
 
 def gemm_times(model, ids: torch.Tensor) -> dict[tuple, tuple[int, float]]:
@@ -117,22 +132,25 @@ def module_times(model, ids: torch.Tensor, rounds: int = 3) -> list[dict[str, fl
 
 def piece_sizes(models: dict, ids: torch.Tensor, times: dict[str, list[float]], rounds: int) -> None:
     """One untimed prefill of each configuration, then `rounds` rotated rounds of timed ones into `times`."""
-    for model, piece_bytes in CONFIGS.values():
-        memory.PIECE_BYTES = piece_bytes
-        bench.time_prefill(models[model], ids)
-    for r in range(rounds):
-        for name in bench.rotated(list(CONFIGS), r):
-            model, piece_bytes = CONFIGS[name]
-            memory.PIECE_BYTES = piece_bytes
-            times[name].append(bench.time_prefill(models[model], ids)[0])
+    rule = hybrid.piece_tokens
+    try:
+        for r in range(-1, rounds):
+            for name in bench.rotated(list(CONFIGS), max(r, 0)):
+                model, memory.PIECE_BYTES, hybrid.piece_tokens = CONFIGS[name]
+                seconds = bench.time_prefill(models[model], ids)[0]
+                if r >= 0:
+                    times[name].append(seconds)
+    finally:
+        memory.PIECE_BYTES, hybrid.piece_tokens = DEFAULT_PIECE_BYTES, rule
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", type=int, default=4096, help="prompt tokens (default 4096)")
-    parser.add_argument("--rounds", type=int, default=6, help="rotated rounds of the four prefills (default 6)")
+    parser.add_argument("--rounds", type=int, default=6, help="rotated rounds of the six prefills (default 6)")
     parser.add_argument("--allocator", choices=["plain", "kept"], default="plain")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--pieces-only", action="store_true", help="time the piece sizes only (part 1)")
     args = parser.parse_args()
     if args.allocator == "kept":
         keep_freed_memory()
@@ -144,16 +162,15 @@ def main() -> None:
     ids = torch.randint(0, 10240, (1, args.length), generator=torch.Generator().manual_seed(0))
     times = {name: [] for name in CONFIGS}
     with torch.no_grad():
-        try:
-            piece_sizes(models, ids, times, args.rounds)
-        finally:
-            memory.PIECE_BYTES = DEFAULT_PIECE_BYTES
+        piece_sizes(models, ids, times, args.rounds)
         print(f"prefill of {args.length} tokens, allocator {args.allocator}, {torch.get_num_threads()} threads, "
               f"{args.rounds} rounds (seconds)")
         teacher = statistics.median(times["teacher"])
         for name, seconds in times.items():
             print(f"  {name:20s} min {min(seconds):6.3f}  median {statistics.median(seconds):6.3f}  "
-                  f"teacher / this (medians) {teacher / statistics.median(seconds):.2f}x")
+                  f"teacher / this (medians) {teacher / statistics.median(seconds):.3f}x")
+        if args.pieces_only:
+            return
         print("GEMMs of one prefill: in place (profiled) vs the same calls alone")
         for name in ("teacher", "hydrahead-7:1"):
             total_in_place = total_alone = 0.0

@@ -336,7 +336,7 @@ def inference_piece(model, x, attention_mask, position_ids, past_key_values, use
             or torch.compiler.is_compiling():
         return None
     B, T = x.shape[:2]
-    piece = piece_tokens(B * max(model.config.intermediate_size, model.config.hidden_size) * model.dtype.itemsize)
+    piece = piece_tokens(B * max(model.config.intermediate_size, model.config.hidden_size) * model.dtype.itemsize, T)
     if T <= piece or kwargs.get("output_attentions"):
         return None
     keep = kwargs.get("logits_to_keep", 0)

@@ -27,15 +27,21 @@ import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc <malloc.h>
 
-# Half of glibc's largest mmap threshold (32 MiB): a temporary this size or smaller is served from the heap
-# once the threshold has adapted, and reused instead of page-faulted in afresh.
-PIECE_BYTES = 16 << 20
+# Within glibc's largest mmap threshold (32 MiB), with room for the allocator's headers and alignment: a
+# temporary this size or smaller is served from the heap once the threshold has adapted (after the first such
+# block is freed), and reused instead of page-faulted in afresh.
+PIECE_BYTES = 31 << 20
 
 
-def piece_tokens(bytes_per_token: int, multiple: int = 64) -> int:
-    """Tokens per piece of a long CPU inference pass so that its largest temporary, `bytes_per_token` per
-    token, stays within PIECE_BYTES: a multiple of `multiple` (the GDN chunk), at least one multiple."""
-    return max(multiple, PIECE_BYTES // max(1, bytes_per_token) // multiple * multiple)
+def piece_tokens(bytes_per_token: int, tokens: int, multiple: int = 64) -> int:
+    """Tokens per piece of a CPU inference pass over `tokens` tokens: as few pieces as keep the largest temporary
+    (`bytes_per_token` per token) within PIECE_BYTES, all of one size but the last, which takes the rest; a
+    multiple of `multiple` (the GDN chunk), at least one. Even pieces, because a short last piece runs its GEMMs
+    far below the others' rate: a 4K prompt in pieces of at most 1,280 tokens runs as 4 x 1,024, not
+    3 x 1,280 + 256 (docs/benchmarks.md, "Even pieces"). `tokens` or fewer: one piece."""
+    most = max(multiple, PIECE_BYTES // max(1, bytes_per_token) // multiple * multiple)
+    pieces = -(-tokens // most)
+    return -(-tokens // (pieces * multiple)) * multiple
 
 
 def keep_freed_memory() -> bool:
