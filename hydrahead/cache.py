@@ -266,6 +266,17 @@ class HybridHeadStaticLayer(HybridStateMixin, LinearAttentionAndStaticFullAttent
         raise CacheError("a static hybrid cache has a fixed batch size; use the dynamic cache for this search")
 
 
+def cache_device(device: torch.device | str) -> torch.device:
+    """`device` as a torch device this process can use, or CacheError naming the model's own (`model.device`)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise CacheError(f"unknown device {device!r} for the cache; give the model's own, model.device") from err
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise CacheError(f"device {str(device)!r} is not available here; give the model's own, model.device")
+    return device
+
+
 class HybridHeadCache(DynamicCache):
     """One hybrid cache layer per decoder layer of `config`.
 
@@ -289,7 +300,7 @@ class HybridHeadCache(DynamicCache):
             layers = [HybridHeadStaticLayer(max_cache_len) for _ in range(count)]
         Cache.__init__(self, layers=layers)
         if device is not None:
-            self.to_device(torch.device(device))
+            self.to_device(cache_device(device))
 
     @property
     def is_static(self) -> bool:

@@ -139,7 +139,9 @@ def test_a_cache_is_built_from_the_models_config_and_for_its_layers():
     for args, message in [((None,), r"takes the hybrid's config \(model.config\), got a NoneType"),
                           (({"num_hidden_layers": 2},), "got a dict whose num_hidden_layers is None"),
                           ((model.config, -3), "max_cache_len must be >= 1 position, got -3"),  # failed at a forward
-                          ((model.config, 8.5), "max_cache_len must be an integer, got 8.5")]:
+                          ((model.config, 8.5), "max_cache_len must be an integer, got 8.5"),
+                          ((model.config, None, "gpu"), "unknown device 'gpu' for the cache; give the model's own"),
+                          ((model.config, 8, f"cuda:{torch.cuda.device_count()}"), "is not available here")]:
         with pytest.raises(hydrahead.CacheError, match=message):
             hydrahead.HybridHeadCache(*args)
     deeper = hydrahead.convert(make_teacher("qwen3", num_hidden_layers=3), hydrahead.HeadPlan(((0,), (2,), (1,)), 4, 2))
