@@ -285,6 +285,8 @@ class HybridHeadCache(DynamicCache):
     static layers have no sliding window (a hybrid model refuses to build one for such a config).
     """
 
+    filled_by: tuple | None = None
+
     def __init__(self, config, max_cache_len: int | None = None, device: torch.device | str | None = None) -> None:
         count = getattr(config, "num_hidden_layers", None)
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
@@ -299,8 +301,16 @@ class HybridHeadCache(DynamicCache):
         else:
             layers = [HybridHeadStaticLayer(max_cache_len) for _ in range(count)]
         Cache.__init__(self, layers=layers)
+        self.filled_by = None  # the shape signature of the hybrid that fills it (`cache_signature`, at its forward)
         if device is not None:
             self.to_device(cache_device(device))
+
+    def reset(self) -> None:
+        """Empty, for another generation: of any hybrid when dynamic; of the same hybrid when static (its tensors
+        stay where they are, at their shapes, for CUDA graphs)."""
+        super().reset()
+        if not self.is_static:
+            self.filled_by = None
 
     @property
     def is_static(self) -> bool:

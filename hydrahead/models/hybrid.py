@@ -66,6 +66,9 @@ class HybridCausalLMMixin:
                 qk_norm=self.family.qk_norm, sliding_window=self.family.sliding_window(config, i),
             )
         self.hydrahead_plan, self.hydrahead_options = plan, options
+        # what the shapes of a cache's K/V, states and conv windows depend on (`HybridHeadCache.filled_by`)
+        self.cache_signature = (plan.fa_heads, plan.num_heads, plan.num_kv_heads, config.head_dim,
+                                options.conv_size, options.gdn_shared_kv)
 
     def save_pretrained(self, save_directory, is_main_process: bool = True, *args, **kwargs):
         """transformers' save_pretrained, plus the modeling code that `trust_remote_code=True` loads
@@ -108,6 +111,13 @@ class HybridCausalLMMixin:
         if past_key_values is not None and len(past_key_values.layers) != self.config.num_hidden_layers:
             raise CacheError(f"the cache has {len(past_key_values.layers)} layers and the model "
                              f"{self.config.num_hidden_layers}: build it from this model's config")
+        if past_key_values is not None and not torch.compiler.is_compiling():
+            if past_key_values.filled_by is None:
+                past_key_values.filled_by = self.cache_signature
+            elif past_key_values.filled_by is not self.cache_signature and \
+                    past_key_values.filled_by != self.cache_signature:
+                raise CacheError("the cache holds the states of a hybrid with another plan or head shape: give each "
+                                 "model its own HybridHeadCache (a dynamic one may be reset() first)")
         inputs = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
         if past_key_values is not None and inputs is not None:
             if (held := past_key_values.batch_size) not in (-1, inputs.shape[0]):

@@ -147,6 +147,27 @@ def test_a_cache_filled_for_another_batch_is_refused(plan, max_cache_len):
 
 
 @pytest.mark.parametrize("max_cache_len", [None, 16])
+def test_a_cache_filled_by_a_hybrid_of_another_plan_is_refused(max_cache_len):
+    """torch's shape error in a norm or a concatenation was all a caller got; a hybrid of the same plan may continue
+    the cache, and a reset dynamic cache takes any hybrid (a static one keeps its tensors' shapes)."""
+    model, other = hybrid(plan="mixed"), hybrid(plan="no-fa-in-layer0")
+    ids = torch.randint(1, model.config.vocab_size, (1, 5))
+    cache = hydrahead.HybridHeadCache(model.config, max_cache_len=max_cache_len)
+    with torch.no_grad():
+        model(ids, past_key_values=cache)
+        with pytest.raises(hydrahead.CacheError, match="the cache holds the states of a hybrid with another plan"):
+            other(ids[:, :1], past_key_values=cache)
+        hybrid(plan="mixed")(ids[:, :1], past_key_values=cache)  # the same plan and shapes: its states fit
+        cache.reset()
+        if max_cache_len is None:
+            other(ids, past_key_values=cache)
+        else:
+            with pytest.raises(hydrahead.CacheError, match="another plan"):
+                other(ids, past_key_values=cache)
+            model(ids, past_key_values=cache)
+
+
+@pytest.mark.parametrize("max_cache_len", [None, 16])
 def test_a_padding_mask_of_another_shape_is_refused(max_cache_len):
     """A mask with another row count reached the GDN kernel's checks or torch's broadcast error; one too long for
     the tokens (which transformers' own models accept silently) now names the shape the forward needs."""
