@@ -3,7 +3,7 @@
 On the CPU a hybrid's inference forward runs a long prompt in pieces whose temporaries stay within
 `hydrahead.utils.memory.PIECE_BYTES` (`inference_piece`); the teacher runs it in one forward. This study takes
 `bench/inference.py`'s 2-layer Qwen3-1.7B-shaped slice (fp32, paper preset, HydraHead 7:1) and
-(1) times one prefill of the teacher and of the hybrid with the default pieces (31 MiB, even: `piece_tokens`),
+(1) times one prefill of the teacher and of the hybrid with the default pieces (31 MiB, even: `piece_sizes`),
 the rule before 2026-12-07 (16 MiB, the last piece the rest), even pieces of 16 and 64 MiB, and one forward, in
 rotated rounds in one process (min and median); (2) profiles one more prefill of each with input shapes
 (torch.profiler) and times every GEMM shape it ran alone, the same number of times, so that a shape slower in
@@ -42,18 +42,19 @@ from hydrahead.layers.gdn import GatedDeltaNetBranch  # noqa: E402
 DEFAULT_PIECE_BYTES = memory.PIECE_BYTES
 
 
-def pieces_before(bytes_per_token: int, tokens: int, multiple: int = 64) -> int:
+def pieces_before(bytes_per_token: int, tokens: int, multiple: int = 64) -> list[int]:
     """The piece rule before 2026-12-07: at most 16 MiB of temporaries, the last piece whatever is left."""
-    return max(multiple, (16 << 20) // max(1, bytes_per_token) // multiple * multiple)
+    piece = max(multiple, (16 << 20) // max(1, bytes_per_token) // multiple * multiple)
+    return [min(piece, tokens - start) for start in range(0, tokens, piece)] or [tokens]
 
 
 # name: (model, PIECE_BYTES, piece rule)
-CONFIGS = {"teacher": ("teacher", DEFAULT_PIECE_BYTES, hybrid.piece_tokens),
-           "7:1, default pieces": ("hydrahead-7:1", DEFAULT_PIECE_BYTES, hybrid.piece_tokens),
+CONFIGS = {"teacher": ("teacher", DEFAULT_PIECE_BYTES, hybrid.piece_sizes),
+           "7:1, default pieces": ("hydrahead-7:1", DEFAULT_PIECE_BYTES, hybrid.piece_sizes),
            "7:1, 16 MiB, before": ("hydrahead-7:1", 16 << 20, pieces_before),
-           "7:1, 16 MiB, even": ("hydrahead-7:1", 16 << 20, hybrid.piece_tokens),
-           "7:1, 64 MiB, even": ("hydrahead-7:1", 64 << 20, hybrid.piece_tokens),
-           "7:1, one forward": ("hydrahead-7:1", 1 << 50, hybrid.piece_tokens)}
+           "7:1, 16 MiB, even": ("hydrahead-7:1", 16 << 20, hybrid.piece_sizes),
+           "7:1, 64 MiB, even": ("hydrahead-7:1", 64 << 20, hybrid.piece_sizes),
+           "7:1, one forward": ("hydrahead-7:1", 1 << 50, hybrid.piece_sizes)}
 
 
 def gemm_times(model, ids: torch.Tensor) -> dict[tuple, tuple[int, float]]:
@@ -130,18 +131,18 @@ def module_times(model, ids: torch.Tensor, rounds: int = 3) -> list[dict[str, fl
             hook.remove()
 
 
-def piece_sizes(models: dict, ids: torch.Tensor, times: dict[str, list[float]], rounds: int) -> None:
+def time_piece_rules(models: dict, ids: torch.Tensor, times: dict[str, list[float]], rounds: int) -> None:
     """One untimed prefill of each configuration, then `rounds` rotated rounds of timed ones into `times`."""
-    rule = hybrid.piece_tokens
+    rule = hybrid.piece_sizes
     try:
         for r in range(-1, rounds):
             for name in bench.rotated(list(CONFIGS), max(r, 0)):
-                model, memory.PIECE_BYTES, hybrid.piece_tokens = CONFIGS[name]
+                model, memory.PIECE_BYTES, hybrid.piece_sizes = CONFIGS[name]
                 seconds = bench.time_prefill(models[model], ids)[0]
                 if r >= 0:
                     times[name].append(seconds)
     finally:
-        memory.PIECE_BYTES, hybrid.piece_tokens = DEFAULT_PIECE_BYTES, rule
+        memory.PIECE_BYTES, hybrid.piece_sizes = DEFAULT_PIECE_BYTES, rule
 
 
 def main() -> None:
@@ -162,7 +163,7 @@ def main() -> None:
     ids = torch.randint(0, 10240, (1, args.length), generator=torch.Generator().manual_seed(0))
     times = {name: [] for name in CONFIGS}
     with torch.no_grad():
-        piece_sizes(models, ids, times, args.rounds)
+        time_piece_rules(models, ids, times, args.rounds)
         print(f"prefill of {args.length} tokens, allocator {args.allocator}, {torch.get_num_threads()} threads, "
               f"{args.rounds} rounds (seconds)")
         teacher = statistics.median(times["teacher"])

@@ -8,6 +8,7 @@ the plan and the options, with model_type `hydrahead_<family>`, registered with 
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,12 @@ from transformers.generation import GenerationMode
 from hydrahead.errors import CacheError, CheckpointError, GenerationError
 from hydrahead.layers.context import ForwardContext, packed_documents
 from hydrahead.layers.hybrid_attention import HybridAttention
-from hydrahead.cache import NO_ROLLBACK, HybridHeadCache
+from hydrahead.cache import NO_ROLLBACK, HybridHeadCache, HybridHeadStaticLayer
 from hydrahead.models.families import FAMILIES, Family
 from hydrahead.models.shape import head_dim
 from hydrahead.options import HybridOptions
 from hydrahead.plan import HeadPlan
-from hydrahead.utils.memory import piece_tokens
+from hydrahead.utils.memory import piece_sizes
 
 
 def plan_and_options(config: Any) -> tuple[HeadPlan, HybridOptions]:
@@ -66,6 +67,10 @@ class HybridCausalLMMixin:
                 qk_norm=self.family.qk_norm, sliding_window=self.family.sliding_window(config, i),
             )
         self.hydrahead_plan, self.hydrahead_options = plan, options
+        # the widest activation per token, for CPU inference pieces: the MLP's, or a branch's fused q | k | v
+        self.widest_activation = max(config.intermediate_size, config.hidden_size, *(
+            branch.qkv_proj.out_features for layer in self.model.layers
+            for branch in (layer.self_attn.fa, layer.self_attn.gdn) if branch is not None))
         # what the shapes of a cache's K/V, states and conv windows depend on (`HybridHeadCache.filled_by`)
         self.cache_signature = (plan.fa_heads, plan.num_heads, plan.num_kv_heads, config.head_dim,
                                 options.conv_size, options.gdn_shared_kv)
@@ -112,10 +117,7 @@ class HybridCausalLMMixin:
             raise CacheError(f"the cache has {len(past_key_values.layers)} layers and the model "
                              f"{self.config.num_hidden_layers}: build it from this model's config")
         if past_key_values is not None and not torch.compiler.is_compiling():
-            if past_key_values.filled_by is None:
-                past_key_values.filled_by = self.cache_signature
-            elif past_key_values.filled_by is not self.cache_signature and \
-                    past_key_values.filled_by != self.cache_signature:
+            if past_key_values.filled_by not in (None, self.cache_signature):
                 raise CacheError("the cache holds the states of a hybrid with another plan or head shape: give each "
                                  "model its own HybridHeadCache (a dynamic one may be reset() first)")
         inputs = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
@@ -123,15 +125,18 @@ class HybridCausalLMMixin:
             if (held := past_key_values.batch_size) not in (-1, inputs.shape[0]):
                 raise CacheError(f"the cache holds {held} sequences and this forward gives {inputs.shape[0]}: a cache "
                                  "continues the batch it was filled with; give a new HybridHeadCache for another batch")
-        if inputs is not None and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+        if inputs is not None and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 \
+                and not torch.compiler.is_compiling():
             check_padding_mask(attention_mask, inputs.shape[:2], past_key_values)
         kwargs["logits_to_keep"] = logits_to_keep
-        piece = inference_piece(self, inputs, attention_mask, position_ids, past_key_values, use_cache, kwargs)
-        if piece is not None:
-            return self._forward_in_pieces(piece, input_ids, attention_mask, position_ids, past_key_values, use_cache,
-                                           linear_attention_mask, kwargs)
+        pieces = inference_piece(self, inputs, attention_mask, position_ids, past_key_values, use_cache, kwargs)
+        if pieces is not None:
+            return self._forward_in_pieces(pieces, input_ids, attention_mask, position_ids, past_key_values,
+                                           use_cache, linear_attention_mask, kwargs)
         if use_cache and past_key_values is None:
             past_key_values = HybridHeadCache(self.config)
+        if past_key_values is not None and not torch.compiler.is_compiling():
+            past_key_values.filled_by = self.cache_signature  # its states are this model's from now on
         if linear_attention_mask is None and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
             linear_attention_mask = attention_mask  # (B, past + T): the GDN branch reads its last T columns
         kwargs.setdefault("hydrahead_context", ForwardContext())  # worked out once, shared by every layer
@@ -145,9 +150,9 @@ class HybridCausalLMMixin:
             **kwargs,
         )
 
-    def _forward_in_pieces(self, piece, input_ids, attention_mask, position_ids, past_key_values, use_cache,
+    def _forward_in_pieces(self, pieces, input_ids, attention_mask, position_ids, past_key_values, use_cache,
                            linear_attention_mask, kwargs):
-        """`forward` over a long prompt as consecutive forwards of `piece` tokens through the cache (as
+        """`forward` over a long prompt as consecutive forwards of `pieces` tokens through the cache (as
         transformers' chunked prefill runs them; see `inference_piece`): the outputs of one forward, up to
         rounding, with piece-sized temporaries. Logits (those `logits_to_keep` keeps), hidden states and the
         loss are put together from the pieces; the cache is returned when `use_cache` asked for it."""
@@ -164,8 +169,7 @@ class HybridCausalLMMixin:
             return mask[:, : mask.shape[1] - T + end] if mask is not None else None
 
         logits = hidden = out = None
-        for start in range(0, T, piece):
-            end = min(T, start + piece)
+        for start, end in zip(itertools.accumulate([0] + pieces[:-1]), itertools.accumulate(pieces)):
             kept = max(0, end - max(start, T - keep))  # this piece's share of the last `keep` tokens
             out = self.forward(
                 input_ids=input_ids[:, start:end] if input_ids is not None else None,
@@ -313,10 +317,15 @@ def graph_decode_applies(model, kwargs: dict) -> bool:
 
 def check_padding_mask(mask: torch.Tensor, batch_tokens: torch.Size, cache: HybridHeadCache | None) -> None:
     """A 2D attention mask has a row per sequence and a column per cached and input token (the GDN heads read its
-    last columns as the input's padding), or GenerationError. The cached count is checked where the cache keeps it
-    on the host (a static cache keeps it on the device: reading it would sync)."""
+    last columns as the input's padding), or GenerationError. The cached count is checked where the host knows it
+    without a sync: always for a dynamic cache; for a static one, unless compiled steps have run since it last
+    counted (then only the rows). Not while compiling: a count read there would be a guard."""
     (B, T), (rows, columns) = batch_tokens, mask.shape
-    past = cache.layers[0].get_seq_length() if cache is not None else 0
+    layer = cache.layers[0] if cache is not None else None
+    if isinstance(layer, HybridHeadStaticLayer):
+        past = None if layer.tokens_stale else layer.tokens
+    else:
+        past = 0 if layer is None else layer.get_seq_length()
     if rows != B or (isinstance(past, int) and columns != past + T):
         needs = f"({B}, {past} + {T})" if isinstance(past, int) else f"{B} rows"
         raise GenerationError(f"attention_mask has shape {tuple(mask.shape)}; this forward needs {needs}: a row per "
@@ -329,11 +338,13 @@ def has_sliding_window(model) -> bool:
     return any(model.family.sliding_window(model.config, i) for i in range(model.config.num_hidden_layers))
 
 
-def inference_piece(model, x, attention_mask, position_ids, past_key_values, use_cache, kwargs: dict) -> int | None:
-    """Tokens per piece when `model.forward` runs a long input in pieces, else None (one forward).
+def inference_piece(model, x, attention_mask, position_ids, past_key_values, use_cache,
+                    kwargs: dict) -> list[int] | None:
+    """The pieces' token counts when `model.forward` runs a long input in pieces, else None (one forward).
 
-    On the CPU, in inference (no autograd), an input longer than one piece runs as forwards of `piece` tokens
-    through the cache, each piece's largest temporary (the MLP's, B x piece x intermediate) within
+    On the CPU, in inference (no autograd), an input longer than one piece runs as forwards of one piece each
+    through the cache, each piece's largest temporary (B x piece x the widest activation: the MLP's, or a
+    branch's fused q | k | v, `widest_activation`) within
     `utils.memory.PIECE_BYTES`, so that glibc serves it from its heap, reused, instead of a fresh mapping whose
     pages fault in on first write (a cost larger than the arithmetic on the project machine: a 16K prefill of
     a Qwen3-1.7B-shaped hybrid 26-27 s in pieces, 30-34 s in one forward; docs/benchmarks.md). `generate`'s prefill
@@ -346,8 +357,8 @@ def inference_piece(model, x, attention_mask, position_ids, past_key_values, use
             or torch.compiler.is_compiling():
         return None
     B, T = x.shape[:2]
-    piece = piece_tokens(B * max(model.config.intermediate_size, model.config.hidden_size) * model.dtype.itemsize, T)
-    if T <= piece or kwargs.get("output_attentions"):
+    pieces = piece_sizes(B * model.widest_activation * model.dtype.itemsize, T)
+    if len(pieces) == 1 or kwargs.get("output_attentions"):
         return None
     keep = kwargs.get("logits_to_keep", 0)
     if not isinstance(keep, int) or (keep and kwargs.get("labels") is not None):
@@ -356,7 +367,7 @@ def inference_piece(model, x, attention_mask, position_ids, past_key_values, use
         return None
     if not use_cache and attention_mask is None and packed_documents(position_ids, B, T) is not None:
         return None
-    return piece
+    return pieces
 
 
 # Checkpoints written before the projections were fused (hydrahead 0.1) load into the fused layout: each

@@ -13,7 +13,7 @@ large activations that glibc's defaults reuse or return: measured, 7.0 GB peak a
 slower); a script may call `hydrahead.keep_freed_memory()` itself; a library import never does.
 bench/inference.py measures both ways (`--allocator plain|kept`).
 The hybrid does not depend on it: on the CPU its inference forward over a long input runs in pieces
-whose temporaries stay under `PIECE_BYTES`, which glibc reuses from its heap anyway (`piece_tokens`;
+whose temporaries stay under `PIECE_BYTES`, which glibc reuses from its heap anyway (`piece_sizes`;
 `inference_piece` in hydrahead/models/hybrid.py).
 Set HYDRAHEAD_SYSTEM_MALLOC=1 to keep glibc's defaults.
 """
@@ -33,15 +33,20 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc <malloc.h>
 PIECE_BYTES = 31 << 20
 
 
-def piece_tokens(bytes_per_token: int, tokens: int, multiple: int = 64) -> int:
-    """Tokens per piece of a CPU inference pass over `tokens` tokens: as few pieces as keep the largest temporary
-    (`bytes_per_token` per token) within PIECE_BYTES, all of one size but the last, which takes the rest; a
-    multiple of `multiple` (the GDN chunk), at least one. Even pieces, because a short last piece runs its GEMMs
-    far below the others' rate: a 4K prompt in pieces of at most 1,280 tokens runs as 4 x 1,024, not
-    3 x 1,280 + 256 (docs/benchmarks.md, "Even pieces"). `tokens` or fewer: one piece."""
+def piece_sizes(bytes_per_token: int, tokens: int, multiple: int = 64) -> list[int]:
+    """The token counts of the pieces of a CPU inference pass over `tokens` tokens: as few pieces as keep the
+    largest temporary (`bytes_per_token` per token) within PIECE_BYTES, each a multiple of `multiple` (the GDN
+    chunk) but the last, and all within one multiple of each other: a short last piece runs its GEMMs far
+    below the others' rate (a 4K prompt with at most 1,280 tokens a piece runs as 4 x 1,024, not 3 x 1,280 + 256;
+    docs/benchmarks.md, "Even pieces"). One piece, [tokens], when that fits."""
     most = max(multiple, PIECE_BYTES // max(1, bytes_per_token) // multiple * multiple)
-    pieces = -(-tokens // most)
-    return -(-tokens // (pieces * multiple)) * multiple
+    if tokens <= most:
+        return [tokens]
+    count, units = -(-tokens // most), -(-tokens // multiple)
+    each, more = divmod(units, count)  # the last `more` pieces get one multiple more
+    sizes = [each * multiple] * (count - more) + [(each + 1) * multiple] * more
+    sizes[-1] -= units * multiple - tokens  # the last piece ends at the input's end: less than one multiple off
+    return sizes
 
 
 def keep_freed_memory() -> bool:

@@ -134,7 +134,7 @@ def test_one_forward_where_pieces_do_not_apply(case, monkeypatch):
     monkeypatch.setattr(memory, "PIECE_BYTES", PIECE)
     x, mask, position_ids, use_cache, kwargs = torch.ones(2, 150, dtype=torch.long), None, None, True, {}
     with torch.no_grad():
-        assert inference_piece(model, x, mask, position_ids, None, use_cache, kwargs) == 64
+        assert inference_piece(model, x, mask, position_ids, None, use_cache, kwargs) == [64, 64, 22]
         if case == "cuda":
             x = torch.empty(2, 150, device="meta")
         elif case == "short":
@@ -193,3 +193,15 @@ def test_use_cache_false_refuses_a_foreign_cache_as_one_forward_does(monkeypatch
         with torch.no_grad(), pytest.raises(hydrahead.CacheError, match="not a DynamicCache"):
             model(torch.ones(2, T, dtype=torch.long), past_key_values=DynamicCache(config=model.config),
                   use_cache=False)
+
+
+def test_pieces_are_sized_by_the_widest_activation(monkeypatch):
+    """A branch's fused q | k | v can be wider than the MLP (GDN heads each keep their group's k and v): the
+    pieces keep that temporary within PIECE_BYTES too (a Qwen3-0.6B-shaped 7:1 hybrid's is 5,376 wide against an
+    intermediate of 3,072)."""
+    model = hybrid(intermediate_size=16)
+    widest = max(layer.self_attn.gdn.qkv_proj.out_features for layer in model.model.layers)
+    assert model.widest_activation == widest > 16
+    monkeypatch.setattr(memory, "PIECE_BYTES", 64 * 2 * widest * 4)  # 64 tokens of a 2-row batch
+    with torch.no_grad():
+        assert inference_piece(model, torch.ones(2, 150, dtype=torch.long), None, None, None, True, {}) == [64, 64, 22]

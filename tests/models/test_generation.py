@@ -158,6 +158,9 @@ def test_a_cache_filled_by_a_hybrid_of_another_plan_is_refused(max_cache_len):
         with pytest.raises(hydrahead.CacheError, match="the cache holds the states of a hybrid with another plan"):
             other(ids[:, :1], past_key_values=cache)
         hybrid(plan="mixed")(ids[:, :1], past_key_values=cache)  # the same plan and shapes: its states fit
+        made = model(ids, use_cache=True).past_key_values  # a cache the forward made itself
+        with pytest.raises(hydrahead.CacheError, match="another plan"):
+            other(ids[:, :1], past_key_values=made)
         cache.reset()
         if max_cache_len is None:
             other(ids, past_key_values=cache)
@@ -184,9 +187,8 @@ def test_a_padding_mask_of_another_shape_is_refused(max_cache_len):
         model(ids, attention_mask=mask, past_key_values=cache)
         step = torch.ones(2, 1, dtype=torch.long)
         model(step, attention_mask=torch.cat([mask, step], 1), past_key_values=cache)  # (B, past + T)
-        if max_cache_len is None:  # a static cache keeps its count on the device: rows only
-            with pytest.raises(hydrahead.GenerationError, match=r"needs \(2, 7 \+ 1\)"):
-                model(step, attention_mask=torch.cat([mask, step], 1), past_key_values=cache)
+        with pytest.raises(hydrahead.GenerationError, match=r"needs \(2, 7 \+ 1\)"):  # static: its host count
+            model(step, attention_mask=torch.cat([mask, step], 1), past_key_values=cache)
         with pytest.raises(hydrahead.GenerationError, match="needs"):
             model(step, attention_mask=torch.ones(3, 8, dtype=torch.long), past_key_values=cache)
 
