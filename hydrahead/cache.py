@@ -285,7 +285,7 @@ class HybridHeadCache(DynamicCache):
     static layers have no sliding window (a hybrid model refuses to build one for such a config).
     """
 
-    filled_by: tuple | None = None
+    filled_by: tuple | None = None  # the signature of the hybrid that fills it (`cache_signature`, set in its forward)
 
     def __init__(self, config, max_cache_len: int | None = None, device: torch.device | str | None = None) -> None:
         count = getattr(config, "num_hidden_layers", None)
@@ -301,7 +301,6 @@ class HybridHeadCache(DynamicCache):
         else:
             layers = [HybridHeadStaticLayer(max_cache_len) for _ in range(count)]
         Cache.__init__(self, layers=layers)
-        self.filled_by = None  # the shape signature of the hybrid that fills it (`cache_signature`, at its forward)
         if device is not None:
             self.to_device(cache_device(device))
 

@@ -111,12 +111,13 @@ class HybridCausalLMMixin:
         if inputs_embeds is not None:
             kwargs["inputs_embeds"] = inputs_embeds
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        compiling = torch.compiler.is_compiling()  # the host-side checks below are skipped in a compiled step
         if past_key_values is not None and not isinstance(past_key_values, HybridHeadCache):
             raise CacheError(foreign_cache(past_key_values))
         if past_key_values is not None and len(past_key_values.layers) != self.config.num_hidden_layers:
             raise CacheError(f"the cache has {len(past_key_values.layers)} layers and the model "
                              f"{self.config.num_hidden_layers}: build it from this model's config")
-        if past_key_values is not None and not torch.compiler.is_compiling():
+        if past_key_values is not None and not compiling:
             if past_key_values.filled_by not in (None, self.cache_signature):
                 raise CacheError("the cache holds the states of a hybrid with another plan or head shape: give each "
                                  "model its own HybridHeadCache (a dynamic one may be reset() first)")
@@ -126,7 +127,7 @@ class HybridCausalLMMixin:
                 raise CacheError(f"the cache holds {held} sequences and this forward gives {inputs.shape[0]}: a cache "
                                  "continues the batch it was filled with; give a new HybridHeadCache for another batch")
         if inputs is not None and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 \
-                and not torch.compiler.is_compiling():
+                and not compiling:
             check_padding_mask(attention_mask, inputs.shape[:2], past_key_values)
         kwargs["logits_to_keep"] = logits_to_keep
         pieces = inference_piece(self, inputs, attention_mask, position_ids, past_key_values, use_cache, kwargs)
@@ -135,7 +136,7 @@ class HybridCausalLMMixin:
                                            use_cache, linear_attention_mask, kwargs)
         if use_cache and past_key_values is None:
             past_key_values = HybridHeadCache(self.config)
-        if past_key_values is not None and not torch.compiler.is_compiling():
+        if past_key_values is not None and not compiling:
             past_key_values.filled_by = self.cache_signature  # its states are this model's from now on
         if linear_attention_mask is None and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
             linear_attention_mask = attention_mask  # (B, past + T): the GDN branch reads its last T columns
