@@ -9,11 +9,17 @@ What hydrahead adds to `transformers serve`:
   has to be trusted (`transformers serve --trust-remote-code DIR` works too: the checkpoint's modeling code
   does the same when it is loaded);
 - checks before any work (the directory, the tokenizer, the port), each failing in one line;
+- the model loaded by hydrahead's own loader (`load_model`: a tensor missing from the weights or of the wrong
+  shape is refused, not left random; a path with `@` in it is a path, not a Hub revision), and the server
+  answers for that model only: `/load_model` of any other is refused, and `/reset` frees nothing (the next
+  request gets the same model);
 - float32 on the CPU unless asked otherwise (a checkpoint saved in half precision would run in it);
 - a plain chat template for a checkpoint without one (the demo's teacher is a base model): the messages'
   contents joined, so a chat request is the text itself;
 - a request's `temperature` > 0 samples (transformers' server keeps the checkpoint's `do_sample`, so a
-  checkpoint saved greedy, as most converted or trained-here ones are, would ignore it with a log warning);
+  checkpoint saved greedy, as most converted or trained-here ones are, would ignore it with a log warning),
+  and its `seed` seeds that request's own `generate` (transformers seeds when a request arrives, so a request
+  still generating drew from the next one's seed);
 - continuous batching refused for a hybrid (`CONTINUOUS_BATCHING`): requests run one at a time through
   `generate`, which on CUDA is the static cache and the graph-captured decode step.
 """
@@ -58,14 +64,22 @@ def check_port(host: str, port: int) -> None:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as err:
         raise ServingError(f"cannot listen on {host}:{port}: unknown host ({err.strerror or err})") from err
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Every address the name resolves to, as Uvicorn (asyncio's create_server) binds them: "localhost" is often
+    # ::1 and 127.0.0.1, and a port taken on either stops the server
+    for family, kind, proto, _, address in dict.fromkeys(infos):
         try:
-            probe.bind(address)
-        except OSError as err:
-            advice = _bind_advice(err, port)
-            raise ServingError(f"cannot listen on {host}:{port}: {err.strerror or err}; {advice}") from err
+            probe = socket.socket(family, kind, proto)
+        except OSError:  # a family this machine lacks (IPv6 off): asyncio skips it too
+            continue
+        with probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as err:
+                advice = _bind_advice(err, port)
+                raise ServingError(f"cannot listen on {host}:{port}: {err.strerror or err}; {advice}") from err
 
 
 def _bind_advice(err: OSError, port: int) -> str:
@@ -160,7 +174,10 @@ def sample_when_asked() -> None:
         return
 
     def build_config(self, body, model_generation_config, use_cb=False):
+        seed = body.pop("seed", None)  # transformers would seed here, while another request may be generating
         config = build(self, body, model_generation_config, use_cb=use_cb)
+        if seed is not None:
+            config.hydrahead_seed = seed  # seeded on the inference thread as its generate starts (`seed_each_request`)
         if body.get("temperature") is None or body.get("generation_config") is not None:
             return config  # a client's own generation config is kept as sent
         if float(body["temperature"]) > 0:
@@ -190,6 +207,61 @@ def name_as_listed() -> None:
     BaseHandler._resolve_model = resolve_model
 
 
+def seed_each_request(model) -> None:
+    """`model.generate` (of the served model, in this server process) seeds torch's generator with the request's
+    `seed` (`sample_when_asked` keeps it in the request's generation config) just before it generates: on the
+    inference thread, where requests run one at a time in the order they came."""
+    import torch
+
+    generate = model.generate
+
+    def generate_seeded(*args, **kwargs):
+        config = kwargs.get("generation_config")
+        seed = getattr(config, "hydrahead_seed", None)
+        if seed is not None:
+            del config.hydrahead_seed  # not a generation setting: kept out of generate's checks
+            torch.manual_seed(seed)
+        return generate(*args, **kwargs)
+
+    model.generate = generate_seeded
+
+
+def answer_for(name: str, model, tokenizer) -> None:
+    """In this (server) process: transformers' model manager hands out `model` and `tokenizer` (loaded by
+    hydrahead, with its checks) for the served `name`, and refuses any other model (`/load_model`) instead of
+    loading it, for good, from a path or the Hub. Its own loader splits a name at "@" as a Hub revision (a path
+    such as runs/a@b/ loaded runs/a) and leaves a tensor missing from the weights at random values."""
+    from transformers.cli.serving.model_manager import ModelManager
+    from transformers.cli.serving.utils import split_model_id
+
+    served = ModelManager.process_model_name(split_model_id(name)[0])  # the key the manager loads it under
+
+    def refusal(model_id_and_revision: str) -> str:
+        asked = model_id_and_revision.removesuffix("@main")
+        return f"this server answers for {name!r} only, not {asked!r}; start another for that one"
+
+    def loaded(model_id_and_revision: str, held):
+        if model_id_and_revision != served:
+            raise ServingError(refusal(model_id_and_revision))
+        return held
+
+    # transformers' own, where an earlier `serve` in this process replaced it
+    stream = getattr(ModelManager.load_model_streaming, "original", ModelManager.load_model_streaming)
+
+    async def load_model_streaming(self, model_id_and_revision: str):  # `/load_model`'s progress events
+        if model_id_and_revision != served:  # refused as an event, without the traceback the manager would log
+            event = {"status": "error", "model": model_id_and_revision, "message": refusal(model_id_and_revision)}
+            yield f"data: {json.dumps(event)}\n\n"
+            return
+        async for event in stream(self, model_id_and_revision):
+            yield event
+
+    load_model_streaming.original = stream
+    ModelManager._load_model = lambda self, model_id_and_revision, **_: loaded(model_id_and_revision, model)
+    ModelManager._load_processor = lambda self, model_id_and_revision, **_: loaded(model_id_and_revision, tokenizer)
+    ModelManager.load_model_streaming = load_model_streaming
+
+
 def list_served_model(name: str) -> None:
     """In this (server) process: `/v1/models` lists the one model the server answers for (`name`), as OpenAI's
     API does for a client that asks which model to send. transformers' server lists the Hugging Face cache
@@ -207,8 +279,8 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: s
     checkpoint's own dtype on a GPU. The model name clients send is `path` as given (or none)."""
     from hydrahead.models.hybrid import CONTINUOUS_BATCHING, HYBRID_CLASSES, expose_in_transformers
     from hydrahead.models.files import check_model_path
-    from hydrahead.models.loading import (find_gguf, hybrid_model_types, inference_dtype, load_tokenizer, read_config,
-                                          resolve_device)
+    from hydrahead.models.loading import (find_gguf, hybrid_model_types, inference_dtype, load_model, load_tokenizer,
+                                          read_config, resolve_device)
 
     if find_gguf(Path(path)) is not None:
         raise ServingError(f"{path}: a .gguf model is served after `hydrahead export {path} DIR`, as DIR")
@@ -219,7 +291,8 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: s
         raise ServingError(CONTINUOUS_BATCHING)
     target = resolve_device(device)
     dtype = inference_dtype(dtype, target)
-    template, template_note = chat_template_of(load_tokenizer(path), chat_template)
+    tokenizer = load_tokenizer(path)
+    template, template_note = chat_template_of(tokenizer, chat_template)
     check_port(host, port)
     try:
         from transformers.utils.import_utils import is_serve_available
@@ -231,16 +304,23 @@ def serve(path: str | Path, host: str = "127.0.0.1", port: int = 8000, device: s
     from transformers.cli.serve import Serve
 
     expose_in_transformers(*(model_class for _, model_class in HYBRID_CLASSES.values()))
+    print(f"serving {path}: {summary}", flush=True)
+    model = load_model(path, dtype, target)  # CheckpointError for weights that do not match the config
+    seed_each_request(model)
+    answer_for(str(path), model, tokenizer)
     sample_when_asked()
     name_as_listed()
     list_served_model(str(path))
-    print(f"serving {path}: {summary}", flush=True)
     batching = "continuous batching" if continuous_batching else "requests run one at a time"
-    print(f"  on {target} in {dtype}; {template_note}; {batching}", flush=True)
+    dtype_name = str(next(model.parameters()).dtype).removeprefix("torch.")
+    print(f"  on {target} in {dtype_name}; {template_note}; {batching}", flush=True)
     print(f"  OpenAI API at http://{host}:{port}/v1 (model name: {str(path)!r}); Ctrl-C stops", flush=True)
-    try:
-        Serve(force_model=str(path), device=str(target), dtype=dtype, host=host, port=port,
+    try:  # the manager's device and dtype are unused: it hands out the model loaded above (`answer_for`)
+        Serve(force_model=str(path), device=str(target), dtype="auto", host=host, port=port,
               continuous_batching=continuous_batching, log_level=log_level,
               chat_template_kwargs=json.dumps({"chat_template": template}) if template else None)
-    except (OSError, ValueError, KeyError, RuntimeError) as err:  # loading the model, or the server itself
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # the server itself
         raise ServingError(f"the server for {path} stopped: {one_line(err)}") from err
+    except SystemExit as err:  # Uvicorn's exit when it cannot start, after logging why (a port taken since the check)
+        if err.code:
+            raise ServingError(f"the server for {path} could not start (Uvicorn's message above says why)") from None

@@ -1,11 +1,13 @@
 """A real server on 127.0.0.1 around a tiny hybrid, in a subprocess, spoken to over HTTP (httpx): chat (plain and
-streamed), a completion, concurrent clients, sampling, malformed requests; the greedy text is `generate`'s.
-`transformers serve --trust-remote-code` serves the same checkpoint without hydrahead (its bundled code)."""
+streamed), a completion, concurrent clients, sampling, malformed requests, other models refused; the greedy text
+is `generate`'s. `transformers serve --trust-remote-code` serves the same checkpoint without hydrahead (its
+bundled code)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -91,10 +93,12 @@ def greedy(checkpoint):
 
 @pytest.fixture(scope="module")
 def server(checkpoint, tmp_path_factory):
+    # served from a path with "@" in it: transformers' model manager took runs@2/hybrid for runs at revision 2/hybrid
+    served = shutil.copytree(checkpoint, tmp_path_factory.mktemp("runs@2") / "hybrid")
     port = free_port()
-    running = Server([sys.executable, "-m", "hydrahead", "serve", str(checkpoint), "--port", str(port)], port,
+    running = Server([sys.executable, "-m", "hydrahead", "serve", str(served), "--port", str(port)], port,
                      tmp_path_factory.mktemp("log") / "server.log")
-    yield running.url, str(checkpoint)
+    yield running.url, str(served)
     log = running.stop()
     assert "Traceback" not in log, log[-3000:]
     assert "generation flags are not valid" not in log, log[-3000:]  # logged for every `temperature: 0` request
@@ -159,6 +163,31 @@ def test_sampling_follows_the_seed(server):
     assert len(set(texts)) == 2  # a random tiny model at temperature 1.5: another seed, another text
 
 
+def test_overlapping_requests_each_follow_their_seed(server):
+    """Requests run one at a time; each seed must seed its own generate, not the one running when it arrives."""
+    url, _ = server
+    sample = lambda seed: chat(url, PROMPTS[0], temperature=1.5, max_tokens=48, seed=seed)  # noqa: E731
+    alone = [sample(seed).json()["choices"][0]["message"]["content"] for seed in (3, 4, 5, 6)]
+    with ThreadPoolExecutor(4) as pool:
+        together = [r.json()["choices"][0]["message"]["content"] for r in pool.map(sample, (3, 4, 5, 6))]
+    assert together == alone
+    assert len(set(alone)) == 4
+
+
+def test_only_the_served_model_is_loaded(server, checkpoint, greedy):
+    """`/load_model` of another model is refused (transformers' manager loaded any path or Hub id, for good);
+    `/reset` keeps the served model, which still answers."""
+    url, model_name = server
+    response = httpx.post(f"{url}/load_model", json={"model": str(checkpoint)}, timeout=60)
+    events = [json.loads(line[len("data: "):]) for line in response.text.splitlines() if line.startswith("data: ")]
+    assert [event["status"] for event in events] == ["error"]
+    assert f"this server answers for {model_name!r} only, not {str(checkpoint)!r}" in events[0]["message"]
+    response = httpx.post(f"{url}/load_model", json={"model": model_name}, timeout=60)
+    assert '"status": "ready"' in response.text
+    assert httpx.post(f"{url}/reset", timeout=60).status_code == 200
+    assert chat(url, PROMPTS[0]).json()["choices"][0]["message"]["content"] == greedy(PROMPTS[0], chat=True)
+
+
 def test_models_lists_the_served_model(server):
     url, model_name = server  # transformers' list (its Hugging Face cache, none here) answered 500
     response = httpx.get(f"{url}/v1/models", timeout=30)
@@ -206,6 +235,50 @@ def test_a_taken_port_is_one_line_before_loading(checkpoint):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"hydrahead serve: error: cannot listen on 127.0.0.1:{port}: Address already in use; choose another --port"]
+
+
+def test_weights_that_do_not_match_the_config_are_refused_not_served(checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = shutil.copytree(checkpoint, tmp_path / "hybrid")
+    weights = load_file(broken / "model.safetensors")
+    dropped = next(name for name in weights if "gdn" in name)
+    save_file({k: v for k, v in weights.items() if k != dropped}, broken / "model.safetensors", {"format": "pt"})
+    proc = subprocess.run([sys.executable, "-m", "hydrahead", "serve", str(broken), "--port", str(free_port())],
+                          capture_output=True, text=True, timeout=120, cwd="/")  # served random weights, until killed
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("hydrahead serve: error: ")
+    assert dropped in proc.stderr
+
+
+def test_a_port_taken_after_the_check_is_one_line(checkpoint):
+    """A port taken between the check and Uvicorn's start: Uvicorn exits (SystemExit) after logging why."""
+    script = ("import socket, sys, hydrahead.serving as serving, hydrahead.cli as cli\n"
+              "taken = socket.socket(); taken.bind(('127.0.0.1', 0)); taken.listen()\n"
+              "serving.check_port = lambda host, port: None\n"
+              "sys.exit(cli.main(['serve', sys.argv[1], '--port', str(taken.getsockname()[1])]))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(checkpoint)], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (f"hydrahead serve: error: the server for {checkpoint} could not "
+                                                    "start (Uvicorn's message above says why)")
+
+
+def test_every_address_of_a_host_is_checked(monkeypatch):
+    """"localhost" is often ::1 and 127.0.0.1, and Uvicorn binds both: a port taken on the second one counts."""
+    from hydrahead.serving import check_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        both = [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0)),
+                (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: both)
+        with pytest.raises(hydrahead.ServingError, match=f"cannot listen on localhost:{port}: Address already in use"):
+            check_port("localhost", port)
 
 
 def test_a_host_that_is_not_this_machines_is_blamed_not_the_port():
