@@ -243,7 +243,9 @@ def generate_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: in
         raise GenerationError(f"the prompt must be a string, got {shown(prompt)}")
     if chat is not None and not isinstance(chat, bool):
         raise GenerationError(f"chat must be None, True or False, got {shown(chat)}")
-    integer(seed, "seed", GenerationError)  # 1.5 seeded 1; None failed inside torch.manual_seed
+    if not 0 <= integer(seed, "seed", GenerationError) < 2**64:  # 1.5 seeded 1; None and 2**64 failed in torch
+        raise GenerationError(f"seed must be a whole number from 0 to 2**64 - 1 (the CLI's and recipes' range), "
+                              f"got {seed}")
     if not isinstance(warmup, bool):
         raise GenerationError(f"warmup must be True or False, got {shown(warmup)}")
     if stream is not None and not callable(stream):
@@ -268,7 +270,8 @@ def generate_text(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: in
             torch.manual_seed(seed)
         with torch.no_grad():
             try:
-                return model.generate(**inputs, streamer=streamer, return_dict_in_generate=True, **kwargs)
+                return model.generate(**inputs, streamer=streamer, return_dict_in_generate=True, tokenizer=tokenizer,
+                                      **kwargs)  # the tokenizer: for the checkpoint's stop strings, if it has any
             except ValueError as err:  # transformers' refusal of a setting (the checkpoint's generation config)
                 raise GenerationError(f"generate refused the request: {one_line(err)}") from err
 

@@ -107,6 +107,20 @@ def test_the_models_end_of_text_stops_it(models, tokenizer):
     assert "end of text" in result.summary()
 
 
+def test_the_checkpoints_stop_strings_stop_it(models, tokenizer):
+    """A generation config with stop strings: transformers' generate needs the tokenizer for them (it refused
+    every call without it)."""
+    model = models["teacher"]
+    greedy = hydrahead.generate_text(model, tokenizer, PROMPT, max_new_tokens=8)
+    model.generation_config.stop_strings = [greedy.text[:3]]
+    try:
+        result = hydrahead.generate_text(model, tokenizer, PROMPT, max_new_tokens=8)
+    finally:
+        model.generation_config.stop_strings = None
+    assert result.stopped == "other" and result.new_tokens < 8
+    assert greedy.token_ids[:result.new_tokens] == result.token_ids
+
+
 def test_the_chat_template_when_there_is_one(models):
     plain, chat = bpe_tokenizer(), bpe_tokenizer()
     chat.chat_template = CHAT
@@ -132,6 +146,8 @@ def test_the_chat_template_when_there_is_one(models):
                             ({"chat": 1}, "chat must be None, True or False, got 1"),
                             ({"stream": "out.txt"}, "stream must be a function of the new text"),
                             ({"temperature": 1.0, "seed": 1.5}, "seed must be an integer, got 1.5"),  # seeded 1
+                            ({"temperature": 1.0, "seed": 2**64}, r"seed must be a whole number from 0 to 2\*\*64"),
+                            ({"seed": -1}, "seed must be a whole number from 0"),
                             ({"warmup": "yes"}, "warmup must be True or False, got 'yes'")]:
         with pytest.raises(hydrahead.GenerationError, match=message):
             hydrahead.generate_text(model, plain, PROMPT, **kwargs)
@@ -167,6 +183,16 @@ def test_quiet_prints_the_text_alone(models, tokenizer, tmp_path, capsys):
     printed = capsys.readouterr()
     assert printed.out.strip() and printed.err == ""  # no figures, no "Loading weights" bar
     assert hf_logging.is_progress_bar_enabled()  # turned off for the load alone
+
+
+def test_a_prompt_files_last_line_end_is_dropped_crlf_too(models, tokenizer, tmp_path, capsys):
+    hydrahead.save_hybrid(models["hybrid"], tmp_path / "hybrid", tokenizer)
+    for ending in ("\n", "\r\n"):
+        (tmp_path / "prompt.txt").write_bytes((PROMPT + ending).encode())
+        capsys.readouterr()
+        assert main(["generate", str(tmp_path / "hybrid"), "--prompt-file", str(tmp_path / "prompt.txt"),
+                     "--max-new-tokens", "2"]) == 0
+        assert f"prompt: {len(tokenizer(PROMPT).input_ids)} tokens" in capsys.readouterr().err
 
 
 def test_the_prompt_file_may_be_a_pipe(models, tokenizer, tmp_path, capsys):

@@ -96,7 +96,7 @@ def read_prompt(args: argparse.Namespace) -> str:
         text = decode_text(sys.stdin.buffer.read(), GenerationError, "standard input")
     else:
         return args.prompt
-    return text.removesuffix("\n")  # the newline `echo` and editors end a text with
+    return text.removesuffix("\n").removesuffix("\r")  # the newline `echo` and editors end a text with (CRLF too)
 
 
 def run(args: argparse.Namespace) -> int:
