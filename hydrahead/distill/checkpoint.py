@@ -427,8 +427,9 @@ def open_run(output_dir: Path, resume: bool, identity: dict[str, Any], fingerpri
             raise ResumeError(f"--resume: {output_dir} holds a final model but no checkpoint, so nothing can be "
                               "continued; start a fresh run in another output_dir")
         if not has_checkpoint and has_metrics:
-            if is_main:
+            if is_main:  # its records go, TensorBoard's too (they showed beside the new run's, steps repeated)
                 (output_dir / "metrics.jsonl").unlink(missing_ok=True)
+                shutil.rmtree(output_dir / "tensorboard", ignore_errors=True)
             barrier()
             return None  # stopped before its first checkpoint: nothing to continue, so start over
         return load(path, identity, fingerprint, accept, inputs)

@@ -29,7 +29,7 @@ from hydrahead.distill.metrics import MetricsLog
 from hydrahead.distill.recipe import PretrainRecipe
 from hydrahead.distill.stages import PretrainStage
 from hydrahead.distill.trainer import StepCallback, Trainer
-from hydrahead.models.loading import CONFIG_ERRORS, load_tokenizer, one_line
+from hydrahead.models.loading import CONFIG_ERRORS, check_vocabulary, load_tokenizer, one_line
 from hydrahead.utils.io import check_output
 
 FINAL = ckpt.FINAL
@@ -79,8 +79,8 @@ def load_init(model: torch.nn.Module, path: str) -> None:
         state = load_file(weights)
     except (SafetensorError, OSError) as err:
         raise RecipeError(f"init: cannot read {weights} ({err})") from err
-    if model.config.tie_word_embeddings:
-        state.setdefault("lm_head.weight", state.get("model.embed_tokens.weight"))
+    if model.config.tie_word_embeddings and "model.embed_tokens.weight" in state:
+        state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
     expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
@@ -117,6 +117,7 @@ def pretrain(
         tokenizer = load_tokenizer(recipe.tokenizer)
         eos = document_eos(tokenizer, recipe.tokenizer)
         config = model_config(recipe, tokenizer)
+        check_vocabulary(tokenizer, config, recipe.tokenizer, RecipeError)  # else an IndexError in the first step
         identity, fingerprint = recipe.identity(), recipe.fingerprint()
         inputs = ckpt.input_digests(files, recipe.tokenizer, label="tokenizer", weights=False)
         if recipe.init is not None and (Path(recipe.init) / "model.safetensors").is_file():

@@ -111,6 +111,8 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         check(self.r >= 1, "r", f"must be >= 1, got {self.r}")
+        check(self.target_modules is None or len(self.target_modules) > 0, "target_modules",
+              "must name at least one layer, or be left out (every backbone linear layer)")
         check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
 
 
@@ -153,6 +155,8 @@ class StageConfig:
         check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         check(all(0.0 <= b < 1.0 for b in self.betas), "betas", f"must be in [0, 1), got {list(self.betas)}")
         check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
+        check(self.train_files is None or len(self.train_files) > 0, "train_files",
+              "must name at least one file, or be left out (data.train_files)")
 
     @property
     def tokens_per_step(self) -> int:
@@ -381,6 +385,9 @@ class PretrainRecipe(_RecipeFile):
     def __post_init__(self) -> None:
         self.check_seed()
         check("model_type" in self.model, "model", "must name its model_type (e.g. llama)")
+        # what a distillation stage has and pretraining has not: one stage, on data.train_files
+        check(self.stage.train_files is None, "stage.train_files", "is not read by pretrain: use data.train_files")
+        check(not self.stage.skip, "stage.skip", "is not read by pretrain: its one stage always runs")
 
 
 def fingerprint_of(identity: dict[str, Any]) -> str:
@@ -407,7 +414,9 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     *parents, leaf = key.split(".")
     node = data
     for i, parent in enumerate(parents):
-        node = node.setdefault(parent, {})
+        if node.get(parent) is None:  # absent, or left empty in the YAML (`training:`), which reads as defaults
+            node[parent] = {}
+        node = node[parent]
         if not isinstance(node, dict):
             raise RecipeError(f"cannot set {key}: {'.'.join(parents[: i + 1])} is not a section")
     node[leaf] = value

@@ -28,7 +28,7 @@ from hydrahead.errors import DataError, RecipeError, items, shown
 from hydrahead.distill.evaluate import Evaluator, HeldoutPerplexity
 from hydrahead.distill.metrics import MetricsLog, summary_writer
 from hydrahead.distill.recipe import STAGE_NAMES, Recipe
-from hydrahead.distill.stages import STAGES, Stage
+from hydrahead.distill.stages import STAGES, Stage, lora_targets
 from hydrahead.distill.trainer import StepCallback, Trainer
 from hydrahead.models.convert import convert
 from hydrahead.models.families import family_of_config
@@ -194,6 +194,9 @@ def build_student(run_: DistillRun) -> torch.nn.Module:
     calibration = calibration_ids(run_.sources[run_.remaining[0].name]) if run_.remaining else None
     student = convert(run_.teacher, run_.plan, recipe.hybrid_options(), calibration=calibration).to(env.device)
     student.config.use_cache = False
+    for stage in run_.remaining:  # LoRA's layer names, checked before any stage trains, not as their stage starts
+        if (lora := getattr(stage.config, "lora", None)) is not None:
+            lora_targets(student, lora.target_modules)
     if recipe.training.gradient_checkpointing:
         student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if any(s.needs_teacher for s in run_.remaining):

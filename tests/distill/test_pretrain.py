@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from hydrahead.distill import PretrainRecipe, RecipeError, pretrain, read_metrics
@@ -75,6 +76,13 @@ def test_pretrain_recipe_errors_name_the_key(workspace, tmp_path):
         PretrainRecipe.from_dict({**recipe(workspace, tmp_path), "stage": {**tiny_stage(), "lrr": 1}})
     with pytest.raises(RecipeError, match="model: not a valid no-such-model config"):
         pretrain({**recipe(workspace, tmp_path / "x"), "model": {"model_type": "no-such-model"}})
+    # a distillation stage's keys that pretraining does not read: refused, not ignored
+    with pytest.raises(RecipeError, match="stage.train_files is not read by pretrain: use data.train_files"):
+        PretrainRecipe.from_dict({**recipe(workspace, tmp_path), "stage": {**tiny_stage(), "train_files": ["a.txt"]}})
+    with pytest.raises(RecipeError, match="stage.skip is not read by pretrain"):
+        PretrainRecipe.from_dict({**recipe(workspace, tmp_path), "stage": {**tiny_stage(), "skip": True}})
+    with pytest.raises(RecipeError, match="has .* tokens but the model only 8"):  # an IndexError in the first step
+        pretrain({**recipe(workspace, tmp_path / "v"), "model": {**MODEL, "vocab_size": 8}})
     # transformers' strict config validation raises its own error type, not a ValueError
     with pytest.raises(RecipeError, match="not a valid llama config.*multiple of the number of attention heads"):
         pretrain({**recipe(workspace, tmp_path / "y"),
@@ -142,3 +150,9 @@ def test_init_starts_from_a_previous_runs_weights(workspace, tmp_path):
     wider = {**MODEL, "hidden_size": 64}
     with pytest.raises(RecipeError, match="init: .* is not a checkpoint of this model"):
         pretrain({**recipe(workspace, tmp_path / "y"), "model": wider, "init": str(first)})
+    bare = tmp_path / "bare"  # tied embeddings, and no model.embed_tokens.weight (a LlamaModel's keys): was an
+    bare.mkdir()              # AttributeError on None
+    save_file({"embed_tokens.weight": torch.zeros(3, 3)}, bare / "model.safetensors")
+    with pytest.raises(RecipeError, match="init: .* is not a checkpoint of this model"):
+        pretrain({**recipe(workspace, tmp_path / "z"), "model": {**MODEL, "tie_word_embeddings": True},
+                  "init": str(bare)})

@@ -127,6 +127,8 @@ def test_cli_set_overrides(tmp_path):
     assert recipe.stages.align.lr == 5e-4 and recipe.training.progress is False
     with pytest.raises(RecipeError, match="unknown key 'stages.align.lrr'"):
         Recipe.from_yaml(path, {"stages.align.lrr": 1})
+    path.write_text(yaml.safe_dump({**minimal(), "training": None}))  # `training:` left empty: its defaults
+    assert Recipe.from_yaml(path, {"training.progress": False}).training.progress is False  # was "not a section"
 
 
 def test_cli_recipe_errors_are_one_line(tmp_path, capsys):

@@ -230,11 +230,14 @@ def test_a_used_output_dir_is_never_appended_to(workspace, tmp_path):
     for debris in (".final.x1.tmp", ".final.x2.old"):  # a kill during save_final's swap
         (out / debris).mkdir()
         (out / debris / "model.safetensors").write_bytes(b"a model-sized file")
+    (out / "tensorboard" / "align").mkdir(parents=True)  # the dead run's events (TensorBoard on, then off)
+    (out / "tensorboard" / "align" / "events.out.tfevents.1.host").write_bytes(b"steps 1 and 2")
     with pytest.raises(ResumeError, match="holds an earlier run .*metrics.jsonl.*--resume to start it over"):
         run(recipe)
     run(recipe, resume=True)  # starts over: one run's metrics, no duplicates
     assert [m["step"] for m in read_metrics(out) if "loss" in m] == [1, 2, 3, 4]
     assert not list(out.glob(".*.tmp")) and not list(out.glob(".*.old"))
+    assert not (out / "tensorboard").exists()  # its steps showed beside the new run's
 
 
 def test_a_checkpoint_whose_identity_has_gradient_checkpointing_resumes(workspace, tmp_path):
