@@ -221,7 +221,8 @@ class HeadPlan:
                granularity: str = "query_head") -> HeadPlan:
         """The global-random baseline: `from_scores` with scores drawn uniformly at random (seeded)."""
         layers, heads, kv = _model_shape(config)
-        rng = _random.Random(integer(seed, "seed", PlanError))  # None: another plan at every call
+        seed = integer(seed, "seed", PlanError)  # None: another plan at every call
+        rng = _random.Random(seed)
         rows = [[rng.random() for _ in range(heads)] for _ in range(layers)]
         plan = cls._screen(rows, kv, ratio, min_per_layer, granularity, "random")
         return cls(plan.fa_heads, heads, kv, meta={**plan.meta, "seed": seed})
@@ -231,6 +232,7 @@ class HeadPlan:
         """The fixed per-layer allocation baseline: the k best heads of every layer (7:1 with 16 heads: k=2)."""
         rows, kv = _checked_scores(scores, config)
         heads = len(rows[0])
+        k = integer(k, "k", PlanError)  # 2.0: a slice's TypeError; True: taken as 1
         if not 1 <= k <= heads:
             raise PlanError(f"k must be between 1 and {heads} heads per layer, got {k}")
         fa, tied = _select(rows, len(rows) * k, k)

@@ -49,13 +49,15 @@ def probe_config_from(args: argparse.Namespace, base=None, model_config=None):
 
     from hydrahead.errors import ProbeError
     from hydrahead.models.shape import positions
+    from hydrahead.needles import file_sentences
 
     if args.probes_file and args.haystack:
         raise ProbeError(f"--probes-file gives the haystack; --haystack {args.haystack} would ignore it: give one")
     overrides = {}
     if base is None and model_config is not None:
         overrides["context_length"] = default_context_length(model_config)
-    if args.probes_file:
+    if args.probes_file:  # read now, before the (slow) load: a missing, binary or empty file is named at once
+        file_sentences(args.probes_file)
         overrides.update(haystack="files", haystack_files=tuple(args.probes_file))
     if args.haystack:
         overrides["haystack"] = args.haystack

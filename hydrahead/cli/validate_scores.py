@@ -1,8 +1,9 @@
 """Check head scores: NIAH accuracy with the top-k scored heads ablated versus k random other heads
 (one set per seed), and agreement (Spearman, top-k Jaccard) between methods and `patching`.
 
-Ablation runs on fresh probes (the scores' probe settings with the seed + 1, unless --probe-seed);
-agreement compares methods on the scores' own probes. Methods not given with --compare are computed
+Ablation runs on fresh probes (the scores' probe settings with the seed + 1, unless --probe-seed; the
+probe options given here change them); agreement compares methods on the scores' own probes, whatever the
+probe options say. Methods not given with --compare are computed
 (patching is the slow one: a forward per batch of heads), with the sender term where the --scores file has
 one (--senders / --no-senders choose); --no-agreement skips this.
 
@@ -80,10 +81,15 @@ def run(args: argparse.Namespace) -> int:
     saved = scores.metadata.get("probe_config")
     base = probe_config_of(saved, args.scores) if saved else None
     chosen = probe_config_from(args, base, model_config=model_config)  # every flag given, --probe-seed too
-    # the agreement table compares methods on the scores' own probes (their seed whatever --probe-seed says);
-    # ablation runs on probes the scores have not seen: --probe-seed, else the scores' seed + 1
+    # the agreement table compares methods on the scores' own probes: their settings and seed, whatever the probe
+    # flags say (those set the ablation's; --probes-file names the scores' haystack files from here); ablation
+    # runs on probes the scores have not seen: --probe-seed, else the scores' seed + 1
     scores_seed = base.seed if base is not None else ProbeConfig().seed
-    scoring_config = ProbeConfig.from_dict({**chosen.to_dict(), "seed": scores_seed})
+    if base is not None:
+        moved = {"haystack_files": chosen.haystack_files} if args.probes_file and base.haystack == "files" else {}
+        scoring_config = ProbeConfig.from_dict({**base.to_dict(), **moved})
+    else:
+        scoring_config = ProbeConfig.from_dict({**chosen.to_dict(), "seed": scores_seed})
     validation_config = ProbeConfig.from_dict({**chosen.to_dict(), "seed": scores_seed + 1}) \
         if args.probe_seed is None else chosen
     if chosen.haystack == "files":  # the scores file's own haystack files, before the (slow) load

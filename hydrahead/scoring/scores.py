@@ -16,7 +16,7 @@ import numpy as np
 
 from hydrahead.models.shape import ModelShape
 from hydrahead.scoring.combine import top_heads
-from hydrahead.errors import ScoringError, shown
+from hydrahead.errors import ScoringError, integer, shown
 from hydrahead.utils.io import read_json, save_figure, write_json
 
 METHODS = ("patching", "attribution", "retrieval")
@@ -44,6 +44,7 @@ class HeadScores:
             raise ScoringError(f"head scores must be a non-empty (layers, heads) array, got shape {self.values.shape}")
         if not np.isfinite(self.values).all():
             raise ScoringError("head scores contain NaN or infinite values")
+        self.num_kv_heads = integer(self.num_kv_heads, "num_kv_heads", ScoringError)  # 2.0 failed in a reshape
         if self.num_kv_heads <= 0 or self.num_heads % self.num_kv_heads:
             raise ScoringError(f"{self.num_heads} query heads are not a multiple of num_kv_heads={self.num_kv_heads}")
         self.components = {k: np.asarray(v, dtype=np.float64) for k, v in self.components.items()}
@@ -88,6 +89,7 @@ class HeadScores:
     # ------------------------------------------------------------------------------------ rankings
     def top_k(self, k: int) -> list[tuple[int, int]]:
         """The k highest-scoring (layer, head) pairs, best first (ties: lower layer, then lower head)."""
+        k = integer(k, "top-k", ScoringError)  # 2.0 failed in a slice
         if not 0 <= k <= self.values.size:
             raise ScoringError(f"top-k must be between 0 and {self.values.size} heads, got {k}")
         return top_heads(self.values, k)

@@ -40,6 +40,8 @@ def teacher_forced_accuracy(model: nn.Module, probes: Sequence[Probe], heads: Se
     answer position, what greedy decoding would produce; `hydrahead.eval.niah` instead generates), with
     `heads` ablated (mean: over `means`, default the probes' own clean prompts). Probes of one length run
     as one batch."""
+    if not probes:  # the fraction of none
+        raise ScoringError("teacher_forced_accuracy needs at least one probe")
     device = next(model.parameters()).device
     if heads and mode == "mean" and means is None:
         means = head_means(model, probes)
@@ -171,6 +173,9 @@ def validate_scores(model: nn.Module, probes: Sequence[Probe], scores: HeadScore
         raise ScoringError("validation needs at least one probe")
     check_probe_ids(probes, model)
     check_top_k(top_k, scores.values.size)
+    if scores.method in (compare or {}):  # it would replace the scores being validated in the agreement table
+        raise ScoringError(f"compare holds {scores.method} scores, the method of the scores being validated: the "
+                           "agreement table has one row per method; give other methods' scores")
     top = scores.top_k(top_k)
     others = [(l, h) for l in range(scores.num_layers) for h in range(scores.num_heads) if (l, h) not in set(top)]
     randoms = [sorted(random.Random(seed).sample(others, top_k)) for seed in seeds]

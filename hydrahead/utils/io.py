@@ -123,6 +123,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def _finite(obj):
     import math
 
+    if getattr(obj, "ndim", None) == 0 and hasattr(obj, "item"):  # numpy's scalars, 0-d arrays and tensors
+        obj = obj.item()
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
@@ -134,7 +136,8 @@ def _finite(obj):
 
 def write_json(path: str | Path, obj, indent: int | None = 1) -> None:
     """`obj` as strict JSON, atomically: NaN and infinities (a correlation of constant scores) become null,
-    so every file we write parses anywhere."""
+    so every file we write parses anywhere; numpy's scalars (a caller's np.float32 threshold, say, kept in a
+    file's metadata) are written as the numbers they hold, not refused after the work that made the file."""
     import json
 
     atomic_write_text(path, json.dumps(_finite(obj), indent=indent, allow_nan=False) + "\n")

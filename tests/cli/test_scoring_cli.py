@@ -101,15 +101,19 @@ def test_probe_seed_picks_the_ablation_probes_and_leaves_the_agreement_on_the_sc
     real = hydrahead.scoring.build_probes
 
     def build_probes(tokenizer, config, **kwargs):
-        seeds.append(config.seed)
+        seeds.append((config.seed, config.samples))
         return real(tokenizer, config, **kwargs)
 
     monkeypatch.setattr(hydrahead.scoring, "build_probes", build_probes)
-    for flags, ablation_seed in (([], 1), (["--probe-seed", "5"], 5), (["--probe-seed", "0"], 0)):
+    samples = HeadScores.from_json(out / "retr.json").metadata["probe_config"]["samples"]
+    for flags, ablation_seed, ablation_samples in (([], 1, samples), (["--probe-seed", "5"], 5, samples),
+                                                   (["--probe-seed", "0"], 0, samples),
+                                                   (["--samples", str(samples + 1)], 1, samples + 1)):
         capsys.readouterr()
         assert main(["validate-scores", "--model", model, "--scores", str(out / "retr.json"), "--top-k", "2",
                      "--seeds", "1", *flags]) == 0
-        assert seeds == [0, ablation_seed]  # agreement on the scores' probes (seed 0), then the ablation's
+        # agreement on the scores' probes (seed 0, their samples; --samples was applied to it too), then the ablation's
+        assert seeds == [(0, samples), (ablation_seed, ablation_samples)]
         seeds.clear()
         assert ("the ablation runs on the probes that chose the heads" in capsys.readouterr().out) == (
             ablation_seed == 0)
@@ -129,6 +133,14 @@ def test_a_scores_files_haystack_file_is_checked_before_the_model_loads(teacher_
     assert main(["validate-scores", "--model", model, "--scores", str(tmp_path / "s.json")]) == 2
     err = capsys.readouterr().err
     assert "haystack file" in err and "haystack.txt is not found" in err and len(err.strip().splitlines()) == 1
+    # a --probes-file given here, missing or empty: read before the load (it was read when the probes were built)
+    (tmp_path / "empty.txt").write_text(" \n")
+    for name, message in (("missing.txt", "missing.txt"), ("empty.txt", "contain no text")):
+        for command in (["score", "--method", "retrieval", "--out", str(tmp_path / "t.json")],
+                        ["validate-scores", "--scores", str(tmp_path / "s.json")]):
+            assert main([*command, "--model", model, "--probes-file", str(tmp_path / name)]) == 2
+            err = capsys.readouterr().err
+            assert message in err and len(err.strip().splitlines()) == 1, (command, err)
 
 
 def test_baseline_plans(teacher_dir, capsys):

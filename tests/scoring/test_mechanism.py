@@ -92,6 +92,15 @@ def test_methods_agree_on_this_model(trained):
     assert scores["retrieval"].values[top1] >= 0.5
 
 
+def test_validation_refuses_its_own_method_in_compare_and_no_probes(trained):
+    model, probes, scores = trained
+    with pytest.raises(ScoringError, match="compare holds patching scores, the method of the scores being validated"):
+        validate_scores(model, probes, scores["patching"], top_k=2, seeds=(0,),
+                        compare={"patching": scores["attribution"]})  # silently replaced them in the table
+    with pytest.raises(ScoringError, match="needs at least one probe"):
+        teacher_forced_accuracy(model, [])  # ZeroDivisionError
+
+
 def test_plan_from_trained_scores_keeps_the_recall_heads(trained):
     _, _, scores = trained
     plan = HeadPlan.from_scores(scores["patching"], ratio="3:1", min_per_layer=0)  # 2 of 8 heads

@@ -1,5 +1,7 @@
 """Activation and path patching invariants on tiny random models."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -181,6 +183,15 @@ def test_scoring_errors(probes):
 def test_method_options_out_of_range_are_refused(probes, options, message):
     with pytest.raises(ScoringError, match=message):
         score_heads(make_teacher("qwen3"), probes=probes, **options)
+
+
+def test_numpy_options_are_saved_as_the_numbers_they_hold(probes, tmp_path):
+    """A sweep over np.arange or np.float32 values: the file was refused (TypeError in json) after the scoring."""
+    scores = score_heads(make_teacher("qwen3"), probes=probes, method="attribution", threshold=np.float32(0.5),
+                         max_rounds=np.int64(1))
+    scores.to_json(tmp_path / "s.json")
+    saved = json.loads((tmp_path / "s.json").read_text())["metadata"]
+    assert saved["threshold"] == 0.5 and saved["senders"] is True
 
 
 def test_probes_of_another_models_tokenizer_are_refused(probes):

@@ -107,6 +107,19 @@ def test_fixed_per_layer():
     assert plan.meta == {"method": "patching", "allocation": "fixed_per_layer", "k": 2}
 
 
+def test_baselines_take_whole_numbers_and_save_numpy_ones(tmp_path):
+    import numpy as np
+
+    from hydrahead.models.shape import ModelShape
+
+    HeadPlan.random(ModelShape(2, 4, 2), "1:1", seed=np.int64(3)).to_json(tmp_path / "p.json")  # was a TypeError
+    assert HeadPlan.from_json(tmp_path / "p.json").meta["seed"] == 3
+    scores = np.random.rand(2, 4)
+    for k, message in ((2.0, "k must be an integer, got 2.0"), (True, "k must be an integer, got True")):
+        with pytest.raises(PlanError, match=message):  # a slice's TypeError; True was taken as 1
+            HeadPlan.fixed_per_layer(scores, k)
+
+
 def test_plans_print_their_summary():
     plan = HeadPlan.from_scores(random_scores(), "7:1")
     text = plan.summary()

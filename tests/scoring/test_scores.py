@@ -72,6 +72,18 @@ def test_bad_files(tmp_path):
             HeadScores.from_json(tmp_path / "edited.json")
 
 
+def test_numpy_and_float_head_counts(tmp_path):
+    """np.int64 KV heads were kept as given (a file json could not write); 2.0 failed in a reshape, and its file
+    was refused by from_json; a float top-k failed in a slice."""
+    saved = HeadScores(np.random.rand(2, 4), "patching", np.int64(2))
+    saved.to_json(tmp_path / "s.json")
+    assert type(HeadScores.from_json(tmp_path / "s.json").num_kv_heads) is int
+    with pytest.raises(ScoringError, match="num_kv_heads must be an integer, got 2.0"):
+        HeadScores(np.random.rand(2, 4), "patching", 2.0)
+    with pytest.raises(ScoringError, match="top-k must be an integer, got 2.0"):
+        saved.top_k(2.0)
+
+
 def test_numpy_numbers_in_a_mapping_are_numbers():
     data = {"method": "patching", "values": [[np.float32(0.5), np.int64(1)]], "num_kv_heads": 1}
     assert HeadScores.from_dict(data).values.tolist() == [[0.5, 1.0]]
