@@ -67,11 +67,9 @@ class HybridStateMixin:
             self.keep_conv_inputs(window[:, window.shape[1] - keep :], kernel_size)
             return window
         window = torch.cat([self.conv_states[0], x], dim=1)
-        last = window[:, window.shape[1] - keep :]
-        if x.shape[1] == 1 and not self.static_addresses:
-            self.conv_states[0] = last  # a decode step, no copy: a view of the window (a captured graph could not)
-        else:  # (a view would keep a long window alive)
-            self.keep_conv_inputs(last, kernel_size)
+        # copied, not kept as a view: a view keeps the whole window alive (a decode step's: kernel_size inputs
+        # held for the kernel_size - 1 the cache's byte count and the plan's figure say)
+        self.keep_conv_inputs(window[:, window.shape[1] - keep :], kernel_size)
         return window
 
     def conv_inputs_before(self, x: torch.Tensor, kernel_size: int) -> torch.Tensor | None:
@@ -337,16 +335,28 @@ class HybridHeadCache(DynamicCache):
                 layer.to_device(device)
 
     def nbytes(self) -> dict[str, int]:
-        """Bytes held now: {'kv': ..., 'recurrent': ..., 'conv': ...} (a static cache's K/V at full size)."""
+        """Bytes held now: {'kv': ..., 'recurrent': ..., 'conv': ...} (a static cache's K/V at full size), as the
+        memory its tensors keep alive: a view counts its whole storage, and a storage shared is counted once."""
         total = {"kv": 0, "recurrent": 0, "conv": 0}
+        seen: set[int] = set()
+
+        def held(tensor: torch.Tensor) -> int:
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() == 0:  # on the meta device (or empty): no address to tell storages apart by
+                return tensor.nbytes
+            if storage.data_ptr() in seen:
+                return 0
+            seen.add(storage.data_ptr())
+            return storage.nbytes()
+
         for layer in self.layers:
             if layer.is_initialized:
-                total["kv"] += layer.keys.nbytes + layer.values.nbytes
+                total["kv"] += held(layer.keys) + held(layer.values)
             for i in range(layer.number_of_states):
                 if layer.is_recurrent_states_initialized[i]:
-                    total["recurrent"] += layer.recurrent_states[i].nbytes
+                    total["recurrent"] += held(layer.recurrent_states[i])
                 if layer.is_conv_states_initialized[i]:
-                    total["conv"] += layer.conv_states[i].nbytes
+                    total["conv"] += held(layer.conv_states[i])
         return total
 
 

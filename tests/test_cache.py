@@ -130,6 +130,14 @@ def test_cache_nbytes_counts_the_states_and_kv_the_plan_implies(max_cache_len, f
     held = cache_nbytes(cache)
     assert held["recurrent"] > 0 and held["conv"] > 0
     assert sum(held.values()) == figures["kv_bytes_per_token"] * tokens + figures["state_bytes_per_sequence"]
+    with torch.no_grad():  # decode steps: the conv state was kept as a view of the step's whole K-input window,
+        for _ in range(2):  # which held K inputs' bytes for the K - 1 counted (a view's storage is counted now)
+            model(ids[:, :1], past_key_values=cache, use_cache=True)
+    positions = 9 if max_cache_len is None else max_cache_len
+    held = cache_nbytes(cache)
+    assert sum(held.values()) == figures["kv_bytes_per_token"] * positions + figures["state_bytes_per_sequence"]
+    windows = [layer.conv_states[0] for layer in cache.layers if layer.is_conv_states_initialized[0]]
+    assert held["conv"] == sum(w.untyped_storage().nbytes() for w in windows)  # what the cache keeps alive
     assert cache_nbytes(plain) == {"kv": figures["teacher_kv_bytes_per_token"] * tokens}
 
 
