@@ -80,11 +80,14 @@ def _models(args, length: int, what: str) -> tuple[list[tuple[str, str]], list[s
     """(label, path) pairs, every directory and tokenizer checked before any model is loaded, and a note for
     each model evaluated beyond the length it was built for. A model whose positions index a learned table
     (GPT-2) cannot address more: refused here, in one line. A rotary one can: an extrapolation test, noted."""
-    from hydrahead.eval.report import model_labels
+    from hydrahead.eval.report import REPORT_FILES, model_labels
     from hydrahead.models.loading import check_model_dirs, read_config
     from hydrahead.models.shape import check_positions, positions
 
-    outputs_apart({"--out": args.out}, {"--models": args.models})  # a report written into a model's directory
+    # a report written into a model's directory, or over a document or haystack file this command reads
+    reports = {f"--out {Path(args.out) / name}": Path(args.out) / name for name in REPORT_FILES[args.subcommand]}
+    outputs_apart({"--out": args.out, **reports}, {"--models": args.models, "--data": getattr(args, "data", None),
+                                                   "--haystack-files": getattr(args, "haystack_files", None)})
     check_model_dirs(args.models)
     models, notes = list(zip(model_labels(args.models), args.models)), []
     for label, path in models:
@@ -101,16 +104,19 @@ def _models(args, length: int, what: str) -> tuple[list[tuple[str, str]], list[s
 
 def run_niah(args: argparse.Namespace) -> list[Path]:
     from hydrahead.eval import Haystack, evaluate_niah, load_model, load_tokenizer, make_examples, parse_tasks
+    from hydrahead.eval.niah import prepare_tokenizer
     from hydrahead.eval.report import write_report
 
     lengths, depths, tasks = args.lengths, parse_depths(args.depths), parse_tasks(args.tasks)
     haystack = Haystack.named(args.haystack, args.haystack_files, args.seed)
     models, notes = _models(args, max(lengths), "--lengths")
-    records, started = [], time.time()
-    for label, path in models:
-        tokenizer = load_tokenizer(path)
-        examples = make_examples(tokenizer, tasks, lengths, depths, args.samples, args.seed, haystack,
-                                 progress=not args.no_progress)
+    records, started, prompts = [], time.time(), []
+    for label, path in models:  # every model's prompts before any model runs: a length too short for a task or a
+        tokenizer = prepare_tokenizer(load_tokenizer(path))  # tokenizer without pad or EOS stops the run at once,
+        prompts.append((label, path, tokenizer, make_examples(  # not after the models before it (the report is
+            tokenizer, tasks, lengths, depths, args.samples, args.seed, haystack,  # written at the end)
+            progress=not args.no_progress)))
+    for label, path, tokenizer, examples in prompts:
         model = load_model(path, run_dtype(args), args.device)
         records += evaluate_niah(model, tokenizer, examples, label, args.batch_tokens, not args.no_progress)
         del model

@@ -78,7 +78,15 @@ def generate_answers(model: Any, tokenizer: Any, batch: Sequence[Example]) -> li
     )
     extra = {"past_key_values": HybridHeadCache(model.config)} if is_hybrid(model) else {}
     device = _device(model)
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config, **extra)
+    # Plain greedy decoding: generate fills every setting left unset from the model's own generation config, so a
+    # checkpoint's repetition penalty (Qwen2.5-Instruct's 1.05-1.1, which also weighs against copying the
+    # needle), n-gram ban, beams or stop strings would reach the evaluation; they are set aside for the call.
+    kept, model.generation_config = model.generation_config, GenerationConfig()
+    try:
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                             **extra)
+    finally:
+        model.generation_config = kept
     new = out[:, width:].cpu()  # (B, generated)
     return [tokenizer.decode(new[i, : e.max_new_tokens], skip_special_tokens=True) for i, e in enumerate(batch)]
 

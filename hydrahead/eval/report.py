@@ -172,9 +172,14 @@ def plot_niah_heatmaps(records: Sequence[NiahRecord], summary: list[dict], path:
     _save(fig, path)
 
 
+# the files each report writes into its directory (the CLI keeps them apart from the files it reads)
+REPORT_FILES = {"niah": ("niah.json", "niah.md", "niah_accuracy.png", "niah_heatmap.png"),
+                "ppl": ("ppl.json", "ppl.md", "ppl_by_position.png")}
+
+
 def write_niah_report(out_dir: Path, records: Sequence[NiahRecord], meta: dict[str, Any]) -> list[Path]:
     summary = niah_summary(records)
-    paths = [out_dir / "niah.json", out_dir / "niah.md", out_dir / "niah_accuracy.png", out_dir / "niah_heatmap.png"]
+    paths = [out_dir / name for name in REPORT_FILES["niah"]]
     payload = {"meta": meta, "summary": summary, "records": [asdict(r) for r in records]}
     write_json(paths[0], payload)
     atomic_write_text(paths[1], niah_markdown(records, summary) + _notes(meta))
@@ -231,7 +236,7 @@ def plot_ppl(results: Sequence[PerplexityResult], path: Path) -> None:
 
 
 def write_ppl_report(out_dir: Path, results: Sequence[PerplexityResult], meta: dict[str, Any]) -> list[Path]:
-    paths = [out_dir / "ppl.json", out_dir / "ppl.md", out_dir / "ppl_by_position.png"]
+    paths = [out_dir / name for name in REPORT_FILES["ppl"]]
     payload = {
         "meta": meta,
         "results": [{**asdict(r), "buckets": r.buckets, "ppl": r.ppl, "overall_ppl": r.overall_ppl} for r in results],

@@ -196,6 +196,8 @@ def make_example(
     haystack: Haystack | None = None,
 ) -> Example:
     """One prompt of `task` for `tokenizer` that, with its generation budget, fills `length` tokens."""
+    if task == "all":  # parse_tasks' first task alone would pass for it
+        raise EvalError("make_example builds one task's prompt: give one task name (make_examples takes 'all')")
     spec = task if isinstance(task, TaskSpec) else parse_tasks([task])[0]
     if not 0.0 <= depth <= 1.0:
         raise EvalError(f"depth must be in [0, 1], got {depth}")
@@ -257,8 +259,8 @@ def make_examples(
     length or depth given twice is one cell of the grid (its prompts would be the same ones again)."""
     from tqdm.auto import tqdm
 
-    specs = list(dict.fromkeys(t if isinstance(t, TaskSpec) else parse_tasks([t])[0]
-                               for t in _axis(tasks, "tasks", "['niah_single_1']")))
+    specs = list(dict.fromkeys(spec for t in _axis(tasks, "tasks", "['single_number']")  # "all": every task
+                               for spec in ([t] if isinstance(t, TaskSpec) else parse_tasks([t]))))
     lengths = [integer(n, "each length", EvalError) for n in _axis(lengths, "lengths", "[1024, 4096]")]
     depths = _axis(depths, "depths", "[0.0, 0.5, 1.0]")
     if integer(samples, "samples", EvalError) < 1:  # 0 gave no prompts and no error

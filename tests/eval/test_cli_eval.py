@@ -68,6 +68,34 @@ def test_errors_are_one_line(model_dirs, tmp_path, capsys):
     assert "data file(s) not found" in err and not out  # before the models' notes (8k is beyond their window)
 
 
+def test_a_report_never_replaces_a_file_the_command_reads(model_dirs, tmp_path, capsys):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "niah.md").write_text("My own notes. " * 200)  # a haystack file where the report would go
+    assert main(["eval", "niah", "--models", str(model_dirs["hybrid"]), "--haystack", "files", "--haystack-files",
+                 str(notes / "niah.md"), "--out", str(notes), "--no-progress"]) == 2
+    assert "is the --haystack-files file this command reads" in capsys.readouterr().err
+    assert main(["eval", "ppl", "--models", str(model_dirs["hybrid"]), "--data", str(notes), "--out", str(notes),
+                 "--no-progress"]) == 2
+    assert "--out " + str(notes) + " is the --data directory this command reads" in capsys.readouterr().err
+
+
+def test_every_models_prompts_are_built_before_any_model_runs(model_dirs, tmp_path, capsys, monkeypatch):
+    """A second model whose tokenizer has no pad or EOS token (or cannot fit a task in the length) failed after the
+    first model had run, and the first model's results were lost with it."""
+    import hydrahead.eval
+    from tests.conftest import make_teacher
+    from tests.toy_tokenizer import char_tokenizer
+
+    chars = tmp_path / "chars"  # a character tokenizer: the same template takes far more tokens
+    make_teacher("qwen3").save_pretrained(chars)
+    char_tokenizer().save_pretrained(chars)
+    monkeypatch.setattr(hydrahead.eval, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert main(["eval", "niah", "--models", str(model_dirs["hybrid"]), str(chars), "--lengths", "256",
+                 "--tasks", "single_number", "--samples", "1", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert "chars' has neither a pad nor an EOS token" in capsys.readouterr().err
+
+
 def test_a_ppl_length_without_a_prediction_is_refused_before_any_model_loads(model_dirs, tmp_path, capsys,
                                                                               monkeypatch):
     import hydrahead.eval

@@ -133,6 +133,22 @@ def test_a_sweep_past_the_window_is_not_warned_of_by_transformers(tokenizer, mod
     assert records and records[0].prompt_tokens > 64 and not seen
 
 
+@pytest.mark.parametrize("name", ["teacher", "hybrid"])
+def test_the_checkpoints_generation_settings_are_set_aside(tokenizer, models, name):
+    """Answers are plain greedy: generate filled every setting left unset from the model's generation config
+    (a repetition penalty such as Qwen2.5-Instruct's, an n-gram ban, beams), which changed them."""
+    model = models[name]
+    examples = make_examples(tokenizer, ["single_number", "vt"], [320], [0.0, 0.5], samples=1)
+    plain = [r.prediction for r in evaluate_niah(model, tokenizer, examples, progress=False)]
+    kept = model.generation_config
+    model.generation_config.no_repeat_ngram_size, model.generation_config.repetition_penalty = 1, 5.0
+    try:
+        assert [r.prediction for r in evaluate_niah(model, tokenizer, examples, progress=False)] == plain
+        assert model.generation_config is kept and kept.repetition_penalty == 5.0  # given back as it was
+    finally:
+        model.generation_config.no_repeat_ngram_size = model.generation_config.repetition_penalty = None
+
+
 @pytest.mark.parametrize("name", ["hybrid", "teacher"])
 def test_batching_does_not_change_answers(tokenizer, models, name):
     examples = make_examples(tokenizer, ["single_number", "vt"], [320], [0.0, 0.5], samples=1)

@@ -114,6 +114,12 @@ def test_errors(tokenizer):
     with pytest.raises(EvalError, match="unknown task"):
         parse_tasks("single_number,needle")
     assert [t.name for t in parse_tasks("all")] == list(TASKS)
+    # "all" in a list is every task (it was the first alone), and no single prompt
+    assert {e.task for e in make_examples(tokenizer, ["all"], [LENGTH], [0.5], samples=1)} == set(TASKS)
+    with pytest.raises(EvalError, match="make_example builds one task's prompt"):
+        make_example("all", tokenizer, LENGTH, 0.5)
+    with pytest.raises(EvalError, match=r"such as \['single_number'\]"):  # a name parse_tasks takes
+        make_examples(tokenizer, [], [LENGTH], [0.5])
     assert [t.name for t in parse_tasks("vt, multikey")] == ["vt", "multikey"]
 
 
