@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from hydrahead.layers.hybrid_attention import HybridAttention
-from hydrahead.models.families import family_of
+from hydrahead.models.families import check_not_quantized, family_of
 from hydrahead.models.heads import HeadHooks
 from hydrahead.models.hybrid import HYBRID_CLASSES
 from hydrahead.errors import OptionsError, PlanError, shown
@@ -158,6 +158,7 @@ def convert(
                  head's mean over random tokens is not its mean over text, and starting from it was measured
                  to do harm (docs/real_models.md section 7)."""
     family = family_of(model)
+    check_not_quantized(model.config)  # a quantized model's state holds packed weights and their scales
     if not isinstance(plan, HeadPlan):
         raise PlanError(f"plan must be a HeadPlan (HeadPlan.from_json, HeadPlan.from_dict), got {shown(plan)}")
     if options is not None and not isinstance(options, HybridOptions):

@@ -72,7 +72,20 @@ def family_of_config(config: Any, what: str = "the model") -> Family:
             f"{what} is a {model_type!r} model; hydrahead works on Qwen3, Qwen2, Llama and Mistral decoder LLMs "
             f"(model_type {', '.join(FAMILIES)})"
         )
+    check_not_quantized(config, what)
     return FAMILIES[key]
+
+
+def check_not_quantized(config: Any, what: str = "the model") -> None:
+    """UnsupportedModelError for a pre-quantized checkpoint (bitsandbytes, GPTQ, AWQ, FP8): its weights are
+    packed or scaled, and conversion copies (and distillation trains) full-precision ones."""
+    quantized = config.get("quantization_config") if isinstance(config, dict) else getattr(
+        config, "quantization_config", None)
+    if quantized:
+        method = (quantized.get("quant_method") if isinstance(quantized, dict)
+                  else getattr(quantized, "quant_method", None))
+        raise UnsupportedModelError(f"{what} is quantized ({method or 'quantization_config'}): conversion copies "
+                                    "full-precision weights; give the original (bf16, fp16 or fp32) checkpoint")
 
 
 def family_of(model: Any) -> Family:

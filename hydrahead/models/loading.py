@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -196,8 +197,8 @@ def _checked(model_class: Any, path: Path, refused: Sequence[str], errors: tuple
         except ArithmeticError as err:  # a config whose checks pass but whose model cannot be built (zero heads)
             raise (CheckpointError(f"{path} is not a readable GGUF model: {one_line(err)}") if where
                    else invalid_config(path, err)) from err
-        except (OSError, RuntimeError, KeyError, *CONFIG_ERRORS, *errors) as err:
-            detail = _mismatch(report)
+        except (OSError, RuntimeError, KeyError, ImportError, *CONFIG_ERRORS, *errors) as err:  # ImportError: a
+            detail = _mismatch(report)  # quantized checkpoint whose package (bitsandbytes, ...) is not installed
             report.shown = detail is None  # the table is the detail transformers' message points at
             raise CheckpointError(f"could not load the model in {path}: {detail or one_line(err)}") from err
         what = {"missing_keys": "missing tensor(s)", "unexpected_keys": "unexpected tensor(s)"}
@@ -281,7 +282,8 @@ def load_tokenizer(path: str | Path) -> Any:
             check_config(path)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError, TypeError, KeyError) as err:
+        except Exception as err:  # the tokenizers library raises a bare Exception for a damaged tokenizer.json,
+            # sentencepiece a RuntimeError for a damaged tokenizer.model (a truncated download, say)
             raise CheckpointError(f"no usable tokenizer in {path}: {one_line(err)[:200]}; {_SAVE_ONE}") from err
     # transformers builds an empty tokenizer from config.json alone when no tokenizer files are there
     if len(tokenizer) < 2 or not tokenizer("The grass is green.", add_special_tokens=False)["input_ids"]:
@@ -341,6 +343,15 @@ def check_output_dir(path: str | Path, keep: Sequence[str | Path] = (), hybrid: 
     earlier hybrid only (a hybrid never replaces a teacher). Anything else, and any directory in `keep` (the
     model being converted), is refused before any work starts: nothing a user keeps is deleted."""
     path = Path(path)
+    if path.is_symlink():  # saved where it points: the rename that puts a checkpoint in place would replace the link
+        path = path.resolve()
+    if os.path.ismount(path):
+        raise CheckpointError(f"cannot save a checkpoint to {path}: it is a mount point, which a new checkpoint "
+                              "cannot be renamed onto; give a new directory inside it")
+    if path.is_dir() and not os.access(path.parent, os.W_OK | os.X_OK):
+        raise CheckpointError(f"cannot save a checkpoint to {path}: its parent directory {path.parent} is not "
+                              "writable, and a checkpoint is written beside the directory and renamed into place; "
+                              "give a directory inside one you can write to")
     try:  # a file in the way, a parent that is a file, no permission: the one check every output gets; and the
         # input model itself or a directory inside it (`convert --model M --out M/hybrid`), as every command's
         check_output(path, "directory")
@@ -368,6 +379,19 @@ def check_output_dir(path: str | Path, keep: Sequence[str | Path] = (), hybrid: 
                                       "hybrid (a teacher?), which a hybrid never replaces; choose a new or empty "
                                       "directory")
     return path
+
+
+def _sync(directory: Path, files: bool = True) -> None:
+    """fsync every file in `directory` (with `files`) and the directory itself (its entries)."""
+    for entry in (directory.iterdir() if files else ()):
+        if entry.is_file():
+            with open(entry, "rb") as f:
+                os.fsync(f.fileno())
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: torch.dtype | str | None = None,
@@ -420,11 +444,13 @@ def save_hybrid(model: Any, path: str | Path, tokenizer: Any = None, *, dtype: t
             if file.is_file():
                 file.chmod(mode)
         tmp.chmod(new_file_mode(directory=True))  # mkdtemp's is 0700: others could not read the checkpoint
+        _sync(tmp)  # on disk before it replaces anything: a crash then leaves the old checkpoint or the new one
         if path.exists():  # the earlier checkpoint stays whole until the new one is in place
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             path.rename(old)  # onto the empty directory just made: rename replaces it
             moved_aside = True
         tmp.rename(path)
+        _sync(path.parent, files=False)  # the renames themselves, before the earlier checkpoint is deleted
     except HydraHeadError:
         raise
     except OSError as err:

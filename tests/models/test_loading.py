@@ -445,3 +445,66 @@ def test_transformers_load_report_is_shown_when_a_teacher_loads_and_held_back_wh
         assert not [r for r in seen if "LOAD REPORT" in r.getMessage()]
     finally:
         logging.getLogger("transformers").removeHandler(handler)
+
+
+def test_a_damaged_tokenizer_file_is_one_line(saved, tmp_path):
+    """The tokenizers library raises a bare Exception for a damaged tokenizer.json (a truncated download): it was
+    a traceback in every command."""
+    from tests.eval.conftest import bpe_tokenizer
+
+    _, path = saved
+    bpe_tokenizer().save_pretrained(path)
+    (path / "tokenizer.json").write_text('{"added_tokens": [], "model": {"type": "WordLevel", "vocab": 5}}')
+    with pytest.raises(hydrahead.CheckpointError, match="no usable tokenizer in"):
+        hydrahead.load_tokenizer(path)
+
+
+def test_a_quantized_checkpoint_is_refused_in_one_line(saved, tmp_path):
+    """Its package missing, transformers' ImportError was a traceback; installed, conversion met packed weights."""
+    teacher = tmp_path / "teacher"
+    make_teacher("qwen3").save_pretrained(teacher)
+    config = json.loads((teacher / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (teacher / "config.json").write_text(json.dumps(config))
+    with pytest.raises(hydrahead.UnsupportedModelError, match=r"is quantized \(bitsandbytes\): conversion copies"):
+        hydrahead.load_model(teacher, supported=True)
+    with pytest.raises(hydrahead.CheckpointError, match="could not load the model in"):
+        hydrahead.load_model(teacher)  # for generate: bitsandbytes is not installed here
+    model = make_teacher("qwen3")
+    model.config.quantization_config = {"quant_method": "gptq"}
+    with pytest.raises(hydrahead.UnsupportedModelError, match=r"is quantized \(gptq\)"):
+        hydrahead.convert(model, HeadPlan(((0,), (1,)), 4, 2))
+
+
+def test_a_weight_index_naming_no_file_is_corrupt(saved):
+    _, path = saved
+    (path / "model.safetensors").unlink()
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": None}}))
+    with pytest.raises(hydrahead.CheckpointError, match="model.safetensors.index.json is corrupt"):
+        hydrahead.load_model(path)  # a TypeError in `path / None`
+
+
+def test_a_symlinked_output_is_saved_where_it_points_and_a_mount_point_is_refused(saved, tmp_path, monkeypatch):
+    """The rename that puts a checkpoint in place failed on a link (EISDIR) or a mount point (EBUSY), after the
+    work that made the model."""
+    model, _ = saved
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    assert hydrahead.save_hybrid(model, tmp_path / "link") == real
+    assert (real / "config.json").is_file() and (tmp_path / "link").is_symlink()
+    hydrahead.save_hybrid(model, tmp_path / "link")  # an earlier checkpoint there, replaced
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(tmp_path / "mounted"))
+    with pytest.raises(hydrahead.CheckpointError, match="is a mount point, which a new checkpoint cannot be renamed"):
+        hydrahead.save_hybrid(model, tmp_path / "mounted")
+
+
+def test_save_hybrid_syncs_the_new_checkpoint_before_it_replaces_the_old(saved, tmp_path, monkeypatch):
+    """Renamed into place and the old one deleted without an fsync, a crash could leave neither on disk."""
+    model, _ = saved
+    hydrahead.save_hybrid(model, tmp_path / "out")
+    synced, real = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd))[1])
+    hydrahead.save_hybrid(model, tmp_path / "out")
+    assert any(p.endswith("model.safetensors") and ".tmp" in p for p in synced)  # the new weights, before the rename
+    assert str(tmp_path) in synced  # the directory holding the renames
