@@ -193,6 +193,22 @@ def test_a_padding_mask_of_another_shape_is_refused(max_cache_len):
             model(step, attention_mask=torch.ones(3, 8, dtype=torch.long), past_key_values=cache)
 
 
+def test_a_4d_mask_without_the_2d_padding_is_refused():
+    """The FA heads followed a 4D mask and the GDN heads took every token as real: a left-padded row's logits
+    differed from the same row under its 2D mask. Static-cache generate passes both (`linear_attention_mask`)."""
+    model = hybrid()
+    ids = torch.randint(1, model.config.vocab_size, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[0, :2] = 0
+    allowed = torch.ones(6, 6, dtype=torch.bool).tril()[None] & mask.bool()[:, None, :] | torch.eye(6, dtype=torch.bool)
+    four = torch.zeros(2, 1, 6, 6).masked_fill(~allowed[:, None], torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        with pytest.raises(hydrahead.GenerationError, match=r"shape \(2, 1, 6, 6\): a hybrid's GDN heads read padding"):
+            model(ids, attention_mask=four)
+        both = model(ids, attention_mask=four, linear_attention_mask=mask).logits
+        torch.testing.assert_close(both[0, 2:], model(ids, attention_mask=mask).logits[0, 2:])
+
+
 @pytest.mark.parametrize("implementation", ["offloaded", "quantized"])
 def test_caches_without_a_hybrid_form_are_refused(implementation):
     with pytest.raises(hydrahead.CacheError, match=f"{implementation}.*not supported"):
