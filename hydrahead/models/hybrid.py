@@ -98,7 +98,8 @@ class HybridCausalLMMixin:
     def _add_remote_code(self, directory) -> None:
         try:
             from hydrahead.models.remote_code import add_remote_code
-        except ImportError:  # running from a checkpoint's bundled copy: transformers copies its files itself
+        except ImportError:  # running from a checkpoint's bundled copy (no hydrahead here): its files are ours
+            _copy_bundled_code(Path(directory), self)
             return
         add_remote_code(directory, self)
 
@@ -388,18 +389,47 @@ FUSED_PROJECTIONS = [
                      operations=[Concatenate(dim=0)])]
 
 
+REMOTE_CODE_ENTRY = "modeling_hydrahead"  # the module config.json's auto_map names (models/remote_code.py)
+
+
+def _copy_bundled_code(directory: Path, model) -> None:
+    """In a checkpoint's bundled copy (loaded with trust_remote_code where hydrahead is not installed): the copy's
+    files, beside this module, into the checkpoint `model` was saved to, and the auto_map that names its entry."""
+    import json
+    import shutil
+
+    here = Path(__file__).parent
+    for file in [here / f"{REMOTE_CODE_ENTRY}.py", *here.glob("hydrahead_*.py")]:
+        if file.is_file():
+            shutil.copyfile(file, directory / file.name)
+    config_file = directory / "config.json"
+    config = json.loads(config_file.read_text())
+    config["auto_map"] = {"AutoConfig": f"{REMOTE_CODE_ENTRY}.{type(model.config).__name__}",
+                          "AutoModelForCausalLM": f"{REMOTE_CODE_ENTRY}.{type(model).__name__}"}
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def _not_registered(cls, auto_class: str = "") -> None:
+    """`register_for_auto_class`, a no-op for the hybrid classes: transformers calls it on a class loaded with
+    trust_remote_code, and every later save in the process then copied the file that defines the class (a stray
+    hybrid.py, which a later save refused as a foreign file; without hydrahead, an auto_map naming the copy's
+    internals instead of its entry). A hybrid's save writes its code and auto_map itself (`_add_remote_code`)."""
+
+
 def _make_classes(family: Family) -> tuple[type, type]:
     name = family.causal_lm_class.__name__.replace("ForCausalLM", "")
     config_class = type(
         f"HydraHead{name}Config",
         (family.config_class,),
-        {"model_type": f"hydrahead_{family.key}", "__module__": __name__},
+        {"model_type": f"hydrahead_{family.key}", "__module__": __name__,
+         "register_for_auto_class": classmethod(_not_registered)},
     )
     model_class = type(
         f"HydraHead{name}ForCausalLM",
         (HybridCausalLMMixin, family.causal_lm_class),
         {"config_class": config_class, "family": family, "__module__": __name__,
-         "_no_split_modules": getattr(family.causal_lm_class, "_no_split_modules", None)},
+         "_no_split_modules": getattr(family.causal_lm_class, "_no_split_modules", None),
+         "register_for_auto_class": classmethod(_not_registered)},
     )
     return config_class, model_class
 

@@ -25,9 +25,11 @@ import re
 from pathlib import Path
 from typing import Any
 
+from hydrahead.models.hybrid import REMOTE_CODE_ENTRY
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 ROOT_MODULE = "hydrahead.models.hybrid"  # what a hybrid model needs, with everything it imports
-ENTRY = "modeling_hydrahead"
+ENTRY = REMOTE_CODE_ENTRY
 NOT_BUNDLED = {"hydrahead.models.remote_code"}  # imported in a try block: absent from a bundled copy
 
 

@@ -14,7 +14,7 @@ from hydrahead import HeadPlan, HybridOptions
 from tests.conftest import FAMILIES, make_teacher
 from tests.models.old_layout import write_old_layout
 
-LOADER = r"""
+BLOCK = r"""
 import json, sys
 import torch
 
@@ -26,6 +26,8 @@ class Block:  # as if hydrahead were not installed
 if sys.argv[2] == "blocked":
     sys.meta_path.insert(0, Block())
 from transformers import AutoModelForCausalLM
+"""
+LOADER = BLOCK + r"""
 
 out = {}
 for directory in json.loads(sys.argv[1]):
@@ -150,3 +152,34 @@ def test_an_upload_to_the_hub_carries_the_code(tmp_path, monkeypatch, how):
         model.should_save_on_this_rank = lambda is_main_process: False
         model.push_to_hub("me/hybrid")
         assert "modeling_hydrahead.py" not in uploaded
+
+
+RESAVER = BLOCK + r"""
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=True)
+if sys.argv[2] == "blocked":
+    model.save_pretrained(sys.argv[3])
+else:  # installed, imported after the load: its save, twice into one directory
+    import hydrahead
+    hydrahead.save_hybrid(model, sys.argv[3])
+    hydrahead.save_hybrid(model, sys.argv[3])
+"""
+
+
+@pytest.mark.parametrize("mode", ["blocked", "installed"])
+def test_a_hybrid_loaded_with_remote_code_saves_a_checkpoint_that_loads_again(saved, tmp_path, mode):
+    """transformers registers a class loaded with trust_remote_code for auto-class saving, and then copied the
+    file defining it into every later save: with hydrahead installed a stray hybrid.py (which the next save into
+    that directory refused as a foreign file); without it, an auto_map naming the copy's internals and no entry."""
+    again = tmp_path / "again"
+    proc = subprocess.run([sys.executable, "-c", RESAVER, saved[0], mode, str(again)], capture_output=True,
+                          text=True, timeout=300, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (again / "hybrid.py").exists()
+    config = json.loads((again / "config.json").read_text())
+    assert config["auto_map"] == {"AutoConfig": "modeling_hydrahead.HydraHeadQwen3Config",
+                                  "AutoModelForCausalLM": "modeling_hydrahead.HydraHeadQwen3ForCausalLM"}
+    for name in ("ids.pt", "logits.pt", "tokens.pt"):
+        (again / name).write_bytes((Path(saved[0]) / name).read_bytes())
+    out = load_elsewhere([str(again)], "blocked")
+    assert out[str(again)]["diff"] <= 1e-6 and out[str(again)]["same_tokens"]
+    assert load_elsewhere([str(again)], "installed")[str(again)]["module"] == "hydrahead.models.hybrid"
