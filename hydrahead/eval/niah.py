@@ -8,6 +8,7 @@ so results do not depend on how examples were batched.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -115,6 +116,10 @@ def check_models(models: Any) -> None:
     if not isinstance(models, Mapping) or not models:
         raise EvalError(f"models must be a non-empty mapping of label -> model, e.g. {{'hybrid': model}}, got "
                         f"{shown(models)}")
+    for label, model in models.items():  # a path, say: an AttributeError after every prompt was built
+        if not (hasattr(model, "generate") and hasattr(model, "config")):
+            raise EvalError(f"models[{label!r}] must be a transformers causal LM (hydrahead.load_model(path)), got "
+                            f"{shown(model)}")
 
 
 def evaluate_niah(
@@ -132,7 +137,7 @@ def evaluate_niah(
     if examples:
         check_positions(model.config, max(len(e.input_ids) + e.max_new_tokens for e in examples), "a prompt of",
                         label)
-    tokenizer = prepare_tokenizer(tokenizer)
+    tokenizer = prepare_tokenizer(copy.deepcopy(tokenizer))  # the caller's keeps its padding side and pad token
     predictions: list[str | None] = [None] * len(examples)
     stopping = logging.getLogger("transformers.generation.stopping_criteria")
     stopping.addFilter(_past_the_window)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hydrahead.errors import EvalError, integer
+from hydrahead.errors import EvalError, integer, shown
 from hydrahead.eval.niah import check_models
 from hydrahead.models.loading import check_vocabulary
 from hydrahead.models.shape import check_positions
@@ -126,8 +126,9 @@ def token_nll(model: Any, input_ids: torch.Tensor, chunk_size: int | None = None
 
 
 def default_bucket(length: int) -> int:
-    """8 buckets per document (1k buckets at 8k), at least 1 token each."""
-    return max(1, length // 8)
+    """8 buckets per document (1k buckets at 8k), at least 2 positions each (position 0 is never predicted, so a
+    first bucket of 1 would hold no token)."""
+    return max(2, length // 8)
 
 
 def check_length(length: int) -> None:
@@ -152,6 +153,12 @@ def evaluate_perplexity(
     for what, value in (("bucket", bucket), ("chunk_size", chunk_size), ("max_documents", max_documents)):
         if value is not None and integer(value, what, EvalError) < 1:  # bucket 0 took the default; 0 documents
             raise EvalError(f"{what} must be >= 1 (or None), got {value}")  # blamed the documents' length
+    if bucket == 1:  # its first bucket, position 0 alone, is never predicted: a NaN in every report
+        raise EvalError("bucket must be >= 2 positions: position 0 is never predicted, so a first bucket of 1 "
+                        "position would hold no token")
+    if bad := [d for d in documents if not isinstance(d, Document)][:1]:
+        raise EvalError(f"documents must be Document(name, text) items (load_documents(paths) makes them), got "
+                        f"{shown(bad[0])}")
     check_vocabulary(tokenizer, model.config, getattr(tokenizer, "name_or_path", None), EvalError)
     check_positions(model.config, length, "length", label)
     bucket = bucket or default_bucket(length)

@@ -36,8 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydrahead.errors import EvalError, HydraHeadError, integer, items, shown
-from hydrahead.needles import KIND, PROMPT, distinct, draw_keys, haystack_sentences, needle_sentence, needle_value, place
+from hydrahead.errors import EvalError, HydraHeadError, integer, items, number, shown
+from hydrahead.needles import (KIND, NEEDLE_TYPES, PROMPT, distinct, draw_keys, haystack_sentences, needle_sentence,
+                               needle_value, place)
 
 VT_TEMPLATE = (
     "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n{context}\n"
@@ -57,6 +58,19 @@ class TaskSpec:
     values_per_key: int = 1  # > 1: multi-value (all values of the asked key are expected)
     queries: int = 1  # keys asked for (the first `queries` keys); the rest are distractors
     hops: int = 0  # > 0: variable tracking, a chain of this many `VAR B = VAR A` re-assignments
+
+    def __post_init__(self) -> None:
+        """EvalError for a spec no prompt can be built from (a KeyError or IndexError deep in the prompt)."""
+        if self.value_type not in NEEDLE_TYPES:
+            raise EvalError(f"task {self.name}: value_type must be one of {', '.join(NEEDLE_TYPES)}, got "
+                            f"{shown(self.value_type)}")
+        for what in ("keys", "values_per_key", "queries"):
+            if integer(getattr(self, what), f"task {self.name}: {what}", EvalError) < 1:
+                raise EvalError(f"task {self.name}: {what} must be >= 1, got {getattr(self, what)}")
+        if self.queries > self.keys:
+            raise EvalError(f"task {self.name}: queries ({self.queries}) must be at most keys ({self.keys})")
+        if integer(self.hops, f"task {self.name}: hops", EvalError) < 0:
+            raise EvalError(f"task {self.name}: hops must be >= 0, got {self.hops}")
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -111,6 +125,8 @@ class Haystack:
     def from_files(cls, paths: Iterable[str | Path]) -> Haystack:
         """Sentences of the given text files, in order (e.g. Paul Graham essays, as in RULER)."""
         paths = [Path(p) for p in paths]
+        if folders := [str(p) for p in paths if p.is_dir()]:
+            raise EvalError(f"haystack file(s) {', '.join(folders)} are directories: give the text files in them")
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise EvalError(f"haystack file(s) not found: {', '.join(missing)}")
@@ -262,7 +278,10 @@ def make_examples(
     specs = list(dict.fromkeys(spec for t in _axis(tasks, "tasks", "['single_number']")  # "all": every task
                                for spec in ([t] if isinstance(t, TaskSpec) else parse_tasks([t]))))
     lengths = [integer(n, "each length", EvalError) for n in _axis(lengths, "lengths", "[1024, 4096]")]
-    depths = _axis(depths, "depths", "[0.0, 0.5, 1.0]")
+    depths = [number(d, "each depth", EvalError) for d in _axis(depths, "depths", "[0.0, 0.5, 1.0]")]
+    if haystack is not None and not isinstance(haystack, Haystack):
+        raise EvalError(f"haystack must be a Haystack (Haystack.named('noise'), Haystack.essay(), "
+                        f"Haystack.from_files(paths)) or None, got {shown(haystack)}")
     if integer(samples, "samples", EvalError) < 1:  # 0 gave no prompts and no error
         raise EvalError(f"samples must be >= 1 per cell of the grid, got {samples}")
     haystack = haystack or Haystack.essay(seed)

@@ -73,17 +73,26 @@ def test_another_models_larger_tokenizer_is_refused(models):
     ({"chunk_size": -4}, "chunk_size must be >= 1"),
     ({"bucket": 8.5}, "bucket must be an integer, got 8.5"),
     ({"length": "64"}, "length must be an integer, got '64'"),
+    ({"bucket": 1}, "bucket must be >= 2 positions"),  # its first bucket, position 0, held no token: NaN
+    ({"documents": ["a long text"]}, r"documents must be Document\(name, text\) items .*got 'a long text'"),
 ])
 def test_settings_that_measure_nothing_are_refused(tokenizer, models, kwargs, message):
     with pytest.raises(EvalError, match=message):
-        evaluate_perplexity(models["teacher"], tokenizer, [Document("a", text(40))], **{"length": 64, **kwargs},
-                            progress=False)
+        evaluate_perplexity(models["teacher"], tokenizer, **{"documents": [Document("a", text(40))], "length": 64,
+                                                             **kwargs}, progress=False)
 
 
 def test_no_models_is_an_error_not_an_empty_result(tokenizer, models):
     for given in ({}, [models["teacher"]]):  # [] came back; a list failed on .items
         with pytest.raises(EvalError, match="models must be a non-empty mapping of label -> model"):
             perplexity(given, tokenizer, [Document("a", text(40))], 64, progress=False)
+    with pytest.raises(EvalError, match=r"models\['h'\] must be a transformers causal LM .*got 'hybrid/'"):
+        perplexity({"h": "hybrid/"}, tokenizer, [Document("a", text(40))], 64, progress=False)
+
+
+def test_a_short_document_gets_buckets_of_two_positions_at_least(tokenizer, models):
+    result = evaluate_perplexity(models["teacher"], tokenizer, [Document("a", text(40))], 12, progress=False)
+    assert result.bucket == 2 and 0 not in result.tokens  # 12 // 8 = 1: its first bucket held no token
 
 
 def test_load_documents(tmp_path):

@@ -139,6 +139,34 @@ def test_an_empty_or_malformed_grid_is_refused(tokenizer, lengths, depths, sampl
         make_examples(tokenizer, [], [300], [0.5], samples=1)
 
 
+def test_what_no_prompt_can_be_built_from_is_one_line(tokenizer, tmp_path):
+    from hydrahead.eval.tasks import TaskSpec
+
+    for kwargs, message in [({"value_type": "words"}, "value_type must be one of number, word, uuid, got 'words'"),
+                            ({"keys": 0}, "keys must be >= 1, got 0"),  # an IndexError in the prompt
+                            ({"keys": 2, "queries": 3}, r"queries \(3\) must be at most keys \(2\)"),
+                            ({"hops": -1}, "hops must be >= 0"), ({"keys": 1.5}, "keys must be an integer")]:
+        with pytest.raises(EvalError, match=f"task x: {message}"):
+            TaskSpec("x", **kwargs)
+    for depths, message in ((["0.5"], "each depth must be a number, got '0.5'"),
+                            ([None], "each depth must be a number, got None")):
+        with pytest.raises(EvalError, match=message):
+            make_examples(tokenizer, ["single_number"], [LENGTH], depths, samples=1)
+    with pytest.raises(EvalError, match="haystack must be a Haystack .*got 'noise'"):
+        make_examples(tokenizer, ["single_number"], [LENGTH], [0.5], samples=1, haystack="noise")
+    with pytest.raises(EvalError, match="are directories: give the text files in them"):
+        Haystack.from_files([tmp_path])  # was "not found"
+
+
+def test_the_callers_tokenizer_is_left_as_it_was(tokenizer, models):
+    from hydrahead.eval import evaluate_niah
+
+    padding = tokenizer.padding_side
+    evaluate_niah(models["teacher"], tokenizer, make_examples(tokenizer, ["single_number"], [300], [0.5], samples=1),
+                  progress=False)
+    assert tokenizer.padding_side == padding == "right"  # set to "left" for the batches: its own copy's
+
+
 def test_a_task_length_or_depth_given_twice_is_one_cell(tokenizer):
     """`--lengths 256,256 --depths 0,0`: the report said 1 sample per cell and counted 8 (found by a review)."""
     once = make_examples(tokenizer, ["multikey"], [300], [0.5], samples=2, seed=3)
