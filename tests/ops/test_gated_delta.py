@@ -326,6 +326,29 @@ def test_decode_step_refuses_a_state_of_another_layout_gates_out_of_range_and_gr
         gated_delta_rule_step(*step[:2], grouped["v"], grouped["g"], grouped["beta"], torch.zeros(1, 4, 8, 4))
 
 
+def test_decode_step_checks_q_g_and_beta_before_it_touches_the_state() -> None:
+    """A q of another width failed in a GEMM after the state had decayed in place; a g without its head axis
+    broadcast one gate over every head."""
+    inputs = make_inputs(Shape(1, 1, 2, 8, 4), initial_state=False)
+    for name, bad in (("q", inputs["q"][..., :4]), ("g", inputs["g"][..., :1]), ("beta", inputs["beta"][..., :1])):
+        state = torch.ones(1, 2, 8, 4)
+        step = {**inputs, name: bad}
+        with pytest.raises(GatedDeltaRuleError, match=f"{name} has shape .* but k .* implies"):
+            gated_delta_rule_step(*(step[n] for n in ("q", "k", "v", "g", "beta")), state)
+        assert torch.equal(state, torch.ones(1, 2, 8, 4))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"cu_seqlens": 5}, "cu_seqlens must be a 1-D integer tensor"),  # len(5): a TypeError
+    ({"cu_seqlens": torch.tensor(5)}, "cu_seqlens must be a 1-D integer tensor"),
+    ({"initial_state": [[0.0]]}, "initial_state must be a tensor .* got list"),  # an AttributeError
+])
+def test_packing_bounds_and_a_state_that_are_not_tensors_are_named(kwargs, message) -> None:
+    inputs = make_inputs(Shape(1, 6, 2, 8, 4), initial_state=False)
+    with pytest.raises(GatedDeltaRuleError, match=message):
+        gated_delta_rule(*(inputs[n] for n in ("q", "k", "v", "g", "beta")), **kwargs)
+
+
 def test_l2norm_refuses_integers() -> None:
     from hydrahead.ops import l2norm
 

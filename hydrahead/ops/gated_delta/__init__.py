@@ -205,6 +205,11 @@ def _check_inputs(q, k, v, g, beta, initial_state, mode, cu_seqlens, head_first)
             "input; transpose to (B, T, H, D), or pass head_first=False if the shape is right")
     if value_heads % heads:
         raise GatedDeltaRuleError(f"v has {value_heads} heads, not a multiple of q's {heads} ({_LAYOUT})")
+    if cu_seqlens is not None:  # its length counts the sequences below (a number or a 0-d tensor had none)
+        _check_cu_seqlens(cu_seqlens, batch, seq_len)
+    if initial_state is not None and not isinstance(initial_state, torch.Tensor):
+        raise GatedDeltaRuleError(f"initial_state must be a tensor (N, HV, Dk, Dv) or None, got "
+                                  f"{type(initial_state).__name__}")
     sequences = batch if cu_seqlens is None else len(cu_seqlens) - 1
     expected = {
         "k": (batch, seq_len, heads, dk),
@@ -222,8 +227,6 @@ def _check_inputs(q, k, v, g, beta, initial_state, mode, cu_seqlens, head_first)
                 f"{name} has shape {actual} but q {tuple(q.shape)} and v {tuple(v.shape)} imply {shape} ({_LAYOUT})")
     if seq_len == 0:
         raise GatedDeltaRuleError(f"the sequence is empty (T = 0) in q of shape {tuple(q.shape)}")
-    if cu_seqlens is not None:
-        _check_cu_seqlens(cu_seqlens, batch, seq_len)
 
     if mode == "fla":
         if not q.is_cuda:

@@ -110,6 +110,12 @@ def gated_delta_rule_step(
     if v.shape[2] != heads:
         raise GatedDeltaRuleError(f"gated_delta_rule_step takes one value head per q/k head; v has {v.shape[2]}, k "
                                   f"{heads}: repeat q and k per value head, or use gated_delta_rule")
+    # checked before the state is touched: a q of another width failed in a GEMM after the state had decayed,
+    # a g without its head axis was one gate for every head
+    for name, x, shape in (("q", q, (batch, 1, heads, dk)), ("g", g, (batch, 1, heads)),
+                           ("beta", beta, (batch, 1, heads))):
+        if tuple(x.shape) != shape:
+            raise GatedDeltaRuleError(f"{name} has shape {tuple(x.shape)} but k {tuple(k.shape)} implies {shape}")
     if tuple(state.shape) != (batch, heads, dk, v.shape[-1]):  # a (B, H, Dv, Dk) state has as many elements
         raise GatedDeltaRuleError(f"state has shape {tuple(state.shape)} but k {tuple(k.shape)} and v "
                                   f"{tuple(v.shape)} imply (B, H, Dk, Dv) = {(batch, heads, dk, v.shape[-1])}")
