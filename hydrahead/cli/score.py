@@ -131,7 +131,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=output_file, help="output JSON for the scores")
     parser.add_argument("--plot", default=None, metavar="FIGURE", type=output_figure,
                         help="also save a layers x heads heatmap (.png, .pdf or .svg)")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="patched heads per forward (patching)")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="patched heads per forward (patching; default 16)")
     parser.add_argument("--no-senders", action="store_true",
                         help="patching, attribution: the receiver score alone (faster, but blind to heads that act "
                              "through later heads' queries and keys)")
@@ -146,6 +147,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.no_senders and args.method == "retrieval":
         raise ScoringError("--no-senders applies to patching and attribution; the retrieval score has no sender term")
+    if args.batch_size is not None and args.method != "patching":  # it was ignored
+        raise ScoringError(f"--batch-size applies to patching (patched heads per forward); {args.method} runs "
+                           "each probe whole")
     outputs_apart({"--out": args.out, "--plot": args.plot},
                   {"--model": args.model, "--tokenizer": args.tokenizer, "--probes-file": args.probes_file})
     model_config = read_config(args.model)
@@ -158,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{counted(len(probes), 'probe')} of {config.context_length} tokens "
           f"({describe_leads(probes, tokenizer, config)})", flush=True)
     options = {"max_rounds": 0} if args.no_senders else {}  # patching, attribution: the receiver term alone
-    scores = score_heads(model, tokenizer, args.method, probes, probe_config=config, batch_size=args.batch_size,
+    scores = score_heads(model, tokenizer, args.method, probes, probe_config=config, batch_size=args.batch_size or 16,
                          progress=True, **options)
     scores.to_json(args.out)
     if args.plot:

@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(--no-senders) the receiver term alone (default: as the --scores file was made)")
     parser.add_argument("--layer-plot", default=None, metavar="FIGURE", type=output_figure,
                         help="also save the layer-output similarity matrix (.png, .pdf or .svg)")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="patched heads per forward (patching)")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="patched heads per forward, where patching is computed for the agreement (default 16)")
     parser.add_argument("--out", default=None, type=output_file, help="output JSON for the report")
     add_probe_arguments(parser, "unset options take the --scores file's own probe settings (the defaults below\n"
                                 "apply only where it has none); ablation draws its probes with the seed + 1")
@@ -66,6 +67,9 @@ def run(args: argparse.Namespace) -> int:
     from hydrahead.scoring.validate import check_top_k
 
     # every file and setting is checked against the model's config before the (slow) load
+    if args.no_agreement and (args.batch_size is not None or args.senders is not None):  # they were ignored
+        raise ScoringError("--batch-size and --senders set how the agreement table's scores are computed; "
+                           "--no-agreement skips it")
     outputs_apart({"--out": args.out, "--layer-plot": args.layer_plot},
                   {"--scores": args.scores, "--compare": args.compare, "--model": args.model,
                    "--tokenizer": args.tokenizer, "--probes-file": args.probes_file})
@@ -115,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{(' (with senders)' if senders else ' (receiver term alone)') if causal else ''} ...", flush=True)
             options = {"max_rounds": 0} if causal and not senders else {}
             compare[method] = score_heads(model, tokenizer, method, probes, probe_config=scoring_config,
-                                          batch_size=args.batch_size, progress=True, **options)
+                                          batch_size=args.batch_size or 16, progress=True, **options)
     probes = build_probes(tokenizer, validation_config, model=model, progress=True)
     print(f"ablating on {counted(len(probes), 'probe')} of {validation_config.context_length} tokens "
           f"({describe_leads(probes, tokenizer, validation_config)})", flush=True)

@@ -177,6 +177,11 @@ def test_cli_errors_are_one_line(teacher_dir, capsys):
         (["score", "--model", str(teacher_dir / "missing"), "--out", str(teacher_dir / "x.json")], "model directory not found"),
         (["score", "--model", model, "--out", str(teacher_dir / "x.json"), "--context-length", "500"], "too short"),
         (["validate-scores", "--model", model, "--scores", str(teacher_dir / "other.json")], "3 layers x 4 heads"),
+        # options that change nothing in the run asked for: refused, as --no-senders with retrieval is (ignored)
+        (["score", "--model", model, "--method", "attribution", "--batch-size", "4", "--out",
+          str(teacher_dir / "x.json")], "--batch-size applies to patching"),
+        (["validate-scores", "--model", model, "--scores", str(teacher_dir / "other.json"), "--no-agreement",
+          "--senders"], "--no-agreement skips it"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
