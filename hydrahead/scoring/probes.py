@@ -14,7 +14,8 @@ Templates:
   depths), a haystack (essay, noise or user files) with one needle ("single_key") or `num_keys` needles
   of different keys ("multi_key"). Needle values: number, word or uuid. Keys and values are drawn as the
   evaluation draws them (`needles.draw_keys`, `needles.distinct`): no value repeats and none is a word of
-  a key, so the corrupted prompt holds the answer nowhere, nor the clean one the distractor.
+  a key or of a user's haystack files, so the corrupted prompt holds the answer nowhere, nor the clean one
+  the distractor.
 - "kv_recall": for tiny models with tiny vocabularies: filler words `f<i>` with key-value pairs
   `k<i> v<j>` inserted (`needles.place`), then the query `k<i> ->` answered by `v<j>`; values distinct.
   The pieces are whole words, so a `word_tokenizer(kv_recall_words(config))` gives one token per piece.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -289,16 +291,23 @@ def _make_probe(before: list[int], after: list[int], answer: list[int], distract
 
 
 def _niah_probe(encode: _Encoder, config: ProbeConfig, sentences: list[str], capability: str, kind: str,
-                depth: float, rng: random.Random) -> Probe:
+                depth: float, rng: random.Random, filler_words: frozenset[str] = frozenset()) -> Probe:
     """The evaluation's prompt (`needles.prompt` around `needles.place`), keys and values drawn as the
-    evaluation draws them (`needles.draw_keys` / `distinct`: no value repeats, none is a word of a key), so
-    the corrupted prompt holds the answer nowhere and the clean one the distractor nowhere."""
+    evaluation draws them (`needles.draw_keys` / `distinct`: no value repeats, none is a word of a key), and no
+    value a word of the haystack (`filler_words`: a user's files may hold " lemon"), so the corrupted prompt
+    holds the answer nowhere and the clean one the distractor nowhere."""
     n_needles = 1 if capability == "single_key" else config.num_keys
     taken: set[str] = set()
     keys = draw_keys(rng, n_needles, taken)
-    value, answer, distractor = _value_pair(encode, lambda r: needle_value(kind, r), rng, config.max_resample,
-                                            kind, taken)
-    values = [value, *distinct(rng, lambda r: needle_value(kind, r), n_needles - 1, taken)]
+
+    def make(r: random.Random) -> str:  # redrawn while a word of the haystack (the built-in ones hold none)
+        for _ in range(10_000):
+            if (value := needle_value(kind, r)) not in filler_words:
+                return value
+        raise NeedleError(f"every {kind} value is a word of the haystack files; give other files")
+
+    value, answer, distractor = _value_pair(encode, make, rng, config.max_resample, kind, taken)
+    values = [value, *distinct(rng, make, n_needles - 1, taken)]
     needles = [needle_sentence(kind, key, v) for key, v in zip(keys, values)]
     depths = [depth] + [rng.random() for _ in keys[1:]]
     start = rng.randrange(len(sentences))
@@ -367,6 +376,8 @@ def build_probes(tokenizer: Any, config: ProbeConfig | None = None, *, model: An
     except NeedleError as err:
         raise ProbeError(str(err)) from err
     kinds: Sequence[str] = config.needle_types if config.template == "niah" else ("kv",)
+    filler_words = frozenset(w.lower() for t in sentences for w in re.findall(r"[\w-]+", t)) \
+        if config.haystack == "files" else frozenset()
     probes = []
     for capability in config.capabilities:
         for kind in kinds:
@@ -375,7 +386,8 @@ def build_probes(tokenizer: Any, config: ProbeConfig | None = None, *, model: An
                 depth = depths[sample % len(depths)] if depths else (sample + 0.5) / config.samples
                 try:
                     if config.template == "niah":
-                        probes.append(_niah_probe(encode, config, sentences, capability, kind, depth, rng))
+                        probes.append(_niah_probe(encode, config, sentences, capability, kind, depth, rng,
+                                                  filler_words))
                     else:
                         probes.append(_kv_probe(encode, config, capability, depth, rng))
                 except NeedleError as err:  # too few distinct values for the needles asked for

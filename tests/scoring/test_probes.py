@@ -80,6 +80,21 @@ def test_haystack_from_files(tmp_path):
         build_probes(char_tokenizer(), haystack="files", haystack_files=[str(tmp_path / "missing.txt")])
 
 
+def test_no_value_is_a_word_of_the_users_haystack(tmp_path):
+    """Word values were kept out of keys and other needles only: a file holding " lemon" left the answer in
+    the corrupted prompt, which weakens the counterfactual."""
+    from hydrahead.needles import _WORD_VALUES
+
+    allowed = {"bottle", "candle", "dragon", "guitar"}  # one length: a character tokenizer's pairs need it
+    others = [w for w in _WORD_VALUES if w not in allowed]
+    (tmp_path / "a.txt").write_text(" ".join(f"The {w.capitalize()} and the {w} sat here." for w in others) * 10)
+    tok = char_tokenizer()
+    probes = build_probes(tok, context_length=500, samples=4, haystack="files",
+                          haystack_files=[str(tmp_path / "a.txt")], capabilities=("single_key",), needle_types=("word",))
+    for probe in probes:
+        assert {tok.decode(probe.answer).strip(), tok.decode(probe.distractor).strip()} <= allowed
+
+
 def test_kv_recall_template():
     config = ProbeConfig(template="kv_recall", context_length=20, samples=2, num_keys=3)
     tok = word_tokenizer(kv_recall_words(config))
