@@ -99,7 +99,8 @@ def _main(argv: list[str] | None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit:  # --help (0), or an argument refused while reading (2): printed already
         return exit.code if isinstance(exit.code, int) else 2
-    if args._keep_freed_memory:  # large CPU tensors reuse freed memory instead of page-faulting (utils/memory.py)
+    keep = args._keep_freed_memory(args) if callable(args._keep_freed_memory) else args._keep_freed_memory
+    if keep:  # large CPU tensors reuse freed memory instead of page-faulting (utils/memory.py)
         keep_freed_memory()
     # a command's messages are named as its usage is (`hydrahead eval niah: error: ...`)
     command = " ".join(filter(None, (args.command, getattr(args, "subcommand", None))))

@@ -27,10 +27,16 @@ DEFAULT_OUT, DEFAULT_SCALE = "demo_out", "default"
 HELP = "score -> plan -> distill -> evaluate on the shipped small teacher, over several seeds, and write a report"
 
 
+def KEEP_FREED_MEMORY(args: argparse.Namespace) -> bool:  # noqa: N802 - the name every command module defines
+    """glibc keeps freed memory for the shipped teacher's small runs (faster), not with a pretrained --teacher,
+    whose distillations it made peak about 60% higher (why `distill` never keeps it: utils/memory.py)."""
+    return args.teacher is None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from hydrahead.demo.scale import PLAN_NAMES, SCALES
 
-    parser.add_argument("--out", default=DEFAULT_OUT, type=output_dir,
+    parser.add_argument("--out", default=None, type=output_dir,  # None: checked only where it is used
                         help=f"output directory (default: {DEFAULT_OUT})")
     parser.add_argument("--scale", default=DEFAULT_SCALE, choices=list(SCALES),
                         help="how big a run: tiny (a smoke test, about a minute), default (10-15 minutes on a 2-core "
@@ -71,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     if args.export_teacher is not None:
         from hydrahead.demo.teacher import export_teacher
 
-        given = {"--out": str(args.out) != DEFAULT_OUT, "--scale": args.scale != DEFAULT_SCALE,
+        given = {"--out": args.out, "--scale": args.scale != DEFAULT_SCALE, "--device": args.device != "auto",
                  "--preset": args.preset, "--retrain-teacher": args.retrain_teacher, "--teacher": args.teacher,
                  "--length": args.length, "--budget": args.budget, "--plans": args.plans}
         if ignored := [flag for flag, value in given.items() if value not in (None, False)]:
@@ -83,6 +89,12 @@ def run(args: argparse.Namespace) -> int:
 
     import dataclasses
 
+    from hydrahead.utils.io import outputs_apart
+
+    if args.out is None:
+        args.out = output_dir(DEFAULT_OUT)  # checked here, not for --export-teacher, which never writes it
+    # a report and runs written into the model's own directory failed only at the first distillation
+    outputs_apart({"--out": args.out}, {"--teacher": args.teacher})
     scale = get_scale(args.scale)
     if args.preset is not None:
         scale = dataclasses.replace(scale, preset=args.preset)
@@ -109,7 +121,7 @@ def command_line(args: argparse.Namespace) -> str:
     """The demo command as given (every flag that changes the run), for the report."""
     import shlex
 
-    flags = {"--out": args.out if str(args.out) != DEFAULT_OUT else None,
+    flags = {"--out": args.out if args.out is not None and str(args.out) != DEFAULT_OUT else None,
              "--scale": args.scale if args.scale != DEFAULT_SCALE else None,
              "--device": args.device if str(args.device) != "auto" else None, "--preset": args.preset,
              "--teacher": args.teacher, "--length": args.length, "--budget": args.budget, "--plans": args.plans}

@@ -17,3 +17,11 @@ class Log:
     def __call__(self, message: str) -> None:
         if not self.quiet:
             print(f"[{time.time() - self.start:6.0f}s] {message}", file=sys.stderr, flush=True)
+
+
+def rerun_to_continue(err: Exception) -> str:
+    """A stopped distillation's or pretraining's message with the demo's way to go on (rerun the same command)
+    in place of theirs (--resume, which `hydrahead demo` has not)."""
+    from hydrahead.distill.trainer import RESUME_ADVICE
+
+    return f"{str(err).removesuffix(RESUME_ADVICE).rstrip()} Rerun the same hydrahead demo command to continue."

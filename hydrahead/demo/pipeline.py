@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from hydrahead.errors import ResumeError
-from hydrahead.demo.log import Log
+from hydrahead.errors import ResumeError, TrainingInterrupted
+from hydrahead.demo.log import Log, rerun_to_continue
 from hydrahead.demo.scale import PLAN_NAMES, RANDOM, DemoScale
 from hydrahead.plan import HeadPlan
 
@@ -128,7 +128,9 @@ def score_and_plan(out: Path, teacher: Teacher, scale: DemoScale, log: Log) -> t
     from hydrahead.scoring import HeadScores, ProbeConfig, build_probes, score_heads, validate_scores
 
     config = teacher.model.config
-    per_layer = max(1, config.num_attention_heads // 8)  # 7:1 -> one FA head in eight, per layer
+    # 7:1 -> one FA head in eight, per layer: the nearest whole count (14 heads: 2; rounding down gave 1, a
+    # 13:1 baseline); the FA count can still differ from HydraHead's, and the report shows each plan's
+    per_layer = max(1, round(config.num_attention_heads / 8))
     makers = {  # (patching scores, seed) -> plan
         "hydrahead-7:1": lambda s, seed: HeadPlan.from_scores(s, ratio="7:1", min_per_layer=1, config=config),
         RANDOM: lambda s, seed: HeadPlan.random(config, ratio="7:1", seed=seed, min_per_layer=1),
@@ -232,6 +234,8 @@ def distill_all(out: Path, teacher: Teacher, plans: dict[str, HeadPlan], scale: 
         try:
             paths[f"{name}/seed{seed}"] = distill.run(recipe, resume=again, teacher=teacher.model,
                                                      tokenizer=teacher.tokenizer, plan=plan)
+        except TrainingInterrupted as err:  # distill's own advice, --resume, is no demo option
+            raise TrainingInterrupted(rerun_to_continue(err), err.signum) from None
         except ResumeError as err:
             raise ResumeError(f"{out} holds an earlier demo's run that cannot be continued ({err}); "
                               "give the demo a new --out, or delete the old one") from err

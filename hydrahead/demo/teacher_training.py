@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from hydrahead.demo.corpus import code_split, write_jsonl
-from hydrahead.demo.log import Log
+from hydrahead.demo.log import Log, rerun_to_continue
 from hydrahead.demo.teacher import MANIFEST, SHIPPED, WEIGHTS
 from hydrahead.demo.teacher_recipe import RECIPE, TeacherRecipe, load_recipe, recipe_sha256
-from hydrahead.errors import HydraHeadError, TeacherError
+from hydrahead.errors import HydraHeadError, TeacherError, TrainingInterrupted
 from hydrahead.utils.io import json_sha256, save_figure, write_json
 
 MONITOR_SEED = 9_999  # NIAH prompts watched during training: neither the evaluation's seeds nor training's
@@ -132,10 +132,14 @@ def retrain(work: str | Path, device: str = "auto", log: Log | None = None, reci
         spec["data"] = {**base.get("data", {}), "train_files": [str(train)], "eval_files": [str(heldout)]}
         spec["training"] = {**base.get("training", {}), "device": device}
         pretrain_recipe = PretrainRecipe.from_dict(spec)
-        resume = (run / ckpt.FILENAME).is_file()
+        resume = (run / ckpt.FILENAME).is_file() or (run / "metrics.jsonl").is_file()  # stopped before its first
+        # checkpoint: --resume starts it over (without it, every rerun was refused as "an earlier run")
         log(f"pretraining the teacher, phase {name} ({pretrain_recipe.stage.tokens / 1e6:.1f}M tokens) in {run}"
             + (" (resuming)" if resume else ""))
-        init = pretrain(pretrain_recipe, resume=resume, evaluators=[monitor])
+        try:
+            init = pretrain(pretrain_recipe, resume=resume, evaluators=[monitor])
+        except TrainingInterrupted as err:  # pretrain's own advice, --resume, is no demo option
+            raise TrainingInterrupted(rerun_to_continue(err), err.signum) from None
     assert init is not None  # phase_list() is never empty
     return init
 

@@ -51,6 +51,8 @@ from hydrahead.distill.metrics import MetricsLog, Progress
 from hydrahead.distill.recipe import StageConfig, TrainingConfig
 from hydrahead.distill.stages import Stage, TrainModule
 
+RESUME_ADVICE = "Continue with --resume."  # how a stopped run goes on (`hydrahead demo` says its own)
+
 
 @dataclass
 class StepInfo:
@@ -301,7 +303,7 @@ class Trainer:
                         name = signal.Signals(stop.received).name if stop.received else "a signal on another process"
                         raise TrainingInterrupted(
                             f"stopped by {name} at stage {stage.name}, step {state.step}/{config.total_steps}; "
-                            f"checkpoint saved: {self.last_checkpoint}. Continue with --resume.",
+                            f"checkpoint saved: {self.last_checkpoint}. {RESUME_ADVICE}",
                             stop.received or signal.SIGTERM)
         finally:
             progress.close()

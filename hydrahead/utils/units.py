@@ -11,14 +11,15 @@
 
 from __future__ import annotations
 
-import math
 import re
+from fractions import Fraction
 from typing import Any
 
 _BINARY = {"ki": 2**10, "mi": 2**20, "gi": 2**30}
 _LENGTH = {"": 1, "k": 2**10, "m": 2**20, **_BINARY}
 _TOKENS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12, **_BINARY}
-_NUMBER = r"\s*([0-9][0-9_]*(?:\.[0-9_]*)?(?:e[0-9]+)?)\s*([a-z]{0,2})\s*"
+_DIGITS = r"[0-9](?:_?[0-9])*"  # an underscore only between digits, as Python's own literals allow
+_NUMBER = rf"\s*({_DIGITS}(?:\.(?:{_DIGITS})?)?(?:e[0-9]+)?)\s*([a-z]{{0,2}})\s*"
 
 
 def _parse(value: Any, units: dict[str, int], what: str, example: str) -> int:
@@ -30,10 +31,11 @@ def _parse(value: Any, units: dict[str, int], what: str, example: str) -> int:
         return int(value)
     if isinstance(value, str):
         match = re.fullmatch(_NUMBER, value, flags=re.IGNORECASE)
-        if match and match.group(2).lower() in units:
-            number = float(match.group(1).replace("_", "")) * units[match.group(2).lower()]
-            if math.isfinite(number) and (number.is_integer() or number >= 1e6):  # 0.3B is 3e8 up to rounding
-                return int(round(number))
+        suffix = match.group(2).lower() if match else None
+        if match and suffix in units and not ("e" in match.group(1).lower() and suffix):  # 1e3k: one or the other
+            number = Fraction(match.group(1).replace("_", "")) * units[suffix]  # exact: 0.3B is 3e8, 1000.7k no
+            if number.denominator == 1:
+                return int(number)
             raise ValueError(f"expected {what} such as {example}, got {value!r}, which is not a whole number")
     raise ValueError(f"expected {what} such as {example}, got {value!r}")
 
@@ -49,9 +51,16 @@ def parse_length(value: Any) -> int:
     return n
 
 
+MAX_TOKENS = 10**15  # a quadrillion: beyond any training run; a typo (1e400) rather than a budget
+
+
 def parse_tokens(value: Any) -> int:
-    """A token budget: 300000000, "300M", "0.3B", "16K" (= 16,000), "1_000_000", "64Ki"; ValueError otherwise."""
-    return _parse(value, _TOKENS, "a token count", "300000000, '300M' or '0.3B' (M = 10^6)")
+    """A token budget: 300000000, "300M", "0.3B", "16K" (= 16,000), "1_000_000", "64Ki", at most MAX_TOKENS;
+    ValueError otherwise."""
+    n = _parse(value, _TOKENS, "a token count", "300000000, '300M' or '0.3B' (M = 10^6)")
+    if n > MAX_TOKENS:
+        raise ValueError(f"expected a token count of at most 10^15, got {value!r}")
+    return n
 
 
 def format_length(n: int) -> str:

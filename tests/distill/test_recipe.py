@@ -153,6 +153,14 @@ def test_lengths_and_budgets_follow_one_convention():
     for bad in ("16q", "k", "-1", "", "1kk", "1.7k", "1e400"):
         with pytest.raises(ValueError):
             parse_length(bad)
+    # e notation and a suffix at once (1e3k was 1,024,000), a remainder a large number hid (1000.7k was
+    # 1,024,717), underscores not between digits (1__0 was 10): refused
+    for parse, bad in ((parse_length, "1e3k"), (parse_tokens, "2e3M"), (parse_length, "1000.7k"),
+                       (parse_length, "1__0"), (parse_length, "7_"), (parse_length, "_7"), (parse_tokens, "1e400"),
+                       (parse_tokens, "nan")):
+        with pytest.raises(ValueError):
+            parse(bad)
+    assert parse_tokens("1_000_000") == parse_tokens("0.001B") == 10**6
 
 
 def test_a_plans_tie_count_is_not_part_of_the_run_identity():
