@@ -13,10 +13,10 @@ transformers derives positions and mask sizes from layer 0's length.
 
 The static cache preallocates every buffer once and only ever writes into it in place (K/V by
 `index_copy_`, states by `copy_`, the token counter by `add_`), so a decode step reads and writes fixed
-addresses: what `torch.compile` and CUDA graphs need. The dynamic cache instead lets the conv state become
-a view of the last window, and keeps a kernel's new GDN state tensor rather than copying it (one copy
-fewer per layer and step each); with autograd on it always keeps the new tensors, as transformers'
-`DynamicCache` concatenates K/V: a later forward's gradient flows back through the states into the earlier
+addresses: what `torch.compile` and CUDA graphs need. The dynamic cache copies the last conv inputs into
+its kept state too (a view of the window would keep the whole window alive), but keeps a kernel's new GDN
+state tensor rather than copying it (one copy fewer per layer and step); with autograd on it always keeps
+the new tensors, as transformers' `DynamicCache` concatenates K/V: a later forward's gradient flows back through the states into the earlier
 ones, and no tensor autograd saved is overwritten.
 
 A hybrid cache cannot be rolled back: the GDN state after n tokens does not give the state after n - k

@@ -174,7 +174,9 @@ def sample_when_asked() -> None:
         return
 
     def build_config(self, body, model_generation_config, use_cb=False):
-        seed = body.pop("seed", None)  # transformers would seed here, while another request may be generating
+        # transformers would seed here, while another request may be generating; continuous batching never calls
+        # generate, so its requests keep transformers' seeding
+        seed = None if use_cb else body.pop("seed", None)
         config = build(self, body, model_generation_config, use_cb=use_cb)
         if seed is not None:
             config.hydrahead_seed = seed  # seeded on the inference thread as its generate starts (`seed_each_request`)
@@ -241,8 +243,10 @@ def answer_for(name: str, model, tokenizer) -> None:
         return f"this server answers for {name!r} only, not {asked!r}; start another for that one"
 
     def loaded(model_id_and_revision: str, held):
-        if model_id_and_revision != served:
-            raise ServingError(refusal(model_id_and_revision))
+        if model_id_and_revision != served:  # an HTTP 400 to the client (a handler without the pinned-model check)
+            from fastapi import HTTPException
+
+            raise HTTPException(status_code=400, detail=refusal(model_id_and_revision))
         return held
 
     # transformers' own, where an earlier `serve` in this process replaced it

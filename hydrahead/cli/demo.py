@@ -92,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
     from hydrahead.utils.io import outputs_apart
 
     if args.out is None:
-        args.out = output_dir(DEFAULT_OUT)  # checked here, not for --export-teacher, which never writes it
+        from hydrahead.utils.io import check_output
+
+        args.out = check_output(DEFAULT_OUT, "directory")  # here, not for --export-teacher, which never writes it
     # a report and runs written into the model's own directory failed only at the first distillation
     outputs_apart({"--out": args.out}, {"--teacher": args.teacher})
     scale = get_scale(args.scale)

@@ -67,9 +67,6 @@ def run(args: argparse.Namespace) -> int:
     from hydrahead.scoring.validate import check_top_k
 
     # every file and setting is checked against the model's config before the (slow) load
-    if args.no_agreement and (args.batch_size is not None or args.senders is not None):  # they were ignored
-        raise ScoringError("--batch-size and --senders set how the agreement table's scores are computed; "
-                           "--no-agreement skips it")
     outputs_apart({"--out": args.out, "--layer-plot": args.layer_plot},
                   {"--scores": args.scores, "--compare": args.compare, "--model": args.model,
                    "--tokenizer": args.tokenizer, "--probes-file": args.probes_file})
@@ -82,6 +79,13 @@ def run(args: argparse.Namespace) -> int:
             raise ScoringError(f"{path} holds {other.method} scores, as {sources[other.method]} does: the agreement "
                                "table has one row per method, so give one file per method")
         compare[other.method], sources[other.method] = other, path
+    computed = set() if args.no_agreement else set(METHODS) - set(sources)  # what the agreement table computes
+    if args.batch_size is not None and "patching" not in computed:  # they were ignored
+        raise ScoringError("--batch-size sets patching's batch where patching is computed for the agreement table; "
+                           "here it is not (the scores or --compare give it, or --no-agreement)")
+    if args.senders is not None and not computed & {"patching", "attribution"}:
+        raise ScoringError("--senders sets how patching or attribution is computed for the agreement table; here "
+                           "neither is (the scores or --compare give them, or --no-agreement)")
     saved = scores.metadata.get("probe_config")
     base = probe_config_of(saved, args.scores) if saved else None
     chosen = probe_config_from(args, base, model_config=model_config)  # every flag given, --probe-seed too

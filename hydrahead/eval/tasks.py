@@ -278,7 +278,9 @@ def make_examples(
     specs = list(dict.fromkeys(spec for t in _axis(tasks, "tasks", "['single_number']")  # "all": every task
                                for spec in ([t] if isinstance(t, TaskSpec) else parse_tasks([t]))))
     lengths = [integer(n, "each length", EvalError) for n in _axis(lengths, "lengths", "[1024, 4096]")]
-    depths = [number(d, "each depth", EvalError) for d in _axis(depths, "depths", "[0.0, 0.5, 1.0]")]
+    depths = _axis(depths, "depths", "[0.0, 0.5, 1.0]")
+    for d in depths:  # checked, and passed on as given: a depth seeds its prompt's draws by its text (0, not 0.0)
+        number(d, "each depth", EvalError)
     if haystack is not None and not isinstance(haystack, Haystack):
         raise EvalError(f"haystack must be a Haystack (Haystack.named('noise'), Haystack.essay(), "
                         f"Haystack.from_files(paths)) or None, got {shown(haystack)}")

@@ -130,10 +130,12 @@ class HybridCausalLMMixin:
         if inputs is not None and isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 \
                 and not compiling:
             check_padding_mask(attention_mask, inputs.shape[:2], past_key_values)
-        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() != 2 and linear_attention_mask is None \
-                and not compiling:  # the FA heads would follow it and the GDN heads take every token as real
+        if attention_mask is not None and not (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2) \
+                and linear_attention_mask is None and not compiling:  # the FA heads would follow it (a 4D tensor, or
+            shape = (tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor)  # a per-layer-type dict)
+                     else type(attention_mask).__name__)  # and the GDN heads take every token as real
             raise GenerationError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}: a hybrid's GDN heads read padding from a "
+                f"attention_mask has shape {shape}: a hybrid's GDN heads read padding from a "
                 "2D mask (B, past + T), which a 4D mask does not give them (nor a pattern other than causal: "
                 "packed documents are told by position_ids); pass the 2D mask, or it as linear_attention_mask "
                 "beside the 4D one")

@@ -376,8 +376,8 @@ def build_probes(tokenizer: Any, config: ProbeConfig | None = None, *, model: An
     except NeedleError as err:
         raise ProbeError(str(err)) from err
     kinds: Sequence[str] = config.needle_types if config.template == "niah" else ("kv",)
-    filler_words = frozenset(w.lower() for t in sentences for w in re.findall(r"[\w-]+", t)) \
-        if config.haystack == "files" else frozenset()
+    filler_words = frozenset(part.lower() for t in sentences for w in re.findall(r"[\w-]+", t)  # lemon-tree: both
+                             for part in (w, *w.split("-"))) if config.haystack == "files" else frozenset()
     probes = []
     for capability in config.capabilities:
         for kind in kinds:

@@ -19,7 +19,7 @@ _BINARY = {"ki": 2**10, "mi": 2**20, "gi": 2**30}
 _LENGTH = {"": 1, "k": 2**10, "m": 2**20, **_BINARY}
 _TOKENS = {"": 1, "k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12, **_BINARY}
 _DIGITS = r"[0-9](?:_?[0-9])*"  # an underscore only between digits, as Python's own literals allow
-_NUMBER = rf"\s*({_DIGITS}(?:\.(?:{_DIGITS})?)?(?:e[0-9]+)?)\s*([a-z]{{0,2}})\s*"
+_NUMBER = rf"\s*({_DIGITS}(?:\.(?:{_DIGITS})?)?(?:e[0-9]{{1,3}})?)\s*([a-z]{{0,2}})\s*"  # e999 at most
 
 
 def _parse(value: Any, units: dict[str, int], what: str, example: str) -> int:

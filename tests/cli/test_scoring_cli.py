@@ -166,6 +166,7 @@ def test_baseline_plans(teacher_dir, capsys):
 def test_cli_errors_are_one_line(teacher_dir, capsys):
     model = str(teacher_dir / "teacher")
     HeadScores(torch.arange(12.0).reshape(3, 4).numpy(), "patching", 2).to_json(teacher_dir / "other.json")
+    HeadScores(torch.arange(8.0).reshape(2, 4).numpy(), "patching", 2).to_json(teacher_dir / "fits.json")
     cases = [
         (["plan", "--scores", str(teacher_dir / "other.json"), "--ratio", "3:1", "--model", model, "--out", str(teacher_dir / "x.json")],
          "scores are for a model with 3 layers"),
@@ -180,8 +181,10 @@ def test_cli_errors_are_one_line(teacher_dir, capsys):
         # options that change nothing in the run asked for: refused, as --no-senders with retrieval is (ignored)
         (["score", "--model", model, "--method", "attribution", "--batch-size", "4", "--out",
           str(teacher_dir / "x.json")], "--batch-size applies to patching"),
-        (["validate-scores", "--model", model, "--scores", str(teacher_dir / "other.json"), "--no-agreement",
-          "--senders"], "--no-agreement skips it"),
+        (["validate-scores", "--model", model, "--scores", str(teacher_dir / "fits.json"), "--no-agreement",
+          "--senders"], "neither is"),
+        (["validate-scores", "--model", model, "--scores", str(teacher_dir / "fits.json"), "--batch-size", "4"],
+         "here it is not"),  # the scores are patching's
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

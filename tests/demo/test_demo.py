@@ -126,6 +126,8 @@ def test_the_demo_commands_options_are_checked_where_they_are_used(tmp_path, mon
     assert "--device would be ignored" in capsys.readouterr().err
     assert main(["demo", "--teacher", str(tmp_path / "t"), "--out", str(tmp_path / "t" / "demo")]) == 2
     assert "--out " + str(tmp_path / "t" / "demo") + " is inside the --teacher directory" in capsys.readouterr().err
+    assert main(["demo", "--scale", "tiny"]) == 2  # the default --out, a file here: one line, not a traceback
+    assert "output demo_out is a file" in capsys.readouterr().err
     shipped = build_parser().parse_args(["demo"])
     pretrained = build_parser().parse_args(["demo", "--teacher", str(tmp_path / "t")])
     assert shipped._keep_freed_memory(shipped) and not pretrained._keep_freed_memory(pretrained)

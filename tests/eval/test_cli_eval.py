@@ -105,6 +105,9 @@ def test_a_ppl_length_without_a_prediction_is_refused_before_any_model_loads(mod
     assert main(["eval", "ppl", "--models", str(model_dirs["hybrid"]), "--data", str(tmp_path / "doc.txt"),
                  "--length", "1", "--out", str(tmp_path / "r")]) == 2
     assert "length must be at least 2 tokens, got 1" in capsys.readouterr().err
+    assert main(["eval", "ppl", "--models", str(model_dirs["hybrid"]), "--data", str(tmp_path / "doc.txt"),
+                 "--length", "64", "--bucket", "1", "--out", str(tmp_path / "r")]) == 2
+    assert "--bucket must be >= 2 positions" in capsys.readouterr().err
 
 
 def test_parsers():

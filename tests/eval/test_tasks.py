@@ -152,6 +152,9 @@ def test_what_no_prompt_can_be_built_from_is_one_line(tokenizer, tmp_path):
                             ([None], "each depth must be a number, got None")):
         with pytest.raises(EvalError, match=message):
             make_examples(tokenizer, ["single_number"], [LENGTH], depths, samples=1)
+    # a depth is checked and passed on as given: 0 seeds its prompt's draws as make_example(depth=0) does
+    assert make_examples(tokenizer, ["multikey"], [LENGTH], [0], samples=1)[0].prompt == \
+        make_example("multikey", tokenizer, LENGTH, 0).prompt
     with pytest.raises(EvalError, match="haystack must be a Haystack .*got 'noise'"):
         make_examples(tokenizer, ["single_number"], [LENGTH], [0.5], samples=1, haystack="noise")
     with pytest.raises(EvalError, match="are directories: give the text files in them"):

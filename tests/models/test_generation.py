@@ -205,6 +205,8 @@ def test_a_4d_mask_without_the_2d_padding_is_refused():
     with torch.no_grad():
         with pytest.raises(hydrahead.GenerationError, match=r"shape \(2, 1, 6, 6\): a hybrid's GDN heads read padding"):
             model(ids, attention_mask=four)
+        with pytest.raises(hydrahead.GenerationError, match="shape dict: a hybrid's GDN heads read padding"):
+            model(ids, attention_mask={"full_attention": four})  # the per-layer-type form transformers takes
         both = model(ids, attention_mask=four, linear_attention_mask=mask).logits
         torch.testing.assert_close(both[0, 2:], model(ids, attention_mask=mask).logits[0, 2:])
 

@@ -87,7 +87,7 @@ def test_no_value_is_a_word_of_the_users_haystack(tmp_path):
 
     allowed = {"bottle", "candle", "dragon", "guitar"}  # one length: a character tokenizer's pairs need it
     others = [w for w in _WORD_VALUES if w not in allowed]
-    (tmp_path / "a.txt").write_text(" ".join(f"The {w.capitalize()} and the {w} sat here." for w in others) * 10)
+    (tmp_path / "a.txt").write_text(" ".join(f"The {w}-tree sat here." for w in others) * 10)  # hyphened too
     tok = char_tokenizer()
     probes = build_probes(tok, context_length=500, samples=4, haystack="files",
                           haystack_files=[str(tmp_path / "a.txt")], capabilities=("single_key",), needle_types=("word",))

@@ -270,6 +270,11 @@ def test_every_address_of_a_host_is_checked(monkeypatch):
     """"localhost" is often ::1 and 127.0.0.1, and Uvicorn binds both: a port taken on the second one counts."""
     from hydrahead.serving import check_port
 
+    try:
+        with socket.socket(socket.AF_INET6) as loopback:
+            loopback.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this machine")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
