@@ -16,8 +16,8 @@ The static cache preallocates every buffer once and only ever writes into it in 
 addresses: what `torch.compile` and CUDA graphs need. The dynamic cache copies the last conv inputs into
 its kept state too (a view of the window would keep the whole window alive), but keeps a kernel's new GDN
 state tensor rather than copying it (one copy fewer per layer and step); with autograd on it always keeps
-the new tensors, as transformers' `DynamicCache` concatenates K/V: a later forward's gradient flows back through the states into the earlier
-ones, and no tensor autograd saved is overwritten.
+the new tensors, as transformers' `DynamicCache` concatenates K/V: a later forward's gradient flows back
+through the states into the earlier ones, and no tensor autograd saved is overwritten.
 
 A hybrid cache cannot be rolled back: the GDN state after n tokens does not give the state after n - k
 (transformers' linear-attention layers can roll back only a conv state). So `crop`, which assisted and
