@@ -89,11 +89,9 @@ def run(args: argparse.Namespace) -> int:
 
     import dataclasses
 
-    from hydrahead.utils.io import outputs_apart
+    from hydrahead.utils.io import check_output, outputs_apart
 
     if args.out is None:
-        from hydrahead.utils.io import check_output
-
         args.out = check_output(DEFAULT_OUT, "directory")  # here, not for --export-teacher, which never writes it
     # a report and runs written into the model's own directory failed only at the first distillation
     outputs_apart({"--out": args.out}, {"--teacher": args.teacher})

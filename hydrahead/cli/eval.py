@@ -135,15 +135,12 @@ def run_dtype(args: argparse.Namespace) -> str:
 
 def run_ppl(args: argparse.Namespace) -> list[Path]:
     from hydrahead.eval import evaluate_perplexity, load_documents, load_model, load_tokenizer
-    from hydrahead.eval import EvalError
-    from hydrahead.eval.ppl import check_length
+    from hydrahead.eval.ppl import check_bucket, check_length
     from hydrahead.eval.report import write_report
 
     length, bucket, chunk = args.length, args.bucket, args.chunk
     check_length(length)  # before any model is read
-    if bucket == 1:
-        raise EvalError("--bucket must be >= 2 positions: position 0 is never predicted, so a first bucket of 1 "
-                        "position would hold no token")
+    check_bucket(bucket, "--bucket")
     documents = load_documents(args.data)
     models, notes = _models(args, length, "--length")
     results, started = [], time.time()

@@ -131,6 +131,14 @@ def default_bucket(length: int) -> int:
     return max(2, length // 8)
 
 
+def check_bucket(bucket: int | None, what: str = "bucket") -> None:
+    """EvalError for a bucket of one position: position 0 is never predicted, so the first bucket would hold no
+    token (a NaN in every report). `what`: its name for the message (the CLI's flag)."""
+    if bucket == 1:
+        raise EvalError(f"{what} must be >= 2 positions: position 0 is never predicted, so a first bucket of 1 "
+                        "position would hold no token")
+
+
 def check_length(length: int) -> None:
     """EvalError unless `length` tokens hold a prediction (the first token is only context)."""
     if integer(length, "length", EvalError) < 2:
@@ -153,9 +161,7 @@ def evaluate_perplexity(
     for what, value in (("bucket", bucket), ("chunk_size", chunk_size), ("max_documents", max_documents)):
         if value is not None and integer(value, what, EvalError) < 1:  # bucket 0 took the default; 0 documents
             raise EvalError(f"{what} must be >= 1 (or None), got {value}")  # blamed the documents' length
-    if bucket == 1:  # its first bucket, position 0 alone, is never predicted: a NaN in every report
-        raise EvalError("bucket must be >= 2 positions: position 0 is never predicted, so a first bucket of 1 "
-                        "position would hold no token")
+    check_bucket(bucket)
     if bad := [d for d in documents if not isinstance(d, Document)][:1]:
         raise EvalError(f"documents must be Document(name, text) items (load_documents(paths) makes them), got "
                         f"{shown(bad[0])}")

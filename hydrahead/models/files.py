@@ -84,8 +84,7 @@ def weight_files(path: Path) -> list[Path]:
         try:
             index = json.loads((path / WEIGHTS_INDEX).read_text())
             names = sorted(set(index["weight_map"].values()))
-            if not all(isinstance(name, str) and name for name in names):  # null gave a TypeError in `path / name`
-                bad = [n for n in names if not (isinstance(n, str) and n)]
+            if bad := [n for n in names if not (isinstance(n, str) and n)]:  # null: a TypeError in `path / name`
                 raise TypeError(f"shard names that are not file names: {bad[:3]}")
         except (ValueError, RecursionError, KeyError, TypeError, AttributeError) as err:
             raise CheckpointError(f"{path / WEIGHTS_INDEX} is corrupt: {err!r}") from err
